@@ -1,0 +1,100 @@
+//! The CLI process driver: spawns `claude` in stream-json mode, one process per request,
+//! in its own process group; feeds the prompt on stdin; parses stdout into [`CliEvent`]s;
+//! drains stderr into a bounded ring; enforces the start / inactivity / total timeouts;
+//! and kills + reaps the whole group when the run ends or the receiver is dropped
+//! (client disconnect). It never classifies: failures come out as [`FailureFacts`].
+//!
+//! PUBLIC API CONTRACT (the HTTP layer and the health probe build against this):
+//! - `Backend::new(CliSettings) -> Backend` (cheap to clone; shares the concurrency limiter)
+//! - `backend.start(CliRequest) -> CliRun` — returns at once; waiting for a concurrency
+//!   slot happens inside the run (queue full → `Done(Err(facts with condition QueueFull))`).
+//! - `run.recv().await -> Option<CliEvent>`; the last event is always `CliEvent::Done`.
+//! - Dropping a `CliRun` (or its receiver) kills the process group and reaps it.
+//! - `run.pid()` is filled after spawn (for tests asserting the process is gone).
+
+pub mod stream_json;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::rules::FailureFacts;
+
+/// Process-level settings for running the CLI (from the `cli:` section of the process config).
+#[derive(Debug, Clone)]
+pub struct CliSettings {
+    /// Program to run (`claude` from PATH by default).
+    pub command: PathBuf,
+    /// Extra arguments appended after ccgate's own flags.
+    pub extra_args: Vec<String>,
+    /// Working directory for every CLI process.
+    pub workdir: PathBuf,
+    /// Extra environment for the CLI (on top of ccgate's own, which it inherits).
+    pub env: Vec<(String, String)>,
+    /// Enable the CLI's tools. When false, `--tools ""` is passed.
+    pub tools: bool,
+    pub start_timeout: Duration,
+    pub inactivity_timeout: Duration,
+    pub total_timeout: Duration,
+    /// Max CLI processes at once.
+    pub max_concurrent: usize,
+    /// Max requests waiting for a slot; beyond that the request fails with QueueFull.
+    pub queue_size: usize,
+    /// Bytes of stderr kept (ring).
+    pub stderr_tail_bytes: usize,
+}
+
+/// One turn to run.
+#[derive(Debug, Clone, Default)]
+pub struct CliRequest {
+    /// The user prompt, written to stdin as one stream-json user message. Never argv.
+    pub prompt: String,
+    /// System prompt (passed via a private temp file, `--system-prompt-file`).
+    pub system_prompt: Option<String>,
+    /// `--model` value.
+    pub model: Option<String>,
+    /// Overrides `total_timeout` (the probe uses its own timeout).
+    pub timeout: Option<Duration>,
+    /// Skip the concurrency queue (the health probe must not be refused by load).
+    pub bypass_queue: bool,
+}
+
+/// Token counts from the CLI's `result.usage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+/// A successful turn (a `result` with `is_error: false`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Success {
+    /// `result.result`: the authoritative final text.
+    pub text: String,
+    /// `result.stop_reason` (`end_turn`, `max_tokens`, `stop_sequence`, `tool_use` …).
+    pub stop_reason: Option<String>,
+    pub usage: Usage,
+    pub total_cost_usd: Option<f64>,
+    pub num_turns: Option<u64>,
+    pub session_id: Option<String>,
+    /// Model from `system/init` (or the first assistant message).
+    pub model: Option<String>,
+}
+
+/// What a run reports, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CliEvent {
+    /// `system/init` was seen (first line of a turn).
+    Started { session_id: Option<String>, model: Option<String> },
+    /// A `text_delta` of a top-level (not sub-agent) message, as the CLI emitted it.
+    TextDelta(String),
+    /// `message_stop` with `abandoned_blocks`: the deltas sent so far for the current
+    /// message are void; the CLI is retrying without streaming.
+    Abandoned,
+    /// A complete top-level, non-error assistant text block (emitted at block end).
+    AssistantText(String),
+    /// Final event: success, or the failure facts (including timeouts, spawn errors,
+    /// queue full, no result).
+    Done(Result<Success, Box<FailureFacts>>),
+}

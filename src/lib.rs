@@ -1,0 +1,10 @@
+//! ccgate: an OpenAI- and Anthropic-compatible HTTP gateway in front of the Claude Code CLI,
+//! whose failure handling is driven by a hot-reloaded rules file.
+//!
+//! Data flow: HTTP request (`http`) → health gate (`health`) → CLI run (`backend`) →
+//! success translated to the API's shape, or failure facts → classified by the current
+//! rules snapshot (`rules`, swapped by `reload`) → status + headers + body (`http::errors`).
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod rules;

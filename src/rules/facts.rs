@@ -1,0 +1,133 @@
+//! Failure facts: everything the backend observed about one failed CLI run.
+//!
+//! This is the classifier's only input. The backend fills it; `ccgate classify` and the
+//! rule test files deserialize it (or build it from a captured stream-json transcript).
+//! It deliberately holds *failure signals only*: the model's normal answer text never
+//! lands here, so no marker can match an ordinary answer that mentions "401".
+
+use serde::{Deserialize, Serialize};
+
+/// Which of the gateway's own watchdogs fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutKind {
+    /// No stdout line within `cli.start_timeout` of spawning.
+    Start,
+    /// No stdout line within `cli.inactivity_timeout` of the previous one.
+    Inactivity,
+    /// The whole request exceeded `cli.total_timeout`.
+    Total,
+}
+
+/// Why the process could not be started at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SpawnErrorKind {
+    /// ENOENT: the CLI is not installed / not on PATH.
+    NotFound,
+    /// EACCES: found but not executable.
+    PermissionDenied,
+    /// Anything else (fork failure, bad working directory …).
+    Other,
+}
+
+/// Conditions the gateway itself detects (not reported by the CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayCondition {
+    /// Concurrency limit reached and the wait queue is full.
+    QueueFull,
+    /// The process ended (any exit status) without a `result` line.
+    NoResult,
+    /// A stdout line starting with `{` was not valid JSON, or a line exceeded the size limit.
+    BadJson,
+    /// The CLI abandoned a partially streamed answer after deltas were already sent.
+    StreamAbandoned,
+}
+
+/// Everything known about one failed run. All fields optional: a spawn error has no
+/// exit code, a timeout may have no result, and so on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailureFacts {
+    /// `error` of a synthetic `assistant` event (`authentication_failed`, `rate_limit`, …).
+    pub assistant_error: Option<String>,
+    /// The human text of that synthetic assistant message (`Not logged in · Please run /login`).
+    pub assistant_error_text: Option<String>,
+    /// Whether a `result` line was seen at all.
+    pub result_seen: bool,
+    /// `result.subtype` (`success`, `error_max_turns`, `error_during_execution`, …).
+    pub result_subtype: Option<String>,
+    /// `result.is_error`.
+    pub result_is_error: bool,
+    /// `result.result` of an `is_error` result.
+    pub result_text: Option<String>,
+    /// `result.errors[]`.
+    pub result_errors: Vec<String>,
+    /// `result.api_error_status` (or the synthetic assistant's), the upstream HTTP status.
+    pub api_error_status: Option<u16>,
+    /// `result.api_error_type` (`authentication_error`, `overloaded_error`, …).
+    pub api_error_type: Option<String>,
+    /// `result.api_error` (`connection_failed`, `stream_idle_timeout`, …).
+    pub api_error: Option<String>,
+    /// `result.terminal_reason` (`api_error`, `max_turns`, `aborted_streaming`, …).
+    pub terminal_reason: Option<String>,
+    /// `error_status` of every `system/api_retry` event, in order (null ones skipped).
+    pub retry_statuses: Vec<u16>,
+    /// `error` of every `system/api_retry` event, in order.
+    pub retry_errors: Vec<String>,
+    /// Process exit code, when it exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number, when it was killed by a signal.
+    pub signal: Option<i32>,
+    /// Set when the process could not be spawned.
+    pub spawn_error: Option<SpawnErrorKind>,
+    /// The OS error text of a spawn failure.
+    pub spawn_error_message: Option<String>,
+    /// Set when one of the gateway's watchdogs fired.
+    pub timeout: Option<TimeoutKind>,
+    /// Set for conditions the gateway detected itself.
+    pub condition: Option<GatewayCondition>,
+    /// The last bytes the CLI wrote to stderr (bounded ring, UTF-8 lossy).
+    pub stderr_tail: String,
+}
+
+impl FailureFacts {
+    /// The failure texts markers and regexes are matched against, in a fixed order.
+    /// Never includes normal answer text.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        self.assistant_error_text
+            .as_deref()
+            .into_iter()
+            .chain(self.result_text.as_deref())
+            .chain(self.result_errors.iter().map(String::as_str))
+            .chain(self.spawn_error_message.as_deref())
+            .chain(std::iter::once(self.stderr_tail.as_str()).filter(|s| !s.is_empty()))
+    }
+
+    /// The most specific human-readable failure message, for logs and the `{{message}}`
+    /// placeholder. Deliberately excludes stderr, which reaches a body only through
+    /// `{{stderr_tail}}` in a template.
+    pub fn summary(&self) -> String {
+        let structured = self
+            .assistant_error_text
+            .iter()
+            .chain(self.result_text.iter())
+            .chain(self.result_errors.iter())
+            .chain(self.spawn_error_message.iter());
+        if let Some(t) = structured.map(|t| t.trim()).find(|t| !t.is_empty()) {
+            return t.to_string();
+        }
+        if let Some(t) = self.timeout {
+            return format!("Claude CLI timed out ({t:?} timeout)").to_lowercase();
+        }
+        if let Some(c) = self.condition {
+            return format!("gateway condition: {c:?}");
+        }
+        match (self.exit_code, self.signal) {
+            (_, Some(sig)) => format!("Claude CLI was killed by signal {sig}"),
+            (Some(code), _) => format!("Claude CLI exited with status {code}"),
+            _ => "Claude CLI failed".to_string(),
+        }
+    }
+}

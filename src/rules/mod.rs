@@ -1,0 +1,76 @@
+//! The rules engine: `rules.yaml` → [`model::RulesFile`] (serde) → validated, compiled
+//! [`Rules`] (one Aho-Corasick automaton, regexes, parsed templates). Pure: no IO here
+//! except what the caller hands in as text.
+//!
+//! PUBLIC API CONTRACT (other modules build against exactly this; keep it):
+//! - `Rules::from_yaml(text: &str, origin: &str) -> Result<Rules, LoadError>`
+//! - `Rules::embedded() -> Rules` (the default `rules/rules.yaml`, compiled in)
+//! - `rules.classify(&FailureFacts) -> Verdict` (never fails: the fallback kind catches all)
+//! - `rules.verdict_for_kind(name) -> Option<Verdict>` (e.g. the health gate re-answering
+//!   with the kind the probe found; None if the kind no longer exists)
+//! - `rules.first_unhealthy_kind() -> Option<Verdict>`
+//! - `rules.render_body(&Verdict, Flavour, &TemplateValues) -> serde_json::Value`
+//! - `rules.render_headers(&Verdict, &TemplateValues) -> Vec<(String, String)>`
+//! - `rules.probe() -> &ProbeSettings`, `rules.models() -> &[String]`,
+//!   `rules.sha256() -> &str` (hex of the source text), `rules.kinds_count()`, `rules.markers_count()`
+
+pub mod facts;
+
+pub use facts::{FailureFacts, GatewayCondition, SpawnErrorKind, TimeoutKind};
+
+use std::time::Duration;
+
+/// Which API's error body shape a template renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavour {
+    /// `/v1/chat/completions`: `{"error":{"message","type","param","code"}}`.
+    Openai,
+    /// `/v1/messages`: `{"type":"error","error":{"type","message"}}`.
+    Anthropic,
+}
+
+/// What which the classifier decided about one failure.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Verdict {
+    /// Kind name from the rules (`auth_failure`, `rate_limit`, …, or the fallback's name).
+    pub kind: String,
+    /// HTTP status to answer with (400-599).
+    pub status: u16,
+    /// Whether this kind marks the CLI unhealthy (opens the health gate).
+    pub unhealthy: bool,
+    /// What matched: e.g. `assistant_error=authentication_failed` or `marker="Not logged in"`;
+    /// None for the fallback.
+    pub matched: Option<String>,
+    /// The failure's summary text (`FailureFacts::summary`), for `{{error_message}}`.
+    pub message: String,
+    /// `retry_after` seconds from the kind, if set.
+    pub retry_after: Option<u64>,
+    /// The stderr tail of the run (only rendered if a template names `{{stderr_tail}}`).
+    #[serde(skip)]
+    pub stderr_tail: String,
+}
+
+/// Per-request values for template placeholders. `None` renders as JSON null when the
+/// placeholder is a whole leaf, and as an empty string inside a longer string.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateValues {
+    pub request_id: String,
+    pub model: Option<String>,
+    /// Health fields (from the process-wide health state at render time).
+    pub last_probed_at: Option<String>,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Probe settings in force (from the rules' `probe:` section).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSettings {
+    /// Zero disables the periodic probe.
+    pub interval: Duration,
+    /// Used instead of `interval` while unhealthy (zero: same as `interval`).
+    pub unhealthy_interval: Duration,
+    pub timeout: Duration,
+    pub prompt: String,
+    pub model: Option<String>,
+}
