@@ -7,4 +7,42 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod reload;
 pub mod rules;
+pub mod serve_cmd;
+pub mod state;
+
+use std::future::Future;
+
+pub use state::AppState;
+
+/// Serves the gateway on an already bound listener until `shutdown` resolves, then
+/// drains in-flight requests. Also runs the background tasks that belong to a serving
+/// process: the health probe, SIGHUP reloads and (if enabled) the rules file watcher.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let probe = tokio::spawn(health::probe_loop(state.clone()));
+    let hup = tokio::spawn(reload::sighup_loop(state.reloader.clone()));
+    let _watch = if state.config.watch_rules {
+        reload::spawn_watcher(
+            state.reloader.clone(),
+            std::time::Duration::from_millis(200),
+        )
+    } else {
+        None
+    };
+    let app = http::router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    probe.abort();
+    hup.abort();
+    result
+}

@@ -86,7 +86,10 @@ pub struct Success {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CliEvent {
     /// `system/init` was seen (first line of a turn).
-    Started { session_id: Option<String>, model: Option<String> },
+    Started {
+        session_id: Option<String>,
+        model: Option<String>,
+    },
     /// A `text_delta` of a top-level (not sub-agent) message, as the CLI emitted it.
     TextDelta(String),
     /// `message_stop` with `abandoned_blocks`: the deltas sent so far for the current
@@ -98,3 +101,31 @@ pub enum CliEvent {
     /// queue full, no result).
     Done(Result<Success, Box<FailureFacts>>),
 }
+
+// ---- STUB (integrator's placeholder until the backend branch merges; delete at merge) ----
+mod stub_backend {
+    use super::*;
+    #[derive(Debug, Clone)]
+    pub struct Backend;
+    #[derive(Debug)]
+    pub struct CliRun;
+    #[derive(Debug, Default)]
+    pub struct BackendStats;
+    impl Backend {
+        pub fn new(_s: CliSettings) -> Backend {
+            Backend
+        }
+        pub fn start(&self, _r: CliRequest) -> CliRun {
+            CliRun
+        }
+    }
+    impl CliRun {
+        pub async fn recv(&mut self) -> Option<CliEvent> {
+            todo!()
+        }
+        pub fn pid(&self) -> Option<u32> {
+            None
+        }
+    }
+}
+pub use stub_backend::{Backend, CliRun};

@@ -20,6 +20,13 @@ pub use facts::{FailureFacts, GatewayCondition, SpawnErrorKind, TimeoutKind};
 
 use std::time::Duration;
 
+/// Lowercase hex SHA-256 of the rules source (the rules version).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Which API's error body shape a template renders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,3 +81,61 @@ pub struct ProbeSettings {
     pub prompt: String,
     pub model: Option<String>,
 }
+
+// ---- STUB (integrator's placeholder until the rules branch merges; delete at merge) ----
+mod stub_rules {
+    use super::*;
+    /// Compiled rules (stub).
+    #[derive(Debug)]
+    pub struct Rules;
+    #[derive(Debug, thiserror::Error)]
+    #[error("stub")]
+    pub struct LoadError;
+    impl Rules {
+        pub fn from_yaml(_text: &str, _origin: &str) -> Result<Rules, LoadError> {
+            Err(LoadError)
+        }
+        pub fn embedded() -> Rules {
+            Rules
+        }
+        pub fn classify(&self, _f: &FailureFacts) -> Verdict {
+            todo!()
+        }
+        pub fn verdict_for_kind(&self, _name: &str) -> Option<Verdict> {
+            todo!()
+        }
+        pub fn first_unhealthy_kind(&self) -> Option<Verdict> {
+            todo!()
+        }
+        pub fn status_for(&self, _v: &Verdict, _f: Flavour) -> u16 {
+            todo!()
+        }
+        pub fn render_body(
+            &self,
+            _v: &Verdict,
+            _f: Flavour,
+            _t: &TemplateValues,
+        ) -> serde_json::Value {
+            todo!()
+        }
+        pub fn render_headers(&self, _v: &Verdict, _t: &TemplateValues) -> Vec<(String, String)> {
+            todo!()
+        }
+        pub fn probe(&self) -> &ProbeSettings {
+            todo!()
+        }
+        pub fn models(&self) -> &[String] {
+            todo!()
+        }
+        pub fn sha256(&self) -> &str {
+            todo!()
+        }
+        pub fn kinds_count(&self) -> usize {
+            todo!()
+        }
+        pub fn markers_count(&self) -> usize {
+            todo!()
+        }
+    }
+}
+pub use stub_rules::{LoadError, Rules};

@@ -1,0 +1,244 @@
+//! Process configuration: `config/ccgate.yaml` (if present) < `--config FILE` < `CCGATE_*`
+//! environment variables (nested keys joined with `__`) < command-line flags.
+//!
+//! These settings apply at start only (listen address, CLI command, limits). Everything an
+//! operator may change at run time lives in the rules file instead, so nothing here is ever
+//! silently ignored by a reload.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format as _, Serialized};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Where the default process config is looked for (relative to the working directory).
+pub const DEFAULT_CONFIG_PATH: &str = "config/ccgate.yaml";
+
+/// Log line format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The whole process config. Unknown keys are an error at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to bind. Loopback by default.
+    pub listen: SocketAddr,
+    /// Rules file; the embedded default rules are used when it does not exist.
+    pub rules: PathBuf,
+    /// Reload the rules when the file changes (SIGHUP always reloads).
+    pub watch_rules: bool,
+    /// When non-empty, `/v1/*` and `/admin/*` require one of these keys.
+    pub api_keys: Vec<String>,
+    /// Needed to bind a non-loopback address without `api_keys`.
+    pub allow_unauthenticated: bool,
+    pub log_format: LogFormat,
+    /// `tracing` filter directive (`RUST_LOG` wins when set).
+    pub log_level: String,
+    /// Allowed CORS origins; CORS is off when empty. `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// Max request body in bytes (chunked bodies included).
+    pub request_body_limit: usize,
+    pub cli: CliConfig,
+}
+
+/// The `cli:` section: how the Claude CLI is run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CliConfig {
+    /// Program to run: a path, or a name looked up on PATH.
+    pub command: PathBuf,
+    /// Extra arguments appended to ccgate's own flags.
+    pub args: Vec<String>,
+    /// Working directory for the CLI; a private empty temp dir when unset.
+    pub workdir: Option<PathBuf>,
+    /// Extra environment for the CLI (it also inherits ccgate's environment).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Let the CLI use its tools. Off: `--tools ""`.
+    pub tools: bool,
+    /// Seconds from spawn to the first stdout line.
+    pub start_timeout: f64,
+    /// Seconds allowed between stdout lines.
+    pub inactivity_timeout: f64,
+    /// Seconds for a whole request.
+    pub total_timeout: f64,
+    /// CLI processes at once.
+    pub max_concurrent: usize,
+    /// Requests waiting for a slot; beyond it the rules' `queue_full` kind answers.
+    pub queue_size: usize,
+    /// Bytes of CLI stderr kept for classification and logs.
+    pub stderr_tail_bytes: usize,
+    /// Pre-warmed idle CLI processes (0 = off).
+    pub prewarm: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            rules: PathBuf::from("rules/rules.yaml"),
+            watch_rules: true,
+            api_keys: Vec::new(),
+            allow_unauthenticated: false,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            cors_origins: Vec::new(),
+            request_body_limit: 1024 * 1024,
+            cli: CliConfig::default(),
+        }
+    }
+}
+
+impl Default for CliConfig {
+    fn default() -> Self {
+        CliConfig {
+            command: PathBuf::from("claude"),
+            args: Vec::new(),
+            workdir: None,
+            env: [("CLAUDE_CODE_MAX_RETRIES".to_string(), "2".to_string())].into(),
+            tools: false,
+            start_timeout: 30.0,
+            inactivity_timeout: 120.0,
+            total_timeout: 600.0,
+            max_concurrent: 4,
+            queue_size: 32,
+            stderr_tail_bytes: 8192,
+            prewarm: 0,
+        }
+    }
+}
+
+/// Errors loading or validating the process config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Flag values that override everything else (None = not given).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Load with the documented precedence. `explicit` is `--config FILE` (must exist).
+    /// `env` is the environment to read `CCGATE_*` from (injectable for tests).
+    pub fn load(
+        explicit: Option<&Path>,
+        overrides: &Overrides,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if Path::new(DEFAULT_CONFIG_PATH).is_file() {
+            fig = fig.merge(serde_saphyr::figment::Yaml::file(DEFAULT_CONFIG_PATH));
+        }
+        if let Some(path) = explicit {
+            if !path.is_file() {
+                return Err(ConfigError::Missing(path.to_path_buf()));
+            }
+            fig = fig.merge(serde_saphyr::figment::Yaml::file(path));
+        }
+        fig = fig.merge(env_source(env));
+        fig = fig.merge(Serialized::defaults(overrides));
+        let config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks figment cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (name, v) in [
+            ("cli.start_timeout", self.cli.start_timeout),
+            ("cli.inactivity_timeout", self.cli.inactivity_timeout),
+            ("cli.total_timeout", self.cli.total_timeout),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!(
+                    "{name} must be a positive number of seconds, got {v}"
+                ));
+            }
+        }
+        if self.cli.max_concurrent == 0 {
+            return bad("cli.max_concurrent must be at least 1".into());
+        }
+        if self.request_body_limit < 1024 {
+            return bad("request_body_limit must be at least 1024 bytes".into());
+        }
+        if self.api_keys.iter().any(|k| k.trim().is_empty()) {
+            return bad("api_keys must not contain empty keys".into());
+        }
+        if !self.listen.ip().is_loopback()
+            && self.api_keys.is_empty()
+            && !self.allow_unauthenticated
+        {
+            return bad(format!(
+                "refusing to listen on non-loopback address {} without api_keys; \
+                 set api_keys (CCGATE_API_KEYS) or allow_unauthenticated: true",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.cli.start_timeout)
+    }
+}
+
+/// `CCGATE_*` variables from the given environment, as a figment provider.
+fn env_source(env: &[(String, String)]) -> Serialized<figment::value::Dict> {
+    use figment::value::{Dict, Value};
+    let mut root = Dict::new();
+    for (key, raw) in env {
+        let Some(rest) = key.strip_prefix("CCGATE_") else {
+            continue;
+        };
+        if rest.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+        insert_path(&mut root, &path, value);
+    }
+    Serialized::defaults(root)
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    use figment::value::{Dict, Value};
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            } else {
+                let mut inner = Dict::new();
+                insert_path(&mut inner, rest, value);
+                *entry = Value::from(inner);
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The ONE place an error becomes an HTTP status + body. Request errors (bad JSON, missing
+//! fields, body too large, missing API key) have fixed shapes per API flavour; CLI failures
+//! carry a rules [`Verdict`] and are rendered from the rule templates.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::health::CliHealth;
+use crate::rules::{Flavour, Rules, TemplateValues, Verdict};
+
+/// Every error a handler can return.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: malformed JSON, wrong types, missing or unsupported fields.
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    /// 413: body over `request_body_limit`.
+    TooLarge { limit: usize },
+    /// 401: missing or wrong gateway API key (not the CLI's login).
+    Unauthorized,
+    /// 404: no such route.
+    NotFound,
+    /// 405: route exists, method doesn't.
+    MethodNotAllowed,
+    /// A CLI failure (or the health gate) classified by the rules.
+    Verdict(Box<Verdict>),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn invalid_param(message: impl Into<String>, param: &str) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.to_string()),
+        }
+    }
+
+    /// The kind label used in logs and metrics.
+    pub fn kind(&self) -> &str {
+        match self {
+            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::TooLarge { .. } => "request_too_large",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Verdict(v) => &v.kind,
+        }
+    }
+}
+
+/// What rendering an error needs besides the error itself.
+pub struct ErrorContext<'a> {
+    pub flavour: Flavour,
+    pub request_id: &'a str,
+    pub model: Option<&'a str>,
+    pub rules: &'a Rules,
+    pub health: &'a CliHealth,
+}
+
+/// Status, extra headers and JSON body of an error.
+pub struct RenderedError {
+    pub status: StatusCode,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl ApiError {
+    /// Renders for one flavour. Static errors use the APIs' documented shapes.
+    pub fn render(&self, cx: &ErrorContext<'_>) -> RenderedError {
+        let (status, etype, code, message, param) = match self {
+            ApiError::InvalidRequest { message, param } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                message.clone(),
+                param.clone(),
+            ),
+            ApiError::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                match cx.flavour {
+                    Flavour::Openai => "invalid_request_error",
+                    Flavour::Anthropic => "request_too_large",
+                },
+                "request_too_large",
+                format!("Request body exceeds the limit of {limit} bytes."),
+                None,
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                "Missing or invalid API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`."
+                    .to_string(),
+                None,
+            ),
+            ApiError::NotFound => (
+                StatusCode::NOT_FOUND,
+                match cx.flavour {
+                    Flavour::Openai => "invalid_request_error",
+                    Flavour::Anthropic => "not_found_error",
+                },
+                "not_found",
+                "Unknown endpoint.".to_string(),
+                None,
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+                "Method not allowed for this endpoint.".to_string(),
+                None,
+            ),
+            ApiError::Verdict(v) => return render_verdict(v, cx),
+        };
+        let body = match cx.flavour {
+            Flavour::Openai => json!({"error": {
+                "message": message, "type": etype, "param": param, "code": code,
+                "request_id": cx.request_id,
+            }}),
+            Flavour::Anthropic => json!({
+                "type": "error",
+                "error": {"type": etype, "message": message},
+                "request_id": cx.request_id,
+            }),
+        };
+        RenderedError {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    pub fn into_response(self, cx: &ErrorContext<'_>) -> Response {
+        self.render(cx).into_response()
+    }
+}
+
+/// Template values for a verdict: request fields plus the health fields at render time.
+pub fn template_values(cx: &ErrorContext<'_>) -> TemplateValues {
+    TemplateValues {
+        request_id: cx.request_id.to_string(),
+        model: cx.model.map(str::to_string),
+        last_probed_at: cx.health.last_probed_at.clone(),
+        error_kind: cx.health.error_kind.clone(),
+        error_message: cx.health.error_message.clone(),
+    }
+}
+
+fn render_verdict(v: &Verdict, cx: &ErrorContext<'_>) -> RenderedError {
+    let values = template_values(cx);
+    let status = cx.rules.status_for(v, cx.flavour);
+    RenderedError {
+        status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        headers: cx.rules.render_headers(v, &values),
+        body: cx.rules.render_body(v, cx.flavour, &values),
+    }
+}
+
+impl IntoResponse for RenderedError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body)).into_response();
+        for (name, value) in self.headers {
+            // Header names/values come from validated rules; a value a placeholder made
+            // invalid (control characters) is dropped rather than failing the response.
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                resp.headers_mut().insert(n, v);
+            }
+        }
+        resp
+    }
+}

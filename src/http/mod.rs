@@ -1,0 +1,235 @@
+//! The HTTP surface: `router(state)` wires the API endpoints, the operator endpoints and the
+//! middleware (request ids, API keys, body limit, CORS). Handlers live in `openai`,
+//! `anthropic` and `ops`; every error goes through `errors`.
+
+pub mod anthropic;
+pub mod body;
+pub mod errors;
+pub mod openai;
+pub mod ops;
+pub mod pipeline;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::http::errors::{ApiError, ErrorContext};
+use crate::rules::Flavour;
+use crate::state::AppState;
+
+/// The request id of this request (from `x-request-id` or generated), as an extractor.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(new_request_id())))
+    }
+}
+
+pub fn new_request_id() -> String {
+    format!("req_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A client-sent id is echoed only if it is short, visible ASCII (it ends up in headers,
+/// logs and bodies).
+fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| s.to_string())
+}
+
+async fn request_id_layer(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(acceptable_request_id)
+        .unwrap_or_else(new_request_id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Which error shape a path gets: Anthropic's for `/v1/messages…`, OpenAI's otherwise.
+pub fn flavour_for_path(path: &str) -> Flavour {
+    if path.starts_with("/v1/messages") {
+        Flavour::Anthropic
+    } else {
+        Flavour::Openai
+    }
+}
+
+/// Renders a static error (no verdict) in the path's flavour.
+pub fn static_error(state: &AppState, path: &str, request_id: &str, err: ApiError) -> Response {
+    let rules = state.rules.load();
+    let health = state.health.snapshot();
+    err.into_response(&ErrorContext {
+        flavour: flavour_for_path(path),
+        request_id,
+        model: None,
+        rules: &rules,
+        health: &health,
+    })
+}
+
+/// Constant-time comparison of the presented key with every configured key.
+fn key_ok(state: &AppState, presented: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(p) = presented else { return false };
+    let mut ok = subtle::Choice::from(0);
+    for k in &state.config.api_keys {
+        ok |= k.as_bytes().ct_eq(p.as_bytes());
+    }
+    ok.into()
+}
+
+fn presented_key(req: &Request) -> Option<&str> {
+    let h = req.headers();
+    if let Some(k) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(k.trim());
+    }
+    let auth = h.get("authorization")?.to_str().ok()?;
+    let (scheme, rest) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+async fn api_key_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.config.api_keys.is_empty() || key_ok(&state, presented_key(&req)) {
+        return next.run(req).await;
+    }
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(new_request_id);
+    let path = req.uri().path().to_string();
+    static_error(&state, &path, &id, ApiError::Unauthorized)
+}
+
+async fn fallback(
+    State(state): State<AppState>,
+    RequestId(id): RequestId,
+    req: Request,
+) -> Response {
+    static_error(&state, req.uri().path(), &id, ApiError::NotFound)
+}
+
+async fn method_not_allowed(
+    State(state): State<AppState>,
+    RequestId(id): RequestId,
+    req: Request,
+) -> Response {
+    static_error(&state, req.uri().path(), &id, ApiError::MethodNotAllowed)
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(openai::chat_completions).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/messages",
+            post(anthropic::messages).fallback(method_not_allowed),
+        )
+        .route("/v1/models", get(ops::models).fallback(method_not_allowed))
+        .route(
+            "/v1/auth/status",
+            get(ops::auth_status).fallback(method_not_allowed),
+        )
+        .route(
+            "/admin/probe",
+            post(ops::admin_probe).fallback(method_not_allowed),
+        )
+        .route(
+            "/admin/reload",
+            post(ops::admin_reload).fallback(method_not_allowed),
+        )
+        .route(
+            "/admin/rules",
+            get(ops::admin_rules).fallback(method_not_allowed),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), api_key_layer));
+    let open = Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics));
+    let mut app = protected
+        .merge(open)
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(state.config.request_body_limit));
+    if let Some(cors) = cors_layer(&state.config.cors_origins) {
+        app = app.layer(cors);
+    }
+    app.layer(middleware::from_fn(request_id_layer))
+        .with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers(Any)
+            .expose_headers([axum::http::HeaderName::from_static("x-request-id")]),
+    )
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Flattens a conversation into the one prompt the CLI receives on stdin. A single user
+/// message is passed as is; earlier turns are given as a transcript before the last one.
+pub fn transcript(turns: &[(&str, String)]) -> Result<String, ApiError> {
+    let Some((last_role, last)) = turns.last() else {
+        return Err(ApiError::invalid_param(
+            "at least one user or assistant message is required",
+            "messages",
+        ));
+    };
+    if *last_role != "user" {
+        return Err(ApiError::invalid_param(
+            "the last message must have role `user`",
+            "messages",
+        ));
+    }
+    if turns.len() == 1 {
+        return Ok(last.clone());
+    }
+    let mut out =
+        String::from("Earlier turns of this conversation, for context:\n<conversation>\n");
+    for (role, text) in &turns[..turns.len() - 1] {
+        let who = if *role == "user" { "User" } else { "Assistant" };
+        out.push_str(&format!("<{who}>\n{text}\n</{who}>\n"));
+    }
+    out.push_str("</conversation>\n\n");
+    out.push_str(last);
+    Ok(out)
+}

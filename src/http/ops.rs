@@ -1,0 +1,95 @@
+//! Operator endpoints: `/v1/models`, `/health`, `/ready`, `/v1/auth/status`, `/metrics`,
+//! and the admin actions `/admin/probe`, `/admin/reload`, `/admin/rules`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::health::Source;
+use crate::reload::Trigger;
+use crate::state::AppState;
+
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let rules = state.rules.load();
+    let data: Vec<Value> = rules
+        .models()
+        .iter()
+        .map(|m| {
+            json!({"id": m, "object": "model", "created": 0, "owned_by": "anthropic",
+                        "type": "model", "display_name": m})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data, "has_more": false}))
+}
+
+/// Liveness: the process serves requests.
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+fn auth_status_body(state: &AppState) -> Value {
+    let rules = state.rules.load();
+    let probe = rules.probe();
+    json!({
+        "cli_health": state.health.snapshot(),
+        "rules": {"sha256": rules.sha256(), "kinds": rules.kinds_count()},
+        "probe": {
+            "interval_seconds": probe.interval.as_secs_f64(),
+            "unhealthy_interval_seconds": probe.unhealthy_interval.as_secs_f64(),
+            "timeout_seconds": probe.timeout.as_secs_f64(),
+            "model": probe.model,
+            "enabled": !probe.interval.is_zero(),
+        },
+    })
+}
+
+pub async fn auth_status(State(state): State<AppState>) -> Json<Value> {
+    Json(auth_status_body(&state))
+}
+
+/// Readiness: 200 while the CLI is healthy, 503 (same JSON) while the gate is closed.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let status = if state.health.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(auth_status_body(&state))).into_response()
+}
+
+pub async fn admin_probe(State(state): State<AppState>) -> Json<Value> {
+    crate::health::probe_once(&state, Source::Probe).await;
+    Json(auth_status_body(&state))
+}
+
+pub async fn admin_reload(State(state): State<AppState>) -> Response {
+    let attempt = state.reloader.reload(Trigger::Admin).await;
+    let status = if attempt.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (
+        status,
+        Json(json!({"reload": attempt, "rules": state.reloader.status()})),
+    )
+        .into_response()
+}
+
+pub async fn admin_rules(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state.reloader.status()))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    state.sync_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

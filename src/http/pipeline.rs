@@ -1,0 +1,404 @@
+//! The request pipeline shared by both APIs: health gate → CLI run → success, or failure
+//! facts → rules verdict (→ health update). Also the per-request log line and metrics,
+//! written once when the request ends (including client disconnects mid-stream).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::response::Response;
+
+use crate::backend::{CliEvent, CliRequest, CliRun, Success};
+use crate::health::Source;
+use crate::http::errors::{ApiError, ErrorContext, RenderedError};
+use crate::rules::{FailureFacts, Flavour, GatewayCondition, Rules};
+use crate::state::AppState;
+
+/// One turn to run, already translated from either API.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub prompt: String,
+    pub system: Option<String>,
+    pub model: String,
+}
+
+/// Outcome fields of the per-request log line, filled as the request proceeds.
+#[derive(Debug, Default)]
+struct Outcome {
+    status: u16,
+    kind: String,
+    cli_exit: Option<i32>,
+    cli_signal: Option<i32>,
+    finished: bool,
+}
+
+/// Per-request context: one rules snapshot for the whole request, ids, timing.
+pub struct RequestCx {
+    pub state: AppState,
+    pub rules: Arc<Rules>,
+    pub request_id: String,
+    pub flavour: Flavour,
+    pub endpoint: &'static str,
+    pub model: Option<String>,
+    started: Instant,
+    outcome: Mutex<Outcome>,
+}
+
+impl RequestCx {
+    pub fn new(
+        state: AppState,
+        request_id: String,
+        flavour: Flavour,
+        endpoint: &'static str,
+    ) -> RequestCx {
+        let rules = state.rules.load_full();
+        RequestCx {
+            state,
+            rules,
+            request_id,
+            flavour,
+            endpoint,
+            model: None,
+            started: Instant::now(),
+            outcome: Mutex::new(Outcome::default()),
+        }
+    }
+
+    fn outcome(&self) -> std::sync::MutexGuard<'_, Outcome> {
+        self.outcome.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Renders an error for this request's flavour and records it as the outcome.
+    pub fn render_error(&self, err: &ApiError) -> RenderedError {
+        let health = self.state.health.snapshot();
+        let cx = ErrorContext {
+            flavour: self.flavour,
+            request_id: &self.request_id,
+            model: self.model.as_deref(),
+            rules: &self.rules,
+            health: &health,
+        };
+        let rendered = err.render(&cx);
+        let mut o = self.outcome();
+        o.status = rendered.status.as_u16();
+        o.kind = err.kind().to_string();
+        rendered
+    }
+
+    pub fn error_response(&self, err: ApiError) -> Response {
+        use axum::response::IntoResponse;
+        self.render_error(&err).into_response()
+    }
+
+    /// Records a successful answer (status 200).
+    pub fn record_ok(&self) {
+        let mut o = self.outcome();
+        o.status = 200;
+        o.kind = "ok".into();
+    }
+
+    fn record_exit(&self, facts: Option<&FailureFacts>) {
+        if let Some(f) = facts {
+            let mut o = self.outcome();
+            o.cli_exit = f.exit_code;
+            o.cli_signal = f.signal;
+        }
+    }
+
+    /// Marks the response complete (for streams: the last event was sent).
+    pub fn record_finished(&self) {
+        self.outcome().finished = true;
+    }
+
+    /// The health gate: while the CLI is known unhealthy, answer from the unhealthy kind's
+    /// template without spawning anything.
+    pub fn gate(&self) -> Result<(), ApiError> {
+        let Some(h) = self.state.health.gate() else {
+            return Ok(());
+        };
+        let verdict = h
+            .error_kind
+            .as_deref()
+            .and_then(|k| self.rules.verdict_for_kind(k))
+            .filter(|v| v.unhealthy)
+            .or_else(|| self.rules.first_unhealthy_kind());
+        match verdict {
+            Some(mut v) => {
+                v.message = h.error_message.clone().unwrap_or_default();
+                Err(ApiError::Verdict(Box::new(v)))
+            }
+            // The rules no longer declare any unhealthy kind: nothing may keep the gate closed.
+            None => Ok(()),
+        }
+    }
+
+    /// Classifies failure facts with this request's rules snapshot and updates health.
+    pub fn fail(&self, facts: &FailureFacts) -> ApiError {
+        self.record_exit(Some(facts));
+        let verdict = self.rules.classify(facts);
+        tracing::debug!(request_id = %self.request_id, kind = %verdict.kind,
+            matched = ?verdict.matched, stderr_tail = %facts.stderr_tail, "CLI failure classified");
+        let m = &self.state.metrics;
+        m.cli_runs
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: verdict.kind.clone(),
+            })
+            .inc();
+        if verdict.unhealthy {
+            self.state
+                .health
+                .mark_failed(Source::Request, &verdict.kind, &verdict.message);
+            m.cli_health_ok.set(0);
+            // Confirm (or refute) with a probe now rather than at the next interval.
+            self.state.health.probe_wakeup.notify_one();
+        }
+        ApiError::Verdict(Box::new(verdict))
+    }
+
+    fn succeeded(&self) {
+        self.state
+            .metrics
+            .cli_runs
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: "success".into(),
+            })
+            .inc();
+        if !self.state.health.is_ok() {
+            // A real request just worked: recovery need not wait for the next probe.
+            self.state.health.mark_ok(Source::Request);
+            self.state.metrics.cli_health_ok.set(1);
+        }
+    }
+
+    fn cli_request(&self, turn: &Turn) -> CliRequest {
+        CliRequest {
+            prompt: turn.prompt.clone(),
+            system_prompt: turn.system.clone(),
+            model: Some(turn.model.clone()),
+            timeout: None,
+            bypass_queue: false,
+        }
+    }
+
+    /// Runs a turn to completion (non-streaming).
+    pub async fn complete(&self, turn: &Turn) -> Result<Success, ApiError> {
+        self.gate()?;
+        let mut run = self.state.backend.start(self.cli_request(turn));
+        let mut assistant_text = String::new();
+        loop {
+            match run.recv().await {
+                Some(CliEvent::AssistantText(t)) => assistant_text.push_str(&t),
+                Some(CliEvent::Done(Ok(success))) => {
+                    self.succeeded();
+                    return Ok(success);
+                }
+                Some(CliEvent::Done(Err(facts))) => {
+                    if let Some(s) = max_turns_partial(&facts, &assistant_text) {
+                        self.record_exit(Some(&facts));
+                        self.succeeded();
+                        return Ok(s);
+                    }
+                    return Err(self.fail(&facts));
+                }
+                Some(_) => {}
+                None => return Err(self.fail(&lost_run())),
+            }
+        }
+    }
+
+    /// Starts a streaming turn: waits until the first content (or the end), so a failure
+    /// known before the first byte keeps its real status.
+    pub async fn begin_stream(self: Arc<Self>, turn: &Turn) -> Result<LiveStream, ApiError> {
+        self.gate()?;
+        let mut run = self.state.backend.start(self.cli_request(turn));
+        let mut ready = std::collections::VecDeque::new();
+        loop {
+            match run.recv().await {
+                Some(CliEvent::Done(Err(facts))) => {
+                    let partial: String = ready
+                        .iter()
+                        .filter_map(|e| match e {
+                            CliEvent::AssistantText(t) => Some(t.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(s) = max_turns_partial(&facts, &partial) {
+                        self.record_exit(Some(&facts));
+                        ready.push_back(CliEvent::Done(Ok(s)));
+                        break;
+                    }
+                    return Err(self.fail(&facts));
+                }
+                Some(e @ (CliEvent::TextDelta(_) | CliEvent::Done(Ok(_)))) => {
+                    ready.push_back(e);
+                    break;
+                }
+                Some(other) => ready.push_back(other),
+                None => return Err(self.fail(&lost_run())),
+            }
+        }
+        Ok(LiveStream {
+            cx: self,
+            run: Some(run),
+            ready,
+            since_reset: String::new(),
+            streamed_any: false,
+            abandoned: false,
+        })
+    }
+}
+
+impl Drop for RequestCx {
+    fn drop(&mut self) {
+        let o = self.outcome();
+        let secs = self.started.elapsed().as_secs_f64();
+        let (status, kind) = if o.status == 0 {
+            (499, "client_disconnected")
+        } else {
+            (o.status, o.kind.as_str())
+        };
+        let status = if o.status == 200 && !o.finished {
+            // A stream the client left before its end.
+            499
+        } else {
+            status
+        };
+        self.state
+            .metrics
+            .count_request(self.endpoint, status, kind, secs);
+        tracing::info!(
+            request_id = %self.request_id,
+            endpoint = self.endpoint,
+            model = self.model.as_deref().unwrap_or(""),
+            status,
+            kind,
+            cli_exit = ?o.cli_exit,
+            cli_signal = ?o.cli_signal,
+            duration_ms = (secs * 1000.0) as u64,
+            "request"
+        );
+    }
+}
+
+/// A run that ended without its final event (the driver task died): a protocol error.
+fn lost_run() -> FailureFacts {
+    FailureFacts {
+        condition: Some(GatewayCondition::NoResult),
+        ..FailureFacts::default()
+    }
+}
+
+/// `error_max_turns` after some answer text: the caller gets that text with a
+/// `length`-style finish rather than an error (the turn limit is a length limit).
+fn max_turns_partial(facts: &FailureFacts, text: &str) -> Option<Success> {
+    (facts.result_subtype.as_deref() == Some("error_max_turns") && !text.trim().is_empty()).then(
+        || Success {
+            text: text.to_string(),
+            stop_reason: Some("max_turns".into()),
+            ..Success::default()
+        },
+    )
+}
+
+/// One piece of a streamed answer, API-neutral.
+#[derive(Debug)]
+pub enum Piece {
+    Delta(String),
+    Finish(Box<Success>),
+    /// A failure after the stream began: the flavour's error event with this body.
+    Fail(serde_json::Value),
+}
+
+/// A streaming run after its first content: yields pieces until the end.
+pub struct LiveStream {
+    pub cx: Arc<RequestCx>,
+    run: Option<CliRun>,
+    ready: std::collections::VecDeque<CliEvent>,
+    /// Text streamed since the last complete assistant block.
+    since_reset: String,
+    streamed_any: bool,
+    abandoned: bool,
+}
+
+impl LiveStream {
+    /// The next piece, or None after the last one.
+    pub async fn next_piece(&mut self) -> Option<Piece> {
+        loop {
+            let event = match self.ready.pop_front() {
+                Some(e) => e,
+                None => self
+                    .run
+                    .as_mut()?
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| CliEvent::Done(Err(Box::new(lost_run())))),
+            };
+            match event {
+                CliEvent::TextDelta(t) => {
+                    if self.abandoned {
+                        // The CLI retries without streaming after abandoning; deltas of a
+                        // new streamed attempt restart the block.
+                        continue;
+                    }
+                    self.since_reset.push_str(&t);
+                    self.streamed_any = true;
+                    return Some(Piece::Delta(t));
+                }
+                CliEvent::Abandoned => {
+                    self.abandoned = true;
+                }
+                CliEvent::AssistantText(full) => {
+                    let sent = std::mem::take(&mut self.since_reset);
+                    if !self.abandoned {
+                        continue;
+                    }
+                    self.abandoned = false;
+                    // The retry's full text: send what the client lacks if what it already
+                    // has is a prefix; otherwise the streamed text is wrong and the stream
+                    // must fail rather than serve a corrupted answer.
+                    match full.strip_prefix(sent.as_str()) {
+                        Some(rest) => {
+                            if !rest.is_empty() {
+                                self.streamed_any = true;
+                                return Some(Piece::Delta(rest.to_string()));
+                            }
+                        }
+                        None => {
+                            self.run = None;
+                            let facts = FailureFacts {
+                                condition: Some(GatewayCondition::StreamAbandoned),
+                                ..FailureFacts::default()
+                            };
+                            return Some(self.fail_piece(&facts));
+                        }
+                    }
+                }
+                CliEvent::Started { .. } => {}
+                CliEvent::Done(Ok(success)) => {
+                    self.run = None;
+                    self.cx.succeeded();
+                    if !self.streamed_any && !success.text.is_empty() {
+                        // Nothing was streamed (no partial messages): send the whole text
+                        // first, then finish.
+                        self.streamed_any = true;
+                        self.ready.push_back(CliEvent::Done(Ok(success.clone())));
+                        return Some(Piece::Delta(success.text));
+                    }
+                    self.cx.record_ok();
+                    self.cx.record_finished();
+                    return Some(Piece::Finish(Box::new(success)));
+                }
+                CliEvent::Done(Err(facts)) => {
+                    self.run = None;
+                    return Some(self.fail_piece(&facts));
+                }
+            }
+        }
+    }
+
+    fn fail_piece(&mut self, facts: &FailureFacts) -> Piece {
+        let err = self.cx.fail(facts);
+        let rendered = self.cx.render_error(&err);
+        self.cx.record_finished();
+        Piece::Fail(rendered.body)
+    }
+}

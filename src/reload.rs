@@ -1,0 +1,350 @@
+//! The one reload path. SIGHUP, the file watcher and `POST /admin/reload` all call
+//! [`Reloader::reload`]: read the file, parse and compile off the async workers, and swap
+//! the new rules in atomically — or keep the running rules and record why not.
+//!
+//! Invariants: bad rules never replace good ones; identical content (same SHA-256) is not
+//! reloaded; reloads are serialized; each request keeps the snapshot it started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::health::{now_rfc3339, Health};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::rules::Rules;
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Startup,
+    Sighup,
+    FileChange,
+    Admin,
+}
+
+/// The outcome of one reload attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadAttempt {
+    pub at: String,
+    pub trigger: Trigger,
+    /// True when the running rules are the file's current content (swapped or unchanged).
+    pub ok: bool,
+    /// True when new rules were swapped in.
+    pub changed: bool,
+    /// Why the file was not loaded (with line and column), if it was not.
+    pub error: Option<String>,
+    pub duration_ms: f64,
+}
+
+/// What `/admin/rules` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct RulesStatus {
+    pub path: String,
+    /// `file` or `embedded` (the file did not exist at load time).
+    pub source: &'static str,
+    pub sha256: String,
+    pub kinds: usize,
+    pub markers: usize,
+    pub loaded_at: String,
+    pub last_attempt: Option<ReloadAttempt>,
+}
+
+/// Owns reloading the rules file into the shared [`ArcSwap`].
+pub struct Reloader {
+    path: PathBuf,
+    rules: Arc<ArcSwap<Rules>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    status: Mutex<RulesStatus>,
+    serial: tokio::sync::Mutex<()>,
+}
+
+/// Errors of the initial load (a bad file at start is fatal; at reload it is not).
+#[derive(Debug, thiserror::Error)]
+pub enum InitialLoadError {
+    #[error("cannot read rules file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Loads the rules at start: the file if it exists, else the embedded defaults.
+pub fn load_initial(path: &Path) -> Result<(Rules, &'static str), InitialLoadError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Rules::from_yaml(&text, &path.display().to_string())
+            .map(|r| (r, "file"))
+            .map_err(|e| InitialLoadError::Invalid(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Rules::embedded(), "embedded")),
+        Err(source) => Err(InitialLoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        rules: Arc<ArcSwap<Rules>>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Reloader {
+        let current = rules.load();
+        let source = if path.is_file() { "file" } else { "embedded" };
+        metrics
+            .reload_success_timestamp
+            .set(crate::http::unix_now() as f64);
+        let status = RulesStatus {
+            path: path.display().to_string(),
+            source,
+            sha256: current.sha256().to_string(),
+            kinds: current.kinds_count(),
+            markers: current.markers_count(),
+            loaded_at: now_rfc3339(),
+            last_attempt: None,
+        };
+        Reloader {
+            path,
+            rules,
+            metrics,
+            health,
+            status: Mutex::new(status),
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn status_lock(&self) -> std::sync::MutexGuard<'_, RulesStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn status(&self) -> RulesStatus {
+        self.status_lock().clone()
+    }
+
+    /// Reads, validates and swaps in the rules file. Never leaves the running rules broken.
+    pub async fn reload(&self, trigger: Trigger) -> ReloadAttempt {
+        let _serial = self.serial.lock().await;
+        let started = std::time::Instant::now();
+        let path = self.path.clone();
+        let current_sha = self.rules.load().sha256().to_string();
+        // Reading and compiling (regexes, automaton) is CPU work: keep it off the workers.
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Option<Rules>, String> {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if text.trim().is_empty() {
+                // A truncate-then-write save shows an empty file first; the write that
+                // follows brings the real content (and another event).
+                return Err(format!(
+                    "{} is empty; keeping the running rules",
+                    path.display()
+                ));
+            }
+            let sha = crate::rules::sha256_hex(text.as_bytes());
+            if sha == current_sha {
+                return Ok(None);
+            }
+            Rules::from_yaml(&text, &path.display().to_string())
+                .map(Some)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let attempt = match loaded {
+            Ok(None) => ReloadAttempt {
+                at: now_rfc3339(),
+                trigger,
+                ok: true,
+                changed: false,
+                error: None,
+                duration_ms,
+            },
+            Ok(Some(rules)) => {
+                let (sha, kinds, markers) = (
+                    rules.sha256().to_string(),
+                    rules.kinds_count(),
+                    rules.markers_count(),
+                );
+                self.rules.store(Arc::new(rules));
+                let mut st = self.status_lock();
+                st.sha256 = sha;
+                st.kinds = kinds;
+                st.markers = markers;
+                st.source = "file";
+                st.loaded_at = now_rfc3339();
+                drop(st);
+                // The probe interval may have changed: let the probe task re-time itself.
+                self.health.settings_changed.notify_one();
+                ReloadAttempt {
+                    at: now_rfc3339(),
+                    trigger,
+                    ok: true,
+                    changed: true,
+                    error: None,
+                    duration_ms,
+                }
+            }
+            Err(error) => ReloadAttempt {
+                at: now_rfc3339(),
+                trigger,
+                ok: false,
+                changed: false,
+                error: Some(error),
+                duration_ms,
+            },
+        };
+        let result = match (attempt.ok, attempt.changed) {
+            (true, true) => "success",
+            (true, false) => "unchanged",
+            _ => "failure",
+        };
+        self.metrics
+            .reloads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.metrics.reload_successful.set(i64::from(attempt.ok));
+        if attempt.ok {
+            self.metrics
+                .reload_success_timestamp
+                .set(crate::http::unix_now() as f64);
+            tracing::info!(
+                ?trigger,
+                changed = attempt.changed,
+                duration_ms,
+                "rules reloaded"
+            );
+        } else {
+            tracing::error!(
+                ?trigger,
+                error = attempt.error.as_deref().unwrap_or(""),
+                "rules reload failed; keeping the running rules"
+            );
+        }
+        self.status_lock().last_attempt = Some(attempt.clone());
+        attempt
+    }
+}
+
+/// Reloads on every SIGHUP until shutdown.
+pub async fn sighup_loop(reloader: Arc<Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload via file changes or POST /admin/reload");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        reloader.reload(Trigger::Sighup).await;
+    }
+}
+
+/// Keeps the file watcher alive; dropping it stops watching.
+pub struct WatchGuard {
+    _debouncer: Box<dyn std::any::Any + Send>,
+}
+
+/// The directories to watch for `path`: its own directory (catches rename-over, delete +
+/// recreate, and the Kubernetes `..data` symlink swap) and, if it is a symlink, the
+/// directory of its resolved target (catches in-place edits of the target).
+fn watch_dirs(path: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    dirs.push(parent);
+    if let Ok(target) = std::fs::canonicalize(path) {
+        if let Some(tp) = target.parent() {
+            if !dirs
+                .iter()
+                .any(|d| std::fs::canonicalize(d).ok().as_deref() == Some(tp))
+            {
+                dirs.push(tp.to_path_buf());
+            }
+        }
+    }
+    dirs
+}
+
+/// Starts watching the rules file's directory; each debounced burst of changes feeds one
+/// [`Reloader::reload`] with [`Trigger::FileChange`]. Returns None (after logging why) if
+/// the watcher cannot be set up: SIGHUP and `/admin/reload` still work.
+pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: std::time::Duration) -> Option<WatchGuard> {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    use notify::RecursiveMode;
+    use notify_debouncer_full::{new_debouncer, DebounceEventResult};
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let handler = move |res: DebounceEventResult| {
+        let relevant = match res {
+            Ok(events) => events.iter().any(|e| match e.event.kind {
+                // Our own reads (open/close-nowrite) must never trigger a reload.
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                EventKind::Access(_) => false,
+                _ => true,
+            }),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = tx.send(());
+        }
+    };
+    let mut debouncer = match new_debouncer(debounce, None, handler) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the rules file watcher; SIGHUP and POST /admin/reload still reload");
+            return None;
+        }
+    };
+    let dirs = watch_dirs(reloader.path());
+    let mut watching = 0;
+    for dir in &dirs {
+        match debouncer.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => watching += 1,
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory"),
+        }
+    }
+    if watching == 0 {
+        tracing::error!(
+            "rules file watcher watches nothing; SIGHUP and POST /admin/reload still reload"
+        );
+        return None;
+    }
+    let debouncer = Arc::new(Mutex::new(debouncer));
+    let for_task = debouncer.clone();
+    let mut watched = dirs;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Drain a burst that arrived while we were reloading: one reload covers it.
+            while rx.try_recv().is_ok() {}
+            reloader.reload(Trigger::FileChange).await;
+            // A symlinked rules file may now point into a new directory (ConfigMap swap).
+            for dir in watch_dirs(reloader.path()) {
+                if !watched.contains(&dir) {
+                    if let Ok(mut d) = for_task.lock() {
+                        if d.watch(&dir, RecursiveMode::NonRecursive).is_ok() {
+                            watched.push(dir);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Some(WatchGuard {
+        _debouncer: Box::new(debouncer),
+    })
+}

@@ -1,0 +1,57 @@
+//! The shared state every handler sees: config, the current rules snapshot (arc-swap),
+//! the CLI backend, health, metrics and the reload path.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::rules::Rules;
+
+/// Cloned into every handler (all fields are shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    /// The running rules. Each request loads one snapshot and uses it start to end.
+    pub rules: Arc<ArcSwap<Rules>>,
+    pub backend: Backend,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
+}
+
+impl AppState {
+    /// Builds the state from a config and the initially loaded rules.
+    pub fn new(config: Config, rules: Rules, backend: Backend) -> AppState {
+        let rules = Arc::new(ArcSwap::from_pointee(rules));
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let reloader = Arc::new(Reloader::new(
+            config.rules.clone(),
+            rules.clone(),
+            metrics.clone(),
+            health.clone(),
+        ));
+        AppState {
+            config: Arc::new(config),
+            rules,
+            backend,
+            health,
+            metrics,
+            reloader,
+        }
+    }
+}
+
+impl AppState {
+    /// Copies point-in-time values into gauges before a scrape.
+    pub fn sync_gauges(&self) {
+        self.metrics
+            .cli_health_ok
+            .set(i64::from(self.health.is_ok()));
+    }
+}
