@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the official openai and anthropic Python SDKs against a real ccgate process that
+# drives the fake CLI (tests/fake-claude). Installs the SDKs into a cached venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${CCGATE_SDK_VENV:-${HOME}/.cache/ccgate/sdk-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -c 'import openai, anthropic' 2>/dev/null \
+  || "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.50,<3' 'anthropic>=0.40,<1'
+cargo build --quiet --locked --bin ccgate
+bin="${CARGO_TARGET_DIR:-target}/debug/ccgate"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+log=$(mktemp)
+CCGATE_LISTEN="127.0.0.1:$port" \
+CCGATE_WATCH_RULES=false \
+CCGATE_CLI__COMMAND="$PWD/tests/fake-claude" \
+CCGATE_RULES=/nonexistent/use-embedded.yaml \
+  "$bin" serve 2>"$log" &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 1 100); do
+  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1)" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+if ! "$venv/bin/python" tests/sdk/check_sdks.py "http://127.0.0.1:$port"; then
+  echo "--- ccgate log ---"; tail -50 "$log"; exit 1
+fi

@@ -1,0 +1,520 @@
+//! End-to-end API tests: the real server on 127.0.0.1:0 driving the fake CLI. Success and
+//! streaming on both APIs, every failure scenario's status and body shape per flavour,
+//! request validation, request ids, and process hygiene (disconnect, zombies).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{chat_body, client, eventually, messages_body, sse_events, Opts, TestServer};
+
+async fn post(s: &TestServer, path: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = client()
+        .post(s.url(path))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.expect("body"))
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test]
+async fn openai_non_streaming_success() {
+    let s = TestServer::start(Opts::default()).await;
+    let (status, headers, body) = post(&s, "/v1/chat/completions", &chat_body("Hi", false)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(headers.get("x-request-id").is_some());
+    let v = json_of(&body);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "sonnet");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from the fake CLI.");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let u = &v["usage"];
+    assert!(u["completion_tokens"].as_u64().unwrap_or(0) > 0, "{u}");
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn anthropic_non_streaming_success() {
+    let s = TestServer::start(Opts::default()).await;
+    let (status, _, body) = post(&s, "/v1/messages", &messages_body("Hi", false)).await;
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(v["content"][0]["text"], "Hello from the fake CLI.");
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert!(v["usage"]["output_tokens"].as_u64().unwrap_or(0) > 0);
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+}
+
+#[tokio::test]
+async fn openai_streaming_success_with_usage() {
+    let s = TestServer::start(Opts::default()).await;
+    let mut body = chat_body("Hi", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (status, headers, text) = post(&s, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = sse_events(&text);
+    let datas: Vec<&str> = events.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(*datas.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = datas[..datas.len() - 1].iter().map(|d| json_of(d)).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Hello from the fake CLI.");
+    let deltas = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))
+        .count();
+    assert!(deltas >= 2, "expected token deltas, got {deltas}: {text}");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null() && c["choices"][0].is_object())
+        .collect();
+    assert_eq!(finish.len(), 1);
+    assert_eq!(finish[0]["choices"][0]["finish_reason"], "stop");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+    }
+}
+
+#[tokio::test]
+async fn anthropic_streaming_event_sequence() {
+    let s = TestServer::start(Opts::default()).await;
+    let (status, _, text) = post(&s, "/v1/messages", &messages_body("Hi", true)).await;
+    assert_eq!(status, 200, "{text}");
+    let events = sse_events(&text);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap_or("")).collect();
+    assert_eq!(names[0], "message_start");
+    assert_eq!(names[1], "content_block_start");
+    assert!(names.contains(&"ping"));
+    let n = names.len();
+    assert_eq!(&names[n - 3..], &["content_block_stop", "message_delta", "message_stop"]);
+    let text_out: String = events
+        .iter()
+        .filter(|(n, _)| n.as_deref() == Some("content_block_delta"))
+        .map(|(_, d)| json_of(d)["delta"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text_out, "Hello from the fake CLI.");
+    for (name, data) in &events {
+        assert_eq!(json_of(data)["type"].as_str(), name.as_deref());
+    }
+    let delta = json_of(&events[n - 2].1);
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+}
+
+#[tokio::test]
+async fn deltas_arrive_before_the_cli_exits() {
+    let s = TestServer::start(Opts {
+        scenario: "slow",
+        env: vec![("FAKE_CLAUDE_DELAY", "0.4".into())],
+        ..Opts::default()
+    })
+    .await;
+    let started = Instant::now();
+    let mut r = client()
+        .post(s.url("/v1/messages"))
+        .json(&messages_body("Hi", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut first_delta = None;
+    let mut all = String::new();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        all.push_str(&String::from_utf8_lossy(&chunk));
+        if first_delta.is_none() && all.contains("text_delta") {
+            first_delta = Some(started.elapsed());
+        }
+    }
+    let total = started.elapsed();
+    let first = first_delta.expect("a delta arrived");
+    assert!(
+        total - first >= Duration::from_millis(700),
+        "first delta at {first:?}, end at {total:?}: not streamed incrementally"
+    );
+}
+
+/// (scenario, openai status, anthropic status, anthropic error type)
+const FAILURES: &[(&str, u16, u16, &str)] = &[
+    ("not_logged_in", 401, 401, "authentication_error"),
+    ("invalid_api_key", 401, 401, "authentication_error"),
+    ("rate_limit", 429, 429, "rate_limit_error"),
+    ("usage_limit", 429, 429, "rate_limit_error"),
+    ("overloaded", 503, 529, "overloaded_error"),
+    ("server_error", 502, 502, "api_error"),
+    ("model_not_found", 404, 404, "not_found_error"),
+    ("crash", 502, 502, "api_error"),
+    ("killed", 502, 502, "api_error"),
+    ("garbage", 502, 502, "api_error"),
+    ("exit0_no_output", 502, 502, "api_error"),
+];
+
+#[tokio::test]
+async fn failure_scenarios_map_to_rule_statuses_and_shapes() {
+    let s = TestServer::start(Opts::default()).await;
+    for (scenario, openai_status, anthropic_status, anthropic_type) in FAILURES {
+        let prompt = format!("[[scenario:{scenario}]] hi");
+        for stream in [false, true] {
+            let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body(&prompt, stream)).await;
+            assert_eq!(st, *openai_status, "openai {scenario} stream={stream}: {body}");
+            let v = json_of(&body);
+            assert!(v["error"]["message"].is_string(), "{scenario}: {body}");
+            assert!(v["error"]["type"].is_string(), "{scenario}: {body}");
+            let (st, _, body) = post(&s, "/v1/messages", &messages_body(&prompt, stream)).await;
+            assert_eq!(st, *anthropic_status, "anthropic {scenario} stream={stream}: {body}");
+            let v = json_of(&body);
+            assert_eq!(v["type"], "error", "{body}");
+            assert_eq!(v["error"]["type"], *anthropic_type, "{scenario}: {body}");
+            assert!(!body.contains("TypeError"), "stderr leaked into body: {body}");
+        }
+        // Auth failures close the gate; reopen it for the next scenario.
+        s.state.health.mark_ok(ccgate::health::Source::Probe);
+    }
+}
+
+#[tokio::test]
+async fn rate_limits_carry_retry_headers() {
+    let s = TestServer::start(Opts::default()).await;
+    let (st, h, _) = post(&s, "/v1/chat/completions", &chat_body("[[scenario:rate_limit]]", false)).await;
+    assert_eq!(st, 429);
+    assert!(h.get("retry-after").is_some());
+    let (st, h, _) = post(&s, "/v1/messages", &messages_body("[[scenario:usage_limit]]", false)).await;
+    assert_eq!(st, 429);
+    assert_eq!(h.get("x-should-retry").map(|v| v.to_str().unwrap()), Some("false"));
+    assert!(h.get("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn timeouts_answer_504() {
+    let s = TestServer::start(Opts {
+        tweak: Box::new(|c| {
+            c.cli.start_timeout = 0.5;
+            c.cli.inactivity_timeout = 0.5;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    for scenario in ["hang", "hang_after_init"] {
+        let t = Instant::now();
+        let (st, _, body) =
+            post(&s, "/v1/chat/completions", &chat_body(&format!("[[scenario:{scenario}]]"), false)).await;
+        assert_eq!(st, 504, "{scenario}: {body}");
+        assert!(t.elapsed() < Duration::from_secs(4), "{scenario} took {:?}", t.elapsed());
+        let (st, _, body) =
+            post(&s, "/v1/messages", &messages_body(&format!("[[scenario:{scenario}]]"), true)).await;
+        assert!(st == 504 || st == 200, "{scenario}: {st} {body}");
+        if st == 200 {
+            // Deltas were already sent: the stream must end with an error event.
+            let events = sse_events(&body);
+            let last = events.last().unwrap();
+            assert_eq!(last.0.as_deref(), Some("error"), "{body}");
+            assert_eq!(json_of(&last.1)["error"]["type"], "timeout_error");
+        }
+    }
+}
+
+#[tokio::test]
+async fn failure_text_never_streams_as_an_answer() {
+    let s = TestServer::start(Opts::default()).await;
+    for scenario in ["not_logged_in", "interrupted"] {
+        let (_, _, body) = post(
+            &s,
+            "/v1/chat/completions",
+            &chat_body(&format!("[[scenario:{scenario}]]"), true),
+        )
+        .await;
+        assert!(!body.contains("\"content\":\"Not logged in"), "{body}");
+        assert!(!body.contains("Request interrupted by user"), "{body}");
+        s.state.health.mark_ok(ccgate::health::Source::Probe);
+    }
+}
+
+#[tokio::test]
+async fn prompts_starting_with_dashes_go_to_stdin() {
+    let s = TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_ECHO", "1".into())],
+        ..Opts::default()
+    })
+    .await;
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("--model evil --help", false)).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json_of(&body)["choices"][0]["message"]["content"], "echo: --model evil --help");
+    let log = std::fs::read_to_string(&s.log_file).unwrap();
+    assert!(!log.lines().any(|l| l.contains("argv") && l.contains("evil")), "{log}");
+}
+
+#[tokio::test]
+async fn system_prompt_and_transcript_reach_the_cli() {
+    let s = TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_ECHO", "1".into())],
+        ..Opts::default()
+    })
+    .await;
+    let body = json!({"model": "sonnet", "messages": [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": [{"type": "text", "text": "reply"}]},
+        {"role": "user", "content": "second"}]});
+    let (st, _, text) = post(&s, "/v1/chat/completions", &body).await;
+    assert_eq!(st, 200, "{text}");
+    let content = json_of(&text)["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(content.contains("first") && content.contains("reply") && content.ends_with("second"), "{content}");
+    let log = std::fs::read_to_string(&s.log_file).unwrap();
+    assert!(log.contains("Be terse."), "system prompt not passed: {log}");
+    assert!(log.contains("--tools"), "{log}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_api_shaped_errors() {
+    let s = TestServer::start(Opts::default()).await;
+    let raw = |path: &'static str, body: &'static str| {
+        let url = s.url(path);
+        async move {
+            let r = client()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for (path, body) in [
+        ("/v1/chat/completions", "{not json"),
+        ("/v1/chat/completions", ""),
+        ("/v1/chat/completions", r#"{"model":"x"}"#),
+        ("/v1/chat/completions", r#"{"model":"x","messages":[]}"#),
+        ("/v1/chat/completions", r#"{"model":"x","messages":"hi"}"#),
+        ("/v1/chat/completions", r#"{"model":"x","n":2,"messages":[{"role":"user","content":"a"}]}"#),
+        ("/v1/chat/completions", r#"{"model":"x","messages":[{"role":"assistant","content":"a"}]}"#),
+        ("/v1/messages", "[1,2"),
+        ("/v1/messages", r#"{"model":"x","messages":[{"role":"user","content":"a"}]}"#),
+        ("/v1/messages", r#"{"model":"x","max_tokens":5,"messages":[]}"#),
+        ("/v1/messages", r#"{"model":"x","max_tokens":"5","messages":[{"role":"user","content":"a"}]}"#),
+    ] {
+        let (st, text) = raw(path, body).await;
+        assert_eq!(st, 400, "{path} {body}: {text}");
+        let v = json_of(&text);
+        if path == "/v1/messages" {
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+        } else {
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+            assert!(v["error"]["message"].as_str().unwrap().len() > 5);
+        }
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_even_when_chunked() {
+    let s = TestServer::start(Opts {
+        tweak: Box::new(|c| c.request_body_limit = 4096),
+        ..Opts::default()
+    })
+    .await;
+    let big = chat_body(&"x".repeat(10_000), false).to_string();
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(json_of(&r.text().await.unwrap())["error"]["code"], "request_too_large");
+    // Chunked: no Content-Length.
+    let stream = futures_util::stream::iter(
+        big.into_bytes()
+            .chunks(1000)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let r = client()
+        .post(s.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(json_of(&r.text().await.unwrap())["error"]["type"], "request_too_large");
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let s = TestServer::start(Opts::default()).await;
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .header("x-request-id", "my-id-123")
+        .json(&json!({"bad": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "my-id-123");
+    assert_eq!(json_of(&r.text().await.unwrap())["error"]["request_id"], "my-id-123");
+    let r = client().get(s.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers()["x-request-id"].to_str().unwrap().starts_with("req_"));
+    let r = client().get(s.url("/v1/messages")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(json_of(&r.text().await.unwrap())["type"], "error");
+}
+
+#[tokio::test]
+async fn models_and_health() {
+    let s = TestServer::start(Opts::default()).await;
+    let v: Value = client().get(s.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["object"], "list");
+    assert!(!v["data"].as_array().unwrap().is_empty());
+    let r = client().get(s.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_kills_the_cli() {
+    let pid_dir = tempfile::tempdir().unwrap();
+    let pidfile = pid_dir.path().join("pid");
+    let s2 = TestServer::start(Opts {
+        scenario: "slow",
+        env: vec![
+            ("FAKE_CLAUDE_DELAY", "1".into()),
+            ("FAKE_CLAUDE_PIDFILE", pidfile.display().to_string()),
+        ],
+        ..Opts::default()
+    })
+    .await;
+    let mut r = client()
+        .post(s2.url("/v1/chat/completions"))
+        .json(&chat_body("Hi", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().expect("first chunk");
+    assert!(!first.is_empty());
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(pid_alive(pid), "CLI should still be running mid-stream");
+    drop(r);
+    assert!(
+        eventually(Duration::from_secs(3), || !pid_alive(pid)).await,
+        "CLI pid {pid} survived the client disconnect"
+    );
+}
+
+fn zombie_children() -> usize {
+    let me = std::process::id();
+    let mut n = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{me}/task")) {
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in children.split_whitespace() {
+                if let Ok(stat) = std::fs::read_to_string(format!("/proc/{c}/stat")) {
+                    if stat.contains(") Z ") {
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn no_zombies_after_sequential_and_concurrent_requests() {
+    let s = TestServer::start(Opts {
+        tweak: Box::new(|c| {
+            c.cli.max_concurrent = 8;
+            c.cli.queue_size = 64;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    for i in 0..200 {
+        let body = if i % 3 == 0 {
+            chat_body("[[scenario:crash]]", false)
+        } else {
+            chat_body("hi", i % 2 == 0)
+        };
+        let (st, _, _) = post(&s, "/v1/chat/completions", &body).await;
+        assert!(st == 200 || st == 502, "request {i}: {st}");
+    }
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        let url = s.url("/v1/messages");
+        handles.push(tokio::spawn(async move {
+            let r = client()
+                .post(url)
+                .json(&messages_body("hi", i % 2 == 0))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || zombie_children() == 0).await,
+        "zombie children remain"
+    );
+}
+
+#[tokio::test]
+async fn queue_full_is_refused_by_rule() {
+    let s = TestServer::start(Opts {
+        scenario: "slow",
+        env: vec![("FAKE_CLAUDE_DELAY", "0.5".into())],
+        tweak: Box::new(|c| {
+            c.cli.max_concurrent = 1;
+            c.cli.queue_size = 1;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let url = s.url("/v1/chat/completions");
+        handles.push(tokio::spawn(async move {
+            let r = client().post(url).json(&chat_body("hi", false)).send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.text().await.unwrap())
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut statuses = Vec::new();
+    for h in handles {
+        statuses.push(h.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429 || *s == 503).collect();
+    assert_eq!(ok, 2, "{statuses:?}");
+    assert_eq!(refused.len(), 2, "{statuses:?}");
+}

@@ -1,0 +1,231 @@
+//! Runs the real ccgate server (`ccgate::serve`) on 127.0.0.1:0 against the fake CLI
+//! (`tests/fake-claude`), with per-test config, rules and scenario control.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ccgate::backend::Backend;
+use ccgate::config::Config;
+use ccgate::rules::Rules;
+use ccgate::AppState;
+
+/// Path of the fake CLI script.
+pub fn fake_cli() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-claude")
+}
+
+/// Options for one test server.
+pub struct Opts {
+    /// Default scenario of the fake CLI (a request can override with `[[scenario:NAME]]`).
+    pub scenario: &'static str,
+    pub rules_yaml: Option<String>,
+    pub api_keys: Vec<String>,
+    pub env: Vec<(&'static str, String)>,
+    pub tweak: Box<dyn FnOnce(&mut Config) + Send>,
+    pub watch_rules: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            scenario: "success",
+            rules_yaml: None,
+            api_keys: Vec::new(),
+            env: Vec::new(),
+            tweak: Box::new(|_| {}),
+            watch_rules: false,
+        }
+    }
+}
+
+/// A running server; stops when dropped.
+pub struct TestServer {
+    pub base: String,
+    pub state: AppState,
+    pub dir: tempfile::TempDir,
+    /// File whose content overrides the fake CLI's scenario at run time.
+    pub scenario_file: PathBuf,
+    pub rules_path: PathBuf,
+    pub log_file: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Rules with probe disabled (interval 0) so tests control probes, unless they say otherwise.
+pub fn default_rules_with_probe(interval: f64, unhealthy_interval: f64, timeout: f64) -> String {
+    let text = Rules::embedded_source();
+    let mut out = String::new();
+    let mut in_probe = false;
+    for line in text.lines() {
+        if line.starts_with("probe:") {
+            in_probe = true;
+            out.push_str(&format!(
+                "probe:\n  interval: {interval}\n  unhealthy_interval: {unhealthy_interval}\n  timeout: {timeout}\n  prompt: \"Reply with OK.\"\n"
+            ));
+            continue;
+        }
+        if in_probe {
+            if line.starts_with(' ') || line.trim().is_empty() {
+                continue;
+            }
+            in_probe = false;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+impl TestServer {
+    pub async fn start(opts: Opts) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scenario_file = dir.path().join("scenario");
+        std::fs::write(&scenario_file, "").expect("scenario file");
+        let rules_path = dir.path().join("rules.yaml");
+        let rules_text = opts
+            .rules_yaml
+            .unwrap_or_else(|| default_rules_with_probe(0.0, 0.0, 5.0));
+        std::fs::write(&rules_path, &rules_text).expect("write rules");
+        let rules = Rules::from_yaml(&rules_text, "test rules").expect("test rules are valid");
+        let log_file = dir.path().join("fake.log");
+        let workdir = dir.path().join("work");
+        std::fs::create_dir_all(&workdir).expect("workdir");
+
+        let mut config = Config::default();
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        config.rules = rules_path.clone();
+        config.watch_rules = opts.watch_rules;
+        config.api_keys = opts.api_keys;
+        config.cli.command = fake_cli();
+        config.cli.workdir = Some(workdir.clone());
+        config.cli.start_timeout = 5.0;
+        config.cli.inactivity_timeout = 5.0;
+        config.cli.total_timeout = 20.0;
+        config
+            .cli
+            .env
+            .insert("FAKE_CLAUDE_SCENARIO".into(), opts.scenario.into());
+        config.cli.env.insert(
+            "FAKE_CLAUDE_SCENARIO_FILE".into(),
+            scenario_file.display().to_string(),
+        );
+        config
+            .cli
+            .env
+            .insert("FAKE_CLAUDE_LOG".into(), log_file.display().to_string());
+        for (k, v) in opts.env {
+            config.cli.env.insert(k.into(), v);
+        }
+        (opts.tweak)(&mut config);
+
+        let backend = Backend::new(ccgate::serve_cmd::cli_settings(&config, workdir));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let state = AppState::new(config, rules, backend);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(ccgate::serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            base,
+            state,
+            dir,
+            scenario_file,
+            rules_path,
+            log_file,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Changes the fake CLI's scenario for every later run.
+    pub fn set_scenario(&self, name: &str) {
+        std::fs::write(&self.scenario_file, name).expect("write scenario");
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A minimal OpenAI chat body.
+pub fn chat_body(text: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "sonnet",
+        "messages": [{"role": "user", "content": text}],
+        "stream": stream,
+    })
+}
+
+/// A minimal Anthropic messages body.
+pub fn messages_body(text: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "sonnet",
+        "max_tokens": 256,
+        "messages": [{"role": "user", "content": text}],
+        "stream": stream,
+    })
+}
+
+/// Splits an SSE body into (event name, data) pairs.
+pub fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
+    let mut out = Vec::new();
+    for block in body.split("\n\n") {
+        let mut name = None;
+        let mut data = Vec::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                name = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+            }
+        }
+        if !data.is_empty() || name.is_some() {
+            out.push((name, data.join("\n")));
+        }
+    }
+    out
+}
+
+/// Waits until `cond` holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
