@@ -135,6 +135,14 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+/// A loaded config and the `CCGATE_*` variables that were not config keys (logged as a
+/// warning once logging is up).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub ignored_env: Vec<String>,
+}
+
 impl Config {
     /// Load with the documented precedence. `explicit` is `--config FILE` (must exist).
     /// `env` is the environment to read `CCGATE_*` from (injectable for tests).
@@ -142,7 +150,7 @@ impl Config {
         explicit: Option<&Path>,
         overrides: &Overrides,
         env: &[(String, String)],
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<LoadedConfig, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if Path::new(DEFAULT_CONFIG_PATH).is_file() {
             fig = fig.merge(serde_saphyr::figment::Yaml::file(DEFAULT_CONFIG_PATH));
@@ -153,13 +161,14 @@ impl Config {
             }
             fig = fig.merge(serde_saphyr::figment::Yaml::file(path));
         }
-        fig = fig.merge(env_source(env));
+        let (env_provider, ignored) = env_source(env);
+        fig = fig.merge(env_provider);
         fig = fig.merge(Serialized::defaults(overrides));
         let config: Config = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
-        Ok(config)
+        Ok(LoadedConfig { config, ignored_env: ignored })
     }
 
     /// Checks figment cannot express.
@@ -203,22 +212,57 @@ impl Config {
     }
 }
 
-/// `CCGATE_*` variables from the given environment, as a figment provider.
-fn env_source(env: &[(String, String)]) -> Serialized<figment::value::Dict> {
+/// Top-level keys of [`Config`], the only `CCGATE_*` names read from the environment.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "rules",
+    "watch_rules",
+    "api_keys",
+    "allow_unauthenticated",
+    "log_format",
+    "log_level",
+    "cors_origins",
+    "request_body_limit",
+    "cli",
+];
+
+/// `CCGATE_*` variables from the given environment, as a figment provider, plus the names
+/// that were ignored. Variables whose first segment is no config key are skipped, not
+/// fatal: Kubernetes injects `CCGATE_PORT`, `CCGATE_SERVICE_HOST`… for a Service named
+/// `ccgate`, and tools use their own `CCGATE_*` variables. Keys under `cli__env__` keep
+/// their case (they are environment variable names for the CLI).
+fn env_source(env: &[(String, String)]) -> (Serialized<figment::value::Dict>, Vec<String>) {
     use figment::value::{Dict, Value};
     let mut root = Dict::new();
+    let mut ignored = Vec::new();
     for (key, raw) in env {
         let Some(rest) = key.strip_prefix("CCGATE_") else {
             continue;
         };
-        if rest.is_empty() {
+        let mut path: Vec<String> = rest.split("__").map(str::to_string).collect();
+        let keep_case_from = if path.len() > 2
+            && path[0].eq_ignore_ascii_case("cli")
+            && path[1].eq_ignore_ascii_case("env")
+        {
+            2
+        } else {
+            path.len()
+        };
+        for seg in path.iter_mut().take(keep_case_from) {
+            *seg = seg.to_ascii_lowercase();
+        }
+        if path.iter().any(String::is_empty) || !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
+            ignored.push(key.clone());
             continue;
         }
-        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-        let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+        let value: Value = if keep_case_from == 2 {
+            Value::from(raw.clone())
+        } else {
+            raw.parse().unwrap_or_else(|_| Value::from(raw.clone()))
+        };
         insert_path(&mut root, &path, value);
     }
-    Serialized::defaults(root)
+    (Serialized::defaults(root), ignored)
 }
 
 fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {

@@ -28,8 +28,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ccgate::serve_cmd::ServeArgs) -> anyhow::Result<()> {
-    let config = ccgate::serve_cmd::load_config(&args)?;
+    let loaded = ccgate::serve_cmd::load_config(&args)?;
+    let config = loaded.config;
     ccgate::serve_cmd::init_logging(&config);
+    for name in loaded.ignored_env {
+        tracing::warn!(variable = %name, "ignoring environment variable: not a ccgate config key");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

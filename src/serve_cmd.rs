@@ -43,7 +43,9 @@ pub enum ServeError {
 }
 
 /// Loads the config with the documented precedence from the real environment.
-pub fn load_config(args: &ServeArgs) -> Result<Config, crate::config::ConfigError> {
+pub fn load_config(
+    args: &ServeArgs,
+) -> Result<crate::config::LoadedConfig, crate::config::ConfigError> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     Config::load(
         args.config.as_deref(),
