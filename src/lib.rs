@@ -29,7 +29,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let probe = tokio::spawn(health::probe_loop(state.clone()));
-    let hup = tokio::spawn(reload::sighup_loop(state.reloader.clone()));
+    let hup = tokio::spawn(reload::sighup_reloads(state.reloader.clone()));
     let _watch = if state.config.watch_rules {
         reload::spawn_watcher(
             state.reloader.clone(),

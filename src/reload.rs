@@ -237,18 +237,22 @@ impl Reloader {
     }
 }
 
-/// Reloads on every SIGHUP until shutdown.
-pub async fn sighup_loop(reloader: Arc<Reloader>) {
+/// Installs the SIGHUP handler now (so a SIGHUP right after `serve` starts can't kill the
+/// process with the default action) and returns the task body that reloads on each one.
+pub fn sighup_reloads(reloader: Arc<Reloader>) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP; reload via file changes or POST /admin/reload");
-            return;
+    let hup = signal(SignalKind::hangup());
+    async move {
+        let mut hup = match hup {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload via file changes or POST /admin/reload");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            reloader.reload(Trigger::Sighup).await;
         }
-    };
-    while hup.recv().await.is_some() {
-        reloader.reload(Trigger::Sighup).await;
     }
 }
 

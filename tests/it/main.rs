@@ -2,3 +2,4 @@ mod api;
 mod config;
 mod harness;
 mod health;
+mod reload;
