@@ -12,7 +12,10 @@
 //! - Dropping a `CliRun` (or its receiver) kills the process group and reaps it.
 //! - `run.pid()` is filled after spawn (for tests asserting the process is gone).
 
+pub mod process;
 pub mod stream_json;
+
+pub use process::{Backend, BackendStats, CliRun, StatsSnapshot, MAX_LINE_BYTES};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -86,7 +89,10 @@ pub struct Success {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CliEvent {
     /// `system/init` was seen (first line of a turn).
-    Started { session_id: Option<String>, model: Option<String> },
+    Started {
+        session_id: Option<String>,
+        model: Option<String>,
+    },
     /// A `text_delta` of a top-level (not sub-agent) message, as the CLI emitted it.
     TextDelta(String),
     /// `message_stop` with `abandoned_blocks`: the deltas sent so far for the current
