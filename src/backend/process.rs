@@ -841,3 +841,55 @@ async fn run_process(
     };
     Some(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_line_is_exactly_one_json_line() {
+        assert_eq!(
+            user_line("--model x\n\"q\""),
+            "{\"type\":\"user\",\"message\":{\"role\":\"user\",\"content\":\"--model x\\n\\\"q\\\"\"}}\n"
+        );
+    }
+
+    #[test]
+    fn system_prompt_file_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let f = write_system_prompt("Be terse.").expect("temp file");
+        let mode = std::fs::metadata(f.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(f.path()).expect("read"),
+            "Be terse."
+        );
+        let path = f.path().to_path_buf();
+        drop(f);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn ring_drops_a_split_utf8_prefix() {
+        let ring: Ring = Arc::new(Mutex::new("é·x".bytes().skip(1).collect()));
+        assert_eq!(ring_to_string(&ring), "·x");
+    }
+
+    #[tokio::test]
+    async fn line_reader_enforces_the_limit_and_keeps_the_last_line() {
+        let input: &[u8] = b"short\n0123456789abc\nok\nlast-no-newline";
+        let (tx, mut rx) = mpsc::channel(16);
+        read_lines(input, tx, 10).await;
+        let mut got = Vec::new();
+        while let Some(m) = rx.recv().await {
+            got.push(match m {
+                LineMsg::Line(l) => l,
+                LineMsg::TooLong => "<too long>".into(),
+            });
+        }
+        assert_eq!(got, ["short", "<too long>", "ok", "<too long>"]);
+    }
+}

@@ -607,7 +607,7 @@ async fn start_timeout_kills_a_silent_cli() {
 #[tokio::test]
 async fn inactivity_timeout_after_first_output() {
     let mut settings = fake_settings("hang_after_init");
-    settings.inactivity_timeout = Duration::from_millis(300);
+    settings.inactivity_timeout = Duration::from_millis(500);
     let backend = Backend::new(settings);
     let run = backend.start(req("hi"));
     let t0 = Instant::now();
@@ -630,7 +630,7 @@ async fn total_timeout_while_streaming() {
     set_env(&mut settings, "FAKE_CLAUDE_DELAY", "0.2");
     set_env(&mut settings, "FAKE_CLAUDE_TEXT", "a b c d e f g h i j k l");
     let request = CliRequest {
-        timeout: Some(Duration::from_millis(700)),
+        timeout: Some(Duration::from_millis(1000)),
         ..req("hi")
     };
     let t0 = Instant::now();
@@ -706,7 +706,6 @@ async fn queue_full_and_queue_wait() {
     out.expect("bypass_queue skips the limiter");
 
     // A queued request's wait counts against its total timeout.
-    let mut settings = settings;
     settings.queue_size = 1;
     let backend2 = Backend::new(settings);
     let _busy2 = backend2.start(req("hi"));
@@ -828,4 +827,125 @@ async fn no_zombies_after_many_sequential_and_concurrent_runs() {
     }
     assert_eq!(zombie_children(), Vec::<u32>::new());
     eprintln!("250 runs in {elapsed:?}");
+}
+
+// ------------------------------------------------------------------ the fake CLI itself
+
+const STREAM_ARGS: [&str; 7] = [
+    "-p",
+    "--input-format",
+    "stream-json",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+    "--include-partial-messages",
+];
+
+fn run_fake_directly(scenario: &str, args: &[&str]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(crate::support::fake_cli_path())
+        .args(args)
+        .env("FAKE_CLAUDE_SCENARIO", scenario)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn fake");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin
+            .write_all(b"{\"type\":\"user\",\"message\":{\"role\":\"user\",\"content\":\"hi\"}}\n");
+    }
+    child.wait_with_output().expect("wait fake")
+}
+
+#[test]
+fn fake_cli_prints_valid_json_on_every_line() {
+    let scenarios = [
+        "success",
+        "not_logged_in",
+        "invalid_api_key",
+        "network_error",
+        "rate_limit",
+        "overloaded",
+        "server_error",
+        "usage_limit",
+        "model_not_found",
+        "permission_403",
+        "max_turns",
+        "resume_not_found",
+        "abandoned_stream",
+        "interrupted",
+        "crash",
+        "killed",
+    ];
+    for scenario in scenarios {
+        let out = run_fake_directly(scenario, &STREAM_ARGS);
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        let mut types = Vec::new();
+        for line in stdout.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{scenario}: bad JSON line {line:?}: {e}"));
+            types.push(v["type"].as_str().unwrap_or("?").to_string());
+            if v["type"] != "result" {
+                assert!(
+                    v["session_id"].is_string() && v["uuid"].is_string(),
+                    "{scenario}: {line}"
+                );
+            }
+        }
+        let expect_result = !matches!(scenario, "crash" | "killed");
+        assert_eq!(
+            types.last().map(String::as_str) == Some("result"),
+            expect_result,
+            "{scenario}: {types:?}"
+        );
+    }
+}
+
+#[test]
+fn fake_cli_requires_verbose_like_the_real_one() {
+    let out = run_fake_directly("success", &["-p", "--output-format", "stream-json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "Error: When using --print, --output-format=stream-json requires --verbose\n"
+    );
+    let out = run_fake_directly("success", &["-p", "--output-format", "xml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("argument 'xml' is invalid"));
+}
+
+#[test]
+fn fake_cli_exits_143_on_sigterm_within_a_second() {
+    for scenario in ["hang", "hang_after_init"] {
+        let mut child = std::process::Command::new(crate::support::fake_cli_path())
+            .args(STREAM_ARGS)
+            .env("FAKE_CLAUDE_SCENARIO", scenario)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn fake");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(
+                    b"{\"type\":\"user\",\"message\":{\"role\":\"user\",\"content\":\"hi\"}}\n",
+                )
+                .expect("write");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let t0 = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(143), "{scenario}");
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "{scenario}: {:?}",
+            t0.elapsed()
+        );
+    }
 }
