@@ -11,8 +11,19 @@
 //! - `run.recv().await -> Option<CliEvent>`; the last event is always `CliEvent::Done`.
 //! - Dropping a `CliRun` (or its receiver) kills the process group and reaps it.
 //! - `run.pid()` is filled after spawn (for tests asserting the process is gone).
+//! - Additions (process.rs): `run.finish().await -> Result<Success, Box<FailureFacts>>`
+//!   (skip to `Done`), `backend.stats() -> Arc<BackendStats>` (`.snapshot()` for metrics:
+//!   in-flight, queued, spawned/spawn-error/queue-full/timeout/cancelled totals, spawn →
+//!   first-line latency), `backend.settings()`, `MAX_LINE_BYTES` (1 MiB stdout line limit).
+//! - A result with `is_error: false` wins even if a watchdog fired after it; an over-long
+//!   stdout line turns the run into a failure with `condition: BadJson`.
+//! - `stream_json` (pure parser, `RunAccumulator`) is used only through `new` /
+//!   `push_line` / `finish`.
 
+pub mod process;
 pub mod stream_json;
+
+pub use process::{Backend, BackendStats, CliRun, StatsSnapshot, MAX_LINE_BYTES};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -101,31 +112,3 @@ pub enum CliEvent {
     /// queue full, no result).
     Done(Result<Success, Box<FailureFacts>>),
 }
-
-// ---- STUB (integrator's placeholder until the backend branch merges; delete at merge) ----
-mod stub_backend {
-    use super::*;
-    #[derive(Debug, Clone)]
-    pub struct Backend;
-    #[derive(Debug)]
-    pub struct CliRun;
-    #[derive(Debug, Default)]
-    pub struct BackendStats;
-    impl Backend {
-        pub fn new(_s: CliSettings) -> Backend {
-            Backend
-        }
-        pub fn start(&self, _r: CliRequest) -> CliRun {
-            CliRun
-        }
-    }
-    impl CliRun {
-        pub async fn recv(&mut self) -> Option<CliEvent> {
-            todo!()
-        }
-        pub fn pid(&self) -> Option<u32> {
-            None
-        }
-    }
-}
-pub use stub_backend::{Backend, CliRun};

@@ -1,6 +1,8 @@
 mod api;
+mod backend;
 mod config;
 mod harness;
 mod health;
 mod reload;
 mod security;
+mod support;
