@@ -40,6 +40,8 @@ pub struct Metrics {
     pub cli_first_line: Histogram,
     pub cli_runs: Family<OutcomeLabels, Counter>,
     pub cli_in_flight: Gauge,
+    pub cli_queued: Gauge,
+    pub cli_spawned: Gauge,
     pub cli_health_ok: Gauge,
     pub probes: Family<OutcomeLabels, Counter>,
     pub probe_last_duration: Gauge<f64, AtomicU64>,
@@ -89,6 +91,19 @@ impl Metrics {
             "CLI processes running now",
             cli_in_flight.clone(),
         );
+        let cli_queued = Gauge::default();
+        registry.register(
+            "ccgate_cli_queued",
+            "Requests waiting for a CLI slot",
+            cli_queued.clone(),
+        );
+        // A gauge mirrored from the backend's counter at scrape time (monotonic).
+        let cli_spawned = Gauge::default();
+        registry.register(
+            "ccgate_cli_spawned",
+            "CLI processes spawned since start",
+            cli_spawned.clone(),
+        );
         let cli_health_ok = Gauge::default();
         cli_health_ok.set(1);
         registry.register(
@@ -134,6 +149,8 @@ impl Metrics {
             cli_first_line,
             cli_runs,
             cli_in_flight,
+            cli_queued,
+            cli_spawned,
             cli_health_ok,
             probes,
             probe_last_duration,

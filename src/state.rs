@@ -29,6 +29,9 @@ impl AppState {
     pub fn new(config: Config, rules: Rules, backend: Backend) -> AppState {
         let rules = Arc::new(ArcSwap::from_pointee(rules));
         let metrics = Arc::new(Metrics::new());
+        backend
+            .stats()
+            .attach_first_line_histogram(metrics.cli_first_line.clone());
         let health = Arc::new(Health::default());
         let reloader = Arc::new(Reloader::new(
             config.rules.clone(),
@@ -53,5 +56,9 @@ impl AppState {
         self.metrics
             .cli_health_ok
             .set(i64::from(self.health.is_ok()));
+        let stats = self.backend.stats().snapshot();
+        self.metrics.cli_in_flight.set(stats.in_flight as i64);
+        self.metrics.cli_queued.set(stats.queued as i64);
+        self.metrics.cli_spawned.set(stats.spawned_total as i64);
     }
 }

@@ -77,6 +77,8 @@ pub struct BackendStats {
     first_line_count: AtomicU64,
     first_line_micros_sum: AtomicU64,
     last_first_line_micros: AtomicU64,
+    /// Also observed per run when the metrics module attached it.
+    first_line_histogram: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
 }
 
 /// A plain copy of [`BackendStats`] at one moment.
@@ -122,7 +124,18 @@ impl BackendStats {
         }
     }
 
+    /// Makes every later spawn → first-line latency also land in `histogram`.
+    pub fn attach_first_line_histogram(
+        &self,
+        histogram: prometheus_client::metrics::histogram::Histogram,
+    ) {
+        let _ = self.first_line_histogram.set(histogram);
+    }
+
     fn record_first_line(&self, latency: Duration) {
+        if let Some(h) = self.first_line_histogram.get() {
+            h.observe(latency.as_secs_f64());
+        }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.first_line_count.fetch_add(1, Ordering::Relaxed);
         self.first_line_micros_sum
