@@ -7,4 +7,5 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod cmd;
 pub mod rules;

@@ -86,7 +86,10 @@ pub struct Success {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CliEvent {
     /// `system/init` was seen (first line of a turn).
-    Started { session_id: Option<String>, model: Option<String> },
+    Started {
+        session_id: Option<String>,
+        model: Option<String>,
+    },
     /// A `text_delta` of a top-level (not sub-agent) message, as the CLI emitted it.
     TextDelta(String),
     /// `message_stop` with `abandoned_blocks`: the deltas sent so far for the current
