@@ -31,8 +31,7 @@ pub struct RulesFile {
     #[serde(default)]
     pub kinds: Vec<KindDef>,
     /// The kind used when no kind matches (required). Same fields as a kind, but no `match`.
-    #[serde(default)]
-    #[schemars(required)]
+    #[schemars(with = "FallbackDef")]
     pub fallback: Option<FallbackDef>,
 }
 
@@ -98,7 +97,6 @@ pub struct KindDef {
     #[schemars(with = "MatchDef")]
     pub match_: Option<Spanned<MatchDef>>,
     /// Response bodies per API flavour.
-    #[serde(default)]
     #[schemars(with = "TemplatesDef")]
     pub templates: Option<Spanned<TemplatesDef>>,
 }
@@ -135,7 +133,6 @@ pub struct FallbackDef {
     #[schemars(with = "BTreeMap<String, String>")]
     pub headers: BTreeMap<String, Spanned<String>>,
     /// Response bodies per API flavour.
-    #[serde(default)]
     #[schemars(with = "TemplatesDef")]
     pub templates: Option<Spanned<TemplatesDef>>,
 }
@@ -201,12 +198,10 @@ pub struct MatchDef {
 #[serde(deny_unknown_fields)]
 pub struct TemplatesDef {
     /// Body for `/v1/chat/completions` (`{"error": {message, type, param, code}}`).
-    #[serde(default)]
-    #[schemars(with = "Option<TemplateNode>")]
+    #[schemars(with = "TemplateNode")]
     pub openai: Option<Spanned<TemplateNode>>,
     /// Body for `/v1/messages` (`{"type": "error", "error": {type, message}}`).
-    #[serde(default)]
-    #[schemars(with = "Option<TemplateNode>")]
+    #[schemars(with = "TemplateNode")]
     pub anthropic: Option<Spanned<TemplateNode>>,
 }
 
