@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod cmd;
 pub mod config;
 pub mod health;
 pub mod http;

@@ -1,6 +1,7 @@
-//! The `ccgate` binary: parses the command line and dispatches to the library.
+//! The `ccgate` binary: a thin clap dispatcher over the library. `serve` is the default.
 #![forbid(unsafe_code)]
 
+use ccgate::cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -16,19 +17,40 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway (the default).
+    /// Run the gateway (the default when no subcommand is given).
     Serve(ccgate::serve_cmd::ServeArgs),
+    /// Validate a rules file and report every problem.
+    Check(cmd::CheckArgs),
+    /// Classify a failure (facts YAML/JSON or a stream-json capture).
+    Classify(cmd::ClassifyArgs),
+    /// Run rule test files.
+    Test(cmd::TestArgs),
+    /// Print the rules file's JSON Schema.
+    Schema(cmd::SchemaArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(Default::default())) {
-        Command::Serve(args) => serve(args),
-    }
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Serve(Default::default()));
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let code = match &command {
+        Command::Serve(args) => {
+            drop((out, err));
+            return serve(args);
+        }
+        Command::Check(a) => cmd::check(a, &mut out, &mut err),
+        Command::Classify(a) => cmd::classify(a, &mut out, &mut err),
+        Command::Test(a) => cmd::test(a, &mut out, &mut err),
+        Command::Schema(a) => cmd::schema(a, &mut out, &mut err),
+    };
+    drop((out, err));
+    std::process::exit(code)
 }
 
-fn serve(args: ccgate::serve_cmd::ServeArgs) -> anyhow::Result<()> {
-    let loaded = ccgate::serve_cmd::load_config(&args)?;
+fn serve(args: &ccgate::serve_cmd::ServeArgs) -> anyhow::Result<()> {
+    let loaded = ccgate::serve_cmd::load_config(args)?;
     let config = loaded.config;
     ccgate::serve_cmd::init_logging(&config);
     for name in loaded.ignored_env {

@@ -1,182 +1,468 @@
-//! TEMPORARY: replaced at merge. A minimal stand-in for the stream-json parser that another
-//! engineer owns (same public API: `RunAccumulator::{new, push_line, finish}`), written only
-//! so the process driver can compile and be tested. The driver uses nothing else from here.
+//! Parsing of the CLI's stream-json stdout lines into typed events (pure, no IO).
+//!
+//! [`Line::parse`] turns one stdout line into a [`Line`] (never relying on key order;
+//! blank and non-`{` lines are skipped, a bad `{` line is [`Line::BadJson`]).
+//! [`RunAccumulator`] folds the lines of one run into the [`CliEvent`]s the HTTP layer
+//! streams, and at the end into a [`Success`] or the [`FailureFacts`] the rules classify.
+//! Used by the backend on live runs and by `ccgate classify`/`ccgate test` on captures.
 
 use serde_json::Value;
 
-use crate::backend::{CliEvent, Success, Usage};
+use super::{CliEvent, Success, Usage};
 use crate::rules::{FailureFacts, GatewayCondition};
 
-/// Accumulates one run's stdout lines into events and, at the end, a success or facts.
-#[derive(Debug, Default)]
-pub struct RunAccumulator {
-    facts: FailureFacts,
-    success: Option<Success>,
-    model: Option<String>,
-    session_id: Option<String>,
-    bad_json: bool,
+/// The fields of an `assistant` line that matter to the gateway.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AssistantLine {
+    /// Top-level `error` (present on the CLI's synthetic API-error messages).
+    pub error: Option<String>,
+    /// `message.model == "<synthetic>"` or `error` present.
+    pub synthetic: bool,
+    /// `parent_tool_use_id` is null/absent (not a sub-agent message).
+    pub top_level: bool,
+    /// `message.model`.
+    pub model: Option<String>,
+    /// The `text` of every `text` content block, in order.
+    pub texts: Vec<String>,
+    pub api_error_status: Option<u16>,
+    pub api_error_type: Option<String>,
+    pub api_error: Option<String>,
 }
 
-fn str_of(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_owned)
+/// The fields of a `result` line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResultLine {
+    pub subtype: Option<String>,
+    pub is_error: bool,
+    pub result: Option<String>,
+    pub errors: Vec<String>,
+    pub api_error_status: Option<u16>,
+    pub api_error_type: Option<String>,
+    pub api_error: Option<String>,
+    pub terminal_reason: Option<String>,
+    pub stop_reason: Option<String>,
+    pub usage: Usage,
+    pub total_cost_usd: Option<f64>,
+    pub num_turns: Option<u64>,
+    pub session_id: Option<String>,
 }
 
-fn u64_of(v: &Value, key: &str) -> u64 {
+/// One stdout line, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    /// Blank, or not starting with `{` (the CLI's stray debug output): ignored.
+    Skip,
+    /// Starts with `{` but is not a JSON object: a protocol error.
+    BadJson(String),
+    /// `system/init`.
+    Init {
+        session_id: Option<String>,
+        model: Option<String>,
+    },
+    /// `system/api_retry`.
+    ApiRetry {
+        error_status: Option<u16>,
+        error: Option<String>,
+    },
+    Assistant(AssistantLine),
+    /// `stream_event` `content_block_delta` / `text_delta`.
+    TextDelta {
+        text: String,
+        top_level: bool,
+    },
+    /// `stream_event` `message_stop` carrying `abandoned_blocks`.
+    Abandoned,
+    Result(ResultLine),
+    /// `rate_limit_event` (a warning such as `allowed_warning` is not a failure).
+    RateLimit {
+        status: Option<String>,
+    },
+    /// Any other valid JSON object (tolerated and ignored).
+    Other,
+}
+
+fn s(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn status(v: &Value, key: &str) -> Option<u16> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .and_then(|n| u16::try_from(n).ok())
+}
+
+fn u(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
-fn texts_of(message: &Value) -> Vec<String> {
-    message
-        .get("content")
-        .and_then(Value::as_array)
-        .map(|blocks| {
-            blocks
-                .iter()
-                .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-                .filter_map(|b| str_of(b, "text"))
-                .collect()
-        })
-        .unwrap_or_default()
+fn top_level(v: &Value) -> bool {
+    v.get("parent_tool_use_id").is_none_or(Value::is_null)
+}
+
+impl Line {
+    /// Parses one stdout line (trailing `\r`/`\n` allowed).
+    pub fn parse(line: &str) -> Line {
+        let t = line.trim();
+        if !t.starts_with('{') {
+            return Line::Skip;
+        }
+        let v: Value = match serde_json::from_str(t) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return Line::BadJson("not a JSON object".into()),
+            Err(e) => return Line::BadJson(e.to_string()),
+        };
+        match v.get("type").and_then(Value::as_str).unwrap_or("") {
+            "system" => match v.get("subtype").and_then(Value::as_str).unwrap_or("") {
+                "init" => Line::Init {
+                    session_id: s(&v, "session_id"),
+                    model: s(&v, "model"),
+                },
+                "api_retry" => Line::ApiRetry {
+                    error_status: status(&v, "error_status"),
+                    error: s(&v, "error"),
+                },
+                _ => Line::Other,
+            },
+            "assistant" => {
+                let msg = v.get("message");
+                let model = msg.and_then(|m| s(m, "model"));
+                let error = s(&v, "error");
+                let texts = msg
+                    .and_then(|m| m.get("content"))
+                    .and_then(Value::as_array)
+                    .map(|blocks| {
+                        blocks
+                            .iter()
+                            .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                            .filter_map(|b| s(b, "text"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Line::Assistant(AssistantLine {
+                    synthetic: error.is_some() || model.as_deref() == Some("<synthetic>"),
+                    error,
+                    top_level: top_level(&v),
+                    model,
+                    texts,
+                    api_error_status: status(&v, "api_error_status"),
+                    api_error_type: s(&v, "api_error_type"),
+                    api_error: s(&v, "api_error"),
+                })
+            }
+            "stream_event" => {
+                let Some(ev) = v.get("event") else {
+                    return Line::Other;
+                };
+                match ev.get("type").and_then(Value::as_str).unwrap_or("") {
+                    "content_block_delta" => {
+                        let delta = ev.get("delta");
+                        if delta.and_then(|d| d.get("type")).and_then(Value::as_str)
+                            == Some("text_delta")
+                        {
+                            match delta.and_then(|d| s(d, "text")) {
+                                Some(text) => Line::TextDelta {
+                                    text,
+                                    top_level: top_level(&v),
+                                },
+                                None => Line::Other,
+                            }
+                        } else {
+                            Line::Other
+                        }
+                    }
+                    "message_stop" if v.get("abandoned_blocks").is_some_and(|a| !a.is_null()) => {
+                        Line::Abandoned
+                    }
+                    _ => Line::Other,
+                }
+            }
+            "result" => {
+                let usage = v
+                    .get("usage")
+                    .map(|us| Usage {
+                        input_tokens: u(us, "input_tokens"),
+                        output_tokens: u(us, "output_tokens"),
+                        cache_creation_input_tokens: u(us, "cache_creation_input_tokens"),
+                        cache_read_input_tokens: u(us, "cache_read_input_tokens"),
+                    })
+                    .unwrap_or_default();
+                Line::Result(ResultLine {
+                    subtype: s(&v, "subtype"),
+                    is_error: v.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                    result: s(&v, "result"),
+                    errors: v
+                        .get("errors")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|e| e.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    api_error_status: status(&v, "api_error_status"),
+                    api_error_type: s(&v, "api_error_type"),
+                    api_error: s(&v, "api_error"),
+                    terminal_reason: s(&v, "terminal_reason"),
+                    stop_reason: s(&v, "stop_reason"),
+                    usage,
+                    total_cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
+                    num_turns: v.get("num_turns").and_then(Value::as_u64),
+                    session_id: s(&v, "session_id"),
+                })
+            }
+            "rate_limit_event" => Line::RateLimit {
+                status: v
+                    .get("rate_limit_info")
+                    .and_then(|i| s(i, "status"))
+                    .or_else(|| s(&v, "status")),
+            },
+            _ => Line::Other,
+        }
+    }
+}
+
+/// Folds the stdout lines of one run into events and, at the end, a success or failure.
+#[derive(Debug, Clone, Default)]
+pub struct RunAccumulator {
+    facts: FailureFacts,
+    bad_json: bool,
+    session_id: Option<String>,
+    model: Option<String>,
+    last_result: Option<ResultLine>,
 }
 
 impl RunAccumulator {
-    /// A fresh accumulator.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// One raw stdout line (without '\n'). Skips blank / non-'{' lines; a bad '{' line is
-    /// recorded as BadJson.
+    /// Feeds one stdout line; returns the events it produces (often none).
     pub fn push_line(&mut self, line: &str) -> Vec<CliEvent> {
-        let line = line.trim();
-        if !line.starts_with('{') {
-            return Vec::new();
-        }
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            self.bad_json = true;
-            return Vec::new();
-        };
-        let top_level = v.get("parent_tool_use_id").is_none_or(Value::is_null);
-        let mut out = Vec::new();
-        match v.get("type").and_then(Value::as_str) {
-            Some("system") => match v.get("subtype").and_then(Value::as_str) {
-                Some("init") => {
-                    self.session_id = str_of(&v, "session_id");
-                    self.model = str_of(&v, "model");
-                    out.push(CliEvent::Started {
-                        session_id: self.session_id.clone(),
-                        model: self.model.clone(),
-                    });
+        match Line::parse(line) {
+            Line::Skip | Line::Other | Line::RateLimit { .. } => vec![],
+            Line::BadJson(_) => {
+                self.bad_json = true;
+                vec![]
+            }
+            Line::Init { session_id, model } => {
+                if session_id.is_some() {
+                    self.session_id.clone_from(&session_id);
                 }
-                Some("api_retry") => {
-                    if let Some(s) = v.get("error_status").and_then(Value::as_u64) {
-                        self.facts.retry_statuses.push(s as u16);
-                    }
-                    if let Some(e) = str_of(&v, "error") {
-                        self.facts.retry_errors.push(e);
-                    }
+                if model.is_some() {
+                    self.model.clone_from(&model);
                 }
-                _ => {}
-            },
-            Some("stream_event") if top_level => {
-                let ev = v.get("event").unwrap_or(&Value::Null);
-                match ev.get("type").and_then(Value::as_str) {
-                    Some("content_block_delta") => {
-                        let d = ev.get("delta").unwrap_or(&Value::Null);
-                        if d.get("type").and_then(Value::as_str) == Some("text_delta") {
-                            if let Some(t) = str_of(d, "text") {
-                                out.push(CliEvent::TextDelta(t));
-                            }
-                        }
-                    }
-                    Some("message_stop") if v.get("abandoned_blocks").is_some() => {
-                        out.push(CliEvent::Abandoned);
-                    }
-                    _ => {}
+                vec![CliEvent::Started { session_id, model }]
+            }
+            Line::ApiRetry {
+                error_status,
+                error,
+            } => {
+                self.facts.retry_statuses.extend(error_status);
+                self.facts.retry_errors.extend(error);
+                vec![]
+            }
+            Line::TextDelta { text, top_level } => {
+                if top_level {
+                    vec![CliEvent::TextDelta(text)]
+                } else {
+                    vec![]
                 }
             }
-            Some("assistant") => {
-                let msg = v.get("message").unwrap_or(&Value::Null);
-                if let Some(err) = str_of(&v, "error") {
-                    self.facts.assistant_error = Some(err);
-                    self.facts.assistant_error_text = Some(texts_of(msg).join(""));
-                    if let Some(s) = v.get("api_error_status").and_then(Value::as_u64) {
-                        self.facts.api_error_status = Some(s as u16);
+            Line::Abandoned => vec![CliEvent::Abandoned],
+            Line::Assistant(a) => {
+                if a.synthetic {
+                    let f = &mut self.facts;
+                    if a.error.is_some() {
+                        f.assistant_error = a.error;
                     }
-                } else if top_level {
+                    let text = a.texts.join("\n");
+                    if !text.is_empty() {
+                        f.assistant_error_text = Some(text);
+                    }
+                    f.api_error_status = a.api_error_status.or(f.api_error_status);
+                    f.api_error_type = a.api_error_type.or(f.api_error_type.take());
+                    f.api_error = a.api_error.or(f.api_error.take());
+                    vec![]
+                } else {
                     if self.model.is_none() {
-                        self.model = str_of(msg, "model");
+                        self.model = a.model;
                     }
-                    out.extend(texts_of(msg).into_iter().map(CliEvent::AssistantText));
+                    if a.top_level {
+                        a.texts.into_iter().map(CliEvent::AssistantText).collect()
+                    } else {
+                        vec![]
+                    }
                 }
             }
-            Some("result") => {
+            Line::Result(r) => {
                 let f = &mut self.facts;
                 f.result_seen = true;
-                f.result_subtype = str_of(&v, "subtype");
-                f.result_is_error = v.get("is_error").and_then(Value::as_bool).unwrap_or(true);
-                f.terminal_reason = str_of(&v, "terminal_reason");
-                if let Some(s) = v.get("api_error_status").and_then(Value::as_u64) {
-                    f.api_error_status = Some(s as u16);
+                f.result_subtype.clone_from(&r.subtype);
+                f.result_is_error = r.is_error;
+                f.result_text = if r.is_error { r.result.clone() } else { None };
+                f.result_errors.clone_from(&r.errors);
+                if r.api_error_status.is_some() {
+                    f.api_error_status = r.api_error_status;
                 }
-                f.api_error_type = str_of(&v, "api_error_type");
-                f.api_error = str_of(&v, "api_error");
-                f.result_errors = v
-                    .get("errors")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|e| e.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if f.result_is_error {
-                    f.result_text = str_of(&v, "result");
-                    self.success = None;
-                } else {
-                    let u = v.get("usage").unwrap_or(&Value::Null);
-                    self.success = Some(Success {
-                        text: str_of(&v, "result").unwrap_or_default(),
-                        stop_reason: str_of(&v, "stop_reason"),
-                        usage: Usage {
-                            input_tokens: u64_of(u, "input_tokens"),
-                            output_tokens: u64_of(u, "output_tokens"),
-                            cache_creation_input_tokens: u64_of(u, "cache_creation_input_tokens"),
-                            cache_read_input_tokens: u64_of(u, "cache_read_input_tokens"),
-                        },
-                        total_cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
-                        num_turns: v.get("num_turns").and_then(Value::as_u64),
-                        session_id: str_of(&v, "session_id").or_else(|| self.session_id.clone()),
-                        model: self.model.clone(),
-                    });
+                if r.api_error_type.is_some() {
+                    f.api_error_type.clone_from(&r.api_error_type);
                 }
+                if r.api_error.is_some() {
+                    f.api_error.clone_from(&r.api_error);
+                }
+                f.terminal_reason.clone_from(&r.terminal_reason);
+                if r.session_id.is_some() && self.session_id.is_none() {
+                    self.session_id.clone_from(&r.session_id);
+                }
+                self.last_result = Some(r);
+                vec![]
             }
-            _ => {}
         }
-        out
     }
 
-    /// Success iff a result with is_error=false was seen; else the failure facts.
+    /// Ends the run. Success only if the last `result` had `is_error: false`; otherwise the
+    /// failure facts, with `condition` BadJson (a broken `{` line) or NoResult (no result
+    /// line at all, whatever the exit status) when nothing more specific is known.
     pub fn finish(
         self,
         exit_code: Option<i32>,
         signal: Option<i32>,
         stderr_tail: String,
     ) -> Result<Success, Box<FailureFacts>> {
-        if let Some(s) = self.success {
-            return Ok(s);
-        }
-        let mut f = self.facts;
-        f.exit_code = exit_code;
-        f.signal = signal;
-        f.stderr_tail = stderr_tail;
-        if !f.result_seen {
-            f.condition = Some(if self.bad_json {
-                GatewayCondition::BadJson
-            } else {
-                GatewayCondition::NoResult
+        if let Some(r) = self.last_result.as_ref().filter(|r| !r.is_error) {
+            return Ok(Success {
+                text: r.result.clone().unwrap_or_default(),
+                stop_reason: r.stop_reason.clone(),
+                usage: r.usage.clone(),
+                total_cost_usd: r.total_cost_usd,
+                num_turns: r.num_turns,
+                session_id: self.session_id.clone().or_else(|| r.session_id.clone()),
+                model: self.model.clone(),
             });
         }
-        Err(Box::new(f))
+        let mut facts = self.facts;
+        facts.exit_code = exit_code;
+        facts.signal = signal;
+        facts.stderr_tail = stderr_tail;
+        if self.bad_json {
+            facts.condition = Some(GatewayCondition::BadJson);
+        } else if !facts.result_seen {
+            facts.condition = Some(GatewayCondition::NoResult);
+        }
+        Err(Box::new(facts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real lines from the spec's `cli-examples.jsonl`, trimmed of irrelevant fields.
+    const NOT_LOGGED_IN: &str = include_str!("../../tests/fixtures/not_logged_in.jsonl");
+    const SUCCESS_PARTIAL: &str = include_str!("../../tests/fixtures/success_partial.jsonl");
+    const AUTH401: &str = include_str!("../../tests/fixtures/auth401.jsonl");
+    const ABANDONED: &str = include_str!("../../tests/fixtures/abandoned.jsonl");
+    const MAX_TURNS: &str = include_str!("../../tests/fixtures/max_turns.jsonl");
+
+    fn run(lines: &str) -> (Vec<CliEvent>, RunAccumulator) {
+        let mut acc = RunAccumulator::new();
+        let mut events = Vec::new();
+        for l in lines.lines() {
+            events.extend(acc.push_line(l));
+        }
+        (events, acc)
+    }
+
+    #[test]
+    fn not_logged_in_is_a_failure_with_structured_fields() {
+        let (events, acc) = run(NOT_LOGGED_IN);
+        assert!(matches!(events.first(), Some(CliEvent::Started { .. })));
+        let facts = acc.finish(Some(1), None, String::new()).unwrap_err();
+        assert_eq!(
+            facts.assistant_error.as_deref(),
+            Some("authentication_failed")
+        );
+        assert_eq!(
+            facts.assistant_error_text.as_deref(),
+            Some("Not logged in · Please run /login")
+        );
+        assert!(facts.result_seen && facts.result_is_error);
+        assert_eq!(facts.result_subtype.as_deref(), Some("success"));
+        assert_eq!(facts.terminal_reason.as_deref(), Some("api_error"));
+        assert_eq!(facts.api_error_status, None);
+        assert_eq!(facts.condition, None);
+        assert_eq!(facts.exit_code, Some(1));
+    }
+
+    #[test]
+    fn auth401_collects_retries_and_status() {
+        let (_, acc) = run(AUTH401);
+        let facts = acc.finish(Some(1), None, String::new()).unwrap_err();
+        assert_eq!(facts.retry_statuses, vec![401]);
+        assert_eq!(
+            facts.retry_errors,
+            vec!["authentication_failed".to_string()]
+        );
+        assert_eq!(facts.api_error_status, Some(401));
+        assert_eq!(
+            facts.api_error_type.as_deref(),
+            Some("authentication_error")
+        );
+    }
+
+    #[test]
+    fn success_with_partial_messages() {
+        let (events, acc) = run(SUCCESS_PARTIAL);
+        assert!(events.contains(&CliEvent::TextDelta("Hello".into())));
+        assert!(events.contains(&CliEvent::AssistantText("Hello from the mock API.".into())));
+        let ok = acc.finish(Some(0), None, String::new()).unwrap();
+        assert_eq!(ok.text, "Hello from the mock API.");
+        assert_eq!(ok.stop_reason.as_deref(), Some("end_turn"));
+        assert_eq!(ok.usage.input_tokens, 12);
+        assert_eq!(ok.usage.output_tokens, 6);
+        assert_eq!(ok.model.as_deref(), Some("claude-opus-5-5"));
+    }
+
+    #[test]
+    fn abandoned_blocks_emit_abandoned() {
+        let (events, _) = run(ABANDONED);
+        assert!(events.contains(&CliEvent::Abandoned));
+    }
+
+    #[test]
+    fn max_turns_has_no_result_text_but_errors() {
+        let (_, acc) = run(MAX_TURNS);
+        let facts = acc.finish(Some(1), None, String::new()).unwrap_err();
+        assert_eq!(facts.result_subtype.as_deref(), Some("error_max_turns"));
+        assert_eq!(facts.result_text, None);
+        assert!(!facts.result_errors.is_empty());
+    }
+
+    #[test]
+    fn exit0_without_result_is_no_result_and_bad_json_is_flagged() {
+        let mut acc = RunAccumulator::new();
+        assert!(acc.push_line("[SandboxDebug] hello").is_empty());
+        assert!(acc.push_line("").is_empty());
+        let f = acc
+            .clone()
+            .finish(Some(0), None, String::new())
+            .unwrap_err();
+        assert_eq!(f.condition, Some(GatewayCondition::NoResult));
+        acc.push_line("{\"type\":\"assistant\",\"mess");
+        let f = acc.finish(Some(0), None, String::new()).unwrap_err();
+        assert_eq!(f.condition, Some(GatewayCondition::BadJson));
+    }
+
+    #[test]
+    fn rate_limit_warning_is_not_a_failure_and_subagent_deltas_are_skipped() {
+        let mut acc = RunAccumulator::new();
+        let ev = acc.push_line(
+            r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed_warning"}}"#,
+        );
+        assert!(ev.is_empty());
+        let ev = acc.push_line(r#"{"parent_tool_use_id":"toolu_1","type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"sub"}}}"#);
+        assert!(ev.is_empty());
+        acc.push_line(r#"{"is_error":false,"result":"ok","type":"result","subtype":"success"}"#);
+        assert_eq!(acc.finish(Some(0), None, String::new()).unwrap().text, "ok");
     }
 }

@@ -13,22 +13,36 @@
 //! - `rules.render_headers(&Verdict, &TemplateValues) -> Vec<(String, String)>`
 //! - `rules.probe() -> &ProbeSettings`, `rules.models() -> &[String]`,
 //!   `rules.sha256() -> &str` (hex of the source text), `rules.kinds_count()`, `rules.markers_count()`
+//! - added: `rules.status_for(&Verdict, Flavour) -> u16` (per-flavour status override),
+//!   `rules.origin() -> &str`, `rules.kind_names()`, `Rules::from_file_text` alias-free
+//!   helpers in `cmd`; `LoadError { origin, problems: Vec<Problem> }`.
+//!
+//! Files: `model.rs` (serde/schema types of the file), `load.rs` (validate + compile),
+//! `classify.rs` (facts → verdict), `template.rs` (placeholders, rendering), `facts.rs`.
 
+pub mod classify;
 pub mod facts;
+pub mod load;
+pub mod model;
+pub mod template;
 
 pub use facts::{FailureFacts, GatewayCondition, SpawnErrorKind, TimeoutKind};
+pub use load::{LoadError, Problem};
 
 use std::time::Duration;
 
-/// Lowercase hex SHA-256 of the rules source (the rules version).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Which API's error body shape a template renders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Flavour {
     /// `/v1/chat/completions`: `{"error":{"message","type","param","code"}}`.
@@ -82,60 +96,156 @@ pub struct ProbeSettings {
     pub model: Option<String>,
 }
 
-// ---- STUB (integrator's placeholder until the rules branch merges; delete at merge) ----
-mod stub_rules {
-    use super::*;
-    /// Compiled rules (stub).
-    #[derive(Debug)]
-    pub struct Rules;
-    #[derive(Debug, thiserror::Error)]
-    #[error("stub")]
-    pub struct LoadError;
-    impl Rules {
-        pub fn from_yaml(_text: &str, _origin: &str) -> Result<Rules, LoadError> {
-            Err(LoadError)
-        }
-        pub fn embedded() -> Rules {
-            Rules
-        }
-        pub fn classify(&self, _f: &FailureFacts) -> Verdict {
-            todo!()
-        }
-        pub fn verdict_for_kind(&self, _name: &str) -> Option<Verdict> {
-            todo!()
-        }
-        pub fn first_unhealthy_kind(&self) -> Option<Verdict> {
-            todo!()
-        }
-        pub fn status_for(&self, _v: &Verdict, _f: Flavour) -> u16 {
-            todo!()
-        }
-        pub fn render_body(
-            &self,
-            _v: &Verdict,
-            _f: Flavour,
-            _t: &TemplateValues,
-        ) -> serde_json::Value {
-            todo!()
-        }
-        pub fn render_headers(&self, _v: &Verdict, _t: &TemplateValues) -> Vec<(String, String)> {
-            todo!()
-        }
-        pub fn probe(&self) -> &ProbeSettings {
-            todo!()
-        }
-        pub fn models(&self) -> &[String] {
-            todo!()
-        }
-        pub fn sha256(&self) -> &str {
-            todo!()
-        }
-        pub fn kinds_count(&self) -> usize {
-            todo!()
-        }
-        pub fn markers_count(&self) -> usize {
-            todo!()
+impl std::str::FromStr for Flavour {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "openai" => Ok(Flavour::Openai),
+            "anthropic" => Ok(Flavour::Anthropic),
+            other => Err(format!(
+                "unknown flavour `{other}` (expected openai or anthropic)"
+            )),
         }
     }
 }
-pub use stub_rules::{LoadError, Rules};
+
+impl std::fmt::Display for Flavour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Flavour::Openai => "openai",
+            Flavour::Anthropic => "anthropic",
+        })
+    }
+}
+
+/// Lowercase hex SHA-256 of a rules source (the rules version).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The default rules file, compiled in.
+pub const EMBEDDED_RULES: &str = include_str!("../../rules/rules.yaml");
+
+/// A validated, compiled rules snapshot. Cheap to share behind an `Arc`; immutable.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub(crate) origin: String,
+    pub(crate) sha256: String,
+    pub(crate) probe: ProbeSettings,
+    pub(crate) models: Vec<String>,
+    pub(crate) kinds: Vec<load::CompiledKind>,
+    pub(crate) fallback: load::CompiledKind,
+    pub(crate) markers: Option<load::MarkerIndex>,
+    pub(crate) markers_count: usize,
+}
+
+impl Rules {
+    /// Parses, validates and compiles a rules file. `origin` (a path or `<embedded>`)
+    /// prefixes every problem in the error.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Rules, LoadError> {
+        load::load(text, origin)
+    }
+
+    /// The default rules (`rules/rules.yaml`, compiled in). A test guarantees they load.
+    pub fn embedded() -> Rules {
+        match load::load(EMBEDDED_RULES, "<embedded>") {
+            Ok(r) => r,
+            // Unreachable in a tested build: `embedded_rules_load` covers it.
+            Err(e) => panic!("embedded rules are invalid:\n{e}"),
+        }
+    }
+
+    /// The source text of the embedded default rules.
+    pub fn embedded_source() -> &'static str {
+        EMBEDDED_RULES
+    }
+
+    /// Where these rules came from (path or `<embedded>`).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Probe settings in force.
+    pub fn probe(&self) -> &ProbeSettings {
+        &self.probe
+    }
+
+    /// Models served by `GET /v1/models`.
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    /// Hex SHA-256 of the source text.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Number of kinds, the fallback included.
+    pub fn kinds_count(&self) -> usize {
+        self.kinds.len() + 1
+    }
+
+    /// Number of markers over all kinds.
+    pub fn markers_count(&self) -> usize {
+        self.markers_count
+    }
+
+    /// Kind names in match order, the fallback last.
+    pub fn kind_names(&self) -> impl Iterator<Item = &str> {
+        self.kinds
+            .iter()
+            .chain(std::iter::once(&self.fallback))
+            .map(|k| k.name.as_str())
+    }
+
+    pub(crate) fn kind(&self, name: &str) -> Option<&load::CompiledKind> {
+        self.kinds
+            .iter()
+            .chain(std::iter::once(&self.fallback))
+            .find(|k| k.name == name)
+    }
+
+    fn verdict_of(&self, k: &load::CompiledKind) -> Verdict {
+        Verdict {
+            kind: k.name.clone(),
+            status: k.status,
+            unhealthy: k.unhealthy,
+            matched: None,
+            message: k.description.clone().unwrap_or_else(|| k.name.clone()),
+            retry_after: k.retry_after,
+            stderr_tail: String::new(),
+        }
+    }
+
+    /// A verdict for a kind by name (message = the kind's description), or None if these
+    /// rules have no such kind.
+    pub fn verdict_for_kind(&self, name: &str) -> Option<Verdict> {
+        self.kind(name).map(|k| self.verdict_of(k))
+    }
+
+    /// The first kind marked `unhealthy: true`, as a verdict.
+    pub fn first_unhealthy_kind(&self) -> Option<Verdict> {
+        self.kinds
+            .iter()
+            .chain(std::iter::once(&self.fallback))
+            .find(|k| k.unhealthy)
+            .map(|k| self.verdict_of(k))
+    }
+
+    /// The HTTP status for this verdict on an endpoint of `flavour`: the kind's
+    /// `openai_status` / `anthropic_status` override if set, else `Verdict::status`.
+    /// (A verdict whose kind no longer exists keeps its own status.)
+    pub fn status_for(&self, verdict: &Verdict, flavour: Flavour) -> u16 {
+        match self.kind(&verdict.kind) {
+            Some(k) => match flavour {
+                Flavour::Openai => k.openai_status.unwrap_or(verdict.status),
+                Flavour::Anthropic => k.anthropic_status.unwrap_or(verdict.status),
+            },
+            None => verdict.status,
+        }
+    }
+}

@@ -1,8 +1,11 @@
+//! The one integration-test binary; each area is a module.
 mod api;
 mod backend;
+mod cli_cmds;
 mod config;
 mod harness;
 mod health;
 mod reload;
+mod rules;
 mod security;
 mod support;

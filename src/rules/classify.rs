@@ -1,0 +1,199 @@
+//! Classification (facts → [`Verdict`]) and rendering (verdict → body / headers).
+//!
+//! Order: kinds in file order, first match wins; within a kind the structured matchers
+//! are checked first (spawn_error, timeout, condition, assistant_error, api_error_status,
+//! api_error_type, api_error, result_subtype, terminal_reason, retry_status, exit_code,
+//! signal), then markers, then regexes, so `Verdict::matched` names the strongest evidence.
+//! All markers of all kinds are found in ONE overlapping Aho-Corasick pass per text, so a
+//! marker of an early kind is never hidden by an overlapping marker of a later one.
+
+use serde_json::Value;
+
+use super::load::{CompiledKind, Matcher};
+use super::template::{PValue, Placeholder};
+use super::{FailureFacts, Flavour, Rules, TemplateValues, Verdict};
+
+fn any_ci(list: &[String], v: Option<&str>) -> Option<String> {
+    let v = v?;
+    list.iter().find(|x| x.eq_ignore_ascii_case(v)).cloned()
+}
+
+fn enum_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => String::from("?"),
+    }
+}
+
+/// Structured evidence of one kind, strongest first.
+fn structured(m: &Matcher, f: &FailureFacts) -> Option<String> {
+    if let Some(s) = f.spawn_error.filter(|s| m.spawn_error.contains(s)) {
+        return Some(format!("spawn_error={}", enum_name(&s)));
+    }
+    if let Some(t) = f.timeout.filter(|t| m.timeout.contains(t)) {
+        return Some(format!("timeout={}", enum_name(&t)));
+    }
+    if let Some(c) = f.condition.filter(|c| m.condition.contains(c)) {
+        return Some(format!("condition={}", enum_name(&c)));
+    }
+    if let Some(v) = any_ci(&m.assistant_error, f.assistant_error.as_deref()) {
+        return Some(format!("assistant_error={v}"));
+    }
+    if let Some(s) = f
+        .api_error_status
+        .filter(|s| m.api_error_status.contains(s))
+    {
+        return Some(format!("api_error_status={s}"));
+    }
+    if let Some(v) = any_ci(&m.api_error_type, f.api_error_type.as_deref()) {
+        return Some(format!("api_error_type={v}"));
+    }
+    if let Some(v) = any_ci(&m.api_error, f.api_error.as_deref()) {
+        return Some(format!("api_error={v}"));
+    }
+    if let Some(v) = any_ci(&m.result_subtype, f.result_subtype.as_deref()) {
+        return Some(format!("result_subtype={v}"));
+    }
+    if let Some(v) = any_ci(&m.terminal_reason, f.terminal_reason.as_deref()) {
+        return Some(format!("terminal_reason={v}"));
+    }
+    if let Some(s) = f.retry_statuses.iter().find(|s| m.retry_status.contains(s)) {
+        return Some(format!("retry_status={s}"));
+    }
+    if let Some(c) = f.exit_code.filter(|c| m.exit_code.contains(c)) {
+        return Some(format!("exit_code={c}"));
+    }
+    if let Some(s) = f.signal.filter(|s| m.signal.contains(s)) {
+        return Some(format!("signal={s}"));
+    }
+    None
+}
+
+impl Rules {
+    /// Classifies one failure. Never fails: the fallback catches everything.
+    pub fn classify(&self, facts: &FailureFacts) -> Verdict {
+        let texts: Vec<&str> = facts.texts().collect();
+        // Per kind: the lowest index of its markers found in any text.
+        let mut marker_hits: Vec<Option<usize>> = vec![None; self.kinds.len()];
+        if let Some(index) = &self.markers {
+            for text in &texts {
+                for m in index.automaton.find_overlapping_iter(*text) {
+                    for &(kind, marker) in index
+                        .owners
+                        .get(m.pattern().as_usize())
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some(slot) = marker_hits.get_mut(kind) {
+                            *slot = Some(slot.map_or(marker, |old| old.min(marker)));
+                        }
+                    }
+                }
+            }
+        }
+        for (i, kind) in self.kinds.iter().enumerate() {
+            let m = &kind.matcher;
+            let matched = structured(m, facts)
+                .or_else(|| {
+                    marker_hits
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .and_then(|mi| m.markers.get(mi))
+                        .map(|mk| format!("marker={mk:?}"))
+                })
+                .or_else(|| {
+                    m.regex
+                        .iter()
+                        .find(|re| texts.iter().any(|t| re.is_match(t)))
+                        .map(|re| format!("regex=/{}/", re.as_str()))
+                });
+            if let Some(matched) = matched {
+                return self.verdict(kind, Some(matched), facts);
+            }
+        }
+        self.verdict(&self.fallback, None, facts)
+    }
+
+    fn verdict(&self, k: &CompiledKind, matched: Option<String>, facts: &FailureFacts) -> Verdict {
+        Verdict {
+            kind: k.name.clone(),
+            status: k.status,
+            unhealthy: k.unhealthy,
+            matched,
+            message: facts.summary(),
+            retry_after: k.retry_after,
+            stderr_tail: facts.stderr_tail.clone(),
+        }
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        v: &'a Verdict,
+        status: u16,
+        values: &'a TemplateValues,
+    ) -> impl Fn(Placeholder) -> PValue + 'a {
+        let opt = |o: &Option<String>| o.clone().map_or(PValue::Null, PValue::Text);
+        move |p| match p {
+            Placeholder::Kind => PValue::Text(v.kind.clone()),
+            Placeholder::Status => PValue::Number(u64::from(status)),
+            Placeholder::RequestId => PValue::Text(values.request_id.clone()),
+            Placeholder::Model => opt(&values.model),
+            Placeholder::Marker => opt(&v.matched),
+            Placeholder::Message => PValue::Text(v.message.clone()),
+            Placeholder::RetryAfter => v.retry_after.map_or(PValue::Null, PValue::Number),
+            Placeholder::LastProbedAt => opt(&values.last_probed_at),
+            Placeholder::ErrorKind => {
+                PValue::Text(values.error_kind.clone().unwrap_or_else(|| v.kind.clone()))
+            }
+            Placeholder::ErrorMessage => PValue::Text(
+                values
+                    .error_message
+                    .clone()
+                    .unwrap_or_else(|| v.message.clone()),
+            ),
+            Placeholder::StderrTail => PValue::Text(v.stderr_tail.clone()),
+        }
+    }
+
+    /// Renders the verdict's body for `flavour`. A verdict whose kind no longer exists in
+    /// these rules is rendered with the fallback's template.
+    pub fn render_body(
+        &self,
+        verdict: &Verdict,
+        flavour: Flavour,
+        values: &TemplateValues,
+    ) -> Value {
+        let k = self.kind(&verdict.kind).unwrap_or(&self.fallback);
+        let status = self.status_for(verdict, flavour);
+        let lookup = self.lookup(verdict, status, values);
+        match flavour {
+            Flavour::Openai => k.openai.render(&lookup),
+            Flavour::Anthropic => k.anthropic.render(&lookup),
+        }
+    }
+
+    /// Renders the kind's headers (lowercase names). Control characters in values are
+    /// replaced by spaces; headers that render empty are omitted. `{{status}}` here is
+    /// `Verdict::status`.
+    pub fn render_headers(
+        &self,
+        verdict: &Verdict,
+        values: &TemplateValues,
+    ) -> Vec<(String, String)> {
+        let k = self.kind(&verdict.kind).unwrap_or(&self.fallback);
+        let lookup = self.lookup(verdict, verdict.status, values);
+        k.headers
+            .iter()
+            .filter_map(|(name, t)| {
+                let v: String = t
+                    .render_string(&lookup)
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                let v = v.trim().to_string();
+                (!v.is_empty()).then(|| (name.clone(), v))
+            })
+            .collect()
+    }
+}

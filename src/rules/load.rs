@@ -1,0 +1,674 @@
+//! Loading: parse `rules.yaml` text with serde-saphyr into [`RulesFile`], validate it
+//! (collecting EVERY problem with its `file:line:column` and a source snippet), and compile
+//! it into [`Rules`]: one Aho-Corasick automaton for all markers, case-insensitive regexes
+//! with a size limit, and parsed body/header templates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::{Regex, RegexBuilder};
+use serde_saphyr::{Location, Spanned};
+
+use super::model::{FallbackDef, KindDef, MatchDef, RulesFile, TemplateNode, TemplatesDef};
+use super::template::{PlaceholderError, Template, TemplateString};
+use super::{ProbeSettings, Rules};
+use crate::rules::facts::{GatewayCondition, SpawnErrorKind, TimeoutKind};
+
+/// Compiled size limit of one regex (bytes); larger ones are a `check` error.
+pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// Minimum marker length in characters (after trimming).
+pub const MIN_MARKER_CHARS: usize = 4;
+
+/// One problem in a rules file, with its position (1-based; 0 when unknown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    /// The offending source line with a caret under the column (empty when unknown).
+    pub snippet: String,
+}
+
+/// Why a rules file could not be loaded: every problem found, in source order.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct LoadError {
+    /// Where the text came from (a path or `<embedded>`), printed before each problem.
+    pub origin: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.line == 0 {
+                write!(f, "{}: {}", self.origin, p.message)?;
+            } else {
+                write!(f, "{}:{}:{}: {}", self.origin, p.line, p.column, p.message)?;
+            }
+            if !p.snippet.is_empty() {
+                write!(f, "\n{}", p.snippet)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems with snippets taken from the source text.
+struct Problems<'a> {
+    lines: Vec<&'a str>,
+    list: Vec<Problem>,
+}
+
+impl<'a> Problems<'a> {
+    fn new(text: &'a str) -> Self {
+        Problems {
+            lines: text.lines().collect(),
+            list: Vec::new(),
+        }
+    }
+
+    fn at(&mut self, loc: Location, message: impl Into<String>) {
+        let (line, column) = (loc.line(), loc.column());
+        let snippet = self.snippet(line, column);
+        self.list.push(Problem {
+            line,
+            column,
+            message: message.into(),
+            snippet,
+        });
+    }
+
+    fn snippet(&self, line: u64, column: u64) -> String {
+        if line == 0 {
+            return String::new();
+        }
+        let Some(src) = usize::try_from(line - 1)
+            .ok()
+            .and_then(|i| self.lines.get(i))
+        else {
+            return String::new();
+        };
+        let num = line.to_string();
+        let pad = " ".repeat(num.len());
+        // Column is in characters; keep tabs so the caret lines up in a terminal.
+        let lead: String = src
+            .chars()
+            .take(usize::try_from(column.saturating_sub(1)).unwrap_or(0))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        format!("{pad} |\n{num} | {src}\n{pad} | {lead}^")
+    }
+}
+
+/// Compiled matchers of one kind.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Matcher {
+    /// Lowercased string lists.
+    pub assistant_error: Vec<String>,
+    pub result_subtype: Vec<String>,
+    pub terminal_reason: Vec<String>,
+    pub api_error: Vec<String>,
+    pub api_error_type: Vec<String>,
+    pub api_error_status: Vec<u16>,
+    pub retry_status: Vec<u16>,
+    pub exit_code: Vec<i32>,
+    pub signal: Vec<i32>,
+    pub spawn_error: Vec<SpawnErrorKind>,
+    pub timeout: Vec<TimeoutKind>,
+    pub condition: Vec<GatewayCondition>,
+    /// Markers as written (for `Verdict::matched`); their automaton ids live in `Rules`.
+    pub markers: Vec<String>,
+    pub regex: Vec<Regex>,
+}
+
+/// One compiled kind (the fallback has an empty matcher).
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledKind {
+    pub name: String,
+    pub description: Option<String>,
+    pub status: u16,
+    pub openai_status: Option<u16>,
+    pub anthropic_status: Option<u16>,
+    pub unhealthy: bool,
+    pub retry_after: Option<u64>,
+    pub headers: Vec<(String, TemplateString)>,
+    pub matcher: Matcher,
+    pub openai: Template,
+    pub anthropic: Template,
+}
+
+/// The marker automaton: pattern id → every (kind index, marker index) using it.
+#[derive(Debug, Clone)]
+pub(crate) struct MarkerIndex {
+    pub automaton: AhoCorasick,
+    pub owners: Vec<Vec<(usize, usize)>>,
+}
+
+
+/// Parses and compiles a rules file. `origin` names it in problems (a path or `<embedded>`).
+pub fn load(text: &str, origin: &str) -> Result<Rules, LoadError> {
+    let mut problems = Problems::new(text);
+    let file: RulesFile = match serde_saphyr::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let loc = e.location().unwrap_or(Location::UNKNOWN);
+            let msg = e.without_snippet().to_string();
+            // The library appends its own position; ours is in the prefix.
+            let msg = strip_position_suffix(&msg);
+            problems.at(loc, msg);
+            return Err(LoadError {
+                origin: origin.to_string(),
+                problems: problems.list,
+            });
+        }
+    };
+    let compiled = compile(file, &mut problems);
+    if problems.list.is_empty() {
+        if let Some(mut rules) = compiled {
+            rules.sha256 = super::sha256_hex(text.as_bytes());
+            rules.origin = origin.to_string();
+            return Ok(rules);
+        }
+    }
+    problems.list.sort_by_key(|p| (p.line, p.column));
+    Err(LoadError {
+        origin: origin.to_string(),
+        problems: problems.list,
+    })
+}
+
+fn strip_position_suffix(msg: &str) -> String {
+    let first = msg.lines().next().unwrap_or(msg).trim();
+    // e.g. "unknown field `x`, expected ... at line 3 column 5"
+    match first.rfind(" at line ") {
+        Some(i) if first[i..].contains("column") => first[..i].trim_end_matches(',').to_string(),
+        _ => first.to_string(),
+    }
+}
+
+fn seconds(p: &mut Problems, field: &str, v: Option<&Spanned<f64>>, default: f64) -> Duration {
+    let Some(v) = v else {
+        return Duration::from_secs_f64(default);
+    };
+    match Duration::try_from_secs_f64(v.value) {
+        Ok(d) if v.value.is_finite() => d,
+        _ => {
+            p.at(
+                v.referenced,
+                format!(
+                    "probe.{field} must be a finite, non-negative number of seconds (got {})",
+                    v.value
+                ),
+            );
+            Duration::ZERO
+        }
+    }
+}
+
+fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
+    // Probe.
+    let probe = match &file.probe {
+        Some(def) => {
+            let interval = seconds(p, "interval", def.interval.as_ref(), 600.0);
+            let unhealthy_interval = seconds(
+                p,
+                "unhealthy_interval",
+                def.unhealthy_interval.as_ref(),
+                30.0,
+            );
+            let timeout = seconds(p, "timeout", def.timeout.as_ref(), 30.0);
+            if let Some(t) = &def.timeout {
+                if t.value == 0.0 {
+                    p.at(t.referenced, "probe.timeout must be greater than 0");
+                }
+            }
+            ProbeSettings {
+                interval,
+                unhealthy_interval,
+                timeout,
+                prompt: def.prompt.clone().unwrap_or_else(default_prompt),
+                model: def.model.clone(),
+            }
+        }
+        None => ProbeSettings {
+            interval: Duration::from_secs(600),
+            unhealthy_interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
+            prompt: default_prompt(),
+            model: None,
+        },
+    };
+
+    let mut seen_names: HashMap<String, Location> = HashMap::new();
+    let mut kinds = Vec::new();
+    let mut pattern_ids: HashMap<String, usize> = HashMap::new();
+    let mut patterns: Vec<String> = Vec::new();
+    let mut owners: Vec<Vec<(usize, usize)>> = Vec::new();
+
+    for (ki, def) in file.kinds.iter().enumerate() {
+        let KindDef {
+            name,
+            description,
+            status,
+            openai_status,
+            anthropic_status,
+            unhealthy,
+            retry_after,
+            headers,
+            match_,
+            templates,
+        } = def;
+        check_name(p, name, &mut seen_names);
+        let matcher = match match_ {
+            None => {
+                p.at(
+                    name.referenced,
+                    format!("kind `{}` has no `match`", name.value),
+                );
+                Matcher::default()
+            }
+            Some(m) => compile_match(
+                p,
+                &name.value,
+                m,
+                ki,
+                &mut pattern_ids,
+                &mut patterns,
+                &mut owners,
+            ),
+        };
+        let (openai, anthropic) =
+            compile_templates(p, &name.value, name.referenced, templates.as_ref());
+        kinds.push(CompiledKind {
+            name: name.value.clone(),
+            description: description.clone(),
+            status: check_status(p, "status", status),
+            openai_status: openai_status
+                .as_ref()
+                .map(|s| check_status(p, "openai_status", s)),
+            anthropic_status: anthropic_status
+                .as_ref()
+                .map(|s| check_status(p, "anthropic_status", s)),
+            unhealthy: *unhealthy,
+            retry_after: *retry_after,
+            headers: compile_headers(p, headers),
+            matcher,
+            openai,
+            anthropic,
+        });
+    }
+
+    let fallback = match &file.fallback {
+        None => {
+            p.list.push(Problem {
+                line: 1,
+                column: 1,
+                message: "missing `fallback`: a rules file must define the kind used when nothing matches".into(),
+                snippet: String::new(),
+            });
+            None
+        }
+        Some(def) => {
+            let FallbackDef {
+                name,
+                description,
+                status,
+                openai_status,
+                anthropic_status,
+                unhealthy,
+                retry_after,
+                headers,
+                templates,
+            } = def;
+            check_name(p, name, &mut seen_names);
+            let (openai, anthropic) =
+                compile_templates(p, &name.value, name.referenced, templates.as_ref());
+            Some(CompiledKind {
+                name: name.value.clone(),
+                description: description.clone(),
+                status: check_status(p, "status", status),
+                openai_status: openai_status
+                    .as_ref()
+                    .map(|s| check_status(p, "openai_status", s)),
+                anthropic_status: anthropic_status
+                    .as_ref()
+                    .map(|s| check_status(p, "anthropic_status", s)),
+                unhealthy: *unhealthy,
+                retry_after: *retry_after,
+                headers: compile_headers(p, headers),
+                matcher: Matcher::default(),
+                openai,
+                anthropic,
+            })
+        }
+    };
+
+    let markers_count = owners.iter().map(Vec::len).sum();
+    let automaton = if patterns.is_empty() {
+        None
+    } else {
+        match AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&patterns)
+        {
+            Ok(a) => Some(MarkerIndex {
+                automaton: a,
+                owners,
+            }),
+            Err(e) => {
+                p.at(
+                    Location::UNKNOWN,
+                    format!("markers could not be compiled: {e}"),
+                );
+                None
+            }
+        }
+    };
+
+    let fallback = fallback?;
+    Some(Rules {
+        origin: String::new(),
+        sha256: String::new(),
+        probe,
+        models: file.models,
+        kinds,
+        fallback,
+        markers: automaton,
+        markers_count,
+    })
+}
+
+fn default_prompt() -> String {
+    "Reply with the single word OK.".to_string()
+}
+
+fn check_name(p: &mut Problems, name: &Spanned<String>, seen: &mut HashMap<String, Location>) {
+    let n = &name.value;
+    if n.is_empty()
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        p.at(
+            name.referenced,
+            format!(
+                "kind name `{n}` must be non-empty and use only letters, digits, `_`, `-`, `.`"
+            ),
+        );
+    }
+    if let Some(first) = seen.get(n) {
+        let msg = format!(
+            "duplicate kind name `{n}` (first defined at line {}:{})",
+            first.line(),
+            first.column()
+        );
+        p.at(name.referenced, msg);
+    } else {
+        seen.insert(n.clone(), name.referenced);
+    }
+}
+
+fn check_status(p: &mut Problems, field: &str, s: &Spanned<u16>) -> u16 {
+    if !(400..=599).contains(&s.value) {
+        p.at(
+            s.referenced,
+            format!("{field} {} is outside 400-599", s.value),
+        );
+    }
+    s.value
+}
+
+fn lower(v: &[String]) -> Vec<String> {
+    v.iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
+fn http_statuses(p: &mut Problems, field: &str, v: &[Spanned<u16>]) -> Vec<u16> {
+    v.iter()
+        .map(|s| {
+            if !(100..=599).contains(&s.value) {
+                p.at(
+                    s.referenced,
+                    format!("match.{field} {} is not an HTTP status (100-599)", s.value),
+                );
+            }
+            s.value
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_match(
+    p: &mut Problems,
+    kind: &str,
+    m: &Spanned<MatchDef>,
+    kind_index: usize,
+    pattern_ids: &mut HashMap<String, usize>,
+    patterns: &mut Vec<String>,
+    owners: &mut Vec<Vec<(usize, usize)>>,
+) -> Matcher {
+    let d = &m.value;
+    let empty = d.assistant_error.is_empty()
+        && d.result_subtype.is_empty()
+        && d.terminal_reason.is_empty()
+        && d.api_error.is_empty()
+        && d.api_error_type.is_empty()
+        && d.api_error_status.is_empty()
+        && d.retry_status.is_empty()
+        && d.exit_code.is_empty()
+        && d.signal.is_empty()
+        && d.spawn_error.is_empty()
+        && d.timeout.is_empty()
+        && d.condition.is_empty()
+        && d.markers.is_empty()
+        && d.regex.is_empty();
+    if empty {
+        p.at(
+            m.referenced,
+            format!("kind `{kind}` has an empty `match` (it could never match)"),
+        );
+    }
+    let mut markers = Vec::new();
+    for mk in &d.markers {
+        let t = mk.value.trim();
+        if t.is_empty() {
+            p.at(mk.referenced, "empty marker (it would match every failure)");
+            continue;
+        }
+        if t.chars().all(|c| c.is_ascii_digit()) {
+            p.at(
+                mk.referenced,
+                format!(
+                    "marker \"{}\" is only digits: it would match request ids and timings; use `api_error_status` or a regex with context like 'API Error: 401\\b'",
+                    mk.value
+                ),
+            );
+            continue;
+        }
+        if t.chars().count() < MIN_MARKER_CHARS {
+            p.at(
+                mk.referenced,
+                format!(
+                    "marker \"{}\" is shorter than {MIN_MARKER_CHARS} characters",
+                    mk.value
+                ),
+            );
+            continue;
+        }
+        let key = mk.value.to_ascii_lowercase();
+        let id = *pattern_ids.entry(key.clone()).or_insert_with(|| {
+            patterns.push(key);
+            owners.push(Vec::new());
+            patterns.len() - 1
+        });
+        if let Some(o) = owners.get_mut(id) {
+            o.push((kind_index, markers.len()));
+        }
+        markers.push(mk.value.clone());
+    }
+    let mut regex = Vec::new();
+    for r in &d.regex {
+        match RegexBuilder::new(&r.value)
+            .case_insensitive(true)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+        {
+            Ok(re) => {
+                if re.is_match("") {
+                    p.at(
+                        r.referenced,
+                        format!(
+                            "regex /{}/ matches the empty string (it would match every failure)",
+                            r.value
+                        ),
+                    );
+                } else {
+                    regex.push(re);
+                }
+            }
+            Err(regex::Error::CompiledTooBig(limit)) => p.at(
+                r.referenced,
+                format!(
+                    "regex /{}/ is too big (compiled size exceeds {limit} bytes)",
+                    r.value
+                ),
+            ),
+            Err(e) => {
+                let msg = e.to_string();
+                let last = msg
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or(&msg);
+                let last = last.trim();
+                let last = last.strip_prefix("error: ").unwrap_or(last);
+                p.at(r.referenced, format!("invalid regex /{}/: {last}", r.value));
+            }
+        }
+    }
+    Matcher {
+        assistant_error: lower(&d.assistant_error),
+        result_subtype: lower(&d.result_subtype),
+        terminal_reason: lower(&d.terminal_reason),
+        api_error: lower(&d.api_error),
+        api_error_type: lower(&d.api_error_type),
+        api_error_status: http_statuses(p, "api_error_status", &d.api_error_status),
+        retry_status: http_statuses(p, "retry_status", &d.retry_status),
+        exit_code: d.exit_code.clone(),
+        signal: d.signal.clone(),
+        spawn_error: d.spawn_error.clone(),
+        timeout: d.timeout.clone(),
+        condition: d.condition.clone(),
+        markers,
+        regex,
+    }
+}
+
+fn compile_headers(
+    p: &mut Problems,
+    headers: &BTreeMap<String, Spanned<String>>,
+) -> Vec<(String, TemplateString)> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid_name {
+            p.at(value.referenced, format!("invalid header name `{name}`"));
+        }
+        if value.value.chars().any(|c| c.is_control()) {
+            p.at(
+                value.referenced,
+                format!("header `{name}` value contains control characters"),
+            );
+        }
+        if let Some(t) = template_string(p, value.referenced, &value.value) {
+            out.push((name.to_ascii_lowercase(), t));
+        }
+    }
+    out
+}
+
+fn template_string(p: &mut Problems, loc: Location, text: &str) -> Option<TemplateString> {
+    match TemplateString::parse(text) {
+        Ok(t) => Some(t),
+        Err(errors) => {
+            for e in errors {
+                match e {
+                    PlaceholderError::Unknown(name) => p.at(
+                        loc,
+                        format!(
+                            "unknown placeholder `{{{{{name}}}}}` (known: {})",
+                            super::template::Placeholder::names()
+                        ),
+                    ),
+                    PlaceholderError::Unterminated => {
+                        p.at(loc, "unterminated placeholder: `{{` without `}}`")
+                    }
+                }
+            }
+            None
+        }
+    }
+}
+
+fn compile_templates(
+    p: &mut Problems,
+    kind: &str,
+    kind_loc: Location,
+    t: Option<&Spanned<TemplatesDef>>,
+) -> (Template, Template) {
+    let (loc, def) = match t {
+        Some(t) => (t.referenced, Some(&t.value)),
+        None => (kind_loc, None),
+    };
+    let mut one = |node: Option<&Spanned<TemplateNode>>, flavour: &str| match node {
+        Some(n) => compile_node(p, &n.value, n.referenced),
+        None => {
+            p.at(
+                loc,
+                format!("kind `{kind}` has no `templates.{flavour}` body"),
+            );
+            Template::Null
+        }
+    };
+    let openai = one(def.and_then(|d| d.openai.as_ref()), "openai");
+    let anthropic = one(def.and_then(|d| d.anthropic.as_ref()), "anthropic");
+    (openai, anthropic)
+}
+
+fn compile_node(p: &mut Problems, node: &TemplateNode, loc: Location) -> Template {
+    match node {
+        TemplateNode::Null => Template::Null,
+        TemplateNode::Bool(b) => Template::Bool(*b),
+        TemplateNode::Number(n) => Template::Number(n.clone()),
+        TemplateNode::String(s) => template_string(p, loc, s)
+            .map(Template::String)
+            .unwrap_or(Template::Null),
+        TemplateNode::Array(items) => Template::Array(
+            items
+                .iter()
+                .map(|i| compile_node(p, &i.value, i.referenced))
+                .collect(),
+        ),
+        TemplateNode::Object(entries) => {
+            let mut out = Vec::new();
+            for (k, v) in entries {
+                if TemplateString::has_placeholder_syntax(&k.value) {
+                    p.at(
+                        k.referenced,
+                        format!("placeholder in key `{}`: placeholders are only allowed in string values", k.value),
+                    );
+                }
+                out.push((k.value.clone(), compile_node(p, &v.value, v.referenced)));
+            }
+            Template::Object(out)
+        }
+    }
+}
