@@ -4,8 +4,9 @@
 //! are checked first (spawn_error, timeout, condition, assistant_error, api_error_status,
 //! api_error_type, api_error, result_subtype, terminal_reason, retry_status, exit_code,
 //! signal), then markers, then regexes, so `Verdict::matched` names the strongest evidence.
-//! All markers of all kinds are found in ONE overlapping Aho-Corasick pass per text, so a
-//! marker of an early kind is never hidden by an overlapping marker of a later one.
+//! All markers of all kinds live in ONE Aho-Corasick automaton, searched once per text in a
+//! way that never lets an overlapping marker of a later kind hide an early kind's marker
+//! (see `best_marker`).
 
 use serde_json::Value;
 
@@ -73,33 +74,25 @@ impl Rules {
     /// Classifies one failure. Never fails: the fallback catches everything.
     pub fn classify(&self, facts: &FailureFacts) -> Verdict {
         let texts: Vec<&str> = facts.texts().collect();
-        // Per kind: the lowest index of its markers found in any text.
-        let mut marker_hits: Vec<Option<usize>> = vec![None; self.kinds.len()];
-        if let Some(index) = &self.markers {
-            for text in &texts {
-                for m in index.automaton.find_overlapping_iter(*text) {
-                    for &(kind, marker) in index
-                        .owners
-                        .get(m.pattern().as_usize())
-                        .into_iter()
-                        .flatten()
-                    {
-                        if let Some(slot) = marker_hits.get_mut(kind) {
-                            *slot = Some(slot.map_or(marker, |old| old.min(marker)));
-                        }
-                    }
-                }
-            }
-        }
+        // The first kind with structured evidence bounds the work: markers of later kinds
+        // cannot win.
+        let first_structured = self
+            .kinds
+            .iter()
+            .position(|k| structured(&k.matcher, facts).is_some());
+        let bound = first_structured.unwrap_or(self.kinds.len());
+        let best_marker = if bound == 0 {
+            None
+        } else {
+            self.best_marker(&texts, bound)
+        };
         for (i, kind) in self.kinds.iter().enumerate() {
             let m = &kind.matcher;
             let matched = structured(m, facts)
                 .or_else(|| {
-                    marker_hits
-                        .get(i)
-                        .copied()
-                        .flatten()
-                        .and_then(|mi| m.markers.get(mi))
+                    best_marker
+                        .filter(|(k, _)| *k == i)
+                        .and_then(|(_, mi)| m.markers.get(mi))
                         .map(|mk| format!("marker={mk:?}"))
                 })
                 .or_else(|| {
@@ -113,6 +106,47 @@ impl Rules {
             }
         }
         self.verdict(&self.fallback, None, facts)
+    }
+
+    /// The lowest (kind, marker) pair with a marker occurrence in any text, considering
+    /// kinds before `bound` only.
+    ///
+    /// The automaton is leftmost-first with patterns in (kind, marker) order, so at any
+    /// start position it reports the highest-priority pattern starting there. Restarting
+    /// one byte after each match start (instead of after its end) therefore visits every
+    /// start position that has an occurrence: an early kind's marker overlapped by a later
+    /// kind's marker is never skipped, and the minimum over the reports is the minimum over
+    /// all occurrences.
+    fn best_marker(&self, texts: &[&str], bound: usize) -> Option<(usize, usize)> {
+        let index = self.markers.as_ref()?;
+        let mut best: Option<(usize, usize)> = None;
+        let mut lowered = Vec::new();
+        for text in texts {
+            lowered.clear();
+            lowered.extend(text.bytes().map(|b| b.to_ascii_lowercase()));
+            let mut at = 0;
+            while at < lowered.len() {
+                let input = aho_corasick::Input::new(&lowered).span(at..lowered.len());
+                let Some(m) = index.automaton.find(input) else {
+                    break;
+                };
+                let owner = index
+                    .owners
+                    .get(m.pattern().as_usize())
+                    .and_then(|o| o.first())
+                    .copied();
+                if let Some(owner) = owner.filter(|(k, _)| *k < bound) {
+                    if best.is_none_or(|b| owner < b) {
+                        best = Some(owner);
+                    }
+                }
+                if best.is_some_and(|(k, _)| k == 0) {
+                    return best;
+                }
+                at = m.start() + 1;
+            }
+        }
+        best
     }
 
     fn verdict(&self, k: &CompiledKind, matched: Option<String>, facts: &FailureFacts) -> Verdict {

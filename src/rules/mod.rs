@@ -13,9 +13,10 @@
 //! - `rules.render_headers(&Verdict, &TemplateValues) -> Vec<(String, String)>`
 //! - `rules.probe() -> &ProbeSettings`, `rules.models() -> &[String]`,
 //!   `rules.sha256() -> &str` (hex of the source text), `rules.kinds_count()`, `rules.markers_count()`
-//! - added: `rules.status_for(&Verdict, Flavour) -> u16` (per-flavour status override),
-//!   `rules.origin() -> &str`, `rules.kind_names()`, `Rules::from_file_text` alias-free
-//!   helpers in `cmd`; `LoadError { origin, problems: Vec<Problem> }`.
+//! - added: `rules.status_for(&Verdict, Flavour) -> u16` (per-flavour status override:
+//!   `openai_status` / `anthropic_status` on a kind), `rules.origin() -> &str`,
+//!   `rules.kind_names()`; `LoadError { origin, problems: Vec<Problem> }` (Display prints
+//!   every problem as `file:line:col: message` + snippet).
 //!
 //! Files: `model.rs` (serde/schema types of the file), `load.rs` (validate + compile),
 //! `classify.rs` (facts → verdict), `template.rs` (placeholders, rendering), `facts.rs`.
