@@ -168,7 +168,10 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
-        Ok(LoadedConfig { config, ignored_env: ignored })
+        Ok(LoadedConfig {
+            config,
+            ignored_env: ignored,
+        })
     }
 
     /// Checks figment cannot express.
@@ -240,14 +243,10 @@ fn env_source(env: &[(String, String)]) -> (Serialized<figment::value::Dict>, Ve
             continue;
         };
         let mut path: Vec<String> = rest.split("__").map(str::to_string).collect();
-        let keep_case_from = if path.len() > 2
+        let is_cli_env = path.len() > 2
             && path[0].eq_ignore_ascii_case("cli")
-            && path[1].eq_ignore_ascii_case("env")
-        {
-            2
-        } else {
-            path.len()
-        };
+            && path[1].eq_ignore_ascii_case("env");
+        let keep_case_from = if is_cli_env { 2 } else { path.len() };
         for seg in path.iter_mut().take(keep_case_from) {
             *seg = seg.to_ascii_lowercase();
         }
@@ -255,7 +254,7 @@ fn env_source(env: &[(String, String)]) -> (Serialized<figment::value::Dict>, Ve
             ignored.push(key.clone());
             continue;
         }
-        let value: Value = if keep_case_from == 2 {
+        let value: Value = if is_cli_env {
             Value::from(raw.clone())
         } else {
             raw.parse().unwrap_or_else(|_| Value::from(raw.clone()))

@@ -248,7 +248,9 @@ pub async fn probe_once(state: &crate::state::AppState, source: Source) -> Probe
 /// verdict (probe now) or by a reload (re-time only). Interval 0 disables the timer.
 pub async fn probe_loop(state: crate::state::AppState) {
     let mut last_run = tokio::time::Instant::now();
-    let mut run_now = true;
+    // Interval 0 disables the periodic probe, including the one at start; a request-path
+    // verdict or POST /admin/probe still probes.
+    let mut run_now = !state.rules.load().probe().interval.is_zero();
     loop {
         if run_now {
             probe_once(&state, Source::Probe).await;

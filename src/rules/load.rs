@@ -149,7 +149,6 @@ pub(crate) struct MarkerIndex {
     pub owners: Vec<Vec<(usize, usize)>>,
 }
 
-
 /// Parses and compiles a rules file. `origin` names it in problems (a path or `<embedded>`).
 pub fn load(text: &str, origin: &str) -> Result<Rules, LoadError> {
     let mut problems = Problems::new(text);

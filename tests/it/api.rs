@@ -8,7 +8,11 @@ use serde_json::{json, Value};
 
 use crate::harness::{chat_body, client, eventually, messages_body, sse_events, Opts, TestServer};
 
-async fn post(s: &TestServer, path: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, String) {
+async fn post(
+    s: &TestServer,
+    path: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
     let r = client()
         .post(s.url(path))
         .json(body)
@@ -34,7 +38,10 @@ async fn openai_non_streaming_success() {
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "sonnet");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
-    assert_eq!(v["choices"][0]["message"]["content"], "Hello from the fake CLI.");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "Hello from the fake CLI."
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     let u = &v["usage"];
     assert!(u["completion_tokens"].as_u64().unwrap_or(0) > 0, "{u}");
@@ -66,11 +73,17 @@ async fn openai_streaming_success_with_usage() {
     body["stream_options"] = json!({"include_usage": true});
     let (status, headers, text) = post(&s, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{text}");
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let events = sse_events(&text);
     let datas: Vec<&str> = events.iter().map(|(_, d)| d.as_str()).collect();
     assert_eq!(*datas.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = datas[..datas.len() - 1].iter().map(|d| json_of(d)).collect();
+    let chunks: Vec<Value> = datas[..datas.len() - 1]
+        .iter()
+        .map(|d| json_of(d))
+        .collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let content: String = chunks
         .iter()
@@ -79,7 +92,11 @@ async fn openai_streaming_success_with_usage() {
     assert_eq!(content, "Hello from the fake CLI.");
     let deltas = chunks
         .iter()
-        .filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
         .count();
     assert!(deltas >= 2, "expected token deltas, got {deltas}: {text}");
     let finish: Vec<&Value> = chunks
@@ -102,12 +119,18 @@ async fn anthropic_streaming_event_sequence() {
     let (status, _, text) = post(&s, "/v1/messages", &messages_body("Hi", true)).await;
     assert_eq!(status, 200, "{text}");
     let events = sse_events(&text);
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap_or("")).collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|(n, _)| n.as_deref().unwrap_or(""))
+        .collect();
     assert_eq!(names[0], "message_start");
     assert_eq!(names[1], "content_block_start");
     assert!(names.contains(&"ping"));
     let n = names.len();
-    assert_eq!(&names[n - 3..], &["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(
+        &names[n - 3..],
+        &["content_block_stop", "message_delta", "message_stop"]
+    );
     let text_out: String = events
         .iter()
         .filter(|(n, _)| n.as_deref() == Some("content_block_delta"))
@@ -175,16 +198,25 @@ async fn failure_scenarios_map_to_rule_statuses_and_shapes() {
         let prompt = format!("[[scenario:{scenario}]] hi");
         for stream in [false, true] {
             let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body(&prompt, stream)).await;
-            assert_eq!(st, *openai_status, "openai {scenario} stream={stream}: {body}");
+            assert_eq!(
+                st, *openai_status,
+                "openai {scenario} stream={stream}: {body}"
+            );
             let v = json_of(&body);
             assert!(v["error"]["message"].is_string(), "{scenario}: {body}");
             assert!(v["error"]["type"].is_string(), "{scenario}: {body}");
             let (st, _, body) = post(&s, "/v1/messages", &messages_body(&prompt, stream)).await;
-            assert_eq!(st, *anthropic_status, "anthropic {scenario} stream={stream}: {body}");
+            assert_eq!(
+                st, *anthropic_status,
+                "anthropic {scenario} stream={stream}: {body}"
+            );
             let v = json_of(&body);
             assert_eq!(v["type"], "error", "{body}");
             assert_eq!(v["error"]["type"], *anthropic_type, "{scenario}: {body}");
-            assert!(!body.contains("TypeError"), "stderr leaked into body: {body}");
+            assert!(
+                !body.contains("TypeError"),
+                "stderr leaked into body: {body}"
+            );
         }
         // Auth failures close the gate; reopen it for the next scenario.
         s.state.health.mark_ok(ccgate::health::Source::Probe);
@@ -194,12 +226,25 @@ async fn failure_scenarios_map_to_rule_statuses_and_shapes() {
 #[tokio::test]
 async fn rate_limits_carry_retry_headers() {
     let s = TestServer::start(Opts::default()).await;
-    let (st, h, _) = post(&s, "/v1/chat/completions", &chat_body("[[scenario:rate_limit]]", false)).await;
+    let (st, h, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat_body("[[scenario:rate_limit]]", false),
+    )
+    .await;
     assert_eq!(st, 429);
     assert!(h.get("retry-after").is_some());
-    let (st, h, _) = post(&s, "/v1/messages", &messages_body("[[scenario:usage_limit]]", false)).await;
+    let (st, h, _) = post(
+        &s,
+        "/v1/messages",
+        &messages_body("[[scenario:usage_limit]]", false),
+    )
+    .await;
     assert_eq!(st, 429);
-    assert_eq!(h.get("x-should-retry").map(|v| v.to_str().unwrap()), Some("false"));
+    assert_eq!(
+        h.get("x-should-retry").map(|v| v.to_str().unwrap()),
+        Some("false")
+    );
     assert!(h.get("retry-after").is_some());
 }
 
@@ -215,12 +260,24 @@ async fn timeouts_answer_504() {
     .await;
     for scenario in ["hang", "hang_after_init"] {
         let t = Instant::now();
-        let (st, _, body) =
-            post(&s, "/v1/chat/completions", &chat_body(&format!("[[scenario:{scenario}]]"), false)).await;
+        let (st, _, body) = post(
+            &s,
+            "/v1/chat/completions",
+            &chat_body(&format!("[[scenario:{scenario}]]"), false),
+        )
+        .await;
         assert_eq!(st, 504, "{scenario}: {body}");
-        assert!(t.elapsed() < Duration::from_secs(4), "{scenario} took {:?}", t.elapsed());
-        let (st, _, body) =
-            post(&s, "/v1/messages", &messages_body(&format!("[[scenario:{scenario}]]"), true)).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{scenario} took {:?}",
+            t.elapsed()
+        );
+        let (st, _, body) = post(
+            &s,
+            "/v1/messages",
+            &messages_body(&format!("[[scenario:{scenario}]]"), true),
+        )
+        .await;
         assert!(st == 504 || st == 200, "{scenario}: {st} {body}");
         if st == 200 {
             // Deltas were already sent: the stream must end with an error event.
@@ -255,11 +312,28 @@ async fn prompts_starting_with_dashes_go_to_stdin() {
         ..Opts::default()
     })
     .await;
-    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("--model evil --help", false)).await;
+    let (st, _, body) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat_body("--model evil --help", false),
+    )
+    .await;
     assert_eq!(st, 200, "{body}");
-    assert_eq!(json_of(&body)["choices"][0]["message"]["content"], "echo: --model evil --help");
+    assert_eq!(
+        json_of(&body)["choices"][0]["message"]["content"],
+        "echo: --model evil --help"
+    );
     let log = std::fs::read_to_string(&s.log_file).unwrap();
-    assert!(!log.lines().any(|l| l.contains("argv") && l.contains("evil")), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("STDIN:") && l.contains("--model evil")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("ARG:") && l.contains("evil")),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -276,8 +350,14 @@ async fn system_prompt_and_transcript_reach_the_cli() {
         {"role": "user", "content": "second"}]});
     let (st, _, text) = post(&s, "/v1/chat/completions", &body).await;
     assert_eq!(st, 200, "{text}");
-    let content = json_of(&text)["choices"][0]["message"]["content"].as_str().unwrap().to_string();
-    assert!(content.contains("first") && content.contains("reply") && content.ends_with("second"), "{content}");
+    let content = json_of(&text)["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content.contains("first") && content.contains("reply") && content.ends_with("second"),
+        "{content}"
+    );
     let log = std::fs::read_to_string(&s.log_file).unwrap();
     assert!(log.contains("Be terse."), "system prompt not passed: {log}");
     assert!(log.contains("--tools"), "{log}");
@@ -305,12 +385,27 @@ async fn bad_requests_get_api_shaped_errors() {
         ("/v1/chat/completions", r#"{"model":"x"}"#),
         ("/v1/chat/completions", r#"{"model":"x","messages":[]}"#),
         ("/v1/chat/completions", r#"{"model":"x","messages":"hi"}"#),
-        ("/v1/chat/completions", r#"{"model":"x","n":2,"messages":[{"role":"user","content":"a"}]}"#),
-        ("/v1/chat/completions", r#"{"model":"x","messages":[{"role":"assistant","content":"a"}]}"#),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","n":2,"messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","messages":[{"role":"assistant","content":"a"}]}"#,
+        ),
         ("/v1/messages", "[1,2"),
-        ("/v1/messages", r#"{"model":"x","messages":[{"role":"user","content":"a"}]}"#),
-        ("/v1/messages", r#"{"model":"x","max_tokens":5,"messages":[]}"#),
-        ("/v1/messages", r#"{"model":"x","max_tokens":"5","messages":[{"role":"user","content":"a"}]}"#),
+        (
+            "/v1/messages",
+            r#"{"model":"x","messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/messages",
+            r#"{"model":"x","max_tokens":5,"messages":[]}"#,
+        ),
+        (
+            "/v1/messages",
+            r#"{"model":"x","max_tokens":"5","messages":[{"role":"user","content":"a"}]}"#,
+        ),
     ] {
         let (st, text) = raw(path, body).await;
         assert_eq!(st, 400, "{path} {body}: {text}");
@@ -341,7 +436,10 @@ async fn oversized_bodies_get_413_even_when_chunked() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    assert_eq!(json_of(&r.text().await.unwrap())["error"]["code"], "request_too_large");
+    assert_eq!(
+        json_of(&r.text().await.unwrap())["error"]["code"],
+        "request_too_large"
+    );
     // Chunked: no Content-Length.
     let stream = futures_util::stream::iter(
         big.into_bytes()
@@ -357,7 +455,10 @@ async fn oversized_bodies_get_413_even_when_chunked() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    assert_eq!(json_of(&r.text().await.unwrap())["error"]["type"], "request_too_large");
+    assert_eq!(
+        json_of(&r.text().await.unwrap())["error"]["type"],
+        "request_too_large"
+    );
 }
 
 #[tokio::test]
@@ -371,10 +472,16 @@ async fn request_ids_are_echoed_or_generated() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "my-id-123");
-    assert_eq!(json_of(&r.text().await.unwrap())["error"]["request_id"], "my-id-123");
+    assert_eq!(
+        json_of(&r.text().await.unwrap())["error"]["request_id"],
+        "my-id-123"
+    );
     let r = client().get(s.url("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    assert!(r.headers()["x-request-id"].to_str().unwrap().starts_with("req_"));
+    assert!(r.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
     let r = client().get(s.url("/v1/messages")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(json_of(&r.text().await.unwrap())["type"], "error");
@@ -383,7 +490,14 @@ async fn request_ids_are_echoed_or_generated() {
 #[tokio::test]
 async fn models_and_health() {
     let s = TestServer::start(Opts::default()).await;
-    let v: Value = client().get(s.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let v: Value = client()
+        .get(s.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["object"], "list");
     assert!(!v["data"].as_array().unwrap().is_empty());
     let r = client().get(s.url("/health")).send().await.unwrap();
@@ -419,7 +533,11 @@ async fn client_disconnect_mid_stream_kills_the_cli() {
     assert_eq!(r.status(), 200);
     let first = r.chunk().await.unwrap().expect("first chunk");
     assert!(!first.is_empty());
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(pid_alive(pid), "CLI should still be running mid-stream");
     drop(r);
     assert!(
@@ -503,7 +621,12 @@ async fn queue_full_is_refused_by_rule() {
     for _ in 0..4 {
         let url = s.url("/v1/chat/completions");
         handles.push(tokio::spawn(async move {
-            let r = client().post(url).json(&chat_body("hi", false)).send().await.unwrap();
+            let r = client()
+                .post(url)
+                .json(&chat_body("hi", false))
+                .send()
+                .await
+                .unwrap();
             let st = r.status().as_u16();
             (st, r.text().await.unwrap())
         }));
@@ -514,7 +637,10 @@ async fn queue_full_is_refused_by_rule() {
         statuses.push(h.await.unwrap());
     }
     let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
-    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429 || *s == 503).collect();
+    let refused: Vec<_> = statuses
+        .iter()
+        .filter(|(s, _)| *s == 429 || *s == 503)
+        .collect();
     assert_eq!(ok, 2, "{statuses:?}");
     assert_eq!(refused.len(), 2, "{statuses:?}");
 }

@@ -42,7 +42,8 @@ impl Default for Opts {
 pub struct TestServer {
     pub base: String,
     pub state: AppState,
-    pub dir: tempfile::TempDir,
+    /// Keeps the per-test files alive for the server's lifetime.
+    _dir: tempfile::TempDir,
     /// File whose content overrides the fake CLI's scenario at run time.
     pub scenario_file: PathBuf,
     pub rules_path: PathBuf,
@@ -91,11 +92,13 @@ impl TestServer {
         let workdir = dir.path().join("work");
         std::fs::create_dir_all(&workdir).expect("workdir");
 
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().expect("addr");
-        config.rules = rules_path.clone();
-        config.watch_rules = opts.watch_rules;
-        config.api_keys = opts.api_keys;
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            rules: rules_path.clone(),
+            watch_rules: opts.watch_rules,
+            api_keys: opts.api_keys,
+            ..Config::default()
+        };
         config.cli.command = fake_cli();
         config.cli.workdir = Some(workdir.clone());
         config.cli.start_timeout = 5.0;
@@ -131,7 +134,7 @@ impl TestServer {
         TestServer {
             base,
             state,
-            dir,
+            _dir: dir,
             scenario_file,
             rules_path,
             log_file,
@@ -147,15 +150,6 @@ impl TestServer {
     /// Changes the fake CLI's scenario for every later run.
     pub fn set_scenario(&self, name: &str) {
         std::fs::write(&self.scenario_file, name).expect("write scenario");
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-        }
     }
 }
 

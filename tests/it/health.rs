@@ -15,7 +15,7 @@ fn spawns(s: &TestServer) -> usize {
     std::fs::read_to_string(&s.log_file)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.starts_with("argv:") || l.starts_with("=== argv"))
+        .filter(|l| l.starts_with("CWD:"))
         .count()
 }
 
@@ -34,34 +34,62 @@ async fn auth_status(s: &TestServer) -> Value {
 async fn not_logged_in_gives_401_per_flavour_and_closes_the_gate() {
     let s = TestServer::start(Opts::default()).await;
     s.set_scenario("not_logged_in");
-    let r = client().post(s.url("/v1/chat/completions")).json(&chat_body("hi", false)).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "authentication_error");
     assert_eq!(v["error"]["code"], "claude_cli_not_authenticated");
     assert_eq!(v["error"]["error_kind"], "auth_failure");
-    assert!(v["error"]["message"].as_str().unwrap().contains("claude /login"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("claude /login"));
 
     let st = auth_status(&s).await;
     assert_eq!(st["cli_health"]["ok"], false, "{st}");
     assert_eq!(st["cli_health"]["error_kind"], "auth_failure");
-    assert_eq!(st["cli_health"]["error_message"], "Not logged in · Please run /login");
+    assert_eq!(
+        st["cli_health"]["error_message"],
+        "Not logged in · Please run /login"
+    );
     assert!(st["cli_health"]["last_probed_at"].is_string());
     assert!(st["cli_health"]["last_ok_at"].is_null());
 
+    // The request-path verdict triggers one confirming probe at once; let it finish.
+    assert!(
+        eventually(Duration::from_secs(3), || s.state.health.snapshot().source
+            == Some(ccgate::health::Source::Probe))
+        .await,
+        "no confirming probe"
+    );
     // Gate closed: answered without spawning, on both endpoints, streaming or not.
     let before = spawns(&s);
     assert!(before >= 1, "the fake CLI logs each spawn");
     for stream in [false, true] {
-        let r = client().post(s.url("/v1/messages")).json(&messages_body("hi", stream)).send().await.unwrap();
+        let r = client()
+            .post(s.url("/v1/messages"))
+            .json(&messages_body("hi", stream))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "authentication_error");
-        let r = client().post(s.url("/v1/chat/completions")).json(&chat_body("hi", stream)).send().await.unwrap();
+        let r = client()
+            .post(s.url("/v1/chat/completions"))
+            .json(&chat_body("hi", stream))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
     }
-    // Probes are disabled in these rules (interval 0, unhealthy 0): no spawn at all.
+    // Periodic probes are disabled in these rules (interval 0, unhealthy 0).
     assert_eq!(spawns(&s), before, "gate must not spawn the CLI");
 
     let r = client().get(s.url("/ready")).send().await.unwrap();
@@ -78,12 +106,19 @@ async fn fast_reprobe_restores_health_after_login() {
     })
     .await;
     s.set_scenario("not_logged_in");
-    let r = client().post(s.url("/v1/chat/completions")).json(&chat_body("hi", false)).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // The confirming probe runs at once and keeps the gate closed.
-    assert!(eventually(Duration::from_secs(3), || s.state.health.snapshot().source
-        == Some(ccgate::health::Source::Probe))
-    .await);
+    assert!(
+        eventually(Duration::from_secs(3), || s.state.health.snapshot().source
+            == Some(ccgate::health::Source::Probe))
+        .await
+    );
     assert!(!s.state.health.is_ok());
     // The CLI logs back in: the unhealthy interval (0.3 s) re-probe restores ok.
     s.set_scenario("success");
@@ -91,7 +126,12 @@ async fn fast_reprobe_restores_health_after_login() {
         eventually(Duration::from_secs(2), || s.state.health.is_ok()).await,
         "health not restored within the unhealthy interval"
     );
-    let r = client().post(s.url("/v1/chat/completions")).json(&chat_body("hi", false)).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = client().get(s.url("/ready")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -113,13 +153,28 @@ async fn probe_timeouts_and_overload_are_inconclusive() {
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["cli_health"]["ok"], true, "{scenario}: {v}");
-        assert_eq!(v["cli_health"]["last_probe"]["outcome"], "inconclusive", "{scenario}: {v}");
+        assert_eq!(
+            v["cli_health"]["last_probe"]["outcome"], "inconclusive",
+            "{scenario}: {v}"
+        );
         s.set_scenario("success");
-        let r = client().post(s.url("/v1/chat/completions")).json(&chat_body("hi", false)).send().await.unwrap();
+        let r = client()
+            .post(s.url("/v1/chat/completions"))
+            .json(&chat_body("hi", false))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{scenario} closed the gate");
     }
     s.set_scenario("not_logged_in");
-    let v: Value = client().post(s.url("/admin/probe")).send().await.unwrap().json().await.unwrap();
+    let v: Value = client()
+        .post(s.url("/admin/probe"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["cli_health"]["ok"], false);
     assert_eq!(v["cli_health"]["last_probe"]["outcome"], "unhealthy");
     assert_eq!(v["cli_health"]["source"], "probe");
@@ -134,13 +189,22 @@ async fn numbers_in_stderr_never_mean_401() {
         "#!/bin/sh\ncat >/dev/null\necho 'upstream took 4013ms; request req_011CT429xyz failed' >&2\nexit 1\n",
     )
     .unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(&script).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
     let s = TestServer::start(Opts {
         tweak: Box::new(move |c| c.cli.command = script),
         ..Opts::default()
     })
     .await;
-    let r = client().post(s.url("/v1/chat/completions")).json(&chat_body("hi", false)).send().await.unwrap();
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let body = r.text().await.unwrap();
     assert_ne!(status, 401, "{body}");
@@ -160,10 +224,22 @@ async fn first_probe_runs_at_start_and_reload_retimes_it() {
     // The server answers at once; the first probe runs right after start.
     let r = client().get(s.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(eventually(Duration::from_secs(3), || s.state.health.snapshot().last_probe.is_some()).await);
+    assert!(
+        eventually(Duration::from_secs(3), || s
+            .state
+            .health
+            .snapshot()
+            .last_probe
+            .is_some())
+        .await
+    );
     let first = s.state.health.snapshot().last_probe.unwrap().at;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(s.state.health.snapshot().last_probe.unwrap().at, first, "interval 3600 s must not probe again");
+    assert_eq!(
+        s.state.health.snapshot().last_probe.unwrap().at,
+        first,
+        "interval 3600 s must not probe again"
+    );
     std::fs::write(&s.rules_path, default_rules_with_probe(0.2, 0.0, 5.0)).unwrap();
     let r = client().post(s.url("/admin/reload")).send().await.unwrap();
     assert_eq!(r.status(), 200);
