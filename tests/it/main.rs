@@ -1,1 +1,3 @@
-
+mod mock_api;
+mod real_cli;
+mod support_real;
