@@ -61,9 +61,23 @@ fn assert_api_error<'a>(
         a["message"]["content"][0]["text"], r["result"],
         "assistant text = result text\n{d}"
     );
+    r
+}
+
+/// [`assert_api_error`] for an HTTP error reply: also no deltas were streamed.
+fn assert_http_error<'a>(
+    out: &'a CliOutput,
+    assistant_error: &str,
+    status: u16,
+    api_error_type: &str,
+    text_prefix: &str,
+) -> &'a Value {
+    let r = assert_api_error(out, assistant_error, Some(status), text_prefix);
+    assert_eq!(r["api_error_type"], api_error_type, "{}", out.describe());
     assert!(
         out.text_delta_indices().is_empty(),
-        "no deltas on an error turn\n{d}"
+        "no deltas on an error turn\n{}",
+        out.describe()
     );
     r
 }
@@ -92,6 +106,19 @@ async fn real_cli_ok_streams_and_sends_expected_request() {
     };
     assert_success(&out, DEFAULT_TEXT);
     out.save_fixture("success");
+    // Reality (2.1.332): besides the Messages call the CLI sends a connectivity
+    // probe `HEAD {BASE}/api/hello` (spec §6 says "no side calls"); our 404 is harmless.
+    for r in mock
+        .requests()
+        .iter()
+        .filter(|r| !r.path.ends_with("/v1/messages"))
+    {
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("HEAD", "/s/ok/api/hello"),
+            "unexpected side call: {r:?}"
+        );
+    }
     let reqs = mock.message_requests();
     assert_eq!(
         reqs.len(),
@@ -123,6 +150,25 @@ async fn real_cli_ok_streams_and_sends_expected_request() {
         req.body["tools"]
     );
     assert_eq!(req.body["max_tokens"], 128000, "default model's max_tokens");
+    assert_eq!(
+        req.headers.get("anthropic-version").map(String::as_str),
+        Some("2023-06-01")
+    );
+    let ua = req.headers.get("user-agent").map_or("", String::as_str);
+    assert!(
+        ua.starts_with("claude-cli/") && ua.contains("sdk-cli"),
+        "user-agent {ua:?}"
+    );
+    let beta = req.headers.get("anthropic-beta").map_or("", String::as_str);
+    assert!(
+        beta.contains("claude-code-20250219"),
+        "anthropic-beta {beta:?}"
+    );
+    assert!(
+        req.headers.contains_key("x-claude-code-session-id"),
+        "{:?}",
+        req.headers
+    );
     // Reality (2.1.332): `messages` = [user "Hello", then a `role:"system"` message
     // carrying the "# Environment" block (cwd, platform, …)], not just the user turn.
     let msgs = req.body["messages"].as_array().expect("messages array");
@@ -169,113 +215,161 @@ async fn real_cli_not_logged_in() {
     out.save_fixture("not_logged_in");
 }
 
-#[tokio::test]
-async fn real_cli_auth401() {
-    let Some((_m, out)) = run("auth401", &[("CLAUDE_CODE_MAX_RETRIES", "1")]).await else {
+/// One HTTP-error scenario, run with `CLAUDE_CODE_MAX_RETRIES=1` so that we also
+/// see whether the CLI retries it (one `system/api_retry` line) or not.
+struct HttpCase {
+    scenario: &'static str,
+    status: u16,
+    api_error_type: &'static str,
+    assistant_error: &'static str,
+    /// `api_retry.error` when retried, `None` when the CLI does not retry.
+    retry_error: Option<&'static str>,
+    /// `POST /v1/messages` calls the mock sees (hidden re-sends included).
+    requests: usize,
+    /// Exact result text; `{gw}` stands for the mock's `host:port`.
+    text: &'static str,
+    fixture: Option<&'static str>,
+}
+
+async fn http_case(c: HttpCase) {
+    let Some((mock, out)) = run(c.scenario, &[("CLAUDE_CODE_MAX_RETRIES", "1")]).await else {
         return;
     };
-    let r = assert_api_error(
-        &out,
-        "authentication_failed",
-        Some(401),
-        "Invalid API key · Fix external API key",
+    let text = c
+        .text
+        .replace("{gw}", mock.base_url.trim_start_matches("http://"));
+    let r = assert_http_error(&out, c.assistant_error, c.status, c.api_error_type, &text);
+    assert_eq!(r["result"], text, "{}", out.describe());
+    let retries = out.api_retries();
+    match c.retry_error {
+        Some(e) => {
+            assert_eq!(retries.len(), 1, "{}", out.describe());
+            assert_eq!(retries[0]["error_status"], c.status, "{}", out.describe());
+            assert_eq!(retries[0]["error"], e, "{}", out.describe());
+        }
+        None => assert!(retries.is_empty(), "{}", out.describe()),
+    }
+    assert_eq!(
+        mock.message_requests().len(),
+        c.requests,
+        "{:#?}",
+        mock.message_requests()
     );
-    assert_eq!(r["api_error_type"], "authentication_error");
-    out.save_fixture("auth401");
+    if let Some(name) = c.fixture {
+        out.save_fixture(name);
+    }
+}
+
+#[tokio::test]
+async fn real_cli_auth401() {
+    http_case(HttpCase {
+        scenario: "auth401",
+        requests: 2,
+        status: 401,
+        api_error_type: "authentication_error",
+        assistant_error: "authentication_failed",
+        retry_error: Some("authentication_failed"),
+        text: "Invalid API key · Fix external API key",
+        fixture: Some("auth401"),
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn real_cli_perm403() {
-    let Some((_m, out)) = run("perm403", &[]).await else {
-        return;
-    };
-    let r = assert_api_error(
-        &out,
-        "authentication_failed",
-        Some(403),
-        "Failed to authenticate. API Error: 403",
-    );
-    assert_eq!(r["api_error_type"], "permission_error");
+    http_case(HttpCase {
+        scenario: "perm403",
+        requests: 1,
+        status: 403,
+        api_error_type: "permission_error",
+        assistant_error: "authentication_failed",
+        retry_error: None,
+        text: "Failed to authenticate. API Error: 403 Your API key does not have permission to use the specified resource.",
+        fixture: None,
+    })
+    .await;
 }
 
+/// Not in the spec: on 404 the CLI silently re-sends once WITHOUT streaming
+/// (`stream:false`, `max_tokens:64000`, the non-streaming fallback), no `api_retry`.
 #[tokio::test]
 async fn real_cli_notfound404() {
-    let Some((_m, out)) = run("notfound404", &[]).await else {
-        return;
-    };
-    let r = assert_api_error(
-        &out,
-        "model_not_found",
-        Some(404),
-        "There's an issue with the selected model",
-    );
-    assert_eq!(r["api_error_type"], "not_found_error");
+    http_case(HttpCase {
+        scenario: "notfound404",
+        requests: 2,
+        status: 404,
+        api_error_type: "not_found_error",
+        assistant_error: "model_not_found",
+        retry_error: None,
+        text: "There's an issue with the selected model (claude-opus-5-5). It may not exist or you may not have access to it. Run --model to pick a different model.",
+        fixture: None,
+    })
+    .await;
 }
 
+/// Not in the spec: on 400 the CLI silently re-sends twice (no `api_retry` lines),
+/// dropping betas each time (`thinking-token-count-…`, then `thinking-display-updates-…`
+/// together with `thinking.display`) before giving up.
 #[tokio::test]
 async fn real_cli_bad400() {
-    let Some((_m, out)) = run("bad400", &[]).await else {
-        return;
-    };
-    let r = assert_api_error(
-        &out,
-        "unknown",
-        Some(400),
-        "API Error: 400 messages: text content blocks must be non-empty",
-    );
-    assert_eq!(r["api_error_type"], "invalid_request_error");
+    http_case(HttpCase {
+        scenario: "bad400",
+        requests: 3,
+        status: 400,
+        api_error_type: "invalid_request_error",
+        assistant_error: "unknown",
+        retry_error: None,
+        text: "API Error: 400 messages: text content blocks must be non-empty",
+        fixture: None,
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn real_cli_rate429() {
-    let Some((_m, out)) = run("rate429", &[("CLAUDE_CODE_MAX_RETRIES", "1")]).await else {
-        return;
-    };
-    let r = assert_api_error(
-        &out,
-        "rate_limit",
-        Some(429),
-        "API Error: Request rejected (429)",
-    );
-    assert_eq!(r["api_error_type"], "rate_limit_error");
-    out.save_fixture("rate429");
+    http_case(HttpCase {
+        scenario: "rate429",
+        requests: 2,
+        status: 429,
+        api_error_type: "rate_limit_error",
+        assistant_error: "rate_limit",
+        retry_error: Some("rate_limit"),
+        text: "API Error: Request rejected (429) · Number of request tokens has exceeded your per-minute rate limit",
+        fixture: Some("rate429"),
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn real_cli_server500() {
-    let Some((_m, out)) = run("server500", &[]).await else {
-        return;
-    };
-    let r = assert_api_error(&out, "server_error", Some(500), "API Error: 500");
-    assert_eq!(r["api_error_type"], "api_error");
+    http_case(HttpCase {
+        scenario: "server500",
+        requests: 2,
+        status: 500,
+        api_error_type: "api_error",
+        assistant_error: "server_error",
+        retry_error: Some("server_error"),
+        text: "API Error: 500 Internal server error. This is a server-side issue, usually temporary — try again in a moment. If it persists, check your inference gateway ({gw}).",
+        fixture: None,
+    })
+    .await;
 }
 
+/// Spec §5 lists "API Error: Repeated 529 Overloaded errors. …" (seen with
+/// MAX_RETRIES=2): that text needs 3 consecutive 529s. After 2 it reads like this.
 #[tokio::test]
 async fn real_cli_overload529() {
-    let Some((mock, out)) = run("overload529", &[("CLAUDE_CODE_MAX_RETRIES", "1")]).await else {
-        return;
-    };
-    // Spec §5 says "API Error: Repeated 529 Overloaded errors. …": that text only appears
-    // after 3 consecutive 529s (MAX_RETRIES>=2). With 1 retry (2 attempts) it is this:
-    let r = assert_api_error(
-        &out,
-        "server_error",
-        Some(529),
-        "API Error: 529 Overloaded. This is a server-side issue",
-    );
-    let gateway = format!(
-        "check your inference gateway ({}).",
-        mock.base_url.trim_start_matches("http://")
-    );
-    assert!(
-        r["result"].as_str().is_some_and(|t| t.ends_with(&gateway)),
-        "{}",
-        out.describe()
-    );
-    assert_eq!(out.api_retries().len(), 1);
-    assert_eq!(out.api_retries()[0]["error_status"], 529);
-    assert_eq!(r["api_error_type"], "overloaded_error");
-    out.save_fixture("overload529");
+    http_case(HttpCase {
+        scenario: "overload529",
+        requests: 2,
+        status: 529,
+        api_error_type: "overloaded_error",
+        assistant_error: "server_error",
+        retry_error: Some("overloaded"),
+        text: "API Error: 529 Overloaded. This is a server-side issue, usually temporary — try again in a moment. If it persists, check your inference gateway ({gw}).",
+        fixture: Some("overload529"),
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -308,27 +402,139 @@ async fn real_cli_midstream_error_falls_back_to_non_streaming() {
     let Some((mock, out)) = run("midstream_error", &[]).await else {
         return;
     };
-    assert_eq!(out.exit_code, Some(0), "{}", out.describe());
-    assert_eq!(out.result()["result"], DEFAULT_TEXT, "{}", out.describe());
+    let d = out.describe();
+    assert_eq!(out.exit_code, Some(0), "{d}");
+    let r = out.result();
+    assert_eq!(
+        (&r["is_error"], &r["result"]),
+        (&false.into(), &DEFAULT_TEXT.into()),
+        "{d}"
+    );
+    // The deltas streamed so far ("Hello ", "from ") are retracted by `abandoned_blocks`.
+    assert_eq!(out.stream_text(), "Hello from ", "{d}");
+    assert!(
+        out.lines
+            .iter()
+            .any(|l| l["abandoned_blocks"]["from_block_index"] == 0),
+        "{d}"
+    );
     let reqs = mock.message_requests();
     assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    assert_eq!(reqs[0].body["stream"], true);
     assert_ne!(reqs[1].body["stream"], true, "the retry is non-streaming");
+    assert_eq!(
+        reqs[1].body["max_tokens"], 64000,
+        "spec §5: the fallback uses max_tokens 64000"
+    );
 }
 
 #[tokio::test]
 async fn real_cli_midstream_error_without_fallback() {
     let env = [("CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK", "1")];
-    let Some((_m, out)) = run("midstream_error", &env).await else {
+    let Some((mock, out)) = run("midstream_error", &env).await else {
         return;
     };
-    assert_eq!(out.exit_code, Some(1), "{}", out.describe());
+    let r = assert_api_error(&out, "unknown", Some(529), "API Error: Overloaded");
+    assert_eq!(r["api_error_type"], "overloaded_error");
+    assert_eq!(out.stream_text(), "Hello from ", "{}", out.describe());
+    assert!(
+        out.lines.iter().any(|l| l["abandoned_blocks"].is_object()),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(mock.message_requests().len(), 1);
+    out.save_fixture("midstream_error_no_fallback");
 }
 
 #[tokio::test]
-async fn real_cli_garbage() {
+async fn real_cli_garbage_with_fallback() {
+    let Some((mock, out)) = run("garbage", &[]).await else {
+        return;
+    };
+    // Not in the spec: the non-streaming retry also gets junk, and the text says so.
+    let r = assert_api_error(
+        &out,
+        "unknown",
+        None,
+        "API Error: API returned an empty or malformed response (HTTP 200)",
+    );
+    assert!(
+        r["result"]
+            .as_str()
+            .is_some_and(|t| t.contains("StreamNoEventsError")),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(mock.message_requests().len(), 2);
+}
+
+#[tokio::test]
+async fn real_cli_garbage_without_fallback() {
     let env = [("CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK", "1")];
     let Some((_m, out)) = run("garbage", &env).await else {
         return;
     };
-    assert_eq!(out.exit_code, Some(1), "{}", out.describe());
+    let r = assert_api_error(
+        &out,
+        "unknown",
+        None,
+        "API Error: Stream ended without receiving any events",
+    );
+    assert_eq!(r["api_error"], Value::Null);
+}
+
+/// The CLI has no short stream watchdog (idle timeout >= 300 s): after one delta it
+/// just goes silent. We only check the silence here (3 s), then kill it.
+#[tokio::test]
+async fn real_cli_stall_goes_silent() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let out = RealCli::new(&exe)
+        .base_url(&mock.url("stall"))
+        .timeout(Duration::from_secs(3))
+        .run()
+        .await;
+    eprintln!("[real_cli] stall: {}", out.summary());
+    assert!(out.timed_out, "{}", out.describe());
+    assert_eq!(out.result_index(), None, "{}", out.describe());
+    assert_eq!(out.stream_text(), "Hello ", "{}", out.describe());
+}
+
+/// Two user lines on one process (ccgate's warm-process mode): two turns, two
+/// results, each with its own `system/init`; `--model` reaches the request.
+#[tokio::test]
+async fn real_cli_two_turns_and_model_flag() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let second = r#"{"type":"user","message":{"role":"user","content":"Again"}}"#;
+    let out = RealCli::new(&exe)
+        .base_url(&mock.url("ok"))
+        .args(&["--model", "claude-sonnet-4-6"])
+        .stdin_lines(&[crate::support_real::HELLO_LINE, second])
+        .run()
+        .await;
+    eprintln!("[real_cli] two_turns: {}", out.summary());
+    let d = out.describe();
+    assert_eq!(out.exit_code, Some(0), "{d}");
+    let results = out.of_type("result");
+    assert_eq!(results.len(), 2, "{d}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["is_error"] == false && r["result"] == DEFAULT_TEXT),
+        "{d}"
+    );
+    let inits = out.lines.iter().filter(|l| l["subtype"] == "init").count();
+    assert_eq!(inits, 2, "one system/init per turn\n{d}");
+    let reqs = mock.message_requests();
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    for r in &reqs {
+        assert_eq!(r.body["model"], "claude-sonnet-4-6");
+        assert_eq!(r.body["max_tokens"], 32000, "spec §6: sonnet-4-6 → 32000");
+    }
+    let second_users = reqs[1].body["messages"].to_string();
+    assert!(
+        second_users.contains("Hello") && second_users.contains("Again"),
+        "history re-sent: {second_users}"
+    );
 }
