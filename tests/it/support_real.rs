@@ -9,6 +9,7 @@
 //! * [`CliOutput`] holds the parsed stdout lines plus helpers for assertions and
 //!   for saving transcripts as parser fixtures (`tests/fixtures/real/`).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -58,7 +59,10 @@ pub fn real_claude() -> Option<PathBuf> {
             panic!("CI is set but CCGATE_REAL_CLAUDE is not: CI must run the real-CLI tests ({SKIP_MSG})")
         }
         None => {
-            eprintln!("\n{0}\n{SKIP_MSG}\n{0}\n", "!".repeat(SKIP_MSG.len()));
+            // Written to the stderr handle directly (not `eprintln!`), which libtest
+            // does not capture: the skip must be visible even without --nocapture.
+            let bar = "!".repeat(SKIP_MSG.len());
+            let _ = writeln!(std::io::stderr(), "\n{bar}\n{SKIP_MSG}\n{bar}");
             None
         }
     }
