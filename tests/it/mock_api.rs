@@ -1,0 +1,501 @@
+//! Loopback mock of the Anthropic Messages API, used to drive the REAL `claude`
+//! binary fully offline (spec `cli.md` §5, §13).
+//!
+//! The behaviour is chosen per request by a path prefix: point the CLI at
+//! `ANTHROPIC_BASE_URL={base_url}/s/<scenario>` (see [`MockApi::url`]) and it
+//! calls `POST /s/<scenario>/v1/messages?beta=true`. Scenarios:
+//!
+//! | scenario          | reply                                                              |
+//! |-------------------|--------------------------------------------------------------------|
+//! | `ok[:text]`       | SSE text answer (JSON when `stream` is false); text percent-decoded |
+//! | `slow[:text]`     | same, deltas 300 ms apart                                          |
+//! | `auth401` `perm403` `notfound404` `bad400` `rate429` `server500` `overload529` | JSON API error (`rate429` adds `retry-after: 1`) |
+//! | `hang`            | never sends response headers                                       |
+//! | `stall`           | `message_start` + one delta, then nothing                          |
+//! | `garbage`         | 200 with non-SSE junk                                              |
+//! | `midstream_error` | two deltas then an SSE `error` event (a non-streaming retry succeeds) |
+//!
+//! Every request (any path, any method) is recorded; anything other than
+//! `POST /s/<scenario>/v1/messages` gets a 404 JSON error.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+/// Text answered by `ok` / `slow` when the scenario carries no `:text` suffix.
+pub const DEFAULT_TEXT: &str = "Hello from the mock API.";
+
+/// One request as the mock saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path without the query string, e.g. `/s/ok/v1/messages`.
+    pub path: String,
+    /// Raw query string, e.g. `beta=true`.
+    pub query: Option<String>,
+    /// Header names lowercased (as `http` stores them).
+    pub headers: BTreeMap<String, String>,
+    /// Parsed JSON body; `Value::Null` if empty, `Value::String` if not JSON.
+    pub body: Value,
+}
+
+#[derive(Clone)]
+struct Shared {
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    shutdown: watch::Receiver<bool>,
+    counter: Arc<AtomicU64>,
+}
+
+/// A running mock server; stops when dropped.
+pub struct MockApi {
+    /// `http://127.0.0.1:<port>` (no trailing slash).
+    pub base_url: String,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl MockApi {
+    /// Binds `127.0.0.1:0` and serves in a background tokio task.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("mock API: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("mock API: local_addr");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Shared {
+            requests: requests.clone(),
+            shutdown: shutdown_rx,
+            counter: Arc::new(AtomicU64::new(0)),
+        };
+        let app = Router::new().fallback(handle).with_state(shared);
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                eprintln!("mock API server error: {e}");
+            }
+        });
+        MockApi {
+            base_url: format!("http://{addr}"),
+            requests,
+            shutdown,
+            server,
+        }
+    }
+
+    /// The `ANTHROPIC_BASE_URL` to use for `scenario`: `{base_url}/s/{scenario}`.
+    pub fn url(&self, scenario: &str) -> String {
+        format!("{}/s/{scenario}", self.base_url)
+    }
+
+    /// Snapshot of every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests
+            .lock()
+            .expect("mock API: requests lock")
+            .clone()
+    }
+
+    /// Only the `POST …/v1/messages` calls.
+    pub fn message_requests(&self) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/v1/messages"))
+            .collect()
+    }
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        // Wake `hang` / `stall` handlers so their connections close, then stop accepting.
+        let _ = self.shutdown.send(true);
+        self.server.abort();
+    }
+}
+
+async fn handle(State(st): State<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    let body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    let path = parts.uri.path().to_owned();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    st.requests
+        .lock()
+        .expect("mock API: requests lock")
+        .push(RecordedRequest {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            query: parts.uri.query().map(str::to_owned),
+            headers,
+            body: body.clone(),
+        });
+    let n = st.counter.fetch_add(1, Ordering::SeqCst) + 1;
+
+    let scenario = path
+        .strip_prefix("/s/")
+        .and_then(|rest| rest.strip_suffix("/v1/messages"))
+        .filter(|s| !s.contains('/'));
+    let Some(scenario) = scenario.filter(|_| parts.method == Method::POST) else {
+        return error(
+            n,
+            404,
+            "not_found_error",
+            &format!("mock: no route for {path}"),
+        );
+    };
+    let scenario = percent_decode(scenario);
+    let (name, text) = match scenario.split_once(':') {
+        Some((name, text)) => (name, text),
+        None => (scenario.as_str(), DEFAULT_TEXT),
+    };
+    let model = body["model"].as_str().unwrap_or("claude-mock").to_owned();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let ms = |v| Duration::from_millis(v);
+    match name {
+        "auth401" => error(n, 401, "authentication_error", "invalid x-api-key"),
+        "perm403" => error(
+            n,
+            403,
+            "permission_error",
+            "Your API key does not have permission to use the specified resource.",
+        ),
+        "notfound404" => error(n, 404, "not_found_error", &format!("model: {model}")),
+        "bad400" => error(
+            n,
+            400,
+            "invalid_request_error",
+            "messages: text content blocks must be non-empty",
+        ),
+        "rate429" => error(
+            n,
+            429,
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+        ),
+        "server500" => error(n, 500, "api_error", "Internal server error"),
+        "overload529" => error(n, 529, "overloaded_error", "Overloaded"),
+        "hang" => {
+            wait_shutdown(st.shutdown).await;
+            error(n, 503, "api_error", "mock shutting down")
+        }
+        "garbage" => with_request_id(
+            Response::builder()
+                .header("content-type", "text/plain")
+                .body(Body::from(
+                    "this is not SSE\n<html>oops</html>\n\0\u{1}junk\n",
+                )),
+            n,
+        ),
+        "ok" | "slow" | "stall" | "midstream_error" if !stream => message_json(n, &model, text),
+        "ok" => sse(
+            n,
+            st.shutdown,
+            sse_frames(n, &model, text),
+            ms(0),
+            End::Close,
+        ),
+        "slow" => sse(
+            n,
+            st.shutdown,
+            sse_frames(n, &model, text),
+            ms(300),
+            End::Close,
+        ),
+        "stall" => {
+            let frames = sse_frames(n, &model, text).into_iter().take(4).collect();
+            sse(n, st.shutdown, frames, ms(0), End::Stall)
+        }
+        "midstream_error" => {
+            let mut frames: Vec<Bytes> = sse_frames(n, &model, text).into_iter().take(5).collect();
+            frames.push(frame(
+                "error",
+                &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            ));
+            sse(n, st.shutdown, frames, ms(50), End::Close)
+        }
+        other => error(
+            n,
+            404,
+            "not_found_error",
+            &format!("mock: unknown scenario {other:?}"),
+        ),
+    }
+}
+
+/// What to do after the last SSE frame.
+enum End {
+    Close,
+    Stall,
+}
+
+fn sse(
+    n: u64,
+    mut shutdown: watch::Receiver<bool>,
+    frames: Vec<Bytes>,
+    gap: Duration,
+    end: End,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        for (i, f) in frames.into_iter().enumerate() {
+            // Only space out the text deltas (frames after message_start/block_start/ping).
+            if i > 3 && !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            if tx.send(f).await.is_err() {
+                return;
+            }
+        }
+        if let End::Stall = end {
+            let _ = shutdown.wait_for(|v| *v).await;
+        }
+        drop(tx);
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
+    });
+    with_request_id(
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .body(Body::from_stream(body)),
+        n,
+    )
+}
+
+fn frame(event: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// The full SSE sequence: message_start, content_block_start, ping, deltas…, stop events.
+fn sse_frames(n: u64, model: &str, text: &str) -> Vec<Bytes> {
+    let chunks: Vec<&str> = text.split_inclusive(' ').collect();
+    let mut v = vec![
+        frame(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}}}),
+        ),
+        frame(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        frame("ping", &json!({"type": "ping"})),
+    ];
+    for c in &chunks {
+        v.push(frame(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": c}}),
+        ));
+    }
+    v.push(frame(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    v.push(frame(
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": chunks.len()}}),
+    ));
+    v.push(frame("message_stop", &json!({"type": "message_stop"})));
+    v
+}
+
+fn message_json(n: u64, model: &str, text: &str) -> Response {
+    let msg = json!({
+        "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                  "output_tokens": text.split_inclusive(' ').count()}});
+    with_request_id(
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(msg.to_string())),
+        n,
+    )
+}
+
+fn error(n: u64, status: u16, kind: &str, message: &str) -> Response {
+    let body = json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": format!("req_mock_{n}")});
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(status).expect("mock API: valid status"))
+        .header("content-type", "application/json");
+    if status == 429 {
+        b = b.header("retry-after", "1");
+    }
+    with_request_id(b.body(Body::from(body.to_string())), n)
+}
+
+fn with_request_id(r: Result<Response, axum::http::Error>, n: u64) -> Response {
+    let mut r = r.expect("mock API: valid response");
+    let id = HeaderValue::from_str(&format!("req_mock_{n}")).expect("mock API: header value");
+    r.headers_mut().insert("request-id", id);
+    r
+}
+
+async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Minimal `%XX` decoding for the `ok:<text>` scenario suffix.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Self-tests of the mock over plain HTTP (no CLI needed).
+    use super::*;
+
+    async fn post(url: String, stream: bool) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/messages?beta=true"))
+            .header("x-api-key", "test-key")
+            .json(&json!({"model": "m1", "stream": stream, "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+            .await
+            .expect("mock API request")
+    }
+
+    /// Concatenates the `text_delta`s of an SSE body.
+    fn sse_text(body: &str) -> String {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["delta"]["text"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn ok_streams_and_records() {
+        let mock = MockApi::start().await;
+        let r = post(mock.url("ok"), true).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let body = r.text().await.expect("body");
+        assert_eq!(sse_text(&body), DEFAULT_TEXT);
+        assert!(body.contains("event: message_stop"), "{body}");
+        let reqs = mock.message_requests();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].path, "/s/ok/v1/messages");
+        assert_eq!(reqs[0].query.as_deref(), Some("beta=true"));
+        assert_eq!(reqs[0].headers["x-api-key"], "test-key");
+        assert_eq!(reqs[0].body["model"], "m1");
+    }
+
+    #[tokio::test]
+    async fn custom_text_and_non_streaming() {
+        let mock = MockApi::start().await;
+        let body = post(mock.url("ok:Hi%20there"), true)
+            .await
+            .text()
+            .await
+            .expect("body");
+        assert_eq!(sse_text(&body), "Hi there");
+        let v: Value = post(mock.url("midstream_error"), false)
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["content"][0]["text"], DEFAULT_TEXT);
+        assert_eq!(v["model"], "m1");
+    }
+
+    #[tokio::test]
+    async fn errors_and_unknown_paths() {
+        let mock = MockApi::start().await;
+        let r = post(mock.url("rate429"), true).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "1");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(
+            post(mock.url("overload529"), true).await.status().as_u16(),
+            529
+        );
+        let r = reqwest::get(format!("{}/s/ok/v1/models", mock.base_url))
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 404);
+        assert_eq!(mock.requests().len(), 3);
+        assert_eq!(mock.message_requests().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn midstream_error_sends_error_event() {
+        let mock = MockApi::start().await;
+        let body = post(mock.url("midstream_error"), true)
+            .await
+            .text()
+            .await
+            .expect("body");
+        assert!(body.contains("event: error"), "{body}");
+        assert!(!body.contains("message_stop"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn hang_and_stall_never_finish() {
+        let mock = MockApi::start().await;
+        let t = Duration::from_millis(300);
+        assert!(tokio::time::timeout(t, post(mock.url("hang"), true))
+            .await
+            .is_err());
+        let mut r = post(mock.url("stall"), true).await;
+        let mut got = String::new();
+        let read = tokio::time::timeout(t, async {
+            while let Some(c) = r.chunk().await.expect("chunk") {
+                got.push_str(&String::from_utf8_lossy(&c));
+            }
+        })
+        .await;
+        assert!(read.is_err(), "stall must not end the stream: {got}");
+        assert!(got.contains("text_delta"), "{got}");
+    }
+}
