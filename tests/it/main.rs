@@ -7,6 +7,7 @@ mod harness;
 mod health;
 mod mock_api;
 mod real_cli;
+mod real_gateway;
 mod reload;
 mod rules;
 mod security;

@@ -1,0 +1,308 @@
+//! ccgate → the REAL `claude` binary → the loopback mock Messages API. Proves the gateway's
+//! status codes, bodies, streaming, health gate and process hygiene against the CLI's
+//! genuine output. Skipped loudly without `CCGATE_REAL_CLAUDE` (fails under CI instead).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{
+    chat_body, client, default_rules_with_probe, eventually, messages_body, sse_events, Opts,
+    TestServer,
+};
+use crate::mock_api::{MockApi, DEFAULT_TEXT};
+use crate::support_real::real_claude;
+
+/// A ccgate server driving the real CLI. `base_url` None = no credentials at all.
+async fn real_server(
+    exe: std::path::PathBuf,
+    base_url: Option<String>,
+    rules_yaml: Option<String>,
+) -> (TestServer, tempfile::TempDir) {
+    let home = tempfile::tempdir().expect("home");
+    let home_path = home.path().to_path_buf();
+    let server = TestServer::start(Opts {
+        rules_yaml,
+        tweak: Box::new(move |c| {
+            c.cli.command = exe;
+            c.cli.start_timeout = 10.0;
+            c.cli.inactivity_timeout = 3.0;
+            c.cli.total_timeout = 30.0;
+            let env = &mut c.cli.env;
+            env.insert("HOME".into(), home_path.display().to_string());
+            env.insert(
+                "CLAUDE_CONFIG_DIR".into(),
+                home_path.join(".claude").display().to_string(),
+            );
+            env.insert("CLAUDE_CODE_MAX_RETRIES".into(), "0".into());
+            env.insert("DISABLE_AUTOUPDATER".into(), "1".into());
+            if let Some(url) = base_url {
+                env.insert("ANTHROPIC_BASE_URL".into(), url);
+                env.insert("ANTHROPIC_API_KEY".into(), "test-key".into());
+                env.insert("API_TIMEOUT_MS".into(), "20000".into());
+            }
+        }),
+        ..Opts::default()
+    })
+    .await;
+    (server, home)
+}
+
+fn no_inherited_credentials() -> bool {
+    if std::env::var_os("ANTHROPIC_API_KEY").is_some()
+        || std::env::var_os("ANTHROPIC_AUTH_TOKEN").is_some()
+    {
+        eprintln!("real_gateway: ANTHROPIC_API_KEY/AUTH_TOKEN set in the test environment; the CLI would inherit it");
+        return false;
+    }
+    true
+}
+
+async fn post(
+    s: &TestServer,
+    path: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = client()
+        .post(s.url(path))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let st = r.status().as_u16();
+    let h = r.headers().clone();
+    (st, h, r.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn real_cli_success_and_token_streaming_on_both_apis() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server(exe, Some(mock.url("slow:One two three four")), None).await;
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hello", false)).await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "One two three four");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+    // Streaming: the first delta arrives well before the end (the mock spaces deltas 300 ms).
+    let started = Instant::now();
+    let mut r = client()
+        .post(s.url("/v1/messages"))
+        .json(&messages_body("Hello", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (mut all, mut first) = (String::new(), None);
+    while let Some(c) = r.chunk().await.unwrap() {
+        all.push_str(&String::from_utf8_lossy(&c));
+        if first.is_none() && all.contains("text_delta") {
+            first = Some(started.elapsed());
+        }
+    }
+    let text: String = sse_events(&all)
+        .iter()
+        .filter(|(n, _)| n.as_deref() == Some("content_block_delta"))
+        .map(|(_, d)| {
+            serde_json::from_str::<Value>(d).unwrap()["delta"]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(text, "One two three four");
+    assert!(
+        started.elapsed() - first.unwrap() > Duration::from_millis(500),
+        "not incremental"
+    );
+
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hello", true)).await;
+    assert_eq!(st, 200);
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let req = mock.message_requests();
+    assert!(!req.is_empty());
+    assert_eq!(req[0].body["stream"], true);
+    assert_eq!(req[0].body["tools"], json!([]));
+}
+
+#[tokio::test]
+async fn real_cli_mock_failure_matrix() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    // (scenario, openai status, anthropic status, anthropic error type)
+    let cases: &[(&str, u16, u16, &str)] = &[
+        ("perm403", 403, 403, "permission_error"),
+        ("notfound404", 404, 404, "not_found_error"),
+        ("rate429", 429, 429, "rate_limit_error"),
+        ("overload529", 503, 529, "overloaded_error"),
+        ("server500", 502, 502, "api_error"),
+        ("bad400", 400, 400, "invalid_request_error"),
+        ("auth401", 401, 401, "authentication_error"),
+    ];
+    for (scenario, oa, an, an_type) in cases {
+        let (s, _home) = real_server(exe.clone(), Some(mock.url(scenario)), None).await;
+        let (st, h, body) = post(&s, "/v1/chat/completions", &chat_body("Hello", false)).await;
+        assert_eq!(st, *oa, "openai {scenario}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(v["error"]["message"].is_string());
+        if *scenario == "rate429" {
+            assert!(h.get("retry-after").is_some(), "429 without retry-after");
+        }
+        if *scenario == "auth401" {
+            assert_eq!(v["error"]["type"], "authentication_error");
+            // The gate is closed now; the anthropic request is answered from it.
+        }
+        let (st, _, body) = post(&s, "/v1/messages", &messages_body("Hello", true)).await;
+        assert_eq!(st, *an, "anthropic {scenario}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["type"], *an_type, "{scenario}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn real_cli_hang_is_a_504_within_the_inactivity_timeout() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server(exe, Some(mock.url("hang")), None).await;
+    let t = Instant::now();
+    let (st, _, body) = post(&s, "/v1/messages", &messages_body("Hello", false)).await;
+    assert_eq!(st, 504, "{body}");
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn real_cli_connection_refused_is_upstream_unreachable() {
+    let Some(exe) = real_claude() else { return };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (s, _home) = real_server(exe, Some(url), None).await;
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hello", false)).await;
+    assert_eq!(st, 502, "{body}");
+    assert!(
+        s.state.health.is_ok(),
+        "a network failure must not close the auth gate"
+    );
+}
+
+#[tokio::test]
+async fn real_cli_without_credentials_answers_401_within_a_second_of_start() {
+    let Some(exe) = real_claude() else { return };
+    if !no_inherited_credentials() {
+        return;
+    }
+    // Default probe settings (interval 600 s): the first probe runs right after start.
+    let rules = default_rules_with_probe(600.0, 30.0, 10.0);
+    let started = Instant::now();
+    let (s, _home) = real_server(exe, None, Some(rules)).await;
+    let (chat, msgs) = (chat_body("Hello", false), messages_body("Hello", true));
+    let (a, b) = tokio::join!(
+        post(&s, "/v1/chat/completions", &chat),
+        post(&s, "/v1/messages", &msgs),
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(a.0, 401, "{}", a.2);
+    assert_eq!(b.0, 401, "{}", b.2);
+    let va: Value = serde_json::from_str(&a.2).unwrap();
+    assert_eq!(va["error"]["code"], "claude_cli_not_authenticated");
+    let vb: Value = serde_json::from_str(&b.2).unwrap();
+    assert_eq!(vb["error"]["type"], "authentication_error");
+    eprintln!("real CLI, no credentials: both endpoints answered 401 {elapsed:?} after start");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "401s took {elapsed:?}"
+    );
+    // And the gate holds: the next request is answered without a CLI run.
+    assert!(eventually(Duration::from_secs(5), || !s.state.health.is_ok()).await);
+    let t = Instant::now();
+    let (st, _, _) = post(&s, "/v1/chat/completions", &chat_body("Hello", false)).await;
+    assert_eq!(st, 401);
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "gate answer took {:?}",
+        t.elapsed()
+    );
+    let st: Value = client()
+        .get(s.url("/v1/auth/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["cli_health"]["error_kind"], "auth_failure");
+    assert_eq!(
+        st["cli_health"]["error_message"],
+        "Not logged in · Please run /login"
+    );
+}
+
+#[tokio::test]
+async fn real_cli_probe_against_the_mock() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server(exe, Some(mock.url("ok")), None).await;
+    let v: Value = client()
+        .post(s.url("/admin/probe"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["cli_health"]["ok"], true, "{v}");
+    assert_eq!(v["cli_health"]["last_probe"]["outcome"], "ok");
+    assert!(v["cli_health"]["last_ok_at"].is_string());
+    let probe_req = mock
+        .message_requests()
+        .pop()
+        .expect("probe reached the mock");
+    let text = probe_req.body.to_string();
+    assert!(text.contains("Reply with OK."), "probe prompt: {text}");
+    assert_eq!(probe_req.body["tools"], json!([]));
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hello", false)).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(DEFAULT_TEXT), "{body}");
+}
+
+#[tokio::test]
+async fn real_cli_is_killed_on_client_disconnect() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server(exe, Some(mock.url("stall")), None).await;
+    let mut r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("Hello", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.chunk().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || s
+            .state
+            .backend
+            .stats()
+            .snapshot()
+            .in_flight
+            == 1)
+        .await
+    );
+    drop(r);
+    assert!(
+        eventually(Duration::from_secs(3), || s
+            .state
+            .backend
+            .stats()
+            .snapshot()
+            .in_flight
+            == 0)
+        .await,
+        "the CLI survived the disconnect"
+    );
+}
