@@ -72,7 +72,7 @@ impl Default for CliHealth {
 }
 
 /// Shared health state. Cheap to read; writes are rare.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     state: Mutex<CliHealth>,
     /// Wakes the probe task: a request-path auth verdict asks for a confirming probe,
@@ -81,6 +81,25 @@ pub struct Health {
     /// Wakes the probe task to re-read its settings (a reload changed the interval)
     /// without probing now.
     pub settings_changed: Notify,
+    /// True while the first probe after start is running. Requests arriving meanwhile wait
+    /// for its verdict (bounded by [`STARTUP_PROBE_WAIT`]) instead of each spawning a CLI
+    /// of their own: a logged-out CLI then costs one process, and clients get the gate's
+    /// 401 as soon as that one probe knows.
+    startup_probe: tokio::sync::watch::Sender<bool>,
+}
+
+/// The longest a request waits for the first probe's verdict before running anyway.
+pub const STARTUP_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            state: Mutex::default(),
+            probe_wakeup: Notify::new(),
+            settings_changed: Notify::new(),
+            startup_probe: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 /// RFC 3339 UTC timestamp with microseconds, like the contract's example.
@@ -145,6 +164,18 @@ impl Health {
             message: probe.message.as_deref().map(cut),
             ..probe
         });
+    }
+
+    /// Marks the first probe as pending; called by `serve` before it accepts connections
+    /// (so no request can slip in before the mark) when the periodic probe is enabled.
+    pub fn expect_startup_probe(&self) {
+        self.startup_probe.send_replace(true);
+    }
+
+    /// Waits (bounded) while the first probe after start is still running.
+    pub async fn await_startup_probe(&self) {
+        let mut rx = self.startup_probe.subscribe();
+        let _ = tokio::time::timeout(STARTUP_PROBE_WAIT, rx.wait_for(|running| !running)).await;
     }
 
     /// Some(kind) while the gate is closed (CLI known unhealthy).
@@ -254,6 +285,7 @@ pub async fn probe_loop(state: crate::state::AppState) {
     loop {
         if run_now {
             probe_once(&state, Source::Probe).await;
+            state.health.startup_probe.send_replace(false);
             last_run = tokio::time::Instant::now();
         }
         let interval = {

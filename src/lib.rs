@@ -29,6 +29,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if !state.rules.load().probe().interval.is_zero() {
+        state.health.expect_startup_probe();
+    }
     let probe = tokio::spawn(health::probe_loop(state.clone()));
     let hup = tokio::spawn(reload::sighup_reloads(state.reloader.clone()));
     let _watch = if state.config.watch_rules {

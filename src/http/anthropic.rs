@@ -83,6 +83,12 @@ fn blocks_text(blocks: &[Block], path: &str) -> Result<String, ApiError> {
     Ok(out.join("\n"))
 }
 
+/// Parses and validates a request body into the turn it asks for (pure; fuzzed).
+pub fn parse_request(body: &[u8]) -> Result<Turn, ApiError> {
+    let req: MessagesRequest = crate::http::body::parse_json_bytes(body)?;
+    to_turn(&req)
+}
+
 fn to_turn(req: &MessagesRequest) -> Result<Turn, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(

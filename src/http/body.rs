@@ -26,12 +26,17 @@ pub fn parse_json<T: DeserializeOwned>(body: RawBody, cx: &RequestCx) -> Result<
             )))
         }
     };
+    parse_json_bytes(&bytes)
+}
+
+/// Parses JSON bytes into `T`, mapping every failure to a 400 [`ApiError`].
+pub fn parse_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "the request body is empty; expected a JSON object",
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Data => "invalid request",
             _ => "malformed JSON in request body",

@@ -89,6 +89,12 @@ fn content_text(content: &Option<Content>, index: usize) -> Result<String, ApiEr
     }
 }
 
+/// Parses and validates a request body into the turn it asks for (pure; fuzzed).
+pub fn parse_request(body: &[u8]) -> Result<Turn, ApiError> {
+    let req: ChatRequest = crate::http::body::parse_json_bytes(body)?;
+    to_turn(&req)
+}
+
 fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param(

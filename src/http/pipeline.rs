@@ -111,7 +111,8 @@ impl RequestCx {
 
     /// The health gate: while the CLI is known unhealthy, answer from the unhealthy kind's
     /// template without spawning anything.
-    pub fn gate(&self) -> Result<(), ApiError> {
+    pub async fn gate(&self) -> Result<(), ApiError> {
+        self.state.health.await_startup_probe().await;
         let Some(h) = self.state.health.gate() else {
             return Ok(());
         };
@@ -181,7 +182,7 @@ impl RequestCx {
 
     /// Runs a turn to completion (non-streaming).
     pub async fn complete(&self, turn: &Turn) -> Result<Success, ApiError> {
-        self.gate()?;
+        self.gate().await?;
         let mut run = self.state.backend.start(self.cli_request(turn));
         let mut assistant_text = String::new();
         loop {
@@ -208,7 +209,7 @@ impl RequestCx {
     /// Starts a streaming turn: waits until the first content (or the end), so a failure
     /// known before the first byte keeps its real status.
     pub async fn begin_stream(self: Arc<Self>, turn: &Turn) -> Result<LiveStream, ApiError> {
-        self.gate()?;
+        self.gate().await?;
         let mut run = self.state.backend.start(self.cli_request(turn));
         let mut ready = std::collections::VecDeque::new();
         loop {
