@@ -77,6 +77,11 @@ def _():
     expect_raises(openai.RateLimitError, lambda: oa_chat("[[scenario:rate_limit]]"))
 
 
+@check("openai: overload is a 503 InternalServerError")
+def _():
+    expect_raises(openai.InternalServerError, lambda: oa_chat("[[scenario:overloaded]]"))
+
+
 @check("openai: InternalServerError")
 def _():
     expect_raises(openai.InternalServerError, lambda: oa_chat("[[scenario:crash]]"))
@@ -122,8 +127,7 @@ def _():
 
 @check("anthropic: OverloadedError (529)")
 def _():
-    exc = getattr(anthropic, "OverloadedError", anthropic.InternalServerError)
-    expect_raises(exc, lambda: an_msg("[[scenario:overloaded]]"))
+    expect_raises(anthropic.OverloadedError, lambda: an_msg("[[scenario:overloaded]]"))
 
 
 @check("anthropic: InternalServerError")
