@@ -183,18 +183,18 @@ if got != expected:
     for k in sorted(set(expected) | set(got)):
         if expected.get(k) != got.get(k): print(f"FAIL: {k}: expected {expected.get(k)!r}, got {got.get(k)!r}")
     sys.exit(1)
-# Every key must be documented in docs/operators.md (env var or dotted name).
+# Every key must be documented in README.md (env var or dotted name).
 try:
-    doc = open("docs/operators.md", encoding="utf-8").read()
+    doc = open("README.md", encoding="utf-8").read()
 except FileNotFoundError:
-    print("FAIL: docs/operators.md missing"); sys.exit(1)
+    print("FAIL: README.md missing"); sys.exit(1)
 missing = []
 for k, v in expected.items():
     keys = [f"cli.{c}" for c in v] if isinstance(v, dict) else [k]
     for key in keys:
         if f"`{key}`" not in doc: missing.append(key)
 if missing:
-    print("FAIL: config keys not in docs/operators.md:", ", ".join(missing)); sys.exit(1)
+    print("FAIL: config keys not in README.md:", ", ".join(missing)); sys.exit(1)
 print("ok: config/ccgate.yaml matches the defaults; every key is documented")
 PY
 
