@@ -115,7 +115,8 @@ fn auth_body_matches_health_contract() {
             "message": "Claude CLI authentication is not healthy. Run `claude /login` on the gateway host, or set ANTHROPIC_API_KEY.",
             "type": "authentication_error", "param": null, "code": "claude_cli_not_authenticated",
             "last_probed_at": "2026-11-28T18:02:20.750607+00:00", "error_kind": "auth_failure",
-            "error_message": "Not logged in · Please run /login"}})
+            "error_message": "Not logged in · Please run /login",
+            "request_id": "req_1"}})
     );
     let body = r.render_body(&v, Flavour::Anthropic, &vals);
     assert_eq!(body["type"], "error");
