@@ -1,6 +1,7 @@
 //! The one integration-test binary; each area is a module.
 mod api;
 mod backend;
+mod binary;
 mod cli_cmds;
 mod config;
 mod harness;

@@ -1,0 +1,107 @@
+//! The `ccgate` binary itself: `serve` with JSON logs on stderr (one line per request with
+//! request id, kind, status, CLI exit and duration), `/health`, and a clean SIGTERM stop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+#[test]
+fn serve_logs_json_lines_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ccgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .current_dir(dir.path())
+        .env("CCGATE_CLI__COMMAND", crate::harness::fake_cli())
+        .env("CCGATE_WATCH_RULES", "false")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ccgate");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_json = |want: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("expected log line");
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+            if want(&v) {
+                return v;
+            }
+        }
+    };
+    // No rules file in the working directory: the embedded defaults are used.
+    let loaded = next_json(&|v| v["message"] == "rules loaded");
+    assert_eq!(loaded["source"], "embedded", "{loaded}");
+    let listening = next_json(&|v| v["message"] == "ccgate listening");
+    let addr = listening["listen"].as_str().unwrap().to_string();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = crate::harness::client();
+        let r = c.get(format!("http://{addr}/health")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let r = c
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .header("x-request-id", "log-me-1")
+            .json(&crate::harness::chat_body("[[scenario:rate_limit]]", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429);
+    });
+    let line = next_json(&|v| v["message"] == "request");
+    assert_eq!(line["request_id"], "log-me-1");
+    assert_eq!(line["status"], 429);
+    assert_eq!(line["kind"], "rate_limit");
+    assert_eq!(line["endpoint"], "chat_completions");
+    assert!(
+        line["cli_exit"].as_str().is_some_and(|s| s.contains('1')),
+        "{line}"
+    );
+    assert!(line["duration_ms"].is_u64());
+    assert_eq!(line["level"], "INFO");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "ccgate did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_refuses_public_bind_without_keys() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ccgate"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env_remove("CCGATE_API_KEYS")
+        .env_remove("CCGATE_ALLOW_UNAUTHENTICATED")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to listen on non-loopback"), "{err}");
+}
