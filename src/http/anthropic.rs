@@ -16,7 +16,7 @@ use crate::backend::Success;
 use crate::http::body::{parse_json, RawBody};
 use crate::http::errors::ApiError;
 use crate::http::pipeline::{Piece, RequestCx, Turn};
-use crate::http::RequestId;
+use crate::http::{join_text_blocks, RequestId, TextBlock};
 use crate::rules::Flavour;
 use crate::state::AppState;
 
@@ -37,7 +37,7 @@ struct MessagesRequest {
 #[serde(untagged)]
 enum System {
     Text(String),
-    Blocks(Vec<Block>),
+    Blocks(Vec<TextBlock>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,37 +50,7 @@ struct Message {
 #[serde(untagged)]
 enum MessageContent {
     Text(String),
-    Blocks(Vec<Block>),
-}
-
-#[derive(Debug, Deserialize)]
-struct Block {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
-}
-
-fn blocks_text(blocks: &[Block], path: &str) -> Result<String, ApiError> {
-    let mut out = Vec::new();
-    for (j, b) in blocks.iter().enumerate() {
-        match (b.kind.as_str(), &b.text) {
-            ("text", Some(t)) => out.push(t.as_str()),
-            ("text", None) => {
-                return Err(ApiError::invalid_param(
-                    "text block is missing `text`",
-                    &format!("{path}[{j}].text"),
-                ))
-            }
-            (other, _) => {
-                return Err(ApiError::invalid_param(
-                    format!("content block type `{other}` is not supported; only `text` is"),
-                    &format!("{path}[{j}].type"),
-                ))
-            }
-        }
-    }
-    Ok(out.join("\n"))
+    Blocks(Vec<TextBlock>),
 }
 
 /// Parses and validates a request body into the turn it asks for (pure; fuzzed).
@@ -114,7 +84,7 @@ fn to_turn(req: &MessagesRequest) -> Result<Turn, ApiError> {
     let system = match &req.system {
         None => None,
         Some(System::Text(t)) => Some(t.clone()),
-        Some(System::Blocks(b)) => Some(blocks_text(b, "system")?),
+        Some(System::Blocks(b)) => Some(join_text_blocks(b, "system")?),
     }
     .filter(|s| !s.is_empty());
     let mut turns = Vec::new();
@@ -131,7 +101,7 @@ fn to_turn(req: &MessagesRequest) -> Result<Turn, ApiError> {
         };
         let text = match &m.content {
             MessageContent::Text(t) => t.clone(),
-            MessageContent::Blocks(b) => blocks_text(b, &format!("messages[{i}].content"))?,
+            MessageContent::Blocks(b) => join_text_blocks(b, &format!("messages[{i}].content"))?,
         };
         turns.push((role, text));
     }

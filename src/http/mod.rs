@@ -205,6 +205,39 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A content block / part as both APIs write it: `{"type": "text", "text": "…"}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct TextBlock {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// Joins text blocks with newlines; any other block type is a 400 naming its path
+/// (`path` is the JSON path of the list, e.g. `messages[2].content`).
+pub fn join_text_blocks(blocks: &[TextBlock], path: &str) -> Result<String, ApiError> {
+    let mut out = Vec::with_capacity(blocks.len());
+    for (j, b) in blocks.iter().enumerate() {
+        match (b.kind.as_str(), &b.text) {
+            ("text", Some(t)) => out.push(t.as_str()),
+            ("text", None) => {
+                return Err(ApiError::invalid_param(
+                    "text block is missing `text`",
+                    &format!("{path}[{j}].text"),
+                ))
+            }
+            (other, _) => {
+                return Err(ApiError::invalid_param(
+                    format!("content type `{other}` is not supported; only `text` is"),
+                    &format!("{path}[{j}].type"),
+                ))
+            }
+        }
+    }
+    Ok(out.join("\n"))
+}
+
 /// Flattens a conversation into the one prompt the CLI receives on stdin. A single user
 /// message is passed as is; earlier turns are given as a transcript before the last one.
 pub fn transcript(turns: &[(&str, String)]) -> Result<String, ApiError> {

@@ -50,15 +50,7 @@ struct ChatMessage {
 #[serde(untagged)]
 enum Content {
     Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Debug, Deserialize)]
-struct Part {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
+    Parts(Vec<crate::http::TextBlock>),
 }
 
 fn content_text(content: &Option<Content>, index: usize) -> Result<String, ApiError> {
@@ -66,25 +58,7 @@ fn content_text(content: &Option<Content>, index: usize) -> Result<String, ApiEr
         None => Ok(String::new()),
         Some(Content::Text(t)) => Ok(t.clone()),
         Some(Content::Parts(parts)) => {
-            let mut out = Vec::new();
-            for (j, p) in parts.iter().enumerate() {
-                match (p.kind.as_str(), &p.text) {
-                    ("text", Some(t)) => out.push(t.as_str()),
-                    ("text", None) => {
-                        return Err(ApiError::invalid_param(
-                            "text content part is missing `text`",
-                            &format!("messages[{index}].content[{j}].text"),
-                        ))
-                    }
-                    (other, _) => {
-                        return Err(ApiError::invalid_param(
-                            format!("content part type `{other}` is not supported; only `text` is"),
-                            &format!("messages[{index}].content[{j}].type"),
-                        ))
-                    }
-                }
-            }
-            Ok(out.join("\n"))
+            crate::http::join_text_blocks(parts, &format!("messages[{index}].content"))
         }
     }
 }

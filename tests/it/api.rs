@@ -6,23 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{chat_body, client, eventually, messages_body, sse_events, Opts, TestServer};
-
-async fn post(
-    s: &TestServer,
-    path: &str,
-    body: &Value,
-) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = client()
-        .post(s.url(path))
-        .json(body)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    (status, headers, r.text().await.expect("body"))
-}
+use crate::harness::{
+    chat_body, client, eventually, messages_body, post, sse_events, Opts, TestServer,
+};
 
 fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))

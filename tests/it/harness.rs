@@ -164,6 +164,23 @@ impl Drop for TestServer {
     }
 }
 
+/// POSTs JSON and returns (status, headers, body text).
+pub async fn post(
+    s: &TestServer,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = client()
+        .post(s.url(path))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.expect("body"))
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

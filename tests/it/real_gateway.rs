@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::{
-    chat_body, client, default_rules_with_probe, eventually, messages_body, sse_events, Opts,
+    chat_body, client, default_rules_with_probe, eventually, messages_body, post, sse_events, Opts,
     TestServer,
 };
 use crate::mock_api::{MockApi, DEFAULT_TEXT};
@@ -56,22 +56,6 @@ fn no_inherited_credentials() -> bool {
         return false;
     }
     true
-}
-
-async fn post(
-    s: &TestServer,
-    path: &str,
-    body: &Value,
-) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = client()
-        .post(s.url(path))
-        .json(body)
-        .send()
-        .await
-        .expect("request");
-    let st = r.status().as_u16();
-    let h = r.headers().clone();
-    (st, h, r.text().await.expect("body"))
 }
 
 #[tokio::test]

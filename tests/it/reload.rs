@@ -42,7 +42,10 @@ async fn wait_tag(s: &TestServer, tag: &str) -> Duration {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(2) {
         if served_tag(s).await == tag {
-            eprintln!("reload latency for {tag}: {:?} (file write → served)", t.elapsed());
+            eprintln!(
+                "reload latency for {tag}: {:?} (file write → served)",
+                t.elapsed()
+            );
             return t.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
