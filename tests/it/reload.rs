@@ -330,3 +330,22 @@ async fn reloads_under_load_never_fail_or_mix() {
         latencies[50], latencies[99], total.0, total.1
     );
 }
+
+#[tokio::test]
+async fn unwatchable_rules_directory_still_serves_and_reload_reports() {
+    let s = TestServer::start(Opts {
+        rules_yaml: Some(rules_tagged("boot")),
+        watch_rules: true,
+        tweak: Box::new(|c| c.rules = "/nonexistent-ccgate-dir/rules.yaml".into()),
+        ..Opts::default()
+    })
+    .await;
+    // The watcher could not be set up (logged); the server still serves its rules.
+    assert_eq!(served_tag(&s).await, "boot");
+    let r = client().post(s.url("/admin/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["reload"]["ok"], false);
+    assert!(v["reload"]["error"].as_str().unwrap().contains("cannot read"), "{v}");
+    assert_eq!(served_tag(&s).await, "boot");
+}
