@@ -120,6 +120,30 @@ proptest! {
     }
 }
 
+/// Deep nesting is a load problem, never a stack overflow, and the depth that loads stays
+/// far below serde_json's parse recursion limit (128) for rendered bodies. Guards the
+/// parser's depth budget across dependency upgrades (checked by hand next to the fuzz runs).
+#[test]
+fn deeply_nested_yaml_is_a_problem_not_a_crash() {
+    let fallback = |body: &str| {
+        format!("kinds: []\nfallback:\n  name: fb\n  status: 502\n  templates:\n    openai: {body}\n    anthropic: {{}}\n")
+    };
+    for depth in [100, 3000] {
+        let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let e = Rules::from_yaml(&fallback(&nested), "deep.yaml").unwrap_err();
+        assert!(!e.problems.is_empty());
+    }
+    let e = Rules::from_yaml(&"[".repeat(100_000), "deep.yaml").unwrap_err();
+    assert!(!e.problems.is_empty());
+    let ok = format!("{}{}", "[".repeat(40), "]".repeat(40));
+    let rules = Rules::from_yaml(&fallback(&ok), "deep.yaml").unwrap();
+    let v = rules.classify(&FailureFacts::default());
+    let wire = rules
+        .render_body(&v, Flavour::Openai, &TemplateValues::default())
+        .to_string();
+    assert!(serde_json::from_str::<Value>(&wire).is_ok());
+}
+
 // ---- stream-json accumulator ----
 
 /// Lines shaped like the CLI's stream-json, with generated field values (including wrong
