@@ -43,6 +43,14 @@ pub async fn serve(
         None
     };
     let app = http::router(state);
+    // Streamed deltas are small writes: without TCP_NODELAY, Nagle holds each one back until
+    // the previous is acknowledged, and with the client's delayed ACK that adds ~40 ms
+    // stalls to SSE responses (measured by `benches/gateway.rs`).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -729,6 +729,13 @@ async fn run_process(
             msg = line_rx.recv(), if stdout_open => {
                 let Some(msg) = msg else {
                     stdout_open = false;
+                    // stdout EOF usually means the leader is exiting or already a zombie:
+                    // look now rather than after the first backoff sleep (>= 1 ms timer tick,
+                    // which the response would otherwise wait for).
+                    if !exited && leader_exited(pgid) {
+                        exited = true;
+                        kill_group(pgid);
+                    }
                     continue;
                 };
                 last_line = tokio::time::Instant::now();

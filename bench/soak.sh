@@ -1,0 +1,131 @@
+#!/bin/sh
+# bench/soak.sh: soak run of ccgate (issue 7) against the fake CLI.
+#
+# Builds ccgate and the load generator (examples/soak.rs) in release, starts ccgate as a
+# separate process on a free 127.0.0.1 port (it binds :0; the port is read from its log)
+# with the fake CLI, a temp copy of rules/rules.yaml and cli.max_concurrent=8, runs the
+# generator (which sends the request mix, reloads the rules, samples /proc/<pid> and
+# asserts; see the top of examples/soak.rs), then stops ccgate with SIGTERM and checks it
+# exits cleanly. Exit status: 0 only if every assertion passed.
+#
+# Environment: SOAK_MINUTES (default 2), SOAK_SECS (overrides the minutes, for short
+# trial runs), SOAK_CLIENTS (default 8), CARGO_TARGET_DIR,
+# SOAK_KEEP=1 keeps the temp dir (ccgate log) for inspection.
+set -eu
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+: "${CARGO_TARGET_DIR:=$ROOT/target}"
+export CARGO_TARGET_DIR
+MINUTES=${SOAK_MINUTES:-2}
+CLIENTS=${SOAK_CLIENTS:-8}
+case $MINUTES in '' | *[!0-9]*) echo "SOAK_MINUTES must be a whole number" >&2; exit 2 ;; esac
+case $CLIENTS in '' | *[!0-9]*) echo "SOAK_CLIENTS must be a whole number" >&2; exit 2 ;; esac
+SECS=${SOAK_SECS:-$((MINUTES * 60))}
+case $SECS in '' | *[!0-9]*) echo "SOAK_SECS must be a whole number" >&2; exit 2 ;; esac
+
+echo "== building (release)"
+cargo build --release --quiet --bin ccgate --example soak
+BIN=$CARGO_TARGET_DIR/release/ccgate
+GEN=$CARGO_TARGET_DIR/release/examples/soak
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ccgate-soak.XXXXXX")
+# The rules file gets a directory of its own: ccgate's watcher reloads on ANY change in the
+# rules file's directory, so a log file next to it makes every log line (including the
+# reload's own) trigger another reload (see bench/README.md, "reload storm").
+mkdir "$TMP/rules" "$TMP/log"
+RULES=$TMP/rules/rules.yaml
+cp "$ROOT/rules/rules.yaml" "$RULES"
+LOG=$TMP/log/ccgate.log
+PID=
+
+# shellcheck disable=SC2317 # (called from the EXIT trap)
+cleanup() {
+    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+        kill -TERM "$PID" 2>/dev/null || true
+        sleep 1
+        kill -KILL "$PID" 2>/dev/null || true
+    fi
+    if [ "${SOAK_KEEP:-0}" = 1 ]; then
+        echo "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== starting ccgate"
+# Started from the temp dir so no config/ccgate.yaml of the checkout applies.
+cd "$TMP"
+CCGATE_CLI__COMMAND=$ROOT/tests/fake-claude \
+    CCGATE_LISTEN=127.0.0.1:0 \
+    CCGATE_RULES=$RULES \
+    CCGATE_CLI__MAX_CONCURRENT=8 \
+    CCGATE_LOG_LEVEL=info \
+    "$BIN" serve 2>"$LOG" &
+PID=$!
+cd "$ROOT"
+
+ADDR=
+i=0
+while [ $i -lt 100 ]; do
+    ADDR=$(sed -n 's/.*ccgate listening.*listen=\(127\.0\.0\.1:[0-9][0-9]*\).*/\1/p' "$LOG" | head -n 1)
+    if [ -n "$ADDR" ]; then break; fi
+    if ! kill -0 "$PID" 2>/dev/null; then
+        echo "ccgate exited at start:" >&2
+        cat "$LOG" >&2
+        exit 1
+    fi
+    sleep 0.1
+    i=$((i + 1))
+done
+if [ -z "$ADDR" ]; then
+    echo "ccgate did not log its listen address within 10 s:" >&2
+    tail -n 20 "$LOG" >&2
+    exit 1
+fi
+echo "ccgate pid $PID listening on $ADDR; log $LOG"
+
+STATUS=0
+"$GEN" --url "http://$ADDR" --pid "$PID" --rules "$RULES" \
+    --clients "$CLIENTS" --secs "$SECS" || STATUS=$?
+
+echo
+echo "== ccgate log: $(wc -l <"$LOG") lines;" \
+    "WARN $(grep -c ' WARN ' "$LOG" || true), ERROR $(grep -c ' ERROR ' "$LOG" || true)"
+if grep -q 'panicked' "$LOG"; then
+    echo "FAILED: ccgate logged a panic:"
+    grep -m 5 'panicked' "$LOG"
+    STATUS=1
+fi
+
+echo "== stopping ccgate (SIGTERM)"
+kill -TERM "$PID"
+# Bounded wait: a watchdog SIGKILLs ccgate if it has not exited after 15 s.
+# (Short sleeps, so killing the watchdog leaves no long-lived `sleep` behind.)
+(
+    n=0
+    while [ $n -lt 150 ]; do
+        sleep 0.1
+        n=$((n + 1))
+    done
+    kill -KILL "$PID" 2>/dev/null && echo "FAILED: ccgate still running 15 s after SIGTERM"
+) &
+WATCHDOG=$!
+RC=0
+wait "$PID" || RC=$?
+kill "$WATCHDOG" 2>/dev/null || true
+wait "$WATCHDOG" 2>/dev/null || true
+echo "ccgate exited with status $RC"
+if [ "$RC" -ne 0 ]; then STATUS=1; fi
+PID=
+
+if [ "$STATUS" -ne 0 ]; then
+    echo "== last ccgate log lines"
+    tail -n 20 "$LOG"
+    echo "SOAK: FAILED"
+else
+    echo "SOAK: PASSED"
+fi
+exit "$STATUS"
