@@ -42,11 +42,19 @@ pub async fn serve(
     } else {
         None
     };
+    // The pre-warmed pool (no-op unless `cli.prewarm` > 0) stays empty while the CLI is
+    // known unhealthy or the first probe has not answered yet. Dropping the handle (also
+    // when this future is dropped) drains it.
+    let health = state.health.clone();
+    let pool = state
+        .backend
+        .start_pool(move || health.is_ok() && !health.startup_probe_pending());
     let app = http::router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     probe.abort();
     hup.abort();
+    pool.shutdown().await;
     result
 }
