@@ -6,6 +6,7 @@ mod config;
 mod harness;
 mod health;
 mod mock_api;
+mod pool;
 mod real_cli;
 mod real_gateway;
 mod reload;
