@@ -23,6 +23,8 @@
 //!   verdict) drains all idle processes, and processes spawned before it (generation
 //!   counter) are discarded on arrival. While the gate closure says "not ready" (health
 //!   unhealthy, first probe pending) the pool stays empty.
+//! - **CPU.** No refill starts while a pooled run is still waiting for its first stdout
+//!   line: a CLI start-up takes ~0.6 s of CPU and would slow exactly that turn.
 //! - **Hygiene.** Every discarded process goes through [`Spawned::reap`] (kill group +
 //!   reap) before its slot is released. [`PoolHandle`] stops the maintainer and drains the
 //!   pool when dropped or shut down.
@@ -302,8 +304,11 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
             }
         }
 
-        // 3. Refill from free slots only.
-        while open && tokio::time::Instant::now() >= not_before {
+        // 3. Refill from free slots only, and not while a pooled run awaits its first line.
+        while open
+            && tokio::time::Instant::now() >= not_before
+            && inner.stats.pool_starting.load(Ordering::Relaxed) == 0
+        {
             let generation = {
                 let st = pool.lock();
                 if st.closed || st.idle.len() >= pool.size {

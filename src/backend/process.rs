@@ -88,6 +88,8 @@ pub struct BackendStats {
     pub(super) pool_expired_total: AtomicU64,
     pub(super) pool_drained_total: AtomicU64,
     pub(super) pool_evicted_total: AtomicU64,
+    /// Pooled runs that have not printed their first line yet (refills wait for them).
+    pub(super) pool_starting: AtomicUsize,
     pool_metrics: std::sync::OnceLock<PoolMetrics>,
 }
 
@@ -312,6 +314,25 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks a pooled run as starting (no refills meanwhile); on drop, wakes the pool.
+struct PoolStarting<'a>(&'a Inner);
+
+impl<'a> PoolStarting<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.stats.pool_starting.fetch_add(1, Ordering::Relaxed);
+        PoolStarting(inner)
+    }
+}
+
+impl Drop for PoolStarting<'_> {
+    fn drop(&mut self) {
+        self.0.stats.pool_starting.fetch_sub(1, Ordering::Relaxed);
+        if let Some(pool) = self.0.pool.as_ref() {
+            pool.notify();
+        }
     }
 }
 
@@ -991,6 +1012,9 @@ async fn run_process(
     } else {
         sp.spawned_at
     };
+    // While a pooled run waits for its first line the pool does not refill: a refill's
+    // CPU-heavy start-up would eat the very latency the pool exists to save.
+    let mut starting = is_pooled.then(|| PoolStarting::new(inner));
     sp.send_prompt(&req.prompt);
     let ring = Arc::clone(&sp.ring);
 
@@ -1040,6 +1064,7 @@ async fn run_process(
                     let latency = last_line.duration_since(start_base);
                     if is_pooled {
                         stats.record_pool_first_line(latency);
+                        drop(starting.take());
                     } else {
                         stats.record_first_line(latency);
                     }
