@@ -75,8 +75,13 @@ pub struct CliConfig {
     pub queue_size: usize,
     /// Bytes of CLI stderr kept for classification and logs.
     pub stderr_tail_bytes: usize,
-    /// Pre-warmed idle CLI processes (0 = off).
+    /// Pre-warmed idle CLI processes (0 = off). They count against `max_concurrent`.
     pub prewarm: usize,
+    /// Model the pre-warmed processes are started with (`--model`); unset = the CLI's
+    /// default. Only requests for exactly this model, without a system prompt, use them.
+    pub prewarm_model: Option<String>,
+    /// Seconds an idle pre-warmed process may wait before it is replaced.
+    pub prewarm_max_idle: f64,
 }
 
 impl Default for Config {
@@ -111,6 +116,8 @@ impl Default for CliConfig {
             queue_size: 32,
             stderr_tail_bytes: 8192,
             prewarm: 0,
+            prewarm_model: None,
+            prewarm_max_idle: 300.0,
         }
     }
 }
@@ -181,6 +188,7 @@ impl Config {
             ("cli.start_timeout", self.cli.start_timeout),
             ("cli.inactivity_timeout", self.cli.inactivity_timeout),
             ("cli.total_timeout", self.cli.total_timeout),
+            ("cli.prewarm_max_idle", self.cli.prewarm_max_idle),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(format!(
@@ -190,6 +198,12 @@ impl Config {
         }
         if self.cli.max_concurrent == 0 {
             return bad("cli.max_concurrent must be at least 1".into());
+        }
+        if self.cli.prewarm > self.cli.max_concurrent {
+            return bad(format!(
+                "cli.prewarm ({}) must not exceed cli.max_concurrent ({}): pre-warmed processes use concurrency slots",
+                self.cli.prewarm, self.cli.max_concurrent
+            ));
         }
         if self.request_body_limit < 1024 {
             return bad("request_body_limit must be at least 1024 bytes".into());

@@ -172,6 +172,11 @@ impl Health {
         self.startup_probe.send_replace(true);
     }
 
+    /// True while the first probe after start is still running.
+    pub fn startup_probe_pending(&self) -> bool {
+        *self.startup_probe.borrow()
+    }
+
     /// Waits (bounded) while the first probe after start is still running.
     pub async fn await_startup_probe(&self) {
         let mut rx = self.startup_probe.subscribe();
@@ -224,9 +229,7 @@ pub async fn probe_once(state: &crate::state::AppState, source: Source) -> Probe
         Err(facts) => {
             let verdict = rules.classify(&facts);
             if verdict.unhealthy {
-                state
-                    .health
-                    .mark_failed(source, &verdict.kind, &verdict.message);
+                state.mark_unhealthy(source, &verdict.kind, &verdict.message);
                 (
                     ProbeOutcome::Unhealthy,
                     Some(verdict.kind),

@@ -42,6 +42,13 @@ pub async fn serve(
     } else {
         None
     };
+    // The pre-warmed pool (no-op unless `cli.prewarm` > 0) stays empty while the CLI is
+    // known unhealthy or the first probe has not answered yet. Dropping the handle (also
+    // when this future is dropped) drains it.
+    let health = state.health.clone();
+    let pool = state
+        .backend
+        .start_pool(move || health.is_ok() && !health.startup_probe_pending());
     let app = http::router(state);
     // Streamed deltas are small writes: without TCP_NODELAY, Nagle holds each one back until
     // the previous is acknowledged, and with the client's delayed ACK that adds ~40 ms
@@ -56,5 +63,6 @@ pub async fn serve(
         .await;
     probe.abort();
     hup.abort();
+    pool.shutdown().await;
     result
 }

@@ -27,6 +27,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -43,6 +48,10 @@ pub struct Metrics {
     pub cli_queued: Gauge,
     pub cli_spawned: Gauge,
     pub cli_health_ok: Gauge,
+    pub cli_pool_hits: Counter,
+    pub cli_pool_misses: Family<ReasonLabels, Counter>,
+    pub cli_pool_idle: Gauge,
+    pub cli_pool_first_line: Histogram,
     pub probes: Family<OutcomeLabels, Counter>,
     pub probe_last_duration: Gauge<f64, AtomicU64>,
     pub reload_successful: Gauge,
@@ -111,6 +120,30 @@ impl Metrics {
             "1 while the CLI is considered healthy, 0 while the health gate is closed",
             cli_health_ok.clone(),
         );
+        let cli_pool_hits = Counter::default();
+        registry.register(
+            "ccgate_cli_pool_hits",
+            "Requests served by a pre-warmed CLI process",
+            cli_pool_hits.clone(),
+        );
+        let cli_pool_misses = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "ccgate_cli_pool_misses",
+            "Requests that cold-spawned while the pre-warmed pool is on, by reason (key: other model or a system prompt; empty: no idle process)",
+            cli_pool_misses.clone(),
+        );
+        let cli_pool_idle = Gauge::default();
+        registry.register(
+            "ccgate_cli_pool_idle",
+            "Pre-warmed CLI processes waiting for a request (also counted in ccgate_cli_in_flight)",
+            cli_pool_idle.clone(),
+        );
+        let cli_pool_first_line = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "ccgate_cli_pool_first_line_seconds",
+            "Pre-warmed runs: time from writing the prompt to the CLI's first stdout line (cold runs are in ccgate_cli_first_line_seconds)",
+            cli_pool_first_line.clone(),
+        );
         let probes = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "ccgate_probes",
@@ -152,11 +185,32 @@ impl Metrics {
             cli_queued,
             cli_spawned,
             cli_health_ok,
+            cli_pool_hits,
+            cli_pool_misses,
+            cli_pool_idle,
+            cli_pool_first_line,
             probes,
             probe_last_duration,
             reload_successful,
             reload_success_timestamp,
             reloads,
+        }
+    }
+
+    /// The pool's handles into these metrics (for `BackendStats::attach_pool_metrics`).
+    pub fn pool_metrics(&self) -> crate::backend::PoolMetrics {
+        let miss = |reason: &str| {
+            self.cli_pool_misses
+                .get_or_create(&ReasonLabels {
+                    reason: reason.into(),
+                })
+                .clone()
+        };
+        crate::backend::PoolMetrics {
+            hits: self.cli_pool_hits.clone(),
+            misses_key: miss("key"),
+            misses_empty: miss("empty"),
+            first_line: self.cli_pool_first_line.clone(),
         }
     }
 

@@ -58,6 +58,9 @@ pub struct Reloader {
     rules: Arc<ArcSwap<Rules>>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// Called after new rules were swapped in (the backend drains its pre-warmed pool, so
+    /// no process started under the old settings is handed out).
+    on_swap: Box<dyn Fn() + Send + Sync>,
     status: Mutex<RulesStatus>,
     serial: tokio::sync::Mutex<()>,
 }
@@ -94,6 +97,7 @@ impl Reloader {
         rules: Arc<ArcSwap<Rules>>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
+        on_swap: Box<dyn Fn() + Send + Sync>,
     ) -> Reloader {
         let current = rules.load();
         let source = if path.is_file() { "file" } else { "embedded" };
@@ -114,6 +118,7 @@ impl Reloader {
             rules,
             metrics,
             health,
+            on_swap,
             status: Mutex::new(status),
             serial: tokio::sync::Mutex::new(()),
         }
@@ -185,6 +190,7 @@ impl Reloader {
                 drop(st);
                 // The probe interval may have changed: let the probe task re-time itself.
                 self.health.settings_changed.notify_one();
+                (self.on_swap)();
                 ReloadAttempt {
                     at: now_rfc3339(),
                     trigger,

@@ -73,6 +73,9 @@ pub fn cli_settings(config: &Config, workdir: PathBuf) -> CliSettings {
         max_concurrent: c.max_concurrent,
         queue_size: c.queue_size,
         stderr_tail_bytes: c.stderr_tail_bytes,
+        prewarm: c.prewarm,
+        prewarm_model: c.prewarm_model.clone().filter(|m| !m.is_empty()),
+        prewarm_max_idle: Duration::from_secs_f64(c.prewarm_max_idle),
     }
 }
 

@@ -32,12 +32,15 @@ impl AppState {
         backend
             .stats()
             .attach_first_line_histogram(metrics.cli_first_line.clone());
+        backend.stats().attach_pool_metrics(metrics.pool_metrics());
         let health = Arc::new(Health::default());
+        let for_reload = backend.clone();
         let reloader = Arc::new(Reloader::new(
             config.rules.clone(),
             rules.clone(),
             metrics.clone(),
             health.clone(),
+            Box::new(move || for_reload.invalidate_pool()),
         ));
         AppState {
             config: Arc::new(config),
@@ -60,5 +63,14 @@ impl AppState {
         self.metrics.cli_in_flight.set(stats.in_flight as i64);
         self.metrics.cli_queued.set(stats.queued as i64);
         self.metrics.cli_spawned.set(stats.spawned_total as i64);
+        self.metrics.cli_pool_idle.set(stats.pool_idle as i64);
+    }
+
+    /// Records an `unhealthy` verdict: closes the health gate and drains the pre-warmed
+    /// pool (its processes may hold stale credentials); it refills once healthy again.
+    pub fn mark_unhealthy(&self, source: crate::health::Source, kind: &str, message: &str) {
+        self.health.mark_failed(source, kind, message);
+        self.metrics.cli_health_ok.set(0);
+        self.backend.invalidate_pool();
     }
 }

@@ -17,13 +17,21 @@
 //!   first-line latency), `backend.settings()`, `MAX_LINE_BYTES` (1 MiB stdout line limit).
 //! - A result with `is_error: false` wins even if a watchdog fired after it; an over-long
 //!   stdout line turns the run into a failure with `condition: BadJson`.
+//! - Pre-warmed pool (pool.rs, `prewarm` > 0): `backend.start_pool(ready) -> PoolHandle`
+//!   (the maintainer; drop or `.shutdown().await` drains it), `backend.invalidate_pool()`
+//!   (reload / unhealthy: kill + reap the idle processes, refill later),
+//!   `backend.pool_pids()`. `start()` hands a matching request (model = `prewarm_model`,
+//!   no system prompt, not the probe) an idle process; the run is otherwise identical.
+//!   Pool counters are in `StatsSnapshot::pool_*`; `BackendStats::attach_pool_metrics`.
 //! - `stream_json` (pure parser, `RunAccumulator`) is used only through `new` /
 //!   `push_line` / `finish`.
 
+mod pool;
 pub mod process;
 pub mod stream_json;
 
-pub use process::{Backend, BackendStats, CliRun, StatsSnapshot, MAX_LINE_BYTES};
+pub use pool::PoolHandle;
+pub use process::{Backend, BackendStats, CliRun, PoolMetrics, StatsSnapshot, MAX_LINE_BYTES};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,6 +60,13 @@ pub struct CliSettings {
     pub queue_size: usize,
     /// Bytes of stderr kept (ring).
     pub stderr_tail_bytes: usize,
+    /// Idle pre-warmed processes to keep (0 = no pool). Capped at `max_concurrent`.
+    pub prewarm: usize,
+    /// `--model` the pre-warmed processes are spawned with (None = the CLI's default);
+    /// only requests for exactly this model (and without a system prompt) use them.
+    pub prewarm_model: Option<String>,
+    /// An idle pre-warmed process older than this is recycled.
+    pub prewarm_max_idle: Duration,
 }
 
 /// One turn to run.

@@ -40,6 +40,7 @@ use tokio::io::{
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use super::pool::{Idle, Miss, Pool, PoolHandle};
 use super::stream_json::RunAccumulator;
 use super::{CliEvent, CliRequest, CliSettings, Success};
 use crate::rules::{FailureFacts, GatewayCondition, SpawnErrorKind, TimeoutKind};
@@ -79,6 +80,31 @@ pub struct BackendStats {
     last_first_line_micros: AtomicU64,
     /// Also observed per run when the metrics module attached it.
     first_line_histogram: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
+    pub(super) pool_idle: AtomicUsize,
+    pub(super) pool_hits_total: AtomicU64,
+    pub(super) pool_misses_total: AtomicU64,
+    pub(super) pool_spawned_total: AtomicU64,
+    pub(super) pool_died_total: AtomicU64,
+    pub(super) pool_expired_total: AtomicU64,
+    pub(super) pool_drained_total: AtomicU64,
+    pub(super) pool_evicted_total: AtomicU64,
+    /// Pooled runs that have not printed their first line yet (refills wait for them).
+    pub(super) pool_starting: AtomicUsize,
+    pool_metrics: std::sync::OnceLock<PoolMetrics>,
+}
+
+/// Prometheus metrics the pool updates directly (attached by the metrics module).
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    /// Requests that got a pre-warmed process.
+    pub hits: prometheus_client::metrics::counter::Counter,
+    /// Requests that cold-spawned because their flags differ from the pool's key.
+    pub misses_key: prometheus_client::metrics::counter::Counter,
+    /// Requests with the pool's key that found no idle process.
+    pub misses_empty: prometheus_client::metrics::counter::Counter,
+    /// Prompt written → first stdout line, for pooled runs (cold runs observe
+    /// spawn → first line in the first-line histogram instead).
+    pub first_line: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// A plain copy of [`BackendStats`] at one moment.
@@ -104,6 +130,22 @@ pub struct StatsSnapshot {
     pub first_line_micros_sum: u64,
     /// The latest spawn → first stdout line latency, in microseconds.
     pub last_first_line_micros: u64,
+    /// Pre-warmed processes waiting for a request now.
+    pub pool_idle: usize,
+    /// Requests served by a pre-warmed process.
+    pub pool_hits_total: u64,
+    /// Requests that cold-spawned while the pool was on (other flags, or pool empty).
+    pub pool_misses_total: u64,
+    /// Pre-warmed processes spawned.
+    pub pool_spawned_total: u64,
+    /// Idle pre-warmed processes found dead (or talking) and replaced.
+    pub pool_died_total: u64,
+    /// Idle pre-warmed processes recycled for age (`prewarm_max_idle`).
+    pub pool_expired_total: u64,
+    /// Idle pre-warmed processes drained by an invalidation (reload, unhealthy, stop).
+    pub pool_drained_total: u64,
+    /// Idle pre-warmed processes killed to give their slot to a non-matching request.
+    pub pool_evicted_total: u64,
 }
 
 impl BackendStats {
@@ -121,6 +163,42 @@ impl BackendStats {
             first_line_count: self.first_line_count.load(r),
             first_line_micros_sum: self.first_line_micros_sum.load(r),
             last_first_line_micros: self.last_first_line_micros.load(r),
+            pool_idle: self.pool_idle.load(r),
+            pool_hits_total: self.pool_hits_total.load(r),
+            pool_misses_total: self.pool_misses_total.load(r),
+            pool_spawned_total: self.pool_spawned_total.load(r),
+            pool_died_total: self.pool_died_total.load(r),
+            pool_expired_total: self.pool_expired_total.load(r),
+            pool_drained_total: self.pool_drained_total.load(r),
+            pool_evicted_total: self.pool_evicted_total.load(r),
+        }
+    }
+
+    /// Makes the pool count hits / misses and pooled first-line latencies in these metrics.
+    pub fn attach_pool_metrics(&self, metrics: PoolMetrics) {
+        let _ = self.pool_metrics.set(metrics);
+    }
+
+    fn record_pool_hit(&self) {
+        self.pool_hits_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = self.pool_metrics.get() {
+            m.hits.inc();
+        }
+    }
+
+    fn record_pool_miss(&self, miss: &Miss) {
+        self.pool_misses_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = self.pool_metrics.get() {
+            match miss {
+                Miss::Key => m.misses_key.inc(),
+                Miss::Empty => m.misses_empty.inc(),
+            };
+        }
+    }
+
+    fn record_pool_first_line(&self, latency: Duration) {
+        if let Some(m) = self.pool_metrics.get() {
+            m.first_line.observe(latency.as_secs_f64());
         }
     }
 
@@ -150,10 +228,12 @@ pub struct Backend {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    settings: CliSettings,
-    limiter: Arc<Semaphore>,
-    stats: Arc<BackendStats>,
+pub(super) struct Inner {
+    pub(super) settings: CliSettings,
+    pub(super) limiter: Arc<Semaphore>,
+    pub(super) stats: Arc<BackendStats>,
+    /// The pre-warmed pool (None when `prewarm` is 0).
+    pub(super) pool: Option<Pool>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -203,6 +283,10 @@ impl CliRun {
 enum Admission {
     Bypass,
     Ready(OwnedSemaphorePermit),
+    /// A pre-warmed process (with the slot it holds).
+    Pooled(Box<Idle>),
+    /// No free slot, but an idle pooled process: retire it and take its slot.
+    Evict(Box<Idle>),
     Queued(QueueTicket),
     Full,
 }
@@ -217,7 +301,7 @@ impl Drop for QueueTicket {
 }
 
 /// Counts a live process in `in_flight` until dropped.
-struct InFlight(Arc<BackendStats>);
+pub(super) struct InFlight(Arc<BackendStats>);
 
 impl InFlight {
     fn new(stats: &Arc<BackendStats>) -> Self {
@@ -230,6 +314,25 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks a pooled run as starting (no refills meanwhile); on drop, wakes the pool.
+struct PoolStarting<'a>(&'a Inner);
+
+impl<'a> PoolStarting<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.stats.pool_starting.fetch_add(1, Ordering::Relaxed);
+        PoolStarting(inner)
+    }
+}
+
+impl Drop for PoolStarting<'_> {
+    fn drop(&mut self) {
+        self.0.stats.pool_starting.fetch_sub(1, Ordering::Relaxed);
+        if let Some(pool) = self.0.pool.as_ref() {
+            pool.notify();
+        }
     }
 }
 
@@ -276,13 +379,48 @@ impl Backend {
     /// A backend for these settings. `max_concurrent` 0 is treated as 1.
     pub fn new(settings: CliSettings) -> Backend {
         let permits = settings.max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        let pool = (settings.prewarm > 0).then(|| {
+            Pool::new(
+                settings.prewarm.min(permits),
+                settings.prewarm_model.clone(),
+                settings.prewarm_max_idle,
+            )
+        });
         Backend {
             inner: Arc::new(Inner {
                 settings,
                 limiter: Arc::new(Semaphore::new(permits)),
                 stats: Arc::new(BackendStats::default()),
+                pool,
             }),
         }
+    }
+
+    /// Starts keeping `prewarm` idle processes (no-op handle when `prewarm` is 0).
+    /// `ready` is polled by the maintainer: while it returns false (CLI known unhealthy,
+    /// first probe still running) the pool is kept empty. Dropping the handle, or
+    /// [`PoolHandle::shutdown`], stops it and kills + reaps the idle processes. Must be
+    /// called inside a tokio runtime.
+    pub fn start_pool(&self, ready: impl Fn() -> bool + Send + Sync + 'static) -> PoolHandle {
+        PoolHandle::start(Arc::clone(&self.inner), Box::new(ready))
+    }
+
+    /// Drains the idle pool (kill + reap in the background); processes spawned before this
+    /// call are never handed out. The pool refills afterwards while `ready` holds. Called
+    /// after a rules reload and on an unhealthy verdict. No-op without a pool.
+    pub fn invalidate_pool(&self) {
+        if let Some(pool) = self.inner.pool.as_ref() {
+            pool.invalidate(&self.inner);
+        }
+    }
+
+    /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).
+    pub fn pool_pids(&self) -> Vec<u32> {
+        self.inner
+            .pool
+            .as_ref()
+            .map(Pool::idle_pids)
+            .unwrap_or_default()
     }
 
     /// The settings this backend runs with.
@@ -315,8 +453,22 @@ impl Backend {
             return Admission::Bypass;
         }
         let inner = &self.inner;
+        let pool = inner.pool.as_ref().filter(|p| p.enabled());
+        if let Some(pool) = pool {
+            match pool.checkout(inner, req) {
+                Ok(idle) => {
+                    inner.stats.record_pool_hit();
+                    return Admission::Pooled(Box::new(idle));
+                }
+                Err(miss) => inner.stats.record_pool_miss(&miss),
+            }
+        }
         if let Ok(permit) = Arc::clone(&inner.limiter).try_acquire_owned() {
             return Admission::Ready(permit);
+        }
+        // Every slot is taken; idle pooled processes must not make this request wait.
+        if let Some(idle) = pool.and_then(|p| p.evict_one(inner)) {
+            return Admission::Evict(Box::new(idle));
         }
         let max = inner.settings.queue_size;
         let took = inner
@@ -356,7 +508,18 @@ async fn drive(
 ) {
     let total = req.timeout.unwrap_or(inner.settings.total_timeout);
     let total_deadline = far_future(tokio::time::Instant::now(), total);
+    let mut pooled = None;
     let permit = match admission {
+        Admission::Pooled(idle) => {
+            let Idle { proc, permit, .. } = *idle;
+            pooled = Some(proc);
+            Some(permit)
+        }
+        Admission::Evict(idle) => {
+            let Idle { proc, permit, .. } = *idle;
+            let _ = proc.reap().await;
+            Some(permit)
+        }
         Admission::Full => {
             let facts = condition_facts(GatewayCondition::QueueFull);
             let _ = tx.send(CliEvent::Done(Err(facts))).await;
@@ -389,10 +552,13 @@ async fn drive(
             }
         }
     };
-    let outcome = run_process(&inner, &req, total_deadline, &tx, &pid_cell).await;
+    let outcome = run_process(&inner, &req, total_deadline, &tx, &pid_cell, pooled).await;
     // Free the slot before reporting, so a caller that starts its next run right after
     // `Done` finds it available.
     drop(permit);
+    if let Some(pool) = inner.pool.as_ref() {
+        pool.notify();
+    }
     if let Some(result) = outcome {
         let _ = tx.send(CliEvent::Done(result)).await;
     }
@@ -611,25 +777,133 @@ enum End {
     Cancelled,
 }
 
-/// Spawn, watch and reap one process. `None` when the consumer went away.
-async fn run_process(
-    inner: &Inner,
-    req: &CliRequest,
-    total_deadline: tokio::time::Instant,
-    tx: &mpsc::Sender<CliEvent>,
-    pid_cell: &OnceLock<u32>,
-) -> Option<Result<Success, Box<FailureFacts>>> {
-    let settings = &inner.settings;
-    let stats = &inner.stats;
-    let t0 = Instant::now();
+/// A spawned CLI process with its stdout reader and stderr drain already running, and its
+/// stdin still open (nothing written yet). A pooled process waits in this state; a cold
+/// run writes its prompt right away. Dropping it SIGKILLs the group (guard) and the leader
+/// (`kill_on_drop`); [`Spawned::reap`] is the orderly end (kill group, then reap).
+pub(super) struct Spawned {
+    child: Child,
+    pid: i32,
+    pgid: Pid,
+    group: GroupGuard,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdin_task: Option<tokio::task::JoinHandle<()>>,
+    line_rx: mpsc::Receiver<LineMsg>,
+    stdout_task: Option<tokio::task::JoinHandle<()>>,
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
+    ring: Ring,
+    /// The system prompt file must outlive the process (deleted on drop).
+    system_file: Option<tempfile::NamedTempFile>,
+    spawned_at: tokio::time::Instant,
+    _in_flight: InFlight,
+}
 
-    let system_file = match req.system_prompt.as_deref() {
+impl Spawned {
+    /// The process id (also its process-group id).
+    pub(super) fn pid(&self) -> u32 {
+        self.pid.unsigned_abs()
+    }
+
+    /// Whether a process that has not been given a prompt yet can still take one: its
+    /// leader is alive (not even a zombie) and it has printed nothing on stdout. Consumes
+    /// a stray stdout line if there is one (the process is unusable anyway).
+    pub(super) fn idle_usable(&mut self) -> bool {
+        if leader_exited(self.pgid) {
+            return false;
+        }
+        matches!(
+            self.line_rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Empty)
+        )
+    }
+
+    /// Writes the one user line and closes stdin (so the CLI exits after this turn), in
+    /// its own task so a huge prompt cannot block the watchdogs; it fails harmlessly
+    /// (EPIPE) if the process dies first.
+    fn send_prompt(&mut self, prompt: &str) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let line = user_line(prompt);
+            self.stdin_task = Some(tokio::spawn(async move {
+                let _ = stdin.write_all(line.as_bytes()).await;
+                let _ = stdin.shutdown().await;
+            }));
+        }
+    }
+
+    /// The end of every process: SIGKILL whatever is left of the group (before reaping,
+    /// see [`leader_exited`]), reap the leader, stop the helper tasks. Returns the exit
+    /// status (None if it could not be reaped in time; `kill_on_drop` and tokio's orphan
+    /// queue take over then).
+    pub(super) async fn reap(self) -> Option<ExitStatus> {
+        let Spawned {
+            mut child,
+            pid,
+            pgid,
+            mut group,
+            stdin,
+            stdin_task,
+            line_rx,
+            stdout_task,
+            stderr_task,
+            ring: _,
+            system_file,
+            spawned_at: _,
+            _in_flight,
+        } = self;
+        drop(stdin);
+        kill_group(pgid);
+        let status = match tokio::time::timeout(REAP_GRACE, child.wait()).await {
+            Ok(Ok(s)) => {
+                group.disarm();
+                Some(s)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(pid, error = %e, "waiting for the cli process failed");
+                group.disarm();
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    pid,
+                    "cli process did not die after SIGKILL; leaving it to the orphan reaper"
+                );
+                None
+            }
+        };
+        drop(group);
+        drop(child);
+        drop(system_file);
+        drop(line_rx);
+        if let Some(t) = stdin_task {
+            t.abort();
+        }
+        if let Some(t) = stdout_task {
+            t.abort();
+        }
+        if let Some(mut t) = stderr_task {
+            if tokio::time::timeout(STDERR_GRACE, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        status
+    }
+}
+
+/// Spawns the CLI for `model` / `system_prompt` with ccgate's flags and starts draining its
+/// stdout and stderr. Nothing is written to stdin. Spawn errors come back as facts.
+pub(super) fn spawn_cli(
+    settings: &CliSettings,
+    stats: &Arc<BackendStats>,
+    model: Option<&str>,
+    system_prompt: Option<&str>,
+) -> Result<Spawned, Box<FailureFacts>> {
+    let system_file = match system_prompt {
         Some(text) => match write_system_prompt(text) {
             Ok(f) => Some(f),
             Err(e) => {
                 stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
                 let msg = format!("cannot write the system prompt file: {e}");
-                return Some(Err(spawn_error_facts(SpawnErrorKind::Other, msg)));
+                return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
             }
         },
         None => None,
@@ -638,9 +912,13 @@ async fn run_process(
     if let Err(e) = std::fs::metadata(&settings.workdir) {
         stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
         let msg = format!("working directory {}: {e}", settings.workdir.display());
-        return Some(Err(spawn_error_facts(SpawnErrorKind::Other, msg)));
+        return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
     }
-    let args = cli_args(settings, req, system_file.as_ref().map(|f| f.path()));
+    let flags = CliRequest {
+        model: model.map(str::to_string),
+        ..CliRequest::default()
+    };
+    let args = cli_args(settings, &flags, system_file.as_ref().map(|f| f.path()));
     let mut cmd = build_command(settings, args);
 
     let spawned_at = tokio::time::Instant::now();
@@ -649,32 +927,21 @@ async fn run_process(
         Err(e) => {
             stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(command = %settings.command.display(), error = %e, "cli spawn failed");
-            return Some(Err(spawn_error_facts(spawn_error_kind(&e), e.to_string())));
+            return Err(spawn_error_facts(spawn_error_kind(&e), e.to_string()));
         }
     };
-    let _in_flight = InFlight::new(stats);
+    let in_flight = InFlight::new(stats);
     let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
         // Cannot happen for a freshly spawned child; be defensive rather than panic.
+        // (`kill_on_drop` kills it; tokio's orphan queue reaps it.)
         let _ = child.start_kill();
-        let _ = child.wait().await;
         let msg = "spawned process has no pid".to_string();
-        return Some(Err(spawn_error_facts(SpawnErrorKind::Other, msg)));
+        return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
     };
     let pgid = Pid::from_raw(pid);
-    let mut group = GroupGuard { pgid: Some(pgid) };
-    let _ = pid_cell.set(pid.unsigned_abs());
+    let group = GroupGuard { pgid: Some(pgid) };
 
-    // stdin: one user line, then EOF. In its own task so a huge prompt cannot block the
-    // watchdogs; it fails harmlessly (EPIPE) if the process dies first.
-    let stdin_task = child.stdin.take().map(|mut stdin| {
-        let line = user_line(&req.prompt);
-        tokio::spawn(async move {
-            let _ = stdin.write_all(line.as_bytes()).await;
-            let _ = stdin.shutdown().await;
-        })
-    });
-
-    let (line_tx, mut line_rx) = mpsc::channel(LINE_CHANNEL);
+    let (line_tx, line_rx) = mpsc::channel(LINE_CHANNEL);
     let stdout_task = match child.stdout.take() {
         Some(out) => Some(tokio::spawn(read_lines(out, line_tx, MAX_LINE_BYTES))),
         None => {
@@ -690,10 +957,70 @@ async fn run_process(
             settings.stderr_tail_bytes,
         ))
     });
+    Ok(Spawned {
+        stdin: child.stdin.take(),
+        child,
+        pid,
+        pgid,
+        group,
+        stdin_task: None,
+        line_rx,
+        stdout_task,
+        stderr_task,
+        ring,
+        system_file,
+        spawned_at,
+        _in_flight: in_flight,
+    })
+}
+
+/// Spawn (or take the pre-warmed `pooled` process), watch and reap one process. `None`
+/// when the consumer went away.
+///
+/// The start timeout counts from the moment the prompt is written: for a cold process
+/// that is its spawn, for a pooled one the hand-over.
+async fn run_process(
+    inner: &Inner,
+    req: &CliRequest,
+    total_deadline: tokio::time::Instant,
+    tx: &mpsc::Sender<CliEvent>,
+    pid_cell: &OnceLock<u32>,
+    pooled: Option<Spawned>,
+) -> Option<Result<Success, Box<FailureFacts>>> {
+    let settings = &inner.settings;
+    let stats = &inner.stats;
+    let t0 = Instant::now();
+
+    let is_pooled = pooled.is_some();
+    let mut sp = match pooled {
+        Some(sp) => sp,
+        None => match spawn_cli(
+            settings,
+            stats,
+            req.model.as_deref(),
+            req.system_prompt.as_deref(),
+        ) {
+            Ok(sp) => sp,
+            Err(facts) => return Some(Err(facts)),
+        },
+    };
+    let pid = sp.pid;
+    let pgid = sp.pgid;
+    let _ = pid_cell.set(sp.pid());
+    let start_base = if is_pooled {
+        tokio::time::Instant::now()
+    } else {
+        sp.spawned_at
+    };
+    // While a pooled run waits for its first line the pool does not refill: a refill's
+    // CPU-heavy start-up would eat the very latency the pool exists to save.
+    let mut starting = is_pooled.then(|| PoolStarting::new(inner));
+    sp.send_prompt(&req.prompt);
+    let ring = Arc::clone(&sp.ring);
 
     let mut acc = RunAccumulator::new();
     let mut first_line = false;
-    let mut last_line = spawned_at;
+    let mut last_line = start_base;
     let mut stdout_open = true;
     let mut exited = false;
     let mut too_long = false;
@@ -709,7 +1036,7 @@ async fn run_process(
             )
         } else {
             (
-                far_future(spawned_at, settings.start_timeout),
+                far_future(start_base, settings.start_timeout),
                 TimeoutKind::Start,
             )
         };
@@ -726,7 +1053,7 @@ async fn run_process(
         tokio::select! {
             biased;
             _ = tx.closed() => break 'watch End::Cancelled,
-            msg = line_rx.recv(), if stdout_open => {
+            msg = sp.line_rx.recv(), if stdout_open => {
                 let Some(msg) = msg else {
                     stdout_open = false;
                     // stdout EOF usually means the leader is exiting or already a zombie:
@@ -741,7 +1068,13 @@ async fn run_process(
                 last_line = tokio::time::Instant::now();
                 if !first_line {
                     first_line = true;
-                    stats.record_first_line(last_line.duration_since(spawned_at));
+                    let latency = last_line.duration_since(start_base);
+                    if is_pooled {
+                        stats.record_pool_first_line(latency);
+                        drop(starting.take());
+                    } else {
+                        stats.record_first_line(latency);
+                    }
                 }
                 let line = match msg {
                     LineMsg::Line(l) => l,
@@ -772,45 +1105,13 @@ async fn run_process(
         }
     };
 
-    // Always: kill whatever is left of the group (before reaping, see `leader_exited`),
-    // then reap the leader.
-    kill_group(pgid);
-    let status: Option<ExitStatus> = match tokio::time::timeout(REAP_GRACE, child.wait()).await {
-        Ok(Ok(s)) => {
-            group.disarm();
-            Some(s)
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(pid, error = %e, "waiting for the cli process failed");
-            group.disarm();
-            None
-        }
-        Err(_) => {
-            tracing::warn!(
-                pid,
-                "cli process did not die after SIGKILL; leaving it to the orphan reaper"
-            );
-            None
-        }
-    };
-    drop(group);
-    drop(child);
-    drop(system_file);
-    if let Some(t) = stdin_task {
-        t.abort();
-    }
-    if let Some(t) = stdout_task {
-        t.abort();
-    }
-    if let Some(mut t) = stderr_task {
-        if tokio::time::timeout(STDERR_GRACE, &mut t).await.is_err() {
-            t.abort();
-        }
-    }
+    // Always: kill whatever is left of the group, then reap the leader.
+    let status = sp.reap().await;
     let exit_code = status.and_then(|s| s.code());
     let signal = status.and_then(|s| s.signal());
     tracing::debug!(
         pid,
+        pooled = is_pooled,
         ?exit_code,
         ?signal,
         ?end,

@@ -146,9 +146,7 @@ impl RequestCx {
             .inc();
         if verdict.unhealthy {
             self.state
-                .health
-                .mark_failed(Source::Request, &verdict.kind, &verdict.message);
-            m.cli_health_ok.set(0);
+                .mark_unhealthy(Source::Request, &verdict.kind, &verdict.message);
             // Confirm (or refute) with a probe now rather than at the next interval.
             self.state.health.probe_wakeup.notify_one();
         }

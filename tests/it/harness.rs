@@ -147,6 +147,17 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// Stops the server gracefully and waits until `serve` has returned (in-flight
+    /// requests drained, pre-warmed pool killed and reaped).
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+
     /// Changes the fake CLI's scenario for every later run.
     pub fn set_scenario(&self, name: &str) {
         std::fs::write(&self.scenario_file, name).expect("write scenario");

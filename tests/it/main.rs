@@ -7,6 +7,7 @@ mod config;
 mod harness;
 mod health;
 mod mock_api;
+mod pool;
 mod props;
 mod real_cli;
 mod real_gateway;

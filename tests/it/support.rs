@@ -28,6 +28,9 @@ pub fn fake_settings(scenario: &str) -> CliSettings {
         max_concurrent: 8,
         queue_size: 64,
         stderr_tail_bytes: 4096,
+        prewarm: 0,
+        prewarm_model: None,
+        prewarm_max_idle: Duration::from_secs(300),
     }
 }
 

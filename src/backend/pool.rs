@@ -1,0 +1,445 @@
+//! The pre-warmed pool (`cli.prewarm`): idle CLI processes spawned ahead of time for the
+//! default per-request flags, each used for exactly ONE request and then retired.
+//!
+//! Why it helps: a CLI started with `--input-format stream-json` does its ~0.6 s start-up
+//! work right away, then prints nothing until its first stdin line arrives; a request that
+//! takes such a process only pays the turn itself.
+//!
+//! Rules:
+//! - **Key.** A process is spawned with `--model=<cli.prewarm_model>` (none = the CLI's
+//!   default), `--system-prompt ""` and the configured tools, i.e. exactly the argv a cold
+//!   run for such a request gets. Only a request with that model and no system prompt
+//!   takes one; the health probe (`bypass_queue`) never does. Everything else cold-spawns.
+//! - **One conversation per process.** The request writes its one user line and closes
+//!   stdin; the process exits after that turn and the run reaps it like a cold one. No
+//!   process ever sees a second prompt.
+//! - **Concurrency.** Every idle process holds a slot of the shared limiter, so
+//!   idle + running ≤ `max_concurrent`. The pool refills only from free slots (a queued
+//!   request wins a freed slot: tokio's semaphore is fair). A request that cannot take an
+//!   idle process and finds no free slot evicts the newest idle process and takes its slot.
+//! - **Freshness.** An idle process that exited (checked with `waitid(WNOWAIT)` on every
+//!   tick and at hand-over) or printed anything is never handed out; one older than
+//!   `cli.prewarm_max_idle` is recycled; [`Pool::invalidate`] (rules reload, unhealthy
+//!   verdict) drains all idle processes, and processes spawned before it (generation
+//!   counter) are discarded on arrival. While the gate closure says "not ready" (health
+//!   unhealthy, first probe pending) the pool stays empty.
+//! - **CPU.** No refill starts while a pooled run is still waiting for its first stdout
+//!   line: a CLI start-up takes ~0.6 s of CPU and would slow exactly that turn.
+//! - **Hygiene.** Every discarded process goes through [`Spawned::reap`] (kill group +
+//!   reap) before its slot is released. [`PoolHandle`] stops the maintainer and drains the
+//!   pool when dropped or shut down.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+use super::process::{spawn_cli, Inner, Spawned};
+use super::CliRequest;
+
+/// How often the maintainer checks idle processes (exit, age) and refills.
+const TICK: Duration = Duration::from_millis(200);
+/// Back-off after a pool process failed to spawn or died while idle (doubles up to MAX).
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// An idle process alive this long counts as a successful start (resets the back-off).
+const SURVIVED: Duration = Duration::from_secs(2);
+
+/// One idle pre-warmed process and the concurrency slot it holds.
+pub(super) struct Idle {
+    pub(super) proc: Spawned,
+    pub(super) permit: OwnedSemaphorePermit,
+    born: tokio::time::Instant,
+    generation: u64,
+}
+
+impl Idle {
+    /// Kill + reap the process, then free its slot.
+    pub(super) async fn retire(self) {
+        let Idle { proc, permit, .. } = self;
+        let _ = proc.reap().await;
+        drop(permit);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    idle: VecDeque<Idle>,
+    generation: u64,
+    closed: bool,
+}
+
+/// The pool's shared state (one per backend, inert when `prewarm` is 0).
+pub(super) struct Pool {
+    size: usize,
+    model: Option<String>,
+    max_idle: Duration,
+    state: Mutex<State>,
+    /// Wakes the maintainer (a slot was freed, a process was taken, an invalidation).
+    wake: Notify,
+}
+
+/// Why a request did not get a pooled process.
+pub(super) enum Miss {
+    /// Its flags differ from the pool's key.
+    Key,
+    /// The key matched but no usable idle process was there.
+    Empty,
+}
+
+impl Pool {
+    pub(super) fn new(size: usize, model: Option<String>, max_idle: Duration) -> Pool {
+        Pool {
+            size,
+            model: model.filter(|m| !m.is_empty()),
+            max_idle,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(super) fn enabled(&self) -> bool {
+        self.size > 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `req` runs with exactly the flags the pool's processes were spawned with.
+    pub(super) fn matches(&self, req: &CliRequest) -> bool {
+        !req.bypass_queue
+            && req.system_prompt.is_none()
+            && req.model.as_deref().filter(|m| !m.is_empty()) == self.model.as_deref()
+    }
+
+    /// An idle process for `req`, oldest (warmest) first. Dead, stale or expired ones met
+    /// on the way are retired in the background and never handed out.
+    pub(super) fn checkout(&self, inner: &Arc<Inner>, req: &CliRequest) -> Result<Idle, Miss> {
+        if !self.matches(req) {
+            return Err(Miss::Key);
+        }
+        let mut discard = Vec::new();
+        let found = {
+            let mut st = self.lock();
+            let generation = st.generation;
+            let mut found = None;
+            while let Some(mut idle) = st.idle.pop_front() {
+                if idle.generation == generation
+                    && idle.born.elapsed() < self.max_idle
+                    && idle.proc.idle_usable()
+                {
+                    found = Some(idle);
+                    break;
+                }
+                discard.push(idle);
+            }
+            found
+        };
+        self.count_discarded(inner, &discard);
+        retire_in_background(inner, discard);
+        self.publish_idle(inner);
+        self.wake.notify_one();
+        found.ok_or(Miss::Empty)
+    }
+
+    /// Takes the newest (least warm) idle process out so a request can have its slot.
+    pub(super) fn evict_one(&self, inner: &Inner) -> Option<Idle> {
+        let idle = self.lock().idle.pop_back();
+        if idle.is_some() {
+            inner
+                .stats
+                .pool_evicted_total
+                .fetch_add(1, Ordering::Relaxed);
+            self.publish_idle(inner);
+        }
+        idle
+    }
+
+    /// Drains every idle process (kill + reap in the background) and makes processes
+    /// spawned before now unusable. The maintainer refills afterwards (when the gate is
+    /// open).
+    pub(super) fn invalidate(&self, inner: &Arc<Inner>) {
+        let drained: Vec<Idle> = {
+            let mut st = self.lock();
+            st.generation += 1;
+            st.idle.drain(..).collect()
+        };
+        inner
+            .stats
+            .pool_drained_total
+            .fetch_add(drained.len() as u64, Ordering::Relaxed);
+        if !drained.is_empty() {
+            tracing::debug!(count = drained.len(), "pre-warmed pool drained");
+        }
+        retire_in_background(inner, drained);
+        self.publish_idle(inner);
+        self.wake.notify_one();
+    }
+
+    /// Stops refilling for good and hands back the idle processes.
+    fn close(&self, inner: &Inner) -> Vec<Idle> {
+        let drained: Vec<Idle> = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.generation += 1;
+            st.idle.drain(..).collect()
+        };
+        self.publish_idle(inner);
+        drained
+    }
+
+    /// Pids of the idle processes (oldest first).
+    pub(super) fn idle_pids(&self) -> Vec<u32> {
+        self.lock().idle.iter().map(|i| i.proc.pid()).collect()
+    }
+
+    /// A slot was freed (a run ended): maybe refill.
+    pub(super) fn notify(&self) {
+        if self.enabled() {
+            self.wake.notify_one();
+        }
+    }
+
+    fn publish_idle(&self, inner: &Inner) {
+        let n = self.lock().idle.len();
+        inner.stats.pool_idle.store(n, Ordering::Relaxed);
+    }
+
+    fn count_discarded(&self, inner: &Inner, discard: &[Idle]) {
+        let generation = self.lock().generation;
+        for idle in discard {
+            let counter = if idle.generation != generation {
+                &inner.stats.pool_drained_total
+            } else if idle.born.elapsed() >= self.max_idle {
+                &inner.stats.pool_expired_total
+            } else {
+                &inner.stats.pool_died_total
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn retire_in_background(inner: &Arc<Inner>, procs: Vec<Idle>) {
+    if procs.is_empty() {
+        return;
+    }
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move {
+        for idle in procs {
+            idle.retire().await;
+        }
+        if let Some(pool) = inner.pool.as_ref() {
+            pool.notify();
+        }
+    });
+}
+
+/// The maintainer: retire dead / expired idle processes, keep `size` idle processes while
+/// `ready()` holds (drain otherwise), back off when processes fail to start.
+pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Send + Sync>) {
+    let Some(pool) = inner.pool.as_ref() else {
+        return;
+    };
+    let mut failures: u32 = 0;
+    let mut not_before = tokio::time::Instant::now();
+    loop {
+        // 1. Housekeeping: dead, printed-something, expired, stale.
+        let discard: Vec<Idle> = {
+            let mut st = pool.lock();
+            let generation = st.generation;
+            let mut keep = VecDeque::with_capacity(st.idle.len());
+            let mut discard = Vec::new();
+            while let Some(mut idle) = st.idle.pop_front() {
+                if idle.generation == generation
+                    && idle.born.elapsed() < pool.max_idle
+                    && idle.proc.idle_usable()
+                {
+                    keep.push_back(idle);
+                } else {
+                    discard.push(idle);
+                }
+            }
+            // Processes that stay alive well past a failed start clear the back-off.
+            if keep.iter().any(|i| i.born.elapsed() >= SURVIVED) {
+                failures = 0;
+            }
+            st.idle = keep;
+            discard
+        };
+        if !discard.is_empty() {
+            let before = inner.stats.pool_died_total.load(Ordering::Relaxed);
+            pool.count_discarded(&inner, &discard);
+            if inner.stats.pool_died_total.load(Ordering::Relaxed) > before {
+                // Processes dying on their own while idle: do not respawn in a tight loop.
+                failures = failures.saturating_add(1);
+                not_before = tokio::time::Instant::now() + backoff(failures);
+                tracing::warn!(
+                    failures,
+                    "a pre-warmed CLI process exited while idle; backing off"
+                );
+            }
+            for idle in discard {
+                idle.retire().await;
+            }
+            pool.publish_idle(&inner);
+        }
+
+        // 2. Closed gate (unhealthy, first probe pending): keep nothing warm.
+        let open = ready();
+        if !open {
+            let drained: Vec<Idle> = pool.lock().idle.drain(..).collect();
+            if !drained.is_empty() {
+                inner
+                    .stats
+                    .pool_drained_total
+                    .fetch_add(drained.len() as u64, Ordering::Relaxed);
+                for idle in drained {
+                    idle.retire().await;
+                }
+                pool.publish_idle(&inner);
+            }
+        }
+
+        // 3. Refill from free slots only, and not while a pooled run awaits its first line.
+        while open
+            && tokio::time::Instant::now() >= not_before
+            && inner.stats.pool_starting.load(Ordering::Relaxed) == 0
+        {
+            let generation = {
+                let st = pool.lock();
+                if st.closed || st.idle.len() >= pool.size {
+                    break;
+                }
+                st.generation
+            };
+            let Ok(permit) = Arc::clone(&inner.limiter).try_acquire_owned() else {
+                break;
+            };
+            match spawn_cli(&inner.settings, &inner.stats, pool.model.as_deref(), None) {
+                Ok(proc) => {
+                    inner
+                        .stats
+                        .pool_spawned_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    let idle = Idle {
+                        proc,
+                        permit,
+                        born: tokio::time::Instant::now(),
+                        generation,
+                    };
+                    let rejected = {
+                        let mut st = pool.lock();
+                        if st.closed || st.generation != generation {
+                            Some(idle)
+                        } else {
+                            st.idle.push_back(idle);
+                            None
+                        }
+                    };
+                    if let Some(idle) = rejected {
+                        idle.retire().await;
+                    }
+                    pool.publish_idle(&inner);
+                }
+                Err(facts) => {
+                    drop(permit);
+                    failures = failures.saturating_add(1);
+                    not_before = tokio::time::Instant::now() + backoff(failures);
+                    tracing::warn!(
+                        failures,
+                        error = facts.spawn_error_message.as_deref().unwrap_or(""),
+                        "cannot spawn a pre-warmed CLI process; backing off"
+                    );
+                    break;
+                }
+            }
+        }
+        if pool.lock().closed {
+            return;
+        }
+        let sleep = if tokio::time::Instant::now() < not_before {
+            TICK.min(not_before - tokio::time::Instant::now())
+        } else {
+            TICK
+        };
+        tokio::select! {
+            _ = pool.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(10);
+    BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX)
+}
+
+/// Keeps the pool's maintainer running. Dropping it (or [`PoolHandle::shutdown`]) stops
+/// the maintainer and retires every idle process.
+pub struct PoolHandle {
+    inner: Arc<Inner>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PoolHandle {
+    pub(super) fn start(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Send + Sync>) -> Self {
+        let task = inner
+            .pool
+            .as_ref()
+            .filter(|p| p.enabled())
+            .map(|_| tokio::spawn(maintain(Arc::clone(&inner), ready)));
+        PoolHandle { inner, task }
+    }
+
+    /// Stops the maintainer and kills + reaps every idle process before returning.
+    pub async fn shutdown(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Some(pool) = self.inner.pool.as_ref() {
+            for idle in pool.close(&self.inner) {
+                idle.retire().await;
+            }
+        }
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        let Some(pool) = self.inner.pool.as_ref() else {
+            return;
+        };
+        let drained = pool.close(&self.inner);
+        if drained.is_empty() {
+            return;
+        }
+        // Orderly kill + reap when a runtime is still there; otherwise dropping each
+        // process SIGKILLs its group (guard) and leaves the reaping to tokio.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    for idle in drained {
+                        idle.retire().await;
+                    }
+                });
+            }
+            Err(_) => drop(drained),
+        }
+    }
+}
+
+impl std::fmt::Debug for PoolHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolHandle")
+            .field("running", &self.task.is_some())
+            .finish()
+    }
+}
