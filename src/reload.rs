@@ -290,6 +290,23 @@ fn watch_dirs(path: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// File names whose events matter: the rules file's own name, the Kubernetes `..data`
+/// link, and the name of the symlink's resolved target.
+fn watched_names(path: &Path) -> std::collections::HashSet<std::ffi::OsString> {
+    let mut names = std::collections::HashSet::new();
+    if let Some(n) = path.file_name() {
+        names.insert(n.to_os_string());
+    }
+    names.insert(std::ffi::OsString::from("..data"));
+    if let Some(n) = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_os_string()))
+    {
+        names.insert(n);
+    }
+    names
+}
+
 /// Starts watching the rules file's directory; each debounced burst of changes feeds one
 /// [`Reloader::reload`] with [`Trigger::FileChange`]. Returns None (after logging why) if
 /// the watcher cannot be set up: SIGHUP and `/admin/reload` still work.
@@ -299,13 +316,29 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: std::time::Duration) -> 
     use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let names = Arc::new(Mutex::new(watched_names(reloader.path())));
+    let names_for_handler = names.clone();
     let handler = move |res: DebounceEventResult| {
+        let wanted = names_for_handler
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default();
         let relevant = match res {
-            Ok(events) => events.iter().any(|e| match e.event.kind {
-                // Our own reads (open/close-nowrite) must never trigger a reload.
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                EventKind::Access(_) => false,
-                _ => true,
+            Ok(events) => events.iter().any(|e| {
+                let kind_counts = match e.event.kind {
+                    // Our own reads (open/close-nowrite) must never trigger a reload.
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                    EventKind::Access(_) => false,
+                    _ => true,
+                };
+                // Only the rules file (or the ConfigMap's `..data` link) counts: other
+                // files in the directory (a log, an editor's swap file) must not cause
+                // reloads, least of all ccgate's own log.
+                kind_counts
+                    && e.event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().is_some_and(|n| wanted.contains(n)))
             }),
             Err(_) => true,
         };
@@ -343,6 +376,9 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: std::time::Duration) -> 
             while rx.try_recv().is_ok() {}
             reloader.reload(Trigger::FileChange).await;
             // A symlinked rules file may now point into a new directory (ConfigMap swap).
+            if let Ok(mut n) = names.lock() {
+                *n = watched_names(reloader.path());
+            }
             for dir in watch_dirs(reloader.path()) {
                 if !watched.contains(&dir) {
                     if let Ok(mut d) = for_task.lock() {

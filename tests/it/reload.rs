@@ -346,6 +346,31 @@ async fn unwatchable_rules_directory_still_serves_and_reload_reports() {
     assert_eq!(r.status(), 422);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["reload"]["ok"], false);
-    assert!(v["reload"]["error"].as_str().unwrap().contains("cannot read"), "{v}");
+    assert!(
+        v["reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot read"),
+        "{v}"
+    );
     assert_eq!(served_tag(&s).await, "boot");
+}
+
+#[tokio::test]
+async fn other_files_in_the_rules_directory_do_not_reload() {
+    let s = watched_server(None).await;
+    let before =
+        reload_count(&s, "unchanged") + reload_count(&s, "success") + reload_count(&s, "failure");
+    let dir = s.rules_path.parent().unwrap().to_path_buf();
+    for i in 0..20 {
+        std::fs::write(dir.join("ccgate.log"), format!("log line {i}\n")).unwrap();
+        std::fs::write(dir.join(".rules.yaml.swp"), format!("swap {i}")).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after =
+        reload_count(&s, "unchanged") + reload_count(&s, "success") + reload_count(&s, "failure");
+    assert_eq!(after, before, "writes to other files triggered reloads");
+    std::fs::write(&s.rules_path, rules_tagged("still-watched")).unwrap();
+    wait_tag(&s, "still-watched").await;
 }
