@@ -176,7 +176,7 @@ expected = {
             "env": {"CLAUDE_CODE_MAX_RETRIES": "2"}, "tools": False,
             "start_timeout": 30, "inactivity_timeout": 120, "total_timeout": 600,
             "max_concurrent": 4, "queue_size": 32, "stderr_tail_bytes": 8192,
-            "prewarm": 0},
+            "prewarm": 0, "prewarm_model": None, "prewarm_max_idle": 300},
 }
 got = yaml.safe_load(open("config/ccgate.yaml", encoding="utf-8"))
 if got != expected:
