@@ -373,3 +373,34 @@ proptest! {
         prop_assert_eq!(body["error"]["all"].as_array().unwrap().len(), 11);
     }
 }
+
+/// Regexes are case-insensitive with Unicode case folding, honour inline flags, and see
+/// alternations and patterns without a literal prefix.
+#[test]
+fn regex_matching_cases() {
+    let text = file(&kind(
+        "k",
+        r#"{regex: ['API Error: 4\d\d\b|\(429\)', 'stoK\b', '\d+ms timeout', '(?-i)CASE']}"#,
+    ));
+    let r = load(&text);
+    let cases = [
+        ("xx api ERROR: 429 yy", true),
+        ("rejected (429) now", true),
+        ("é first, then Api Error: 404!", true),
+        ("no upstream here", false),
+        ("API Error: 4013", false),
+        // The Kelvin sign (U+212A) case-folds to `k`: only the full regex sees that.
+        ("sto\u{212A} here", true),
+        ("stok", true),
+        ("waited 500ms timeout", true),
+        ("CASE sensitive", true),
+        ("case sensitive", false),
+    ];
+    for (stderr, expect) in cases {
+        let v = r.classify(&FailureFacts {
+            stderr_tail: stderr.into(),
+            ..Default::default()
+        });
+        assert_eq!(v.kind == "k", expect, "{stderr:?}: {:?}", v.matched);
+    }
+}
