@@ -256,13 +256,16 @@ pub fn transcript(turns: &[(&str, String)]) -> Result<String, ApiError> {
     if turns.len() == 1 {
         return Ok(last.clone());
     }
+    // The tags carry a per-request nonce so a message that contains `</conversation>` or
+    // `</User>` cannot close the wrapper and pose as a later turn.
+    let nonce = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let mut out =
-        String::from("Earlier turns of this conversation, for context:\n<conversation>\n");
+        format!("Earlier turns of this conversation, for context:\n<conversation-{nonce}>\n");
     for (role, text) in &turns[..turns.len() - 1] {
         let who = if *role == "user" { "User" } else { "Assistant" };
-        out.push_str(&format!("<{who}>\n{text}\n</{who}>\n"));
+        out.push_str(&format!("<{who}-{nonce}>\n{text}\n</{who}-{nonce}>\n"));
     }
-    out.push_str("</conversation>\n\n");
+    out.push_str(&format!("</conversation-{nonce}>\n\n"));
     out.push_str(last);
     Ok(out)
 }
