@@ -2,11 +2,10 @@
 //! `message` object or the real SSE event sequence (`message_start`, `content_block_start`,
 //! `ping`, `content_block_delta`…, `content_block_stop`, `message_delta`, `message_stop`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -15,7 +14,7 @@ use serde_json::{json, Value};
 use crate::backend::Success;
 use crate::http::body::{parse_json, RawBody};
 use crate::http::errors::ApiError;
-use crate::http::pipeline::{Piece, RequestCx, Turn};
+use crate::http::pipeline::{sse_response, Piece, RequestCx, Turn};
 use crate::http::{join_text_blocks, RequestId, TextBlock};
 use crate::rules::Flavour;
 use crate::state::AppState;
@@ -193,44 +192,25 @@ fn stream_response(live: crate::http::pipeline::LiveStream, id: String, model: S
         ),
         event("ping", json!({"type": "ping"})),
     ];
-    let events = futures_util::stream::unfold(
-        (live, Some(opening), false),
-        |(mut live, opening, done)| async move {
-            if let Some(v) = opening {
-                return Some((v, (live, None, false)));
-            }
-            if done {
-                return None;
-            }
-            let out = match live.next_piece().await? {
-                Piece::Delta(t) => vec![event(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": 0,
-                           "delta": {"type": "text_delta", "text": t}}),
-                )],
-                Piece::Finish(s) => {
-                    let v = vec![
-                        event(
-                            "content_block_stop",
-                            json!({"type": "content_block_stop", "index": 0}),
-                        ),
-                        event(
-                            "message_delta",
-                            json!({"type": "message_delta",
-                                   "delta": {"stop_reason": stop_reason(&s), "stop_sequence": null},
-                                   "usage": usage(&s)}),
-                        ),
-                        event("message_stop", json!({"type": "message_stop"})),
-                    ];
-                    return Some((v, (live, None, true)));
-                }
-                Piece::Fail(body) => return Some((vec![event("error", body)], (live, None, true))),
-            };
-            Some((out, (live, None, false)))
-        },
-    );
-    let flat = futures_util::StreamExt::flat_map(events, |v| {
-        futures_util::stream::iter(v.into_iter().map(Ok::<_, Infallible>))
-    });
-    Sse::new(flat).into_response()
+    sse_response(live, opening, |piece| match piece {
+        Piece::Delta(t) => vec![event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": t}}),
+        )],
+        Piece::Finish(s) => vec![
+            event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            event(
+                "message_delta",
+                json!({"type": "message_delta",
+                       "delta": {"stop_reason": stop_reason(&s), "stop_sequence": null},
+                       "usage": usage(&s)}),
+            ),
+            event("message_stop", json!({"type": "message_stop"})),
+        ],
+        Piece::Fail(body) => vec![event("error", body)],
+    })
 }

@@ -1,11 +1,10 @@
 //! `POST /v1/chat/completions`: OpenAI chat request → [`Turn`], and the CLI's answer →
 //! `chat.completion` or SSE `chat.completion.chunk`s ending in `data: [DONE]`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -14,7 +13,7 @@ use serde_json::{json, Value};
 use crate::backend::Success;
 use crate::http::body::{parse_json, RawBody};
 use crate::http::errors::ApiError;
-use crate::http::pipeline::{Piece, RequestCx, Turn};
+use crate::http::pipeline::{sse_response, Piece, RequestCx, Turn};
 use crate::http::{unix_now, RequestId};
 use crate::rules::Flavour;
 use crate::state::AppState;
@@ -209,50 +208,27 @@ fn stream_response(
         json!({"role": "assistant", "content": ""}),
         None,
     );
-    let state = (live, Some(first), false);
-    let events = futures_util::stream::unfold(state, move |(mut live, first, done)| {
-        let id = id.clone();
-        let model = model.clone();
-        async move {
-            if let Some(ev) = first {
-                return Some((vec![ev], (live, None, false)));
+    sse_response(live, vec![first], move |piece| match piece {
+        Piece::Delta(t) => vec![chunk(&id, created, &model, json!({"content": t}), None)],
+        Piece::Finish(s) => {
+            let mut v = vec![chunk(
+                &id,
+                created,
+                &model,
+                json!({}),
+                Some(finish_reason(&s)),
+            )];
+            if include_usage {
+                let u = json!({
+                    "id": id, "object": "chat.completion.chunk", "created": created,
+                    "model": model, "choices": [], "usage": usage(&s),
+                });
+                v.push(Event::default().data(u.to_string()));
             }
-            if done {
-                return None;
-            }
-            let out = match live.next_piece().await? {
-                Piece::Delta(t) => vec![chunk(&id, created, &model, json!({"content": t}), None)],
-                Piece::Finish(s) => {
-                    let mut v = vec![chunk(
-                        &id,
-                        created,
-                        &model,
-                        json!({}),
-                        Some(finish_reason(&s)),
-                    )];
-                    if include_usage {
-                        let u = json!({
-                            "id": id, "object": "chat.completion.chunk", "created": created,
-                            "model": model, "choices": [], "usage": usage(&s),
-                        });
-                        v.push(Event::default().data(u.to_string()));
-                    }
-                    v.push(Event::default().data("[DONE]"));
-                    return Some((v, (live, None, true)));
-                }
-                // The openai SDK raises on a `data:` chunk carrying `error`.
-                Piece::Fail(body) => {
-                    return Some((
-                        vec![Event::default().data(body.to_string())],
-                        (live, None, true),
-                    ))
-                }
-            };
-            Some((out, (live, None, false)))
+            v.push(Event::default().data("[DONE]"));
+            v
         }
-    });
-    let flat = futures_util::StreamExt::flat_map(events, |v| {
-        futures_util::stream::iter(v.into_iter().map(Ok::<_, Infallible>))
-    });
-    Sse::new(flat).into_response()
+        // The openai SDK raises on a `data:` chunk carrying `error`.
+        Piece::Fail(body) => vec![Event::default().data(body.to_string())],
+    })
 }

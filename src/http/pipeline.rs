@@ -401,3 +401,36 @@ impl LiveStream {
         Piece::Fail(rendered.body)
     }
 }
+
+/// Turns a live stream into an SSE response: `opening` events first, then `render(piece)`
+/// for each piece. A `Finish` or `Fail` piece is the last one. The run is dropped (and its
+/// CLI killed) when the client goes away, because the body stream owns it.
+pub fn sse_response(
+    live: LiveStream,
+    opening: Vec<axum::response::sse::Event>,
+    render: impl Fn(Piece) -> Vec<axum::response::sse::Event> + Send + Sync + 'static,
+) -> Response {
+    use axum::response::IntoResponse;
+    let render = Arc::new(render);
+    let events = futures_util::stream::unfold(
+        (live, Some(opening), false),
+        move |(mut live, opening, done)| {
+            let render = render.clone();
+            async move {
+                if let Some(v) = opening {
+                    return Some((v, (live, None, false)));
+                }
+                if done {
+                    return None;
+                }
+                let piece = live.next_piece().await?;
+                let last = matches!(piece, Piece::Finish(_) | Piece::Fail(_));
+                Some((render(piece), (live, None, last)))
+            }
+        },
+    );
+    let flat = futures_util::StreamExt::flat_map(events, |v| {
+        futures_util::stream::iter(v.into_iter().map(Ok::<_, std::convert::Infallible>))
+    });
+    axum::response::sse::Sse::new(flat).into_response()
+}
