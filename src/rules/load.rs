@@ -262,8 +262,18 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
             match_,
             templates,
         } = def;
-        check_name(p, name, &mut seen_names);
-        let matcher = match match_ {
+        let fields = KindFields {
+            name,
+            description,
+            status,
+            openai_status,
+            anthropic_status,
+            unhealthy: *unhealthy,
+            retry_after: *retry_after,
+            headers,
+            templates,
+        };
+        kinds.push(compile_kind(p, &mut seen_names, fields, |p| match match_ {
             None => {
                 p.at(
                     name.referenced,
@@ -280,26 +290,7 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
                 &mut patterns,
                 &mut owners,
             ),
-        };
-        let (openai, anthropic) =
-            compile_templates(p, &name.value, name.referenced, templates.as_ref());
-        kinds.push(CompiledKind {
-            name: name.value.clone(),
-            description: description.clone(),
-            status: check_status(p, "status", status),
-            openai_status: openai_status
-                .as_ref()
-                .map(|s| check_status(p, "openai_status", s)),
-            anthropic_status: anthropic_status
-                .as_ref()
-                .map(|s| check_status(p, "anthropic_status", s)),
-            unhealthy: *unhealthy,
-            retry_after: *retry_after,
-            headers: compile_headers(p, headers),
-            matcher,
-            openai,
-            anthropic,
-        });
+        }));
     }
 
     let fallback = match &file.fallback {
@@ -324,26 +315,20 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
                 headers,
                 templates,
             } = def;
-            check_name(p, name, &mut seen_names);
-            let (openai, anthropic) =
-                compile_templates(p, &name.value, name.referenced, templates.as_ref());
-            Some(CompiledKind {
-                name: name.value.clone(),
-                description: description.clone(),
-                status: check_status(p, "status", status),
-                openai_status: openai_status
-                    .as_ref()
-                    .map(|s| check_status(p, "openai_status", s)),
-                anthropic_status: anthropic_status
-                    .as_ref()
-                    .map(|s| check_status(p, "anthropic_status", s)),
+            let fields = KindFields {
+                name,
+                description,
+                status,
+                openai_status,
+                anthropic_status,
                 unhealthy: *unhealthy,
                 retry_after: *retry_after,
-                headers: compile_headers(p, headers),
-                matcher: Matcher::default(),
-                openai,
-                anthropic,
-            })
+                headers,
+                templates,
+            };
+            Some(compile_kind(p, &mut seen_names, fields, |_| {
+                Matcher::default()
+            }))
         }
     };
 
@@ -383,6 +368,53 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
         markers: automaton,
         markers_count,
     })
+}
+
+/// The fields a kind and the fallback share (serde's `deny_unknown_fields` does not work
+/// with `flatten`, so the two definitions cannot share a struct in the model).
+struct KindFields<'a> {
+    name: &'a Spanned<String>,
+    description: &'a Option<String>,
+    status: &'a Spanned<u16>,
+    openai_status: &'a Option<Spanned<u16>>,
+    anthropic_status: &'a Option<Spanned<u16>>,
+    unhealthy: bool,
+    retry_after: Option<u64>,
+    headers: &'a BTreeMap<String, Spanned<String>>,
+    templates: &'a Option<Spanned<TemplatesDef>>,
+}
+
+/// Checks and compiles one kind (the fallback too); `matcher` compiles its `match`,
+/// reporting problems in file order (name, match, templates, statuses, headers).
+fn compile_kind(
+    p: &mut Problems,
+    seen_names: &mut HashMap<String, Location>,
+    f: KindFields<'_>,
+    matcher: impl FnOnce(&mut Problems) -> Matcher,
+) -> CompiledKind {
+    check_name(p, f.name, seen_names);
+    let matcher = matcher(p);
+    let (openai, anthropic) =
+        compile_templates(p, &f.name.value, f.name.referenced, f.templates.as_ref());
+    CompiledKind {
+        name: f.name.value.clone(),
+        description: f.description.clone(),
+        status: check_status(p, "status", f.status),
+        openai_status: f
+            .openai_status
+            .as_ref()
+            .map(|s| check_status(p, "openai_status", s)),
+        anthropic_status: f
+            .anthropic_status
+            .as_ref()
+            .map(|s| check_status(p, "anthropic_status", s)),
+        unhealthy: f.unhealthy,
+        retry_after: f.retry_after,
+        headers: compile_headers(p, f.headers),
+        matcher,
+        openai,
+        anthropic,
+    }
 }
 
 fn default_prompt() -> String {
