@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::{
-    chat_body, client, eventually, messages_body, post, sse_events, Opts, TestServer,
+    chat_body, client, eventually, get_json, messages_body, post, sse_events, Opts, TestServer,
 };
 
 fn json_of(body: &str) -> Value {
@@ -476,14 +476,7 @@ async fn request_ids_are_echoed_or_generated() {
 #[tokio::test]
 async fn models_and_health() {
     let s = TestServer::start(Opts::default()).await;
-    let v: Value = client()
-        .get(s.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&s, "/v1/models").await;
     assert_eq!(v["object"], "list");
     assert!(!v["data"].as_array().unwrap().is_empty());
     let r = client().get(s.url("/health")).send().await.unwrap();

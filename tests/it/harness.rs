@@ -192,6 +192,30 @@ pub async fn post(
     (status, headers, r.text().await.expect("body"))
 }
 
+/// GETs `path` and parses the JSON body.
+pub async fn get_json(s: &TestServer, path: &str) -> serde_json::Value {
+    client()
+        .get(s.url(path))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
+/// POSTs an empty body to `path` and parses the JSON answer.
+pub async fn post_empty_json(s: &TestServer, path: &str) -> serde_json::Value {
+    client()
+        .post(s.url(path))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{
-    chat_body, client, default_rules_with_probe, eventually, messages_body, Opts, TestServer,
+    chat_body, client, default_rules_with_probe, eventually, get_json, messages_body,
+    post_empty_json, Opts, TestServer,
 };
 
 /// Number of CLI invocations the fake logged so far.
@@ -20,14 +21,7 @@ fn spawns(s: &TestServer) -> usize {
 }
 
 async fn auth_status(s: &TestServer) -> Value {
-    client()
-        .get(s.url("/v1/auth/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(s, "/v1/auth/status").await
 }
 
 #[tokio::test]
@@ -167,14 +161,7 @@ async fn probe_timeouts_and_overload_are_inconclusive() {
         assert_eq!(r.status(), 200, "{scenario} closed the gate");
     }
     s.set_scenario("not_logged_in");
-    let v: Value = client()
-        .post(s.url("/admin/probe"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_empty_json(&s, "/admin/probe").await;
     assert_eq!(v["cli_health"]["ok"], false);
     assert_eq!(v["cli_health"]["last_probe"]["outcome"], "unhealthy");
     assert_eq!(v["cli_health"]["source"], "probe");

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::{
-    chat_body, client, default_rules_with_probe, eventually, messages_body, post, sse_events, Opts,
-    TestServer,
+    chat_body, client, default_rules_with_probe, eventually, get_json, messages_body, post,
+    post_empty_json, sse_events, Opts, TestServer,
 };
 use crate::mock_api::{MockApi, DEFAULT_TEXT};
 use crate::support_real::real_claude;
@@ -211,14 +211,7 @@ async fn real_cli_without_credentials_answers_401_within_a_second_of_start() {
         "gate answer took {:?}",
         t.elapsed()
     );
-    let st: Value = client()
-        .get(s.url("/v1/auth/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: Value = get_json(&s, "/v1/auth/status").await;
     assert_eq!(st["cli_health"]["error_kind"], "auth_failure");
     assert_eq!(
         st["cli_health"]["error_message"],
@@ -231,14 +224,7 @@ async fn real_cli_probe_against_the_mock() {
     let Some(exe) = real_claude() else { return };
     let mock = MockApi::start().await;
     let (s, _home) = real_server(exe, Some(mock.url("ok")), None).await;
-    let v: Value = client()
-        .post(s.url("/admin/probe"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_empty_json(&s, "/admin/probe").await;
     assert_eq!(v["cli_health"]["ok"], true, "{v}");
     assert_eq!(v["cli_health"]["last_probe"]["outcome"], "ok");
     assert!(v["cli_health"]["last_ok_at"].is_string());

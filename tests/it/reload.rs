@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{chat_body, client, default_rules_with_probe, Opts, TestServer};
+use crate::harness::{chat_body, client, default_rules_with_probe, get_json, Opts, TestServer};
 
 /// Default rules whose `/v1/models` list is exactly `[tag]`.
 fn rules_tagged(tag: &str) -> String {
@@ -26,14 +26,7 @@ fn rules_tagged(tag: &str) -> String {
 }
 
 async fn served_tag(s: &TestServer) -> String {
-    let v: Value = client()
-        .get(s.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(s, "/v1/models").await;
     v["data"][0]["id"].as_str().unwrap_or("").to_string()
 }
 
@@ -158,14 +151,7 @@ async fn broken_edit_keeps_rules_and_reports_then_recovers() {
     std::fs::write(&s.rules_path, &broken).unwrap();
     let t = Instant::now();
     loop {
-        let v: Value = client()
-            .get(s.url("/admin/rules"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get_json(&s, "/admin/rules").await;
         if v["last_attempt"]["ok"] == false {
             let err = v["last_attempt"]["error"].as_str().unwrap();
             assert!(err.contains("kindz") || err.contains("line"), "{err}");
@@ -209,14 +195,7 @@ async fn sighup_reloads() {
     assert_eq!(served_tag(&s).await, "before");
     nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGHUP).unwrap();
     wait_tag(&s, "after-hup").await;
-    let v: Value = client()
-        .get(s.url("/admin/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&s, "/admin/rules").await;
     assert_eq!(v["last_attempt"]["trigger"], "sighup");
 }
 
