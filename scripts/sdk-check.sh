@@ -13,17 +13,19 @@ cargo build --quiet --locked --bin ccgate
 bin="${CARGO_TARGET_DIR:-target}/debug/ccgate"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 log=$(mktemp)
+scenario=$(mktemp)
+FAKE_CLAUDE_SCENARIO_FILE="$scenario" \
 CCGATE_LISTEN="127.0.0.1:$port" \
 CCGATE_WATCH_RULES=false \
 CCGATE_CLI__COMMAND="$PWD/tests/fake-claude" \
 CCGATE_RULES=/nonexistent/use-embedded.yaml \
   "$bin" serve 2>"$log" &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log" "$scenario"' EXIT
 for _ in $(seq 1 100); do
   if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1)" 2>/dev/null; then break; fi
   sleep 0.1
 done
-if ! "$venv/bin/python" tests/sdk/check_sdks.py "http://127.0.0.1:$port"; then
+if ! "$venv/bin/python" tests/sdk/check_sdks.py "http://127.0.0.1:$port" "$scenario"; then
   echo "--- ccgate log ---"; tail -50 "$log"; exit 1
 fi

@@ -1,8 +1,10 @@
 """The official openai and anthropic Python SDKs against a running ccgate (fake CLI).
 
-Usage: python check_sdks.py BASE_URL
+Usage: python check_sdks.py BASE_URL SCENARIO_FILE
 Each check prints PASS/FAIL; the last line is "N passed, M failed"; exit 1 on any failure.
-The fake CLI picks its scenario from a [[scenario:NAME]] token in the prompt.
+The fake CLI picks its scenario from a [[scenario:NAME]] token in the prompt; SCENARIO_FILE is
+the fake's FAKE_CLAUDE_SCENARIO_FILE, whose first line sets the scenario of every run (requests
+and probes alike), which is how these checks "log the CLI out" and back in.
 """
 import sys
 import urllib.request
@@ -11,6 +13,7 @@ import anthropic
 import openai
 
 BASE = sys.argv[1].rstrip("/")
+SCENARIO_FILE = sys.argv[2]
 results = []
 
 
@@ -27,10 +30,26 @@ def check(name):
     return wrap
 
 
-def reopen_gate():
-    # A probe against the fake CLI's default (success) scenario marks health ok again.
+def set_cli_scenario(name):
+    with open(SCENARIO_FILE, "w") as f:
+        f.write(name + "\n")
+
+
+def probe_now():
     req = urllib.request.Request(BASE + "/admin/probe", method="POST", data=b"")
     urllib.request.urlopen(req, timeout=30).read()
+
+
+def log_out():
+    # Every run (including the confirming probe a 401 triggers) now fails as "not logged in",
+    # so the gate stays closed for as long as the checks below need it.
+    set_cli_scenario("not_logged_in")
+
+
+def log_in():
+    # A probe against the fake CLI's default (success) scenario marks health ok again.
+    set_cli_scenario("")
+    probe_now()
 
 
 oa = openai.OpenAI(base_url=BASE + "/v1", api_key="unused", max_retries=0)
@@ -87,9 +106,12 @@ def _():
     expect_raises(openai.InternalServerError, lambda: oa_chat("[[scenario:crash]]"))
 
 
+log_out()
+
+
 @check("openai: AuthenticationError")
 def _():
-    expect_raises(openai.AuthenticationError, lambda: oa_chat("[[scenario:not_logged_in]]"))
+    expect_raises(openai.AuthenticationError, lambda: oa_chat("hi"))
     # The gate is now closed: the next request fails fast with the same error class.
     expect_raises(openai.AuthenticationError, lambda: oa_chat("hi"))
 
@@ -99,7 +121,7 @@ def _():
     expect_raises(openai.AuthenticationError, lambda: list(oa_chat("hi", stream=True)))
 
 
-reopen_gate()
+log_in()
 
 
 @check("anthropic: message content")
@@ -135,13 +157,32 @@ def _():
     expect_raises(anthropic.InternalServerError, lambda: an_msg("[[scenario:crash]]"))
 
 
+log_out()
+
+
 @check("anthropic: AuthenticationError")
 def _():
-    expect_raises(anthropic.AuthenticationError, lambda: an_msg("[[scenario:not_logged_in]]"))
+    expect_raises(anthropic.AuthenticationError, lambda: an_msg("hi"))
     expect_raises(anthropic.AuthenticationError, lambda: an_msg("hi"))
 
 
-reopen_gate()
+@check("anthropic: AuthenticationError while streaming")
+def _():
+    def consume():
+        with an.messages.stream(model="sonnet", max_tokens=100,
+                                messages=[{"role": "user", "content": "hi"}]) as s:
+            list(s.text_stream)
+    expect_raises(anthropic.AuthenticationError, consume)
+
+
+log_in()
+
+
+@check("both: served again after re-login")
+def _():
+    assert oa_chat("hi").choices[0].message.content == "Hello from the fake CLI."
+    assert an_msg("hi").content[0].text == "Hello from the fake CLI."
+
 
 failed = [n for n, e in results if e is not None]
 print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
