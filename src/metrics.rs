@@ -129,7 +129,7 @@ impl Metrics {
         let cli_pool_misses = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "ccgate_cli_pool_misses",
-            "Requests that cold-spawned while the pre-warmed pool is on, by reason (key: other model or a system prompt; empty: no idle process)",
+            "Requests that cold-spawned while the pre-warmed pool is on, by reason (key: other model or a system prompt; empty: no idle process; handover: the pre-warmed process died silently at hand-over and the request was re-run cold)",
             cli_pool_misses.clone(),
         );
         let cli_pool_idle = Gauge::default();
@@ -210,6 +210,7 @@ impl Metrics {
             hits: self.cli_pool_hits.clone(),
             misses_key: miss("key"),
             misses_empty: miss("empty"),
+            misses_handover: miss("handover"),
             first_line: self.cli_pool_first_line.clone(),
         }
     }

@@ -26,7 +26,10 @@
 //! - **CPU.** No refill starts while a pooled run is still waiting for its first stdout
 //!   line: a CLI start-up takes ~0.6 s of CPU and would slow exactly that turn.
 //! - **Hygiene.** Every discarded process goes through [`Spawned::reap`] (kill group +
-//!   reap) before its slot is released. [`PoolHandle`] stops the maintainer and drains the
+//!   reap) before its slot is released.
+//! - **Hand-over.** A pooled process that ends without a single stdout line after its
+//!   prompt is re-run cold once by the driver (nothing reached the client), counted as
+//!   `ccgate_cli_pool_misses_total{reason="handover"}`. [`PoolHandle`] stops the maintainer and drains the
 //!   pool when dropped or shut down.
 
 use std::collections::VecDeque;

@@ -88,6 +88,7 @@ pub struct BackendStats {
     pub(super) pool_expired_total: AtomicU64,
     pub(super) pool_drained_total: AtomicU64,
     pub(super) pool_evicted_total: AtomicU64,
+    pub(super) pool_handover_retries_total: AtomicU64,
     /// Pooled runs that have not printed their first line yet (refills wait for them).
     pub(super) pool_starting: AtomicUsize,
     pool_metrics: std::sync::OnceLock<PoolMetrics>,
@@ -102,6 +103,9 @@ pub struct PoolMetrics {
     pub misses_key: prometheus_client::metrics::counter::Counter,
     /// Requests with the pool's key that found no idle process.
     pub misses_empty: prometheus_client::metrics::counter::Counter,
+    /// Requests whose pre-warmed process died silently at hand-over and that were re-run
+    /// cold (they also count as hits).
+    pub misses_handover: prometheus_client::metrics::counter::Counter,
     /// Prompt written → first stdout line, for pooled runs (cold runs observe
     /// spawn → first line in the first-line histogram instead).
     pub first_line: prometheus_client::metrics::histogram::Histogram,
@@ -146,6 +150,8 @@ pub struct StatsSnapshot {
     pub pool_drained_total: u64,
     /// Idle pre-warmed processes killed to give their slot to a non-matching request.
     pub pool_evicted_total: u64,
+    /// Pooled runs whose process ended silently at hand-over and were re-run cold.
+    pub pool_handover_retries_total: u64,
 }
 
 impl BackendStats {
@@ -171,6 +177,7 @@ impl BackendStats {
             pool_expired_total: self.pool_expired_total.load(r),
             pool_drained_total: self.pool_drained_total.load(r),
             pool_evicted_total: self.pool_evicted_total.load(r),
+            pool_handover_retries_total: self.pool_handover_retries_total.load(r),
         }
     }
 
@@ -193,6 +200,14 @@ impl BackendStats {
                 Miss::Key => m.misses_key.inc(),
                 Miss::Empty => m.misses_empty.inc(),
             };
+        }
+    }
+
+    fn record_pool_handover_retry(&self) {
+        self.pool_handover_retries_total
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = self.pool_metrics.get() {
+            m.misses_handover.inc();
         }
     }
 
@@ -552,16 +567,38 @@ async fn drive(
             }
         }
     };
-    let outcome = run_process(&inner, &req, total_deadline, &tx, &pid_cell, pooled).await;
+    let mut outcome = run_process(&inner, &req, total_deadline, &tx, &pid_cell, pooled).await;
+    if matches!(outcome, Ran::PooledSilent(_)) {
+        // The pre-warmed process died at hand-over without a word (killed, crashed before
+        // reading its prompt): nothing reached the client, so this request gets the cold
+        // run it would have had without a pool (same slot, same deadline). A real problem
+        // with the CLI repeats there and is reported from that run.
+        inner.stats.record_pool_handover_retry();
+        tracing::warn!("pre-warmed cli process ended silently at hand-over; retrying cold");
+        outcome = run_process(&inner, &req, total_deadline, &tx, &pid_cell, None).await;
+    }
     // Free the slot before reporting, so a caller that starts its next run right after
     // `Done` finds it available.
     drop(permit);
     if let Some(pool) = inner.pool.as_ref() {
         pool.notify();
     }
-    if let Some(result) = outcome {
-        let _ = tx.send(CliEvent::Done(result)).await;
+    match outcome {
+        Ran::Done(result) | Ran::PooledSilent(result) => {
+            let _ = tx.send(CliEvent::Done(result)).await;
+        }
+        Ran::Cancelled => {}
     }
+}
+
+/// How [`run_process`] ended.
+enum Ran {
+    Done(Result<Success, Box<FailureFacts>>),
+    /// The consumer went away.
+    Cancelled,
+    /// A pre-warmed process ended without printing a single stdout line after its prompt
+    /// was written (its failure, should the caller not retry).
+    PooledSilent(Result<Success, Box<FailureFacts>>),
 }
 
 /// The argv after the program name (flags only; the prompt goes to stdin).
@@ -974,8 +1011,7 @@ pub(super) fn spawn_cli(
     })
 }
 
-/// Spawn (or take the pre-warmed `pooled` process), watch and reap one process. `None`
-/// when the consumer went away.
+/// Spawn (or take the pre-warmed `pooled` process), watch and reap one process.
 ///
 /// The start timeout counts from the moment the prompt is written: for a cold process
 /// that is its spawn, for a pooled one the hand-over.
@@ -986,7 +1022,7 @@ async fn run_process(
     tx: &mpsc::Sender<CliEvent>,
     pid_cell: &OnceLock<u32>,
     pooled: Option<Spawned>,
-) -> Option<Result<Success, Box<FailureFacts>>> {
+) -> Ran {
     let settings = &inner.settings;
     let stats = &inner.stats;
     let t0 = Instant::now();
@@ -1001,7 +1037,7 @@ async fn run_process(
             req.system_prompt.as_deref(),
         ) {
             Ok(sp) => sp,
-            Err(facts) => return Some(Err(facts)),
+            Err(facts) => return Ran::Done(Err(facts)),
         },
     };
     let pid = sp.pid;
@@ -1122,7 +1158,7 @@ async fn run_process(
     let timeout = match end {
         End::Cancelled => {
             stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return Ran::Cancelled;
         }
         End::Timeout(kind) => {
             stats.timeouts_total.fetch_add(1, Ordering::Relaxed);
@@ -1160,7 +1196,10 @@ async fn run_process(
             Err(facts)
         }
     };
-    Some(result)
+    if is_pooled && !first_line && end == End::Finished && result.is_err() {
+        return Ran::PooledSilent(result);
+    }
+    Ran::Done(result)
 }
 
 #[cfg(test)]

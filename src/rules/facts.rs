@@ -121,13 +121,53 @@ impl FailureFacts {
         if let Some(t) = self.timeout {
             return format!("Claude CLI timed out ({t:?} timeout)").to_lowercase();
         }
-        if let Some(c) = self.condition {
-            return format!("gateway condition: {c:?}");
+        let how = match (self.exit_code, self.signal) {
+            (_, Some(sig)) => format!("was killed by signal {sig}"),
+            (Some(code), _) => format!("exited with status {code}"),
+            _ => "failed".to_string(),
+        };
+        match self.condition {
+            Some(GatewayCondition::QueueFull) => {
+                "too many concurrent requests: the Claude CLI queue is full".to_string()
+            }
+            Some(GatewayCondition::NoResult) => {
+                format!("Claude CLI {how} without a result")
+            }
+            Some(GatewayCondition::BadJson) => {
+                "Claude CLI printed malformed or oversized output".to_string()
+            }
+            Some(GatewayCondition::StreamAbandoned) => {
+                "Claude CLI abandoned the answer mid-stream".to_string()
+            }
+            None => format!("Claude CLI {how}"),
         }
-        match (self.exit_code, self.signal) {
-            (_, Some(sig)) => format!("Claude CLI was killed by signal {sig}"),
-            (Some(code), _) => format!("Claude CLI exited with status {code}"),
-            _ => "Claude CLI failed".to_string(),
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_of_gateway_conditions_is_human_text() {
+        let facts = FailureFacts {
+            condition: Some(GatewayCondition::NoResult),
+            exit_code: Some(0),
+            ..FailureFacts::default()
+        };
+        assert_eq!(
+            facts.summary(),
+            "Claude CLI exited with status 0 without a result"
+        );
+        let facts = FailureFacts {
+            condition: Some(GatewayCondition::NoResult),
+            signal: Some(9),
+            stderr_tail: "secret stderr".into(),
+            ..FailureFacts::default()
+        };
+        assert_eq!(
+            facts.summary(),
+            "Claude CLI was killed by signal 9 without a result"
+        );
     }
 }

@@ -188,6 +188,45 @@ async fn dead_idle_process_is_never_handed_out_and_is_replaced() {
 }
 
 #[tokio::test]
+async fn pooled_process_dying_silently_at_hand_over_is_retried_cold() {
+    let s = pool_server(1, |_| {}).await;
+    assert!(wait_idle(&s, 1).await, "pool never filled");
+    let doomed = s.state.backend.pool_pids()[0];
+    // The next turn (the pooled one) exits without a word once it has its prompt, as a
+    // process killed between the idle check and the write would; later turns succeed.
+    std::fs::write(&s.scenario_file, "exit0_no_output@once\n").expect("scenario");
+
+    let (st, v) = chat(&s, chat_body("still answered", false)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(answer(&v), "echo: still answered");
+    let snap = stats(&s);
+    assert_eq!(snap.pool_hits_total, 1);
+    assert_eq!(snap.pool_handover_retries_total, 1);
+    // The doomed process got the prompt, then a cold process got the same prompt.
+    let got: Vec<u32> = stdin_lines(&s)
+        .into_iter()
+        .filter(|(_, l)| l.contains("still answered"))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], doomed);
+    assert!(eventually(WAIT, || pid_gone(doomed)).await);
+    let metrics = client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("ccgate_cli_pool_misses_total{reason=\"handover\"} 1"),
+        "{metrics}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn non_matching_requests_cold_spawn_and_count_as_misses() {
     let s = pool_server(1, |_| {}).await;
     assert!(wait_idle(&s, 1).await);
