@@ -192,4 +192,12 @@ async fn metrics_parse_and_count_requests() {
         text.contains(r#"ccgate_probes_total{outcome="ok"} 1"#),
         "{text}"
     );
+    // Series that alerts watch exist at 0 before their first event.
+    for series in [
+        r#"ccgate_probes_total{outcome="unhealthy"} 0"#,
+        r#"ccgate_rules_reloads_total{result="failure"} 0"#,
+        r#"ccgate_rules_reloads_total{result="success"} 0"#,
+    ] {
+        assert!(text.contains(series), "missing {series}:\n{text}");
+    }
 }
