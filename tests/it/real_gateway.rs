@@ -19,6 +19,16 @@ async fn real_server(
     base_url: Option<String>,
     rules_yaml: Option<String>,
 ) -> (TestServer, tempfile::TempDir) {
+    real_server_with(exe, base_url, rules_yaml, |_| {}).await
+}
+
+/// [`real_server`] with a further config change applied last.
+async fn real_server_with(
+    exe: std::path::PathBuf,
+    base_url: Option<String>,
+    rules_yaml: Option<String>,
+    tweak: impl FnOnce(&mut ccgate::config::Config) + Send + 'static,
+) -> (TestServer, tempfile::TempDir) {
     let home = tempfile::tempdir().expect("home");
     let home_path = home.path().to_path_buf();
     let server = TestServer::start(Opts {
@@ -41,6 +51,7 @@ async fn real_server(
                 env.insert("ANTHROPIC_API_KEY".into(), "test-key".into());
                 env.insert("API_TIMEOUT_MS".into(), "20000".into());
             }
+            tweak(c);
         }),
         ..Opts::default()
     })
@@ -275,4 +286,73 @@ async fn real_cli_is_killed_on_client_disconnect() {
         .await,
         "the CLI survived the disconnect"
     );
+}
+
+/// The pre-warmed pool with the real CLI: an idle real process prints nothing until its
+/// prompt (so it is usable), serves exactly one request, and the next request's upstream
+/// call carries only its own prompt (no conversation leaks between pooled processes).
+#[tokio::test]
+async fn real_cli_pooled_processes_serve_one_isolated_request_each() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(exe, Some(mock.url("ok")), None, |c| {
+        c.cli.prewarm = 1;
+        c.cli.prewarm_model = Some("sonnet".into());
+        c.cli.max_concurrent = 2;
+    })
+    .await;
+    let backend = s.state.backend.clone();
+    let b = backend.clone();
+    assert!(
+        eventually(Duration::from_secs(15), move || b.pool_pids().len() == 1).await,
+        "pool never filled"
+    );
+    // Give the idle process time to finish its start-up: it must still be silent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first_pid = backend.pool_pids();
+    assert_eq!(
+        first_pid.len(),
+        1,
+        "idle real CLI was discarded (printed or exited)"
+    );
+
+    let (st, _, body) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat_body("first secret", false),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], DEFAULT_TEXT);
+    let b = backend.clone();
+    assert!(
+        eventually(Duration::from_secs(15), move || {
+            let now = b.pool_pids();
+            now.len() == 1 && now != first_pid
+        })
+        .await,
+        "pool did not refill with a new process"
+    );
+    let (st, _, body) = post(&s, "/v1/messages", &messages_body("second question", false)).await;
+    assert_eq!(st, 200, "{body}");
+    let snap = backend.stats().snapshot();
+    assert_eq!(snap.pool_hits_total, 2, "{snap:?}");
+    assert_eq!(snap.pool_handover_retries_total, 0, "{snap:?}");
+
+    let calls = mock.message_requests();
+    let last = calls.last().expect("upstream calls");
+    let sent = last.body["messages"].to_string();
+    assert!(sent.contains("second question"), "{sent}");
+    assert!(
+        !sent.contains("first secret"),
+        "conversation leaked: {sent}"
+    );
+    assert_eq!(
+        last.body["model"].as_str().map(|m| m.contains("sonnet")),
+        Some(true),
+        "{}",
+        last.body["model"]
+    );
+    s.shutdown().await;
 }
