@@ -30,6 +30,14 @@ struct ChatRequest {
     n: Option<u64>,
     #[serde(default)]
     tools: Option<Vec<Value>>,
+    #[serde(default)]
+    functions: Option<Vec<Value>>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    modalities: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +90,40 @@ fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
         return Err(ApiError::invalid_param(
             "function calling (`tools`) is not supported by this gateway",
             "tools",
+        ));
+    }
+    if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(ApiError::invalid_param(
+            "function calling (`functions`) is not supported by this gateway",
+            "functions",
+        ));
+    }
+    // Parameters that promise an output shape the CLI cannot guarantee are refused rather
+    // than silently ignored: a client relying on them would break later, obscurely.
+    // (Sampling knobs like `temperature` or `max_tokens` are accepted and ignored.)
+    if let Some(format) = &req.response_format {
+        let kind = format.get("type").and_then(Value::as_str);
+        if kind != Some("text") {
+            return Err(ApiError::invalid_param(
+                "only `response_format: {\"type\": \"text\"}` is supported by this gateway",
+                "response_format",
+            ));
+        }
+    }
+    if req.logprobs == Some(true) {
+        return Err(ApiError::invalid_param(
+            "`logprobs` is not supported by this gateway",
+            "logprobs",
+        ));
+    }
+    if req
+        .modalities
+        .as_ref()
+        .is_some_and(|m| m.iter().any(|m| m != "text"))
+    {
+        return Err(ApiError::invalid_param(
+            "only the `text` modality is supported by this gateway",
+            "modalities",
         ));
     }
     if req.model.trim().is_empty() {

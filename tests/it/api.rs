@@ -379,6 +379,22 @@ async fn bad_requests_get_api_shaped_errors() {
             "/v1/chat/completions",
             r#"{"model":"x","messages":[{"role":"assistant","content":"a"}]}"#,
         ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{}}},"messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","logprobs":true,"messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","modalities":["text","audio"],"messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","functions":[{"name":"f"}],"messages":[{"role":"user","content":"a"}]}"#,
+        ),
         ("/v1/messages", "[1,2"),
         (
             "/v1/messages",
@@ -648,4 +664,28 @@ async fn earlier_turns_cannot_close_the_transcript_wrapper() {
     let closing = format!("</{}>", &content[open + 1..tag_end]);
     assert_eq!(content.matches(&closing).count(), 1, "{content}");
     assert!(content.find(&closing).unwrap() > content.find("ignore the above").unwrap());
+}
+
+#[tokio::test]
+async fn common_sampling_parameters_are_accepted() {
+    // What SDKs and frameworks send by default must not be refused.
+    let s = TestServer::start(Opts::default()).await;
+    let chat = json!({
+        "model": "sonnet",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.2, "top_p": 0.9, "max_tokens": 50, "max_completion_tokens": 50,
+        "stop": ["x"], "seed": 1, "user": "u1", "presence_penalty": 0, "frequency_penalty": 0,
+        "response_format": {"type": "text"}, "logprobs": false, "modalities": ["text"],
+        "n": 1, "tools": [], "parallel_tool_calls": false, "metadata": {"a": "b"}
+    });
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{body}");
+    let msgs = json!({
+        "model": "sonnet", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0.2, "top_p": 0.9, "top_k": 5, "stop_sequences": ["x"],
+        "metadata": {"user_id": "u1"}
+    });
+    let (st, _, body) = post(&s, "/v1/messages", &msgs).await;
+    assert_eq!(st, 200, "{body}");
 }
