@@ -178,14 +178,14 @@ impl Metrics {
         // Series that alerts watch exist from the start at 0, so `increase(...)` sees the
         // first failure instead of a series appearing out of nowhere.
         for outcome in ["ok", "unhealthy", "inconclusive"] {
-            probes.get_or_create(&OutcomeLabels {
+            drop(probes.get_or_create(&OutcomeLabels {
                 outcome: outcome.into(),
-            });
+            }));
         }
         for result in ["success", "failure", "unchanged"] {
-            reloads.get_or_create(&ResultLabels {
+            drop(reloads.get_or_create(&ResultLabels {
                 result: result.into(),
-            });
+            }));
         }
         Metrics {
             registry,
