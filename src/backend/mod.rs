@@ -116,6 +116,8 @@ pub enum CliEvent {
         session_id: Option<String>,
         model: Option<String>,
     },
+    /// A top-level upstream message began (`message_start`); the usage counts its prompt.
+    MessageStart(Usage),
     /// A `text_delta` of a top-level (not sub-agent) message, as the CLI emitted it.
     TextDelta(String),
     /// `message_stop` with `abandoned_blocks`: the deltas sent so far for the current

@@ -70,6 +70,12 @@ pub enum Line {
         text: String,
         top_level: bool,
     },
+    /// `stream_event` `message_start`: the upstream message began; its usage counts the
+    /// prompt (`input_tokens`, cache fields).
+    MessageStart {
+        usage: Usage,
+        top_level: bool,
+    },
     /// `stream_event` `message_stop` carrying `abandoned_blocks`.
     Abandoned,
     Result(ResultLine),
@@ -93,6 +99,15 @@ fn status(v: &Value, key: &str) -> Option<u16> {
 
 fn u(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn usage_of(us: &Value) -> Usage {
+    Usage {
+        input_tokens: u(us, "input_tokens"),
+        output_tokens: u(us, "output_tokens"),
+        cache_creation_input_tokens: u(us, "cache_creation_input_tokens"),
+        cache_read_input_tokens: u(us, "cache_read_input_tokens"),
+    }
 }
 
 fn top_level(v: &Value) -> bool {
@@ -154,6 +169,14 @@ impl Line {
                     return Line::Other;
                 };
                 match ev.get("type").and_then(Value::as_str).unwrap_or("") {
+                    "message_start" => Line::MessageStart {
+                        usage: ev
+                            .get("message")
+                            .and_then(|m| m.get("usage"))
+                            .map(usage_of)
+                            .unwrap_or_default(),
+                        top_level: top_level(&v),
+                    },
                     "content_block_delta" => {
                         let delta = ev.get("delta");
                         if delta.and_then(|d| d.get("type")).and_then(Value::as_str)
@@ -177,15 +200,7 @@ impl Line {
                 }
             }
             "result" => {
-                let usage = v
-                    .get("usage")
-                    .map(|us| Usage {
-                        input_tokens: u(us, "input_tokens"),
-                        output_tokens: u(us, "output_tokens"),
-                        cache_creation_input_tokens: u(us, "cache_creation_input_tokens"),
-                        cache_read_input_tokens: u(us, "cache_read_input_tokens"),
-                    })
-                    .unwrap_or_default();
+                let usage = v.get("usage").map(usage_of).unwrap_or_default();
                 Line::Result(ResultLine {
                     subtype: s(&v, "subtype"),
                     is_error: v.get("is_error").and_then(Value::as_bool).unwrap_or(false),
@@ -264,6 +279,13 @@ impl RunAccumulator {
             Line::TextDelta { text, top_level } => {
                 if top_level {
                     vec![CliEvent::TextDelta(text)]
+                } else {
+                    vec![]
+                }
+            }
+            Line::MessageStart { usage, top_level } => {
+                if top_level {
+                    vec![CliEvent::MessageStart(usage)]
                 } else {
                     vec![]
                 }

@@ -176,13 +176,26 @@ fn event(name: &str, data: Value) -> Event {
 }
 
 fn stream_response(live: crate::http::pipeline::LiveStream, id: String, model: String) -> Response {
+    // As the real API does, message_start counts the prompt (clients that track context
+    // size read it there); the CLI's own message_start has already arrived by now.
+    let start_usage = live.prompt_usage().map_or_else(
+        || json!({"input_tokens": 0, "output_tokens": 0}),
+        |u| {
+            json!({
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+                "cache_creation_input_tokens": u.cache_creation_input_tokens,
+                "cache_read_input_tokens": u.cache_read_input_tokens,
+            })
+        },
+    );
     let opening = vec![
         event(
             "message_start",
             json!({"type": "message_start", "message": {
                 "id": id, "type": "message", "role": "assistant", "model": model,
                 "content": [], "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": 0, "output_tokens": 0},
+                "usage": start_usage,
             }}),
         ),
         event(

@@ -319,6 +319,15 @@ pub struct LiveStream {
 }
 
 impl LiveStream {
+    /// The usage of the first upstream `message_start` seen before the first content (the
+    /// prompt's token counts), for a flavour whose opening event reports them.
+    pub fn prompt_usage(&self) -> Option<&crate::backend::Usage> {
+        self.ready.iter().find_map(|e| match e {
+            CliEvent::MessageStart(u) => Some(u),
+            _ => None,
+        })
+    }
+
     /// The next piece, or None after the last one.
     pub async fn next_piece(&mut self) -> Option<Piece> {
         loop {
@@ -371,7 +380,7 @@ impl LiveStream {
                         }
                     }
                 }
-                CliEvent::Started { .. } => {}
+                CliEvent::Started { .. } | CliEvent::MessageStart(_) => {}
                 CliEvent::Done(Ok(success)) => {
                     self.run = None;
                     self.cx.succeeded();

@@ -110,6 +110,11 @@ async fn anthropic_streaming_event_sequence() {
         .map(|(n, _)| n.as_deref().unwrap_or(""))
         .collect();
     assert_eq!(names[0], "message_start");
+    // The prompt's usage, from the CLI's own message_start (fake: 12 + 5 + 7).
+    let start = json_of(&events[0].1);
+    assert_eq!(start["message"]["usage"]["input_tokens"], 12, "{start}");
+    assert_eq!(start["message"]["usage"]["cache_creation_input_tokens"], 5);
+    assert_eq!(start["message"]["usage"]["cache_read_input_tokens"], 7);
     assert_eq!(names[1], "content_block_start");
     assert!(names.contains(&"ping"));
     let n = names.len();

@@ -107,6 +107,15 @@ async fn real_cli_success_and_token_streaming_on_both_apis() {
         })
         .collect();
     assert_eq!(text, "One two three four");
+    let start = sse_events(&all)
+        .into_iter()
+        .find(|(n, _)| n.as_deref() == Some("message_start"))
+        .map(|(_, d)| serde_json::from_str::<Value>(&d).unwrap())
+        .expect("message_start");
+    assert_eq!(
+        start["message"]["usage"]["input_tokens"], 12,
+        "prompt usage from the mock's message_start, through the real CLI: {start}"
+    );
     assert!(
         started.elapsed() - first.unwrap() > Duration::from_millis(500),
         "not incremental"
