@@ -46,6 +46,9 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Max request body in bytes (chunked bodies included).
     pub request_body_limit: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM / Ctrl-C; the ones still
+    /// running then are ended (CLI killed, `shutting_down` answer) and ccgate exits.
+    pub shutdown_timeout: f64,
     pub cli: CliConfig,
 }
 
@@ -96,6 +99,7 @@ impl Default for Config {
             log_level: "info".into(),
             cors_origins: Vec::new(),
             request_body_limit: 1024 * 1024,
+            shutdown_timeout: 30.0,
             cli: CliConfig::default(),
         }
     }
@@ -196,6 +200,12 @@ impl Config {
                 ));
             }
         }
+        if !(self.shutdown_timeout.is_finite() && self.shutdown_timeout >= 0.0) {
+            return bad(format!(
+                "shutdown_timeout must be a number of seconds >= 0, got {}",
+                self.shutdown_timeout
+            ));
+        }
         if self.cli.max_concurrent == 0 {
             return bad("cli.max_concurrent must be at least 1".into());
         }
@@ -227,6 +237,11 @@ impl Config {
     pub fn start_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.cli.start_timeout)
     }
+
+    /// The shutdown grace period (validated finite and >= 0).
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.shutdown_timeout).unwrap_or(Duration::ZERO)
+    }
 }
 
 /// Top-level keys of [`Config`], the only `CCGATE_*` names read from the environment.
@@ -240,6 +255,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log_level",
     "cors_origins",
     "request_body_limit",
+    "shutdown_timeout",
     "cli",
 ];
 

@@ -17,12 +17,16 @@ pub mod rules;
 pub mod serve_cmd;
 pub mod state;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 
 pub use state::AppState;
 
+/// After the shutdown grace period, how long the ended requests get to deliver their
+/// error answers before `serve` returns regardless.
+const ABORT_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves the gateway on an already bound listener until `shutdown` resolves, then
-/// drains in-flight requests. Also runs the background tasks that belong to a serving
+/// drains in-flight requests for `shutdown_timeout`, and ends the rest. Also runs the background tasks that belong to a serving
 /// process: the health probe, SIGHUP reloads and (if enabled) the rules file watcher.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -49,6 +53,8 @@ pub async fn serve(
     let pool = state
         .backend
         .start_pool(move || health.is_ok() && !health.startup_probe_pending());
+    let backend = state.backend.clone();
+    let grace = state.config.shutdown_timeout();
     let app = http::router(state);
     // Streamed deltas are small writes: without TCP_NODELAY, Nagle holds each one back until
     // the previous is acknowledged, and with the client's delayed ACK that adds ~40 ms
@@ -58,9 +64,38 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
         }
     });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(grace_s = grace.as_secs_f64(), "stopping: draining requests");
+            let _ = stopping_tx.send(());
+        })
+        .into_future();
+    tokio::pin!(server);
+    let grace_over = async move {
+        match stopping_rx.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = grace_over => {
+            let in_flight = backend.stats().snapshot().in_flight;
+            tracing::warn!(in_flight, "shutdown grace period over: ending the remaining requests");
+            // Runs end as `shutting_down` (groups killed and reaped); their responses and
+            // streams then finish, and the connections close.
+            backend.abort_all();
+            match tokio::time::timeout(ABORT_FLUSH, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("connections still open after the grace period; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
     probe.abort();
     hup.abort();
     pool.shutdown().await;

@@ -249,6 +249,9 @@ pub(super) struct Inner {
     pub(super) stats: Arc<BackendStats>,
     /// The pre-warmed pool (None when `prewarm` is 0).
     pub(super) pool: Option<Pool>,
+    /// Set once by [`Backend::abort_all`] (end of the shutdown grace period): every run
+    /// in progress or queued ends as `ShuttingDown`, and no new process is spawned.
+    pub(super) abort: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -407,6 +410,7 @@ impl Backend {
                 limiter: Arc::new(Semaphore::new(permits)),
                 stats: Arc::new(BackendStats::default()),
                 pool,
+                abort: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -427,6 +431,13 @@ impl Backend {
         if let Some(pool) = self.inner.pool.as_ref() {
             pool.invalidate(&self.inner);
         }
+    }
+
+    /// Ends every run in progress or waiting for a slot (their process groups are killed
+    /// and reaped, their requests answered by the rules' `shutting_down` kind) and refuses
+    /// new ones. For the end of the shutdown grace period; cannot be undone.
+    pub fn abort_all(&self) {
+        self.inner.abort.send_replace(true);
     }
 
     /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).
@@ -513,6 +524,13 @@ fn condition_facts(condition: GatewayCondition) -> Box<FailureFacts> {
     })
 }
 
+/// Resolves once [`Backend::abort_all`] was called (never if the backend is gone).
+async fn aborted(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|a| *a).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The task behind one [`CliRun`].
 async fn drive(
     inner: Arc<Inner>,
@@ -523,6 +541,16 @@ async fn drive(
 ) {
     let total = req.timeout.unwrap_or(inner.settings.total_timeout);
     let total_deadline = far_future(tokio::time::Instant::now(), total);
+    let mut abort = inner.abort.subscribe();
+    let stopping = *abort.borrow_and_update();
+    if stopping {
+        let _ = tx
+            .send(CliEvent::Done(Err(condition_facts(
+                GatewayCondition::ShuttingDown,
+            ))))
+            .await;
+        return;
+    }
     let mut pooled = None;
     let permit = match admission {
         Admission::Pooled(idle) => {
@@ -549,6 +577,12 @@ async fn drive(
                     inner.stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                () = aborted(&mut abort) => {
+                    drop(ticket);
+                    let facts = condition_facts(GatewayCondition::ShuttingDown);
+                    let _ = tx.send(CliEvent::Done(Err(facts))).await;
+                    return;
+                }
                 _ = tokio::time::sleep_until(total_deadline) => None,
                 p = Arc::clone(&inner.limiter).acquire_owned() => p.ok(),
             };
@@ -567,7 +601,16 @@ async fn drive(
             }
         }
     };
-    let mut outcome = run_process(&inner, &req, total_deadline, &tx, &pid_cell, pooled).await;
+    let mut outcome = run_process(
+        &inner,
+        &req,
+        total_deadline,
+        &tx,
+        &pid_cell,
+        pooled,
+        &mut abort,
+    )
+    .await;
     if matches!(outcome, Ran::PooledSilent(_)) {
         // The pre-warmed process died at hand-over without a word (killed, crashed before
         // reading its prompt): nothing reached the client, so this request gets the cold
@@ -575,7 +618,16 @@ async fn drive(
         // with the CLI repeats there and is reported from that run.
         inner.stats.record_pool_handover_retry();
         tracing::warn!("pre-warmed cli process ended silently at hand-over; retrying cold");
-        outcome = run_process(&inner, &req, total_deadline, &tx, &pid_cell, None).await;
+        outcome = run_process(
+            &inner,
+            &req,
+            total_deadline,
+            &tx,
+            &pid_cell,
+            None,
+            &mut abort,
+        )
+        .await;
     }
     // Free the slot before reporting, so a caller that starts its next run right after
     // `Done` finds it available.
@@ -812,6 +864,8 @@ enum End {
     Timeout(TimeoutKind),
     /// The consumer dropped the run.
     Cancelled,
+    /// [`Backend::abort_all`]: the server is stopping.
+    Aborted,
 }
 
 /// A spawned CLI process with its stdout reader and stderr drain already running, and its
@@ -1022,6 +1076,7 @@ async fn run_process(
     tx: &mpsc::Sender<CliEvent>,
     pid_cell: &OnceLock<u32>,
     pooled: Option<Spawned>,
+    abort: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Ran {
     let settings = &inner.settings;
     let stats = &inner.stats;
@@ -1089,6 +1144,7 @@ async fn run_process(
         tokio::select! {
             biased;
             _ = tx.closed() => break 'watch End::Cancelled,
+            () = aborted(abort) => break 'watch End::Aborted,
             msg = sp.line_rx.recv(), if stdout_open => {
                 let Some(msg) = msg else {
                     stdout_open = false;
@@ -1163,6 +1219,14 @@ async fn run_process(
         End::Timeout(kind) => {
             stats.timeouts_total.fetch_add(1, Ordering::Relaxed);
             Some(kind)
+        }
+        End::Aborted => {
+            return Ran::Done(Err(Box::new(FailureFacts {
+                condition: Some(GatewayCondition::ShuttingDown),
+                exit_code,
+                signal,
+                ..FailureFacts::default()
+            })));
         }
         End::Finished => None,
     };

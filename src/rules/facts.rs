@@ -43,6 +43,8 @@ pub enum GatewayCondition {
     BadJson,
     /// The CLI abandoned a partially streamed answer after deltas were already sent.
     StreamAbandoned,
+    /// The gateway is stopping and the shutdown grace period ran out for this request.
+    ShuttingDown,
 }
 
 /// Everything known about one failed run. All fields optional: a spawn error has no
@@ -139,6 +141,7 @@ impl FailureFacts {
             Some(GatewayCondition::StreamAbandoned) => {
                 "Claude CLI abandoned the answer mid-stream".to_string()
             }
+            Some(GatewayCondition::ShuttingDown) => "the gateway is shutting down".to_string(),
             None => format!("Claude CLI {how}"),
         }
     }

@@ -694,3 +694,74 @@ async fn common_sampling_parameters_are_accepted() {
     let (st, _, body) = post(&s, "/v1/messages", &msgs).await;
     assert_eq!(st, 200, "{body}");
 }
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_then_ends_the_rest_with_a_retryable_503() {
+    let grace = Duration::from_secs(3);
+    let s = TestServer::start(Opts {
+        tweak: Box::new(move |c| c.shutdown_timeout = grace.as_secs_f64()),
+        ..Opts::default()
+    })
+    .await;
+    let hang = tokio::spawn(post_owned(
+        s.url("/v1/chat/completions"),
+        chat_body("[[scenario:hang]] stuck", false),
+    ));
+    // Finishes within the grace period (5 deltas, 0.3 s apart).
+    let slow = tokio::spawn(post_owned(
+        s.url("/v1/messages"),
+        messages_body("[[scenario:slow]] quick", true),
+    ));
+    let log = s.log_file.clone();
+    let hang_pid = move || -> Option<i32> {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let line = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("PID_STDIN:"))
+            .find(|l| l.contains("stuck"))?;
+        line.split(':').next()?.parse().ok()
+    };
+    let pid_of_hang = hang_pid.clone();
+    assert!(eventually(Duration::from_secs(5), move || pid_of_hang().is_some()).await);
+    let pid = hang_pid().unwrap();
+    let backend = s.state.backend.clone();
+
+    let started = Instant::now();
+    let stop = tokio::spawn(s.shutdown());
+    let (st, _, body) = slow.await.unwrap();
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        body.contains("message_stop"),
+        "drained stream was cut: {body}"
+    );
+    assert!(started.elapsed() < grace, "{:?}", started.elapsed());
+
+    let (st, headers, body) = hang.await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(st, 503, "{body}");
+    assert_eq!(json_of(&body)["error"]["code"], "gateway_shutting_down");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(
+        waited >= grace && waited < grace + Duration::from_secs(4),
+        "ended after {waited:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), stop)
+        .await
+        .expect("serve returned")
+        .unwrap();
+    assert!(!pid_alive(pid), "CLI {pid} survived the shutdown");
+    assert_eq!(backend.stats().snapshot().in_flight, 0);
+}
+
+/// POST without borrowing a server (for spawned tasks): (status, headers, body).
+async fn post_owned(url: String, body: Value) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = client()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap_or_default())
+}

@@ -96,6 +96,21 @@ fn unknown_keys_and_bad_values_are_errors() {
     .to_string();
     assert!(err.contains("total_timeout"), "{err}");
     let err = Config::load(
+        None,
+        &Overrides::default(),
+        &env(&[("CCGATE_SHUTDOWN_TIMEOUT", "-0.5")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("shutdown_timeout"), "{err}");
+    let ok = Config::load(
+        None,
+        &Overrides::default(),
+        &env(&[("CCGATE_SHUTDOWN_TIMEOUT", "0")]),
+    )
+    .expect("0 = end requests at once");
+    assert_eq!(ok.config.shutdown_timeout(), std::time::Duration::ZERO);
+    let err = Config::load(
         Some(&dir.path().join("missing.yaml")),
         &Overrides::default(),
         &[],
