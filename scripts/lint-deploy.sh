@@ -112,6 +112,18 @@ fi
 step "hadolint $(hadolint --version | awk '{print $NF}') on Dockerfile"
 if hadolint --failure-threshold style Dockerfile; then ok "hadolint: no findings"; else fail "hadolint"; fi
 
+step "Dockerfile dependency layer (placeholder sources + Cargo.toml, as in the build stage)"
+stub_dir=$(mktemp -d)
+cp Cargo.toml Cargo.lock "$stub_dir"/
+# cargo fetch parses the manifest (every declared target must exist) and resolves
+# the lockfile, which is what fails first in that layer; it does not compile.
+if (cd "$stub_dir" && sh "$ROOT/scripts/docker-stub-sources.sh" && cargo fetch --locked --quiet); then
+  ok "placeholder sources satisfy Cargo.toml; Cargo.lock is complete"
+else
+  fail "the Dockerfile's dependency layer would not build (see above)"
+fi
+rm -rf "$stub_dir"
+
 step "Dockerfile structure"
 python - <<'PY' || failures=$((failures + 1))
 import os, re, sys
@@ -165,37 +177,24 @@ if not files: print("FAIL: no YAML files found"); bad += 1
 sys.exit(1 if bad else 0)
 PY
 
-step "config/ccgate.yaml = the documented defaults"
+step "config/ccgate.yaml: every key documented in README.md"
+# (That the file equals Config::default() is asserted by the Rust test
+# config::documented_default_config_is_the_built_in_default.)
 python - <<'PY' || failures=$((failures + 1))
 import sys, yaml
-expected = {
-    "listen": "127.0.0.1:8000", "rules": "rules/rules.yaml", "watch_rules": True,
-    "api_keys": [], "allow_unauthenticated": False, "log_format": "text",
-    "log_level": "info", "cors_origins": [], "request_body_limit": 1048576,
-    "cli": {"command": "claude", "args": [], "workdir": None,
-            "env": {"CLAUDE_CODE_MAX_RETRIES": "2"}, "tools": False,
-            "start_timeout": 30, "inactivity_timeout": 120, "total_timeout": 600,
-            "max_concurrent": 4, "queue_size": 32, "stderr_tail_bytes": 8192,
-            "prewarm": 0, "prewarm_model": None, "prewarm_max_idle": 300},
-}
 got = yaml.safe_load(open("config/ccgate.yaml", encoding="utf-8"))
-if got != expected:
-    for k in sorted(set(expected) | set(got)):
-        if expected.get(k) != got.get(k): print(f"FAIL: {k}: expected {expected.get(k)!r}, got {got.get(k)!r}")
-    sys.exit(1)
-# Every key must be documented in README.md (env var or dotted name).
 try:
     doc = open("README.md", encoding="utf-8").read()
 except FileNotFoundError:
     print("FAIL: README.md missing"); sys.exit(1)
 missing = []
-for k, v in expected.items():
+for k, v in got.items():
     keys = [f"cli.{c}" for c in v] if isinstance(v, dict) else [k]
     for key in keys:
         if f"`{key}`" not in doc: missing.append(key)
 if missing:
     print("FAIL: config keys not in README.md:", ", ".join(missing)); sys.exit(1)
-print("ok: config/ccgate.yaml matches the defaults; every key is documented")
+print(f"ok: all {sum(len(v) if isinstance(v, dict) else 1 for v in got.values())} keys of config/ccgate.yaml are documented")
 PY
 
 # --- Kubernetes ---------------------------------------------------------------
@@ -330,8 +329,8 @@ else
 fi
 
 # --- shell --------------------------------------------------------------------
-step "shellcheck $(shellcheck --version | awk '/^version:/{print $2}') on scripts/lint-deploy.sh"
-if shellcheck scripts/lint-deploy.sh; then ok "shellcheck: no findings"; else fail "shellcheck"; fi
+step "shellcheck $(shellcheck --version | awk '/^version:/{print $2}') on scripts/lint-deploy.sh, scripts/docker-stub-sources.sh"
+if shellcheck scripts/lint-deploy.sh scripts/docker-stub-sources.sh; then ok "shellcheck: no findings"; else fail "shellcheck"; fi
 
 echo
 if ((failures)); then echo "lint-deploy: $failures check(s) FAILED"; exit 1; fi

@@ -134,3 +134,30 @@ fn non_loopback_needs_keys_or_explicit_opt_out() {
     opt_out.push(("CCGATE_ALLOW_UNAUTHENTICATED".into(), "true".into()));
     assert!(Config::load(None, &Overrides::default(), &opt_out).is_ok());
 }
+
+#[test]
+fn documented_default_config_is_the_built_in_default() {
+    // config/ccgate.yaml is the operator's reference: every key, at its default value.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ccgate.yaml");
+    let loaded = Config::load(Some(&path), &Overrides::default(), &[]).expect("loads");
+    let file = serde_json::to_value(&loaded.config).unwrap();
+    let built_in = serde_json::to_value(Config::default()).unwrap();
+    assert_eq!(file, built_in);
+    // And it spells out every key (not just the ones that differ from nothing).
+    let text: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).expect("yaml");
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, v) in v.as_object().unwrap() {
+            match v.as_object() {
+                Some(inner) if k == "cli" => {
+                    out.extend(inner.keys().map(|c| format!("cli.{c}")));
+                }
+                _ => out.push(k.clone()),
+            }
+        }
+        out.sort();
+        out
+    };
+    assert_eq!(keys(&text), keys(&built_in));
+}
