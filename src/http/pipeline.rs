@@ -270,8 +270,8 @@ impl Drop for RequestCx {
             model = self.model.as_deref().unwrap_or(""),
             status,
             kind,
-            cli_exit = ?o.cli_exit,
-            cli_signal = ?o.cli_signal,
+            cli_exit = o.cli_exit,
+            cli_signal = o.cli_signal,
             duration_ms = (secs * 1000.0) as u64,
             "request"
         );
