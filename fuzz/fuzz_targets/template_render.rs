@@ -32,6 +32,8 @@ struct Input {
     terminal_reason: Option<String>,
     retry_statuses: Vec<u16>,
     retry_errors: Vec<String>,
+    rate_limit_resets_at: Option<u64>,
+    now_unix: Option<u64>,
     exit_code: Option<i32>,
     signal: Option<i32>,
     spawn_error: Option<u8>,
@@ -106,6 +108,7 @@ fuzz_target!(|input: Input| {
         terminal_reason: input.terminal_reason,
         retry_statuses: input.retry_statuses,
         retry_errors: input.retry_errors,
+        rate_limit_resets_at: input.rate_limit_resets_at,
         exit_code: input.exit_code,
         signal: input.signal,
         spawn_error: input.spawn_error.map(|b| match b % 3 {
@@ -119,10 +122,11 @@ fuzz_target!(|input: Input| {
             1 => TimeoutKind::Inactivity,
             _ => TimeoutKind::Total,
         }),
-        condition: input.condition.map(|b| match b % 4 {
+        condition: input.condition.map(|b| match b % 5 {
             0 => GatewayCondition::QueueFull,
             1 => GatewayCondition::NoResult,
             2 => GatewayCondition::BadJson,
+            3 => GatewayCondition::ShuttingDown,
             _ => GatewayCondition::StreamAbandoned,
         }),
         stderr_tail: input.stderr_tail,
@@ -133,6 +137,7 @@ fuzz_target!(|input: Input| {
         last_probed_at: input.last_probed_at,
         error_kind: input.error_kind,
         error_message: input.error_message,
+        now_unix: input.now_unix,
     };
     let verdict = rules.classify(&facts);
     assert!(rules.kind_names().any(|k| k == verdict.kind));

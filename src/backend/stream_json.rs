@@ -82,6 +82,8 @@ pub enum Line {
     /// `rate_limit_event` (a warning such as `allowed_warning` is not a failure).
     RateLimit {
         status: Option<String>,
+        /// `rate_limit_info.resetsAt`, Unix seconds (milliseconds are converted).
+        resets_at: Option<u64>,
     },
     /// Any other valid JSON object (tolerated and ignored).
     Other,
@@ -225,12 +227,19 @@ impl Line {
                     session_id: s(&v, "session_id"),
                 })
             }
-            "rate_limit_event" => Line::RateLimit {
-                status: v
-                    .get("rate_limit_info")
-                    .and_then(|i| s(i, "status"))
-                    .or_else(|| s(&v, "status")),
-            },
+            "rate_limit_event" => {
+                let info = v.get("rate_limit_info");
+                Line::RateLimit {
+                    status: info
+                        .and_then(|i| s(i, "status"))
+                        .or_else(|| s(&v, "status")),
+                    resets_at: info
+                        .and_then(|i| i.get("resetsAt"))
+                        .and_then(Value::as_u64)
+                        // Seconds today; a value this large can only be milliseconds.
+                        .map(|t| if t > 100_000_000_000 { t / 1000 } else { t }),
+                }
+            }
             _ => Line::Other,
         }
     }
@@ -254,7 +263,15 @@ impl RunAccumulator {
     /// Feeds one stdout line; returns the events it produces (often none).
     pub fn push_line(&mut self, line: &str) -> Vec<CliEvent> {
         match Line::parse(line) {
-            Line::Skip | Line::Other | Line::RateLimit { .. } => vec![],
+            Line::Skip | Line::Other => vec![],
+            Line::RateLimit { status, resets_at } => {
+                // Only a rejection's reset time says when a retry can succeed; the
+                // `allowed*` events describe a window that has not run out.
+                if status.as_deref() == Some("rejected") && resets_at.is_some() {
+                    self.facts.rate_limit_resets_at = resets_at;
+                }
+                vec![]
+            }
             Line::BadJson(_) => {
                 self.bad_json = true;
                 vec![]
@@ -473,6 +490,24 @@ mod tests {
         acc.push_line("{\"type\":\"assistant\",\"mess");
         let f = acc.finish(Some(0), None, String::new()).unwrap_err();
         assert_eq!(f.condition, Some(GatewayCondition::BadJson));
+    }
+
+    #[test]
+    fn only_a_rejected_rate_limit_event_sets_the_reset_time() {
+        let mut acc = RunAccumulator::new();
+        acc.push_line(r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed","resetsAt":1771390800}}"#);
+        let f = acc
+            .clone()
+            .finish(Some(1), None, String::new())
+            .unwrap_err();
+        assert_eq!(f.rate_limit_resets_at, None);
+        acc.push_line(r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1771390800000}}"#);
+        let f = acc.finish(Some(1), None, String::new()).unwrap_err();
+        assert_eq!(
+            f.rate_limit_resets_at,
+            Some(1_771_390_800),
+            "milliseconds converted"
+        );
     }
 
     #[test]

@@ -152,6 +152,10 @@ pub fn template_values(cx: &ErrorContext<'_>) -> TemplateValues {
         last_probed_at: cx.health.last_probed_at.clone(),
         error_kind: cx.health.error_kind.clone(),
         error_message: cx.health.error_message.clone(),
+        now_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs()),
     }
 }
 

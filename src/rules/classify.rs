@@ -157,6 +157,9 @@ impl Rules {
             matched,
             message: facts.summary(),
             retry_after: k.retry_after,
+            resets_at: facts
+                .rate_limit_resets_at
+                .filter(|_| k.retry_after.is_some()),
             stderr_tail: facts.stderr_tail.clone(),
         }
     }
@@ -175,7 +178,16 @@ impl Rules {
             Placeholder::Model => opt(&values.model),
             Placeholder::Marker => opt(&v.matched),
             Placeholder::Message => PValue::Text(v.message.clone()),
-            Placeholder::RetryAfter => v.retry_after.map_or(PValue::Null, PValue::Number),
+            Placeholder::RetryAfter => {
+                let until_reset = v
+                    .resets_at
+                    .zip(values.now_unix)
+                    .and_then(|(reset, now)| reset.checked_sub(now))
+                    .filter(|&s| s > 0);
+                until_reset
+                    .or(v.retry_after)
+                    .map_or(PValue::Null, PValue::Number)
+            }
             Placeholder::LastProbedAt => opt(&values.last_probed_at),
             Placeholder::ErrorKind => {
                 PValue::Text(values.error_kind.clone().unwrap_or_else(|| v.kind.clone()))

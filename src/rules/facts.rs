@@ -78,6 +78,9 @@ pub struct FailureFacts {
     pub retry_statuses: Vec<u16>,
     /// `error` of every `system/api_retry` event, in order.
     pub retry_errors: Vec<String>,
+    /// `rate_limit_info.resetsAt` (Unix seconds) of a `rate_limit_event` whose status is
+    /// `rejected`: when the exhausted usage window resets. Feeds `{{retry_after}}`.
+    pub rate_limit_resets_at: Option<u64>,
     /// Process exit code, when it exited normally.
     pub exit_code: Option<i32>,
     /// Signal number, when it was killed by a signal.

@@ -68,6 +68,10 @@ pub struct Verdict {
     pub message: String,
     /// `retry_after` seconds from the kind, if set.
     pub retry_after: Option<u64>,
+    /// For a kind with `retry_after`: when the CLI said the exhausted limit resets (Unix
+    /// seconds). While in the future, `{{retry_after}}` counts down to it instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<u64>,
     /// The stderr tail of the run (only rendered if a template names `{{stderr_tail}}`).
     #[serde(skip)]
     pub stderr_tail: String,
@@ -83,6 +87,9 @@ pub struct TemplateValues {
     pub last_probed_at: Option<String>,
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
+    /// The current Unix time, for `{{retry_after}}` of a verdict with `resets_at`
+    /// (None: always the kind's static `retry_after`).
+    pub now_unix: Option<u64>,
 }
 
 /// Probe settings in force (from the rules' `probe:` section).
@@ -218,6 +225,7 @@ impl Rules {
             matched: None,
             message: k.description.clone().unwrap_or_else(|| k.name.clone()),
             retry_after: k.retry_after,
+            resets_at: None,
             stderr_tail: String::new(),
         }
     }

@@ -435,7 +435,7 @@ proptest! {
             Some((a, b, c)) => (Some(a), Some(b), Some(c)),
             None => (None, None, None),
         };
-        let values = TemplateValues { request_id, model, last_probed_at, error_kind, error_message };
+        let values = TemplateValues { request_id, model, last_probed_at, error_kind, error_message, now_unix: None };
         for flavour in [Flavour::Openai, Flavour::Anthropic] {
             let body = rules.render_body(&v, flavour, &values);
             let back: Value = serde_json::from_str(&serde_json::to_string(&body).unwrap()).unwrap();

@@ -358,7 +358,7 @@ proptest! {
         let facts = FailureFacts { stderr_tail: format!("trigger {s1}"), result_text: Some(s2.clone()), ..Default::default() };
         let v = r.classify(&facts);
         prop_assert_eq!(v.kind.as_str(), "k");
-        let vals = TemplateValues { request_id: s3, model: Some(s4), last_probed_at: Some(s5), error_kind: Some(s6.clone()), error_message: Some(s6) };
+        let vals = TemplateValues { request_id: s3, model: Some(s4), last_probed_at: Some(s5), error_kind: Some(s6.clone()), error_message: Some(s6), now_unix: None };
         let nulls = TemplateValues::default();
         for flavour in [Flavour::Openai, Flavour::Anthropic] {
             let a = r.render_body(&v, flavour, &vals);
@@ -403,4 +403,38 @@ fn regex_matching_cases() {
         });
         assert_eq!(v.kind == "k", expect, "{stderr:?}: {:?}", v.matched);
     }
+}
+
+#[test]
+fn retry_after_counts_down_to_the_cli_reported_reset() {
+    let r = Rules::embedded();
+    let facts = FailureFacts {
+        assistant_error: Some("rate_limit".into()),
+        api_error: Some("usage_limit_reached".into()),
+        rate_limit_resets_at: Some(10_000),
+        ..FailureFacts::default()
+    };
+    let v = r.classify(&facts);
+    assert_eq!(v.kind, "usage_limit");
+    let at = |now: Option<u64>| {
+        let vals = TemplateValues {
+            now_unix: now,
+            ..TemplateValues::default()
+        };
+        r.render_headers(&v, &vals)
+            .into_iter()
+            .find(|(k, _)| k == "retry-after")
+            .map(|(_, v)| v)
+    };
+    assert_eq!(at(Some(9_000)).as_deref(), Some("1000"));
+    // Reset already passed, or no clock: the kind's static value.
+    assert_eq!(at(Some(10_000)).as_deref(), Some("3600"));
+    assert_eq!(at(None).as_deref(), Some("3600"));
+    // A kind without retry_after ignores the reset time.
+    let auth = r.classify(&FailureFacts {
+        assistant_error: Some("authentication_failed".into()),
+        rate_limit_resets_at: Some(10_000),
+        ..FailureFacts::default()
+    });
+    assert_eq!(auth.resets_at, None);
 }
