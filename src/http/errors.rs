@@ -23,6 +23,8 @@ pub enum ApiError {
     Unauthorized,
     /// 404: no such route.
     NotFound,
+    /// 404: `GET /v1/models/{id}` for a model ccgate does not offer.
+    UnknownModel(String),
     /// 405: route exists, method doesn't.
     MethodNotAllowed,
     /// A CLI failure (or the health gate) classified by the rules.
@@ -51,6 +53,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => "request_too_large",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
+            ApiError::UnknownModel(_) => "model_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Verdict(v) => &v.kind,
         }
@@ -111,6 +114,16 @@ impl ApiError {
                 "not_found",
                 "Unknown endpoint.".to_string(),
                 None,
+            ),
+            ApiError::UnknownModel(id) => (
+                StatusCode::NOT_FOUND,
+                match cx.flavour {
+                    Flavour::Openai => "invalid_request_error",
+                    Flavour::Anthropic => "not_found_error",
+                },
+                "model_not_found",
+                format!("The model `{id}` does not exist or is not offered by this gateway."),
+                Some("model".to_string()),
             ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

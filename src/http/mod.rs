@@ -62,21 +62,27 @@ async fn request_id_layer(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// Which error shape a path gets: Anthropic's for `/v1/messages…`, OpenAI's otherwise.
-pub fn flavour_for_path(path: &str) -> Flavour {
+/// Which error shape a request gets: Anthropic's for `/v1/messages…`, OpenAI's for
+/// `/v1/chat/completions`; elsewhere (`/v1/models`, unknown paths) Anthropic's when the
+/// client sent `anthropic-version` (every Anthropic SDK does), else OpenAI's.
+pub fn flavour_for_request(path: &str, headers: &axum::http::HeaderMap) -> Flavour {
     if path.starts_with("/v1/messages") {
+        Flavour::Anthropic
+    } else if path.starts_with("/v1/chat/completions") {
+        Flavour::Openai
+    } else if headers.contains_key("anthropic-version") {
         Flavour::Anthropic
     } else {
         Flavour::Openai
     }
 }
 
-/// Renders a static error (no verdict) in the path's flavour.
-pub fn static_error(state: &AppState, path: &str, request_id: &str, err: ApiError) -> Response {
+/// Renders a static error (no verdict) in the request's flavour.
+pub fn static_error(state: &AppState, req: &Request, request_id: &str, err: ApiError) -> Response {
     let rules = state.rules.load();
     let health = state.health.snapshot();
     err.into_response(&ErrorContext {
-        flavour: flavour_for_path(path),
+        flavour: flavour_for_request(req.uri().path(), req.headers()),
         request_id,
         model: None,
         rules: &rules,
@@ -114,8 +120,7 @@ async fn api_key_layer(State(state): State<AppState>, req: Request, next: Next) 
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(new_request_id);
-    let path = req.uri().path().to_string();
-    static_error(&state, &path, &id, ApiError::Unauthorized)
+    static_error(&state, &req, &id, ApiError::Unauthorized)
 }
 
 async fn fallback(
@@ -123,7 +128,7 @@ async fn fallback(
     RequestId(id): RequestId,
     req: Request,
 ) -> Response {
-    static_error(&state, req.uri().path(), &id, ApiError::NotFound)
+    static_error(&state, &req, &id, ApiError::NotFound)
 }
 
 async fn method_not_allowed(
@@ -131,7 +136,7 @@ async fn method_not_allowed(
     RequestId(id): RequestId,
     req: Request,
 ) -> Response {
-    static_error(&state, req.uri().path(), &id, ApiError::MethodNotAllowed)
+    static_error(&state, &req, &id, ApiError::MethodNotAllowed)
 }
 
 /// The whole application.
@@ -146,6 +151,10 @@ pub fn router(state: AppState) -> Router {
             post(anthropic::messages).fallback(method_not_allowed),
         )
         .route("/v1/models", get(ops::models).fallback(method_not_allowed))
+        .route(
+            "/v1/models/{id}",
+            get(ops::model).fallback(method_not_allowed),
+        )
         .route(
             "/v1/auth/status",
             get(ops::auth_status).fallback(method_not_allowed),

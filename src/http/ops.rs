@@ -1,4 +1,4 @@
-//! Operator endpoints: `/v1/models`, `/health`, `/ready`, `/v1/auth/status`, `/metrics`,
+//! Operator endpoints: `/v1/models`, `/v1/models/{id}`, `/health`, `/ready`, `/v1/auth/status`, `/metrics`,
 //! and the admin actions `/admin/probe`, `/admin/reload`, `/admin/rules`.
 
 use axum::extract::State;
@@ -8,20 +8,38 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::health::Source;
+use crate::http::ApiError;
 use crate::reload::Trigger;
 use crate::state::AppState;
 
+/// One model object, with the fields of both APIs (OpenAI: `object`, `created`,
+/// `owned_by`; Anthropic: `type`, `display_name`, `created_at`).
+fn model_object(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "anthropic",
+           "type": "model", "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
+}
+
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
     let rules = state.rules.load();
-    let data: Vec<Value> = rules
-        .models()
-        .iter()
-        .map(|m| {
-            json!({"id": m, "object": "model", "created": 0, "owned_by": "anthropic",
-                        "type": "model", "display_name": m})
-        })
-        .collect();
-    Json(json!({"object": "list", "data": data, "has_more": false}))
+    let data: Vec<Value> = rules.models().iter().map(|m| model_object(m)).collect();
+    let first = rules.models().first().cloned();
+    let last = rules.models().last().cloned();
+    Json(json!({"object": "list", "data": data, "has_more": false,
+                "first_id": first, "last_id": last}))
+}
+
+/// `GET /v1/models/{id}` (`client.models.retrieve(id)` in both SDKs).
+pub async fn model(
+    State(state): State<AppState>,
+    crate::http::RequestId(request_id): crate::http::RequestId,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: axum::extract::Request,
+) -> Response {
+    let rules = state.rules.load();
+    if rules.models().iter().any(|m| *m == id) {
+        return Json(model_object(&id)).into_response();
+    }
+    crate::http::static_error(&state, &req, &request_id, ApiError::UnknownModel(id))
 }
 
 /// Liveness: the process serves requests.

@@ -503,8 +503,35 @@ async fn models_and_health() {
     let v: Value = get_json(&s, "/v1/models").await;
     assert_eq!(v["object"], "list");
     assert!(!v["data"].as_array().unwrap().is_empty());
+    assert_eq!(v["first_id"], v["data"][0]["id"]);
     let r = client().get(s.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+
+    // Retrieve one: both SDKs' `models.retrieve`.
+    let one: Value = get_json(&s, "/v1/models/sonnet").await;
+    assert_eq!(one["id"], "sonnet");
+    assert_eq!(one["object"], "model");
+    assert_eq!(one["type"], "model");
+    // Unknown: 404 in the OpenAI shape, or Anthropic's when the client says it is one.
+    let r = client()
+        .get(s.url("/v1/models/gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v = json_of(&r.text().await.unwrap());
+    assert_eq!(v["error"]["code"], "model_not_found");
+    assert_eq!(v["error"]["param"], "model");
+    let r = client()
+        .get(s.url("/v1/models/gpt-4o"))
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v = json_of(&r.text().await.unwrap());
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "not_found_error");
 }
 
 fn pid_alive(pid: i32) -> bool {

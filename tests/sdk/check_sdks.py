@@ -106,6 +106,14 @@ def _():
     expect_raises(openai.InternalServerError, lambda: oa_chat("[[scenario:crash]]"))
 
 
+@check("openai: models list and retrieve; NotFoundError for an unknown model")
+def _():
+    ids = [m.id for m in oa.models.list()]
+    assert "sonnet" in ids, ids
+    assert oa.models.retrieve("sonnet").id == "sonnet"
+    expect_raises(openai.NotFoundError, lambda: oa.models.retrieve("no-such-model"))
+
+
 log_out()
 
 
@@ -140,6 +148,14 @@ def _():
     assert "".join(parts) == "Hello from the fake CLI.", parts
     assert len(parts) >= 2, parts
     assert final.content[0].text == "Hello from the fake CLI."
+
+
+@check("anthropic: models list and retrieve; NotFoundError for an unknown model")
+def _():
+    ids = [m.id for m in an.models.list()]
+    assert "sonnet" in ids, ids
+    assert an.models.retrieve("sonnet").id == "sonnet"
+    expect_raises(anthropic.NotFoundError, lambda: an.models.retrieve("no-such-model"))
 
 
 @check("anthropic: RateLimitError")
