@@ -36,7 +36,7 @@ pub async fn model(
     req: axum::extract::Request,
 ) -> Response {
     let rules = state.rules.load();
-    if rules.models().iter().any(|m| *m == id) {
+    if rules.models().contains(&id) {
         return Json(model_object(&id)).into_response();
     }
     crate::http::static_error(&state, &req, &request_id, ApiError::UnknownModel(id))
