@@ -70,7 +70,7 @@ RUN apt-get update \
 # stub is still there ("claude native binary not installed").
 RUN npm install -g --no-audit --no-fund --no-update-notifier \
         "@anthropic-ai/claude-code@${CLAUDE_CODE_VERSION}" \
- && npm cache clean --force \
+ && npm cache clean --force --no-update-notifier \
  && claude --version
 
 # Unprivileged user. The CLI refuses bypass-permission mode as root, and
@@ -102,10 +102,11 @@ USER 10001:10001
 EXPOSE 8000
 
 # Liveness via Node's built-in fetch (already in the image; no curl needed).
-# The port follows CCGATE_LISTEN. /health is 200 while the process serves;
+# Host and port follow CCGATE_LISTEN (a wildcard address is probed on
+# 127.0.0.1). /health is 200 while the process serves;
 # use /ready (503 while the CLI is unhealthy, e.g. not logged in) for routing.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["node", "-e", "const p=(process.env.CCGATE_LISTEN||'0.0.0.0:8000').split(':').pop();fetch('http://127.0.0.1:'+p+'/health',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+    CMD ["node", "-e", "const l=process.env.CCGATE_LISTEN||'0.0.0.0:8000',i=l.lastIndexOf(':'),p=l.slice(i+1);let h=l.slice(0,i);if(['','0.0.0.0','[::]'].includes(h))h='127.0.0.1';fetch('http://'+h+':'+p+'/health',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 
 # tini forwards SIGTERM to ccgate only (not to the whole process group), so
 # ccgate can drain requests and then stop its own CLI children.
