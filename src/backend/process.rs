@@ -697,12 +697,20 @@ pub(crate) fn cli_args(
     args
 }
 
-/// The one stdin line: `{"type":"user","message":{"role":"user","content":<prompt>}}\n`.
-pub(crate) fn user_line(prompt: &str) -> String {
+/// The one stdin line: `{"type":"user","message":{"role":"user","content":<prompt>}}\n`;
+/// with images, `content` is `[{"type":"text","text":<prompt>}, <image blocks>…]` (the
+/// CLI passes content blocks to the API unchanged).
+pub(crate) fn user_line(prompt: &str, images: &[serde_json::Value]) -> String {
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Content<'a> {
+        Text(&'a str),
+        Blocks(Vec<serde_json::Value>),
+    }
     #[derive(serde::Serialize)]
     struct Message<'a> {
         role: &'static str,
-        content: &'a str,
+        content: Content<'a>,
     }
     #[derive(serde::Serialize)]
     struct Line<'a> {
@@ -714,7 +722,13 @@ pub(crate) fn user_line(prompt: &str) -> String {
         kind: "user",
         message: Message {
             role: "user",
-            content: prompt,
+            content: if images.is_empty() {
+                Content::Text(prompt)
+            } else {
+                let mut blocks = vec![serde_json::json!({"type": "text", "text": prompt})];
+                blocks.extend(images.iter().cloned());
+                Content::Blocks(blocks)
+            },
         },
     };
     // Serializing plain strings cannot fail.
@@ -911,9 +925,9 @@ impl Spawned {
     /// Writes the one user line and closes stdin (so the CLI exits after this turn), in
     /// its own task so a huge prompt cannot block the watchdogs; it fails harmlessly
     /// (EPIPE) if the process dies first.
-    fn send_prompt(&mut self, prompt: &str) {
+    fn send_prompt(&mut self, req: &CliRequest) {
         if let Some(mut stdin) = self.stdin.take() {
-            let line = user_line(prompt);
+            let line = user_line(&req.prompt, &req.images);
             self.stdin_task = Some(tokio::spawn(async move {
                 let _ = stdin.write_all(line.as_bytes()).await;
                 let _ = stdin.shutdown().await;
@@ -1106,7 +1120,7 @@ async fn run_process(
     // While a pooled run waits for its first line the pool does not refill: a refill's
     // CPU-heavy start-up would eat the very latency the pool exists to save.
     let mut starting = is_pooled.then(|| PoolStarting::new(inner));
-    sp.send_prompt(&req.prompt);
+    sp.send_prompt(req);
     let ring = Arc::clone(&sp.ring);
 
     let mut acc = RunAccumulator::new();
@@ -1273,9 +1287,21 @@ mod tests {
     #[test]
     fn user_line_is_exactly_one_json_line() {
         assert_eq!(
-            user_line("--model x\n\"q\""),
+            user_line("--model x\n\"q\"", &[]),
             "{\"type\":\"user\",\"message\":{\"role\":\"user\",\"content\":\"--model x\\n\\\"q\\\"\"}}\n"
         );
+    }
+
+    #[test]
+    fn user_line_with_images_is_a_content_block_list() {
+        let image = serde_json::json!({"type": "image", "source": {"type": "url", "url": "https://x/y.png"}});
+        let line = user_line("look: [image 1]", std::slice::from_ref(&image));
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(
+            v["message"]["content"],
+            serde_json::json!([{"type": "text", "text": "look: [image 1]"}, image])
+        );
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
     }
 
     #[test]

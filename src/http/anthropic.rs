@@ -87,6 +87,7 @@ fn to_turn(req: &MessagesRequest) -> Result<Turn, ApiError> {
     }
     .filter(|s| !s.is_empty());
     let mut turns = Vec::new();
+    let mut images = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         let role = match m.role.as_str() {
             "user" => "user",
@@ -100,12 +101,17 @@ fn to_turn(req: &MessagesRequest) -> Result<Turn, ApiError> {
         };
         let text = match &m.content {
             MessageContent::Text(t) => t.clone(),
-            MessageContent::Blocks(b) => join_text_blocks(b, &format!("messages[{i}].content"))?,
+            MessageContent::Blocks(b) => crate::http::join_content(
+                b,
+                &format!("messages[{i}].content"),
+                (role == "user").then_some(&mut images),
+            )?,
         };
         turns.push((role, text));
     }
     Ok(Turn {
         prompt: crate::http::transcript(&turns)?,
+        images,
         system,
         model: req.model.clone(),
     })

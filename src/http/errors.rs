@@ -94,7 +94,9 @@ impl ApiError {
                     Flavour::Anthropic => "request_too_large",
                 },
                 "request_too_large",
-                format!("Request body exceeds the limit of {limit} bytes."),
+                format!(
+                    "Request body exceeds the gateway's limit of {limit} bytes (its operator can raise request_body_limit)."
+                ),
                 None,
             ),
             ApiError::Unauthorized => (
@@ -141,7 +143,7 @@ impl ApiError {
             }}),
             Flavour::Anthropic => json!({
                 "type": "error",
-                "error": {"type": etype, "message": message},
+                "error": {"type": etype, "message": anthropic_message(&message, param.as_deref())},
                 "request_id": cx.request_id,
             }),
         };
@@ -154,6 +156,20 @@ impl ApiError {
 
     pub fn into_response(self, cx: &ErrorContext<'_>) -> Response {
         self.render(cx).into_response()
+    }
+}
+
+/// Anthropic's errors have no `param`; like the real API, the message starts with the
+/// offending field in dotted form (`messages.0.content.1.source: …`).
+fn anthropic_message(message: &str, param: Option<&str>) -> String {
+    let Some(param) = param else {
+        return message.to_string();
+    };
+    let dotted = param.replace('[', ".").replace(']', "");
+    if message.starts_with(&dotted) {
+        message.to_string()
+    } else {
+        format!("{dotted}: {message}")
     }
 }
 

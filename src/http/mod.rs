@@ -214,37 +214,157 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A content block / part as both APIs write it: `{"type": "text", "text": "…"}`.
+/// A content block / part as both APIs write it: `{"type": "text", "text": "…"}`, an
+/// Anthropic image `{"type": "image", "source": {…}}` or an OpenAI image part
+/// `{"type": "image_url", "image_url": {"url": "…"}}`.
 #[derive(Debug, serde::Deserialize)]
 pub struct TextBlock {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    source: Option<serde_json::Value>,
+    #[serde(default)]
+    image_url: Option<serde_json::Value>,
 }
+
+/// Media types the Messages API accepts for images.
+const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
 
 /// Joins text blocks with newlines; any other block type is a 400 naming its path
 /// (`path` is the JSON path of the list, e.g. `messages[2].content`).
 pub fn join_text_blocks(blocks: &[TextBlock], path: &str) -> Result<String, ApiError> {
-    let mut out = Vec::with_capacity(blocks.len());
+    join_content(blocks, path, None)
+}
+
+/// Like [`join_text_blocks`], but images are allowed: each becomes an Anthropic image block
+/// in `images` (passed to the CLI with the prompt) and a `[image N]` marker in the text
+/// where it stood, so the flattened transcript keeps its place.
+pub fn join_content(
+    blocks: &[TextBlock],
+    path: &str,
+    mut images: Option<&mut Vec<serde_json::Value>>,
+) -> Result<String, ApiError> {
+    let mut out: Vec<String> = Vec::with_capacity(blocks.len());
     for (j, b) in blocks.iter().enumerate() {
-        match (b.kind.as_str(), &b.text) {
-            ("text", Some(t)) => out.push(t.as_str()),
+        let at = |field: &str| format!("{path}[{j}]{field}");
+        let image = match (b.kind.as_str(), &b.text) {
+            ("text", Some(t)) => {
+                out.push(t.clone());
+                continue;
+            }
             ("text", None) => {
                 return Err(ApiError::invalid_param(
                     "text block is missing `text`",
-                    &format!("{path}[{j}].text"),
+                    &at(".text"),
+                ))
+            }
+            ("image" | "image_url", _) if images.is_some() => match b.kind.as_str() {
+                "image" => anthropic_image(b.source.as_ref(), &at(".source"))?,
+                _ => openai_image(b.image_url.as_ref(), &at(".image_url"))?,
+            },
+            ("image" | "image_url", _) => {
+                return Err(ApiError::invalid_param(
+                    "images are only supported in user messages",
+                    &at(".type"),
                 ))
             }
             (other, _) => {
                 return Err(ApiError::invalid_param(
-                    format!("content type `{other}` is not supported; only `text` is"),
-                    &format!("{path}[{j}].type"),
+                    format!("content type `{other}` is not supported; only text and images are"),
+                    &at(".type"),
                 ))
             }
+        };
+        if let Some(list) = images.as_deref_mut() {
+            list.push(image);
+            out.push(format!("[image {}]", list.len()));
         }
     }
     Ok(out.join("\n"))
+}
+
+fn image_block(source: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"type": "image", "source": source})
+}
+
+fn base64_source(media_type: &str, data: &str, path: &str) -> Result<serde_json::Value, ApiError> {
+    if !IMAGE_MEDIA_TYPES.contains(&media_type) {
+        return Err(ApiError::invalid_param(
+            format!(
+                "image media type `{media_type}` is not supported; use one of {}",
+                IMAGE_MEDIA_TYPES.join(", ")
+            ),
+            path,
+        ));
+    }
+    let plausible = !data.is_empty()
+        && data
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_'));
+    if !plausible {
+        return Err(ApiError::invalid_param(
+            "image data must be non-empty base64",
+            path,
+        ));
+    }
+    Ok(serde_json::json!({"type": "base64", "media_type": media_type, "data": data}))
+}
+
+fn url_source(url: &str, path: &str) -> Result<serde_json::Value, ApiError> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(ApiError::invalid_param(
+            "image URL must be http(s) or a base64 data: URL",
+            path,
+        ));
+    }
+    Ok(serde_json::json!({"type": "url", "url": url}))
+}
+
+/// An Anthropic `image` block's `source` (`base64` or `url`), validated.
+fn anthropic_image(
+    source: Option<&serde_json::Value>,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let field = |k: &str| source.and_then(|s| s.get(k)).and_then(|v| v.as_str());
+    let source = match field("type") {
+        Some("base64") => base64_source(
+            field("media_type").unwrap_or_default(),
+            field("data").unwrap_or_default(),
+            path,
+        )?,
+        Some("url") => url_source(field("url").unwrap_or_default(), path)?,
+        _ => {
+            return Err(ApiError::invalid_param(
+                "image `source.type` must be `base64` or `url`",
+                path,
+            ))
+        }
+    };
+    Ok(image_block(source))
+}
+
+/// An OpenAI `image_url` part: a `data:<type>;base64,<data>` URL or an http(s) URL.
+fn openai_image(
+    image_url: Option<&serde_json::Value>,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
+    // Both `{"url": "…"}` and the older bare string.
+    let url = image_url
+        .and_then(|v| v.get("url").or(Some(v)))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let source = match url.strip_prefix("data:") {
+        Some(rest) => {
+            let (media_type, data) = rest
+                .split_once(";base64,")
+                .ok_or_else(|| ApiError::invalid_param("data: URL must be base64", path))?;
+            base64_source(media_type, data, path)?
+        }
+        None => url_source(url, path)?,
+    };
+    Ok(image_block(source))
 }
 
 /// Flattens a conversation into the one prompt the CLI receives on stdin. A single user

@@ -60,12 +60,17 @@ enum Content {
     Parts(Vec<crate::http::TextBlock>),
 }
 
-fn content_text(content: &Option<Content>, index: usize) -> Result<String, ApiError> {
+/// A message's text; images (user messages only) go to `images`.
+fn content_text(
+    content: &Option<Content>,
+    index: usize,
+    images: Option<&mut Vec<Value>>,
+) -> Result<String, ApiError> {
     match content {
         None => Ok(String::new()),
         Some(Content::Text(t)) => Ok(t.clone()),
         Some(Content::Parts(parts)) => {
-            crate::http::join_text_blocks(parts, &format!("messages[{index}].content"))
+            crate::http::join_content(parts, &format!("messages[{index}].content"), images)
         }
     }
 }
@@ -134,8 +139,9 @@ fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
     }
     let mut system = Vec::new();
     let mut turns = Vec::new();
+    let mut images = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
-        let text = content_text(&m.content, i)?;
+        let text = content_text(&m.content, i, (m.role == "user").then_some(&mut images))?;
         match m.role.as_str() {
             "system" | "developer" => system.push(text),
             "user" | "assistant" => turns.push((m.role.as_str(), text)),
@@ -150,6 +156,7 @@ fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
     let prompt = crate::http::transcript(&turns)?;
     Ok(Turn {
         prompt,
+        images,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         model: req.model.clone(),
     })

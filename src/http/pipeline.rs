@@ -17,6 +17,8 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct Turn {
     pub prompt: String,
+    /// Anthropic image blocks sent with the prompt (the prompt marks their places).
+    pub images: Vec<serde_json::Value>,
     pub system: Option<String>,
     pub model: String,
 }
@@ -171,6 +173,7 @@ impl RequestCx {
     fn cli_request(&self, turn: &Turn) -> CliRequest {
         CliRequest {
             prompt: turn.prompt.clone(),
+            images: turn.images.clone(),
             system_prompt: turn.system.clone(),
             model: Some(turn.model.clone()),
             timeout: None,

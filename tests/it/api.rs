@@ -795,3 +795,114 @@ async fn post_owned(url: String, body: Value) -> (u16, reqwest::header::HeaderMa
     let headers = r.headers().clone();
     (status, headers, r.text().await.unwrap_or_default())
 }
+
+/// 1×1 PNG.
+const PNG_B64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
+
+/// The stdin lines the fake CLI received, parsed.
+fn stdin_json(s: &TestServer) -> Vec<Value> {
+    std::fs::read_to_string(&s.log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("STDIN:"))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn images_reach_the_cli_as_content_blocks_in_place() {
+    let s = TestServer::start(Opts::default()).await;
+    let chat = json!({"model": "sonnet", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Compare"},
+        {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{PNG_B64}")}},
+        {"type": "text", "text": "with"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/b.jpg", "detail": "low"}},
+    ]}]});
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{body}");
+    let msgs = json!({"model": "sonnet", "max_tokens": 10, "messages": [
+        {"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}},
+            {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "A pixel."},
+        {"role": "user", "content": "And its colour?"},
+    ]});
+    let (st, _, body) = post(&s, "/v1/messages", &msgs).await;
+    assert_eq!(st, 200, "{body}");
+
+    let lines = stdin_json(&s);
+    let user: Vec<&Value> = lines.iter().filter(|l| l["type"] == "user").collect();
+    assert_eq!(user.len(), 2, "{lines:?}");
+    let first = &user[0]["message"]["content"];
+    assert_eq!(first[0]["text"], "Compare\n[image 1]\nwith\n[image 2]");
+    assert_eq!(
+        first[1],
+        json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}})
+    );
+    assert_eq!(
+        first[2],
+        json!({"type": "image", "source": {"type": "url", "url": "https://example.com/b.jpg"}})
+    );
+    // An image in an earlier turn keeps its marker inside the transcript.
+    let second = &user[1]["message"]["content"];
+    let text = second[0]["text"].as_str().unwrap();
+    assert!(text.contains("[image 1]\nWhat is this?"), "{text}");
+    assert!(text.ends_with("And its colour?"), "{text}");
+    assert_eq!(second[1]["source"]["data"], PNG_B64);
+    assert_eq!(second.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn bad_images_are_400_naming_the_part() {
+    let s = TestServer::start(Opts::default()).await;
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "x", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}]}]}),
+            "messages[0].content[0].image_url",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "x", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]}),
+            "messages[0].content[0].image_url",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "x", "messages": [
+                {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "https://a/b.png"}}]},
+                {"role": "user", "content": "hi"}]}),
+            "messages[0].content[0].type",
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "not base64!"}}]}]}),
+            "messages[0].content[0].source",
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "document", "source": {"type": "text", "data": "x"}}]}]}),
+            "messages[0].content[0].type",
+        ),
+    ];
+    for (path, body, param) in cases {
+        let (st, _, text) = post(&s, path, &body).await;
+        assert_eq!(st, 400, "{body}: {text}");
+        let v = json_of(&text);
+        if path == "/v1/chat/completions" {
+            assert_eq!(v["error"]["param"], param, "{text}");
+        } else {
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+            // No `param` in Anthropic's shape: the message starts with the dotted path.
+            let dotted = param.replace('[', ".").replace(']', "");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.starts_with(&format!("{dotted}: ")), "{text}");
+        }
+    }
+    // Nothing reached the CLI.
+    assert!(stdin_json(&s).iter().all(|l| l["type"] != "user"));
+}
