@@ -91,6 +91,17 @@ def _():
     assert len([p for p in parts if p]) >= 2, parts
 
 
+PNG_B64 = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=")
+
+
+@check("openai: an image part is accepted")
+def _():
+    r = oa.chat.completions.create(model="sonnet", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PNG_B64}}]}])
+    assert r.choices[0].message.content == "Hello from the fake CLI.", r
+
+
 @check("openai: RateLimitError")
 def _():
     expect_raises(openai.RateLimitError, lambda: oa_chat("[[scenario:rate_limit]]"))
@@ -156,6 +167,17 @@ def _():
     assert "sonnet" in ids, ids
     assert an.models.retrieve("sonnet").id == "sonnet"
     expect_raises(anthropic.NotFoundError, lambda: an.models.retrieve("no-such-model"))
+
+
+@check("anthropic: an image block is accepted; a bad one is BadRequestError")
+def _():
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}}
+    r = an.messages.create(model="sonnet", max_tokens=100, messages=[
+        {"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}])
+    assert r.content[0].text == "Hello from the fake CLI.", r
+    bad = {"type": "image", "source": {"type": "base64", "media_type": "image/tiff", "data": PNG_B64}}
+    expect_raises(anthropic.BadRequestError, lambda: an.messages.create(
+        model="sonnet", max_tokens=100, messages=[{"role": "user", "content": [bad]}]))
 
 
 @check("anthropic: RateLimitError")
