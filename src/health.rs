@@ -203,7 +203,7 @@ pub async fn probe_once(state: &crate::state::AppState, source: Source) -> Probe
     let started = std::time::Instant::now();
     let mut run = state.backend.start(CliRequest {
         prompt: settings.prompt.clone(),
-        images: Vec::new(),
+        attachments: Vec::new(),
         system_prompt: None,
         model: settings.model.clone(),
         timeout: Some(settings.timeout),

@@ -75,7 +75,7 @@ pub struct CliRequest {
     /// The user prompt, written to stdin as one stream-json user message. Never argv.
     pub prompt: String,
     /// Anthropic image content blocks sent after the prompt text in that same message.
-    pub images: Vec<serde_json::Value>,
+    pub attachments: Vec<serde_json::Value>,
     /// System prompt (passed via a private temp file, `--system-prompt-file`).
     pub system_prompt: Option<String>,
     /// `--model` value.

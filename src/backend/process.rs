@@ -698,9 +698,9 @@ pub(crate) fn cli_args(
 }
 
 /// The one stdin line: `{"type":"user","message":{"role":"user","content":<prompt>}}\n`;
-/// with images, `content` is `[{"type":"text","text":<prompt>}, <image blocks>…]` (the
+/// with attachments, `content` is `[{"type":"text","text":<prompt>}, <image blocks>…]` (the
 /// CLI passes content blocks to the API unchanged).
-pub(crate) fn user_line(prompt: &str, images: &[serde_json::Value]) -> String {
+pub(crate) fn user_line(prompt: &str, attachments: &[serde_json::Value]) -> String {
     #[derive(serde::Serialize)]
     #[serde(untagged)]
     enum Content<'a> {
@@ -722,11 +722,11 @@ pub(crate) fn user_line(prompt: &str, images: &[serde_json::Value]) -> String {
         kind: "user",
         message: Message {
             role: "user",
-            content: if images.is_empty() {
+            content: if attachments.is_empty() {
                 Content::Text(prompt)
             } else {
                 let mut blocks = vec![serde_json::json!({"type": "text", "text": prompt})];
-                blocks.extend(images.iter().cloned());
+                blocks.extend(attachments.iter().cloned());
                 Content::Blocks(blocks)
             },
         },
@@ -927,7 +927,7 @@ impl Spawned {
     /// (EPIPE) if the process dies first.
     fn send_prompt(&mut self, req: &CliRequest) {
         if let Some(mut stdin) = self.stdin.take() {
-            let line = user_line(&req.prompt, &req.images);
+            let line = user_line(&req.prompt, &req.attachments);
             self.stdin_task = Some(tokio::spawn(async move {
                 let _ = stdin.write_all(line.as_bytes()).await;
                 let _ = stdin.shutdown().await;

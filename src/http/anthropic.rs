@@ -87,7 +87,7 @@ fn to_turn(req: &MessagesRequest) -> Result<Turn, ApiError> {
     }
     .filter(|s| !s.is_empty());
     let mut turns = Vec::new();
-    let mut images = Vec::new();
+    let mut attachments = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         let role = match m.role.as_str() {
             "user" => "user",
@@ -104,14 +104,14 @@ fn to_turn(req: &MessagesRequest) -> Result<Turn, ApiError> {
             MessageContent::Blocks(b) => crate::http::join_content(
                 b,
                 &format!("messages[{i}].content"),
-                (role == "user").then_some(&mut images),
+                (role == "user").then_some(&mut attachments),
             )?,
         };
         turns.push((role, text));
     }
     Ok(Turn {
         prompt: crate::http::transcript(&turns)?,
-        images,
+        attachments,
         system,
         model: req.model.clone(),
     })

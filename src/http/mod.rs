@@ -215,8 +215,8 @@ pub fn unix_now() -> u64 {
 }
 
 /// A content block / part as both APIs write it: `{"type": "text", "text": "…"}`, an
-/// Anthropic image `{"type": "image", "source": {…}}` or an OpenAI image part
-/// `{"type": "image_url", "image_url": {"url": "…"}}`.
+/// Anthropic `image` / `document` block (`{"type": …, "source": {…}}`), or an OpenAI
+/// `image_url` / `file` part.
 #[derive(Debug, serde::Deserialize)]
 pub struct TextBlock {
     #[serde(rename = "type")]
@@ -227,6 +227,12 @@ pub struct TextBlock {
     source: Option<serde_json::Value>,
     #[serde(default)]
     image_url: Option<serde_json::Value>,
+    #[serde(default)]
+    file: Option<serde_json::Value>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    context: Option<String>,
 }
 
 /// Media types the Messages API accepts for images.
@@ -238,18 +244,19 @@ pub fn join_text_blocks(blocks: &[TextBlock], path: &str) -> Result<String, ApiE
     join_content(blocks, path, None)
 }
 
-/// Like [`join_text_blocks`], but images are allowed: each becomes an Anthropic image block
-/// in `images` (passed to the CLI with the prompt) and a `[image N]` marker in the text
-/// where it stood, so the flattened transcript keeps its place.
+/// Like [`join_text_blocks`], but images and documents (PDF, plain text) are allowed when
+/// `attachments` is given: each becomes an Anthropic content block in `attachments`
+/// (passed to the CLI with the prompt) and an `[image N]` / `[document N]` marker in the
+/// text where it stood, so the flattened transcript keeps its place.
 pub fn join_content(
     blocks: &[TextBlock],
     path: &str,
-    mut images: Option<&mut Vec<serde_json::Value>>,
+    mut attachments: Option<&mut Vec<serde_json::Value>>,
 ) -> Result<String, ApiError> {
     let mut out: Vec<String> = Vec::with_capacity(blocks.len());
     for (j, b) in blocks.iter().enumerate() {
         let at = |field: &str| format!("{path}[{j}]{field}");
-        let image = match (b.kind.as_str(), &b.text) {
+        let attachment = match (b.kind.as_str(), &b.text) {
             ("text", Some(t)) => {
                 out.push(t.clone());
                 continue;
@@ -260,52 +267,60 @@ pub fn join_content(
                     &at(".text"),
                 ))
             }
-            ("image" | "image_url", _) if images.is_some() => match b.kind.as_str() {
-                "image" => anthropic_image(b.source.as_ref(), &at(".source"))?,
-                _ => openai_image(b.image_url.as_ref(), &at(".image_url"))?,
-            },
-            ("image" | "image_url", _) => {
+            ("image" | "image_url" | "document" | "file", _) if attachments.is_none() => {
                 return Err(ApiError::invalid_param(
-                    "images are only supported in user messages",
+                    "images and documents are only supported in user messages",
                     &at(".type"),
                 ))
             }
+            ("image", _) => anthropic_image(b.source.as_ref(), &at(".source"))?,
+            ("image_url", _) => openai_image(b.image_url.as_ref(), &at(".image_url"))?,
+            ("document", _) => anthropic_document(b, &at(".source"))?,
+            ("file", _) => openai_file(b.file.as_ref(), &at(".file"))?,
             (other, _) => {
                 return Err(ApiError::invalid_param(
-                    format!("content type `{other}` is not supported; only text and images are"),
+                    format!(
+                    "content type `{other}` is not supported; only text, images and documents are"
+                ),
                     &at(".type"),
                 ))
             }
         };
-        if let Some(list) = images.as_deref_mut() {
-            list.push(image);
-            out.push(format!("[image {}]", list.len()));
+        if let Some(list) = attachments.as_deref_mut() {
+            let kind = attachment["type"].as_str().unwrap_or("image").to_string();
+            list.push(attachment);
+            let n = list.iter().filter(|a| a["type"] == kind.as_str()).count();
+            out.push(format!("[{kind} {n}]"));
         }
     }
     Ok(out.join("\n"))
 }
 
-fn image_block(source: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({"type": "image", "source": source})
+fn plausible_base64(data: &str) -> bool {
+    !data.is_empty()
+        && data
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_'))
 }
 
-fn base64_source(media_type: &str, data: &str, path: &str) -> Result<serde_json::Value, ApiError> {
-    if !IMAGE_MEDIA_TYPES.contains(&media_type) {
+fn base64_source(
+    media_type: &str,
+    allowed: &[&str],
+    data: &str,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
+    if !allowed.contains(&media_type) {
         return Err(ApiError::invalid_param(
             format!(
-                "image media type `{media_type}` is not supported; use one of {}",
-                IMAGE_MEDIA_TYPES.join(", ")
+                "media type `{media_type}` is not supported here; use one of {}",
+                allowed.join(", ")
             ),
             path,
         ));
     }
-    let plausible = !data.is_empty()
-        && data
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_'));
-    if !plausible {
+    if !plausible_base64(data) {
         return Err(ApiError::invalid_param(
-            "image data must be non-empty base64",
+            "data must be non-empty base64",
             path,
         ));
     }
@@ -315,11 +330,17 @@ fn base64_source(media_type: &str, data: &str, path: &str) -> Result<serde_json:
 fn url_source(url: &str, path: &str) -> Result<serde_json::Value, ApiError> {
     if !(url.starts_with("https://") || url.starts_with("http://")) {
         return Err(ApiError::invalid_param(
-            "image URL must be http(s) or a base64 data: URL",
+            "URL must be http(s) or a base64 data: URL",
             path,
         ));
     }
     Ok(serde_json::json!({"type": "url", "url": url}))
+}
+
+fn str_field<'a>(v: Option<&'a serde_json::Value>, key: &str) -> &'a str {
+    v.and_then(|s| s.get(key))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
 }
 
 /// An Anthropic `image` block's `source` (`base64` or `url`), validated.
@@ -327,14 +348,14 @@ fn anthropic_image(
     source: Option<&serde_json::Value>,
     path: &str,
 ) -> Result<serde_json::Value, ApiError> {
-    let field = |k: &str| source.and_then(|s| s.get(k)).and_then(|v| v.as_str());
-    let source = match field("type") {
-        Some("base64") => base64_source(
-            field("media_type").unwrap_or_default(),
-            field("data").unwrap_or_default(),
+    let source = match str_field(source, "type") {
+        "base64" => base64_source(
+            str_field(source, "media_type"),
+            &IMAGE_MEDIA_TYPES,
+            str_field(source, "data"),
             path,
         )?,
-        Some("url") => url_source(field("url").unwrap_or_default(), path)?,
+        "url" => url_source(str_field(source, "url"), path)?,
         _ => {
             return Err(ApiError::invalid_param(
                 "image `source.type` must be `base64` or `url`",
@@ -342,7 +363,43 @@ fn anthropic_image(
             ))
         }
     };
-    Ok(image_block(source))
+    Ok(serde_json::json!({"type": "image", "source": source}))
+}
+
+/// An Anthropic `document` block: a base64 PDF, plain text, or a PDF URL (with its
+/// optional `title` and `context`).
+fn anthropic_document(b: &TextBlock, path: &str) -> Result<serde_json::Value, ApiError> {
+    let source = b.source.as_ref();
+    let source = match str_field(source, "type") {
+        "base64" => base64_source(
+            str_field(source, "media_type"),
+            &["application/pdf"],
+            str_field(source, "data"),
+            path,
+        )?,
+        "text" => {
+            let data = source
+                .and_then(|s| s.get("data"))
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| ApiError::invalid_param("text document needs `data`", path))?;
+            serde_json::json!({"type": "text", "media_type": "text/plain", "data": data})
+        }
+        "url" => url_source(str_field(source, "url"), path)?,
+        _ => {
+            return Err(ApiError::invalid_param(
+                "document `source.type` must be `base64` (PDF), `text` or `url`",
+                path,
+            ))
+        }
+    };
+    let mut block = serde_json::json!({"type": "document", "source": source});
+    if let Some(t) = &b.title {
+        block["title"] = t.clone().into();
+    }
+    if let Some(c) = &b.context {
+        block["context"] = c.clone().into();
+    }
+    Ok(block)
 }
 
 /// An OpenAI `image_url` part: a `data:<type>;base64,<data>` URL or an http(s) URL.
@@ -360,11 +417,42 @@ fn openai_image(
             let (media_type, data) = rest
                 .split_once(";base64,")
                 .ok_or_else(|| ApiError::invalid_param("data: URL must be base64", path))?;
-            base64_source(media_type, data, path)?
+            base64_source(media_type, &IMAGE_MEDIA_TYPES, data, path)?
         }
         None => url_source(url, path)?,
     };
-    Ok(image_block(source))
+    Ok(serde_json::json!({"type": "image", "source": source}))
+}
+
+/// An OpenAI `file` part with inline `file_data` (a base64 PDF data: URL); uploaded
+/// `file_id`s do not exist here.
+fn openai_file(
+    file: Option<&serde_json::Value>,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
+    if !str_field(file, "file_id").is_empty() {
+        return Err(ApiError::invalid_param(
+            "`file_id` is not supported (there is no file store); send the file inline as `file_data`",
+            path,
+        ));
+    }
+    let data_url = str_field(file, "file_data");
+    let (media_type, data) = data_url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(";base64,"))
+        .ok_or_else(|| {
+            ApiError::invalid_param(
+                "`file_data` must be a data: URL (data:application/pdf;base64,…)",
+                path,
+            )
+        })?;
+    let source = base64_source(media_type, &["application/pdf"], data, path)?;
+    let mut block = serde_json::json!({"type": "document", "source": source});
+    let name = str_field(file, "filename");
+    if !name.is_empty() {
+        block["title"] = name.into();
+    }
+    Ok(block)
 }
 
 /// Flattens a conversation into the one prompt the CLI receives on stdin. A single user

@@ -60,17 +60,17 @@ enum Content {
     Parts(Vec<crate::http::TextBlock>),
 }
 
-/// A message's text; images (user messages only) go to `images`.
+/// A message's text; attachments (user messages only) go to `attachments`.
 fn content_text(
     content: &Option<Content>,
     index: usize,
-    images: Option<&mut Vec<Value>>,
+    attachments: Option<&mut Vec<Value>>,
 ) -> Result<String, ApiError> {
     match content {
         None => Ok(String::new()),
         Some(Content::Text(t)) => Ok(t.clone()),
         Some(Content::Parts(parts)) => {
-            crate::http::join_content(parts, &format!("messages[{index}].content"), images)
+            crate::http::join_content(parts, &format!("messages[{index}].content"), attachments)
         }
     }
 }
@@ -139,9 +139,13 @@ fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
     }
     let mut system = Vec::new();
     let mut turns = Vec::new();
-    let mut images = Vec::new();
+    let mut attachments = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
-        let text = content_text(&m.content, i, (m.role == "user").then_some(&mut images))?;
+        let text = content_text(
+            &m.content,
+            i,
+            (m.role == "user").then_some(&mut attachments),
+        )?;
         match m.role.as_str() {
             "system" | "developer" => system.push(text),
             "user" | "assistant" => turns.push((m.role.as_str(), text)),
@@ -156,7 +160,7 @@ fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
     let prompt = crate::http::transcript(&turns)?;
     Ok(Turn {
         prompt,
-        images,
+        attachments,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         model: req.model.clone(),
     })

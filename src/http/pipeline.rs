@@ -18,7 +18,7 @@ use crate::state::AppState;
 pub struct Turn {
     pub prompt: String,
     /// Anthropic image blocks sent with the prompt (the prompt marks their places).
-    pub images: Vec<serde_json::Value>,
+    pub attachments: Vec<serde_json::Value>,
     pub system: Option<String>,
     pub model: String,
 }
@@ -173,7 +173,7 @@ impl RequestCx {
     fn cli_request(&self, turn: &Turn) -> CliRequest {
         CliRequest {
             prompt: turn.prompt.clone(),
-            images: turn.images.clone(),
+            attachments: turn.attachments.clone(),
             system_prompt: turn.system.clone(),
             model: Some(turn.model.clone()),
             timeout: None,

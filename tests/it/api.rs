@@ -811,7 +811,7 @@ fn stdin_json(s: &TestServer) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn images_reach_the_cli_as_content_blocks_in_place() {
+async fn attachments_reach_the_cli_as_content_blocks_in_place() {
     let s = TestServer::start(Opts::default()).await;
     let chat = json!({"model": "sonnet", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "Compare"},
@@ -844,6 +844,40 @@ async fn images_reach_the_cli_as_content_blocks_in_place() {
         first[2],
         json!({"type": "image", "source": {"type": "url", "url": "https://example.com/b.jpg"}})
     );
+    // Documents: a PDF and plain text (Anthropic), an inline PDF file part (OpenAI).
+    let msgs = json!({"model": "sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "document", "title": "Spec", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain words"}},
+        {"type": "text", "text": "Summarise both."}]}]});
+    let (st, _, body) = post(&s, "/v1/messages", &msgs).await;
+    assert_eq!(st, 200, "{body}");
+    let chat = json!({"model": "sonnet", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}},
+        {"type": "text", "text": "Summarise."}]}]});
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{body}");
+    let lines = stdin_json(&s);
+    let user: Vec<&Value> = lines.iter().filter(|l| l["type"] == "user").collect();
+    assert_eq!(user.len(), 4, "{lines:?}");
+    let docs = &user[2]["message"]["content"];
+    assert_eq!(
+        docs[0]["text"],
+        "[document 1]\n[document 2]\nSummarise both."
+    );
+    assert_eq!(docs[1]["title"], "Spec");
+    assert_eq!(docs[1]["source"]["media_type"], "application/pdf");
+    assert_eq!(
+        docs[2]["source"],
+        json!({"type": "text", "media_type": "text/plain", "data": "plain words"})
+    );
+    let file = &user[3]["message"]["content"];
+    assert_eq!(file[0]["text"], "[document 1]\nSummarise.");
+    assert_eq!(
+        file[1],
+        json!({"type": "document", "title": "a.pdf",
+               "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}})
+    );
+
     // An image in an earlier turn keeps its marker inside the transcript.
     let second = &user[1]["message"]["content"];
     let text = second[0]["text"].as_str().unwrap();
@@ -854,7 +888,7 @@ async fn images_reach_the_cli_as_content_blocks_in_place() {
 }
 
 #[tokio::test]
-async fn bad_images_are_400_naming_the_part() {
+async fn bad_attachments_are_400_naming_the_part() {
     let s = TestServer::start(Opts::default()).await;
     let cases = [
         (
@@ -885,8 +919,20 @@ async fn bad_images_are_400_naming_the_part() {
         (
             "/v1/messages",
             json!({"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": [
-                {"type": "document", "source": {"type": "text", "data": "x"}}]}]}),
+                {"type": "tool_result", "tool_use_id": "t1", "content": "x"}]}]}),
             "messages[0].content[0].type",
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": [
+                {"type": "document", "source": {"type": "base64", "media_type": "application/zip", "data": "UEsD"}}]}]}),
+            "messages[0].content[0].source",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "x", "messages": [{"role": "user", "content": [
+                {"type": "file", "file": {"file_id": "file-abc"}}]}]}),
+            "messages[0].content[0].file",
         ),
     ];
     for (path, body, param) in cases {

@@ -376,10 +376,10 @@ async fn real_cli_pooled_processes_serve_one_isolated_request_each() {
     s.shutdown().await;
 }
 
-/// An image sent through ccgate reaches the upstream API as an image block, through the
+/// An image and a PDF sent through ccgate reach the upstream API as content blocks, through the
 /// real CLI (which passes stream-json content blocks on unchanged).
 #[tokio::test]
-async fn real_cli_forwards_images_to_the_api() {
+async fn real_cli_forwards_images_and_documents_to_the_api() {
     let Some(exe) = real_claude() else { return };
     let mock = MockApi::start().await;
     let (s, _home) = real_server(exe, Some(mock.url("ok")), None).await;
@@ -387,15 +387,18 @@ async fn real_cli_forwards_images_to_the_api() {
     let body = json!({"model": "sonnet", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is in this picture?"},
         {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}},
     ]}]});
     let (st, _, text) = post(&s, "/v1/chat/completions", &body).await;
     assert_eq!(st, 200, "{text}");
     let calls = mock.message_requests();
     let content = &calls.last().expect("an upstream call").body["messages"][0]["content"];
     assert_eq!(
-        content[0]["text"], "What is in this picture?\n[image 1]",
+        content[0]["text"], "What is in this picture?\n[image 1]\n[document 1]",
         "{content}"
     );
+    assert_eq!(content[2]["type"], "document", "{content}");
+    assert_eq!(content[2]["source"]["media_type"], "application/pdf");
     assert_eq!(
         content[1],
         json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}})
