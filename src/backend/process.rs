@@ -497,19 +497,26 @@ impl Backend {
             return Admission::Evict(Box::new(idle));
         }
         let max = inner.settings.queue_size;
-        let took = inner
-            .stats
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            });
-        if took.is_ok() {
+        if take_queue_place(&inner.stats.queued, max) {
             Admission::Queued(QueueTicket(Arc::clone(&inner.stats)))
         } else {
             inner.stats.queue_full_total.fetch_add(1, Ordering::Relaxed);
             Admission::Full
         }
     }
+}
+
+/// Increments `queued` unless it already is `max`. (A plain CAS loop: `fetch_update` is
+/// deprecated in newer toolchains, `try_update` not yet stable in ours.)
+fn take_queue_place(queued: &AtomicUsize, max: usize) -> bool {
+    let mut n = queued.load(Ordering::Acquire);
+    while n < max {
+        match queued.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(current) => n = current,
+        }
+    }
+    false
 }
 
 fn far_future(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
