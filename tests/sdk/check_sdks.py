@@ -117,12 +117,16 @@ def _():
     expect_raises(openai.InternalServerError, lambda: oa_chat("[[scenario:crash]]"))
 
 
+def models_list_and_retrieve(client, not_found):
+    ids = [m.id for m in client.models.list()]
+    assert "sonnet" in ids, ids
+    assert client.models.retrieve("sonnet").id == "sonnet"
+    expect_raises(not_found, lambda: client.models.retrieve("no-such-model"))
+
+
 @check("openai: models list and retrieve; NotFoundError for an unknown model")
 def _():
-    ids = [m.id for m in oa.models.list()]
-    assert "sonnet" in ids, ids
-    assert oa.models.retrieve("sonnet").id == "sonnet"
-    expect_raises(openai.NotFoundError, lambda: oa.models.retrieve("no-such-model"))
+    models_list_and_retrieve(oa, openai.NotFoundError)
 
 
 log_out()
@@ -163,10 +167,7 @@ def _():
 
 @check("anthropic: models list and retrieve; NotFoundError for an unknown model")
 def _():
-    ids = [m.id for m in an.models.list()]
-    assert "sonnet" in ids, ids
-    assert an.models.retrieve("sonnet").id == "sonnet"
-    expect_raises(anthropic.NotFoundError, lambda: an.models.retrieve("no-such-model"))
+    models_list_and_retrieve(an, anthropic.NotFoundError)
 
 
 @check("anthropic: an image block is accepted; a bad one is BadRequestError")
