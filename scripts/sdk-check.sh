@@ -17,6 +17,7 @@ scenario=$(mktemp)
 FAKE_CLAUDE_SCENARIO_FILE="$scenario" \
 CCGATE_LISTEN="127.0.0.1:$port" \
 CCGATE_WATCH_RULES=false \
+CCGATE_SSE_KEEPALIVE=0.1 \
 CCGATE_CLI__COMMAND="$PWD/tests/fake-claude" \
 CCGATE_RULES=/nonexistent/use-embedded.yaml \
   "$bin" serve 2>"$log" &

@@ -49,6 +49,9 @@ pub struct Config {
     /// Seconds in-flight requests get to finish after SIGTERM / Ctrl-C; the ones still
     /// running then are ended (CLI killed, `shutting_down` answer) and ccgate exits.
     pub shutdown_timeout: f64,
+    /// Seconds a streaming response may stay silent before ccgate sends a keep-alive
+    /// (Anthropic `ping` event / OpenAI SSE comment); 0 disables.
+    pub sse_keepalive: f64,
     pub cli: CliConfig,
 }
 
@@ -100,6 +103,7 @@ impl Default for Config {
             cors_origins: Vec::new(),
             request_body_limit: 1024 * 1024,
             shutdown_timeout: 30.0,
+            sse_keepalive: 15.0,
             cli: CliConfig::default(),
         }
     }
@@ -200,11 +204,13 @@ impl Config {
                 ));
             }
         }
-        if !(self.shutdown_timeout.is_finite() && self.shutdown_timeout >= 0.0) {
-            return bad(format!(
-                "shutdown_timeout must be a number of seconds >= 0, got {}",
-                self.shutdown_timeout
-            ));
+        for (name, v) in [
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("sse_keepalive", self.sse_keepalive),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} must be a number of seconds >= 0, got {v}"));
+            }
         }
         if self.cli.max_concurrent == 0 {
             return bad("cli.max_concurrent must be at least 1".into());
@@ -238,6 +244,13 @@ impl Config {
         Duration::from_secs_f64(self.cli.start_timeout)
     }
 
+    /// The SSE keep-alive interval; None when disabled (0).
+    pub fn sse_keepalive(&self) -> Option<Duration> {
+        Duration::try_from_secs_f64(self.sse_keepalive)
+            .ok()
+            .filter(|d| !d.is_zero())
+    }
+
     /// The shutdown grace period (validated finite and >= 0).
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::try_from_secs_f64(self.shutdown_timeout).unwrap_or(Duration::ZERO)
@@ -256,6 +269,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "cors_origins",
     "request_body_limit",
     "shutdown_timeout",
+    "sse_keepalive",
     "cli",
 ];
 

@@ -422,7 +422,19 @@ pub fn sse_response(
     opening: Vec<axum::response::sse::Event>,
     render: impl Fn(Piece) -> Vec<axum::response::sse::Event> + Send + Sync + 'static,
 ) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
     use axum::response::IntoResponse;
+    let keep_alive = live.cx.state.config.sse_keepalive().map(|every| {
+        // Sent only while the stream is idle that long: proxies with read timeouts
+        // (nginx: 60 s) must not cut a stream whose CLI is quiet for a while. Anthropic
+        // clients know `ping` events; OpenAI clients skip SSE comments.
+        match live.cx.flavour {
+            Flavour::Anthropic => KeepAlive::new()
+                .interval(every)
+                .event(Event::default().event("ping").data(r#"{"type":"ping"}"#)),
+            Flavour::Openai => KeepAlive::new().interval(every).text("keep-alive"),
+        }
+    });
     let render = Arc::new(render);
     let events = futures_util::stream::unfold(
         (live, Some(opening), false),
@@ -444,5 +456,8 @@ pub fn sse_response(
     let flat = futures_util::StreamExt::flat_map(events, |v| {
         futures_util::stream::iter(v.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
-    axum::response::sse::Sse::new(flat).into_response()
+    match keep_alive {
+        Some(k) => Sse::new(flat).keep_alive(k).into_response(),
+        None => Sse::new(flat).into_response(),
+    }
 }

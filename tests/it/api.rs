@@ -952,3 +952,37 @@ async fn bad_attachments_are_400_naming_the_part() {
     // Nothing reached the CLI.
     assert!(stdin_json(&s).iter().all(|l| l["type"] != "user"));
 }
+
+#[tokio::test]
+async fn quiet_streams_get_keep_alives_in_each_flavour() {
+    let s = TestServer::start(Opts {
+        scenario: "slow",
+        env: vec![("FAKE_CLAUDE_DELAY", "0.45".into())],
+        tweak: Box::new(|c| c.sse_keepalive = 0.15),
+        ..Opts::default()
+    })
+    .await;
+    let (st, _, body) = post(&s, "/v1/messages", &messages_body("Hi", true)).await;
+    assert_eq!(st, 200, "{body}");
+    let events = sse_events(&body);
+    let pings = events
+        .iter()
+        .filter(|(n, d)| n.as_deref() == Some("ping") && json_of(d)["type"] == "ping")
+        .count();
+    // The opening ping, plus keep-alives in the 0.45 s gaps between deltas.
+    assert!(pings >= 3, "{pings} pings in {body}");
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n.as_deref() == Some("content_block_delta"))
+        .map(|(_, d)| json_of(d)["delta"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "Hello from the fake CLI.");
+
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hi", true)).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        body.matches(": keep-alive\n").count() >= 2,
+        "no SSE comments in {body}"
+    );
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}

@@ -102,6 +102,14 @@ def _():
     assert r.choices[0].message.content == "Hello from the fake CLI.", r
 
 
+@check("openai: a slow stream with keep-alive comments between deltas")
+def _():
+    # The server runs with sse_keepalive 0.1 s; the slow scenario spaces deltas 0.3 s.
+    parts = [c.choices[0].delta.content or "" for c in oa_chat("[[scenario:slow]] hi", stream=True)
+             if c.choices]
+    assert "".join(parts) == "Hello from the fake CLI.", parts
+
+
 @check("openai: RateLimitError")
 def _():
     expect_raises(openai.RateLimitError, lambda: oa_chat("[[scenario:rate_limit]]"))
@@ -179,6 +187,16 @@ def _():
     bad = {"type": "image", "source": {"type": "base64", "media_type": "image/tiff", "data": PNG_B64}}
     expect_raises(anthropic.BadRequestError, lambda: an.messages.create(
         model="sonnet", max_tokens=100, messages=[{"role": "user", "content": [bad]}]))
+
+
+@check("anthropic: a slow stream with ping keep-alives between deltas")
+def _():
+    with an.messages.stream(model="sonnet", max_tokens=100,
+                            messages=[{"role": "user", "content": "[[scenario:slow]] hi"}]) as s:
+        parts = list(s.text_stream)
+        final = s.get_final_message()
+    assert "".join(parts) == "Hello from the fake CLI.", parts
+    assert final.stop_reason == "end_turn", final
 
 
 @check("anthropic: RateLimitError")
