@@ -194,7 +194,7 @@ impl RequestCx {
                     return Ok(success);
                 }
                 Some(CliEvent::Done(Err(facts))) => {
-                    if let Some(s) = max_turns_partial(&facts, &assistant_text) {
+                    if let Some(s) = length_partial(&facts, &assistant_text) {
                         self.record_exit(Some(&facts));
                         self.succeeded();
                         return Ok(s);
@@ -223,7 +223,7 @@ impl RequestCx {
                             _ => None,
                         })
                         .collect();
-                    if let Some(s) = max_turns_partial(&facts, &partial) {
+                    if let Some(s) = length_partial(&facts, &partial) {
                         self.record_exit(Some(&facts));
                         ready.push_back(CliEvent::Done(Ok(s)));
                         break;
@@ -289,16 +289,30 @@ fn lost_run() -> FailureFacts {
     }
 }
 
-/// `error_max_turns` after some answer text: the caller gets that text with a
-/// `length`-style finish rather than an error (the turn limit is a length limit).
-fn max_turns_partial(facts: &FailureFacts, text: &str) -> Option<Success> {
-    (facts.result_subtype.as_deref() == Some("error_max_turns") && !text.trim().is_empty()).then(
-        || Success {
-            text: text.to_string(),
-            stop_reason: Some("max_turns".into()),
-            ..Success::default()
-        },
-    )
+/// A length limit the CLI hit after writing some of the answer: its turn limit
+/// (`error_max_turns`) or its output token limit (`max_output_tokens`, after the CLI's own
+/// "resume" attempts). The APIs report a truncated answer as a success with a length stop
+/// (`finish_reason: length` / `stop_reason: max_tokens`), so that is what the caller gets.
+fn length_limit(facts: &FailureFacts) -> Option<&'static str> {
+    if facts.result_subtype.as_deref() == Some("error_max_turns") {
+        Some("max_turns")
+    } else if facts.assistant_error.as_deref() == Some("max_output_tokens")
+        || facts.api_error.as_deref() == Some("max_output_tokens")
+    {
+        Some("max_tokens")
+    } else {
+        None
+    }
+}
+
+/// [`length_limit`] after some answer text: that text as a truncated success.
+fn length_partial(facts: &FailureFacts, text: &str) -> Option<Success> {
+    let stop = length_limit(facts)?;
+    (!text.trim().is_empty()).then(|| Success {
+        text: text.to_string(),
+        stop_reason: Some(stop.into()),
+        ..Success::default()
+    })
 }
 
 /// One piece of a streamed answer, API-neutral.
@@ -400,6 +414,18 @@ impl LiveStream {
                 }
                 CliEvent::Done(Err(facts)) => {
                     self.run = None;
+                    if let Some(stop) = length_limit(&facts).filter(|_| self.streamed_any) {
+                        // Truncated, not failed: end the stream as the APIs end a
+                        // length-limited answer.
+                        self.cx.record_exit(Some(&facts));
+                        self.cx.succeeded();
+                        self.cx.record_ok();
+                        self.cx.record_finished();
+                        return Some(Piece::Finish(Box::new(Success {
+                            stop_reason: Some(stop.into()),
+                            ..Success::default()
+                        })));
+                    }
                     return Some(self.fail_piece(&facts));
                 }
             }

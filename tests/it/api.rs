@@ -986,3 +986,61 @@ async fn quiet_streams_get_keep_alives_in_each_flavour() {
     );
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
 }
+
+#[tokio::test]
+async fn an_answer_cut_at_the_output_token_limit_is_a_truncated_success() {
+    // The CLI gives up after its own "resume" turns with a max_output_tokens error; the
+    // text it produced is the answer, flagged as length-limited, in both modes.
+    let s = TestServer::start(Opts {
+        scenario: "max_output_tokens",
+        ..Opts::default()
+    })
+    .await;
+    let want = "Hello from the fake CLI. More text.";
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hi", false)).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["choices"][0]["message"]["content"], want);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let (st, _, body) = post(&s, "/v1/messages", &messages_body("Hi", false)).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["content"][0]["text"], want);
+    assert_eq!(v["stop_reason"], "max_tokens");
+
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hi", true)).await;
+    assert_eq!(st, 200, "{body}");
+    let chunks: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(json_of)
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, want);
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "length"),
+        "{body}"
+    );
+    assert!(!body.contains("\"error\""), "{body}");
+    let (st, _, body) = post(&s, "/v1/messages", &messages_body("Hi", true)).await;
+    assert_eq!(st, 200, "{body}");
+    let events = sse_events(&body);
+    let delta = events
+        .iter()
+        .find(|(n, _)| n.as_deref() == Some("message_delta"))
+        .map(|(_, d)| json_of(d))
+        .expect("message_delta");
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens", "{body}");
+    assert!(
+        events.iter().all(|(n, _)| n.as_deref() != Some("error")),
+        "{body}"
+    );
+    // Not a health problem.
+    assert!(s.state.health.is_ok());
+}

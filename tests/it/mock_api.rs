@@ -9,6 +9,7 @@
 //! |-------------------|--------------------------------------------------------------------|
 //! | `ok[:text]`       | SSE text answer (JSON when `stream` is false); text percent-decoded |
 //! | `slow[:text]`     | same, deltas 300 ms apart                                          |
+//! | `maxtok[:text]`   | like `ok`, but cut off: `stop_reason: max_tokens`                  |
 //! | `auth401` `perm403` `notfound404` `bad400` `rate429` `server500` `overload529` | JSON API error (`rate429` adds `retry-after: 1`) |
 //! | `hang`            | never sends response headers                                       |
 //! | `stall`           | `message_start` + one delta, then nothing                          |
@@ -213,27 +214,43 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
                 )),
             n,
         ),
-        "ok" | "slow" | "stall" | "midstream_error" if !stream => message_json(n, &model, text),
+        "maxtok" if !stream => message_json(n, &model, text, "max_tokens"),
+        "ok" | "slow" | "stall" | "midstream_error" if !stream => {
+            message_json(n, &model, text, "end_turn")
+        }
+        "maxtok" => sse(
+            n,
+            st.shutdown,
+            sse_frames(n, &model, text, "max_tokens"),
+            ms(0),
+            End::Close,
+        ),
         "ok" => sse(
             n,
             st.shutdown,
-            sse_frames(n, &model, text),
+            sse_frames(n, &model, text, "end_turn"),
             ms(0),
             End::Close,
         ),
         "slow" => sse(
             n,
             st.shutdown,
-            sse_frames(n, &model, text),
+            sse_frames(n, &model, text, "end_turn"),
             ms(300),
             End::Close,
         ),
         "stall" => {
-            let frames = sse_frames(n, &model, text).into_iter().take(4).collect();
+            let frames = sse_frames(n, &model, text, "end_turn")
+                .into_iter()
+                .take(4)
+                .collect();
             sse(n, st.shutdown, frames, ms(0), End::Stall)
         }
         "midstream_error" => {
-            let mut frames: Vec<Bytes> = sse_frames(n, &model, text).into_iter().take(5).collect();
+            let mut frames: Vec<Bytes> = sse_frames(n, &model, text, "end_turn")
+                .into_iter()
+                .take(5)
+                .collect();
             frames.push(frame(
                 "error",
                 &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
@@ -295,7 +312,7 @@ fn frame(event: &str, data: &Value) -> Bytes {
 }
 
 /// The full SSE sequence: message_start, content_block_start, ping, deltas…, stop events.
-fn sse_frames(n: u64, model: &str, text: &str) -> Vec<Bytes> {
+fn sse_frames(n: u64, model: &str, text: &str, stop_reason: &str) -> Vec<Bytes> {
     let chunks: Vec<&str> = text.split_inclusive(' ').collect();
     let mut v = vec![
         frame(
@@ -323,17 +340,17 @@ fn sse_frames(n: u64, model: &str, text: &str) -> Vec<Bytes> {
     ));
     v.push(frame(
         "message_delta",
-        &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
                 "usage": {"output_tokens": chunks.len()}}),
     ));
     v.push(frame("message_stop", &json!({"type": "message_stop"})));
     v
 }
 
-fn message_json(n: u64, model: &str, text: &str) -> Response {
+fn message_json(n: u64, model: &str, text: &str, stop_reason: &str) -> Response {
     let msg = json!({
         "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
+        "content": [{"type": "text", "text": text}], "stop_reason": stop_reason, "stop_sequence": null,
         "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
                   "output_tokens": text.split_inclusive(' ').count()}});
     with_request_id(

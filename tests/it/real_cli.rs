@@ -538,3 +538,33 @@ async fn real_cli_two_turns_and_model_flag() {
         "history re-sent: {second_users}"
     );
 }
+
+/// Reality the spec does not describe: when an answer hits the output token limit the CLI
+/// sends up to 3 "resume" user turns of its own, then gives up with a synthetic
+/// `max_output_tokens` error and an `is_error` result (exit 1).
+#[tokio::test]
+async fn real_cli_output_token_limit_resumes_three_times_then_fails() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let out = RealCli::new(&exe)
+        .base_url(&mock.url("maxtok:Cut off mid"))
+        .env("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "20")
+        .stdin_lines(&[crate::support_real::HELLO_LINE])
+        .run()
+        .await;
+    let d = out.describe();
+    assert_eq!(out.exit_code, Some(1), "{d}");
+    let synthetic = out.synthetic_assistant().expect("synthetic error message");
+    assert_eq!(synthetic["error"], "max_output_tokens", "{d}");
+    assert_eq!(out.result()["api_error"], "max_output_tokens", "{d}");
+    assert_eq!(out.result()["is_error"], true, "{d}");
+    let resumes = out
+        .of_type("user")
+        .iter()
+        .filter(|u| u.to_string().contains("Output token limit hit"))
+        .count();
+    assert_eq!(resumes, 3, "{d}");
+    let reqs = mock.message_requests();
+    assert_eq!(reqs.len(), 4, "{reqs:#?}");
+    assert!(reqs.iter().all(|r| r.body["max_tokens"] == 20));
+}

@@ -405,3 +405,27 @@ async fn real_cli_forwards_images_and_documents_to_the_api() {
     );
     s.shutdown().await;
 }
+
+/// Through ccgate: the real CLI's output-token-limit failure becomes the truncated answer
+/// with `finish_reason: length`, not an error.
+#[tokio::test]
+async fn real_cli_output_token_limit_is_a_length_truncated_answer() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(exe, Some(mock.url("maxtok:Cut off mid")), None, |c| {
+        c.cli
+            .env
+            .insert("CLAUDE_CODE_MAX_OUTPUT_TOKENS".into(), "20".into());
+    })
+    .await;
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hello", false)).await;
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{body}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "Cut off mid".repeat(4),
+        "{body}"
+    );
+    s.shutdown().await;
+}
