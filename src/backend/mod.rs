@@ -102,6 +102,9 @@ pub struct Success {
     pub text: String,
     /// `result.stop_reason` (`end_turn`, `max_tokens`, `stop_sequence`, `tool_use` …).
     pub stop_reason: Option<String>,
+    /// The client's stop sequence that ended the answer (set by the gateway, which
+    /// applies stop sequences itself: the CLI has no flag for them).
+    pub stop_sequence: Option<String>,
     pub usage: Usage,
     pub total_cost_usd: Option<f64>,
     pub num_turns: Option<u64>,

@@ -372,6 +372,7 @@ impl RunAccumulator {
             return Ok(Success {
                 text: r.result.clone().unwrap_or_default(),
                 stop_reason: r.stop_reason.clone(),
+                stop_sequence: None,
                 usage: r.usage.clone(),
                 total_cost_usd: r.total_cost_usd,
                 num_turns: r.num_turns,

@@ -30,6 +30,8 @@ struct MessagesRequest {
     stream: Option<bool>,
     #[serde(default)]
     tools: Option<Vec<Value>>,
+    #[serde(default)]
+    stop_sequences: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +82,13 @@ fn to_turn(req: &MessagesRequest) -> Result<Turn, ApiError> {
     if req.model.trim().is_empty() {
         return Err(ApiError::invalid_param("model: must not be empty", "model"));
     }
+    let stop = req.stop_sequences.clone().unwrap_or_default();
+    if stop.iter().any(|s| s.trim().is_empty()) {
+        return Err(ApiError::invalid_param(
+            "stop_sequences: each sequence must contain non-whitespace",
+            "stop_sequences",
+        ));
+    }
     let system = match &req.system {
         None => None,
         Some(System::Text(t)) => Some(t.clone()),
@@ -110,6 +119,7 @@ fn to_turn(req: &MessagesRequest) -> Result<Turn, ApiError> {
         turns.push((role, text));
     }
     Ok(Turn {
+        stop,
         prompt: crate::http::transcript(&turns)?,
         attachments,
         system,
@@ -168,7 +178,7 @@ pub async fn messages(
                 "model": req.model,
                 "content": [{"type": "text", "text": s.text}],
                 "stop_reason": stop_reason(&s),
-                "stop_sequence": null,
+                "stop_sequence": s.stop_sequence,
                 "usage": usage(&s),
             }))
             .into_response()
@@ -225,7 +235,7 @@ fn stream_response(live: crate::http::pipeline::LiveStream, id: String, model: S
             event(
                 "message_delta",
                 json!({"type": "message_delta",
-                       "delta": {"stop_reason": stop_reason(&s), "stop_sequence": null},
+                       "delta": {"stop_reason": stop_reason(&s), "stop_sequence": s.stop_sequence},
                        "usage": usage(&s)}),
             ),
             event("message_stop", json!({"type": "message_stop"})),

@@ -38,6 +38,16 @@ struct ChatRequest {
     logprobs: Option<bool>,
     #[serde(default)]
     modalities: Option<Vec<String>>,
+    #[serde(default)]
+    stop: Option<Stop>,
+}
+
+/// OpenAI's `stop`: one string or a list (up to 4).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +147,23 @@ fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
             "model",
         ));
     }
+    let stop = match &req.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.len() > 4 {
+        return Err(ApiError::invalid_param(
+            "`stop` takes at most 4 sequences",
+            "stop",
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid_param(
+            "`stop` sequences must not be empty",
+            "stop",
+        ));
+    }
     let mut system = Vec::new();
     let mut turns = Vec::new();
     let mut attachments = Vec::new();
@@ -160,6 +187,7 @@ fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
     let prompt = crate::http::transcript(&turns)?;
     Ok(Turn {
         prompt,
+        stop,
         attachments,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         model: req.model.clone(),

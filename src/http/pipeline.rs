@@ -17,6 +17,9 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct Turn {
     pub prompt: String,
+    /// The client's stop sequences (OpenAI `stop`, Anthropic `stop_sequences`), applied by
+    /// the gateway to the CLI's answer.
+    pub stop: Vec<String>,
     /// Anthropic image blocks sent with the prompt (the prompt marks their places).
     pub attachments: Vec<serde_json::Value>,
     pub system: Option<String>,
@@ -189,8 +192,13 @@ impl RequestCx {
         loop {
             match run.recv().await {
                 Some(CliEvent::AssistantText(t)) => assistant_text.push_str(&t),
-                Some(CliEvent::Done(Ok(success))) => {
+                Some(CliEvent::Done(Ok(mut success))) => {
                     self.succeeded();
+                    if let Some((at, stop)) = earliest_stop(&success.text, &turn.stop) {
+                        success.text.truncate(at);
+                        success.stop_reason = Some("stop_sequence".into());
+                        success.stop_sequence = Some(stop);
+                    }
                     return Ok(success);
                 }
                 Some(CliEvent::Done(Err(facts))) => {
@@ -245,6 +253,9 @@ impl RequestCx {
             since_reset: String::new(),
             streamed_any: false,
             abandoned: false,
+            stops: StopFilter::new(turn.stop.clone()),
+            out: std::collections::VecDeque::new(),
+            stopped: false,
         })
     }
 }
@@ -333,9 +344,126 @@ pub struct LiveStream {
     since_reset: String,
     streamed_any: bool,
     abandoned: bool,
+    /// Stop sequences, applied to the deltas (see [`LiveStream::next_piece`]).
+    stops: StopFilter,
+    /// Pieces ready for the client.
+    out: std::collections::VecDeque<Piece>,
+    /// A stop sequence ended the answer.
+    stopped: bool,
+}
+
+/// Applies stop sequences to text arriving in pieces: releases what cannot be the start
+/// of a stop sequence, holds back the rest, and reports the sequence once it appears.
+/// Released text, concatenated, equals the whole text cut at the earliest stop sequence.
+#[derive(Debug, Default)]
+pub struct StopFilter {
+    stops: Vec<String>,
+    held: String,
+    longest: usize,
+}
+
+impl StopFilter {
+    pub fn new(stops: Vec<String>) -> StopFilter {
+        let longest = stops.iter().map(String::len).max().unwrap_or(0);
+        StopFilter {
+            stops,
+            held: String::new(),
+            longest,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stops.is_empty()
+    }
+
+    /// Feeds a piece of text: (text safe to release, the stop sequence if one appeared;
+    /// then the released text ends just before it and nothing more may follow).
+    pub fn push(&mut self, text: &str) -> (String, Option<String>) {
+        self.held.push_str(text);
+        if let Some((at, stop)) = earliest_stop(&self.held, &self.stops) {
+            self.held.truncate(at);
+            return (std::mem::take(&mut self.held), Some(stop));
+        }
+        // Everything but the last (longest stop - 1) bytes is safe to release.
+        let mut cut = self
+            .held
+            .len()
+            .saturating_sub(self.longest.saturating_sub(1));
+        while !self.held.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        (self.held.drain(..cut).collect(), None)
+    }
+
+    /// The text still held at the end of the answer.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// The earliest occurrence of any stop sequence in `text`: (byte offset, the sequence).
+pub fn earliest_stop(text: &str, stops: &[String]) -> Option<(usize, String)> {
+    stops
+        .iter()
+        .filter_map(|s| text.find(s.as_str()).map(|at| (at, s)))
+        .min_by_key(|(at, _)| *at)
+        .map(|(at, s)| (at, s.clone()))
 }
 
 impl LiveStream {
+    /// The next piece for the client, or None after the last one. With stop sequences,
+    /// text that could be the start of one is held back until it is clear; when one
+    /// appears, the text before it is sent, the answer finishes with `stop_sequence`, and
+    /// the CLI is stopped.
+    pub async fn next_piece(&mut self) -> Option<Piece> {
+        loop {
+            if let Some(p) = self.out.pop_front() {
+                return Some(p);
+            }
+            if self.stopped {
+                return None;
+            }
+            let raw = self.next_cli_piece().await?;
+            if self.stops.is_empty() {
+                return Some(raw);
+            }
+            self.apply_stops(raw);
+        }
+    }
+
+    fn apply_stops(&mut self, raw: Piece) {
+        match raw {
+            Piece::Delta(t) => {
+                let (release, stop) = self.stops.push(&t);
+                self.release(release);
+                if let Some(stop) = stop {
+                    // Dropping the run kills the CLI: the rest of the answer is not wanted.
+                    self.run = None;
+                    self.stopped = true;
+                    self.cx.succeeded();
+                    self.cx.record_ok();
+                    self.cx.record_finished();
+                    self.out.push_back(Piece::Finish(Box::new(Success {
+                        stop_reason: Some("stop_sequence".into()),
+                        stop_sequence: Some(stop),
+                        ..Success::default()
+                    })));
+                }
+            }
+            last @ (Piece::Finish(_) | Piece::Fail(_)) => {
+                let rest = self.stops.finish();
+                self.release(rest);
+                self.out.push_back(last);
+            }
+        }
+    }
+
+    fn release(&mut self, text: String) {
+        if !text.is_empty() {
+            self.out.push_back(Piece::Delta(text));
+        }
+    }
+
     /// The usage of the first upstream `message_start` seen before the first content (the
     /// prompt's token counts), for a flavour whose opening event reports them.
     pub fn prompt_usage(&self) -> Option<&crate::backend::Usage> {
@@ -345,8 +473,8 @@ impl LiveStream {
         })
     }
 
-    /// The next piece, or None after the last one.
-    pub async fn next_piece(&mut self) -> Option<Piece> {
+    /// The next piece as the CLI produced it, or None after the last one.
+    async fn next_cli_piece(&mut self) -> Option<Piece> {
         loop {
             let event = match self.ready.pop_front() {
                 Some(e) => e,

@@ -1044,3 +1044,118 @@ async fn an_answer_cut_at_the_output_token_limit_is_a_truncated_success() {
     // Not a health problem.
     assert!(s.state.health.is_ok());
 }
+
+#[tokio::test]
+async fn stop_sequences_end_the_answer_in_both_modes() {
+    let s = TestServer::start(Opts::default()).await;
+    // Non-streaming: the fake answers "Hello from the fake CLI.".
+    let mut chat = chat_body("Hi", false);
+    chat["stop"] = json!(["fake", "zzz"]);
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from the ");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let mut msgs = messages_body("Hi", false);
+    msgs["stop_sequences"] = json!(["CLI", "from"]);
+    let (st, _, body) = post(&s, "/v1/messages", &msgs).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(
+        v["content"][0]["text"], "Hello ",
+        "the earliest sequence wins"
+    );
+    assert_eq!(v["stop_reason"], "stop_sequence");
+    assert_eq!(v["stop_sequence"], "from");
+
+    // Streaming, with a sequence spanning two deltas (" the" + " fake").
+    let mut chat = chat_body("Hi", true);
+    chat["stop"] = json!("the fa");
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{body}");
+    let chunks: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(json_of)
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Hello from ");
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    assert!(body.trim_end().ends_with("data: [DONE]"));
+    let mut msgs = messages_body("Hi", true);
+    msgs["stop_sequences"] = json!(["the fa"]);
+    let (st, _, body) = post(&s, "/v1/messages", &msgs).await;
+    assert_eq!(st, 200, "{body}");
+    let events = sse_events(&body);
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n.as_deref() == Some("content_block_delta"))
+        .map(|(_, d)| json_of(d)["delta"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "Hello from ");
+    let delta = events
+        .iter()
+        .find(|(n, _)| n.as_deref() == Some("message_delta"))
+        .map(|(_, d)| json_of(d))
+        .expect("message_delta");
+    assert_eq!(delta["delta"]["stop_reason"], "stop_sequence");
+    assert_eq!(delta["delta"]["stop_sequence"], "the fa");
+    assert_eq!(events.last().unwrap().0.as_deref(), Some("message_stop"));
+
+    // Bad values.
+    for stop in [json!(["a", "b", "c", "d", "e"]), json!([""])] {
+        let mut chat = chat_body("Hi", false);
+        chat["stop"] = stop;
+        let (st, _, body) = post(&s, "/v1/chat/completions", &chat).await;
+        assert_eq!(st, 400, "{body}");
+        assert_eq!(json_of(&body)["error"]["param"], "stop");
+    }
+}
+
+#[tokio::test]
+async fn a_stop_sequence_stops_the_cli_early() {
+    let pid_dir = tempfile::tempdir().unwrap();
+    let pidfile = pid_dir.path().join("pid");
+    let s = TestServer::start(Opts {
+        scenario: "slow",
+        env: vec![
+            ("FAKE_CLAUDE_DELAY", "1".into()),
+            ("FAKE_CLAUDE_PIDFILE", pidfile.display().to_string()),
+        ],
+        ..Opts::default()
+    })
+    .await;
+    let mut chat = chat_body("Hi", true);
+    chat["stop"] = json!(" from");
+    let t = Instant::now();
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{body}");
+    // Five deltas one second apart; " from" is the second.
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let text: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| {
+            json_of(d)["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(text, "Hello", "{body}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || !pid_alive(pid)).await,
+        "CLI {pid} kept running after the stop sequence"
+    );
+}

@@ -448,3 +448,62 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Streaming with stop sequences releases exactly what the non-streaming cut keeps,
+    /// however the answer is split into deltas (multi-byte characters included), and
+    /// reports the same sequence.
+    #[test]
+    fn stop_filter_matches_the_whole_text_cut(
+        text in "[ab é✓\n]{0,40}",
+        stops in proptest::collection::vec("[ab é✓]{1,4}", 1..4),
+        cuts in proptest::collection::vec(0usize..50, 0..8),
+    ) {
+        use ccgate::http::pipeline::{earliest_stop, StopFilter};
+        let want = earliest_stop(&text, &stops);
+        // Split at char boundaries chosen by `cuts`.
+        let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        let mut points: Vec<usize> = cuts
+            .iter()
+            .filter_map(|c| bounds.get(c % bounds.len().max(1)).copied())
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for p in points.into_iter().chain([text.len()]) {
+            if p > from {
+                pieces.push(&text[from..p]);
+                from = p;
+            }
+        }
+        let mut filter = StopFilter::new(stops.clone());
+        let mut released = String::new();
+        let mut got_stop = None;
+        for piece in pieces {
+            let (out, stop) = filter.push(piece);
+            released.push_str(&out);
+            if stop.is_some() {
+                got_stop = stop;
+                break;
+            }
+        }
+        if got_stop.is_none() {
+            released.push_str(&filter.finish());
+        }
+        match want {
+            Some((at, _)) => {
+                prop_assert_eq!(&released, &text[..at]);
+                // The same position; with several sequences at one offset any may be named.
+                let stop = got_stop.expect("a stop sequence");
+                prop_assert!(text[at..].starts_with(stop.as_str()));
+            }
+            None => {
+                prop_assert_eq!(&released, &text);
+                prop_assert!(got_stop.is_none());
+            }
+        }
+    }
+}

@@ -110,6 +110,16 @@ def _():
     assert "".join(parts) == "Hello from the fake CLI.", parts
 
 
+@check("openai: stop sequences, streaming or not")
+def _():
+    r = oa_chat("hi", stop=["fake"])
+    assert r.choices[0].message.content == "Hello from the ", r
+    assert r.choices[0].finish_reason == "stop", r
+    parts = [c.choices[0].delta.content or "" for c in oa_chat("hi", stream=True, stop="the fa")
+             if c.choices]
+    assert "".join(parts) == "Hello from ", parts
+
+
 @check("openai: RateLimitError")
 def _():
     expect_raises(openai.RateLimitError, lambda: oa_chat("[[scenario:rate_limit]]"))
@@ -197,6 +207,19 @@ def _():
         final = s.get_final_message()
     assert "".join(parts) == "Hello from the fake CLI.", parts
     assert final.stop_reason == "end_turn", final
+
+
+@check("anthropic: stop_sequences, streaming or not")
+def _():
+    r = an_msg("hi", stop_sequences=["fake"])
+    assert r.content[0].text == "Hello from the ", r
+    assert r.stop_reason == "stop_sequence" and r.stop_sequence == "fake", r
+    with an.messages.stream(model="sonnet", max_tokens=100, stop_sequences=["the fa"],
+                            messages=[{"role": "user", "content": "hi"}]) as s:
+        parts = list(s.text_stream)
+        final = s.get_final_message()
+    assert "".join(parts) == "Hello from ", parts
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == "the fa", final
 
 
 @check("anthropic: RateLimitError")
