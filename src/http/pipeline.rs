@@ -189,9 +189,33 @@ impl RequestCx {
         self.gate().await?;
         let mut run = self.state.backend.start(self.cli_request(turn));
         let mut assistant_text = String::new();
+        // With stop sequences, the deltas are watched so the CLI can be stopped as soon as
+        // one appears (agents stop at "Observation:"; the rest would be wasted tokens).
+        let mut stops = StopFilter::new(turn.stop.clone());
+        let mut before_stop = String::new();
         loop {
             match run.recv().await {
                 Some(CliEvent::AssistantText(t)) => assistant_text.push_str(&t),
+                Some(CliEvent::TextDelta(t)) if !stops.is_empty() => {
+                    let (release, stop) = stops.push(&t);
+                    before_stop.push_str(&release);
+                    if let Some(stop) = stop {
+                        drop(run); // kills the CLI
+                        self.succeeded();
+                        return Ok(Success {
+                            text: before_stop,
+                            stop_reason: Some("stop_sequence".into()),
+                            stop_sequence: Some(stop),
+                            ..Success::default()
+                        });
+                    }
+                }
+                Some(CliEvent::Abandoned) => {
+                    // The streamed attempt is void; the CLI's retry arrives whole and is cut
+                    // at the end instead.
+                    stops = StopFilter::default();
+                    before_stop.clear();
+                }
                 Some(CliEvent::Done(Ok(mut success))) => {
                     self.succeeded();
                     if let Some((at, stop)) = earliest_stop(&success.text, &turn.stop) {

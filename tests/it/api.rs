@@ -1158,4 +1158,25 @@ async fn a_stop_sequence_stops_the_cli_early() {
         eventually(Duration::from_secs(3), || !pid_alive(pid)).await,
         "CLI {pid} kept running after the stop sequence"
     );
+
+    // Non-streaming too: the deltas are watched, the CLI stopped at the sequence.
+    let mut chat = chat_body("Hi", false);
+    chat["stop"] = json!(" from");
+    let t = Instant::now();
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let v = json_of(&body);
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let second: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(second, pid);
+    assert!(
+        eventually(Duration::from_secs(3), || !pid_alive(second)).await,
+        "CLI {second} kept running after the stop sequence"
+    );
 }
