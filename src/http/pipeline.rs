@@ -193,9 +193,13 @@ impl RequestCx {
         // one appears (agents stop at "Observation:"; the rest would be wasted tokens).
         let mut stops = StopFilter::new(turn.stop.clone());
         let mut before_stop = String::new();
+        let mut prompt_usage = None;
         loop {
             match run.recv().await {
                 Some(CliEvent::AssistantText(t)) => assistant_text.push_str(&t),
+                Some(CliEvent::MessageStart(u)) => {
+                    prompt_usage.get_or_insert(u);
+                }
                 Some(CliEvent::TextDelta(t)) if !stops.is_empty() => {
                     let (release, stop) = stops.push(&t);
                     before_stop.push_str(&release);
@@ -206,6 +210,7 @@ impl RequestCx {
                             text: before_stop,
                             stop_reason: Some("stop_sequence".into()),
                             stop_sequence: Some(stop),
+                            usage: cut_usage(prompt_usage),
                             ..Success::default()
                         });
                     }
@@ -270,6 +275,10 @@ impl RequestCx {
                 None => return Err(self.fail(&lost_run())),
             }
         }
+        let first_usage = ready.iter().find_map(|e| match e {
+            CliEvent::MessageStart(u) => Some(u.clone()),
+            _ => None,
+        });
         Ok(LiveStream {
             cx: self,
             run: Some(run),
@@ -278,6 +287,7 @@ impl RequestCx {
             streamed_any: false,
             abandoned: false,
             stops: StopFilter::new(turn.stop.clone()),
+            first_usage,
             out: std::collections::VecDeque::new(),
             stopped: false,
         })
@@ -370,6 +380,8 @@ pub struct LiveStream {
     abandoned: bool,
     /// Stop sequences, applied to the deltas (see [`LiveStream::next_piece`]).
     stops: StopFilter,
+    /// The prompt's usage from the first upstream `message_start`.
+    first_usage: Option<crate::backend::Usage>,
     /// Pieces ready for the client.
     out: std::collections::VecDeque<Piece>,
     /// A stop sequence ended the answer.
@@ -425,6 +437,15 @@ impl StopFilter {
     }
 }
 
+/// Usage of a run cut at a stop sequence: the prompt's counts from its `message_start`;
+/// output tokens are unknown (the run ended before its totals) and reported as 0.
+fn cut_usage(prompt: Option<crate::backend::Usage>) -> crate::backend::Usage {
+    crate::backend::Usage {
+        output_tokens: 0,
+        ..prompt.unwrap_or_default()
+    }
+}
+
 /// The earliest occurrence of any stop sequence in `text`: (byte offset, the sequence).
 pub fn earliest_stop(text: &str, stops: &[String]) -> Option<(usize, String)> {
     stops
@@ -470,6 +491,7 @@ impl LiveStream {
                     self.out.push_back(Piece::Finish(Box::new(Success {
                         stop_reason: Some("stop_sequence".into()),
                         stop_sequence: Some(stop),
+                        usage: cut_usage(self.first_usage.clone()),
                         ..Success::default()
                     })));
                 }

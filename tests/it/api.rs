@@ -1056,6 +1056,9 @@ async fn stop_sequences_end_the_answer_in_both_modes() {
     let v = json_of(&body);
     assert_eq!(v["choices"][0]["message"]["content"], "Hello from the ");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Cut before its totals: the prompt's usage (fake: 12 + 5 + 7), output unknown.
+    assert_eq!(v["usage"]["prompt_tokens"], 24, "{body}");
+    assert_eq!(v["usage"]["completion_tokens"], 0, "{body}");
     let mut msgs = messages_body("Hi", false);
     msgs["stop_sequences"] = json!(["CLI", "from"]);
     let (st, _, body) = post(&s, "/v1/messages", &msgs).await;
