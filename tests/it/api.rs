@@ -14,6 +14,48 @@ fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
+/// The `chat.completion.chunk`s of an OpenAI SSE body (without `[DONE]`).
+fn openai_chunks(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(json_of)
+        .collect()
+}
+
+/// The streamed answer text of OpenAI chunks.
+fn openai_text(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+/// A server whose fake CLI streams slowly (deltas 1 s apart) and writes its pid to the
+/// returned file.
+async fn slow_server_with_pidfile() -> (TestServer, tempfile::TempDir, std::path::PathBuf) {
+    let pid_dir = tempfile::tempdir().unwrap();
+    let pidfile = pid_dir.path().join("pid");
+    let s = TestServer::start(Opts {
+        scenario: "slow",
+        env: vec![
+            ("FAKE_CLAUDE_DELAY", "1".into()),
+            ("FAKE_CLAUDE_PIDFILE", pidfile.display().to_string()),
+        ],
+        ..Opts::default()
+    })
+    .await;
+    (s, pid_dir, pidfile)
+}
+
+fn read_pid(pidfile: &std::path::Path) -> i32 {
+    std::fs::read_to_string(pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn openai_non_streaming_success() {
     let s = TestServer::start(Opts::default()).await;
@@ -543,17 +585,7 @@ fn pid_alive(pid: i32) -> bool {
 
 #[tokio::test]
 async fn client_disconnect_mid_stream_kills_the_cli() {
-    let pid_dir = tempfile::tempdir().unwrap();
-    let pidfile = pid_dir.path().join("pid");
-    let s2 = TestServer::start(Opts {
-        scenario: "slow",
-        env: vec![
-            ("FAKE_CLAUDE_DELAY", "1".into()),
-            ("FAKE_CLAUDE_PIDFILE", pidfile.display().to_string()),
-        ],
-        ..Opts::default()
-    })
-    .await;
+    let (s2, _pid_dir, pidfile) = slow_server_with_pidfile().await;
     let mut r = client()
         .post(s2.url("/v1/chat/completions"))
         .json(&chat_body("Hi", true))
@@ -563,11 +595,7 @@ async fn client_disconnect_mid_stream_kills_the_cli() {
     assert_eq!(r.status(), 200);
     let first = r.chunk().await.unwrap().expect("first chunk");
     assert!(!first.is_empty());
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pidfile);
     assert!(pid_alive(pid), "CLI should still be running mid-stream");
     drop(r);
     assert!(
@@ -1010,16 +1038,8 @@ async fn an_answer_cut_at_the_output_token_limit_is_a_truncated_success() {
 
     let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hi", true)).await;
     assert_eq!(st, 200, "{body}");
-    let chunks: Vec<Value> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(json_of)
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let chunks = openai_chunks(&body);
+    let text = openai_text(&chunks);
     assert_eq!(text, want);
     assert!(
         chunks
@@ -1076,16 +1096,8 @@ async fn stop_sequences_end_the_answer_in_both_modes() {
     chat["stop"] = json!("the fa");
     let (st, _, body) = post(&s, "/v1/chat/completions", &chat).await;
     assert_eq!(st, 200, "{body}");
-    let chunks: Vec<Value> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(json_of)
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let chunks = openai_chunks(&body);
+    let text = openai_text(&chunks);
     assert_eq!(text, "Hello from ");
     assert!(chunks
         .iter()
@@ -1123,17 +1135,7 @@ async fn stop_sequences_end_the_answer_in_both_modes() {
 
 #[tokio::test]
 async fn a_stop_sequence_stops_the_cli_early() {
-    let pid_dir = tempfile::tempdir().unwrap();
-    let pidfile = pid_dir.path().join("pid");
-    let s = TestServer::start(Opts {
-        scenario: "slow",
-        env: vec![
-            ("FAKE_CLAUDE_DELAY", "1".into()),
-            ("FAKE_CLAUDE_PIDFILE", pidfile.display().to_string()),
-        ],
-        ..Opts::default()
-    })
-    .await;
+    let (s, _pid_dir, pidfile) = slow_server_with_pidfile().await;
     let mut chat = chat_body("Hi", true);
     chat["stop"] = json!(" from");
     let t = Instant::now();
@@ -1141,22 +1143,9 @@ async fn a_stop_sequence_stops_the_cli_early() {
     assert_eq!(st, 200, "{body}");
     // Five deltas one second apart; " from" is the second.
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
-    let text: String = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .filter_map(|d| {
-            json_of(d)["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let text = openai_text(&openai_chunks(&body));
     assert_eq!(text, "Hello", "{body}");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pidfile);
     assert!(
         eventually(Duration::from_secs(3), || !pid_alive(pid)).await,
         "CLI {pid} kept running after the stop sequence"
@@ -1172,11 +1161,7 @@ async fn a_stop_sequence_stops_the_cli_early() {
     let v = json_of(&body);
     assert_eq!(v["choices"][0]["message"]["content"], "Hello");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    let second: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let second = read_pid(&pidfile);
     assert_ne!(second, pid);
     assert!(
         eventually(Duration::from_secs(3), || !pid_alive(second)).await,

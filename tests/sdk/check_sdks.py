@@ -71,6 +71,14 @@ def oa_chat(text, **kw):
         model="sonnet", messages=[{"role": "user", "content": text}], **kw)
 
 
+def an_stream(text, **kw):
+    """Streams with the SDK's helper: (text parts, final message)."""
+    with an.messages.stream(model="sonnet", max_tokens=100,
+                            messages=[{"role": "user", "content": text}], **kw) as s:
+        parts = list(s.text_stream)
+        return parts, s.get_final_message()
+
+
 def an_msg(text, **kw):
     return an.messages.create(
         model="sonnet", max_tokens=100, messages=[{"role": "user", "content": text}], **kw)
@@ -174,10 +182,7 @@ def _():
 
 @check("anthropic: streaming")
 def _():
-    with an.messages.stream(model="sonnet", max_tokens=100,
-                            messages=[{"role": "user", "content": "hi"}]) as s:
-        parts = list(s.text_stream)
-        final = s.get_final_message()
+    parts, final = an_stream("hi")
     assert "".join(parts) == "Hello from the fake CLI.", parts
     assert len(parts) >= 2, parts
     assert final.content[0].text == "Hello from the fake CLI."
@@ -201,10 +206,7 @@ def _():
 
 @check("anthropic: a slow stream with ping keep-alives between deltas")
 def _():
-    with an.messages.stream(model="sonnet", max_tokens=100,
-                            messages=[{"role": "user", "content": "[[scenario:slow]] hi"}]) as s:
-        parts = list(s.text_stream)
-        final = s.get_final_message()
+    parts, final = an_stream("[[scenario:slow]] hi")
     assert "".join(parts) == "Hello from the fake CLI.", parts
     assert final.stop_reason == "end_turn", final
 
@@ -214,10 +216,7 @@ def _():
     r = an_msg("hi", stop_sequences=["fake"])
     assert r.content[0].text == "Hello from the ", r
     assert r.stop_reason == "stop_sequence" and r.stop_sequence == "fake", r
-    with an.messages.stream(model="sonnet", max_tokens=100, stop_sequences=["the fa"],
-                            messages=[{"role": "user", "content": "hi"}]) as s:
-        parts = list(s.text_stream)
-        final = s.get_final_message()
+    parts, final = an_stream("hi", stop_sequences=["the fa"])
     assert "".join(parts) == "Hello from ", parts
     assert final.stop_reason == "stop_sequence" and final.stop_sequence == "the fa", final
 
@@ -248,11 +247,7 @@ def _():
 
 @check("anthropic: AuthenticationError while streaming")
 def _():
-    def consume():
-        with an.messages.stream(model="sonnet", max_tokens=100,
-                                messages=[{"role": "user", "content": "hi"}]) as s:
-            list(s.text_stream)
-    expect_raises(anthropic.AuthenticationError, consume)
+    expect_raises(anthropic.AuthenticationError, lambda: an_stream("hi"))
 
 
 log_in()
