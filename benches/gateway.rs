@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use ccgate::backend::Backend;
+use ccgate::backend::{Backend, CliRequest};
 use ccgate::config::Config;
 use ccgate::rules::Rules;
 use ccgate::AppState;
@@ -112,32 +112,33 @@ async fn start_gateway(dir: &Path, cli: &Path, workdir: &Path) -> anyhow::Result
     })
 }
 
-/// The argv ccgate passes for a request with model `sonnet`, no system prompt, tools off
-/// (see `backend::process::cli_args`).
-const CLI_ARGS: &[&str] = &[
-    "-p",
-    "--input-format",
-    "stream-json",
-    "--output-format",
-    "stream-json",
-    "--verbose",
-    "--include-partial-messages",
-    "--no-session-persistence",
-    "--tools",
-    "",
-    "--model=sonnet",
-    "--system-prompt",
-    "",
-];
+/// What ccgate runs for the measured request (model `sonnet`, no system prompt, the default
+/// config's flags): its argv and its one stdin line, from ccgate's own functions.
+struct DirectRun {
+    args: Vec<std::ffi::OsString>,
+    line: String,
+}
+
+impl DirectRun {
+    fn new(workdir: &Path) -> DirectRun {
+        let settings = ccgate::serve_cmd::cli_settings(&Config::default(), workdir.to_path_buf());
+        let request = CliRequest {
+            model: Some("sonnet".into()),
+            ..CliRequest::default()
+        };
+        DirectRun {
+            args: ccgate::backend::cli_args(&settings, &request, None),
+            line: ccgate::backend::user_line(PROMPT, &[]),
+        }
+    }
+}
 
 /// Runs the fake CLI once, as ccgate would, and returns how long it took.
-async fn run_direct(cli: &Path, workdir: &Path) -> anyhow::Result<Duration> {
-    let line = serde_json::json!({"type": "user", "message": {"role": "user", "content": PROMPT}})
-        .to_string()
-        + "\n";
+async fn run_direct(cli: &Path, workdir: &Path, direct: &DirectRun) -> anyhow::Result<Duration> {
+    let line = direct.line.clone();
     let start = Instant::now();
     let mut child = tokio::process::Command::new(cli)
-        .args(CLI_ARGS)
+        .args(&direct.args)
         .current_dir(workdir)
         .env_remove("CLAUDECODE")
         .env("CLAUDE_CODE_MAX_RETRIES", "2")
@@ -296,9 +297,10 @@ async fn main() -> anyhow::Result<()> {
         "ccgate gateway benchmark: fake CLI {}, {n} sequential samples per mode, {secs} s per concurrency level",
         cli.display()
     );
+    let direct_run = DirectRun::new(&workdir);
     // Warm-up: page cache, connection pool, allocator.
     for _ in 0..10 {
-        run_direct(&cli, &workdir).await?;
+        run_direct(&cli, &workdir, &direct_run).await?;
         run_gateway(&client, &url, false).await?;
         run_gateway(&client, &url, true).await?;
     }
@@ -319,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
             bail!("GET /health failed");
         }
         http_only.push(t.elapsed());
-        let d = run_direct(&cli, &workdir).await?;
+        let d = run_direct(&cli, &workdir, &direct_run).await?;
         let t = Instant::now();
         run_gateway(&client, &url, false).await?;
         let p = t.elapsed();

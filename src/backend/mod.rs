@@ -31,7 +31,9 @@ pub mod process;
 pub mod stream_json;
 
 pub use pool::PoolHandle;
-pub use process::{Backend, BackendStats, CliRun, PoolMetrics, StatsSnapshot, MAX_LINE_BYTES};
+pub use process::{
+    cli_args, user_line, Backend, BackendStats, CliRun, PoolMetrics, StatsSnapshot, MAX_LINE_BYTES,
+};
 
 use std::path::PathBuf;
 use std::time::Duration;

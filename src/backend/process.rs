@@ -660,8 +660,9 @@ enum Ran {
     PooledSilent(Result<Success, Box<FailureFacts>>),
 }
 
-/// The argv after the program name (flags only; the prompt goes to stdin).
-pub(crate) fn cli_args(
+/// The argv after the program name (flags only; the prompt goes to stdin). Public so the
+/// benchmarks and the real-CLI protocol tests run the CLI exactly as ccgate does.
+pub fn cli_args(
     settings: &CliSettings,
     req: &CliRequest,
     system_prompt_file: Option<&Path>,
@@ -707,7 +708,7 @@ pub(crate) fn cli_args(
 /// The one stdin line: `{"type":"user","message":{"role":"user","content":<prompt>}}\n`;
 /// with attachments, `content` is `[{"type":"text","text":<prompt>}, <image blocks>…]` (the
 /// CLI passes content blocks to the API unchanged).
-pub(crate) fn user_line(prompt: &str, attachments: &[serde_json::Value]) -> String {
+pub fn user_line(prompt: &str, attachments: &[serde_json::Value]) -> String {
     #[derive(serde::Serialize)]
     #[serde(untagged)]
     enum Content<'a> {

@@ -1,6 +1,7 @@
 //! The REAL `claude` CLI against the loopback [`MockApi`], fully offline.
 //!
-//! Runs the exact flags ccgate uses ([`CCGATE_FLAGS`]) and checks the observed
+//! Runs the exact flags ccgate uses
+//! ([`ccgate_flags`](crate::support_real::ccgate_flags)) and checks the observed
 //! stream-json shape per scenario against `cli.md` §5 (where reality differed
 //! from the spec, the assertions follow reality; see the notes on each test).
 //! Skipped (loudly) without `CCGATE_REAL_CLAUDE`; failing instead under `CI`.

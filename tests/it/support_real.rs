@@ -5,7 +5,7 @@
 //!   set, in which case it panics: CI never skips.
 //! * [`RealCli`] runs one CLI process with a cleared environment, its own temp
 //!   `CLAUDE_CONFIG_DIR`, `HOME` and cwd, the exact flags ccgate uses
-//!   ([`CCGATE_FLAGS`]) and one stream-json user line on stdin (then EOF).
+//!   ([`ccgate_flags`]) and one stream-json user line on stdin (then EOF).
 //! * [`CliOutput`] holds the parsed stdout lines plus helpers for assertions and
 //!   for saving transcripts as parser fixtures (`tests/fixtures/real/`).
 
@@ -21,21 +21,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const SKIP_MSG: &str =
     "SKIPPED: real Claude CLI not available; set CCGATE_REAL_CLAUDE (see scripts/install-claude.sh)";
 
-/// The flags ccgate passes to the CLI for a streaming turn.
-pub const CCGATE_FLAGS: &[&str] = &[
-    "-p",
-    "--input-format",
-    "stream-json",
-    "--output-format",
-    "stream-json",
-    "--verbose",
-    "--include-partial-messages",
-    "--no-session-persistence",
-    "--tools",
-    "",
-    "--system-prompt",
-    "",
-];
+/// The flags ccgate passes to the CLI for a turn with the default config, no model and no
+/// system prompt: taken from ccgate's own `cli_args`, so these tests follow any change.
+pub fn ccgate_flags() -> Vec<String> {
+    let settings =
+        ccgate::serve_cmd::cli_settings(&ccgate::config::Config::default(), std::env::temp_dir());
+    ccgate::backend::cli_args(&settings, &ccgate::backend::CliRequest::default(), None)
+        .into_iter()
+        .map(|a| a.into_string().expect("ccgate's flags are UTF-8"))
+        .collect()
+}
 
 /// The user line ccgate writes on stdin for the prompt `Hello`.
 pub const HELLO_LINE: &str = r#"{"type":"user","message":{"role":"user","content":"Hello"}}"#;
@@ -79,12 +74,12 @@ pub struct RealCli {
 }
 
 impl RealCli {
-    /// [`CCGATE_FLAGS`], stdin [`HELLO_LINE`], `ANTHROPIC_API_KEY=test-key`,
+    /// [`ccgate_flags`], stdin [`HELLO_LINE`], `ANTHROPIC_API_KEY=test-key`,
     /// `CLAUDE_CODE_MAX_RETRIES=0`, 30 s timeout. No base URL: call [`Self::base_url`].
     pub fn new(exe: &Path) -> Self {
         RealCli {
             exe: exe.to_owned(),
-            args: CCGATE_FLAGS.iter().map(|s| s.to_string()).collect(),
+            args: ccgate_flags(),
             env: vec![
                 ("ANTHROPIC_API_KEY".into(), "test-key".into()),
                 ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
@@ -112,7 +107,7 @@ impl RealCli {
         self
     }
 
-    /// Appends CLI arguments after [`CCGATE_FLAGS`].
+    /// Appends CLI arguments after [`ccgate_flags`].
     pub fn args(mut self, extra: &[&str]) -> Self {
         self.args.extend(extra.iter().map(|s| s.to_string()));
         self
