@@ -194,20 +194,16 @@ pub async fn post(
 
 /// GETs `path` and parses the JSON body.
 pub async fn get_json(s: &TestServer, path: &str) -> serde_json::Value {
-    client()
-        .get(s.url(path))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON body")
+    send_for_json(client().get(s.url(path))).await
 }
 
 /// POSTs an empty body to `path` and parses the JSON answer.
 pub async fn post_empty_json(s: &TestServer, path: &str) -> serde_json::Value {
-    client()
-        .post(s.url(path))
+    send_for_json(client().post(s.url(path))).await
+}
+
+async fn send_for_json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
         .send()
         .await
         .expect("request")

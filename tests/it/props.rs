@@ -12,6 +12,8 @@ use ccgate::rules::{FailureFacts, Flavour, Rules, TemplateValues, Verdict};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+use crate::support::shape;
+
 // ---- rules loading ----
 
 /// Fragments that steer generated text towards the rules file's own vocabulary, so
@@ -404,15 +406,6 @@ proptest! {
 }
 
 // ---- templates of the embedded rules ----
-
-/// Key structure of a body: scalars (where placeholder values land) collapse to null.
-fn shape(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
-        Value::Array(a) => Value::Array(a.iter().map(shape).collect()),
-        _ => Value::Null,
-    }
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]

@@ -5,6 +5,8 @@ use ccgate::rules::{FailureFacts, Flavour, Rules, TemplateValues};
 use proptest::prelude::*;
 use serde_json::Value;
 
+use crate::support::shape;
+
 fn load(text: &str) -> Rules {
     match Rules::from_yaml(text, "t.yaml") {
         Ok(r) => r,
@@ -333,15 +335,6 @@ fn committed_schema_is_current() {
 }
 
 // ---- template safety ----
-
-fn shape(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
-        Value::Array(a) => Value::Array(a.iter().map(shape).collect()),
-        // all placeholder-bearing leaves become strings or null; collapse scalars to a marker
-        _ => Value::Null,
-    }
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]

@@ -39,3 +39,14 @@ pub fn set_env(settings: &mut CliSettings, key: &str, value: &str) {
     settings.env.retain(|(k, _)| k != key);
     settings.env.push((key.to_string(), value.to_string()));
 }
+
+/// Key structure of a JSON body: every scalar (where placeholder values land) becomes null,
+/// so two renderings of one template compare equal whatever the values were.
+pub fn shape(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(shape).collect()),
+        _ => Value::Null,
+    }
+}
