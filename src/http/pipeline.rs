@@ -485,15 +485,13 @@ impl LiveStream {
                     // Dropping the run kills the CLI: the rest of the answer is not wanted.
                     self.run = None;
                     self.stopped = true;
-                    self.cx.succeeded();
-                    self.cx.record_ok();
-                    self.cx.record_finished();
-                    self.out.push_back(Piece::Finish(Box::new(Success {
+                    let end = self.finish(Success {
                         stop_reason: Some("stop_sequence".into()),
                         stop_sequence: Some(stop),
                         usage: cut_usage(self.first_usage.clone()),
                         ..Success::default()
-                    })));
+                    });
+                    self.out.push_back(end);
                 }
             }
             last @ (Piece::Finish(_) | Piece::Fail(_)) => {
@@ -574,17 +572,14 @@ impl LiveStream {
                 CliEvent::Started { .. } | CliEvent::MessageStart(_) => {}
                 CliEvent::Done(Ok(success)) => {
                     self.run = None;
-                    self.cx.succeeded();
                     if !self.streamed_any && !success.text.is_empty() {
                         // Nothing was streamed (no partial messages): send the whole text
-                        // first, then finish.
+                        // first, then finish (when this event comes round again).
                         self.streamed_any = true;
                         self.ready.push_back(CliEvent::Done(Ok(success.clone())));
                         return Some(Piece::Delta(success.text));
                     }
-                    self.cx.record_ok();
-                    self.cx.record_finished();
-                    return Some(Piece::Finish(Box::new(success)));
+                    return Some(self.finish(success));
                 }
                 CliEvent::Done(Err(facts)) => {
                     self.run = None;
@@ -592,18 +587,23 @@ impl LiveStream {
                         // Truncated, not failed: end the stream as the APIs end a
                         // length-limited answer.
                         self.cx.record_exit(Some(&facts));
-                        self.cx.succeeded();
-                        self.cx.record_ok();
-                        self.cx.record_finished();
-                        return Some(Piece::Finish(Box::new(Success {
+                        return Some(self.finish(Success {
                             stop_reason: Some(stop.into()),
                             ..Success::default()
-                        })));
+                        }));
                     }
                     return Some(self.fail_piece(&facts));
                 }
             }
         }
+    }
+
+    /// The stream's successful end: the run counts as a success, the answer as a complete 200.
+    fn finish(&mut self, success: Success) -> Piece {
+        self.cx.succeeded();
+        self.cx.record_ok();
+        self.cx.record_finished();
+        Piece::Finish(Box::new(success))
     }
 
     fn fail_piece(&mut self, facts: &FailureFacts) -> Piece {

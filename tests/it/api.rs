@@ -1151,3 +1151,27 @@ async fn a_stop_sequence_stops_the_cli_early() {
         "CLI {second} kept running after the stop sequence"
     );
 }
+
+#[tokio::test]
+async fn a_stream_without_partial_messages_is_sent_whole_and_counted_once() {
+    // A CLI that emits no stream_event deltas: the answer goes out as one delta, and the
+    // run counts once as a success (it used to be counted twice).
+    let s = TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_NO_PARTIAL", "1".into())],
+        ..Opts::default()
+    })
+    .await;
+    let (st, _, body) = post(&s, "/v1/messages", &messages_body("Hi", true)).await;
+    assert_eq!(st, 200, "{body}");
+    let deltas: Vec<String> = sse_events(&body)
+        .iter()
+        .filter(|(n, _)| n.as_deref() == Some("content_block_delta"))
+        .map(|(_, d)| json_of(d)["delta"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deltas, ["Hello from the fake CLI."]);
+    let metrics = s.state.metrics.render();
+    assert!(
+        metrics.contains(r#"ccgate_cli_runs_total{outcome="success"} 1"#),
+        "{metrics}"
+    );
+}
