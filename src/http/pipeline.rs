@@ -388,23 +388,20 @@ pub struct LiveStream {
     stopped: bool,
 }
 
-/// Applies stop sequences to text arriving in pieces: releases what cannot be the start
-/// of a stop sequence, holds back the rest, and reports the sequence once it appears.
+/// Applies stop sequences to text arriving in pieces: releases what cannot be part of a
+/// stop sequence, holds back the rest, and reports the sequence once it is certain.
 /// Released text, concatenated, equals the whole text cut at the earliest stop sequence.
 #[derive(Debug, Default)]
 pub struct StopFilter {
     stops: Vec<String>,
     held: String,
-    longest: usize,
 }
 
 impl StopFilter {
     pub fn new(stops: Vec<String>) -> StopFilter {
-        let longest = stops.iter().map(String::len).max().unwrap_or(0);
         StopFilter {
             stops,
             held: String::new(),
-            longest,
         }
     }
 
@@ -416,24 +413,33 @@ impl StopFilter {
     /// then the released text ends just before it and nothing more may follow).
     pub fn push(&mut self, text: &str) -> (String, Option<String>) {
         self.held.push_str(text);
+        // The earliest place where a stop sequence may have begun but not yet ended. A
+        // complete match after it is not final: the unfinished one could end up earlier.
+        let pending = self.held.char_indices().map(|(i, _)| i).find(|&i| {
+            let tail = &self.held[i..];
+            self.stops
+                .iter()
+                .any(|s| s.len() > tail.len() && s.starts_with(tail))
+        });
         if let Some((at, stop)) = earliest_stop(&self.held, &self.stops) {
-            self.held.truncate(at);
-            return (std::mem::take(&mut self.held), Some(stop));
+            if pending.is_none_or(|p| at <= p) {
+                self.held.truncate(at);
+                return (std::mem::take(&mut self.held), Some(stop));
+            }
         }
-        // Everything but the last (longest stop - 1) bytes is safe to release.
-        let mut cut = self
-            .held
-            .len()
-            .saturating_sub(self.longest.saturating_sub(1));
-        while !self.held.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        (self.held.drain(..cut).collect(), None)
+        // No stop sequence can begin before `pending`: everything up to it is safe.
+        let safe = pending.unwrap_or(self.held.len());
+        (self.held.drain(..safe).collect(), None)
     }
 
-    /// The text still held at the end of the answer.
-    pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.held)
+    /// At the end of the answer: the rest of the held text, cut at a stop sequence in it
+    /// (which nothing can pre-empt any more), and that sequence.
+    pub fn finish(&mut self) -> (String, Option<String>) {
+        let stop = earliest_stop(&self.held, &self.stops).map(|(at, stop)| {
+            self.held.truncate(at);
+            stop
+        });
+        (std::mem::take(&mut self.held), stop)
     }
 }
 
@@ -494,10 +500,19 @@ impl LiveStream {
                     self.out.push_back(end);
                 }
             }
-            last @ (Piece::Finish(_) | Piece::Fail(_)) => {
-                let rest = self.stops.finish();
+            Piece::Finish(mut success) => {
+                let (rest, stop) = self.stops.finish();
                 self.release(rest);
-                self.out.push_back(last);
+                if let Some(stop) = stop {
+                    success.stop_reason = Some("stop_sequence".into());
+                    success.stop_sequence = Some(stop);
+                }
+                self.out.push_back(Piece::Finish(success));
+            }
+            Piece::Fail(body) => {
+                let (rest, _) = self.stops.finish();
+                self.release(rest);
+                self.out.push_back(Piece::Fail(body));
             }
         }
     }
