@@ -526,10 +526,7 @@ impl LiveStream {
     /// The usage of the first upstream `message_start` seen before the first content (the
     /// prompt's token counts), for a flavour whose opening event reports them.
     pub fn prompt_usage(&self) -> Option<&crate::backend::Usage> {
-        self.ready.iter().find_map(|e| match e {
-            CliEvent::MessageStart(u) => Some(u),
-            _ => None,
-        })
+        self.first_usage.as_ref()
     }
 
     /// The next piece as the CLI produced it, or None after the last one.
