@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::backend::stream_json::RunAccumulator;
+use crate::protocol::{RunAccumulator, RunEnd};
 use crate::rules::model::RulesFile;
 use crate::rules::{FailureFacts, Flavour, Rules, TemplateValues};
 
@@ -157,23 +157,16 @@ pub fn parse_capture(text: &str) -> Result<Outcome, String> {
             ..FailureFacts::default()
         })));
     }
-    let mut facts = match acc.finish(exit, signal, tail) {
-        Ok(s) if timeout.is_none() && condition.is_none() => {
-            return Ok(Outcome::Success { text: s.text })
-        }
-        Ok(_) => Box::new(FailureFacts {
-            exit_code: exit,
-            signal,
-            ..FailureFacts::default()
-        }),
+    let mut facts = match acc.conclude(RunEnd {
+        exit_code: exit,
+        signal,
+        stderr_tail: tail,
+        timeout,
+        condition,
+    }) {
+        Ok(s) => return Ok(Outcome::Success { text: s.text }),
         Err(f) => f,
     };
-    if timeout.is_some() {
-        facts.timeout = timeout;
-    }
-    if condition.is_some() {
-        facts.condition = condition;
-    }
     facts.spawn_error_message = spawn_msg.or(facts.spawn_error_message.take());
     Ok(Outcome::Failure(facts))
 }

@@ -12,9 +12,11 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod protocol;
 pub mod reload;
 pub mod rules;
 pub mod serve_cmd;
+pub mod shutdown;
 pub mod state;
 
 use std::future::{Future, IntoFuture};

@@ -1,9 +1,9 @@
 //! Fuzz target `stream_json`: arbitrary bytes split into lines → `RunAccumulator`
-//! (`push_line` each, then `finish`), the path every CLI stdout line takes. Must never
+//! (`push_line` each, then `conclude`), the path every CLI stdout line takes. Must never
 //! panic; a failed run must carry the exit code and stderr it was given.
 #![no_main]
 
-use ccgate::backend::stream_json::RunAccumulator;
+use ccgate::protocol::{RunAccumulator, RunEnd};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     for line in text.split('\n') {
         let _ = acc.push_line(line);
     }
-    match acc.finish(Some(code), None, "stderr tail".to_string()) {
+    match acc.conclude(RunEnd { exit_code: Some(code), stderr_tail: "stderr tail".to_string(), ..RunEnd::default() }) {
         Ok(_success) => {}
         Err(facts) => {
             assert_eq!(facts.exit_code, Some(code));

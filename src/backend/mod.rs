@@ -23,12 +23,11 @@
 //!   `backend.pool_pids()`. `start()` hands a matching request (model = `prewarm_model`,
 //!   no system prompt, not the probe) an idle process; the run is otherwise identical.
 //!   Pool counters are in `StatsSnapshot::pool_*`; `BackendStats::attach_pool_metrics`.
-//! - `stream_json` (pure parser, `RunAccumulator`) is used only through `new` /
-//!   `push_line` / `finish`.
+//! - `crate::protocol` (pure parser, `RunAccumulator`) is used only through `new` /
+//!   `push_line` / `conclude`.
 
 mod pool;
 pub mod process;
-pub mod stream_json;
 
 pub use pool::PoolHandle;
 pub use process::{
@@ -37,8 +36,6 @@ pub use process::{
 
 use std::path::PathBuf;
 use std::time::Duration;
-
-use crate::rules::FailureFacts;
 
 /// Process-level settings for running the CLI (from the `cli:` section of the process config).
 #[derive(Debug, Clone)]
@@ -88,51 +85,4 @@ pub struct CliRequest {
     pub bypass_queue: bool,
 }
 
-/// Token counts from the CLI's `result.usage`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-    pub cache_read_input_tokens: u64,
-}
-
-/// A successful turn (a `result` with `is_error: false`).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct Success {
-    /// `result.result`: the authoritative final text.
-    pub text: String,
-    /// `result.stop_reason` (`end_turn`, `max_tokens`, `stop_sequence`, `tool_use` …).
-    pub stop_reason: Option<String>,
-    /// The client's stop sequence that ended the answer (set by the gateway, which
-    /// applies stop sequences itself: the CLI has no flag for them).
-    pub stop_sequence: Option<String>,
-    pub usage: Usage,
-    pub total_cost_usd: Option<f64>,
-    pub num_turns: Option<u64>,
-    pub session_id: Option<String>,
-    /// Model from `system/init` (or the first assistant message).
-    pub model: Option<String>,
-}
-
-/// What a run reports, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CliEvent {
-    /// `system/init` was seen (first line of a turn).
-    Started {
-        session_id: Option<String>,
-        model: Option<String>,
-    },
-    /// A top-level upstream message began (`message_start`); the usage counts its prompt.
-    MessageStart(Usage),
-    /// A `text_delta` of a top-level (not sub-agent) message, as the CLI emitted it.
-    TextDelta(String),
-    /// `message_stop` with `abandoned_blocks`: the deltas sent so far for the current
-    /// message are void; the CLI is retrying without streaming.
-    Abandoned,
-    /// A complete top-level, non-error assistant text block (emitted at block end).
-    AssistantText(String),
-    /// Final event: success, or the failure facts (including timeouts, spawn errors,
-    /// queue full, no result).
-    Done(Result<Success, Box<FailureFacts>>),
-}
+pub use crate::protocol::{CliEvent, Success, Usage};

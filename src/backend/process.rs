@@ -41,8 +41,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::pool::{Idle, Miss, Pool, PoolHandle};
-use super::stream_json::RunAccumulator;
 use super::{CliEvent, CliRequest, CliSettings, Success};
+use crate::protocol::{RunAccumulator, RunEnd};
 use crate::rules::{FailureFacts, GatewayCondition, SpawnErrorKind, TimeoutKind};
 
 /// Longest stdout line accepted (the Python SDK uses the same 1 MB limit). A longer line
@@ -1252,36 +1252,13 @@ async fn run_process(
         }
         End::Finished => None,
     };
-    let stderr_tail = ring_to_string(&ring);
-    let result = match acc.finish(exit_code, signal, stderr_tail.clone()) {
-        // A result with is_error=false is authoritative even if a watchdog fired after it.
-        Ok(success) if !too_long => Ok(success),
-        Ok(success) => {
-            tracing::debug!(
-                pid,
-                text_len = success.text.len(),
-                "success result discarded: oversized stdout line"
-            );
-            Err(Box::new(FailureFacts {
-                result_seen: true,
-                result_subtype: Some("success".into()),
-                exit_code,
-                signal,
-                condition: Some(GatewayCondition::BadJson),
-                stderr_tail,
-                ..FailureFacts::default()
-            }))
-        }
-        Err(mut facts) => {
-            if timeout.is_some() {
-                facts.timeout = timeout;
-            }
-            if too_long && facts.condition != Some(GatewayCondition::QueueFull) {
-                facts.condition = Some(GatewayCondition::BadJson);
-            }
-            Err(facts)
-        }
-    };
+    let result = acc.conclude(RunEnd {
+        exit_code,
+        signal,
+        stderr_tail: ring_to_string(&ring),
+        timeout,
+        condition: too_long.then_some(GatewayCondition::BadJson),
+    });
     if is_pooled && !first_line && end == End::Finished && result.is_err() {
         return Ran::PooledSilent(result);
     }

@@ -6,8 +6,8 @@
 //! valid headers whatever the placeholder values. Case counts are modest (the whole
 //! module runs in a few seconds).
 
-use ccgate::backend::stream_json::RunAccumulator;
 use ccgate::backend::CliEvent;
+use ccgate::protocol::{RunAccumulator, RunEnd};
 use ccgate::rules::{FailureFacts, Flavour, Rules, TemplateValues, Verdict};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -207,7 +207,7 @@ proptest! {
         for l in &lines {
             let _ = acc.push_line(l);
         }
-        if let Err(facts) = acc.finish(Some(code), None, "tail".into()) {
+        if let Err(facts) = acc.conclude(RunEnd { exit_code: Some(code), stderr_tail: "tail".into(), ..RunEnd::default() }) {
             prop_assert_eq!(facts.exit_code, Some(code));
             prop_assert_eq!(facts.stderr_tail.as_str(), "tail");
             let _ = facts.summary();
@@ -246,7 +246,7 @@ proptest! {
             }
         }
         prop_assert_eq!(&streamed, &deltas);
-        let ok = acc.finish(Some(0), None, String::new()).expect("a success run");
+        let ok = acc.conclude(RunEnd { exit_code: Some(0), ..RunEnd::default() }).expect("a success run");
         prop_assert_eq!(ok.text, whole);
         prop_assert_eq!(ok.usage.output_tokens, 2);
     }

@@ -1,4 +1,5 @@
-//! Parsing of the CLI's stream-json stdout lines into typed events (pure, no IO).
+//! The CLI's stream-json protocol (pure, no IO): its stdout lines parsed into typed
+//! events, and the fold of one run's lines into events and a conclusion.
 //!
 //! [`Line::parse`] turns one stdout line into a [`Line`] (never relying on key order;
 //! blank and non-`{` lines are skipped, a bad `{` line is [`Line::BadJson`]).
@@ -8,8 +9,72 @@
 
 use serde_json::Value;
 
-use super::{CliEvent, Success, Usage};
-use crate::rules::{FailureFacts, GatewayCondition};
+use crate::rules::{FailureFacts, GatewayCondition, TimeoutKind};
+
+/// Token counts from the CLI's `result.usage` (or a `message_start`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+/// A successful turn (a `result` with `is_error: false`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Success {
+    /// `result.result`: the authoritative final text.
+    pub text: String,
+    /// `result.stop_reason` (`end_turn`, `max_tokens`, `stop_sequence`, `tool_use` …).
+    pub stop_reason: Option<String>,
+    /// The client's stop sequence that ended the answer (set by the gateway, which
+    /// applies stop sequences itself: the CLI has no flag for them).
+    pub stop_sequence: Option<String>,
+    pub usage: Usage,
+    pub total_cost_usd: Option<f64>,
+    pub num_turns: Option<u64>,
+    pub session_id: Option<String>,
+    /// Model from `system/init` (or the first assistant message).
+    pub model: Option<String>,
+}
+
+/// What a run reports, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CliEvent {
+    /// `system/init` was seen (first line of a turn).
+    Started {
+        session_id: Option<String>,
+        model: Option<String>,
+    },
+    /// A top-level upstream message began (`message_start`); the usage counts its prompt.
+    MessageStart(Usage),
+    /// A `text_delta` of a top-level (not sub-agent) message, as the CLI emitted it.
+    TextDelta(String),
+    /// A top-level `message_stop` with `abandoned_blocks`: the deltas sent so far for the
+    /// current message are void; the CLI is retrying without streaming.
+    Abandoned,
+    /// A complete top-level, non-error assistant text block (emitted at block end).
+    AssistantText(String),
+    /// Final event: success, or the failure facts (including timeouts, spawn errors,
+    /// queue full, no result).
+    Done(Result<Success, Box<FailureFacts>>),
+}
+
+/// How a run ended apart from its stdout: what [`RunAccumulator::conclude`] needs to decide
+/// between success and failure. The live backend and `ccgate classify` / `test` both
+/// build one, so a capture is judged exactly as the run it records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunEnd {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stderr_tail: String,
+    /// A watchdog that fired. After a successful result it changes nothing: the answer
+    /// is complete.
+    pub timeout: Option<TimeoutKind>,
+    /// A gateway condition that voids even a successful result (an oversized stdout line
+    /// is `BadJson`: some of the output was lost).
+    pub condition: Option<GatewayCondition>,
+}
 
 /// The fields of an `assistant` line that matter to the gateway.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -77,7 +142,9 @@ pub enum Line {
         top_level: bool,
     },
     /// `stream_event` `message_stop` carrying `abandoned_blocks`.
-    Abandoned,
+    Abandoned {
+        top_level: bool,
+    },
     Result(ResultLine),
     /// `rate_limit_event` (a warning such as `allowed_warning` is not a failure).
     RateLimit {
@@ -196,7 +263,9 @@ impl Line {
                         }
                     }
                     "message_stop" if v.get("abandoned_blocks").is_some_and(|a| !a.is_null()) => {
-                        Line::Abandoned
+                        Line::Abandoned {
+                            top_level: top_level(&v),
+                        }
                     }
                     _ => Line::Other,
                 }
@@ -307,7 +376,14 @@ impl RunAccumulator {
                     vec![]
                 }
             }
-            Line::Abandoned => vec![CliEvent::Abandoned],
+            // A sub-agent's abandoned attempt voids none of the top-level answer.
+            Line::Abandoned { top_level } => {
+                if top_level {
+                    vec![CliEvent::Abandoned]
+                } else {
+                    vec![]
+                }
+            }
             Line::Assistant(a) => {
                 if a.synthetic {
                     let f = &mut self.facts;
@@ -359,36 +435,41 @@ impl RunAccumulator {
         }
     }
 
-    /// Ends the run. Success only if the last `result` had `is_error: false`; otherwise the
-    /// failure facts, with `condition` BadJson (a broken `{` line) or NoResult (no result
-    /// line at all, whatever the exit status) when nothing more specific is known.
-    pub fn finish(
-        self,
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        stderr_tail: String,
-    ) -> Result<Success, Box<FailureFacts>> {
-        if let Some(r) = self.last_result.as_ref().filter(|r| !r.is_error) {
-            return Ok(Success {
-                text: r.result.clone().unwrap_or_default(),
-                stop_reason: r.stop_reason.clone(),
-                stop_sequence: None,
-                usage: r.usage.clone(),
-                total_cost_usd: r.total_cost_usd,
-                num_turns: r.num_turns,
-                session_id: self.session_id.clone().or_else(|| r.session_id.clone()),
-                model: self.model.clone(),
-            });
+    /// The run's conclusion, the one place success and failure are decided (live runs
+    /// and captures alike). Success only if the last `result` had `is_error: false` and
+    /// no gateway condition voids it (a watchdog that fired after the result does not);
+    /// otherwise the failure facts, with `condition` BadJson (a broken `{` line) or
+    /// NoResult (no result line at all, whatever the exit status) when nothing more
+    /// specific is known.
+    pub fn conclude(self, end: RunEnd) -> Result<Success, Box<FailureFacts>> {
+        if end.condition.is_none() {
+            if let Some(r) = self.last_result.as_ref().filter(|r| !r.is_error) {
+                return Ok(Success {
+                    text: r.result.clone().unwrap_or_default(),
+                    stop_reason: r.stop_reason.clone(),
+                    stop_sequence: None,
+                    usage: r.usage.clone(),
+                    total_cost_usd: r.total_cost_usd,
+                    num_turns: r.num_turns,
+                    session_id: self.session_id.clone().or_else(|| r.session_id.clone()),
+                    model: self.model.clone(),
+                });
+            }
         }
         let mut facts = self.facts;
-        facts.exit_code = exit_code;
-        facts.signal = signal;
-        facts.stderr_tail = stderr_tail;
-        if self.bad_json {
-            facts.condition = Some(GatewayCondition::BadJson);
+        facts.exit_code = end.exit_code;
+        facts.signal = end.signal;
+        facts.stderr_tail = end.stderr_tail;
+        facts.timeout = end.timeout;
+        facts.condition = if end.condition.is_some() {
+            end.condition
+        } else if self.bad_json {
+            Some(GatewayCondition::BadJson)
         } else if !facts.result_seen {
-            facts.condition = Some(GatewayCondition::NoResult);
-        }
+            Some(GatewayCondition::NoResult)
+        } else {
+            None
+        };
         Err(Box::new(facts))
     }
 }
@@ -398,11 +479,18 @@ mod tests {
     use super::*;
 
     /// Real lines from the spec's `cli-examples.jsonl`, trimmed of irrelevant fields.
-    const NOT_LOGGED_IN: &str = include_str!("../../tests/fixtures/not_logged_in.jsonl");
-    const SUCCESS_PARTIAL: &str = include_str!("../../tests/fixtures/success_partial.jsonl");
-    const AUTH401: &str = include_str!("../../tests/fixtures/auth401.jsonl");
-    const ABANDONED: &str = include_str!("../../tests/fixtures/abandoned.jsonl");
-    const MAX_TURNS: &str = include_str!("../../tests/fixtures/max_turns.jsonl");
+    const NOT_LOGGED_IN: &str = include_str!("../tests/fixtures/not_logged_in.jsonl");
+    const SUCCESS_PARTIAL: &str = include_str!("../tests/fixtures/success_partial.jsonl");
+    const AUTH401: &str = include_str!("../tests/fixtures/auth401.jsonl");
+    const ABANDONED: &str = include_str!("../tests/fixtures/abandoned.jsonl");
+    const MAX_TURNS: &str = include_str!("../tests/fixtures/max_turns.jsonl");
+
+    fn exited(code: i32) -> RunEnd {
+        RunEnd {
+            exit_code: Some(code),
+            ..RunEnd::default()
+        }
+    }
 
     fn run(lines: &str) -> (Vec<CliEvent>, RunAccumulator) {
         let mut acc = RunAccumulator::new();
@@ -417,7 +505,7 @@ mod tests {
     fn not_logged_in_is_a_failure_with_structured_fields() {
         let (events, acc) = run(NOT_LOGGED_IN);
         assert!(matches!(events.first(), Some(CliEvent::Started { .. })));
-        let facts = acc.finish(Some(1), None, String::new()).unwrap_err();
+        let facts = acc.conclude(exited(1)).unwrap_err();
         assert_eq!(
             facts.assistant_error.as_deref(),
             Some("authentication_failed")
@@ -437,7 +525,7 @@ mod tests {
     #[test]
     fn auth401_collects_retries_and_status() {
         let (_, acc) = run(AUTH401);
-        let facts = acc.finish(Some(1), None, String::new()).unwrap_err();
+        let facts = acc.conclude(exited(1)).unwrap_err();
         assert_eq!(facts.retry_statuses, vec![401]);
         assert_eq!(
             facts.retry_errors,
@@ -455,7 +543,7 @@ mod tests {
         let (events, acc) = run(SUCCESS_PARTIAL);
         assert!(events.contains(&CliEvent::TextDelta("Hello".into())));
         assert!(events.contains(&CliEvent::AssistantText("Hello from the mock API.".into())));
-        let ok = acc.finish(Some(0), None, String::new()).unwrap();
+        let ok = acc.conclude(exited(0)).unwrap();
         assert_eq!(ok.text, "Hello from the mock API.");
         assert_eq!(ok.stop_reason.as_deref(), Some("end_turn"));
         assert_eq!(ok.usage.input_tokens, 12);
@@ -472,7 +560,7 @@ mod tests {
     #[test]
     fn max_turns_has_no_result_text_but_errors() {
         let (_, acc) = run(MAX_TURNS);
-        let facts = acc.finish(Some(1), None, String::new()).unwrap_err();
+        let facts = acc.conclude(exited(1)).unwrap_err();
         assert_eq!(facts.result_subtype.as_deref(), Some("error_max_turns"));
         assert_eq!(facts.result_text, None);
         assert!(!facts.result_errors.is_empty());
@@ -483,13 +571,10 @@ mod tests {
         let mut acc = RunAccumulator::new();
         assert!(acc.push_line("[SandboxDebug] hello").is_empty());
         assert!(acc.push_line("").is_empty());
-        let f = acc
-            .clone()
-            .finish(Some(0), None, String::new())
-            .unwrap_err();
+        let f = acc.clone().conclude(exited(0)).unwrap_err();
         assert_eq!(f.condition, Some(GatewayCondition::NoResult));
         acc.push_line("{\"type\":\"assistant\",\"mess");
-        let f = acc.finish(Some(0), None, String::new()).unwrap_err();
+        let f = acc.conclude(exited(0)).unwrap_err();
         assert_eq!(f.condition, Some(GatewayCondition::BadJson));
     }
 
@@ -497,13 +582,10 @@ mod tests {
     fn only_a_rejected_rate_limit_event_sets_the_reset_time() {
         let mut acc = RunAccumulator::new();
         acc.push_line(r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed","resetsAt":1771390800}}"#);
-        let f = acc
-            .clone()
-            .finish(Some(1), None, String::new())
-            .unwrap_err();
+        let f = acc.clone().conclude(exited(1)).unwrap_err();
         assert_eq!(f.rate_limit_resets_at, None);
         acc.push_line(r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1771390800000}}"#);
-        let f = acc.finish(Some(1), None, String::new()).unwrap_err();
+        let f = acc.conclude(exited(1)).unwrap_err();
         assert_eq!(
             f.rate_limit_resets_at,
             Some(1_771_390_800),
@@ -521,6 +603,35 @@ mod tests {
         let ev = acc.push_line(r#"{"parent_tool_use_id":"toolu_1","type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"sub"}}}"#);
         assert!(ev.is_empty());
         acc.push_line(r#"{"is_error":false,"result":"ok","type":"result","subtype":"success"}"#);
-        assert_eq!(acc.finish(Some(0), None, String::new()).unwrap().text, "ok");
+        assert_eq!(acc.conclude(exited(0)).unwrap().text, "ok");
+    }
+
+    #[test]
+    fn a_sub_agents_abandoned_attempt_does_not_abandon_the_answer() {
+        let mut acc = RunAccumulator::new();
+        let sub = r#"{"type":"stream_event","parent_tool_use_id":"toolu_1","abandoned_blocks":[0],"event":{"type":"message_stop"}}"#;
+        assert!(acc.push_line(sub).is_empty());
+        let top = r#"{"type":"stream_event","parent_tool_use_id":null,"abandoned_blocks":[0],"event":{"type":"message_stop"}}"#;
+        assert_eq!(acc.push_line(top), vec![CliEvent::Abandoned]);
+    }
+
+    #[test]
+    fn a_watchdog_after_a_success_result_changes_nothing_but_an_oversized_line_voids_it() {
+        let mut acc = RunAccumulator::new();
+        acc.push_line(r#"{"is_error":false,"result":"done","type":"result","subtype":"success"}"#);
+        let late = RunEnd {
+            timeout: Some(TimeoutKind::Inactivity),
+            ..exited(0)
+        };
+        assert_eq!(acc.clone().conclude(late).unwrap().text, "done");
+        let lost = RunEnd {
+            condition: Some(GatewayCondition::BadJson),
+            stderr_tail: "tail".into(),
+            ..exited(0)
+        };
+        let f = acc.conclude(lost).unwrap_err();
+        assert_eq!(f.condition, Some(GatewayCondition::BadJson));
+        assert_eq!(f.result_subtype.as_deref(), Some("success"));
+        assert_eq!(f.stderr_tail, "tail", "the stderr tail is kept");
     }
 }
