@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod cmd;
 pub mod config;
+pub mod conversation;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub mod rules;
 pub mod serve_cmd;
 pub mod shutdown;
 pub mod state;
+pub mod turn;
 
 use std::future::{Future, IntoFuture};
 

@@ -27,6 +27,7 @@
 //!   `push_line` / `conclude`.
 
 mod pool;
+pub mod present;
 pub mod process;
 
 pub use pool::PoolHandle;
