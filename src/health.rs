@@ -195,7 +195,7 @@ static PROBE_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs one probe now with the current rules' probe settings and records its verdict.
 /// Only an `unhealthy` kind closes the gate; other failures are inconclusive.
-pub async fn probe_once(state: &crate::state::AppState, source: Source) -> ProbeOutcome {
+pub async fn probe_once(state: &crate::http::state::AppState, source: Source) -> ProbeOutcome {
     use crate::backend::{CliEvent, CliRequest};
     let _serial = PROBE_SERIAL.lock().await;
     let rules = state.rules.load_full();
@@ -281,7 +281,7 @@ pub async fn probe_once(state: &crate::state::AppState, source: Source) -> Probe
 /// The periodic probe: first run right after start, then every `probe.interval`
 /// (`probe.unhealthy_interval` while unhealthy). Woken early by a request-path unhealthy
 /// verdict (probe now) or by a reload (re-time only). Interval 0 disables the timer.
-pub async fn probe_loop(state: crate::state::AppState) {
+pub async fn probe_loop(state: crate::http::state::AppState) {
     let mut last_run = tokio::time::Instant::now();
     // Interval 0 disables the periodic probe, including the one at start; a request-path
     // verdict or POST /admin/probe still probes.

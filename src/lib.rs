@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cmd;
 pub mod config;
 pub mod conversation;
+pub mod engine;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -18,12 +19,11 @@ pub mod reload;
 pub mod rules;
 pub mod serve_cmd;
 pub mod shutdown;
-pub mod state;
 pub mod turn;
 
 use std::future::{Future, IntoFuture};
 
-pub use state::AppState;
+pub use http::state::AppState;
 
 /// After the shutdown grace period, how long the ended requests get to deliver their
 /// error answers before `serve` returns regardless.

@@ -125,9 +125,7 @@ impl TurnFold {
             }
             CliEvent::AssistantText(full) => {
                 let sent = std::mem::take(&mut self.since_block);
-                if !self.blocks.is_empty() {
-                    self.blocks.push('\n');
-                }
+                // The CLI's own "resume" turns continue the text where it was cut.
                 self.blocks.push_str(&full);
                 if let Phase::Abandoned { .. } = self.phase {
                     self.phase = Phase::Answering;

@@ -86,4 +86,23 @@ pub struct CliRequest {
     pub bypass_queue: bool,
 }
 
+impl CliRequest {
+    /// The request for one conversation as the backend presents it to the CLI
+    /// ([`present::present`]).
+    pub fn for_conversation(
+        conversation: &crate::conversation::Conversation,
+        model: &str,
+    ) -> Result<CliRequest, present::PresentError> {
+        let p = present::present(conversation)?;
+        Ok(CliRequest {
+            prompt: p.prompt,
+            attachments: p.attachments,
+            system_prompt: p.system_prompt,
+            model: Some(model.to_string()),
+            timeout: None,
+            bypass_queue: false,
+        })
+    }
+}
+
 pub use crate::protocol::{CliEvent, Success, Usage};

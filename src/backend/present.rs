@@ -30,8 +30,14 @@ pub struct Presented {
 pub enum PresentError {
     #[error(transparent)]
     Shape(#[from] ConversationError),
-    #[error("`{0}` blocks are not supported by this gateway")]
-    Unsupported(&'static str),
+    /// A block this presentation cannot carry: its type, and where it is (message index,
+    /// block index).
+    #[error("`{block}` blocks are not supported by this gateway")]
+    Unsupported {
+        block: &'static str,
+        message: usize,
+        index: usize,
+    },
 }
 
 /// Presents `conversation` as today's transcript prompt.
@@ -52,13 +58,18 @@ pub fn present(conversation: &Conversation) -> Result<Presented, PresentError> {
                     _ => None,
                 }),
         )
-        .filter(|t| !t.trim().is_empty())
+        .filter(|t| !t.is_empty())
         .collect();
     let mut attachments = Vec::new();
     let mut turns: Vec<(Role, String)> = Vec::new();
-    for m in conversation.turns() {
+    let turns_with_index = conversation
+        .messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role != Role::System);
+    for (i, m) in turns_with_index {
         let mut parts = Vec::with_capacity(m.blocks.len());
-        for b in &m.blocks {
+        for (j, b) in m.blocks.iter().enumerate() {
             match b {
                 Block::Text(t) => parts.push(t.clone()),
                 Block::Image(v) | Block::Document(v) => {
@@ -69,7 +80,11 @@ pub fn present(conversation: &Conversation) -> Result<Presented, PresentError> {
                 }
                 Block::Thinking { .. } => {}
                 Block::ToolUse { .. } | Block::ToolResult { .. } => {
-                    return Err(PresentError::Unsupported(b.type_name()))
+                    return Err(PresentError::Unsupported {
+                        block: b.type_name(),
+                        message: i,
+                        index: j,
+                    })
                 }
             }
         }
@@ -191,7 +206,14 @@ mod tests {
                 }],
             )],
         };
-        assert_eq!(present(&c), Err(PresentError::Unsupported("tool_result")));
+        assert_eq!(
+            present(&c),
+            Err(PresentError::Unsupported {
+                block: "tool_result",
+                message: 0,
+                index: 0
+            })
+        );
         let c = Conversation {
             system: None,
             messages: vec![Message::text(Role::Assistant, "x")],

@@ -282,6 +282,12 @@ impl CliRun {
         self.pid.get().copied()
     }
 
+    /// Ends the run because its answer is complete (a stop sequence ended it): the
+    /// process group is killed and reaped as on a drop.
+    pub fn stop(self) {
+        drop(self);
+    }
+
     /// Consume the run up to its final result, ignoring the intermediate events.
     /// (If the driver task vanished without `Done`, which should not happen, this reports
     /// `condition: NoResult`.)

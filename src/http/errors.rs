@@ -1,11 +1,17 @@
-//! The ONE place an error becomes an HTTP status + body. Request errors (bad JSON, missing
+//! The ONE place an error becomes an HTTP status + body. Gateway errors (bad JSON, missing
 //! fields, body too large, missing API key) have fixed shapes per API flavour; CLI failures
-//! carry a rules [`Verdict`] and are rendered from the rule templates.
+//! carry a rules [`Verdict`] and are rendered from the rule templates. A [`RenderedError`]
+//! is an error already in its request's flavour and implements `IntoResponse`.
+//!
+//! Gateway-side errors have kinds of their own in logs and metrics (`bad_request`,
+//! `body_too_large`, `unknown_endpoint`, …), never the names of the rules' kinds, which
+//! are upstream failures.
 
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use crate::backend::present::PresentError;
 use crate::health::CliHealth;
 use crate::rules::{Flavour, Rules, TemplateValues, Verdict};
 
@@ -49,14 +55,48 @@ impl ApiError {
     /// The kind label used in logs and metrics.
     pub fn kind(&self) -> &str {
         match self {
-            ApiError::InvalidRequest { .. } => "invalid_request",
-            ApiError::TooLarge { .. } => "request_too_large",
+            ApiError::InvalidRequest { .. } => "bad_request",
+            ApiError::TooLarge { .. } => "body_too_large",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::NotFound => "not_found",
-            ApiError::UnknownModel(_) => "model_not_found",
+            ApiError::NotFound => "unknown_endpoint",
+            ApiError::UnknownModel(_) => "unknown_model",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Verdict(v) => &v.kind,
         }
+    }
+}
+
+/// The kinds of gateway-side errors (never a rules kind's name).
+pub const GATEWAY_KINDS: [&str; 6] = [
+    "bad_request",
+    "body_too_large",
+    "unauthorized",
+    "unknown_endpoint",
+    "unknown_model",
+    "method_not_allowed",
+];
+
+impl From<crate::engine::TurnError> for ApiError {
+    fn from(e: crate::engine::TurnError) -> ApiError {
+        match e {
+            crate::engine::TurnError::Present(p) => {
+                // Both APIs keep one conversation message per request message, in order.
+                let param = match &p {
+                    PresentError::Unsupported { message, index, .. } => {
+                        format!("messages[{message}].content[{index}].type")
+                    }
+                    PresentError::Shape(_) => "messages".to_string(),
+                };
+                ApiError::invalid_param(p.to_string(), &param)
+            }
+            crate::engine::TurnError::Verdict(v) => ApiError::Verdict(v),
+        }
+    }
+}
+
+impl From<Box<Verdict>> for ApiError {
+    fn from(v: Box<Verdict>) -> ApiError {
+        ApiError::Verdict(v)
     }
 }
 
@@ -153,10 +193,6 @@ impl ApiError {
             body,
         }
     }
-
-    pub fn into_response(self, cx: &ErrorContext<'_>) -> Response {
-        self.render(cx).into_response()
-    }
 }
 
 /// Anthropic's errors have no `param`; like the real API, the message starts with the
@@ -212,5 +248,19 @@ impl IntoResponse for RenderedError {
             }
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gateway_kinds_are_not_rule_kinds() {
+        let rules = crate::rules::Rules::embedded();
+        for kind in super::GATEWAY_KINDS {
+            assert!(
+                rules.verdict_for_kind(kind).is_none(),
+                "gateway kind `{kind}` is also a rules kind"
+            );
+        }
     }
 }

@@ -1,13 +1,16 @@
 //! The HTTP surface: `router(state)` wires the API endpoints, the operator endpoints and the
-//! middleware (request ids, API keys, body limit, CORS). Handlers live in `openai`,
-//! `anthropic` and `ops`; every error goes through `errors`.
+//! middleware (request ids, API keys, body limit, CORS). Every API endpoint is
+//! `handler::handle` over one API's translation (`openai`, `anthropic`); `ops` holds the
+//! operator endpoints; every error goes through `errors`.
 
 pub mod anthropic;
-pub mod body;
+pub mod content;
 pub mod errors;
+pub mod extract;
+pub mod handler;
 pub mod openai;
 pub mod ops;
-pub mod pipeline;
+pub mod state;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -18,8 +21,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::http::errors::{ApiError, ErrorContext};
+use crate::http::state::AppState;
 use crate::rules::Flavour;
-use crate::state::AppState;
 
 /// The request id of this request (from `x-request-id` or generated), as an extractor.
 #[derive(Debug, Clone)]
@@ -77,17 +80,30 @@ pub fn flavour_for_request(path: &str, headers: &axum::http::HeaderMap) -> Flavo
     }
 }
 
-/// Renders a static error (no verdict) in the request's flavour.
-pub fn static_error(state: &AppState, req: &Request, request_id: &str, err: ApiError) -> Response {
+/// Renders a static error (no verdict) in `flavour`.
+pub fn static_error(
+    state: &AppState,
+    flavour: Flavour,
+    request_id: &str,
+    err: ApiError,
+) -> Response {
+    use axum::response::IntoResponse;
     let rules = state.rules.load();
     let health = state.health.snapshot();
-    err.into_response(&ErrorContext {
-        flavour: flavour_for_request(req.uri().path(), req.headers()),
+    err.render(&ErrorContext {
+        flavour,
         request_id,
         model: None,
         rules: &rules,
         health: &health,
     })
+    .into_response()
+}
+
+/// [`static_error`] in the flavour of `req`.
+fn static_error_for(state: &AppState, req: &Request, request_id: &str, err: ApiError) -> Response {
+    let flavour = flavour_for_request(req.uri().path(), req.headers());
+    static_error(state, flavour, request_id, err)
 }
 
 /// Constant-time comparison of the presented key with every configured key.
@@ -120,15 +136,20 @@ async fn api_key_layer(State(state): State<AppState>, req: Request, next: Next) 
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(new_request_id);
-    static_error(&state, &req, &id, ApiError::Unauthorized)
+    static_error_for(&state, &req, &id, ApiError::Unauthorized)
 }
 
+/// Unknown endpoints are answered, logged and counted (`endpoint="unknown"`), so operators
+/// see misconfigured clients (`/v1/completions`, a doubled `/v1/v1/…`).
 async fn fallback(
     State(state): State<AppState>,
     RequestId(id): RequestId,
     req: Request,
 ) -> Response {
-    static_error(&state, &req, &id, ApiError::NotFound)
+    let flavour = flavour_for_request(req.uri().path(), req.headers());
+    tracing::info!(request_id = %id, method = %req.method(), path = req.uri().path(),
+        "unknown endpoint");
+    extract::Cx::new(&state, flavour, "unknown", id).error(ApiError::NotFound)
 }
 
 async fn method_not_allowed(
@@ -136,7 +157,7 @@ async fn method_not_allowed(
     RequestId(id): RequestId,
     req: Request,
 ) -> Response {
-    static_error(&state, &req, &id, ApiError::MethodNotAllowed)
+    static_error_for(&state, &req, &id, ApiError::MethodNotAllowed)
 }
 
 /// The whole application.
@@ -144,11 +165,11 @@ pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route(
             "/v1/chat/completions",
-            post(openai::chat_completions).fallback(method_not_allowed),
+            post(handler::handle::<openai::ChatCompletions>).fallback(method_not_allowed),
         )
         .route(
             "/v1/messages",
-            post(anthropic::messages).fallback(method_not_allowed),
+            post(handler::handle::<anthropic::Messages>).fallback(method_not_allowed),
         )
         .route("/v1/models", get(ops::models).fallback(method_not_allowed))
         .route(
@@ -212,277 +233,4 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// A content block / part as both APIs write it: `{"type": "text", "text": "…"}`, an
-/// Anthropic `image` / `document` block (`{"type": …, "source": {…}}`), or an OpenAI
-/// `image_url` / `file` part.
-#[derive(Debug, serde::Deserialize)]
-pub struct TextBlock {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    source: Option<serde_json::Value>,
-    #[serde(default)]
-    image_url: Option<serde_json::Value>,
-    #[serde(default)]
-    file: Option<serde_json::Value>,
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    context: Option<String>,
-}
-
-/// Media types the Messages API accepts for images.
-const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
-
-/// Joins text blocks with newlines; any other block type is a 400 naming its path
-/// (`path` is the JSON path of the list, e.g. `messages[2].content`).
-pub fn join_text_blocks(blocks: &[TextBlock], path: &str) -> Result<String, ApiError> {
-    join_content(blocks, path, None)
-}
-
-/// Like [`join_text_blocks`], but images and documents (PDF, plain text) are allowed when
-/// `attachments` is given: each becomes an Anthropic content block in `attachments`
-/// (passed to the CLI with the prompt) and an `[image N]` / `[document N]` marker in the
-/// text where it stood, so the flattened transcript keeps its place.
-pub fn join_content(
-    blocks: &[TextBlock],
-    path: &str,
-    mut attachments: Option<&mut Vec<serde_json::Value>>,
-) -> Result<String, ApiError> {
-    let mut out: Vec<String> = Vec::with_capacity(blocks.len());
-    for (j, b) in blocks.iter().enumerate() {
-        let at = |field: &str| format!("{path}[{j}]{field}");
-        let attachment = match (b.kind.as_str(), &b.text) {
-            ("text", Some(t)) => {
-                out.push(t.clone());
-                continue;
-            }
-            ("text", None) => {
-                return Err(ApiError::invalid_param(
-                    "text block is missing `text`",
-                    &at(".text"),
-                ))
-            }
-            ("image" | "image_url" | "document" | "file", _) if attachments.is_none() => {
-                return Err(ApiError::invalid_param(
-                    "images and documents are only supported in user messages",
-                    &at(".type"),
-                ))
-            }
-            ("image", _) => anthropic_image(b.source.as_ref(), &at(".source"))?,
-            ("image_url", _) => openai_image(b.image_url.as_ref(), &at(".image_url"))?,
-            ("document", _) => anthropic_document(b, &at(".source"))?,
-            ("file", _) => openai_file(b.file.as_ref(), &at(".file"))?,
-            (other, _) => {
-                return Err(ApiError::invalid_param(
-                    format!(
-                    "content type `{other}` is not supported; only text, images and documents are"
-                ),
-                    &at(".type"),
-                ))
-            }
-        };
-        if let Some(list) = attachments.as_deref_mut() {
-            let kind = attachment["type"].as_str().unwrap_or("image").to_string();
-            list.push(attachment);
-            let n = list.iter().filter(|a| a["type"] == kind.as_str()).count();
-            out.push(format!("[{kind} {n}]"));
-        }
-    }
-    Ok(out.join("\n"))
-}
-
-fn plausible_base64(data: &str) -> bool {
-    !data.is_empty()
-        && data
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_'))
-}
-
-fn base64_source(
-    media_type: &str,
-    allowed: &[&str],
-    data: &str,
-    path: &str,
-) -> Result<serde_json::Value, ApiError> {
-    if !allowed.contains(&media_type) {
-        return Err(ApiError::invalid_param(
-            format!(
-                "media type `{media_type}` is not supported here; use one of {}",
-                allowed.join(", ")
-            ),
-            path,
-        ));
-    }
-    if !plausible_base64(data) {
-        return Err(ApiError::invalid_param(
-            "data must be non-empty base64",
-            path,
-        ));
-    }
-    Ok(serde_json::json!({"type": "base64", "media_type": media_type, "data": data}))
-}
-
-fn url_source(url: &str, path: &str) -> Result<serde_json::Value, ApiError> {
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(ApiError::invalid_param(
-            "URL must be http(s) or a base64 data: URL",
-            path,
-        ));
-    }
-    Ok(serde_json::json!({"type": "url", "url": url}))
-}
-
-fn str_field<'a>(v: Option<&'a serde_json::Value>, key: &str) -> &'a str {
-    v.and_then(|s| s.get(key))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-}
-
-/// An Anthropic `image` block's `source` (`base64` or `url`), validated.
-fn anthropic_image(
-    source: Option<&serde_json::Value>,
-    path: &str,
-) -> Result<serde_json::Value, ApiError> {
-    let source = match str_field(source, "type") {
-        "base64" => base64_source(
-            str_field(source, "media_type"),
-            &IMAGE_MEDIA_TYPES,
-            str_field(source, "data"),
-            path,
-        )?,
-        "url" => url_source(str_field(source, "url"), path)?,
-        _ => {
-            return Err(ApiError::invalid_param(
-                "image `source.type` must be `base64` or `url`",
-                path,
-            ))
-        }
-    };
-    Ok(serde_json::json!({"type": "image", "source": source}))
-}
-
-/// An Anthropic `document` block: a base64 PDF, plain text, or a PDF URL (with its
-/// optional `title` and `context`).
-fn anthropic_document(b: &TextBlock, path: &str) -> Result<serde_json::Value, ApiError> {
-    let source = b.source.as_ref();
-    let source = match str_field(source, "type") {
-        "base64" => base64_source(
-            str_field(source, "media_type"),
-            &["application/pdf"],
-            str_field(source, "data"),
-            path,
-        )?,
-        "text" => {
-            let data = source
-                .and_then(|s| s.get("data"))
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| ApiError::invalid_param("text document needs `data`", path))?;
-            serde_json::json!({"type": "text", "media_type": "text/plain", "data": data})
-        }
-        "url" => url_source(str_field(source, "url"), path)?,
-        _ => {
-            return Err(ApiError::invalid_param(
-                "document `source.type` must be `base64` (PDF), `text` or `url`",
-                path,
-            ))
-        }
-    };
-    let mut block = serde_json::json!({"type": "document", "source": source});
-    if let Some(t) = &b.title {
-        block["title"] = t.clone().into();
-    }
-    if let Some(c) = &b.context {
-        block["context"] = c.clone().into();
-    }
-    Ok(block)
-}
-
-/// An OpenAI `image_url` part: a `data:<type>;base64,<data>` URL or an http(s) URL.
-fn openai_image(
-    image_url: Option<&serde_json::Value>,
-    path: &str,
-) -> Result<serde_json::Value, ApiError> {
-    // Both `{"url": "…"}` and the older bare string.
-    let url = image_url
-        .and_then(|v| v.get("url").or(Some(v)))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    let source = match url.strip_prefix("data:") {
-        Some(rest) => {
-            let (media_type, data) = rest
-                .split_once(";base64,")
-                .ok_or_else(|| ApiError::invalid_param("data: URL must be base64", path))?;
-            base64_source(media_type, &IMAGE_MEDIA_TYPES, data, path)?
-        }
-        None => url_source(url, path)?,
-    };
-    Ok(serde_json::json!({"type": "image", "source": source}))
-}
-
-/// An OpenAI `file` part with inline `file_data` (a base64 PDF data: URL); uploaded
-/// `file_id`s do not exist here.
-fn openai_file(
-    file: Option<&serde_json::Value>,
-    path: &str,
-) -> Result<serde_json::Value, ApiError> {
-    if !str_field(file, "file_id").is_empty() {
-        return Err(ApiError::invalid_param(
-            "`file_id` is not supported (there is no file store); send the file inline as `file_data`",
-            path,
-        ));
-    }
-    let data_url = str_field(file, "file_data");
-    let (media_type, data) = data_url
-        .strip_prefix("data:")
-        .and_then(|rest| rest.split_once(";base64,"))
-        .ok_or_else(|| {
-            ApiError::invalid_param(
-                "`file_data` must be a data: URL (data:application/pdf;base64,…)",
-                path,
-            )
-        })?;
-    let source = base64_source(media_type, &["application/pdf"], data, path)?;
-    let mut block = serde_json::json!({"type": "document", "source": source});
-    let name = str_field(file, "filename");
-    if !name.is_empty() {
-        block["title"] = name.into();
-    }
-    Ok(block)
-}
-
-/// Flattens a conversation into the one prompt the CLI receives on stdin. A single user
-/// message is passed as is; earlier turns are given as a transcript before the last one.
-pub fn transcript(turns: &[(&str, String)]) -> Result<String, ApiError> {
-    let Some((last_role, last)) = turns.last() else {
-        return Err(ApiError::invalid_param(
-            "at least one user or assistant message is required",
-            "messages",
-        ));
-    };
-    if *last_role != "user" {
-        return Err(ApiError::invalid_param(
-            "the last message must have role `user`",
-            "messages",
-        ));
-    }
-    if turns.len() == 1 {
-        return Ok(last.clone());
-    }
-    // The tags carry a per-request nonce so a message that contains `</conversation>` or
-    // `</User>` cannot close the wrapper and pose as a later turn.
-    let nonce = &uuid::Uuid::new_v4().simple().to_string()[..12];
-    let mut out =
-        format!("Earlier turns of this conversation, for context:\n<conversation-{nonce}>\n");
-    for (role, text) in &turns[..turns.len() - 1] {
-        let who = if *role == "user" { "User" } else { "Assistant" };
-        out.push_str(&format!("<{who}-{nonce}>\n{text}\n</{who}-{nonce}>\n"));
-    }
-    out.push_str(&format!("</conversation-{nonce}>\n\n"));
-    out.push_str(last);
-    Ok(out)
 }

@@ -1,25 +1,24 @@
-//! `POST /v1/chat/completions`: OpenAI chat request → [`Turn`], and the CLI's answer →
+//! `POST /v1/chat/completions`: an OpenAI chat request → [`TurnRequest`], and the answer →
 //! `chat.completion` or SSE `chat.completion.chunk`s ending in `data: [DONE]`.
 
-use std::sync::Arc;
-
-use axum::extract::State;
 use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::backend::Success;
-use crate::http::body::{parse_json, RawBody};
+use crate::conversation::{Conversation, Message, Role};
+use crate::engine::TurnRequest;
+use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
-use crate::http::pipeline::{sse_response, Piece, RequestCx, Turn};
-use crate::http::{unix_now, RequestId};
+use crate::http::handler::{Api, Framer};
+use crate::http::unix_now;
+use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
-use crate::state::AppState;
+
+/// The Chat Completions API.
+pub struct ChatCompletions;
 
 #[derive(Debug, Deserialize)]
-struct ChatRequest {
+pub struct ChatRequest {
     model: String,
     messages: Vec<ChatMessage>,
     #[serde(default)]
@@ -31,6 +30,8 @@ struct ChatRequest {
     #[serde(default)]
     tools: Option<Vec<Value>>,
     #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
     functions: Option<Vec<Value>>,
     #[serde(default)]
     response_format: Option<Value>,
@@ -38,6 +39,12 @@ struct ChatRequest {
     logprobs: Option<bool>,
     #[serde(default)]
     modalities: Option<Vec<String>>,
+    #[serde(default)]
+    audio: Option<Value>,
+    #[serde(default)]
+    prediction: Option<Value>,
+    #[serde(default)]
+    web_search_options: Option<Value>,
     #[serde(default)]
     stop: Option<Stop>,
 }
@@ -63,90 +70,78 @@ struct ChatMessage {
     content: Option<Content>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<crate::http::TextBlock>),
-}
-
-/// A message's text; attachments (user messages only) go to `attachments`.
-fn content_text(
-    content: &Option<Content>,
-    index: usize,
-    attachments: Option<&mut Vec<Value>>,
-) -> Result<String, ApiError> {
-    match content {
-        None => Ok(String::new()),
-        Some(Content::Text(t)) => Ok(t.clone()),
-        Some(Content::Parts(parts)) => {
-            crate::http::join_content(parts, &format!("messages[{index}].content"), attachments)
-        }
-    }
-}
-
 /// Parses and validates a request body into the turn it asks for (pure; fuzzed).
-pub fn parse_request(body: &[u8]) -> Result<Turn, ApiError> {
-    let req: ChatRequest = crate::http::body::parse_json_bytes(body)?;
-    to_turn(&req)
+pub fn parse_request(body: &[u8]) -> Result<TurnRequest, ApiError> {
+    let req: ChatRequest = crate::http::extract::parse_json_bytes(body)?;
+    ChatCompletions::translate(&req)
 }
 
-fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid_param(
-            "`messages` must contain at least one message",
-            "messages",
-        ));
-    }
+/// Fields that promise what the CLI cannot do: refused with a 400 naming the field, rather
+/// than accepted and silently ignored. (Sampling knobs like `temperature` or `max_tokens`
+/// promise nothing checkable and are accepted.)
+fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
+    let refuse = |field: &str, message: &str| Err(ApiError::invalid_param(message, field));
     if req.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid_param("only `n: 1` is supported", "n"));
+        return refuse("n", "only `n: 1` is supported");
     }
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid_param(
-            "function calling (`tools`) is not supported by this gateway",
+        return refuse(
             "tools",
-        ));
+            "function calling (`tools`) is not supported by this gateway",
+        );
     }
     if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(ApiError::invalid_param(
-            "function calling (`functions`) is not supported by this gateway",
+        return refuse(
             "functions",
-        ));
+            "function calling (`functions`) is not supported by this gateway",
+        );
     }
-    // Parameters that promise an output shape the CLI cannot guarantee are refused rather
-    // than silently ignored: a client relying on them would break later, obscurely.
-    // (Sampling knobs like `temperature` or `max_tokens` are accepted and ignored.)
+    // Without tools, `auto` and `none` mean no call; anything else demands one.
+    if let Some(choice) = req.tool_choice.as_ref().filter(|c| !c.is_null()) {
+        if !matches!(choice.as_str(), Some("auto" | "none")) {
+            return refuse(
+                "tool_choice",
+                "`tool_choice` requires a tool call, but no `tools` are supported by this gateway",
+            );
+        }
+    }
     if let Some(format) = &req.response_format {
-        let kind = format.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return Err(ApiError::invalid_param(
-                "only `response_format: {\"type\": \"text\"}` is supported by this gateway",
+        if format.get("type").and_then(Value::as_str) != Some("text") {
+            return refuse(
                 "response_format",
-            ));
+                "only `response_format: {\"type\": \"text\"}` is supported by this gateway",
+            );
         }
     }
     if req.logprobs == Some(true) {
-        return Err(ApiError::invalid_param(
-            "`logprobs` is not supported by this gateway",
-            "logprobs",
-        ));
+        return refuse("logprobs", "`logprobs` is not supported by this gateway");
     }
     if req
         .modalities
         .as_ref()
         .is_some_and(|m| m.iter().any(|m| m != "text"))
     {
-        return Err(ApiError::invalid_param(
-            "only the `text` modality is supported by this gateway",
+        return refuse(
             "modalities",
-        ));
+            "only the `text` modality is supported by this gateway",
+        );
     }
-    if req.model.trim().is_empty() {
-        return Err(ApiError::invalid_param(
-            "`model` must not be empty",
-            "model",
-        ));
+    for (field, value) in [
+        ("audio", &req.audio),
+        ("prediction", &req.prediction),
+        ("web_search_options", &req.web_search_options),
+    ] {
+        if value.as_ref().is_some_and(|v| !v.is_null()) {
+            return refuse(
+                field,
+                &format!("`{field}` is not supported by this gateway"),
+            );
+        }
     }
+    Ok(())
+}
+
+fn stop_sequences(req: &ChatRequest) -> Result<Vec<String>, ApiError> {
     let stop = match &req.stop {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s.clone()],
@@ -164,34 +159,7 @@ fn to_turn(req: &ChatRequest) -> Result<Turn, ApiError> {
             "stop",
         ));
     }
-    let mut system = Vec::new();
-    let mut turns = Vec::new();
-    let mut attachments = Vec::new();
-    for (i, m) in req.messages.iter().enumerate() {
-        let text = content_text(
-            &m.content,
-            i,
-            (m.role == "user").then_some(&mut attachments),
-        )?;
-        match m.role.as_str() {
-            "system" | "developer" => system.push(text),
-            "user" | "assistant" => turns.push((m.role.as_str(), text)),
-            other => {
-                return Err(ApiError::invalid_param(
-                    format!("message role `{other}` is not supported"),
-                    &format!("messages[{i}].role"),
-                ))
-            }
-        }
-    }
-    let prompt = crate::http::transcript(&turns)?;
-    Ok(Turn {
-        prompt,
-        stop,
-        attachments,
-        system: (!system.is_empty()).then(|| system.join("\n\n")),
-        model: req.model.clone(),
-    })
+    Ok(stop)
 }
 
 fn finish_reason(s: &Success) -> &'static str {
@@ -202,114 +170,156 @@ fn finish_reason(s: &Success) -> &'static str {
 }
 
 fn usage(s: &Success) -> Value {
-    let prompt = s.usage.input_tokens
-        + s.usage.cache_creation_input_tokens
-        + s.usage.cache_read_input_tokens;
+    let u: &Usage = &s.usage;
+    let prompt = u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens;
     json!({
         "prompt_tokens": prompt,
-        "completion_tokens": s.usage.output_tokens,
-        "total_tokens": prompt + s.usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": s.usage.cache_read_input_tokens},
+        "completion_tokens": u.output_tokens,
+        "total_tokens": prompt + u.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
     })
 }
 
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    RequestId(request_id): RequestId,
-    body: RawBody,
-) -> Response {
-    let mut cx = RequestCx::new(state, request_id, Flavour::Openai, "chat_completions");
-    let req: ChatRequest = match parse_json(body, &cx) {
-        Ok(r) => r,
-        Err(e) => return cx.error_response(e),
-    };
-    cx.model = Some(req.model.clone());
-    let turn = match to_turn(&req) {
-        Ok(t) => t,
-        Err(e) => return cx.error_response(e),
-    };
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = unix_now();
-    if req.stream.unwrap_or(false) {
-        let include_usage = req
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-        let cx = Arc::new(cx);
-        return match cx.clone().begin_stream(&turn).await {
-            Ok(live) => stream_response(live, id, created, req.model, include_usage),
-            Err(e) => cx.error_response(e),
-        };
+impl Api for ChatCompletions {
+    type Request = ChatRequest;
+    type Framer = ChunkFramer;
+    const FLAVOUR: Flavour = Flavour::Openai;
+    const ENDPOINT: &'static str = "chat_completions";
+
+    fn model(req: &ChatRequest) -> &str {
+        &req.model
     }
-    match cx.complete(&turn).await {
-        Ok(s) => {
-            cx.record_ok();
-            cx.record_finished();
-            Json(json!({
-                "id": id,
-                "object": "chat.completion",
-                "created": created,
-                "model": req.model,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": s.text, "refusal": null},
-                    "logprobs": null,
-                    "finish_reason": finish_reason(&s),
-                }],
-                "usage": usage(&s),
-                "system_fingerprint": null,
-            }))
-            .into_response()
+
+    fn wants_stream(req: &ChatRequest) -> bool {
+        req.stream.unwrap_or(false)
+    }
+
+    fn translate(req: &ChatRequest) -> Result<TurnRequest, ApiError> {
+        if req.messages.is_empty() {
+            return Err(ApiError::invalid_param(
+                "`messages` must contain at least one message",
+                "messages",
+            ));
         }
-        Err(e) => cx.error_response(e),
+        refuse_unsupported(req)?;
+        if req.model.trim().is_empty() {
+            return Err(ApiError::invalid_param(
+                "`model` must not be empty",
+                "model",
+            ));
+        }
+        let stop = stop_sequences(req)?;
+        let mut messages = Vec::with_capacity(req.messages.len());
+        for (i, m) in req.messages.iter().enumerate() {
+            let (role, allow) = match m.role.as_str() {
+                "system" | "developer" => (Role::System, Allow::Text),
+                "user" => (Role::User, Allow::User),
+                "assistant" => (Role::Assistant, Allow::Text),
+                other => {
+                    return Err(ApiError::invalid_param(
+                        format!("message role `{other}` is not supported"),
+                        &format!("messages[{i}].role"),
+                    ))
+                }
+            };
+            let blocks = match &m.content {
+                None => vec![crate::conversation::Block::Text(String::new())],
+                Some(c) => c.blocks(&format!("messages[{i}].content"), allow)?,
+            };
+            messages.push(Message::new(role, blocks));
+        }
+        let conversation = Conversation {
+            system: None,
+            messages,
+        };
+        conversation
+            .validate()
+            .map_err(|e| ApiError::invalid_param(e.to_string(), "messages"))?;
+        Ok(TurnRequest {
+            conversation,
+            model: req.model.clone(),
+            stop,
+        })
+    }
+
+    fn answer_id() -> String {
+        format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+    }
+
+    fn complete_body(req: &ChatRequest, id: &str, s: &Success) -> Value {
+        json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": unix_now(),
+            "model": req.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": s.text, "refusal": null},
+                "logprobs": null,
+                "finish_reason": finish_reason(s),
+            }],
+            "usage": usage(s),
+            "system_fingerprint": null,
+        })
+    }
+
+    fn framer(req: ChatRequest, id: String, _prompt_usage: Option<&Usage>) -> ChunkFramer {
+        ChunkFramer {
+            id,
+            created: unix_now(),
+            include_usage: req
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            model: req.model,
+        }
     }
 }
 
-fn chunk(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> Event {
-    let v = json!({
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "system_fingerprint": null,
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-    });
-    Event::default().data(v.to_string())
-}
-
-fn stream_response(
-    live: crate::http::pipeline::LiveStream,
+/// `chat.completion.chunk` events.
+pub struct ChunkFramer {
     id: String,
     created: u64,
     model: String,
     include_usage: bool,
-) -> Response {
-    let first = chunk(
-        &id,
-        created,
-        &model,
-        json!({"role": "assistant", "content": ""}),
-        None,
-    );
-    sse_response(live, vec![first], move |piece| match piece {
-        Piece::Delta(t) => vec![chunk(&id, created, &model, json!({"content": t}), None)],
-        Piece::Finish(s) => {
-            let mut v = vec![chunk(
-                &id,
-                created,
-                &model,
-                json!({}),
-                Some(finish_reason(&s)),
-            )];
-            if include_usage {
-                let u = json!({
-                    "id": id, "object": "chat.completion.chunk", "created": created,
-                    "model": model, "choices": [], "usage": usage(&s),
-                });
-                v.push(Event::default().data(u.to_string()));
-            }
-            v.push(Event::default().data("[DONE]"));
-            v
+}
+
+impl ChunkFramer {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
+        let v = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "system_fingerprint": null,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        Event::default().data(v.to_string())
+    }
+}
+
+impl Framer for ChunkFramer {
+    fn opening(&mut self) -> Vec<Event> {
+        vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
+    }
+
+    fn text(&mut self, text: String) -> Vec<Event> {
+        vec![self.chunk(json!({"content": text}), None)]
+    }
+
+    fn finish(&mut self, s: &Success) -> Vec<Event> {
+        let mut v = vec![self.chunk(json!({}), Some(finish_reason(s)))];
+        if self.include_usage {
+            let u = json!({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "usage": usage(s),
+            });
+            v.push(Event::default().data(u.to_string()));
         }
-        // The openai SDK raises on a `data:` chunk carrying `error`.
-        Piece::Fail(body) => vec![Event::default().data(body.to_string())],
-    })
+        v.push(Event::default().data("[DONE]"));
+        v
+    }
+
+    // The openai SDK raises on a `data:` chunk carrying `error`.
+    fn fail(&mut self, body: Value) -> Vec<Event> {
+        vec![Event::default().data(body.to_string())]
+    }
 }

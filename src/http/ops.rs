@@ -8,9 +8,10 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::health::Source;
-use crate::http::ApiError;
+use crate::http::extract::ApiPath;
+use crate::http::state::AppState;
+use crate::http::{flavour_for_request, ApiError};
 use crate::reload::Trigger;
-use crate::state::AppState;
 
 /// One model object, with the fields of both APIs (OpenAI: `object`, `created`,
 /// `owned_by`; Anthropic: `type`, `display_name`, `created_at`).
@@ -32,14 +33,15 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
 pub async fn model(
     State(state): State<AppState>,
     crate::http::RequestId(request_id): crate::http::RequestId,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    req: axum::extract::Request,
+    ApiPath(id): ApiPath<String>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let rules = state.rules.load();
     if rules.models().contains(&id) {
         return Json(model_object(&id)).into_response();
     }
-    crate::http::static_error(&state, &req, &request_id, ApiError::UnknownModel(id))
+    let flavour = flavour_for_request("/v1/models", &headers);
+    crate::http::static_error(&state, flavour, &request_id, ApiError::UnknownModel(id))
 }
 
 /// Liveness: the process serves requests.

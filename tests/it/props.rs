@@ -301,6 +301,14 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// What the CLI receives for a parsed request.
+fn presented(
+    t: Result<ccgate::engine::TurnRequest, ccgate::http::errors::ApiError>,
+) -> ccgate::backend::present::Presented {
+    ccgate::backend::present::present(&t.expect("a valid request").conversation)
+        .expect("a presentable conversation")
+}
+
 fn model() -> impl Strategy<Value = String> {
     "[a-z0-9.-]{1,12}"
 }
@@ -329,18 +337,20 @@ proptest! {
     fn single_user_message_is_the_prompt(model in model(), content in any::<String>(), parts in any::<bool>()) {
         let c = if parts { json!([{"type": "text", "text": content}]) } else { json!(content) };
         let body = json!({"model": model, "messages": [{"role": "user", "content": c}]});
-        let t = ccgate::http::openai::parse_request(body.to_string().as_bytes()).unwrap();
+        let r = ccgate::http::openai::parse_request(body.to_string().as_bytes());
+        prop_assert_eq!(&r.as_ref().unwrap().model, &model);
+        let t = presented(r);
         prop_assert_eq!(&t.prompt, &content);
-        prop_assert_eq!(t.system, None);
-        prop_assert_eq!(&t.model, &model);
+        prop_assert_eq!(t.system_prompt, None);
         let body = json!({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": c}]});
-        let t = ccgate::http::anthropic::parse_request(body.to_string().as_bytes()).unwrap();
+        let r = ccgate::http::anthropic::parse_request(body.to_string().as_bytes());
+        prop_assert_eq!(&r.as_ref().unwrap().model, &model);
+        let t = presented(r);
         prop_assert_eq!(&t.prompt, &content);
-        prop_assert_eq!(t.system, None);
-        prop_assert_eq!(&t.model, &model);
+        prop_assert_eq!(t.system_prompt, None);
     }
 
-    /// System text goes to `Turn.system` (OpenAI: system/developer messages joined by a
+    /// System text goes to the system prompt (OpenAI: system/developer messages joined by a
     /// blank line; Anthropic: `system` string or text blocks joined by a newline) and never
     /// into the prompt; text parts are joined by a newline.
     #[test]
@@ -357,20 +367,20 @@ proptest! {
         let blocks: Vec<Value> = parts.iter().map(|p| json!({"type": "text", "text": p})).collect();
         messages.push(json!({"role": "user", "content": blocks}));
         let body = json!({"model": model, "messages": messages});
-        let t = ccgate::http::openai::parse_request(body.to_string().as_bytes()).unwrap();
-        prop_assert_eq!(t.system, Some(systems.join("\n\n")));
+        let t = presented(ccgate::http::openai::parse_request(body.to_string().as_bytes()));
+        prop_assert_eq!(t.system_prompt, Some(systems.join("\n\n")));
         prop_assert_eq!(t.prompt, parts.join("\n"));
 
         let sys_blocks: Vec<Value> = systems.iter().map(|s| json!({"type": "text", "text": s})).collect();
         let body = json!({"model": model, "max_tokens": 8, "system": sys_blocks,
                           "messages": [{"role": "user", "content": blocks}]});
-        let t = ccgate::http::anthropic::parse_request(body.to_string().as_bytes()).unwrap();
-        prop_assert_eq!(t.system, Some(systems.join("\n")));
+        let t = presented(ccgate::http::anthropic::parse_request(body.to_string().as_bytes()));
+        prop_assert_eq!(t.system_prompt, Some(systems.join("\n")));
         prop_assert_eq!(t.prompt, parts.join("\n"));
         let body = json!({"model": model, "max_tokens": 8, "system": systems[0],
                           "messages": [{"role": "user", "content": "q"}]});
-        let t = ccgate::http::anthropic::parse_request(body.to_string().as_bytes()).unwrap();
-        prop_assert_eq!(t.system.as_deref(), Some(systems[0].as_str()));
+        let t = presented(ccgate::http::anthropic::parse_request(body.to_string().as_bytes()));
+        prop_assert_eq!(t.system_prompt.as_deref(), Some(systems[0].as_str()));
     }
 
     /// Multi-turn: the last user message ends the prompt and every earlier turn appears in
@@ -389,11 +399,10 @@ proptest! {
         for flavour in [Flavour::Openai, Flavour::Anthropic] {
             let body = json!({"model": model, "max_tokens": 8, "messages": messages});
             let bytes = body.to_string();
-            let t = match flavour {
+            let t = presented(match flavour {
                 Flavour::Openai => ccgate::http::openai::parse_request(bytes.as_bytes()),
                 Flavour::Anthropic => ccgate::http::anthropic::parse_request(bytes.as_bytes()),
-            }
-            .unwrap();
+            });
             prop_assert!(t.prompt.ends_with(&turns[n - 1]));
             let mut from = 0;
             for turn in &turns {
@@ -454,7 +463,7 @@ proptest! {
         stops in proptest::collection::vec("[ab é✓]{1,4}", 1..4),
         cuts in proptest::collection::vec(0usize..50, 0..8),
     ) {
-        use ccgate::http::pipeline::{earliest_stop, StopFilter};
+        use ccgate::turn::{earliest_stop, StopFilter};
         let want = earliest_stop(&text, &stops);
         // Split at char boundaries chosen by `cuts`.
         let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();

@@ -1,5 +1,5 @@
 //! The shared state every handler sees: config, the current rules snapshot (arc-swap),
-//! the CLI backend, health, metrics and the reload path.
+//! the turn engine, the CLI backend, health, metrics and the reload path.
 
 use std::sync::Arc;
 
@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 
 use crate::backend::Backend;
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -19,6 +20,8 @@ pub struct AppState {
     /// The running rules. Each request loads one snapshot and uses it start to end.
     pub rules: Arc<ArcSwap<Rules>>,
     pub backend: Backend,
+    /// The request policy shared by every API.
+    pub engine: Engine,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
@@ -42,10 +45,17 @@ impl AppState {
             health.clone(),
             Box::new(move || for_reload.invalidate_pool()),
         ));
+        let engine = Engine::new(
+            rules.clone(),
+            backend.clone(),
+            health.clone(),
+            metrics.clone(),
+        );
         AppState {
             config: Arc::new(config),
             rules,
             backend,
+            engine,
             health,
             metrics,
             reloader,
@@ -69,8 +79,6 @@ impl AppState {
     /// Records an `unhealthy` verdict: closes the health gate and drains the pre-warmed
     /// pool (its processes may hold stale credentials); it refills once healthy again.
     pub fn mark_unhealthy(&self, source: crate::health::Source, kind: &str, message: &str) {
-        self.health.mark_failed(source, kind, message);
-        self.metrics.cli_health_ok.set(0);
-        self.backend.invalidate_pool();
+        self.engine.mark_unhealthy(source, kind, message);
     }
 }

@@ -1,0 +1,404 @@
+//! The turn engine: the request policy every API shares, written once.
+//!
+//! A request takes one rules snapshot for its whole life ([`Engine::rules`]). A turn goes
+//! through the health gate (answered from the recorded unhealthy kind, nothing spawned),
+//! the backend run, the [`TurnFold`], and at a failure the rules' classification, whose
+//! `unhealthy` verdicts close the gate and wake the probe, while a success reopens it.
+//! [`RequestRecord`] is the one log line and the metrics of a request, written when the
+//! last reference to it goes (for streams: when the stream ends or the client leaves).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::present::PresentError;
+use crate::backend::{Backend, CliRequest, CliRun};
+use crate::conversation::Conversation;
+use crate::health::{Health, Source};
+use crate::metrics::{Metrics, OutcomeLabels};
+use crate::protocol::{CliEvent, Success, Usage};
+use crate::rules::{FailureFacts, Rules, Verdict};
+use crate::turn::{Step, TurnFold};
+
+/// One turn to run, translated from any API.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    pub conversation: Conversation,
+    pub model: String,
+    /// The client's stop sequences, applied by the gateway (the CLI has no flag for them).
+    pub stop: Vec<String>,
+}
+
+/// Why a turn produced no answer.
+#[derive(Debug)]
+pub enum TurnError {
+    /// The conversation cannot be presented to the CLI (a client error).
+    Present(PresentError),
+    /// A classified CLI failure, or the closed health gate.
+    Verdict(Box<Verdict>),
+}
+
+/// The shared services a turn needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    rules: Arc<ArcSwap<Rules>>,
+    backend: Backend,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    pub fn new(
+        rules: Arc<ArcSwap<Rules>>,
+        backend: Backend,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
+        Engine {
+            rules,
+            backend,
+            health,
+            metrics,
+        }
+    }
+
+    /// The rules snapshot a request uses from start to end.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.load_full()
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// A new request's record (its log line and metrics when it ends).
+    pub fn record(&self, endpoint: &'static str, request_id: &str) -> Arc<RequestRecord> {
+        Arc::new(RequestRecord::new(
+            Arc::clone(&self.metrics),
+            endpoint,
+            request_id.to_string(),
+        ))
+    }
+
+    /// The health gate: while the CLI is known unhealthy, the verdict of the recorded kind,
+    /// without spawning anything. A recorded kind the current rules no longer mark
+    /// `unhealthy` (a reload changed them) opens the gate and asks the probe to decide
+    /// again; the gate never answers with another kind's template.
+    pub async fn gate(&self, rules: &Rules) -> Result<(), Box<Verdict>> {
+        self.health.await_startup_probe().await;
+        let Some(h) = self.health.gate() else {
+            return Ok(());
+        };
+        let verdict = h
+            .error_kind
+            .as_deref()
+            .and_then(|k| rules.verdict_for_kind(k))
+            .filter(|v| v.unhealthy);
+        match verdict {
+            Some(mut v) => {
+                v.message = h.error_message.clone().unwrap_or_default();
+                Err(Box::new(v))
+            }
+            None => {
+                self.health.probe_wakeup.notify_one();
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts a turn: the gate, then the CLI run. Returns at once with the run in progress.
+    pub async fn start(
+        &self,
+        rules: Arc<Rules>,
+        record: Arc<RequestRecord>,
+        req: &TurnRequest,
+    ) -> Result<TurnRun, TurnError> {
+        let cli = CliRequest::for_conversation(&req.conversation, &req.model)
+            .map_err(TurnError::Present)?;
+        self.gate(&rules).await.map_err(TurnError::Verdict)?;
+        Ok(TurnRun {
+            engine: self.clone(),
+            rules,
+            record,
+            run: Some(self.backend.start(cli)),
+            fold: TurnFold::new(req.stop.clone()),
+            ready: VecDeque::new(),
+        })
+    }
+
+    /// Classifies failure facts with `rules` and updates health and metrics.
+    fn classify(&self, rules: &Rules, record: &RequestRecord, facts: &FailureFacts) -> Verdict {
+        record.record_exit(facts);
+        let verdict = rules.classify(facts);
+        tracing::debug!(request_id = %record.request_id, kind = %verdict.kind,
+            matched = ?verdict.matched, stderr_tail = %facts.stderr_tail, "CLI failure classified");
+        self.count_run(&verdict.kind);
+        if verdict.unhealthy {
+            self.mark_unhealthy(Source::Request, &verdict.kind, &verdict.message);
+            // Confirm (or refute) with a probe now rather than at the next interval.
+            self.health.probe_wakeup.notify_one();
+        }
+        verdict
+    }
+
+    /// Records an `unhealthy` verdict: closes the health gate and drains the pre-warmed
+    /// pool (its processes may hold stale credentials); it refills once healthy again.
+    pub fn mark_unhealthy(&self, source: Source, kind: &str, message: &str) {
+        self.health.mark_failed(source, kind, message);
+        self.metrics.cli_health_ok.set(0);
+        self.backend.invalidate_pool();
+    }
+
+    fn succeeded(&self) {
+        self.count_run("success");
+        if !self.health.is_ok() {
+            // A real request just worked: recovery need not wait for the next probe.
+            self.health.mark_ok(Source::Request);
+            self.metrics.cli_health_ok.set(1);
+        }
+    }
+
+    fn count_run(&self, outcome: &str) {
+        self.metrics
+            .cli_runs
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// What a turn in progress yields.
+#[derive(Debug)]
+pub enum TurnStep {
+    Text(String),
+    Finish(Box<Success>),
+    /// The run failed (classified); nothing follows.
+    Fail(Box<Verdict>),
+}
+
+/// A turn in progress: the CLI run folded into steps. Dropping it ends the run.
+pub struct TurnRun {
+    engine: Engine,
+    rules: Arc<Rules>,
+    record: Arc<RequestRecord>,
+    run: Option<CliRun>,
+    fold: TurnFold,
+    ready: VecDeque<Step>,
+}
+
+impl TurnRun {
+    /// The next step, or None after the last one.
+    pub async fn next(&mut self) -> Option<TurnStep> {
+        loop {
+            if let Some(step) = self.ready.pop_front() {
+                return Some(self.conclude(step));
+            }
+            if self.fold.ended().is_some() {
+                return None;
+            }
+            let steps = match self.run.as_mut()?.recv().await {
+                Some(event) => {
+                    if let CliEvent::Done(Err(facts)) = &event {
+                        self.record.record_exit(facts);
+                    }
+                    self.fold.push(event)
+                }
+                None => self.fold.lost(),
+            };
+            self.ready.extend(steps);
+            if self.fold.wants_stop() {
+                // A stop sequence ended the answer: the rest of the run is not wanted.
+                if let Some(run) = self.run.take() {
+                    run.stop();
+                }
+            }
+        }
+    }
+
+    /// Waits until the answer's first text (or its end) is ready, so that a failure known
+    /// before the first byte keeps its real status.
+    pub async fn first_content(&mut self) -> Result<(), Box<Verdict>> {
+        while self.ready.is_empty() && self.fold.ended().is_none() {
+            let steps = match self.run.as_mut() {
+                Some(run) => match run.recv().await {
+                    Some(event) => {
+                        if let CliEvent::Done(Err(facts)) = &event {
+                            self.record.record_exit(facts);
+                        }
+                        self.fold.push(event)
+                    }
+                    None => self.fold.lost(),
+                },
+                None => self.fold.lost(),
+            };
+            self.ready.extend(steps);
+        }
+        if let Some(Step::Fail(_)) = self.ready.front() {
+            if let Some(TurnStep::Fail(v)) = self.next().await {
+                return Err(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs to the end (non-streaming): the complete answer or the failure.
+    pub async fn complete(mut self) -> Result<Success, Box<Verdict>> {
+        while let Some(step) = self.next().await {
+            match step {
+                TurnStep::Text(_) => {}
+                TurnStep::Finish(s) => return Ok(*s),
+                TurnStep::Fail(v) => return Err(v),
+            }
+        }
+        // The fold always ends with a finish or a failure; be defensive anyway.
+        let facts = FailureFacts {
+            condition: Some(crate::rules::GatewayCondition::NoResult),
+            ..FailureFacts::default()
+        };
+        Err(Box::new(self.engine.classify(
+            &self.rules,
+            &self.record,
+            &facts,
+        )))
+    }
+
+    /// The prompt's usage from the run's first upstream `message_start`.
+    pub fn prompt_usage(&self) -> Option<&Usage> {
+        self.fold.prompt_usage()
+    }
+
+    pub fn record(&self) -> &Arc<RequestRecord> {
+        &self.record
+    }
+
+    fn conclude(&mut self, step: Step) -> TurnStep {
+        match step {
+            Step::Text(t) => TurnStep::Text(t),
+            Step::Finish(s) => {
+                self.run = None;
+                self.engine.succeeded();
+                TurnStep::Finish(s)
+            }
+            Step::Fail(facts) => {
+                self.run = None;
+                TurnStep::Fail(Box::new(self.engine.classify(
+                    &self.rules,
+                    &self.record,
+                    &facts,
+                )))
+            }
+        }
+    }
+}
+
+/// Outcome fields of the request log line, filled as the request proceeds.
+#[derive(Debug, Default)]
+struct Outcome {
+    status: u16,
+    kind: String,
+    model: Option<String>,
+    cli_exit: Option<i32>,
+    cli_signal: Option<i32>,
+    /// The answer was completely delivered (for streams: the last event was produced).
+    finished: bool,
+    /// A stream that had answered 200 ended with an error event.
+    failed_mid_stream: bool,
+}
+
+/// A request's log line and metrics, written once when the last reference is dropped.
+pub struct RequestRecord {
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
+    pub request_id: String,
+    started: Instant,
+    outcome: Mutex<Outcome>,
+}
+
+impl RequestRecord {
+    fn new(metrics: Arc<Metrics>, endpoint: &'static str, request_id: String) -> RequestRecord {
+        RequestRecord {
+            metrics,
+            endpoint,
+            request_id,
+            started: Instant::now(),
+            outcome: Mutex::new(Outcome::default()),
+        }
+    }
+
+    fn outcome(&self) -> std::sync::MutexGuard<'_, Outcome> {
+        self.outcome.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn endpoint(&self) -> &'static str {
+        self.endpoint
+    }
+
+    /// The model the request named (logged).
+    pub fn set_model(&self, model: &str) {
+        self.outcome().model = Some(model.to_string());
+    }
+
+    pub fn model(&self) -> Option<String> {
+        self.outcome().model.clone()
+    }
+
+    /// The answer's status and kind (`ok`, a rules kind, or a gateway kind). A complete
+    /// answer (not a stream still running) is also finished.
+    pub fn answered(&self, status: u16, kind: &str, finished: bool) {
+        let mut o = self.outcome();
+        o.status = status;
+        o.kind = kind.to_string();
+        o.finished = finished;
+    }
+
+    /// A stream's successful end.
+    pub fn stream_finished(&self) {
+        self.outcome().finished = true;
+    }
+
+    /// A stream that already answered 200 failed: the client got a 200 and an error event.
+    pub fn stream_failed(&self, kind: &str) {
+        let mut o = self.outcome();
+        o.kind = kind.to_string();
+        o.finished = true;
+        o.failed_mid_stream = true;
+    }
+
+    fn record_exit(&self, facts: &FailureFacts) {
+        let mut o = self.outcome();
+        o.cli_exit = facts.exit_code;
+        o.cli_signal = facts.signal;
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let o = self.outcome();
+        let secs = self.started.elapsed().as_secs_f64();
+        let (status, kind) = if o.status == 0 {
+            (499, "client_disconnected")
+        } else if o.status == 200 && !o.finished {
+            // A stream the client left before its end.
+            (499, o.kind.as_str())
+        } else {
+            (o.status, o.kind.as_str())
+        };
+        self.metrics
+            .count_request(self.endpoint, status, kind, secs);
+        tracing::info!(
+            request_id = %self.request_id,
+            endpoint = self.endpoint,
+            model = o.model.as_deref().unwrap_or(""),
+            status,
+            kind,
+            failed_mid_stream = o.failed_mid_stream,
+            cli_exit = o.cli_exit,
+            cli_signal = o.cli_signal,
+            duration_ms = (secs * 1000.0) as u64,
+            "request"
+        );
+    }
+}

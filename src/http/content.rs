@@ -1,0 +1,330 @@
+//! Message content as both APIs write it, parsed once into conversation [`Block`]s: a
+//! plain string or a list of parts (`text`, Anthropic `image` / `document` /
+//! `tool_use` / `tool_result` / `thinking` / `redacted_thinking`, OpenAI `image_url` /
+//! `file`). Images and documents are validated into the Messages API's block shape here.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::conversation::Block;
+use crate::http::errors::ApiError;
+
+/// A message's (or a system prompt's) content: a string or a list of parts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// One content part, with the fields of every part type either API sends.
+#[derive(Debug, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    source: Option<Value>,
+    #[serde(default)]
+    image_url: Option<Value>,
+    #[serde(default)]
+    file: Option<Value>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
+    #[serde(default)]
+    tool_use_id: Option<String>,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    is_error: Option<bool>,
+    #[serde(default)]
+    thinking: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+}
+
+/// Which parts a place accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allow {
+    /// Text only (system prompts, system messages).
+    Text,
+    /// Text, images and documents (user messages, tool results).
+    User,
+    /// Text, tool calls and thinking (assistant messages).
+    Assistant,
+}
+
+impl Content {
+    /// The content as blocks; a part this place does not accept is a 400 naming its path
+    /// (`path` is the JSON path of the content, e.g. `messages[2].content`).
+    pub fn blocks(&self, path: &str, allow: Allow) -> Result<Vec<Block>, ApiError> {
+        match self {
+            Content::Text(t) => Ok(vec![Block::Text(t.clone())]),
+            Content::Parts(parts) => parts
+                .iter()
+                .enumerate()
+                .map(|(j, p)| p.block(&format!("{path}[{j}]"), allow))
+                .collect(),
+        }
+    }
+
+    /// The text of text-only content, parts joined with newlines.
+    pub fn text(&self, path: &str) -> Result<String, ApiError> {
+        let blocks = self.blocks(path, Allow::Text)?;
+        let texts: Vec<&str> = blocks
+            .iter()
+            .filter_map(|b| match b {
+                Block::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        Ok(texts.join("\n"))
+    }
+}
+
+impl Part {
+    fn block(&self, at: &str, allow: Allow) -> Result<Block, ApiError> {
+        let field = |f: &str| format!("{at}{f}");
+        let kind = self.kind.as_str();
+        let attachment = matches!(kind, "image" | "image_url" | "document" | "file");
+        if attachment && allow != Allow::User {
+            return Err(ApiError::invalid_param(
+                "images and documents are only supported in user messages",
+                &field(".type"),
+            ));
+        }
+        let assistant_only = matches!(kind, "tool_use" | "thinking" | "redacted_thinking");
+        if (assistant_only && allow != Allow::Assistant)
+            || (kind == "tool_result" && allow != Allow::User)
+        {
+            return Err(ApiError::invalid_param(
+                format!("`{kind}` blocks are not allowed in this message"),
+                &field(".type"),
+            ));
+        }
+        Ok(match kind {
+            "text" => Block::Text(self.text.clone().ok_or_else(|| {
+                ApiError::invalid_param("text block is missing `text`", &field(".text"))
+            })?),
+            "image" => Block::Image(anthropic_image(self.source.as_ref(), &field(".source"))?),
+            "image_url" => {
+                Block::Image(openai_image(self.image_url.as_ref(), &field(".image_url"))?)
+            }
+            "document" => Block::Document(anthropic_document(self, &field(".source"))?),
+            "file" => Block::Document(openai_file(self.file.as_ref(), &field(".file"))?),
+            "tool_use" => Block::ToolUse {
+                id: required(&self.id, &field(".id"))?,
+                name: required(&self.name, &field(".name"))?,
+                input: self
+                    .input
+                    .clone()
+                    .unwrap_or(Value::Object(Default::default())),
+            },
+            "tool_result" => Block::ToolResult {
+                tool_use_id: required(&self.tool_use_id, &field(".tool_use_id"))?,
+                content: match &self.content {
+                    None => Vec::new(),
+                    Some(c) => c.blocks(&field(".content"), Allow::User)?,
+                },
+                is_error: self.is_error.unwrap_or(false),
+            },
+            "thinking" => Block::Thinking {
+                text: self.thinking.clone().unwrap_or_default(),
+                signature: self.signature.clone(),
+                redacted: false,
+            },
+            "redacted_thinking" => Block::Thinking {
+                text: self.data.clone().unwrap_or_default(),
+                signature: None,
+                redacted: true,
+            },
+            other => {
+                return Err(ApiError::invalid_param(
+                    format!(
+                    "content type `{other}` is not supported; only text, images and documents are"
+                ),
+                    &field(".type"),
+                ))
+            }
+        })
+    }
+}
+
+fn required(v: &Option<String>, path: &str) -> Result<String, ApiError> {
+    v.clone()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::invalid_param("this field is required", path))
+}
+
+/// Media types the Messages API accepts for images.
+const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
+
+fn plausible_base64(data: &str) -> bool {
+    !data.is_empty()
+        && data
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_'))
+}
+
+fn base64_source(
+    media_type: &str,
+    allowed: &[&str],
+    data: &str,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
+    if !allowed.contains(&media_type) {
+        return Err(ApiError::invalid_param(
+            format!(
+                "media type `{media_type}` is not supported here; use one of {}",
+                allowed.join(", ")
+            ),
+            path,
+        ));
+    }
+    if !plausible_base64(data) {
+        return Err(ApiError::invalid_param(
+            "data must be non-empty base64",
+            path,
+        ));
+    }
+    Ok(serde_json::json!({"type": "base64", "media_type": media_type, "data": data}))
+}
+
+fn url_source(url: &str, path: &str) -> Result<serde_json::Value, ApiError> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(ApiError::invalid_param(
+            "URL must be http(s) or a base64 data: URL",
+            path,
+        ));
+    }
+    Ok(serde_json::json!({"type": "url", "url": url}))
+}
+
+fn str_field<'a>(v: Option<&'a serde_json::Value>, key: &str) -> &'a str {
+    v.and_then(|s| s.get(key))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+}
+
+/// An Anthropic `image` block's `source` (`base64` or `url`), validated.
+fn anthropic_image(
+    source: Option<&serde_json::Value>,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let source = match str_field(source, "type") {
+        "base64" => base64_source(
+            str_field(source, "media_type"),
+            &IMAGE_MEDIA_TYPES,
+            str_field(source, "data"),
+            path,
+        )?,
+        "url" => url_source(str_field(source, "url"), path)?,
+        _ => {
+            return Err(ApiError::invalid_param(
+                "image `source.type` must be `base64` or `url`",
+                path,
+            ))
+        }
+    };
+    Ok(serde_json::json!({"type": "image", "source": source}))
+}
+
+/// An Anthropic `document` block: a base64 PDF, plain text, or a PDF URL (with its
+/// optional `title` and `context`).
+fn anthropic_document(b: &Part, path: &str) -> Result<serde_json::Value, ApiError> {
+    let source = b.source.as_ref();
+    let source = match str_field(source, "type") {
+        "base64" => base64_source(
+            str_field(source, "media_type"),
+            &["application/pdf"],
+            str_field(source, "data"),
+            path,
+        )?,
+        "text" => {
+            let data = source
+                .and_then(|s| s.get("data"))
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| ApiError::invalid_param("text document needs `data`", path))?;
+            serde_json::json!({"type": "text", "media_type": "text/plain", "data": data})
+        }
+        "url" => url_source(str_field(source, "url"), path)?,
+        _ => {
+            return Err(ApiError::invalid_param(
+                "document `source.type` must be `base64` (PDF), `text` or `url`",
+                path,
+            ))
+        }
+    };
+    let mut block = serde_json::json!({"type": "document", "source": source});
+    if let Some(t) = &b.title {
+        block["title"] = t.clone().into();
+    }
+    if let Some(c) = &b.context {
+        block["context"] = c.clone().into();
+    }
+    Ok(block)
+}
+
+/// An OpenAI `image_url` part: a `data:<type>;base64,<data>` URL or an http(s) URL.
+fn openai_image(
+    image_url: Option<&serde_json::Value>,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
+    // Both `{"url": "…"}` and the older bare string.
+    let url = image_url
+        .and_then(|v| v.get("url").or(Some(v)))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let source = match url.strip_prefix("data:") {
+        Some(rest) => {
+            let (media_type, data) = rest
+                .split_once(";base64,")
+                .ok_or_else(|| ApiError::invalid_param("data: URL must be base64", path))?;
+            base64_source(media_type, &IMAGE_MEDIA_TYPES, data, path)?
+        }
+        None => url_source(url, path)?,
+    };
+    Ok(serde_json::json!({"type": "image", "source": source}))
+}
+
+/// An OpenAI `file` part with inline `file_data` (a base64 PDF data: URL); uploaded
+/// `file_id`s do not exist here.
+fn openai_file(
+    file: Option<&serde_json::Value>,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
+    if !str_field(file, "file_id").is_empty() {
+        return Err(ApiError::invalid_param(
+            "`file_id` is not supported (there is no file store); send the file inline as `file_data`",
+            path,
+        ));
+    }
+    let data_url = str_field(file, "file_data");
+    let (media_type, data) = data_url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(";base64,"))
+        .ok_or_else(|| {
+            ApiError::invalid_param(
+                "`file_data` must be a data: URL (data:application/pdf;base64,…)",
+                path,
+            )
+        })?;
+    let source = base64_source(media_type, &["application/pdf"], data, path)?;
+    let mut block = serde_json::json!({"type": "document", "source": source});
+    let name = str_field(file, "filename");
+    if !name.is_empty() {
+        block["title"] = name.into();
+    }
+    Ok(block)
+}

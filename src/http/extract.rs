@@ -1,0 +1,156 @@
+//! Extractors whose rejections are in our error shape, never axum's plain text:
+//! [`ApiRequest`] (an API call's context plus its parsed JSON body; a body over the limit,
+//! chunked or not, is our 413) and [`ApiPath`] (path parameters). [`Cx`] is the
+//! per-request context an API handler works with.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use crate::engine::RequestRecord;
+use crate::health::Health;
+use crate::http::errors::{ApiError, ErrorContext, RenderedError};
+use crate::http::handler::Api;
+use crate::http::state::AppState;
+use crate::http::{flavour_for_request, RequestId};
+use crate::rules::{Flavour, Rules};
+
+/// One API request's context: its flavour, id, rules snapshot and record.
+#[derive(Clone)]
+pub struct Cx {
+    pub flavour: Flavour,
+    pub request_id: String,
+    /// The rules snapshot this request uses from start to end.
+    pub rules: Arc<Rules>,
+    pub record: Arc<RequestRecord>,
+    health: Arc<Health>,
+}
+
+impl Cx {
+    pub fn new(
+        state: &AppState,
+        flavour: Flavour,
+        endpoint: &'static str,
+        request_id: String,
+    ) -> Cx {
+        Cx {
+            flavour,
+            record: state.engine.record(endpoint, &request_id),
+            request_id,
+            rules: state.engine.rules(),
+            health: Arc::clone(state.engine.health()),
+        }
+    }
+
+    /// Renders an error in this request's flavour (no bookkeeping).
+    pub fn render(&self, err: &ApiError) -> RenderedError {
+        let health = self.health.snapshot();
+        let model = self.record.model();
+        err.render(&ErrorContext {
+            flavour: self.flavour,
+            request_id: &self.request_id,
+            model: model.as_deref(),
+            rules: &self.rules,
+            health: &health,
+        })
+    }
+
+    /// The request's answer is this error: rendered and recorded.
+    pub fn fail(&self, err: ApiError) -> RenderedError {
+        let rendered = self.render(&err);
+        self.record
+            .answered(rendered.status.as_u16(), err.kind(), true);
+        rendered
+    }
+
+    pub fn error(&self, err: ApiError) -> Response {
+        self.fail(err).into_response()
+    }
+}
+
+/// An API call: its context and its body parsed as the API's request type.
+pub struct ApiRequest<A: Api> {
+    pub cx: Cx,
+    pub body: A::Request,
+}
+
+impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
+    type Rejection = RenderedError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(crate::http::new_request_id);
+        let cx = Cx::new(state, A::FLAVOUR, A::ENDPOINT, id);
+        let limit = state.config.request_body_limit;
+        let body = Bytes::from_request(req, state).await;
+        match parse_body(body, limit) {
+            Ok(body) => Ok(ApiRequest { cx, body }),
+            Err(e) => Err(cx.fail(e)),
+        }
+    }
+}
+
+/// Path parameters, with a rejection (e.g. `%FF` in a segment) in the request's flavour.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e) => {
+                let id = RequestId::from_request_parts(parts, state)
+                    .await
+                    .map(|r| r.0)
+                    .unwrap_or_else(|never| match never {});
+                let flavour = flavour_for_request(parts.uri.path(), &parts.headers);
+                let err = ApiError::invalid(format!("invalid path: {}", e.body_text()));
+                Err(crate::http::static_error(state, flavour, &id, err))
+            }
+        }
+    }
+}
+
+/// The body bytes parsed as JSON, every failure mapped to a clear [`ApiError`].
+fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = match body {
+        Ok(b) => b,
+        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            return Err(ApiError::TooLarge { limit })
+        }
+        Err(e) => {
+            return Err(ApiError::invalid(format!(
+                "could not read the request body: {e}"
+            )))
+        }
+    };
+    parse_json_bytes(&bytes)
+}
+
+/// Parses JSON bytes into `T`, mapping every failure to a 400 [`ApiError`].
+pub fn parse_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "invalid request",
+            _ => "malformed JSON in request body",
+        };
+        ApiError::invalid(format!("{what}: {e}"))
+    })
+}

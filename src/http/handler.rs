@@ -1,0 +1,141 @@
+//! The one request path every API shares, generic over a small per-API trait: parse
+//! (the [`ApiRequest`] extractor), translate into a [`TurnRequest`], run the turn on the
+//! engine, and answer with the API's complete body or its SSE framing. An API is one
+//! module implementing [`Api`] and [`Framer`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::engine::{TurnRequest, TurnRun, TurnStep};
+use crate::http::errors::ApiError;
+use crate::http::extract::{ApiRequest, Cx};
+use crate::http::state::AppState;
+use crate::protocol::{Success, Usage};
+use crate::rules::Flavour;
+
+/// One API: its request type and how it translates to and from a turn.
+pub trait Api: Send + Sync + Sized + 'static {
+    type Request: DeserializeOwned + Send + 'static;
+    type Framer: Framer;
+    /// The error shape of this API.
+    const FLAVOUR: Flavour;
+    /// The `endpoint` label of logs and metrics.
+    const ENDPOINT: &'static str;
+
+    /// The model the request names (logged, and `{{model}}` in error templates).
+    fn model(req: &Self::Request) -> &str;
+    fn wants_stream(req: &Self::Request) -> bool;
+    /// Validates the request and translates it into the neutral turn.
+    fn translate(req: &Self::Request) -> Result<TurnRequest, ApiError>;
+    /// A new id for the answer (`chatcmpl-…`, `msg_…`).
+    fn answer_id() -> String;
+    /// The complete (non-streaming) answer body.
+    fn complete_body(req: &Self::Request, id: &str, answer: &Success) -> Value;
+    /// The stream framing of this answer; `prompt_usage` is the prompt's token counts
+    /// when the CLI reported them before the first text.
+    fn framer(req: Self::Request, id: String, prompt_usage: Option<&Usage>) -> Self::Framer;
+}
+
+/// An API's SSE events for a streamed answer.
+pub trait Framer: Send + 'static {
+    /// The events before the first text.
+    fn opening(&mut self) -> Vec<Event>;
+    fn text(&mut self, text: String) -> Vec<Event>;
+    /// The last events of a complete answer.
+    fn finish(&mut self, answer: &Success) -> Vec<Event>;
+    /// The last events of a stream that failed after it began (`body` is the rendered
+    /// error body of this API's shape).
+    fn fail(&mut self, body: Value) -> Vec<Event>;
+}
+
+/// The handler of every API endpoint.
+pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A>) -> Response {
+    let ApiRequest { cx, body } = request;
+    cx.record.set_model(A::model(&body));
+    let turn = match A::translate(&body) {
+        Ok(t) => t,
+        Err(e) => return cx.error(e),
+    };
+    let mut run = match state
+        .engine
+        .start(Arc::clone(&cx.rules), Arc::clone(&cx.record), &turn)
+        .await
+    {
+        Ok(run) => run,
+        Err(e) => return cx.error(e.into()),
+    };
+    let id = A::answer_id();
+    if A::wants_stream(&body) {
+        if let Err(v) = run.first_content().await {
+            return cx.error(ApiError::Verdict(v));
+        }
+        cx.record.answered(200, "ok", false);
+        let framer = A::framer(body, id, run.prompt_usage());
+        return sse_response(cx, run, framer, state.config.sse_keepalive());
+    }
+    match run.complete().await {
+        Ok(answer) => {
+            cx.record.answered(200, "ok", true);
+            Json(A::complete_body(&body, &id, &answer)).into_response()
+        }
+        Err(v) => cx.error(ApiError::Verdict(v)),
+    }
+}
+
+/// The SSE response of a running turn: the framer's opening events, then its events for
+/// each step until the finish or the failure. The body stream owns the run, so a client
+/// that goes away drops it (and the CLI is ended).
+fn sse_response<F: Framer>(
+    cx: Cx,
+    run: TurnRun,
+    mut framer: F,
+    keep_alive: Option<Duration>,
+) -> Response {
+    let opening = framer.opening();
+    let keep_alive = keep_alive.map(|every| {
+        // Sent only while the stream is idle that long: proxies with read timeouts
+        // (nginx: 60 s) must not cut a stream whose CLI is quiet for a while. Anthropic
+        // clients know `ping` events; OpenAI clients skip SSE comments.
+        match cx.flavour {
+            Flavour::Anthropic => KeepAlive::new()
+                .interval(every)
+                .event(Event::default().event("ping").data(r#"{"type":"ping"}"#)),
+            Flavour::Openai => KeepAlive::new().interval(every).text("keep-alive"),
+        }
+    });
+    let events = futures_util::stream::unfold(
+        (cx, run, framer, Some(opening)),
+        |(cx, mut run, mut framer, opening)| async move {
+            if let Some(v) = opening {
+                return Some((v, (cx, run, framer, None)));
+            }
+            let events = match run.next().await? {
+                TurnStep::Text(t) => framer.text(t),
+                TurnStep::Finish(s) => {
+                    cx.record.stream_finished();
+                    framer.finish(&s)
+                }
+                TurnStep::Fail(v) => {
+                    cx.record.stream_failed(&v.kind);
+                    let body = cx.render(&ApiError::Verdict(v)).body;
+                    framer.fail(body)
+                }
+            };
+            Some((events, (cx, run, framer, None)))
+        },
+    );
+    let flat = futures_util::StreamExt::flat_map(events, |v| {
+        futures_util::stream::iter(v.into_iter().map(Ok::<_, std::convert::Infallible>))
+    });
+    match keep_alive {
+        Some(k) => Sse::new(flat).keep_alive(k).into_response(),
+        None => Sse::new(flat).into_response(),
+    }
+}
