@@ -39,7 +39,7 @@ async fn a_stream_failing_after_its_200_is_counted_as_the_200_the_client_got() {
 }
 
 #[tokio::test]
-async fn system_instructions_reach_the_system_prompt_and_empty_ones_none() {
+async fn anthropic_system_messages_join_the_system_prompt_after_the_top_level_one() {
     let s = TestServer::start(Opts::default()).await;
     // Anthropic `role: "system"` entries are system instructions, after the top-level one.
     let body = json!({"model": "sonnet", "max_tokens": 8, "system": "Top.",
@@ -52,7 +52,11 @@ async fn system_instructions_reach_the_system_prompt_and_empty_ones_none() {
         log.contains("SYSTEM_PROMPT_FILE_CONTENT:Top.\n\nBe terse."),
         "{log}"
     );
-    std::fs::write(&s.log_file, "").unwrap();
+}
+
+#[tokio::test]
+async fn an_empty_openai_system_message_is_no_system_prompt() {
+    let s = TestServer::start(Opts::default()).await;
     // An empty OpenAI system message is no system prompt: no file, the pool's flags.
     let body = json!({"model": "sonnet", "messages": [{"role": "system", "content": ""},
                                                       {"role": "user", "content": "Hi"}]});
