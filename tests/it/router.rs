@@ -168,8 +168,10 @@ async fn fields_promising_what_ccgate_cannot_do_are_refused_naming_the_field() {
 
 #[tokio::test]
 async fn gateway_side_errors_are_counted_under_their_own_kinds() {
-    let mut config = Config::default();
-    config.request_body_limit = 1024;
+    let config = Config {
+        request_body_limit: 1024,
+        ..Config::default()
+    };
     let s = AppState::new(
         config,
         Rules::embedded(),
@@ -192,4 +194,105 @@ async fn gateway_side_errors_are_counted_under_their_own_kinds() {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
     assert!(!metrics.contains(r#"kind="invalid_request""#), "{metrics}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_api_shaped_errors() {
+    let s = state();
+    let raw = |path: &'static str, body: &'static str| {
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        send(&s, req)
+    };
+    for (path, body) in [
+        ("/v1/chat/completions", "{not json"),
+        ("/v1/chat/completions", ""),
+        ("/v1/chat/completions", r#"{"model":"x"}"#),
+        ("/v1/chat/completions", r#"{"model":"x","messages":[]}"#),
+        ("/v1/chat/completions", r#"{"model":"x","messages":"hi"}"#),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","n":2,"messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","messages":[{"role":"assistant","content":"a"}]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{}}},"messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","logprobs":true,"messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","modalities":["text","audio"],"messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"x","functions":[{"name":"f"}],"messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        ("/v1/messages", "[1,2"),
+        (
+            "/v1/messages",
+            r#"{"model":"x","messages":[{"role":"user","content":"a"}]}"#,
+        ),
+        (
+            "/v1/messages",
+            r#"{"model":"x","max_tokens":5,"messages":[]}"#,
+        ),
+        (
+            "/v1/messages",
+            r#"{"model":"x","max_tokens":"5","messages":[{"role":"user","content":"a"}]}"#,
+        ),
+    ] {
+        let (st, v) = raw(path, body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
+        if path == "/v1/messages" {
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+        } else {
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+            assert!(v["error"]["message"].as_str().unwrap().len() > 5);
+        }
+    }
+    // Nothing was run for any of them.
+    assert_eq!(s.backend.stats().snapshot().spawned_total, 0);
+}
+
+#[tokio::test]
+async fn models_and_health() {
+    let s = state();
+    let get = |path: &str, anthropic: bool| {
+        let mut req = Request::get(path);
+        if anthropic {
+            req = req.header("anthropic-version", "2023-06-01");
+        }
+        send(&s, req.body(Body::empty()).unwrap())
+    };
+    let (_, v) = get("/v1/models", false).await;
+    assert_eq!(v["object"], "list");
+    assert!(!v["data"].as_array().unwrap().is_empty());
+    assert_eq!(v["first_id"], v["data"][0]["id"]);
+    let (st, _) = get("/health", false).await;
+    assert_eq!(st, StatusCode::OK);
+
+    // Retrieve one: both SDKs' `models.retrieve`.
+    let (_, one) = get("/v1/models/sonnet", false).await;
+    assert_eq!(one["id"], "sonnet");
+    assert_eq!(one["object"], "model");
+    assert_eq!(one["type"], "model");
+    // Unknown: 404 in the OpenAI shape, or Anthropic's when the client says it is one.
+    let (st, v) = get("/v1/models/gpt-4o", false).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"]["code"], "model_not_found");
+    assert_eq!(v["error"]["param"], "model");
+    let (st, v) = get("/v1/models/gpt-4o", true).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "not_found_error");
 }
