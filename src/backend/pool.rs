@@ -33,14 +33,14 @@
 //!   pool when dropped or shut down.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::process::{spawn_cli, Inner, Spawned};
-use super::CliRequest;
+use super::process::{spawn_cli, BackendStats, Spawned};
+use super::{CliRequest, CliSettings};
 
 /// How often the maintainer checks idle processes (exit, age) and refills.
 const TICK: Duration = Duration::from_millis(200);
@@ -74,14 +74,35 @@ struct State {
     closed: bool,
 }
 
+/// What the pool needs from its backend: how to spawn, where to count, and the
+/// concurrency slots its idle processes hold.
+pub(super) struct PoolDeps {
+    pub(super) settings: Arc<CliSettings>,
+    pub(super) stats: Arc<BackendStats>,
+    pub(super) slots: Arc<Semaphore>,
+}
+
 /// The pool's shared state (one per backend, inert when `prewarm` is 0).
 pub(super) struct Pool {
     size: usize,
     model: Option<String>,
     max_idle: Duration,
+    deps: PoolDeps,
     state: Mutex<State>,
     /// Wakes the maintainer (a slot was freed, a process was taken, an invalidation).
     wake: Notify,
+    /// Pooled runs that have not printed their first line yet (refills wait for them).
+    starting: AtomicUsize,
+}
+
+/// Marks a pooled run as starting (no refills meanwhile); on drop, wakes the pool.
+pub(super) struct Starting<'a>(&'a Pool);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.starting.fetch_sub(1, Ordering::Relaxed);
+        self.0.notify();
+    }
 }
 
 /// Why a request did not get a pooled process.
@@ -93,13 +114,20 @@ pub(super) enum Miss {
 }
 
 impl Pool {
-    pub(super) fn new(size: usize, model: Option<String>, max_idle: Duration) -> Pool {
+    pub(super) fn new(
+        size: usize,
+        model: Option<String>,
+        max_idle: Duration,
+        deps: PoolDeps,
+    ) -> Pool {
         Pool {
             size,
             model: model.filter(|m| !m.is_empty()),
             max_idle,
+            deps,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            starting: AtomicUsize::new(0),
         }
     }
 
@@ -120,7 +148,7 @@ impl Pool {
 
     /// An idle process for `req`, oldest (warmest) first. Dead, stale or expired ones met
     /// on the way are retired in the background and never handed out.
-    pub(super) fn checkout(&self, inner: &Arc<Inner>, req: &CliRequest) -> Result<Idle, Miss> {
+    pub(super) fn checkout(self: &Arc<Self>, req: &CliRequest) -> Result<Idle, Miss> {
         if !self.matches(req) {
             return Err(Miss::Key);
         }
@@ -141,22 +169,22 @@ impl Pool {
             }
             found
         };
-        self.count_discarded(inner, &discard);
-        retire_in_background(inner, discard);
-        self.publish_idle(inner);
+        self.count_discarded(&discard);
+        self.retire_in_background(discard);
+        self.publish_idle();
         self.wake.notify_one();
         found.ok_or(Miss::Empty)
     }
 
     /// Takes the newest (least warm) idle process out so a request can have its slot.
-    pub(super) fn evict_one(&self, inner: &Inner) -> Option<Idle> {
+    pub(super) fn evict_one(&self) -> Option<Idle> {
         let idle = self.lock().idle.pop_back();
         if idle.is_some() {
-            inner
+            self.deps
                 .stats
                 .pool_evicted_total
                 .fetch_add(1, Ordering::Relaxed);
-            self.publish_idle(inner);
+            self.publish_idle();
         }
         idle
     }
@@ -164,33 +192,33 @@ impl Pool {
     /// Drains every idle process (kill + reap in the background) and makes processes
     /// spawned before now unusable. The maintainer refills afterwards (when the gate is
     /// open).
-    pub(super) fn invalidate(&self, inner: &Arc<Inner>) {
+    pub(super) fn invalidate(self: &Arc<Self>) {
         let drained: Vec<Idle> = {
             let mut st = self.lock();
             st.generation += 1;
             st.idle.drain(..).collect()
         };
-        inner
+        self.deps
             .stats
             .pool_drained_total
             .fetch_add(drained.len() as u64, Ordering::Relaxed);
         if !drained.is_empty() {
             tracing::debug!(count = drained.len(), "pre-warmed pool drained");
         }
-        retire_in_background(inner, drained);
-        self.publish_idle(inner);
+        self.retire_in_background(drained);
+        self.publish_idle();
         self.wake.notify_one();
     }
 
     /// Stops refilling for good and hands back the idle processes.
-    fn close(&self, inner: &Inner) -> Vec<Idle> {
+    fn close(&self) -> Vec<Idle> {
         let drained: Vec<Idle> = {
             let mut st = self.lock();
             st.closed = true;
             st.generation += 1;
             st.idle.drain(..).collect()
         };
-        self.publish_idle(inner);
+        self.publish_idle();
         drained
     }
 
@@ -206,47 +234,51 @@ impl Pool {
         }
     }
 
-    fn publish_idle(&self, inner: &Inner) {
-        let n = self.lock().idle.len();
-        inner.stats.pool_idle.store(n, Ordering::Relaxed);
+    /// Marks a pooled run as waiting for its first line until the guard is dropped: a
+    /// refill's CPU-heavy start-up would eat the very latency the pool exists to save.
+    pub(super) fn starting(&self) -> Starting<'_> {
+        self.starting.fetch_add(1, Ordering::Relaxed);
+        Starting(self)
     }
 
-    fn count_discarded(&self, inner: &Inner, discard: &[Idle]) {
+    fn publish_idle(&self) {
+        let n = self.lock().idle.len();
+        self.deps.stats.pool_idle.store(n, Ordering::Relaxed);
+    }
+
+    fn count_discarded(&self, discard: &[Idle]) {
+        let stats = &self.deps.stats;
         let generation = self.lock().generation;
         for idle in discard {
             let counter = if idle.generation != generation {
-                &inner.stats.pool_drained_total
+                &stats.pool_drained_total
             } else if idle.born.elapsed() >= self.max_idle {
-                &inner.stats.pool_expired_total
+                &stats.pool_expired_total
             } else {
-                &inner.stats.pool_died_total
+                &stats.pool_died_total
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
 
-fn retire_in_background(inner: &Arc<Inner>, procs: Vec<Idle>) {
-    if procs.is_empty() {
-        return;
-    }
-    let inner = Arc::clone(inner);
-    tokio::spawn(async move {
-        for idle in procs {
-            idle.retire().await;
+    fn retire_in_background(self: &Arc<Self>, procs: Vec<Idle>) {
+        if procs.is_empty() {
+            return;
         }
-        if let Some(pool) = inner.pool.as_ref() {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            for idle in procs {
+                idle.retire().await;
+            }
             pool.notify();
-        }
-    });
+        });
+    }
 }
 
 /// The maintainer: retire dead / expired idle processes, keep `size` idle processes while
 /// `ready()` holds (drain otherwise), back off when processes fail to start.
-pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Send + Sync>) {
-    let Some(pool) = inner.pool.as_ref() else {
-        return;
-    };
+pub(super) async fn maintain(pool: Arc<Pool>, ready: Box<dyn Fn() -> bool + Send + Sync>) {
+    let stats = &pool.deps.stats;
     let mut failures: u32 = 0;
     let mut not_before = tokio::time::Instant::now();
     loop {
@@ -274,9 +306,9 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
             discard
         };
         if !discard.is_empty() {
-            let before = inner.stats.pool_died_total.load(Ordering::Relaxed);
-            pool.count_discarded(&inner, &discard);
-            if inner.stats.pool_died_total.load(Ordering::Relaxed) > before {
+            let before = stats.pool_died_total.load(Ordering::Relaxed);
+            pool.count_discarded(&discard);
+            if stats.pool_died_total.load(Ordering::Relaxed) > before {
                 // Processes dying on their own while idle: do not respawn in a tight loop.
                 failures = failures.saturating_add(1);
                 not_before = tokio::time::Instant::now() + backoff(failures);
@@ -288,7 +320,7 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
             for idle in discard {
                 idle.retire().await;
             }
-            pool.publish_idle(&inner);
+            pool.publish_idle();
         }
 
         // 2. Closed gate (unhealthy, first probe pending): keep nothing warm.
@@ -296,21 +328,20 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
         if !open {
             let drained: Vec<Idle> = pool.lock().idle.drain(..).collect();
             if !drained.is_empty() {
-                inner
-                    .stats
+                stats
                     .pool_drained_total
                     .fetch_add(drained.len() as u64, Ordering::Relaxed);
                 for idle in drained {
                     idle.retire().await;
                 }
-                pool.publish_idle(&inner);
+                pool.publish_idle();
             }
         }
 
         // 3. Refill from free slots only, and not while a pooled run awaits its first line.
         while open
             && tokio::time::Instant::now() >= not_before
-            && inner.stats.pool_starting.load(Ordering::Relaxed) == 0
+            && pool.starting.load(Ordering::Relaxed) == 0
         {
             let generation = {
                 let st = pool.lock();
@@ -319,15 +350,12 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
                 }
                 st.generation
             };
-            let Ok(permit) = Arc::clone(&inner.limiter).try_acquire_owned() else {
+            let Ok(permit) = Arc::clone(&pool.deps.slots).try_acquire_owned() else {
                 break;
             };
-            match spawn_cli(&inner.settings, &inner.stats, pool.model.as_deref(), None) {
+            match spawn_cli(&pool.deps.settings, stats, pool.model.as_deref(), None) {
                 Ok(proc) => {
-                    inner
-                        .stats
-                        .pool_spawned_total
-                        .fetch_add(1, Ordering::Relaxed);
+                    stats.pool_spawned_total.fetch_add(1, Ordering::Relaxed);
                     let idle = Idle {
                         proc,
                         permit,
@@ -346,7 +374,7 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
                     if let Some(idle) = rejected {
                         idle.retire().await;
                     }
-                    pool.publish_idle(&inner);
+                    pool.publish_idle();
                 }
                 Err(facts) => {
                     drop(permit);
@@ -384,18 +412,20 @@ fn backoff(failures: u32) -> Duration {
 /// Keeps the pool's maintainer running. Dropping it (or [`PoolHandle::shutdown`]) stops
 /// the maintainer and retires every idle process.
 pub struct PoolHandle {
-    inner: Arc<Inner>,
+    pool: Option<Arc<Pool>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl PoolHandle {
-    pub(super) fn start(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Send + Sync>) -> Self {
-        let task = inner
-            .pool
+    pub(super) fn start(
+        pool: Option<Arc<Pool>>,
+        ready: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        let task = pool
             .as_ref()
             .filter(|p| p.enabled())
-            .map(|_| tokio::spawn(maintain(Arc::clone(&inner), ready)));
-        PoolHandle { inner, task }
+            .map(|p| tokio::spawn(maintain(Arc::clone(p), ready)));
+        PoolHandle { pool, task }
     }
 
     /// Stops the maintainer and kills + reaps every idle process before returning.
@@ -404,8 +434,8 @@ impl PoolHandle {
             t.abort();
             let _ = t.await;
         }
-        if let Some(pool) = self.inner.pool.as_ref() {
-            for idle in pool.close(&self.inner) {
+        if let Some(pool) = self.pool.as_ref() {
+            for idle in pool.close() {
                 idle.retire().await;
             }
         }
@@ -417,10 +447,10 @@ impl Drop for PoolHandle {
         if let Some(t) = self.task.take() {
             t.abort();
         }
-        let Some(pool) = self.inner.pool.as_ref() else {
+        let Some(pool) = self.pool.as_ref() else {
             return;
         };
-        let drained = pool.close(&self.inner);
+        let drained = pool.close();
         if drained.is_empty() {
             return;
         }

@@ -40,7 +40,7 @@ use tokio::io::{
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::pool::{Idle, Miss, Pool, PoolHandle};
+use super::pool::{Idle, Miss, Pool, PoolDeps, PoolHandle};
 use super::{CliEvent, CliRequest, CliSettings, Success};
 use crate::protocol::{RunAccumulator, RunEnd};
 use crate::rules::{FailureFacts, GatewayCondition, SpawnErrorKind, TimeoutKind};
@@ -89,8 +89,6 @@ pub struct BackendStats {
     pub(super) pool_drained_total: AtomicU64,
     pub(super) pool_evicted_total: AtomicU64,
     pub(super) pool_handover_retries_total: AtomicU64,
-    /// Pooled runs that have not printed their first line yet (refills wait for them).
-    pub(super) pool_starting: AtomicUsize,
     pool_metrics: std::sync::OnceLock<PoolMetrics>,
 }
 
@@ -243,15 +241,15 @@ pub struct Backend {
     inner: Arc<Inner>,
 }
 
-pub(super) struct Inner {
-    pub(super) settings: CliSettings,
-    pub(super) limiter: Arc<Semaphore>,
-    pub(super) stats: Arc<BackendStats>,
+struct Inner {
+    settings: Arc<CliSettings>,
+    limiter: Arc<Semaphore>,
+    stats: Arc<BackendStats>,
     /// The pre-warmed pool (None when `prewarm` is 0).
-    pub(super) pool: Option<Pool>,
+    pool: Option<Arc<Pool>>,
     /// Set once by [`Backend::abort_all`] (end of the shutdown grace period): every run
     /// in progress or queued ends as `ShuttingDown`, and no new process is spawned.
-    pub(super) abort: tokio::sync::watch::Sender<bool>,
+    abort: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -335,25 +333,6 @@ impl Drop for InFlight {
     }
 }
 
-/// Marks a pooled run as starting (no refills meanwhile); on drop, wakes the pool.
-struct PoolStarting<'a>(&'a Inner);
-
-impl<'a> PoolStarting<'a> {
-    fn new(inner: &'a Inner) -> Self {
-        inner.stats.pool_starting.fetch_add(1, Ordering::Relaxed);
-        PoolStarting(inner)
-    }
-}
-
-impl Drop for PoolStarting<'_> {
-    fn drop(&mut self) {
-        self.0.stats.pool_starting.fetch_sub(1, Ordering::Relaxed);
-        if let Some(pool) = self.0.pool.as_ref() {
-            pool.notify();
-        }
-    }
-}
-
 /// SIGKILLs the process group on drop unless disarmed (done right after the leader is
 /// reaped, because from then on the pgid may be reused).
 struct GroupGuard {
@@ -397,18 +376,26 @@ impl Backend {
     /// A backend for these settings. `max_concurrent` 0 is treated as 1.
     pub fn new(settings: CliSettings) -> Backend {
         let permits = settings.max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        let settings = Arc::new(settings);
+        let limiter = Arc::new(Semaphore::new(permits));
+        let stats = Arc::new(BackendStats::default());
         let pool = (settings.prewarm > 0).then(|| {
-            Pool::new(
+            Arc::new(Pool::new(
                 settings.prewarm.min(permits),
                 settings.prewarm_model.clone(),
                 settings.prewarm_max_idle,
-            )
+                PoolDeps {
+                    settings: Arc::clone(&settings),
+                    stats: Arc::clone(&stats),
+                    slots: Arc::clone(&limiter),
+                },
+            ))
         });
         Backend {
             inner: Arc::new(Inner {
                 settings,
-                limiter: Arc::new(Semaphore::new(permits)),
-                stats: Arc::new(BackendStats::default()),
+                limiter,
+                stats,
                 pool,
                 abort: tokio::sync::watch::Sender::new(false),
             }),
@@ -421,7 +408,7 @@ impl Backend {
     /// [`PoolHandle::shutdown`], stops it and kills + reaps the idle processes. Must be
     /// called inside a tokio runtime.
     pub fn start_pool(&self, ready: impl Fn() -> bool + Send + Sync + 'static) -> PoolHandle {
-        PoolHandle::start(Arc::clone(&self.inner), Box::new(ready))
+        PoolHandle::start(self.inner.pool.clone(), Box::new(ready))
     }
 
     /// Drains the idle pool (kill + reap in the background); processes spawned before this
@@ -429,7 +416,7 @@ impl Backend {
     /// after a rules reload and on an unhealthy verdict. No-op without a pool.
     pub fn invalidate_pool(&self) {
         if let Some(pool) = self.inner.pool.as_ref() {
-            pool.invalidate(&self.inner);
+            pool.invalidate();
         }
     }
 
@@ -445,7 +432,7 @@ impl Backend {
         self.inner
             .pool
             .as_ref()
-            .map(Pool::idle_pids)
+            .map(|p| p.idle_pids())
             .unwrap_or_default()
     }
 
@@ -481,7 +468,7 @@ impl Backend {
         let inner = &self.inner;
         let pool = inner.pool.as_ref().filter(|p| p.enabled());
         if let Some(pool) = pool {
-            match pool.checkout(inner, req) {
+            match pool.checkout(req) {
                 Ok(idle) => {
                     inner.stats.record_pool_hit();
                     return Admission::Pooled(Box::new(idle));
@@ -493,7 +480,7 @@ impl Backend {
             return Admission::Ready(permit);
         }
         // Every slot is taken; idle pooled processes must not make this request wait.
-        if let Some(idle) = pool.and_then(|p| p.evict_one(inner)) {
+        if let Some(idle) = pool.and_then(|p| p.evict_one()) {
             return Admission::Evict(Box::new(idle));
         }
         let max = inner.settings.queue_size;
@@ -1127,7 +1114,11 @@ async fn run_process(
     };
     // While a pooled run waits for its first line the pool does not refill: a refill's
     // CPU-heavy start-up would eat the very latency the pool exists to save.
-    let mut starting = is_pooled.then(|| PoolStarting::new(inner));
+    let mut starting = if is_pooled {
+        inner.pool.as_deref().map(Pool::starting)
+    } else {
+        None
+    };
     sp.send_prompt(req);
     let ring = Arc::clone(&sp.ring);
 
