@@ -39,8 +39,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::process::{spawn_cli, BackendStats, Spawned};
-use super::{CliRequest, CliSettings};
+use super::child::{spawn_cli, Spawned};
+use super::request::{CliRequest, CliSettings};
+use super::stats::{BackendStats, PoolMiss};
 
 /// How often the maintainer checks idle processes (exit, age) and refills.
 const TICK: Duration = Duration::from_millis(200);
@@ -105,14 +106,6 @@ impl Drop for Starting<'_> {
     }
 }
 
-/// Why a request did not get a pooled process.
-pub(super) enum Miss {
-    /// Its flags differ from the pool's key.
-    Key,
-    /// The key matched but no usable idle process was there.
-    Empty,
-}
-
 impl Pool {
     pub(super) fn new(
         size: usize,
@@ -148,9 +141,9 @@ impl Pool {
 
     /// An idle process for `req`, oldest (warmest) first. Dead, stale or expired ones met
     /// on the way are retired in the background and never handed out.
-    pub(super) fn checkout(self: &Arc<Self>, req: &CliRequest) -> Result<Idle, Miss> {
+    pub(super) fn checkout(self: &Arc<Self>, req: &CliRequest) -> Result<Idle, PoolMiss> {
         if !self.matches(req) {
-            return Err(Miss::Key);
+            return Err(PoolMiss::Key);
         }
         let mut discard = Vec::new();
         let found = {
@@ -173,7 +166,7 @@ impl Pool {
         self.retire_in_background(discard);
         self.publish_idle();
         self.wake.notify_one();
-        found.ok_or(Miss::Empty)
+        found.ok_or(PoolMiss::Empty)
     }
 
     /// Takes the newest (least warm) idle process out so a request can have its slot.
