@@ -1,6 +1,8 @@
 //! One CLI child process in its own process group: spawning it with ccgate's flags
-//! ([`spawn_cli`]), the group guard, killing the group, noticing the leader's exit without
-//! reaping it, and the orderly end ([`Spawned::reap`]: kill the group, then reap the leader).
+//! ([`spawn_cli`]), killing the group, noticing the leader's exit without reaping it, and
+//! the orderly end ([`Spawned::reap`]: kill the group, then reap the leader). A process
+//! dropped before that end (a task cancelled, no runtime left) is still killed and reaped
+//! by its [`Leader`] guard, with a short blocking wait.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -30,16 +32,18 @@ const LINE_CHANNEL: usize = 64;
 const REAP_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the stderr drain to reach EOF once the group is dead.
 const STDERR_GRACE: Duration = Duration::from_millis(500);
+/// How long a [`Leader`] dropped without [`Spawned::reap`] blocks for the killed leader to
+/// exit (SIGKILL takes effect in milliseconds) before it leaves it to tokio's orphan queue.
+const DROP_REAP_GRACE: Duration = Duration::from_millis(500);
 
 /// A spawned CLI process with its stdout reader and stderr drain already running, and its
 /// stdin still open (nothing written yet). A pooled process waits in this state; a cold
-/// run writes its prompt right away. Dropping it SIGKILLs the group (guard) and the leader
-/// (`kill_on_drop`); [`Spawned::reap`] is the orderly end (kill group, then reap).
+/// run writes its prompt right away. [`Spawned::reap`] is the orderly end (kill group, then
+/// reap); dropping it instead kills the group and reaps the leader right there (blocking
+/// briefly, see [`Leader`]).
 pub(super) struct Spawned {
-    child: Child,
+    leader: Leader,
     pid: i32,
-    pgid: Pid,
-    group: GroupGuard,
     stdin: Option<tokio::process::ChildStdin>,
     stdin_task: Option<tokio::task::JoinHandle<()>>,
     line_rx: mpsc::Receiver<LineMsg>,
@@ -75,19 +79,19 @@ impl Spawned {
 
     /// Whether the leader has exited (it stays a zombie until [`Spawned::reap`]).
     pub(super) fn leader_exited(&self) -> bool {
-        leader_exited(self.pgid)
+        leader_exited(self.leader.pgid)
     }
 
     /// SIGKILLs the whole group; safe while the leader is not reaped.
     pub(super) fn kill_group(&self) {
-        kill_group(self.pgid);
+        kill_group(self.leader.pgid);
     }
 
     /// Whether a process that has not been given a prompt yet can still take one: its
     /// leader is alive (not even a zombie) and it has printed nothing on stdout. Consumes
     /// a stray stdout line if there is one (the process is unusable anyway).
     pub(super) fn idle_usable(&mut self) -> bool {
-        if leader_exited(self.pgid) {
+        if leader_exited(self.leader.pgid) {
             return false;
         }
         matches!(
@@ -115,10 +119,8 @@ impl Spawned {
     /// queue take over then).
     pub(super) async fn reap(self) -> Option<ExitStatus> {
         let Spawned {
-            mut child,
-            pid,
-            pgid,
-            mut group,
+            mut leader,
+            pid: _,
             stdin,
             stdin_task,
             line_rx,
@@ -130,27 +132,8 @@ impl Spawned {
             _in_flight,
         } = self;
         drop(stdin);
-        kill_group(pgid);
-        let status = match tokio::time::timeout(REAP_GRACE, child.wait()).await {
-            Ok(Ok(s)) => {
-                group.disarm();
-                Some(s)
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(pid, error = %e, "waiting for the cli process failed");
-                group.disarm();
-                None
-            }
-            Err(_) => {
-                tracing::warn!(
-                    pid,
-                    "cli process did not die after SIGKILL; leaving it to the orphan reaper"
-                );
-                None
-            }
-        };
-        drop(group);
-        drop(child);
+        let status = leader.reap().await;
+        drop(leader);
         drop(system_file);
         drop(line_rx);
         if let Some(t) = stdin_task {
@@ -218,10 +201,17 @@ pub(super) fn spawn_cli(
         return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
     };
     let pgid = Pid::from_raw(pid);
-    let group = GroupGuard { pgid: Some(pgid) };
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let leader = Leader {
+        child,
+        pgid,
+        guard: Guard::Armed,
+    };
 
     let (line_tx, line_rx) = mpsc::channel(LINE_CHANNEL);
-    let stdout_task = match child.stdout.take() {
+    let stdout_task = match stdout {
         Some(out) => Some(tokio::spawn(read_lines(out, line_tx, MAX_LINE_BYTES))),
         None => {
             drop(line_tx);
@@ -229,7 +219,7 @@ pub(super) fn spawn_cli(
         }
     };
     let ring: Ring = Arc::new(Mutex::new(VecDeque::new()));
-    let stderr_task = child.stderr.take().map(|err| {
+    let stderr_task = stderr.map(|err| {
         tokio::spawn(drain_stderr(
             err,
             Arc::clone(&ring),
@@ -237,11 +227,9 @@ pub(super) fn spawn_cli(
         ))
     });
     Ok(Spawned {
-        stdin: child.stdin.take(),
-        child,
+        leader,
         pid,
-        pgid,
-        group,
+        stdin,
         stdin_task: None,
         line_rx,
         stdout_task,
@@ -283,22 +271,93 @@ fn spawn_error_kind(e: &std::io::Error) -> SpawnErrorKind {
     }
 }
 
-/// SIGKILLs the process group on drop unless disarmed (done right after the leader is
-/// reaped, because from then on the pgid may be reused).
-struct GroupGuard {
-    pgid: Option<Pid>,
+/// Whether the group may still be signalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// The leader is not reaped yet: its pid, which is the pgid, stays reserved (alive or
+    /// a zombie), so a `killpg` cannot hit a stranger.
+    Armed,
+    /// Reaped: from now on the pgid may be reused, never signal it again.
+    Reaped,
+    /// Not reaped after SIGKILL within `REAP_GRACE`: left to `kill_on_drop` and tokio's
+    /// orphan queue.
+    GaveUp,
 }
 
-impl GroupGuard {
-    fn disarm(&mut self) {
-        self.pgid = None;
+/// The group leader. Dropped before [`Leader::reap`] finished (a cancelled task, a dropped
+/// idle process, no runtime left), it kills the group and reaps the leader right there,
+/// blocking up to `DROP_REAP_GRACE`, so a dropped process never lingers as a zombie.
+struct Leader {
+    child: Child,
+    pgid: Pid,
+    guard: Guard,
+}
+
+impl Leader {
+    /// SIGKILL the group, then reap the leader (waits up to `REAP_GRACE`).
+    async fn reap(&mut self) -> Option<ExitStatus> {
+        kill_group(self.pgid);
+        let pid = self.pgid.as_raw();
+        match tokio::time::timeout(REAP_GRACE, self.child.wait()).await {
+            Ok(Ok(s)) => {
+                self.guard = Guard::Reaped;
+                Some(s)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(pid, error = %e, "waiting for the cli process failed");
+                self.guard = Guard::Reaped;
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    pid,
+                    "cli process did not die after SIGKILL; leaving it to the orphan reaper"
+                );
+                self.guard = Guard::GaveUp;
+                None
+            }
+        }
+    }
+
+    /// The blocking counterpart of [`Leader::reap`], for `Drop`.
+    fn reap_blocking(&mut self) {
+        kill_group(self.pgid);
+        let t0 = std::time::Instant::now();
+        let mut pause = Duration::from_micros(100);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => {
+                    self.guard = Guard::Reaped;
+                    return;
+                }
+                Ok(None) if t0.elapsed() < DROP_REAP_GRACE => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        pid = self.pgid.as_raw(),
+                        "dropped cli process did not die after SIGKILL; leaving it to the orphan reaper"
+                    );
+                    self.guard = Guard::GaveUp;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(pid = self.pgid.as_raw(), error = %e, "waiting for the cli process failed");
+                    self.guard = Guard::Reaped;
+                    return;
+                }
+            }
+        }
     }
 }
 
-impl Drop for GroupGuard {
+impl Drop for Leader {
     fn drop(&mut self) {
-        if let Some(pgid) = self.pgid {
-            kill_group(pgid);
+        match self.guard {
+            Guard::Armed => self.reap_blocking(),
+            Guard::GaveUp => kill_group(self.pgid),
+            Guard::Reaped => {}
         }
     }
 }

@@ -203,14 +203,23 @@ impl Pool {
         self.wake.notify_one();
     }
 
-    /// Stops refilling for good and hands back the idle processes.
-    fn close(&self) -> Vec<Idle> {
-        let drained: Vec<Idle> = {
+    /// Stops refilling for good; the maintainer retires the idle processes and ends.
+    fn close(&self) {
+        {
             let mut st = self.lock();
             st.closed = true;
             st.generation += 1;
-            st.idle.drain(..).collect()
-        };
+        }
+        self.wake.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Takes every idle process out of the pool.
+    fn take_idle(&self) -> Vec<Idle> {
+        let drained: Vec<Idle> = self.lock().idle.drain(..).collect();
         self.publish_idle();
         drained
     }
@@ -274,7 +283,7 @@ pub(super) async fn maintain(pool: Arc<Pool>, ready: Box<dyn Fn() -> bool + Send
     let stats = &pool.deps.stats;
     let mut failures: u32 = 0;
     let mut not_before = tokio::time::Instant::now();
-    loop {
+    while !pool.is_closed() {
         // 1. Housekeeping: dead, printed-something, expired, stale.
         let discard: Vec<Idle> = {
             let mut st = pool.lock();
@@ -382,8 +391,8 @@ pub(super) async fn maintain(pool: Arc<Pool>, ready: Box<dyn Fn() -> bool + Send
                 }
             }
         }
-        if pool.lock().closed {
-            return;
+        if pool.is_closed() {
+            break;
         }
         let sleep = if tokio::time::Instant::now() < not_before {
             TICK.min(not_before - tokio::time::Instant::now())
@@ -395,6 +404,10 @@ pub(super) async fn maintain(pool: Arc<Pool>, ready: Box<dyn Fn() -> bool + Send
             _ = tokio::time::sleep(sleep) => {}
         }
     }
+    // Closed: nothing is kept warm any more.
+    for idle in pool.take_idle() {
+        idle.retire().await;
+    }
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -402,8 +415,10 @@ fn backoff(failures: u32) -> Duration {
     BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX)
 }
 
-/// Keeps the pool's maintainer running. Dropping it (or [`PoolHandle::shutdown`]) stops
-/// the maintainer and retires every idle process.
+/// Keeps the pool's maintainer running. [`PoolHandle::shutdown`] stops it and waits until
+/// every idle process is killed and reaped; dropping the handle stops it too and kills +
+/// reaps the idle processes before `drop` returns (blocking briefly, also without a
+/// runtime).
 pub struct PoolHandle {
     pool: Option<Arc<Pool>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -423,42 +438,37 @@ impl PoolHandle {
 
     /// Stops the maintainer and kills + reaps every idle process before returning.
     pub async fn shutdown(mut self) {
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        pool.close();
+        // The maintainer retires what it holds and what is idle, then ends; it is not
+        // aborted, so no process is dropped halfway through its reaping.
         if let Some(t) = self.task.take() {
-            t.abort();
             let _ = t.await;
         }
-        if let Some(pool) = self.pool.as_ref() {
-            for idle in pool.close() {
-                idle.retire().await;
-            }
+        // Left over only if the maintainer never ran or panicked.
+        for idle in pool.take_idle() {
+            idle.retire().await;
         }
     }
 }
 
 impl Drop for PoolHandle {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-        let Some(pool) = self.pool.as_ref() else {
+        let Some(pool) = self.pool.take() else {
             return;
         };
-        let drained = pool.close();
-        if drained.is_empty() {
-            return;
+        // A maintainer still running (the runtime is alive) sees the pool closed and ends
+        // by itself; it is not aborted halfway through reaping a process.
+        pool.close();
+        // There may be no runtime any more (or one shutting down, which runs no new task):
+        // kill every idle group first, then each dropped process reaps its leader.
+        let drained = pool.take_idle();
+        for idle in &drained {
+            idle.proc.kill_group();
         }
-        // Orderly kill + reap when a runtime is still there; otherwise dropping each
-        // process SIGKILLs its group (guard) and leaves the reaping to tokio.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    for idle in drained {
-                        idle.retire().await;
-                    }
-                });
-            }
-            Err(_) => drop(drained),
-        }
+        drop(drained);
     }
 }
 

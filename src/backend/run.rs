@@ -140,6 +140,11 @@ async fn drive(
     let mut abort = shared.abort.subscribe();
     let stopping = *abort.borrow_and_update();
     if stopping {
+        // A pre-warmed process the admission handed over is not used now: the orderly
+        // end (kill + reap, then free its slot) before the answer.
+        if let Admission::Pooled(idle) | Admission::Evict(idle) = admission {
+            idle.retire().await;
+        }
         let _ = tx
             .send(CliEvent::Done(Err(condition_facts(
                 GatewayCondition::ShuttingDown,
