@@ -51,6 +51,7 @@ pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 
 use std::sync::Arc;
 
+use crate::shutdown::Shutdown;
 use admission::Limiter;
 use pool::{Pool, PoolDeps};
 use run::Shared;
@@ -105,11 +106,16 @@ impl Backend {
 
     /// Starts keeping `prewarm` idle processes (no-op handle when `prewarm` is 0).
     /// `ready` is polled by the maintainer: while it returns false (CLI known unhealthy,
-    /// first probe still running) the pool is kept empty. Dropping the handle, or
-    /// [`PoolHandle::shutdown`], stops it and kills + reaps the idle processes. Must be
-    /// called inside a tokio runtime.
-    pub fn start_pool(&self, ready: impl Fn() -> bool + Send + Sync + 'static) -> PoolHandle {
-        PoolHandle::start(self.shared.pool.clone(), Box::new(ready))
+    /// first probe still running) the pool is kept empty. Once `shutdown` fires the pool
+    /// stops refilling for good and its idle processes are killed and reaped;
+    /// [`PoolHandle::shutdown`] waits for that (and stops the pool too), and dropping the
+    /// handle stops it as well. Must be called inside a tokio runtime.
+    pub fn start_pool(
+        &self,
+        shutdown: Shutdown,
+        ready: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> PoolHandle {
+        PoolHandle::start(self.shared.pool.clone(), shutdown, Box::new(ready))
     }
 
     /// Drains the idle pool (kill + reap in the background); processes spawned before this
@@ -123,9 +129,13 @@ impl Backend {
 
     /// Ends every run in progress or waiting for a slot (their process groups are killed
     /// and reaped, their requests answered by the rules' `shutting_down` kind) and refuses
-    /// new ones. For the end of the shutdown grace period; cannot be undone.
+    /// new ones; the pool stops refilling and its idle processes are killed and reaped.
+    /// For the end of the shutdown grace period; cannot be undone.
     pub fn abort_all(&self) {
         self.shared.abort.send_replace(true);
+        if let Some(pool) = self.shared.pool.as_ref() {
+            pool.close();
+        }
     }
 
     /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).

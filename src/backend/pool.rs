@@ -42,6 +42,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use super::child::{spawn_cli, Spawned};
 use super::request::{CliRequest, CliSettings};
 use super::stats::{BackendStats, PoolMiss};
+use crate::shutdown::Shutdown;
 
 /// How often the maintainer checks idle processes (exit, age) and refills.
 const TICK: Duration = Duration::from_millis(200);
@@ -204,7 +205,8 @@ impl Pool {
     }
 
     /// Stops refilling for good; the maintainer retires the idle processes and ends.
-    fn close(&self) {
+    /// (Shutdown, `Backend::abort_all`, the end of the [`PoolHandle`].)
+    pub(super) fn close(&self) {
         {
             let mut st = self.lock();
             st.closed = true;
@@ -278,12 +280,23 @@ impl Pool {
 }
 
 /// The maintainer: retire dead / expired idle processes, keep `size` idle processes while
-/// `ready()` holds (drain otherwise), back off when processes fail to start.
-pub(super) async fn maintain(pool: Arc<Pool>, ready: Box<dyn Fn() -> bool + Send + Sync>) {
+/// `ready()` holds (drain otherwise), back off when processes fail to start. Once the pool
+/// is closed or `shutdown` fires it retires every idle process and ends.
+pub(super) async fn maintain(
+    pool: Arc<Pool>,
+    shutdown: Shutdown,
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
+) {
     let stats = &pool.deps.stats;
     let mut failures: u32 = 0;
     let mut not_before = tokio::time::Instant::now();
-    while !pool.is_closed() {
+    loop {
+        if shutdown.is_triggered() {
+            pool.close();
+        }
+        if pool.is_closed() {
+            break;
+        }
         // 1. Housekeeping: dead, printed-something, expired, stale.
         let discard: Vec<Idle> = {
             let mut st = pool.lock();
@@ -402,6 +415,7 @@ pub(super) async fn maintain(pool: Arc<Pool>, ready: Box<dyn Fn() -> bool + Send
         tokio::select! {
             _ = pool.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
+            () = shutdown.triggered() => {}
         }
     }
     // Closed: nothing is kept warm any more.
@@ -415,7 +429,9 @@ fn backoff(failures: u32) -> Duration {
     BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX)
 }
 
-/// Keeps the pool's maintainer running. [`PoolHandle::shutdown`] stops it and waits until
+/// Keeps the pool's maintainer running until the shutdown signal given to
+/// `Backend::start_pool` fires (it then drains the pool and ends; the handle's
+/// [`PoolHandle::shutdown`] is the awaitable end). [`PoolHandle::shutdown`] stops it and waits until
 /// every idle process is killed and reaped; dropping the handle stops it too and kills +
 /// reaps the idle processes before `drop` returns (blocking briefly, also without a
 /// runtime).
@@ -427,12 +443,13 @@ pub struct PoolHandle {
 impl PoolHandle {
     pub(super) fn start(
         pool: Option<Arc<Pool>>,
+        shutdown: Shutdown,
         ready: Box<dyn Fn() -> bool + Send + Sync>,
     ) -> Self {
         let task = pool
             .as_ref()
             .filter(|p| p.enabled())
-            .map(|p| tokio::spawn(maintain(Arc::clone(p), ready)));
+            .map(|p| tokio::spawn(maintain(Arc::clone(p), shutdown, ready)));
         PoolHandle { pool, task }
     }
 

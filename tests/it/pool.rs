@@ -476,6 +476,26 @@ async fn a_pooled_process_handed_out_as_abort_all_fires_is_reaped_before_the_ans
     s.shutdown().await;
 }
 
+#[tokio::test]
+async fn abort_all_reaps_the_idle_pool_and_stops_refilling() {
+    let s = pool_server(2, |_| {}).await;
+    assert!(wait_idle(&s, 2).await);
+    let pids = s.state.backend.pool_pids();
+    s.state.backend.abort_all();
+    assert!(
+        eventually(WAIT, || pids.iter().all(|p| pid_gone(*p))).await,
+        "idle pooled processes after abort_all: {:?}",
+        pids.iter().map(|p| (*p, pid_state(*p))).collect::<Vec<_>>()
+    );
+    let spawned = stats(&s).pool_spawned_total;
+    // Several maintainer ticks with every slot free.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(stats(&s).pool_spawned_total, spawned, "the pool refilled");
+    assert!(s.state.backend.pool_pids().is_empty());
+    assert_eq!(stats(&s).in_flight, 0);
+    s.shutdown().await;
+}
+
 #[test]
 fn a_pool_handle_dropped_without_a_runtime_reaps_its_processes() {
     let mut settings = fake_settings("success");
@@ -487,7 +507,8 @@ fn a_pool_handle_dropped_without_a_runtime_reaps_its_processes() {
         .build()
         .expect("runtime");
     let handle = rt.block_on(async {
-        let handle = backend.start_pool(|| true);
+        let (_stop, shutdown) = ccgate::shutdown::channel();
+        let handle = backend.start_pool(shutdown, || true);
         let b = backend.clone();
         assert!(eventually(WAIT, move || b.pool_pids().len() == 2).await);
         handle
@@ -502,4 +523,40 @@ fn a_pool_handle_dropped_without_a_runtime_reaps_its_processes() {
         .collect();
     assert!(left.is_empty(), "not reaped: {left:?}");
     assert_eq!(backend.stats().snapshot().in_flight, 0);
+}
+
+#[tokio::test]
+async fn the_pool_stops_refilling_once_shutdown_begins() {
+    let mut settings = fake_settings("success");
+    settings.prewarm = 1;
+    settings.prewarm_model = Some("sonnet".into());
+    settings.max_concurrent = 2;
+    let backend = Backend::new(settings);
+    let (trigger, shutdown) = ccgate::shutdown::channel();
+    let handle = backend.start_pool(shutdown, || true);
+    let b = backend.clone();
+    assert!(eventually(WAIT, move || b.pool_pids().len() == 1).await);
+    let pid = backend.pool_pids()[0];
+
+    trigger.trigger();
+    assert!(
+        eventually(WAIT, || pid_gone(pid)).await,
+        "idle process {pid} after shutdown (state {})",
+        pid_state(pid)
+    );
+    assert!(backend.pool_pids().is_empty());
+    let spawned = backend.stats().snapshot().pool_spawned_total;
+    // A run ends and frees its slot (which wakes the maintainer), then several ticks pass.
+    let out = tokio::time::timeout(WAIT, backend.start(matching("after")).finish())
+        .await
+        .expect("answer");
+    assert!(out.is_ok(), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let snap = backend.stats().snapshot();
+    assert_eq!(snap.pool_spawned_total, spawned, "the pool refilled");
+    assert!(backend.pool_pids().is_empty());
+    assert_eq!(snap.in_flight, 0);
+    tokio::time::timeout(WAIT, handle.shutdown())
+        .await
+        .expect("PoolHandle::shutdown returns");
 }
