@@ -26,11 +26,14 @@
 //! - **CPU.** No refill starts while a pooled run is still waiting for its first stdout
 //!   line: a CLI start-up takes ~0.6 s of CPU and would slow exactly that turn.
 //! - **Hygiene.** Every discarded process goes through [`Spawned::reap`] (kill group +
-//!   reap) before its slot is released.
+//!   reap) before its slot is released; one dropped without it (a cancelled task, no
+//!   runtime left) is still killed and reaped by its guard.
 //! - **Hand-over.** A pooled process that ends without a single stdout line after its
 //!   prompt is re-run cold once by the driver (nothing reached the client), counted as
-//!   `ccgate_cli_pool_misses_total{reason="handover"}`. [`PoolHandle`] stops the maintainer and drains the
-//!   pool when dropped or shut down.
+//!   `ccgate_cli_pool_misses_total{reason="handover"}`.
+//! - **End.** Once the shutdown signal fires, `Backend::abort_all` is called or the
+//!   [`PoolHandle`] is shut down or dropped, the pool is closed for good: no refill, every
+//!   idle process retired, the maintainer ends. [`PoolHandle::shutdown`] awaits that.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -355,6 +358,7 @@ pub(super) async fn maintain(
 
         // 3. Refill from free slots only, and not while a pooled run awaits its first line.
         while open
+            && !shutdown.is_triggered()
             && tokio::time::Instant::now() >= not_before
             && pool.starting.load(Ordering::Relaxed) == 0
         {
