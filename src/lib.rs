@@ -54,9 +54,10 @@ pub async fn serve(
     // known unhealthy or the first probe has not answered yet. Dropping the handle (also
     // when this future is dropped) drains it.
     let health = state.health.clone();
-    let pool = state
-        .backend
-        .start_pool(move || health.is_ok() && !health.startup_probe_pending());
+    let (pool_stop, pool_shutdown) = crate::shutdown::channel();
+    let pool = state.backend.start_pool(pool_shutdown, move || {
+        health.is_ok() && !health.startup_probe_pending()
+    });
     let backend = state.backend.clone();
     let grace = state.config.shutdown_timeout();
     let app = http::router(state);
@@ -72,6 +73,7 @@ pub async fn serve(
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
+            pool_stop.trigger();
             tracing::info!(grace_s = grace.as_secs_f64(), "stopping: draining requests");
             let _ = stopping_tx.send(());
         })

@@ -1,108 +1,165 @@
-//! The CLI process driver: spawns `claude` in stream-json mode, one process per request,
-//! in its own process group; feeds the prompt on stdin; parses stdout into [`CliEvent`]s;
+//! The CLI process driver: runs `claude` in stream-json mode, one process per request, in
+//! its own process group; feeds the prompt on stdin; parses stdout into [`CliEvent`]s;
 //! drains stderr into a bounded ring; enforces the start / inactivity / total timeouts;
 //! and kills + reaps the whole group when the run ends or the receiver is dropped
-//! (client disconnect). It never classifies: failures come out as [`FailureFacts`].
+//! (client disconnect). It never classifies: failures come out as
+//! [`FailureFacts`](crate::rules::FailureFacts).
 //!
-//! PUBLIC API CONTRACT (the HTTP layer and the health probe build against this):
-//! - `Backend::new(CliSettings) -> Backend` (cheap to clone; shares the concurrency limiter)
-//! - `backend.start(CliRequest) -> CliRun` — returns at once; waiting for a concurrency
-//!   slot happens inside the run (queue full → `Done(Err(facts with condition QueueFull))`).
-//! - `run.recv().await -> Option<CliEvent>`; the last event is always `CliEvent::Done`.
-//! - Dropping a `CliRun` (or its receiver) kills the process group and reaps it.
-//! - `run.pid()` is filled after spawn (for tests asserting the process is gone).
-//! - Additions (process.rs): `run.finish().await -> Result<Success, Box<FailureFacts>>`
-//!   (skip to `Done`), `backend.stats() -> Arc<BackendStats>` (`.snapshot()` for metrics:
-//!   in-flight, queued, spawned/spawn-error/queue-full/timeout/cancelled totals, spawn →
-//!   first-line latency), `backend.settings()`, `MAX_LINE_BYTES` (1 MiB stdout line limit).
-//! - A result with `is_error: false` wins even if a watchdog fired after it; an over-long
-//!   stdout line turns the run into a failure with `condition: BadJson`.
-//! - Pre-warmed pool (pool.rs, `prewarm` > 0): `backend.start_pool(ready) -> PoolHandle`
-//!   (the maintainer; drop or `.shutdown().await` drains it), `backend.invalidate_pool()`
-//!   (reload / unhealthy: kill + reap the idle processes, refill later),
-//!   `backend.pool_pids()`. `start()` hands a matching request (model = `prewarm_model`,
-//!   no system prompt, not the probe) an idle process; the run is otherwise identical.
-//!   Pool counters are in `StatsSnapshot::pool_*`; `BackendStats::attach_pool_metrics`.
-//! - `crate::protocol` (pure parser, `RunAccumulator`) is used only through `new` /
-//!   `push_line` / `conclude`.
+//! The public surface is this file:
+//! - [`Backend::new`] (cheap to clone; clones share the concurrency limiter, the pool and
+//!   the stats); [`Backend::start`] returns a [`CliRun`] at once: waiting for a slot
+//!   happens inside the run (queue full → `Done(Err(facts with condition QueueFull))`).
+//! - [`CliRun::recv`]: the last event is always `CliEvent::Done`; [`CliRun::finish`] skips
+//!   to it; dropping the run kills and reaps its process group; [`CliRun::pid`] is filled
+//!   after spawn.
+//! - A result with `is_error: false` wins even if a watchdog fired after it; a stdout line
+//!   longer than [`MAX_LINE_BYTES`] turns the run into a failure with `condition: BadJson`.
+//! - [`Backend::stats`] → [`BackendStats`] (`.snapshot()` → [`StatsSnapshot`] for metrics;
+//!   [`PoolMetrics`] for the pool's Prometheus counters).
+//! - The pre-warmed pool (`prewarm` > 0): [`Backend::start_pool`] → [`PoolHandle`] (the
+//!   maintainer; it ends with the given shutdown signal, on drop, or on
+//!   [`PoolHandle::shutdown`]), [`Backend::invalidate_pool`], [`Backend::pool_pids`].
+//!   [`Backend::start`] hands a matching request (model = `prewarm_model`, no system
+//!   prompt, not the probe) an idle process; the run is otherwise identical.
+//! - [`Backend::abort_all`] ends every run and the pool for good (end of the shutdown grace
+//!   period).
+//! - [`cli_args`] / [`user_line`]: exactly how ccgate presents a turn to the CLI (for the
+//!   benchmarks and the real-CLI tests).
+//!
+//! Inside, the dependencies point one way: `run` (the driver task and watch loop) →
+//! `admission` (limiter, wait queue) → `pool` (pre-warmed processes) → `child` (spawn,
+//! process group, reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line,
+//! system-prompt file) → `request` / `stats`. `crate::protocol` (pure parser,
+//! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
+mod admission;
+mod args;
+mod child;
+mod io;
 mod pool;
 pub mod present;
-pub mod process;
+mod request;
+mod run;
+mod stats;
 
+pub use crate::protocol::{CliEvent, Success, Usage};
+pub use args::{cli_args, user_line};
+pub use io::MAX_LINE_BYTES;
 pub use pool::PoolHandle;
-pub use process::{
-    cli_args, user_line, Backend, BackendStats, CliRun, PoolMetrics, StatsSnapshot, MAX_LINE_BYTES,
-};
+pub use request::{CliRequest, CliSettings};
+pub use run::CliRun;
+pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
-/// Process-level settings for running the CLI (from the `cli:` section of the process config).
-#[derive(Debug, Clone)]
-pub struct CliSettings {
-    /// Program to run (`claude` from PATH by default).
-    pub command: PathBuf,
-    /// Extra arguments appended after ccgate's own flags.
-    pub extra_args: Vec<String>,
-    /// Working directory for every CLI process.
-    pub workdir: PathBuf,
-    /// Extra environment for the CLI (on top of ccgate's own, which it inherits).
-    pub env: Vec<(String, String)>,
-    /// Enable the CLI's tools. When false, `--tools ""` is passed.
-    pub tools: bool,
-    pub start_timeout: Duration,
-    pub inactivity_timeout: Duration,
-    pub total_timeout: Duration,
-    /// Max CLI processes at once.
-    pub max_concurrent: usize,
-    /// Max requests waiting for a slot; beyond that the request fails with QueueFull.
-    pub queue_size: usize,
-    /// Bytes of stderr kept (ring).
-    pub stderr_tail_bytes: usize,
-    /// Idle pre-warmed processes to keep (0 = no pool). Capped at `max_concurrent`.
-    pub prewarm: usize,
-    /// `--model` the pre-warmed processes are spawned with (None = the CLI's default);
-    /// only requests for exactly this model (and without a system prompt) use them.
-    pub prewarm_model: Option<String>,
-    /// An idle pre-warmed process older than this is recycled.
-    pub prewarm_max_idle: Duration,
+use crate::shutdown::Shutdown;
+use admission::Limiter;
+use pool::{Pool, PoolDeps};
+use run::Shared;
+
+/// Runs CLI processes. Cheap to clone; clones share the concurrency limiter and stats.
+#[derive(Clone)]
+pub struct Backend {
+    shared: Arc<Shared>,
 }
 
-/// One turn to run.
-#[derive(Debug, Clone, Default)]
-pub struct CliRequest {
-    /// The user prompt, written to stdin as one stream-json user message. Never argv.
-    pub prompt: String,
-    /// Anthropic image content blocks sent after the prompt text in that same message.
-    pub attachments: Vec<serde_json::Value>,
-    /// System prompt (passed via a private temp file, `--system-prompt-file`).
-    pub system_prompt: Option<String>,
-    /// `--model` value.
-    pub model: Option<String>,
-    /// Overrides `total_timeout` (the probe uses its own timeout).
-    pub timeout: Option<Duration>,
-    /// Skip the concurrency queue (the health probe must not be refused by load).
-    pub bypass_queue: bool,
-}
-
-impl CliRequest {
-    /// The request for one conversation as the backend presents it to the CLI
-    /// ([`present::present`]).
-    pub fn for_conversation(
-        conversation: &crate::conversation::Conversation,
-        model: &str,
-    ) -> Result<CliRequest, present::PresentError> {
-        let p = present::present(conversation)?;
-        Ok(CliRequest {
-            prompt: p.prompt,
-            attachments: p.attachments,
-            system_prompt: p.system_prompt,
-            model: Some(model.to_string()),
-            timeout: None,
-            bypass_queue: false,
-        })
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("command", &self.shared.settings.command)
+            .field("stats", &self.shared.stats.snapshot())
+            .finish()
     }
 }
 
-pub use crate::protocol::{CliEvent, Success, Usage};
+impl Backend {
+    /// A backend for these settings. `max_concurrent` 0 is treated as 1.
+    pub fn new(settings: CliSettings) -> Backend {
+        let settings = Arc::new(settings);
+        let stats = Arc::new(BackendStats::default());
+        let limiter = Limiter::new(
+            settings.max_concurrent,
+            settings.queue_size,
+            Arc::clone(&stats),
+        );
+        let pool = (settings.prewarm > 0).then(|| {
+            Arc::new(Pool::new(
+                settings.prewarm.min(limiter.capacity()),
+                settings.prewarm_model.clone(),
+                settings.prewarm_max_idle,
+                PoolDeps {
+                    settings: Arc::clone(&settings),
+                    stats: Arc::clone(&stats),
+                    slots: limiter.slots(),
+                },
+            ))
+        });
+        Backend {
+            shared: Arc::new(Shared {
+                settings,
+                limiter,
+                stats,
+                pool,
+                abort: tokio::sync::watch::Sender::new(false),
+            }),
+        }
+    }
+
+    /// Starts keeping `prewarm` idle processes (no-op handle when `prewarm` is 0).
+    /// `ready` is polled by the maintainer: while it returns false (CLI known unhealthy,
+    /// first probe still running) the pool is kept empty. Once `shutdown` fires the pool
+    /// stops refilling for good and its idle processes are killed and reaped;
+    /// [`PoolHandle::shutdown`] waits for that (and stops the pool too), and dropping the
+    /// handle stops it as well. Must be called inside a tokio runtime.
+    pub fn start_pool(
+        &self,
+        shutdown: Shutdown,
+        ready: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> PoolHandle {
+        PoolHandle::start(self.shared.pool.clone(), shutdown, Box::new(ready))
+    }
+
+    /// Drains the idle pool (kill + reap in the background); processes spawned before this
+    /// call are never handed out. The pool refills afterwards while `ready` holds. Called
+    /// after a rules reload and on an unhealthy verdict. No-op without a pool.
+    pub fn invalidate_pool(&self) {
+        if let Some(pool) = self.shared.pool.as_ref() {
+            pool.invalidate();
+        }
+    }
+
+    /// Ends every run in progress or waiting for a slot (their process groups are killed
+    /// and reaped, their requests answered by the rules' `shutting_down` kind) and refuses
+    /// new ones; the pool stops refilling and its idle processes are killed and reaped.
+    /// For the end of the shutdown grace period; cannot be undone.
+    pub fn abort_all(&self) {
+        self.shared.abort.send_replace(true);
+        if let Some(pool) = self.shared.pool.as_ref() {
+            pool.close();
+        }
+    }
+
+    /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).
+    pub fn pool_pids(&self) -> Vec<u32> {
+        self.shared
+            .pool
+            .as_ref()
+            .map(|p| p.idle_pids())
+            .unwrap_or_default()
+    }
+
+    /// The settings this backend runs with.
+    pub fn settings(&self) -> &CliSettings {
+        &self.shared.settings
+    }
+
+    /// Shared counters for metrics.
+    pub fn stats(&self) -> Arc<BackendStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Start a run. Returns at once; must be called inside a tokio runtime.
+    pub fn start(&self, req: CliRequest) -> CliRun {
+        self.shared.start(req)
+    }
+}

@@ -26,21 +26,26 @@
 //! - **CPU.** No refill starts while a pooled run is still waiting for its first stdout
 //!   line: a CLI start-up takes ~0.6 s of CPU and would slow exactly that turn.
 //! - **Hygiene.** Every discarded process goes through [`Spawned::reap`] (kill group +
-//!   reap) before its slot is released.
+//!   reap) before its slot is released; one dropped without it (a cancelled task, no
+//!   runtime left) is still killed and reaped by its guard.
 //! - **Hand-over.** A pooled process that ends without a single stdout line after its
 //!   prompt is re-run cold once by the driver (nothing reached the client), counted as
-//!   `ccgate_cli_pool_misses_total{reason="handover"}`. [`PoolHandle`] stops the maintainer and drains the
-//!   pool when dropped or shut down.
+//!   `ccgate_cli_pool_misses_total{reason="handover"}`.
+//! - **End.** Once the shutdown signal fires, `Backend::abort_all` is called or the
+//!   [`PoolHandle`] is shut down or dropped, the pool is closed for good: no refill, every
+//!   idle process retired, the maintainer ends. [`PoolHandle::shutdown`] awaits that.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::process::{spawn_cli, Inner, Spawned};
-use super::CliRequest;
+use super::child::{spawn_cli, Spawned};
+use super::request::{CliRequest, CliSettings};
+use super::stats::{BackendStats, PoolMiss};
+use crate::shutdown::Shutdown;
 
 /// How often the maintainer checks idle processes (exit, age) and refills.
 const TICK: Duration = Duration::from_millis(200);
@@ -74,32 +79,52 @@ struct State {
     closed: bool,
 }
 
+/// What the pool needs from its backend: how to spawn, where to count, and the
+/// concurrency slots its idle processes hold.
+pub(super) struct PoolDeps {
+    pub(super) settings: Arc<CliSettings>,
+    pub(super) stats: Arc<BackendStats>,
+    pub(super) slots: Arc<Semaphore>,
+}
+
 /// The pool's shared state (one per backend, inert when `prewarm` is 0).
 pub(super) struct Pool {
     size: usize,
     model: Option<String>,
     max_idle: Duration,
+    deps: PoolDeps,
     state: Mutex<State>,
     /// Wakes the maintainer (a slot was freed, a process was taken, an invalidation).
     wake: Notify,
+    /// Pooled runs that have not printed their first line yet (refills wait for them).
+    starting: AtomicUsize,
 }
 
-/// Why a request did not get a pooled process.
-pub(super) enum Miss {
-    /// Its flags differ from the pool's key.
-    Key,
-    /// The key matched but no usable idle process was there.
-    Empty,
+/// Marks a pooled run as starting (no refills meanwhile); on drop, wakes the pool.
+pub(super) struct Starting<'a>(&'a Pool);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.0.starting.fetch_sub(1, Ordering::Relaxed);
+        self.0.notify();
+    }
 }
 
 impl Pool {
-    pub(super) fn new(size: usize, model: Option<String>, max_idle: Duration) -> Pool {
+    pub(super) fn new(
+        size: usize,
+        model: Option<String>,
+        max_idle: Duration,
+        deps: PoolDeps,
+    ) -> Pool {
         Pool {
             size,
             model: model.filter(|m| !m.is_empty()),
             max_idle,
+            deps,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            starting: AtomicUsize::new(0),
         }
     }
 
@@ -120,9 +145,9 @@ impl Pool {
 
     /// An idle process for `req`, oldest (warmest) first. Dead, stale or expired ones met
     /// on the way are retired in the background and never handed out.
-    pub(super) fn checkout(&self, inner: &Arc<Inner>, req: &CliRequest) -> Result<Idle, Miss> {
+    pub(super) fn checkout(self: &Arc<Self>, req: &CliRequest) -> Result<Idle, PoolMiss> {
         if !self.matches(req) {
-            return Err(Miss::Key);
+            return Err(PoolMiss::Key);
         }
         let mut discard = Vec::new();
         let found = {
@@ -141,22 +166,22 @@ impl Pool {
             }
             found
         };
-        self.count_discarded(inner, &discard);
-        retire_in_background(inner, discard);
-        self.publish_idle(inner);
+        self.count_discarded(&discard);
+        self.retire_in_background(discard);
+        self.publish_idle();
         self.wake.notify_one();
-        found.ok_or(Miss::Empty)
+        found.ok_or(PoolMiss::Empty)
     }
 
     /// Takes the newest (least warm) idle process out so a request can have its slot.
-    pub(super) fn evict_one(&self, inner: &Inner) -> Option<Idle> {
+    pub(super) fn evict_one(&self) -> Option<Idle> {
         let idle = self.lock().idle.pop_back();
         if idle.is_some() {
-            inner
+            self.deps
                 .stats
                 .pool_evicted_total
                 .fetch_add(1, Ordering::Relaxed);
-            self.publish_idle(inner);
+            self.publish_idle();
         }
         idle
     }
@@ -164,33 +189,43 @@ impl Pool {
     /// Drains every idle process (kill + reap in the background) and makes processes
     /// spawned before now unusable. The maintainer refills afterwards (when the gate is
     /// open).
-    pub(super) fn invalidate(&self, inner: &Arc<Inner>) {
+    pub(super) fn invalidate(self: &Arc<Self>) {
         let drained: Vec<Idle> = {
             let mut st = self.lock();
             st.generation += 1;
             st.idle.drain(..).collect()
         };
-        inner
+        self.deps
             .stats
             .pool_drained_total
             .fetch_add(drained.len() as u64, Ordering::Relaxed);
         if !drained.is_empty() {
             tracing::debug!(count = drained.len(), "pre-warmed pool drained");
         }
-        retire_in_background(inner, drained);
-        self.publish_idle(inner);
+        self.retire_in_background(drained);
+        self.publish_idle();
         self.wake.notify_one();
     }
 
-    /// Stops refilling for good and hands back the idle processes.
-    fn close(&self, inner: &Inner) -> Vec<Idle> {
-        let drained: Vec<Idle> = {
+    /// Stops refilling for good; the maintainer retires the idle processes and ends.
+    /// (Shutdown, `Backend::abort_all`, the end of the [`PoolHandle`].)
+    pub(super) fn close(&self) {
+        {
             let mut st = self.lock();
             st.closed = true;
             st.generation += 1;
-            st.idle.drain(..).collect()
-        };
-        self.publish_idle(inner);
+        }
+        self.wake.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Takes every idle process out of the pool.
+    fn take_idle(&self) -> Vec<Idle> {
+        let drained: Vec<Idle> = self.lock().idle.drain(..).collect();
+        self.publish_idle();
         drained
     }
 
@@ -206,50 +241,65 @@ impl Pool {
         }
     }
 
-    fn publish_idle(&self, inner: &Inner) {
-        let n = self.lock().idle.len();
-        inner.stats.pool_idle.store(n, Ordering::Relaxed);
+    /// Marks a pooled run as waiting for its first line until the guard is dropped: a
+    /// refill's CPU-heavy start-up would eat the very latency the pool exists to save.
+    pub(super) fn starting(&self) -> Starting<'_> {
+        self.starting.fetch_add(1, Ordering::Relaxed);
+        Starting(self)
     }
 
-    fn count_discarded(&self, inner: &Inner, discard: &[Idle]) {
+    fn publish_idle(&self) {
+        let n = self.lock().idle.len();
+        self.deps.stats.pool_idle.store(n, Ordering::Relaxed);
+    }
+
+    fn count_discarded(&self, discard: &[Idle]) {
+        let stats = &self.deps.stats;
         let generation = self.lock().generation;
         for idle in discard {
             let counter = if idle.generation != generation {
-                &inner.stats.pool_drained_total
+                &stats.pool_drained_total
             } else if idle.born.elapsed() >= self.max_idle {
-                &inner.stats.pool_expired_total
+                &stats.pool_expired_total
             } else {
-                &inner.stats.pool_died_total
+                &stats.pool_died_total
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
 
-fn retire_in_background(inner: &Arc<Inner>, procs: Vec<Idle>) {
-    if procs.is_empty() {
-        return;
-    }
-    let inner = Arc::clone(inner);
-    tokio::spawn(async move {
-        for idle in procs {
-            idle.retire().await;
+    fn retire_in_background(self: &Arc<Self>, procs: Vec<Idle>) {
+        if procs.is_empty() {
+            return;
         }
-        if let Some(pool) = inner.pool.as_ref() {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            for idle in procs {
+                idle.retire().await;
+            }
             pool.notify();
-        }
-    });
+        });
+    }
 }
 
 /// The maintainer: retire dead / expired idle processes, keep `size` idle processes while
-/// `ready()` holds (drain otherwise), back off when processes fail to start.
-pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Send + Sync>) {
-    let Some(pool) = inner.pool.as_ref() else {
-        return;
-    };
+/// `ready()` holds (drain otherwise), back off when processes fail to start. Once the pool
+/// is closed or `shutdown` fires it retires every idle process and ends.
+pub(super) async fn maintain(
+    pool: Arc<Pool>,
+    shutdown: Shutdown,
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
+) {
+    let stats = &pool.deps.stats;
     let mut failures: u32 = 0;
     let mut not_before = tokio::time::Instant::now();
     loop {
+        if shutdown.is_triggered() {
+            pool.close();
+        }
+        if pool.is_closed() {
+            break;
+        }
         // 1. Housekeeping: dead, printed-something, expired, stale.
         let discard: Vec<Idle> = {
             let mut st = pool.lock();
@@ -274,9 +324,9 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
             discard
         };
         if !discard.is_empty() {
-            let before = inner.stats.pool_died_total.load(Ordering::Relaxed);
-            pool.count_discarded(&inner, &discard);
-            if inner.stats.pool_died_total.load(Ordering::Relaxed) > before {
+            let before = stats.pool_died_total.load(Ordering::Relaxed);
+            pool.count_discarded(&discard);
+            if stats.pool_died_total.load(Ordering::Relaxed) > before {
                 // Processes dying on their own while idle: do not respawn in a tight loop.
                 failures = failures.saturating_add(1);
                 not_before = tokio::time::Instant::now() + backoff(failures);
@@ -288,7 +338,7 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
             for idle in discard {
                 idle.retire().await;
             }
-            pool.publish_idle(&inner);
+            pool.publish_idle();
         }
 
         // 2. Closed gate (unhealthy, first probe pending): keep nothing warm.
@@ -296,21 +346,21 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
         if !open {
             let drained: Vec<Idle> = pool.lock().idle.drain(..).collect();
             if !drained.is_empty() {
-                inner
-                    .stats
+                stats
                     .pool_drained_total
                     .fetch_add(drained.len() as u64, Ordering::Relaxed);
                 for idle in drained {
                     idle.retire().await;
                 }
-                pool.publish_idle(&inner);
+                pool.publish_idle();
             }
         }
 
         // 3. Refill from free slots only, and not while a pooled run awaits its first line.
         while open
+            && !shutdown.is_triggered()
             && tokio::time::Instant::now() >= not_before
-            && inner.stats.pool_starting.load(Ordering::Relaxed) == 0
+            && pool.starting.load(Ordering::Relaxed) == 0
         {
             let generation = {
                 let st = pool.lock();
@@ -319,15 +369,12 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
                 }
                 st.generation
             };
-            let Ok(permit) = Arc::clone(&inner.limiter).try_acquire_owned() else {
+            let Ok(permit) = Arc::clone(&pool.deps.slots).try_acquire_owned() else {
                 break;
             };
-            match spawn_cli(&inner.settings, &inner.stats, pool.model.as_deref(), None) {
+            match spawn_cli(&pool.deps.settings, stats, pool.model.as_deref(), None) {
                 Ok(proc) => {
-                    inner
-                        .stats
-                        .pool_spawned_total
-                        .fetch_add(1, Ordering::Relaxed);
+                    stats.pool_spawned_total.fetch_add(1, Ordering::Relaxed);
                     let idle = Idle {
                         proc,
                         permit,
@@ -346,7 +393,7 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
                     if let Some(idle) = rejected {
                         idle.retire().await;
                     }
-                    pool.publish_idle(&inner);
+                    pool.publish_idle();
                 }
                 Err(facts) => {
                     drop(permit);
@@ -361,8 +408,8 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
                 }
             }
         }
-        if pool.lock().closed {
-            return;
+        if pool.is_closed() {
+            break;
         }
         let sleep = if tokio::time::Instant::now() < not_before {
             TICK.min(not_before - tokio::time::Instant::now())
@@ -372,7 +419,12 @@ pub(super) async fn maintain(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Se
         tokio::select! {
             _ = pool.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
+            () = shutdown.triggered() => {}
         }
+    }
+    // Closed: nothing is kept warm any more.
+    for idle in pool.take_idle() {
+        idle.retire().await;
     }
 }
 
@@ -381,61 +433,63 @@ fn backoff(failures: u32) -> Duration {
     BACKOFF_MIN.saturating_mul(1 << exp).min(BACKOFF_MAX)
 }
 
-/// Keeps the pool's maintainer running. Dropping it (or [`PoolHandle::shutdown`]) stops
-/// the maintainer and retires every idle process.
+/// Keeps the pool's maintainer running until the shutdown signal given to
+/// `Backend::start_pool` fires (it then drains the pool and ends; the handle's
+/// [`PoolHandle::shutdown`] is the awaitable end). [`PoolHandle::shutdown`] stops it and waits until
+/// every idle process is killed and reaped; dropping the handle stops it too and kills +
+/// reaps the idle processes before `drop` returns (blocking briefly, also without a
+/// runtime).
 pub struct PoolHandle {
-    inner: Arc<Inner>,
+    pool: Option<Arc<Pool>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl PoolHandle {
-    pub(super) fn start(inner: Arc<Inner>, ready: Box<dyn Fn() -> bool + Send + Sync>) -> Self {
-        let task = inner
-            .pool
+    pub(super) fn start(
+        pool: Option<Arc<Pool>>,
+        shutdown: Shutdown,
+        ready: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        let task = pool
             .as_ref()
             .filter(|p| p.enabled())
-            .map(|_| tokio::spawn(maintain(Arc::clone(&inner), ready)));
-        PoolHandle { inner, task }
+            .map(|p| tokio::spawn(maintain(Arc::clone(p), shutdown, ready)));
+        PoolHandle { pool, task }
     }
 
     /// Stops the maintainer and kills + reaps every idle process before returning.
     pub async fn shutdown(mut self) {
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        pool.close();
+        // The maintainer retires what it holds and what is idle, then ends; it is not
+        // aborted, so no process is dropped halfway through its reaping.
         if let Some(t) = self.task.take() {
-            t.abort();
             let _ = t.await;
         }
-        if let Some(pool) = self.inner.pool.as_ref() {
-            for idle in pool.close(&self.inner) {
-                idle.retire().await;
-            }
+        // Left over only if the maintainer never ran or panicked.
+        for idle in pool.take_idle() {
+            idle.retire().await;
         }
     }
 }
 
 impl Drop for PoolHandle {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-        let Some(pool) = self.inner.pool.as_ref() else {
+        let Some(pool) = self.pool.take() else {
             return;
         };
-        let drained = pool.close(&self.inner);
-        if drained.is_empty() {
-            return;
+        // A maintainer still running (the runtime is alive) sees the pool closed and ends
+        // by itself; it is not aborted halfway through reaping a process.
+        pool.close();
+        // There may be no runtime any more (or one shutting down, which runs no new task):
+        // kill every idle group first, then each dropped process reaps its leader.
+        let drained = pool.take_idle();
+        for idle in &drained {
+            idle.proc.kill_group();
         }
-        // Orderly kill + reap when a runtime is still there; otherwise dropping each
-        // process SIGKILLs its group (guard) and leaves the reaping to tokio.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    for idle in drained {
-                        idle.retire().await;
-                    }
-                });
-            }
-            Err(_) => drop(drained),
-        }
+        drop(drained);
     }
 }
 

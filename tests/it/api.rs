@@ -1040,6 +1040,21 @@ async fn a_stop_sequence_stops_the_cli_early() {
         eventually(Duration::from_secs(3), || !pid_alive(second)).await,
         "CLI {second} kept running after the stop sequence"
     );
+    // Both runs were ended by ccgate because the answer was complete: not cancellations.
+    let stats = s.state.backend.stats();
+    assert!(
+        eventually(Duration::from_secs(3), || stats.snapshot().stopped_total
+            == 2)
+        .await,
+        "{:?}",
+        stats.snapshot()
+    );
+    assert_eq!(
+        stats.snapshot().cancelled_total,
+        0,
+        "{:?}",
+        stats.snapshot()
+    );
 }
 
 #[tokio::test]

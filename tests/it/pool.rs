@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
+use ccgate::backend::{Backend, CliRequest};
+use ccgate::rules::GatewayCondition;
 use serde_json::{json, Value};
 
 use crate::harness::{chat_body, client, eventually, Opts, TestServer};
+use crate::support::fake_settings;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -25,6 +28,27 @@ fn pid_alive(pid: u32) -> bool {
 /// No such process at all (reaped, not even a zombie).
 fn pid_gone(pid: u32) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The `State:` line of /proc/<pid>/status (`Z (zombie)` for killed but not reaped), for
+/// assertion messages.
+fn pid_state(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("State:").map(|v| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "gone".into())
+}
+
+/// A request with the pool's key (model `sonnet`, no system prompt).
+fn matching(prompt: &str) -> CliRequest {
+    CliRequest {
+        prompt: prompt.into(),
+        model: Some("sonnet".into()),
+        ..CliRequest::default()
+    }
 }
 
 /// A server with `prewarm` pooled processes keyed on model `sonnet` (what `chat_body`
@@ -423,4 +447,116 @@ async fn no_pooled_process_survives_the_server() {
         eventually(WAIT, || pids.iter().all(|p| pid_gone(*p))).await,
         "pooled processes left after the server was dropped: {pids:?}"
     );
+}
+
+#[tokio::test]
+async fn a_pooled_process_handed_out_as_abort_all_fires_is_reaped_before_the_answer() {
+    let s = pool_server(1, |_| {}).await;
+    assert!(wait_idle(&s, 1).await);
+    let pid = s.state.backend.pool_pids()[0];
+    // Admission hands the idle process over inside `start`; the run's task (this test's
+    // runtime is single-threaded) only begins after `abort_all`.
+    let run = s.state.backend.start(matching("too late"));
+    s.state.backend.abort_all();
+    let facts = tokio::time::timeout(WAIT, run.finish())
+        .await
+        .expect("an answer")
+        .expect_err("the run was aborted");
+    assert_eq!(facts.condition, Some(GatewayCondition::ShuttingDown));
+    assert_eq!(
+        stats(&s).pool_hits_total,
+        1,
+        "the run took the pooled process"
+    );
+    assert!(
+        pid_gone(pid),
+        "pooled process {pid} not killed and reaped before the answer (state {})",
+        pid_state(pid)
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn abort_all_reaps_the_idle_pool_and_stops_refilling() {
+    let s = pool_server(2, |_| {}).await;
+    assert!(wait_idle(&s, 2).await);
+    let pids = s.state.backend.pool_pids();
+    s.state.backend.abort_all();
+    assert!(
+        eventually(WAIT, || pids.iter().all(|p| pid_gone(*p))).await,
+        "idle pooled processes after abort_all: {:?}",
+        pids.iter().map(|p| (*p, pid_state(*p))).collect::<Vec<_>>()
+    );
+    let spawned = stats(&s).pool_spawned_total;
+    // Several maintainer ticks with every slot free.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(stats(&s).pool_spawned_total, spawned, "the pool refilled");
+    assert!(s.state.backend.pool_pids().is_empty());
+    assert_eq!(stats(&s).in_flight, 0);
+    s.shutdown().await;
+}
+
+#[test]
+fn a_pool_handle_dropped_without_a_runtime_reaps_its_processes() {
+    let mut settings = fake_settings("success");
+    settings.prewarm = 2;
+    settings.prewarm_model = Some("sonnet".into());
+    let backend = Backend::new(settings);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let handle = rt.block_on(async {
+        let (_stop, shutdown) = ccgate::shutdown::channel();
+        let handle = backend.start_pool(shutdown, || true);
+        let b = backend.clone();
+        assert!(eventually(WAIT, move || b.pool_pids().len() == 2).await);
+        handle
+    });
+    let pids = backend.pool_pids();
+    drop(rt);
+    drop(handle);
+    let left: Vec<(u32, String)> = pids
+        .iter()
+        .filter(|p| !pid_gone(**p))
+        .map(|p| (*p, pid_state(*p)))
+        .collect();
+    assert!(left.is_empty(), "not reaped: {left:?}");
+    assert_eq!(backend.stats().snapshot().in_flight, 0);
+}
+
+#[tokio::test]
+async fn the_pool_stops_refilling_once_shutdown_begins() {
+    let mut settings = fake_settings("success");
+    settings.prewarm = 1;
+    settings.prewarm_model = Some("sonnet".into());
+    settings.max_concurrent = 2;
+    let backend = Backend::new(settings);
+    let (trigger, shutdown) = ccgate::shutdown::channel();
+    let handle = backend.start_pool(shutdown, || true);
+    let b = backend.clone();
+    assert!(eventually(WAIT, move || b.pool_pids().len() == 1).await);
+    let pid = backend.pool_pids()[0];
+
+    trigger.trigger();
+    assert!(
+        eventually(WAIT, || pid_gone(pid)).await,
+        "idle process {pid} after shutdown (state {})",
+        pid_state(pid)
+    );
+    assert!(backend.pool_pids().is_empty());
+    let spawned = backend.stats().snapshot().pool_spawned_total;
+    // A run ends and frees its slot (which wakes the maintainer), then several ticks pass.
+    let out = tokio::time::timeout(WAIT, backend.start(matching("after")).finish())
+        .await
+        .expect("answer");
+    assert!(out.is_ok(), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let snap = backend.stats().snapshot();
+    assert_eq!(snap.pool_spawned_total, spawned, "the pool refilled");
+    assert!(backend.pool_pids().is_empty());
+    assert_eq!(snap.in_flight, 0);
+    tokio::time::timeout(WAIT, handle.shutdown())
+        .await
+        .expect("PoolHandle::shutdown returns");
 }

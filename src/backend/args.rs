@@ -1,0 +1,147 @@
+//! How a turn is presented to the CLI: the argv (flags only, never the prompt), the one
+//! stream-json `user` line written to stdin, and the private system-prompt file.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::Path;
+
+use super::request::{CliRequest, CliSettings};
+
+/// The argv after the program name (flags only; the prompt goes to stdin). Public so the
+/// benchmarks and the real-CLI protocol tests run the CLI exactly as ccgate does.
+pub fn cli_args(
+    settings: &CliSettings,
+    req: &CliRequest,
+    system_prompt_file: Option<&Path>,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
+        "-p",
+        "--input-format",
+        "stream-json",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
+        "--no-session-persistence",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    if !settings.tools {
+        args.push("--tools".into());
+        args.push("".into());
+    }
+    if let Some(model) = req.model.as_deref().filter(|m| !m.is_empty()) {
+        // Equals form: a value starting with `--` stays the value of --model.
+        args.push(format!("--model={model}").into());
+    }
+    match system_prompt_file {
+        Some(path) => {
+            args.push("--system-prompt-file".into());
+            args.push(path.as_os_str().to_owned());
+        }
+        // Without any system-prompt flag the CLI sends its own very large agent prompt
+        // (tools, CLAUDE.md, environment …), which costs tokens and changes the model's
+        // behaviour. An explicit empty prompt keeps the request clean, as the SDK does.
+        None => {
+            args.push("--system-prompt".into());
+            args.push("".into());
+        }
+    }
+    args.extend(settings.extra_args.iter().map(OsString::from));
+    args
+}
+
+/// The one stdin line: `{"type":"user","message":{"role":"user","content":<prompt>}}\n`;
+/// with attachments, `content` is `[{"type":"text","text":<prompt>}, <image blocks>…]` (the
+/// CLI passes content blocks to the API unchanged).
+pub fn user_line(prompt: &str, attachments: &[serde_json::Value]) -> String {
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Content<'a> {
+        Text(&'a str),
+        Blocks(Vec<serde_json::Value>),
+    }
+    #[derive(serde::Serialize)]
+    struct Message<'a> {
+        role: &'static str,
+        content: Content<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        message: Message<'a>,
+    }
+    let line = Line {
+        kind: "user",
+        message: Message {
+            role: "user",
+            content: if attachments.is_empty() {
+                Content::Text(prompt)
+            } else {
+                let mut blocks = vec![serde_json::json!({"type": "text", "text": prompt})];
+                blocks.extend(attachments.iter().cloned());
+                Content::Blocks(blocks)
+            },
+        },
+    };
+    // Serializing plain strings cannot fail.
+    let mut s = serde_json::to_string(&line).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+pub(super) fn write_system_prompt(text: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    // NamedTempFile is created with mode 0600 and deleted when dropped (end of the run).
+    let mut file = tempfile::Builder::new()
+        .prefix("ccgate-system-prompt-")
+        .suffix(".txt")
+        .tempfile()?;
+    file.write_all(text.as_bytes())?;
+    file.flush()?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_line_is_exactly_one_json_line() {
+        assert_eq!(
+            user_line("--model x\n\"q\"", &[]),
+            "{\"type\":\"user\",\"message\":{\"role\":\"user\",\"content\":\"--model x\\n\\\"q\\\"\"}}\n"
+        );
+    }
+
+    #[test]
+    fn user_line_with_images_is_a_content_block_list() {
+        let image = serde_json::json!({"type": "image", "source": {"type": "url", "url": "https://x/y.png"}});
+        let line = user_line("look: [image 1]", std::slice::from_ref(&image));
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(
+            v["message"]["content"],
+            serde_json::json!([{"type": "text", "text": "look: [image 1]"}, image])
+        );
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+    }
+
+    #[test]
+    fn system_prompt_file_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let f = write_system_prompt("Be terse.").expect("temp file");
+        let mode = std::fs::metadata(f.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(f.path()).expect("read"),
+            "Be terse."
+        );
+        let path = f.path().to_path_buf();
+        drop(f);
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,382 @@
+//! One CLI child process in its own process group: spawning it with ccgate's flags
+//! ([`spawn_cli`]), killing the group, noticing the leader's exit without reaping it, and
+//! the orderly end ([`Spawned::reap`]: kill the group, then reap the leader). A process
+//! dropped before that end (a task cancelled, no runtime left) is still killed and reaped
+//! by its [`Leader`] guard, with a short blocking wait.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use super::args::{cli_args, user_line, write_system_prompt};
+use super::io::{drain_stderr, read_lines, LineMsg, Ring, MAX_LINE_BYTES};
+use super::request::{CliRequest, CliSettings};
+use super::stats::{BackendStats, InFlight};
+use crate::rules::{FailureFacts, SpawnErrorKind};
+
+/// Lines buffered between the stdout reader task and the driver.
+const LINE_CHANNEL: usize = 64;
+/// How long to wait for the leader to die after SIGKILL before giving up on reaping it
+/// here (then `kill_on_drop` and tokio's orphan queue take over).
+const REAP_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for the stderr drain to reach EOF once the group is dead.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+/// How long a [`Leader`] dropped without [`Spawned::reap`] blocks for the killed leader to
+/// exit (SIGKILL takes effect in milliseconds) before it leaves it to tokio's orphan queue.
+const DROP_REAP_GRACE: Duration = Duration::from_millis(500);
+
+/// A spawned CLI process with its stdout reader and stderr drain already running, and its
+/// stdin still open (nothing written yet). A pooled process waits in this state; a cold
+/// run writes its prompt right away. [`Spawned::reap`] is the orderly end (kill group, then
+/// reap); dropping it instead kills the group and reaps the leader right there (blocking
+/// briefly, see [`Leader`]).
+pub(super) struct Spawned {
+    leader: Leader,
+    pid: i32,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdin_task: Option<tokio::task::JoinHandle<()>>,
+    line_rx: mpsc::Receiver<LineMsg>,
+    stdout_task: Option<tokio::task::JoinHandle<()>>,
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
+    ring: Ring,
+    /// The system prompt file must outlive the process (deleted on drop).
+    system_file: Option<tempfile::NamedTempFile>,
+    spawned_at: tokio::time::Instant,
+    _in_flight: InFlight,
+}
+
+impl Spawned {
+    /// The process id (also its process-group id).
+    pub(super) fn pid(&self) -> u32 {
+        self.pid.unsigned_abs()
+    }
+
+    /// When it was spawned.
+    pub(super) fn spawned_at(&self) -> tokio::time::Instant {
+        self.spawned_at
+    }
+
+    /// The next stdout line; `None` at EOF.
+    pub(super) async fn next_line(&mut self) -> Option<LineMsg> {
+        self.line_rx.recv().await
+    }
+
+    /// The ring the stderr drain fills (complete once [`Spawned::reap`] returned).
+    pub(super) fn stderr_ring(&self) -> Ring {
+        Arc::clone(&self.ring)
+    }
+
+    /// Whether the leader has exited (it stays a zombie until [`Spawned::reap`]).
+    pub(super) fn leader_exited(&self) -> bool {
+        leader_exited(self.leader.pgid)
+    }
+
+    /// SIGKILLs the whole group; safe while the leader is not reaped.
+    pub(super) fn kill_group(&self) {
+        kill_group(self.leader.pgid);
+    }
+
+    /// Whether a process that has not been given a prompt yet can still take one: its
+    /// leader is alive (not even a zombie) and it has printed nothing on stdout. Consumes
+    /// a stray stdout line if there is one (the process is unusable anyway).
+    pub(super) fn idle_usable(&mut self) -> bool {
+        if leader_exited(self.leader.pgid) {
+            return false;
+        }
+        matches!(
+            self.line_rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Empty)
+        )
+    }
+
+    /// Writes the one user line and closes stdin (so the CLI exits after this turn), in
+    /// its own task so a huge prompt cannot block the watchdogs; it fails harmlessly
+    /// (EPIPE) if the process dies first.
+    pub(super) fn send_prompt(&mut self, req: &CliRequest) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let line = user_line(&req.prompt, &req.attachments);
+            self.stdin_task = Some(tokio::spawn(async move {
+                let _ = stdin.write_all(line.as_bytes()).await;
+                let _ = stdin.shutdown().await;
+            }));
+        }
+    }
+
+    /// The end of every process: SIGKILL whatever is left of the group (before reaping,
+    /// see [`leader_exited`]), reap the leader, stop the helper tasks. Returns the exit
+    /// status (None if it could not be reaped in time; `kill_on_drop` and tokio's orphan
+    /// queue take over then).
+    pub(super) async fn reap(self) -> Option<ExitStatus> {
+        let Spawned {
+            mut leader,
+            pid: _,
+            stdin,
+            stdin_task,
+            line_rx,
+            stdout_task,
+            stderr_task,
+            ring: _,
+            system_file,
+            spawned_at: _,
+            _in_flight,
+        } = self;
+        drop(stdin);
+        let status = leader.reap().await;
+        drop(leader);
+        drop(system_file);
+        drop(line_rx);
+        if let Some(t) = stdin_task {
+            t.abort();
+        }
+        if let Some(t) = stdout_task {
+            t.abort();
+        }
+        if let Some(mut t) = stderr_task {
+            if tokio::time::timeout(STDERR_GRACE, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        status
+    }
+}
+
+/// Spawns the CLI for `model` / `system_prompt` with ccgate's flags and starts draining its
+/// stdout and stderr. Nothing is written to stdin. Spawn errors come back as facts.
+pub(super) fn spawn_cli(
+    settings: &CliSettings,
+    stats: &Arc<BackendStats>,
+    model: Option<&str>,
+    system_prompt: Option<&str>,
+) -> Result<Spawned, Box<FailureFacts>> {
+    let system_file = match system_prompt {
+        Some(text) => match write_system_prompt(text) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("cannot write the system prompt file: {e}");
+                return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
+            }
+        },
+        None => None,
+    };
+    // A missing working directory also fails with ENOENT; say so instead of "not found".
+    if let Err(e) = std::fs::metadata(&settings.workdir) {
+        stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
+        let msg = format!("working directory {}: {e}", settings.workdir.display());
+        return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
+    }
+    let flags = CliRequest {
+        model: model.map(str::to_string),
+        ..CliRequest::default()
+    };
+    let args = cli_args(settings, &flags, system_file.as_ref().map(|f| f.path()));
+    let mut cmd = build_command(settings, args);
+
+    let spawned_at = tokio::time::Instant::now();
+    let mut child: Child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(command = %settings.command.display(), error = %e, "cli spawn failed");
+            return Err(spawn_error_facts(spawn_error_kind(&e), e.to_string()));
+        }
+    };
+    let in_flight = InFlight::new(stats);
+    let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
+        // Cannot happen for a freshly spawned child; be defensive rather than panic.
+        // (`kill_on_drop` kills it; tokio's orphan queue reaps it.)
+        let _ = child.start_kill();
+        let msg = "spawned process has no pid".to_string();
+        return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
+    };
+    let pgid = Pid::from_raw(pid);
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let leader = Leader {
+        child,
+        pgid,
+        guard: Guard::Armed,
+    };
+
+    let (line_tx, line_rx) = mpsc::channel(LINE_CHANNEL);
+    let stdout_task = match stdout {
+        Some(out) => Some(tokio::spawn(read_lines(out, line_tx, MAX_LINE_BYTES))),
+        None => {
+            drop(line_tx);
+            None
+        }
+    };
+    let ring: Ring = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr_task = stderr.map(|err| {
+        tokio::spawn(drain_stderr(
+            err,
+            Arc::clone(&ring),
+            settings.stderr_tail_bytes,
+        ))
+    });
+    Ok(Spawned {
+        leader,
+        pid,
+        stdin,
+        stdin_task: None,
+        line_rx,
+        stdout_task,
+        stderr_task,
+        ring,
+        system_file,
+        spawned_at,
+        _in_flight: in_flight,
+    })
+}
+
+fn build_command(settings: &CliSettings, args: Vec<OsString>) -> Command {
+    let mut cmd = Command::new(&settings.command);
+    cmd.args(args)
+        .current_dir(&settings.workdir)
+        .env_remove("CLAUDECODE")
+        .envs(settings.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    cmd
+}
+
+fn spawn_error_facts(kind: SpawnErrorKind, message: String) -> Box<FailureFacts> {
+    Box::new(FailureFacts {
+        spawn_error: Some(kind),
+        spawn_error_message: Some(message),
+        ..FailureFacts::default()
+    })
+}
+
+fn spawn_error_kind(e: &std::io::Error) -> SpawnErrorKind {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => SpawnErrorKind::NotFound,
+        std::io::ErrorKind::PermissionDenied => SpawnErrorKind::PermissionDenied,
+        _ => SpawnErrorKind::Other,
+    }
+}
+
+/// Whether the group may still be signalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// The leader is not reaped yet: its pid, which is the pgid, stays reserved (alive or
+    /// a zombie), so a `killpg` cannot hit a stranger.
+    Armed,
+    /// Reaped: from now on the pgid may be reused, never signal it again.
+    Reaped,
+    /// Not reaped after SIGKILL within `REAP_GRACE`: left to `kill_on_drop` and tokio's
+    /// orphan queue.
+    GaveUp,
+}
+
+/// The group leader. Dropped before [`Leader::reap`] finished (a cancelled task, a dropped
+/// idle process, no runtime left), it kills the group and reaps the leader right there,
+/// blocking up to `DROP_REAP_GRACE`, so a dropped process never lingers as a zombie.
+struct Leader {
+    child: Child,
+    pgid: Pid,
+    guard: Guard,
+}
+
+impl Leader {
+    /// SIGKILL the group, then reap the leader (waits up to `REAP_GRACE`).
+    async fn reap(&mut self) -> Option<ExitStatus> {
+        kill_group(self.pgid);
+        let pid = self.pgid.as_raw();
+        match tokio::time::timeout(REAP_GRACE, self.child.wait()).await {
+            Ok(Ok(s)) => {
+                self.guard = Guard::Reaped;
+                Some(s)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(pid, error = %e, "waiting for the cli process failed");
+                self.guard = Guard::Reaped;
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    pid,
+                    "cli process did not die after SIGKILL; leaving it to the orphan reaper"
+                );
+                self.guard = Guard::GaveUp;
+                None
+            }
+        }
+    }
+
+    /// The blocking counterpart of [`Leader::reap`], for `Drop`.
+    fn reap_blocking(&mut self) {
+        kill_group(self.pgid);
+        let t0 = std::time::Instant::now();
+        let mut pause = Duration::from_micros(100);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => {
+                    self.guard = Guard::Reaped;
+                    return;
+                }
+                Ok(None) if t0.elapsed() < DROP_REAP_GRACE => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        pid = self.pgid.as_raw(),
+                        "dropped cli process did not die after SIGKILL; leaving it to the orphan reaper"
+                    );
+                    self.guard = Guard::GaveUp;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(pid = self.pgid.as_raw(), error = %e, "waiting for the cli process failed");
+                    self.guard = Guard::Reaped;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        match self.guard {
+            Guard::Armed => self.reap_blocking(),
+            Guard::GaveUp => kill_group(self.pgid),
+            Guard::Reaped => {}
+        }
+    }
+}
+
+/// SIGKILL a whole process group; "no such group" is fine (everyone is already gone).
+fn kill_group(pgid: Pid) {
+    match killpg(pgid, Signal::SIGKILL) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pgid = pgid.as_raw(), error = %e, "killpg failed"),
+    }
+}
+
+/// Whether the leader has exited, *without* reaping it (WNOWAIT): the zombie keeps the
+/// pid and pgid reserved until we call `wait()`, so a later `killpg` cannot hit a stranger.
+fn leader_exited(pid: Pid) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(pid), flags) {
+        Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => false,
+        // Exited, or an error such as ECHILD: either way there is nothing left to wait for.
+        Ok(_) | Err(_) => true,
+    }
+}

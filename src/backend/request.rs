@@ -1,0 +1,72 @@
+//! What a run is asked to do: [`CliSettings`], how every CLI process of a backend is
+//! started and bounded, and [`CliRequest`], the one turn a run carries.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Process-level settings for running the CLI (from the `cli:` section of the process config).
+#[derive(Debug, Clone)]
+pub struct CliSettings {
+    /// Program to run (`claude` from PATH by default).
+    pub command: PathBuf,
+    /// Extra arguments appended after ccgate's own flags.
+    pub extra_args: Vec<String>,
+    /// Working directory for every CLI process.
+    pub workdir: PathBuf,
+    /// Extra environment for the CLI (on top of ccgate's own, which it inherits).
+    pub env: Vec<(String, String)>,
+    /// Enable the CLI's tools. When false, `--tools ""` is passed.
+    pub tools: bool,
+    pub start_timeout: Duration,
+    pub inactivity_timeout: Duration,
+    pub total_timeout: Duration,
+    /// Max CLI processes at once.
+    pub max_concurrent: usize,
+    /// Max requests waiting for a slot; beyond that the request fails with QueueFull.
+    pub queue_size: usize,
+    /// Bytes of stderr kept (ring).
+    pub stderr_tail_bytes: usize,
+    /// Idle pre-warmed processes to keep (0 = no pool). Capped at `max_concurrent`.
+    pub prewarm: usize,
+    /// `--model` the pre-warmed processes are spawned with (None = the CLI's default);
+    /// only requests for exactly this model (and without a system prompt) use them.
+    pub prewarm_model: Option<String>,
+    /// An idle pre-warmed process older than this is recycled.
+    pub prewarm_max_idle: Duration,
+}
+
+/// One turn to run.
+#[derive(Debug, Clone, Default)]
+pub struct CliRequest {
+    /// The user prompt, written to stdin as one stream-json user message. Never argv.
+    pub prompt: String,
+    /// Anthropic image content blocks sent after the prompt text in that same message.
+    pub attachments: Vec<serde_json::Value>,
+    /// System prompt (passed via a private temp file, `--system-prompt-file`).
+    pub system_prompt: Option<String>,
+    /// `--model` value.
+    pub model: Option<String>,
+    /// Overrides `total_timeout` (the probe uses its own timeout).
+    pub timeout: Option<Duration>,
+    /// Skip the concurrency queue (the health probe must not be refused by load).
+    pub bypass_queue: bool,
+}
+
+impl CliRequest {
+    /// The request for one conversation as the backend presents it to the CLI
+    /// ([`super::present::present`]).
+    pub fn for_conversation(
+        conversation: &crate::conversation::Conversation,
+        model: &str,
+    ) -> Result<CliRequest, super::present::PresentError> {
+        let p = super::present::present(conversation)?;
+        Ok(CliRequest {
+            prompt: p.prompt,
+            attachments: p.attachments,
+            system_prompt: p.system_prompt,
+            model: Some(model.to_string()),
+            timeout: None,
+            bypass_queue: false,
+        })
+    }
+}

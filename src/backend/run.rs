@@ -1,0 +1,467 @@
+//! One run: the driver task behind a [`CliRun`] and the watch loop around its process.
+//!
+//! Lifecycle of a run (all inside one spawned tokio task, see [`Shared::start`]):
+//! 1. Admission (`admission`): a slot, a pre-warmed process, a place in the wait queue, or
+//!    at once `Done(Err(condition QueueFull))`. The wait for a slot counts against the
+//!    total timeout.
+//! 2. Spawn (`child`) with flags only (the prompt never goes to argv), or take the
+//!    pre-warmed process; the prompt goes to stdin as one stream-json `user` line, then
+//!    stdin is closed.
+//! 3. stdout lines (`io`) are fed to [`RunAccumulator`]; its events are forwarded as they
+//!    come. stderr is drained concurrently into a ring.
+//! 4. Watchdogs: start (prompt written → first line), inactivity (between lines), total
+//!    (whole run, including the queue wait). When one fires the group is SIGKILLed and
+//!    the facts get `timeout`.
+//! 5. End: once the leader has exited (noticed without reaping it, so its pid/pgid cannot
+//!    be reused yet), the group is SIGKILLed to remove stragglers, stdout is read to EOF,
+//!    the leader is reaped and `Done` is sent.
+//! 6. Cancellation: when the [`CliRun`] is dropped, the task notices (`tx.closed()`), kills
+//!    the group and reaps the leader. [`Shared::abort`] (`Backend::abort_all`) ends every
+//!    run the same way, as `ShuttingDown`.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::admission::{Admission, Limiter};
+use super::child::{spawn_cli, Spawned};
+use super::io::{ring_to_string, LineMsg};
+use super::pool::{Idle, Pool};
+use super::request::{CliRequest, CliSettings};
+use super::stats::BackendStats;
+use crate::protocol::{CliEvent, RunAccumulator, RunEnd, Success};
+use crate::rules::{FailureFacts, GatewayCondition, TimeoutKind};
+
+/// Events buffered between the driver task and the consumer.
+const EVENT_CHANNEL: usize = 256;
+/// How often the driver checks whether the leader exited while stdout is still open
+/// (a straggler may hold the pipe open after the leader has gone).
+const EXIT_PEEK_OPEN: Duration = Duration::from_millis(100);
+/// Upper bound for the exit-check backoff once stdout has reached EOF.
+const EXIT_PEEK_CLOSED_MAX: Duration = Duration::from_millis(20);
+
+/// What every run of one backend shares.
+pub(super) struct Shared {
+    pub(super) settings: Arc<CliSettings>,
+    pub(super) limiter: Limiter,
+    pub(super) stats: Arc<BackendStats>,
+    /// The pre-warmed pool (None when `prewarm` is 0).
+    pub(super) pool: Option<Arc<Pool>>,
+    /// Set once by `Backend::abort_all` (end of the shutdown grace period): every run in
+    /// progress or queued ends as `ShuttingDown`, and no new process is spawned.
+    pub(super) abort: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Starts one run: the admission decision now, everything else in its own task.
+    /// Must be called inside a tokio runtime.
+    pub(super) fn start(self: &Arc<Self>, req: CliRequest) -> CliRun {
+        let (tx, rx) = mpsc::channel(EVENT_CHANNEL);
+        let cell = Arc::new(RunCell::default());
+        let admission = self.limiter.admit(&req, self.pool.as_ref());
+        tokio::spawn(drive(
+            Arc::clone(self),
+            req,
+            admission,
+            tx,
+            Arc::clone(&cell),
+        ));
+        CliRun { cell, rx }
+    }
+}
+
+/// One run in progress. Events arrive in order; the last one is always [`CliEvent::Done`].
+/// Dropping it kills the process group (client disconnect).
+#[derive(Debug)]
+pub struct CliRun {
+    cell: Arc<RunCell>,
+    rx: mpsc::Receiver<CliEvent>,
+}
+
+/// What a [`CliRun`] and its driver task share.
+#[derive(Debug, Default)]
+struct RunCell {
+    pid: OnceLock<u32>,
+    /// The caller ended the run because its answer was complete ([`CliRun::stop`]), so the
+    /// end is not a cancellation.
+    stopped: AtomicBool,
+}
+
+impl RunCell {
+    /// Counts a run whose consumer went away: stopped by its caller, or cancelled.
+    fn count_gone(&self, stats: &BackendStats) {
+        let counter = if self.stopped.load(Ordering::Acquire) {
+            &stats.stopped_total
+        } else {
+            &stats.cancelled_total
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl CliRun {
+    /// The next event; `None` after `Done`.
+    pub async fn recv(&mut self) -> Option<CliEvent> {
+        self.rx.recv().await
+    }
+
+    /// The CLI's pid (also its process-group id), once spawned.
+    pub fn pid(&self) -> Option<u32> {
+        self.cell.pid.get().copied()
+    }
+
+    /// Ends the run because its answer is complete (a stop sequence ended it): the process
+    /// group is killed and reaped as on a drop, but the run counts as stopped, not as a
+    /// cancellation.
+    pub fn stop(self) {
+        self.cell.stopped.store(true, Ordering::Release);
+    }
+
+    /// Consume the run up to its final result, ignoring the intermediate events.
+    /// (If the driver task vanished without `Done`, which should not happen, this reports
+    /// `condition: NoResult`.)
+    pub async fn finish(mut self) -> Result<Success, Box<FailureFacts>> {
+        while let Some(ev) = self.rx.recv().await {
+            if let CliEvent::Done(r) = ev {
+                return r;
+            }
+        }
+        Err(Box::new(FailureFacts {
+            condition: Some(GatewayCondition::NoResult),
+            ..FailureFacts::default()
+        }))
+    }
+}
+
+fn far_future(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
+fn condition_facts(condition: GatewayCondition) -> Box<FailureFacts> {
+    Box::new(FailureFacts {
+        condition: Some(condition),
+        ..FailureFacts::default()
+    })
+}
+
+/// Resolves once `Backend::abort_all` was called (never if the backend is gone).
+async fn aborted(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|a| *a).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The task behind one [`CliRun`].
+async fn drive(
+    shared: Arc<Shared>,
+    req: CliRequest,
+    admission: Admission,
+    tx: mpsc::Sender<CliEvent>,
+    cell: Arc<RunCell>,
+) {
+    let total = req.timeout.unwrap_or(shared.settings.total_timeout);
+    let total_deadline = far_future(tokio::time::Instant::now(), total);
+    let mut abort = shared.abort.subscribe();
+    let stopping = *abort.borrow_and_update();
+    if stopping {
+        // A pre-warmed process the admission handed over is not used now: the orderly
+        // end (kill + reap, then free its slot) before the answer.
+        if let Admission::Pooled(idle) | Admission::Evict(idle) = admission {
+            idle.retire().await;
+        }
+        let _ = tx
+            .send(CliEvent::Done(Err(condition_facts(
+                GatewayCondition::ShuttingDown,
+            ))))
+            .await;
+        return;
+    }
+    let mut pooled = None;
+    let permit = match admission {
+        Admission::Pooled(idle) => {
+            let Idle { proc, permit, .. } = *idle;
+            pooled = Some(proc);
+            Some(permit)
+        }
+        Admission::Evict(idle) => {
+            let Idle { proc, permit, .. } = *idle;
+            let _ = proc.reap().await;
+            Some(permit)
+        }
+        Admission::Full => {
+            let facts = condition_facts(GatewayCondition::QueueFull);
+            let _ = tx.send(CliEvent::Done(Err(facts))).await;
+            return;
+        }
+        Admission::Bypass => None,
+        Admission::Ready(p) => Some(p),
+        Admission::Queued(ticket) => {
+            let acquired = tokio::select! {
+                biased;
+                _ = tx.closed() => {
+                    cell.count_gone(&shared.stats);
+                    return;
+                }
+                () = aborted(&mut abort) => {
+                    drop(ticket);
+                    let facts = condition_facts(GatewayCondition::ShuttingDown);
+                    let _ = tx.send(CliEvent::Done(Err(facts))).await;
+                    return;
+                }
+                _ = tokio::time::sleep_until(total_deadline) => None,
+                p = shared.limiter.acquire() => p,
+            };
+            drop(ticket);
+            match acquired {
+                Some(p) => Some(p),
+                None => {
+                    shared.stats.timeouts_total.fetch_add(1, Ordering::Relaxed);
+                    let facts = Box::new(FailureFacts {
+                        timeout: Some(TimeoutKind::Total),
+                        ..FailureFacts::default()
+                    });
+                    let _ = tx.send(CliEvent::Done(Err(facts))).await;
+                    return;
+                }
+            }
+        }
+    };
+    let mut outcome = run_process(
+        &shared,
+        &req,
+        total_deadline,
+        &tx,
+        &cell,
+        pooled,
+        &mut abort,
+    )
+    .await;
+    if matches!(outcome, Ran::PooledSilent(_)) {
+        // The pre-warmed process died at hand-over without a word (killed, crashed before
+        // reading its prompt): nothing reached the client, so this request gets the cold
+        // run it would have had without a pool (same slot, same deadline). A real problem
+        // with the CLI repeats there and is reported from that run.
+        shared.stats.record_pool_handover_retry();
+        tracing::warn!("pre-warmed cli process ended silently at hand-over; retrying cold");
+        outcome = run_process(&shared, &req, total_deadline, &tx, &cell, None, &mut abort).await;
+    }
+    // Free the slot before reporting, so a caller that starts its next run right after
+    // `Done` finds it available.
+    drop(permit);
+    if let Some(pool) = shared.pool.as_ref() {
+        pool.notify();
+    }
+    match outcome {
+        Ran::Done(result) | Ran::PooledSilent(result) => {
+            let _ = tx.send(CliEvent::Done(result)).await;
+        }
+        Ran::Cancelled => {}
+    }
+}
+
+/// How [`run_process`] ended.
+enum Ran {
+    Done(Result<Success, Box<FailureFacts>>),
+    /// The consumer went away.
+    Cancelled,
+    /// A pre-warmed process ended without printing a single stdout line after its prompt
+    /// was written (its failure, should the caller not retry).
+    PooledSilent(Result<Success, Box<FailureFacts>>),
+}
+
+/// How the watch loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// stdout reached EOF and the leader exited.
+    Finished,
+    Timeout(TimeoutKind),
+    /// The consumer dropped the run.
+    Cancelled,
+    /// `Backend::abort_all`: the server is stopping.
+    Aborted,
+}
+
+/// Spawn (or take the pre-warmed `pooled` process), watch and reap one process.
+///
+/// The start timeout counts from the moment the prompt is written: for a cold process
+/// that is its spawn, for a pooled one the hand-over.
+async fn run_process(
+    shared: &Shared,
+    req: &CliRequest,
+    total_deadline: tokio::time::Instant,
+    tx: &mpsc::Sender<CliEvent>,
+    cell: &RunCell,
+    pooled: Option<Spawned>,
+    abort: &mut watch::Receiver<bool>,
+) -> Ran {
+    let settings = &shared.settings;
+    let stats = &shared.stats;
+    let t0 = Instant::now();
+
+    let is_pooled = pooled.is_some();
+    let mut sp = match pooled {
+        Some(sp) => sp,
+        None => match spawn_cli(
+            settings,
+            stats,
+            req.model.as_deref(),
+            req.system_prompt.as_deref(),
+        ) {
+            Ok(sp) => sp,
+            Err(facts) => return Ran::Done(Err(facts)),
+        },
+    };
+    let pid = sp.pid();
+    let _ = cell.pid.set(pid);
+    let start_base = if is_pooled {
+        tokio::time::Instant::now()
+    } else {
+        sp.spawned_at()
+    };
+    // While a pooled run waits for its first line the pool does not refill: a refill's
+    // CPU-heavy start-up would eat the very latency the pool exists to save.
+    let mut starting = if is_pooled {
+        shared.pool.as_deref().map(Pool::starting)
+    } else {
+        None
+    };
+    sp.send_prompt(req);
+    let ring = sp.stderr_ring();
+
+    let mut acc = RunAccumulator::new();
+    let mut first_line = false;
+    let mut last_line = start_base;
+    let mut stdout_open = true;
+    let mut exited = false;
+    let mut too_long = false;
+    let mut peek_closed = Duration::from_millis(1);
+    let end = 'watch: loop {
+        if !stdout_open && exited {
+            break End::Finished;
+        }
+        let (line_deadline, line_kind) = if first_line {
+            (
+                far_future(last_line, settings.inactivity_timeout),
+                TimeoutKind::Inactivity,
+            )
+        } else {
+            (
+                far_future(start_base, settings.start_timeout),
+                TimeoutKind::Start,
+            )
+        };
+        let (deadline, kind) = if total_deadline <= line_deadline {
+            (total_deadline, TimeoutKind::Total)
+        } else {
+            (line_deadline, line_kind)
+        };
+        let peek = if stdout_open {
+            EXIT_PEEK_OPEN
+        } else {
+            peek_closed
+        };
+        tokio::select! {
+            biased;
+            _ = tx.closed() => break 'watch End::Cancelled,
+            () = aborted(abort) => break 'watch End::Aborted,
+            msg = sp.next_line(), if stdout_open => {
+                let Some(msg) = msg else {
+                    stdout_open = false;
+                    // stdout EOF usually means the leader is exiting or already a zombie:
+                    // look now rather than after the first backoff sleep (>= 1 ms timer tick,
+                    // which the response would otherwise wait for).
+                    if !exited && sp.leader_exited() {
+                        exited = true;
+                        sp.kill_group();
+                    }
+                    continue;
+                };
+                last_line = tokio::time::Instant::now();
+                if !first_line {
+                    first_line = true;
+                    let latency = last_line.duration_since(start_base);
+                    if is_pooled {
+                        stats.record_pool_first_line(latency);
+                        drop(starting.take());
+                    } else {
+                        stats.record_first_line(latency);
+                    }
+                }
+                let line = match msg {
+                    LineMsg::Line(l) => l,
+                    LineMsg::TooLong => {
+                        too_long = true;
+                        continue;
+                    }
+                };
+                for ev in acc.push_line(&line) {
+                    match tokio::time::timeout_at(total_deadline, tx.send(ev)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break 'watch End::Cancelled,
+                        Err(_) => break 'watch End::Timeout(TimeoutKind::Total),
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break 'watch End::Timeout(kind),
+            _ = tokio::time::sleep(peek), if !exited => {
+                if sp.leader_exited() {
+                    exited = true;
+                    // The leader is a zombie (pgid still reserved): remove stragglers so
+                    // that nobody holds stdout open and stdout reaches EOF.
+                    sp.kill_group();
+                } else if !stdout_open {
+                    peek_closed = (peek_closed * 2).min(EXIT_PEEK_CLOSED_MAX);
+                }
+            }
+        }
+    };
+
+    // Always: kill whatever is left of the group, then reap the leader.
+    let status = sp.reap().await;
+    let exit_code = status.and_then(|s| s.code());
+    let signal = status.and_then(|s| s.signal());
+    tracing::debug!(
+        pid,
+        pooled = is_pooled,
+        ?exit_code,
+        ?signal,
+        ?end,
+        duration_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "cli run ended"
+    );
+
+    let timeout = match end {
+        End::Cancelled => {
+            cell.count_gone(stats);
+            return Ran::Cancelled;
+        }
+        End::Timeout(kind) => {
+            stats.timeouts_total.fetch_add(1, Ordering::Relaxed);
+            Some(kind)
+        }
+        End::Aborted => {
+            return Ran::Done(Err(Box::new(FailureFacts {
+                condition: Some(GatewayCondition::ShuttingDown),
+                exit_code,
+                signal,
+                ..FailureFacts::default()
+            })));
+        }
+        End::Finished => None,
+    };
+    let result = acc.conclude(RunEnd {
+        exit_code,
+        signal,
+        stderr_tail: ring_to_string(&ring),
+        timeout,
+        condition: too_long.then_some(GatewayCondition::BadJson),
+    });
+    if is_pooled && !first_line && end == End::Finished && result.is_err() {
+        return Ran::PooledSilent(result);
+    }
+    Ran::Done(result)
+}
