@@ -8,8 +8,9 @@
 use std::sync::Mutex;
 
 use serde::Serialize;
-use time::OffsetDateTime;
 use tokio::sync::Notify;
+
+use crate::clock::now_rfc3339;
 
 /// `error_message` is cut to this many characters (contract).
 pub const ERROR_MESSAGE_MAX_CHARS: usize = 500;
@@ -100,16 +101,6 @@ impl Default for Health {
             startup_probe: tokio::sync::watch::Sender::new(false),
         }
     }
-}
-
-/// RFC 3339 UTC timestamp with microseconds, like the contract's example.
-pub fn now_rfc3339() -> String {
-    let now = OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
-    );
-    now.format(&fmt)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 fn cut(message: &str) -> String {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod health;

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::health::{now_rfc3339, Health};
+use crate::clock::{now_rfc3339, unix_now};
+use crate::health::Health;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::rules::Rules;
 
@@ -101,9 +102,7 @@ impl Reloader {
     ) -> Reloader {
         let current = rules.load();
         let source = if path.is_file() { "file" } else { "embedded" };
-        metrics
-            .reload_success_timestamp
-            .set(crate::http::unix_now() as f64);
+        metrics.reload_success_timestamp.set(unix_now() as f64);
         let status = RulesStatus {
             path: path.display().to_string(),
             source,
@@ -222,9 +221,7 @@ impl Reloader {
             .inc();
         self.metrics.reload_successful.set(i64::from(attempt.ok));
         if attempt.ok {
-            self.metrics
-                .reload_success_timestamp
-                .set(crate::http::unix_now() as f64);
+            self.metrics.reload_success_timestamp.set(unix_now() as f64);
             tracing::info!(
                 ?trigger,
                 changed = attempt.changed,

@@ -206,13 +206,7 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;
 
 /// A content block / part as both APIs write it: `{"type": "text", "text": "…"}`, an
 /// Anthropic `image` / `document` block (`{"type": …, "source": {…}}`), or an OpenAI
