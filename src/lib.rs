@@ -13,6 +13,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod probe;
 pub mod protocol;
 pub mod reload;
 pub mod rules;
@@ -39,7 +40,9 @@ pub async fn serve(
     if !state.rules.load().probe().interval.is_zero() {
         state.health.expect_startup_probe();
     }
-    let probe = tokio::spawn(health::probe_loop(state.clone()));
+    let (_stop, stopped) = shutdown::channel();
+    let prober = state.prober.clone();
+    let probe = tokio::spawn(async move { prober.run(stopped).await });
     let hup = tokio::spawn(reload::sighup_reloads(state.reloader.clone()));
     let _watch = if state.config.watch_rules {
         reload::spawn_watcher(

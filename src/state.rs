@@ -1,5 +1,5 @@
 //! The shared state every handler sees: config, the current rules snapshot (arc-swap),
-//! the CLI backend, health, metrics and the reload path.
+//! the CLI backend, health, metrics, the prober and the reload path.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::probe::Prober;
 use crate::reload::Reloader;
 use crate::rules::Rules;
 
@@ -22,6 +23,7 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    pub prober: Arc<Prober>,
 }
 
 impl AppState {
@@ -42,6 +44,12 @@ impl AppState {
             health.clone(),
             Box::new(move || for_reload.invalidate_pool()),
         ));
+        let prober = Arc::new(Prober::new(
+            rules.clone(),
+            backend.clone(),
+            health.clone(),
+            metrics.clone(),
+        ));
         AppState {
             config: Arc::new(config),
             rules,
@@ -49,6 +57,7 @@ impl AppState {
             health,
             metrics,
             reloader,
+            prober,
         }
     }
 }
@@ -66,11 +75,8 @@ impl AppState {
         self.metrics.cli_pool_idle.set(stats.pool_idle as i64);
     }
 
-    /// Records an `unhealthy` verdict: closes the health gate and drains the pre-warmed
-    /// pool (its processes may hold stale credentials); it refills once healthy again.
+    /// Records an `unhealthy` verdict (see [`Prober::mark_unhealthy`]).
     pub fn mark_unhealthy(&self, source: crate::health::Source, kind: &str, message: &str) {
-        self.health.mark_failed(source, kind, message);
-        self.metrics.cli_health_ok.set(0);
-        self.backend.invalidate_pool();
+        self.prober.mark_unhealthy(source, kind, message);
     }
 }

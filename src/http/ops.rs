@@ -78,7 +78,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub async fn admin_probe(State(state): State<AppState>) -> Json<Value> {
-    crate::health::probe_once(&state, Source::Probe).await;
+    state.prober.probe_once(Source::Probe).await;
     Json(auth_status_body(&state))
 }
 
