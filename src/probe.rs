@@ -56,7 +56,6 @@ impl Prober {
     /// the next interval (the probe's own verdict does not, or it would probe in a loop).
     pub fn mark_unhealthy(&self, source: Source, kind: &str, message: &str) {
         self.health.mark_failed(source, kind, message);
-        self.metrics.cli_health_ok.set(0);
         self.backend.invalidate_pool();
         if source == Source::Request {
             self.health.probe_wakeup.notify_one();
@@ -124,9 +123,6 @@ impl Prober {
             })
             .inc();
         self.metrics.probe_last_duration.set(elapsed.as_secs_f64());
-        self.metrics
-            .cli_health_ok
-            .set(i64::from(self.health.is_ok()));
         self.health.record_probe(LastProbe {
             at: now_rfc3339(),
             outcome,

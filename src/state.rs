@@ -30,12 +30,12 @@ impl AppState {
     /// Builds the state from a config and the initially loaded rules.
     pub fn new(config: Config, rules: Rules, backend: Backend) -> AppState {
         let rules = Arc::new(ArcSwap::from_pointee(rules));
-        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::new(health.clone(), backend.stats()));
         backend
             .stats()
             .attach_first_line_histogram(metrics.cli_first_line.clone());
         backend.stats().attach_pool_metrics(metrics.pool_metrics());
-        let health = Arc::new(Health::default());
         let for_reload = backend.clone();
         let reloader = Arc::new(Reloader::new(
             config.rules.clone(),
@@ -63,18 +63,6 @@ impl AppState {
 }
 
 impl AppState {
-    /// Copies point-in-time values into gauges before a scrape.
-    pub fn sync_gauges(&self) {
-        self.metrics
-            .cli_health_ok
-            .set(i64::from(self.health.is_ok()));
-        let stats = self.backend.stats().snapshot();
-        self.metrics.cli_in_flight.set(stats.in_flight as i64);
-        self.metrics.cli_queued.set(stats.queued as i64);
-        self.metrics.cli_spawned.set(stats.spawned_total as i64);
-        self.metrics.cli_pool_idle.set(stats.pool_idle as i64);
-    }
-
     /// Records an `unhealthy` verdict (see [`Prober::mark_unhealthy`]).
     pub fn mark_unhealthy(&self, source: crate::health::Source, kind: &str, message: &str) {
         self.prober.mark_unhealthy(source, kind, message);

@@ -101,7 +101,6 @@ pub async fn admin_rules(State(state): State<AppState>) -> Json<Value> {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    state.sync_gauges();
     (
         [(
             header::CONTENT_TYPE,

@@ -169,7 +169,6 @@ impl RequestCx {
         if !self.state.health.is_ok() {
             // A real request just worked: recovery need not wait for the next probe.
             self.state.health.mark_ok(Source::Request);
-            self.state.metrics.cli_health_ok.set(1);
         }
     }
 
