@@ -63,7 +63,8 @@ impl AppState {
 }
 
 impl AppState {
-    /// Records an `unhealthy` verdict (see [`Prober::mark_unhealthy`]).
+    /// Records an `unhealthy` verdict (see [`Prober::mark_unhealthy`]; a request's verdict
+    /// also wakes the probe to confirm it).
     pub fn mark_unhealthy(&self, source: crate::health::Source, kind: &str, message: &str) {
         self.prober.mark_unhealthy(source, kind, message);
     }

@@ -152,8 +152,6 @@ impl RequestCx {
         if verdict.unhealthy {
             self.state
                 .mark_unhealthy(Source::Request, &verdict.kind, &verdict.message);
-            // Confirm (or refute) with a probe now rather than at the next interval.
-            self.state.health.probe_wakeup.notify_one();
         }
         ApiError::Verdict(Box::new(verdict))
     }
