@@ -76,8 +76,8 @@ impl Default for CliHealth {
 #[derive(Debug)]
 pub struct Health {
     state: Mutex<CliHealth>,
-    /// Wakes the probe task: a request-path auth verdict asks for a confirming probe,
-    /// a reload may change the interval.
+    /// Wakes the probe task to probe now: a request-path unhealthy verdict asks for a
+    /// confirming probe, a reload while the gate is closed for a re-decision.
     pub probe_wakeup: Notify,
     /// Wakes the probe task to re-read its settings (a reload changed the interval)
     /// without probing now.

@@ -188,8 +188,14 @@ impl Reloader {
                 st.source = "file";
                 st.loaded_at = now_rfc3339();
                 drop(st);
-                // The probe interval may have changed: let the probe task re-time itself.
-                self.health.settings_changed.notify_one();
+                if self.health.is_ok() {
+                    // The probe interval may have changed: let the probe re-time itself.
+                    self.health.settings_changed.notify_one();
+                } else {
+                    // The gate was closed by the old rules' idea of `unhealthy`: probe now,
+                    // so the new rules decide it (the probe re-times itself afterwards).
+                    self.health.probe_wakeup.notify_one();
+                }
                 (self.on_swap)();
                 ReloadAttempt {
                     at: now_rfc3339(),
