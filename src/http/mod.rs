@@ -123,12 +123,32 @@ async fn api_key_layer(State(state): State<AppState>, req: Request, next: Next) 
     static_error(&state, &req, &id, ApiError::Unauthorized)
 }
 
+/// Unknown endpoints are counted and logged like API requests, so operators see
+/// misconfigured clients (a wrong base URL, `/v1/completions`).
 async fn fallback(
     State(state): State<AppState>,
     RequestId(id): RequestId,
     req: Request,
 ) -> Response {
-    static_error(&state, &req, &id, ApiError::NotFound)
+    let started = std::time::Instant::now();
+    let err = ApiError::NotFound;
+    let kind = err.kind().to_string();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = static_error(&state, &req, &id, err);
+    let status = resp.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    state.metrics.count_request("unknown", status, &kind, secs);
+    tracing::info!(
+        request_id = %id,
+        endpoint = "unknown",
+        path = %path,
+        method = %method,
+        status,
+        kind = %kind,
+        duration_ms = (secs * 1000.0) as u64,
+        "request"
+    );
+    resp
 }
 
 async fn method_not_allowed(
