@@ -18,6 +18,7 @@ use crate::backend::{Backend, CliRequest, CliRun};
 use crate::conversation::Conversation;
 use crate::health::{Health, Source};
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::probe::Prober;
 use crate::protocol::{CliEvent, Success, Usage};
 use crate::rules::{FailureFacts, Rules, Verdict};
 use crate::turn::{Step, TurnFold};
@@ -47,6 +48,7 @@ pub struct Engine {
     backend: Backend,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    prober: Arc<Prober>,
 }
 
 impl Engine {
@@ -55,12 +57,14 @@ impl Engine {
         backend: Backend,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
+        prober: Arc<Prober>,
     ) -> Engine {
         Engine {
             rules,
             backend,
             health,
             metrics,
+            prober,
         }
     }
 
@@ -136,19 +140,11 @@ impl Engine {
             matched = ?verdict.matched, stderr_tail = %facts.stderr_tail, "CLI failure classified");
         self.count_run(&verdict.kind);
         if verdict.unhealthy {
-            self.mark_unhealthy(Source::Request, &verdict.kind, &verdict.message);
-            // Confirm (or refute) with a probe now rather than at the next interval.
-            self.health.probe_wakeup.notify_one();
+            // Closes the gate, drains the pool and wakes the probe to confirm it.
+            self.prober
+                .mark_unhealthy(Source::Request, &verdict.kind, &verdict.message);
         }
         verdict
-    }
-
-    /// Records an `unhealthy` verdict: closes the health gate and drains the pre-warmed
-    /// pool (its processes may hold stale credentials); it refills once healthy again.
-    pub fn mark_unhealthy(&self, source: Source, kind: &str, message: &str) {
-        self.health.mark_failed(source, kind, message);
-        self.metrics.cli_health_ok.set(0);
-        self.backend.invalidate_pool();
     }
 
     fn succeeded(&self) {
@@ -156,7 +152,6 @@ impl Engine {
         if !self.health.is_ok() {
             // A real request just worked: recovery need not wait for the next probe.
             self.health.mark_ok(Source::Request);
-            self.metrics.cli_health_ok.set(1);
         }
     }
 
@@ -297,6 +292,8 @@ impl TurnRun {
 /// Outcome fields of the request log line, filled as the request proceeds.
 #[derive(Debug, Default)]
 struct Outcome {
+    method: String,
+    path: String,
     status: u16,
     kind: String,
     model: Option<String>,
@@ -334,6 +331,13 @@ impl RequestRecord {
 
     pub fn endpoint(&self) -> &'static str {
         self.endpoint
+    }
+
+    /// The request's method and path (logged).
+    pub fn set_target(&self, method: &str, path: &str) {
+        let mut o = self.outcome();
+        o.method = method.to_string();
+        o.path = path.to_string();
     }
 
     /// The model the request named (logged).
@@ -391,6 +395,8 @@ impl Drop for RequestRecord {
         tracing::info!(
             request_id = %self.request_id,
             endpoint = self.endpoint,
+            method = %o.method,
+            path = %o.path,
             model = o.model.as_deref().unwrap_or(""),
             status,
             kind,

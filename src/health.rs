@@ -8,8 +8,9 @@
 use std::sync::Mutex;
 
 use serde::Serialize;
-use time::OffsetDateTime;
 use tokio::sync::Notify;
+
+use crate::clock::now_rfc3339;
 
 /// `error_message` is cut to this many characters (contract).
 pub const ERROR_MESSAGE_MAX_CHARS: usize = 500;
@@ -75,8 +76,8 @@ impl Default for CliHealth {
 #[derive(Debug)]
 pub struct Health {
     state: Mutex<CliHealth>,
-    /// Wakes the probe task: a request-path auth verdict asks for a confirming probe,
-    /// a reload may change the interval.
+    /// Wakes the probe task to probe now: a request-path unhealthy verdict asks for a
+    /// confirming probe, a reload while the gate is closed for a re-decision.
     pub probe_wakeup: Notify,
     /// Wakes the probe task to re-read its settings (a reload changed the interval)
     /// without probing now.
@@ -100,16 +101,6 @@ impl Default for Health {
             startup_probe: tokio::sync::watch::Sender::new(false),
         }
     }
-}
-
-/// RFC 3339 UTC timestamp with microseconds, like the contract's example.
-pub fn now_rfc3339() -> String {
-    let now = OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
-    );
-    now.format(&fmt)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 fn cut(message: &str) -> String {
@@ -172,6 +163,11 @@ impl Health {
         self.startup_probe.send_replace(true);
     }
 
+    /// The first probe after start has answered (or will not: shutdown began).
+    pub fn end_startup_probe(&self) {
+        self.startup_probe.send_replace(false);
+    }
+
     /// True while the first probe after start is still running.
     pub fn startup_probe_pending(&self) -> bool {
         *self.startup_probe.borrow()
@@ -187,133 +183,5 @@ impl Health {
     pub fn gate(&self) -> Option<CliHealth> {
         let s = self.lock();
         (!s.ok).then(|| s.clone())
-    }
-}
-
-/// Serializes probes (the periodic task and `POST /admin/probe`).
-static PROBE_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs one probe now with the current rules' probe settings and records its verdict.
-/// Only an `unhealthy` kind closes the gate; other failures are inconclusive.
-pub async fn probe_once(state: &crate::http::state::AppState, source: Source) -> ProbeOutcome {
-    use crate::backend::{CliEvent, CliRequest};
-    let _serial = PROBE_SERIAL.lock().await;
-    let rules = state.rules.load_full();
-    let settings = rules.probe().clone();
-    let started = std::time::Instant::now();
-    let mut run = state.backend.start(CliRequest {
-        prompt: settings.prompt.clone(),
-        attachments: Vec::new(),
-        system_prompt: None,
-        model: settings.model.clone(),
-        timeout: Some(settings.timeout),
-        bypass_queue: true,
-    });
-    let result = loop {
-        match run.recv().await {
-            Some(CliEvent::Done(r)) => break r,
-            Some(_) => continue,
-            None => {
-                break Err(Box::new(crate::rules::FailureFacts {
-                    condition: Some(crate::rules::GatewayCondition::NoResult),
-                    ..Default::default()
-                }))
-            }
-        }
-    };
-    let elapsed = started.elapsed();
-    let (outcome, kind, message) = match result {
-        Ok(_) => {
-            state.health.mark_ok(source);
-            (ProbeOutcome::Ok, None, None)
-        }
-        Err(facts) => {
-            let verdict = rules.classify(&facts);
-            if verdict.unhealthy {
-                state.mark_unhealthy(source, &verdict.kind, &verdict.message);
-                (
-                    ProbeOutcome::Unhealthy,
-                    Some(verdict.kind),
-                    Some(verdict.message),
-                )
-            } else {
-                (
-                    ProbeOutcome::Inconclusive,
-                    Some(verdict.kind),
-                    Some(verdict.message),
-                )
-            }
-        }
-    };
-    let label = match outcome {
-        ProbeOutcome::Ok => "ok",
-        ProbeOutcome::Unhealthy => "unhealthy",
-        ProbeOutcome::Inconclusive => "inconclusive",
-    };
-    tracing::info!(
-        outcome = label,
-        kind = kind.as_deref().unwrap_or(""),
-        duration_ms = elapsed.as_millis() as u64,
-        "CLI probe"
-    );
-    state
-        .metrics
-        .probes
-        .get_or_create(&crate::metrics::OutcomeLabels {
-            outcome: label.into(),
-        })
-        .inc();
-    state.metrics.probe_last_duration.set(elapsed.as_secs_f64());
-    state
-        .metrics
-        .cli_health_ok
-        .set(i64::from(state.health.is_ok()));
-    state.health.record_probe(LastProbe {
-        at: now_rfc3339(),
-        outcome,
-        kind,
-        message,
-        duration_ms: elapsed.as_millis() as u64,
-    });
-    outcome
-}
-
-/// The periodic probe: first run right after start, then every `probe.interval`
-/// (`probe.unhealthy_interval` while unhealthy). Woken early by a request-path unhealthy
-/// verdict (probe now) or by a reload (re-time only). Interval 0 disables the timer.
-pub async fn probe_loop(state: crate::http::state::AppState) {
-    let mut last_run = tokio::time::Instant::now();
-    // Interval 0 disables the periodic probe, including the one at start; a request-path
-    // verdict or POST /admin/probe still probes.
-    let mut run_now = !state.rules.load().probe().interval.is_zero();
-    loop {
-        if run_now {
-            probe_once(&state, Source::Probe).await;
-            state.health.startup_probe.send_replace(false);
-            last_run = tokio::time::Instant::now();
-        }
-        let interval = {
-            let rules = state.rules.load();
-            let p = rules.probe();
-            if !state.health.is_ok() && !p.unhealthy_interval.is_zero() && !p.interval.is_zero() {
-                p.unhealthy_interval.min(p.interval)
-            } else if !state.health.is_ok() && !p.unhealthy_interval.is_zero() {
-                p.unhealthy_interval
-            } else {
-                p.interval
-            }
-        };
-        let timer = async {
-            if interval.is_zero() {
-                std::future::pending::<()>().await
-            } else {
-                tokio::time::sleep_until(last_run + interval).await
-            }
-        };
-        tokio::select! {
-            _ = timer => run_now = true,
-            _ = state.health.probe_wakeup.notified() => run_now = true,
-            _ = state.health.settings_changed.notified() => run_now = false,
-        }
     }
 }

@@ -1,13 +1,25 @@
 //! Prometheus metrics (prometheus-client): requests by endpoint/status/kind, latencies,
 //! CLI processes, probes and rule reloads. `GET /metrics` renders the registry.
+//!
+//! Events (requests, runs, probes, reloads) are counted where they happen; point-in-time
+//! values (CLI processes alive and queued, health) are read from [`Health`] and
+//! [`BackendStats`] while a scrape is encoded, so nothing has to keep them in sync.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::backend::BackendStats;
+use crate::health::Health;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -44,13 +56,8 @@ pub struct Metrics {
     pub request_duration: Family<EndpointLabels, Histogram>,
     pub cli_first_line: Histogram,
     pub cli_runs: Family<OutcomeLabels, Counter>,
-    pub cli_in_flight: Gauge,
-    pub cli_queued: Gauge,
-    pub cli_spawned: Gauge,
-    pub cli_health_ok: Gauge,
     pub cli_pool_hits: Counter,
     pub cli_pool_misses: Family<ReasonLabels, Counter>,
-    pub cli_pool_idle: Gauge,
     pub cli_pool_first_line: Histogram,
     pub probes: Family<OutcomeLabels, Counter>,
     pub probe_last_duration: Gauge<f64, AtomicU64>,
@@ -59,15 +66,67 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
 }
 
+/// Metrics read from live state at scrape time. Their help texts end with the period that
+/// `Registry::register` appends to the others.
+#[derive(Debug)]
+struct LiveGauges {
+    health: Arc<Health>,
+    backend: Arc<BackendStats>,
+}
+
+impl Collector for LiveGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.backend.snapshot();
+        let gauges: [(&str, &str, i64); 5] = [
+            (
+                "ccgate_cli_in_flight",
+                "CLI processes running now.",
+                stats.in_flight as i64,
+            ),
+            (
+                "ccgate_cli_queued",
+                "Requests waiting for a CLI slot.",
+                stats.queued as i64,
+            ),
+            // A gauge (as it always was) over the backend's monotonic counter.
+            (
+                "ccgate_cli_spawned",
+                "CLI processes spawned since start.",
+                stats.spawned_total as i64,
+            ),
+            (
+                "ccgate_cli_health_ok",
+                "1 while the CLI is considered healthy, 0 while the health gate is closed.",
+                i64::from(self.health.is_ok()),
+            ),
+            (
+                "ccgate_cli_pool_idle",
+                "Pre-warmed CLI processes waiting for a request (also counted in ccgate_cli_in_flight).",
+                stats.pool_idle as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for Metrics {
+    /// Metrics over a fresh [`Health`] and [`BackendStats`] (for tests and tools that have
+    /// no running backend).
     fn default() -> Self {
-        Self::new()
+        Self::new(Arc::default(), Arc::default())
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The registry; `health` and `backend` are read at each scrape for the CLI gauges.
+    pub fn new(health: Arc<Health>, backend: Arc<BackendStats>) -> Self {
         let mut registry = Registry::default();
+        registry.register_collector(Box::new(LiveGauges { health, backend }));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "ccgate_requests",
@@ -94,32 +153,6 @@ impl Metrics {
             "CLI processes run, by outcome (success or the classified kind)",
             cli_runs.clone(),
         );
-        let cli_in_flight = Gauge::default();
-        registry.register(
-            "ccgate_cli_in_flight",
-            "CLI processes running now",
-            cli_in_flight.clone(),
-        );
-        let cli_queued = Gauge::default();
-        registry.register(
-            "ccgate_cli_queued",
-            "Requests waiting for a CLI slot",
-            cli_queued.clone(),
-        );
-        // A gauge mirrored from the backend's counter at scrape time (monotonic).
-        let cli_spawned = Gauge::default();
-        registry.register(
-            "ccgate_cli_spawned",
-            "CLI processes spawned since start",
-            cli_spawned.clone(),
-        );
-        let cli_health_ok = Gauge::default();
-        cli_health_ok.set(1);
-        registry.register(
-            "ccgate_cli_health_ok",
-            "1 while the CLI is considered healthy, 0 while the health gate is closed",
-            cli_health_ok.clone(),
-        );
         let cli_pool_hits = Counter::default();
         registry.register(
             "ccgate_cli_pool_hits",
@@ -131,12 +164,6 @@ impl Metrics {
             "ccgate_cli_pool_misses",
             "Requests that cold-spawned while the pre-warmed pool is on, by reason (key: other model or a system prompt; empty: no idle process; handover: the pre-warmed process died silently at hand-over and the request was re-run cold)",
             cli_pool_misses.clone(),
-        );
-        let cli_pool_idle = Gauge::default();
-        registry.register(
-            "ccgate_cli_pool_idle",
-            "Pre-warmed CLI processes waiting for a request (also counted in ccgate_cli_in_flight)",
-            cli_pool_idle.clone(),
         );
         let cli_pool_first_line = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register(
@@ -193,13 +220,8 @@ impl Metrics {
             request_duration,
             cli_first_line,
             cli_runs,
-            cli_in_flight,
-            cli_queued,
-            cli_spawned,
-            cli_health_ok,
             cli_pool_hits,
             cli_pool_misses,
-            cli_pool_idle,
             cli_pool_first_line,
             probes,
             probe_last_duration,
@@ -249,5 +271,32 @@ impl Metrics {
                 endpoint: endpoint.to_string(),
             })
             .observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Source;
+
+    #[test]
+    fn cli_gauges_are_read_from_live_state_at_scrape_time() {
+        let health = Arc::new(Health::default());
+        let metrics = Metrics::new(health.clone(), Arc::default());
+        let text = metrics.render();
+        for line in [
+            "# TYPE ccgate_cli_in_flight gauge\nccgate_cli_in_flight 0\n",
+            "# TYPE ccgate_cli_queued gauge\nccgate_cli_queued 0\n",
+            "# TYPE ccgate_cli_spawned gauge\nccgate_cli_spawned 0\n",
+            "# HELP ccgate_cli_health_ok 1 while the CLI is considered healthy, 0 while the health gate is closed.\n# TYPE ccgate_cli_health_ok gauge\nccgate_cli_health_ok 1\n",
+            "# TYPE ccgate_cli_pool_idle gauge\nccgate_cli_pool_idle 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        health.mark_failed(Source::Request, "auth_failure", "Not logged in");
+        assert!(metrics.render().contains("\nccgate_cli_health_ok 0\n"));
+        health.mark_ok(Source::Probe);
+        assert!(metrics.render().contains("\nccgate_cli_health_ok 1\n"));
     }
 }

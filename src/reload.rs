@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::health::{now_rfc3339, Health};
+use crate::clock::{now_rfc3339, unix_now};
+use crate::health::Health;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::rules::Rules;
+use crate::shutdown::Shutdown;
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,9 +103,7 @@ impl Reloader {
     ) -> Reloader {
         let current = rules.load();
         let source = if path.is_file() { "file" } else { "embedded" };
-        metrics
-            .reload_success_timestamp
-            .set(crate::http::unix_now() as f64);
+        metrics.reload_success_timestamp.set(unix_now() as f64);
         let status = RulesStatus {
             path: path.display().to_string(),
             source,
@@ -188,8 +188,14 @@ impl Reloader {
                 st.source = "file";
                 st.loaded_at = now_rfc3339();
                 drop(st);
-                // The probe interval may have changed: let the probe task re-time itself.
-                self.health.settings_changed.notify_one();
+                if self.health.is_ok() {
+                    // The probe interval may have changed: let the probe re-time itself.
+                    self.health.settings_changed.notify_one();
+                } else {
+                    // The gate was closed by the old rules' idea of `unhealthy`: probe now,
+                    // so the new rules decide it (the probe re-times itself afterwards).
+                    self.health.probe_wakeup.notify_one();
+                }
                 (self.on_swap)();
                 ReloadAttempt {
                     at: now_rfc3339(),
@@ -222,9 +228,7 @@ impl Reloader {
             .inc();
         self.metrics.reload_successful.set(i64::from(attempt.ok));
         if attempt.ok {
-            self.metrics
-                .reload_success_timestamp
-                .set(crate::http::unix_now() as f64);
+            self.metrics.reload_success_timestamp.set(unix_now() as f64);
             tracing::info!(
                 ?trigger,
                 changed = attempt.changed,
@@ -244,8 +248,12 @@ impl Reloader {
 }
 
 /// Installs the SIGHUP handler now (so a SIGHUP right after `serve` starts can't kill the
-/// process with the default action) and returns the task body that reloads on each one.
-pub fn sighup_reloads(reloader: Arc<Reloader>) -> impl std::future::Future<Output = ()> {
+/// process with the default action) and returns the task body that reloads on each one
+/// until `shutdown` (a reload in progress finishes first).
+pub fn sighup_reloads(
+    reloader: Arc<Reloader>,
+    shutdown: Shutdown,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let hup = signal(SignalKind::hangup());
     async move {
@@ -256,15 +264,52 @@ pub fn sighup_reloads(reloader: Arc<Reloader>) -> impl std::future::Future<Outpu
                 return;
             }
         };
-        while hup.recv().await.is_some() {
-            reloader.reload(Trigger::Sighup).await;
+        loop {
+            tokio::select! {
+                got = hup.recv() => match got {
+                    Some(()) => {
+                        reloader.reload(Trigger::Sighup).await;
+                    }
+                    None => break,
+                },
+                () = shutdown.triggered() => break,
+            }
         }
     }
 }
 
-/// Keeps the file watcher alive; dropping it stops watching.
+type FileDebouncer = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+/// Keeps the file watcher alive. Dropping it stops watching; the watcher's task then ends
+/// on its own (after a reload in progress). [`WatchGuard::stop`] also waits for that.
 pub struct WatchGuard {
-    _debouncer: Box<dyn std::any::Any + Send>,
+    /// The only strong reference: the task holds a `Weak` (to add directories), so
+    /// dropping the guard drops the debouncer, whose event handler owns the sender the
+    /// task listens on.
+    debouncer: Arc<Mutex<FileDebouncer>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WatchGuard {
+    /// Stops watching and waits until the watcher's task has ended.
+    pub async fn stop(self) {
+        let WatchGuard { debouncer, task } = self;
+        drop(debouncer);
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "rules file watcher task failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for WatchGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchGuard")
+            .field("task_finished", &self.task.is_finished())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The directories to watch for `path`: its own directory (catches rename-over, delete +
@@ -308,9 +353,14 @@ fn watched_names(path: &Path) -> std::collections::HashSet<std::ffi::OsString> {
 }
 
 /// Starts watching the rules file's directory; each debounced burst of changes feeds one
-/// [`Reloader::reload`] with [`Trigger::FileChange`]. Returns None (after logging why) if
-/// the watcher cannot be set up: SIGHUP and `/admin/reload` still work.
-pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: std::time::Duration) -> Option<WatchGuard> {
+/// [`Reloader::reload`] with [`Trigger::FileChange`], until `shutdown` or until the
+/// returned guard is dropped. Returns None (after logging why) if the watcher cannot be
+/// set up: SIGHUP and `/admin/reload` still work.
+pub fn spawn_watcher(
+    reloader: Arc<Reloader>,
+    debounce: std::time::Duration,
+    shutdown: Shutdown,
+) -> Option<WatchGuard> {
     use notify::event::{AccessKind, AccessMode, EventKind};
     use notify::RecursiveMode;
     use notify_debouncer_full::{new_debouncer, DebounceEventResult};
@@ -368,10 +418,17 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: std::time::Duration) -> 
         return None;
     }
     let debouncer = Arc::new(Mutex::new(debouncer));
-    let for_task = debouncer.clone();
+    let for_task = Arc::downgrade(&debouncer);
     let mut watched = dirs;
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = rx.recv() => if got.is_none() {
+                    // The guard dropped the debouncer and with it the sender.
+                    break;
+                },
+                () = shutdown.triggered() => break,
+            }
             // Drain a burst that arrived while we were reloading: one reload covers it.
             while rx.try_recv().is_ok() {}
             reloader.reload(Trigger::FileChange).await;
@@ -379,9 +436,12 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: std::time::Duration) -> 
             if let Ok(mut n) = names.lock() {
                 *n = watched_names(reloader.path());
             }
+            let Some(debouncer) = for_task.upgrade() else {
+                break;
+            };
             for dir in watch_dirs(reloader.path()) {
                 if !watched.contains(&dir) {
-                    if let Ok(mut d) = for_task.lock() {
+                    if let Ok(mut d) = debouncer.lock() {
                         if d.watch(&dir, RecursiveMode::NonRecursive).is_ok() {
                             watched.push(dir);
                         }
@@ -390,7 +450,5 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: std::time::Duration) -> 
             }
         }
     });
-    Some(WatchGuard {
-        _debouncer: Box::new(debouncer),
-    })
+    Some(WatchGuard { debouncer, task })
 }

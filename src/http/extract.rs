@@ -89,6 +89,8 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
             .map(|r| r.0.clone())
             .unwrap_or_else(crate::http::new_request_id);
         let cx = Cx::new(state, A::FLAVOUR, A::ENDPOINT, id);
+        cx.record
+            .set_target(req.method().as_str(), req.uri().path());
         let limit = state.config.request_body_limit;
         let body = Bytes::from_request(req, state).await;
         match parse_body(body, limit) {

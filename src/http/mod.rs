@@ -147,9 +147,10 @@ async fn fallback(
     req: Request,
 ) -> Response {
     let flavour = flavour_for_request(req.uri().path(), req.headers());
-    tracing::info!(request_id = %id, method = %req.method(), path = req.uri().path(),
-        "unknown endpoint");
-    extract::Cx::new(&state, flavour, "unknown", id).error(ApiError::NotFound)
+    let cx = extract::Cx::new(&state, flavour, "unknown", id);
+    cx.record
+        .set_target(req.method().as_str(), req.uri().path());
+    cx.error(ApiError::NotFound)
 }
 
 async fn method_not_allowed(
@@ -227,10 +228,4 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;

@@ -80,7 +80,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub async fn admin_probe(State(state): State<AppState>) -> Json<Value> {
-    crate::health::probe_once(&state, Source::Probe).await;
+    state.prober.probe_once(Source::Probe).await;
     Json(auth_status_body(&state))
 }
 
@@ -103,7 +103,6 @@ pub async fn admin_rules(State(state): State<AppState>) -> Json<Value> {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    state.sync_gauges();
     (
         [(
             header::CONTENT_TYPE,

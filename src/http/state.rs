@@ -1,5 +1,5 @@
 //! The shared state every handler sees: config, the current rules snapshot (arc-swap),
-//! the turn engine, the CLI backend, health, metrics and the reload path.
+//! the turn engine, the CLI backend, health, metrics, the prober and the reload path.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::probe::Prober;
 use crate::reload::Reloader;
 use crate::rules::Rules;
 
@@ -25,18 +26,19 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    pub prober: Arc<Prober>,
 }
 
 impl AppState {
     /// Builds the state from a config and the initially loaded rules.
     pub fn new(config: Config, rules: Rules, backend: Backend) -> AppState {
         let rules = Arc::new(ArcSwap::from_pointee(rules));
-        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::new(health.clone(), backend.stats()));
         backend
             .stats()
             .attach_first_line_histogram(metrics.cli_first_line.clone());
         backend.stats().attach_pool_metrics(metrics.pool_metrics());
-        let health = Arc::new(Health::default());
         let for_reload = backend.clone();
         let reloader = Arc::new(Reloader::new(
             config.rules.clone(),
@@ -45,11 +47,18 @@ impl AppState {
             health.clone(),
             Box::new(move || for_reload.invalidate_pool()),
         ));
+        let prober = Arc::new(Prober::new(
+            rules.clone(),
+            backend.clone(),
+            health.clone(),
+            metrics.clone(),
+        ));
         let engine = Engine::new(
             rules.clone(),
             backend.clone(),
             health.clone(),
             metrics.clone(),
+            prober.clone(),
         );
         AppState {
             config: Arc::new(config),
@@ -59,26 +68,7 @@ impl AppState {
             health,
             metrics,
             reloader,
+            prober,
         }
-    }
-}
-
-impl AppState {
-    /// Copies point-in-time values into gauges before a scrape.
-    pub fn sync_gauges(&self) {
-        self.metrics
-            .cli_health_ok
-            .set(i64::from(self.health.is_ok()));
-        let stats = self.backend.stats().snapshot();
-        self.metrics.cli_in_flight.set(stats.in_flight as i64);
-        self.metrics.cli_queued.set(stats.queued as i64);
-        self.metrics.cli_spawned.set(stats.spawned_total as i64);
-        self.metrics.cli_pool_idle.set(stats.pool_idle as i64);
-    }
-
-    /// Records an `unhealthy` verdict: closes the health gate and drains the pre-warmed
-    /// pool (its processes may hold stale credentials); it refills once healthy again.
-    pub fn mark_unhealthy(&self, source: crate::health::Source, kind: &str, message: &str) {
-        self.engine.mark_unhealthy(source, kind, message);
     }
 }

@@ -64,6 +64,14 @@ fn serve_logs_json_lines_and_stops_on_sigterm() {
             .await
             .unwrap();
         assert_eq!(r.status(), 429);
+        let r = c
+            .post(format!("http://{addr}/v1/completions"))
+            .header("x-request-id", "log-me-2")
+            .json(&crate::harness::chat_body("hi", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
     });
     let line = next_json(&|v| v["message"] == "request");
     assert_eq!(line["request_id"], "log-me-1");
@@ -75,6 +83,14 @@ fn serve_logs_json_lines_and_stops_on_sigterm() {
     assert!(line.get("cli_signal").is_none(), "{line}");
     assert!(line["duration_ms"].is_u64());
     assert_eq!(line["level"], "INFO");
+    // A request to an unknown endpoint is logged too (misconfigured clients show up).
+    let line = next_json(&|v| v["message"] == "request");
+    assert_eq!(line["request_id"], "log-me-2", "{line}");
+    assert_eq!(line["endpoint"], "unknown", "{line}");
+    assert_eq!(line["path"], "/v1/completions", "{line}");
+    assert_eq!(line["method"], "POST", "{line}");
+    assert_eq!(line["status"], 404, "{line}");
+    assert_eq!(line["kind"], "unknown_endpoint", "{line}");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

@@ -242,3 +242,69 @@ async fn first_probe_runs_at_start_and_reload_retimes_it() {
         "reload to a 0.2 s interval did not re-time the probe"
     );
 }
+
+fn probes_total(s: &TestServer) -> u64 {
+    s.state
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("ccgate_probes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_reload_while_the_gate_is_closed_probes_at_once() {
+    // Periodic probe off, re-probe while unhealthy only after an hour.
+    let unhealthy_auth = default_rules_with_probe(0.0, 3600.0, 5.0);
+    let s = TestServer::start(Opts {
+        rules_yaml: Some(unhealthy_auth.clone()),
+        ..Opts::default()
+    })
+    .await;
+    s.set_scenario("not_logged_in");
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        eventually(Duration::from_secs(3), || s.state.health.snapshot().source
+            == Some(ccgate::health::Source::Probe))
+        .await,
+        "no confirming probe"
+    );
+    assert!(!s.state.health.is_ok());
+    let probes = probes_total(&s);
+    // New rules in which `auth_failure` no longer closes the gate.
+    let auth_not_unhealthy = unhealthy_auth.replacen(
+        "status: 401\n    unhealthy: true",
+        "status: 401\n    unhealthy: false",
+        1,
+    );
+    assert_ne!(auth_not_unhealthy, unhealthy_auth, "the rules changed");
+    std::fs::write(&s.rules_path, &auth_not_unhealthy).unwrap();
+    let v: Value = post_empty_json(&s, "/admin/reload").await;
+    // `ok`, not `changed`: a SIGHUP from another test may have swapped the file in first.
+    assert_eq!(v["reload"]["ok"], true, "{v}");
+    assert!(
+        eventually(Duration::from_secs(2), || probes_total(&s) > probes).await,
+        "the gate is closed, but the reload did not re-probe (next probe in an hour)"
+    );
+    // The probe saw the same failure and judged it with the new rules.
+    let last = s.state.health.snapshot().last_probe.unwrap();
+    assert_eq!(last.kind.as_deref(), Some("auth_failure"));
+    assert_eq!(last.outcome, ccgate::health::ProbeOutcome::Inconclusive);
+    // Logged in again meanwhile: the next reload re-opens the gate at once.
+    s.set_scenario("success");
+    std::fs::write(&s.rules_path, &unhealthy_auth).unwrap();
+    let v: Value = post_empty_json(&s, "/admin/reload").await;
+    // `ok`, not `changed`: a SIGHUP from another test may have swapped the file in first.
+    assert_eq!(v["reload"]["ok"], true, "{v}");
+    assert!(
+        eventually(Duration::from_secs(2), || s.state.health.is_ok()).await,
+        "the re-probe after the reload did not re-open the gate"
+    );
+}

@@ -6,6 +6,7 @@ mod cli_cmds;
 mod config;
 mod harness;
 mod health;
+mod layers;
 mod mock_api;
 mod pool;
 mod props;

@@ -66,7 +66,11 @@ async fn watched_server(rules_path: Option<&Path>) -> TestServer {
 }
 
 fn reload_count(s: &TestServer, result: &str) -> u64 {
-    let text = s.state.metrics.render();
+    reload_count_in(&s.state.metrics, result)
+}
+
+fn reload_count_in(metrics: &ccgate::metrics::Metrics, result: &str) -> u64 {
+    let text = metrics.render();
     text.lines()
         .find(|l| {
             l.starts_with("ccgate_rules_reloads_total")
@@ -352,4 +356,94 @@ async fn other_files_in_the_rules_directory_do_not_reload() {
     assert_eq!(after, before, "writes to other files triggered reloads");
     std::fs::write(&s.rules_path, rules_tagged("still-watched")).unwrap();
     wait_tag(&s, "still-watched").await;
+}
+
+fn reloads_total(metrics: &ccgate::metrics::Metrics) -> u64 {
+    ["success", "unchanged", "failure"]
+        .iter()
+        .map(|r| reload_count_in(metrics, r))
+        .sum()
+}
+
+#[tokio::test]
+async fn serve_returns_only_after_its_background_tasks_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, rules_tagged("v0")).unwrap();
+    let s = watched_server(Some(&path)).await;
+    std::fs::write(&path, rules_tagged("v1")).unwrap();
+    assert!(
+        crate::harness::eventually(Duration::from_secs(2), || reload_count(&s, "success") >= 1)
+            .await,
+        "the watcher did not reload before shutdown"
+    );
+    let state = s.state.clone();
+    s.shutdown().await;
+    // The probe loop, the SIGHUP listener and the watcher each held the reloader (or the
+    // state around it); after `serve` returned only this test's clone is left.
+    assert_eq!(
+        std::sync::Arc::strong_count(&state.reloader),
+        1,
+        "a background task outlived serve"
+    );
+    let before = reloads_total(&state.metrics);
+    std::fs::write(&path, rules_tagged("v2")).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        reloads_total(&state.metrics),
+        before,
+        "the watcher reloaded after serve returned"
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_watch_guard_stops_the_watcher() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, rules_tagged("v0")).unwrap();
+    let rules = Arc::new(arc_swap::ArcSwap::from_pointee(
+        ccgate::rules::Rules::from_yaml(&rules_tagged("v0"), "v0").unwrap(),
+    ));
+    let metrics = Arc::new(ccgate::metrics::Metrics::default());
+    let reloader = Arc::new(ccgate::reload::Reloader::new(
+        path.clone(),
+        rules.clone(),
+        metrics.clone(),
+        Arc::new(ccgate::health::Health::default()),
+        Box::new(|| {}),
+    ));
+    let tag = || rules.load().models().first().cloned().unwrap_or_default();
+    let (stop, stopping) = ccgate::shutdown::channel();
+    let guard = ccgate::reload::spawn_watcher(
+        reloader.clone(),
+        Duration::from_millis(50),
+        stopping.clone(),
+    )
+    .expect("watching the temp dir");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(&path, rules_tagged("v1")).unwrap();
+    assert!(
+        crate::harness::eventually(Duration::from_secs(2), || tag() == "v1").await,
+        "the watcher did not reload"
+    );
+    drop(guard);
+    assert!(
+        crate::harness::eventually(Duration::from_secs(2), || Arc::strong_count(&reloader) == 1)
+            .await,
+        "the watcher task still holds the reloader after its guard was dropped"
+    );
+    std::fs::write(&path, rules_tagged("v2")).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(tag(), "v1", "a dropped watcher still reloads");
+    // The shutdown signal ends a watcher whose guard is still alive.
+    let guard =
+        ccgate::reload::spawn_watcher(reloader.clone(), Duration::from_millis(50), stopping)
+            .expect("watching the temp dir");
+    assert_eq!(Arc::strong_count(&reloader), 2);
+    stop.trigger();
+    tokio::time::timeout(Duration::from_secs(2), guard.stop())
+        .await
+        .expect("the watcher task ends on shutdown");
+    assert_eq!(Arc::strong_count(&reloader), 1);
 }

@@ -201,3 +201,37 @@ async fn metrics_parse_and_count_requests() {
         assert!(text.contains(series), "missing {series}:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn unknown_endpoints_are_counted() {
+    let s = TestServer::start(Opts::default()).await;
+    let r = client()
+        .post(s.url("/v1/completions"))
+        .json(&chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client().get(s.url("/v1/v1/messages")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let text = client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    openmetrics_parser::openmetrics::parse_openmetrics(&text)
+        .unwrap_or_else(|e| panic!("invalid OpenMetrics ({e:?}):\n{text}"));
+    assert!(
+        text.contains(
+            r#"ccgate_requests_total{endpoint="unknown",status="404",kind="unknown_endpoint"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ccgate_request_duration_seconds_count{endpoint="unknown"} 2"#),
+        "{text}"
+    );
+}

@@ -1,0 +1,107 @@
+//! App wiring: [`serve`] runs the HTTP router on a listener together with the background
+//! tasks a serving process owns (the health probe, SIGHUP reloads, the rules file watcher
+//! and the pre-warmed pool's maintainer), all stopped by one shutdown signal and all
+//! awaited before it returns.
+
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+use crate::http::state::AppState;
+use crate::{http, reload, shutdown};
+
+/// After the shutdown grace period, how long the ended requests get to deliver their
+/// error answers before `serve` returns regardless.
+const ABORT_FLUSH: Duration = Duration::from_secs(5);
+
+/// How long the rules file watcher waits for a burst of file events to settle.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Serves the gateway on an already bound listener until `shutdown` resolves, then
+/// drains in-flight requests for `shutdown_timeout`, and ends the rest. The background
+/// tasks stop when `shutdown` resolves (or this future is dropped) and have ended when
+/// this returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Dropping the trigger fires it, so the tasks also stop if this future is dropped.
+    let (trigger, stopping) = shutdown::channel();
+    if !state.rules.load().probe().interval.is_zero() {
+        state.health.expect_startup_probe();
+    }
+    let probe = tokio::spawn({
+        let prober = state.prober.clone();
+        let stopping = stopping.clone();
+        async move { prober.run(stopping).await }
+    });
+    let hup = tokio::spawn(reload::sighup_reloads(
+        state.reloader.clone(),
+        stopping.clone(),
+    ));
+    let watch = if state.config.watch_rules {
+        reload::spawn_watcher(state.reloader.clone(), WATCH_DEBOUNCE, stopping.clone())
+    } else {
+        None
+    };
+    // The pre-warmed pool (no-op unless `cli.prewarm` > 0) stays empty while the CLI is
+    // known unhealthy or the first probe has not answered yet. Dropping the handle (also
+    // when this future is dropped) drains it.
+    let health = state.health.clone();
+    let pool = state.backend.start_pool(stopping.clone(), move || {
+        health.is_ok() && !health.startup_probe_pending()
+    });
+    let backend = state.backend.clone();
+    let grace = state.config.shutdown_timeout();
+    let app = http::router(state);
+    // Streamed deltas are small writes: without TCP_NODELAY, Nagle holds each one back until
+    // the previous is acknowledged, and with the client's delayed ACK that adds ~40 ms
+    // stalls to SSE responses (measured by `benches/gateway.rs`).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown({
+            let stopping = stopping.clone();
+            async move { stopping.triggered().await }
+        })
+        .into_future();
+    tokio::pin!(server);
+    let grace_over = async {
+        shutdown.await;
+        tracing::info!(grace_s = grace.as_secs_f64(), "stopping: draining requests");
+        trigger.trigger();
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = grace_over => {
+            let in_flight = backend.stats().snapshot().in_flight;
+            tracing::warn!(in_flight, "shutdown grace period over: ending the remaining requests");
+            // Runs end as `shutting_down` (groups killed and reaped); their responses and
+            // streams then finish, and the connections close.
+            backend.abort_all();
+            match tokio::time::timeout(ABORT_FLUSH, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("connections still open after the grace period; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    // Also when the server ended by itself: its background tasks end with it.
+    trigger.trigger();
+    for (name, task) in [("probe", probe), ("SIGHUP listener", hup)] {
+        if let Err(e) = task.await {
+            tracing::warn!(task = name, error = %e, "background task failed");
+        }
+    }
+    if let Some(watch) = watch {
+        watch.stop().await;
+    }
+    pool.shutdown().await;
+    result
+}

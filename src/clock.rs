@@ -1,0 +1,37 @@
+//! Wall-clock readings in the two forms ccgate reports: Unix seconds (OpenAI `created`,
+//! metrics timestamps) and RFC 3339 UTC strings (health and reload status).
+
+use time::OffsetDateTime;
+
+/// Seconds since the epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC timestamp with microseconds, like the health contract's example.
+pub fn now_rfc3339() -> String {
+    let now = OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
+    );
+    now.format(&fmt)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_has_microseconds_and_utc_offset() {
+        let s = now_rfc3339();
+        // 2026-01-02T03:04:05.123456+00:00
+        assert_eq!(s.len(), 32, "{s}");
+        assert!(s.ends_with("+00:00"), "{s}");
+        assert_eq!(&s[19..20], ".", "{s}");
+        assert!(unix_now() > 1_700_000_000);
+    }
+}
