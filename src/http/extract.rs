@@ -1,13 +1,13 @@
-//! Extractors whose rejections are in our error shape, never axum's plain text:
-//! [`ApiRequest`] (an API call's context plus its parsed JSON body; a body over the limit,
-//! chunked or not, is our 413) and [`ApiPath`] (path parameters). [`Cx`] is the
-//! per-request context an API handler works with.
+//! Extractors whose rejections are in our error shape, never axum's plain text: the body
+//! parser behind `handler::ApiRequest` (a body over the limit, chunked or not, is our 413)
+//! and [`ApiPath`] (path parameters). [`Cx`] is the per-request context an API handler
+//! works with.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -15,7 +15,6 @@ use serde::de::DeserializeOwned;
 use crate::engine::RequestRecord;
 use crate::health::Health;
 use crate::http::errors::{ApiError, ErrorContext, RenderedError};
-use crate::http::handler::Api;
 use crate::http::state::AppState;
 use crate::http::{flavour_for_request, RequestId};
 use crate::rules::{Flavour, Rules};
@@ -73,33 +72,6 @@ impl Cx {
     }
 }
 
-/// An API call: its context and its body parsed as the API's request type.
-pub struct ApiRequest<A: Api> {
-    pub cx: Cx,
-    pub body: A::Request,
-}
-
-impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
-    type Rejection = RenderedError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let id = req
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_else(crate::http::new_request_id);
-        let cx = Cx::new(state, A::FLAVOUR, A::ENDPOINT, id);
-        cx.record
-            .set_target(req.method().as_str(), req.uri().path());
-        let limit = state.config.request_body_limit;
-        let body = Bytes::from_request(req, state).await;
-        match parse_body(body, limit) {
-            Ok(body) => Ok(ApiRequest { cx, body }),
-            Err(e) => Err(cx.fail(e)),
-        }
-    }
-}
-
 /// Path parameters, with a rejection (e.g. `%FF` in a segment) in the request's flavour.
 pub struct ApiPath<T>(pub T);
 
@@ -123,7 +95,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
 }
 
 /// The body bytes parsed as JSON, every failure mapped to a clear [`ApiError`].
-fn parse_body<T: DeserializeOwned>(
+pub(crate) fn parse_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<T, ApiError> {

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,9 +15,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::engine::{TurnRequest, TurnRun, TurnStep};
-use crate::http::errors::ApiError;
-use crate::http::extract::{ApiRequest, Cx};
+use crate::http::errors::{ApiError, RenderedError};
+use crate::http::extract::{parse_body, Cx};
 use crate::http::state::AppState;
+use crate::http::RequestId;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
 
@@ -53,6 +55,33 @@ pub trait Framer: Send + 'static {
     /// The last events of a stream that failed after it began (`body` is the rendered
     /// error body of this API's shape).
     fn fail(&mut self, body: Value) -> Vec<Event>;
+}
+
+/// An API call: its context and its body parsed as the API's request type.
+pub struct ApiRequest<A: Api> {
+    pub cx: Cx,
+    pub body: A::Request,
+}
+
+impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
+    type Rejection = RenderedError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(crate::http::new_request_id);
+        let cx = Cx::new(state, A::FLAVOUR, A::ENDPOINT, id);
+        cx.record
+            .set_target(req.method().as_str(), req.uri().path());
+        let limit = state.config.request_body_limit;
+        let body = Bytes::from_request(req, state).await;
+        match parse_body(body, limit) {
+            Ok(body) => Ok(ApiRequest { cx, body }),
+            Err(e) => Err(cx.fail(e)),
+        }
+    }
 }
 
 /// The handler of every API endpoint.
