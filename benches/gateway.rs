@@ -94,7 +94,7 @@ async fn start_gateway(dir: &Path, cli: &Path, workdir: &Path) -> anyhow::Result
         .cli
         .env
         .insert("FAKE_CLAUDE_SCENARIO".into(), "success".into());
-    let backend = Backend::new(ccgate::serve_cmd::cli_settings(
+    let backend = Backend::new(ccgate::cmd::serve::cli_settings(
         &config,
         workdir.to_path_buf(),
     ));
@@ -121,7 +121,7 @@ struct DirectRun {
 
 impl DirectRun {
     fn new(workdir: &Path) -> DirectRun {
-        let settings = ccgate::serve_cmd::cli_settings(&Config::default(), workdir.to_path_buf());
+        let settings = ccgate::cmd::serve::cli_settings(&Config::default(), workdir.to_path_buf());
         let request = CliRequest {
             model: Some("sonnet".into()),
             ..CliRequest::default()

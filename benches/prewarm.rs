@@ -78,7 +78,7 @@ async fn start_server(cli: &std::path::Path, api_url: &str, prewarm: usize) -> S
     ] {
         c.env.insert(k.into(), v);
     }
-    let backend = Backend::new(ccgate::serve_cmd::cli_settings(
+    let backend = Backend::new(ccgate::cmd::serve::cli_settings(
         &config,
         work.path().to_path_buf(),
     ));

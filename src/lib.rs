@@ -15,7 +15,6 @@ pub mod metrics;
 pub mod protocol;
 pub mod reload;
 pub mod rules;
-pub mod serve_cmd;
 pub mod shutdown;
 pub mod state;
 

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway (the default when no subcommand is given).
-    Serve(ccgate::serve_cmd::ServeArgs),
+    Serve(cmd::ServeArgs),
     /// Validate a rules file and report every problem.
     Check(cmd::CheckArgs),
     /// Classify a failure (facts YAML/JSON or a stream-json capture).
@@ -49,16 +49,16 @@ fn main() -> anyhow::Result<()> {
     std::process::exit(code)
 }
 
-fn serve(args: &ccgate::serve_cmd::ServeArgs) -> anyhow::Result<()> {
-    let loaded = ccgate::serve_cmd::load_config(args)?;
+fn serve(args: &ccgate::cmd::serve::ServeArgs) -> anyhow::Result<()> {
+    let loaded = ccgate::cmd::serve::load_config(args)?;
     let config = loaded.config;
-    ccgate::serve_cmd::init_logging(&config);
+    ccgate::cmd::serve::init_logging(&config);
     for name in loaded.ignored_env {
         tracing::warn!(variable = %name, "ignoring environment variable: not a ccgate config key");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(ccgate::serve_cmd::run(config))?;
+    rt.block_on(ccgate::cmd::serve::run(config))?;
     Ok(())
 }

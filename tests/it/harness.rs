@@ -121,7 +121,7 @@ impl TestServer {
         }
         (opts.tweak)(&mut config);
 
-        let backend = Backend::new(ccgate::serve_cmd::cli_settings(&config, workdir));
+        let backend = Backend::new(ccgate::cmd::serve::cli_settings(&config, workdir));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .expect("bind");

@@ -25,7 +25,7 @@ pub const SKIP_MSG: &str =
 /// system prompt: taken from ccgate's own `cli_args`, so these tests follow any change.
 pub fn ccgate_flags() -> Vec<String> {
     let settings =
-        ccgate::serve_cmd::cli_settings(&ccgate::config::Config::default(), std::env::temp_dir());
+        ccgate::cmd::serve::cli_settings(&ccgate::config::Config::default(), std::env::temp_dir());
     ccgate::backend::cli_args(&settings, &ccgate::backend::CliRequest::default(), None)
         .into_iter()
         .map(|a| a.into_string().expect("ccgate's flags are UTF-8"))
