@@ -8,8 +8,9 @@ mod schema;
 pub mod serve;
 mod test;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::reload::{load_rules_file, IfMissing};
 use crate::rules::Rules;
 
 pub use check::{check, CheckArgs};
@@ -25,20 +26,12 @@ pub const DEFAULT_RULES_PATH: &str = "rules/rules.yaml";
 /// Default rule test files.
 pub const DEFAULT_TESTS_DIR: &str = "rules/tests";
 
-/// Loads the rules at `path`, or the default (`rules/rules.yaml` if present, else embedded).
-/// Errors are fully rendered problem lists.
+/// Loads the rules at `path` (which must exist), or the default (`rules/rules.yaml` if
+/// present, else embedded). Errors are fully rendered problem lists.
 pub fn load_rules(path: Option<&Path>) -> Result<Rules, String> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let p = PathBuf::from(DEFAULT_RULES_PATH);
-            if !p.exists() {
-                return Ok(Rules::embedded());
-            }
-            p
-        }
+    let loaded = match path {
+        Some(p) => load_rules_file(p, IfMissing::Fail),
+        None => load_rules_file(Path::new(DEFAULT_RULES_PATH), IfMissing::Embedded),
     };
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{origin}: cannot read: {e}"))?;
-    Rules::from_yaml(&text, &origin).map_err(|e| e.to_string())
+    loaded.map(|l| l.rules).map_err(|e| e.to_string())
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::backend::{Backend, CliSettings};
 use crate::config::{Config, LogFormat, Overrides};
+use crate::reload::IfMissing;
 
 /// Flags of `ccgate serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -30,7 +31,7 @@ pub enum ServeError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("rules: {0}")]
-    Rules(#[from] crate::reload::InitialLoadError),
+    Rules(#[from] crate::reload::RulesLoadError),
     #[error("cannot create the CLI working directory: {0}")]
     Workdir(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -96,9 +97,10 @@ pub fn init_logging(config: &Config) {
 
 /// Runs `ccgate serve` to completion.
 pub async fn run(config: Config) -> Result<(), ServeError> {
-    let (rules, source) = crate::reload::load_initial(&config.rules)?;
-    tracing::info!(path = %config.rules.display(), source, kinds = rules.kinds_count(),
-        sha256 = rules.sha256(), "rules loaded");
+    let loaded = crate::reload::load_rules_file(&config.rules, IfMissing::Embedded)?;
+    let rules = loaded.rules;
+    tracing::info!(path = %config.rules.display(), source = loaded.source.as_str(),
+        kinds = rules.kinds_count(), sha256 = rules.sha256(), "rules loaded");
     // The CLI writes per-project state under its cwd; by default give it a private,
     // empty directory that disappears with the process.
     let (workdir, _tmp) = match &config.cli.workdir {
