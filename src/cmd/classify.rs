@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::load_rules;
+use super::{rules_used, serve_rules, RulesSourceArgs};
 use crate::protocol::{RunAccumulator, RunEnd};
 use crate::rules::{FailureFacts, Flavour, Rules, TemplateValues};
 
 /// `ccgate classify`: classify a failure (facts document or stream-json capture).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClassifyArgs {
-    /// Rules file (default: rules/rules.yaml if it exists, else the embedded rules).
-    #[arg(long)]
-    pub rules: Option<PathBuf>,
+    /// Where the rules come from: as for `serve`.
+    #[command(flatten)]
+    pub source: RulesSourceArgs,
     /// Which API's body shape and status to show.
     #[arg(long, default_value = "openai", value_parser = parse_flavour)]
     pub flavour: Flavour,
@@ -151,10 +151,13 @@ pub fn classify_json(rules: &Rules, outcome: &Outcome, flavour: Flavour) -> Valu
     }
 }
 
-/// `ccgate classify`. Reads stdin when the input is absent or `-`.
+/// `ccgate classify`. Names the rules used on stderr. Reads stdin when the input is absent or `-`.
 pub fn classify(args: &ClassifyArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let rules = match load_rules(args.rules.as_deref()) {
-        Ok(r) => r,
+    let rules = match serve_rules(&args.source) {
+        Ok(l) => {
+            let _ = writeln!(err, "{}", rules_used(&l));
+            l.rules
+        }
         Err(e) => {
             let _ = writeln!(err, "{e}");
             return 1;

@@ -47,15 +47,13 @@ pub enum ServeError {
 pub fn load_config(
     args: &ServeArgs,
 ) -> Result<crate::config::LoadedConfig, crate::config::ConfigError> {
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    Config::load(
+    super::load_config(
         args.config.as_deref(),
         &Overrides {
             listen: args.listen,
             rules: args.rules.clone(),
             log_format: args.log_format,
         },
-        &env,
     )
 }
 

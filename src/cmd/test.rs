@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::classify::{classify_json, parse_capture, Outcome};
-use super::{load_rules, DEFAULT_TESTS_DIR};
+use super::{explicit_rules, DEFAULT_TESTS_DIR};
 use crate::rules::{FailureFacts, Flavour, Rules};
 
 /// `ccgate test [FILES…]`: run rule test files.
@@ -137,7 +137,7 @@ pub fn run_test_file(path: &Path, out: &mut dyn Write) -> Result<(usize, usize),
         None => Rules::embedded(),
         Some(r) => {
             let p = path.parent().unwrap_or(Path::new(".")).join(r);
-            load_rules(Some(&p))?
+            explicit_rules(&p)?.rules
         }
     };
     let (mut pass, mut fail) = (0, 0);
