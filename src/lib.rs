@@ -39,7 +39,7 @@ pub async fn serve(
     }
     let probe = tokio::spawn(health::probe_loop(state.clone()));
     let hup = tokio::spawn(reload::sighup_reloads(state.reloader.clone()));
-    let _watch = if state.config.watch_rules {
+    let _watch = if state.settings.watch_rules {
         reload::spawn_watcher(
             state.reloader.clone(),
             std::time::Duration::from_millis(200),
@@ -55,7 +55,7 @@ pub async fn serve(
         .backend
         .start_pool(move || health.is_ok() && !health.startup_probe_pending());
     let backend = state.backend.clone();
-    let grace = state.config.shutdown_timeout();
+    let grace = state.settings.shutdown_timeout;
     let app = http::router(state);
     // Streamed deltas are small writes: without TCP_NODELAY, Nagle holds each one back until
     // the previous is acknowledged, and with the client's delayed ACK that adds ~40 ms

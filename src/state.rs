@@ -1,4 +1,4 @@
-//! The shared state every handler sees: config, the current rules snapshot (arc-swap),
+//! The shared state every handler sees: settings, the current rules snapshot (arc-swap),
 //! the CLI backend, health, metrics and the reload path.
 
 use std::sync::Arc;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::config::Settings;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -15,7 +15,7 @@ use crate::rules::Rules;
 /// Cloned into every handler (all fields are shared).
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    pub settings: Arc<Settings>,
     /// The running rules. Each request loads one snapshot and uses it start to end.
     pub rules: Arc<ArcSwap<Rules>>,
     pub backend: Backend,
@@ -25,8 +25,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state from a config and the initially loaded rules.
-    pub fn new(config: Config, rules: Rules, backend: Backend) -> AppState {
+    /// Builds the state from the settings and the initially loaded rules.
+    pub fn new(settings: Settings, rules: Rules, backend: Backend) -> AppState {
         let rules = Arc::new(ArcSwap::from_pointee(rules));
         let metrics = Arc::new(Metrics::new());
         backend
@@ -36,14 +36,14 @@ impl AppState {
         let health = Arc::new(Health::default());
         let for_reload = backend.clone();
         let reloader = Arc::new(Reloader::new(
-            config.rules.clone(),
+            settings.rules.clone(),
             rules.clone(),
             metrics.clone(),
             health.clone(),
             Box::new(move || for_reload.invalidate_pool()),
         ));
         AppState {
-            config: Arc::new(config),
+            settings: Arc::new(settings),
             rules,
             backend,
             health,

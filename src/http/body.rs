@@ -17,7 +17,7 @@ pub fn parse_json<T: DeserializeOwned>(body: RawBody, cx: &RequestCx) -> Result<
         Ok(b) => b,
         Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
             return Err(ApiError::TooLarge {
-                limit: cx.state.config.request_body_limit,
+                limit: cx.state.settings.request_body_limit,
             })
         }
         Err(e) => {

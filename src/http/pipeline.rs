@@ -636,7 +636,7 @@ pub fn sse_response(
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use axum::response::IntoResponse;
-    let keep_alive = live.cx.state.config.sse_keepalive().map(|every| {
+    let keep_alive = live.cx.state.settings.sse_keepalive.map(|every| {
         // Sent only while the stream is idle that long: proxies with read timeouts
         // (nginx: 60 s) must not cut a stream whose CLI is quiet for a while. Anthropic
         // clients know `ping` events; OpenAI clients skip SSE comments.
