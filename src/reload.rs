@@ -414,17 +414,27 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: std::time::Duration) -> 
         }
     };
     let dirs = watch_dirs(reloader.path());
-    let mut watching = 0;
+    let (mut watching, mut failed) = (0, 0);
     for dir in &dirs {
+        if !dir.is_dir() {
+            // Normal when running on the embedded rules without a rules directory.
+            tracing::info!(dir = %dir.display(), "rules directory does not exist, not watching it; SIGHUP and POST /admin/reload still reload");
+            continue;
+        }
         match debouncer.watch(dir, RecursiveMode::NonRecursive) {
             Ok(()) => watching += 1,
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory"),
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+            }
         }
     }
     if watching == 0 {
-        tracing::error!(
-            "rules file watcher watches nothing; SIGHUP and POST /admin/reload still reload"
-        );
+        if failed > 0 {
+            tracing::error!(
+                "rules file watcher watches nothing; SIGHUP and POST /admin/reload still reload"
+            );
+        }
         return None;
     }
     let debouncer = Arc::new(Mutex::new(debouncer));
