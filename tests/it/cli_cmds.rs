@@ -307,3 +307,70 @@ fn capture_directives() {
     assert!(parse_capture("#exit: x\n").is_err());
     assert!(parse_capture("#bogus: 1\n").is_err());
 }
+
+/// Captures conclude like live runs (`RunAccumulator::conclude`): a success result wins
+/// over a watchdog that fired after it, and a failure keeps the stderr tail.
+#[test]
+fn captures_conclude_like_live_runs() {
+    use ccgate::cmd::{parse_capture, Outcome};
+    use ccgate::rules::{GatewayCondition, TimeoutKind};
+    const INIT: &str = r#"{"type":"system","subtype":"init","session_id":"s","model":"m"}"#;
+    let result = |is_error: bool| {
+        format!(
+            r#"{{"type":"result","subtype":"success","is_error":{is_error},"result":"Hello","num_turns":1}}"#
+        )
+    };
+    let failure = |capture: String| match parse_capture(&capture).unwrap() {
+        Outcome::Failure(f) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    };
+
+    // A success result, then the inactivity watchdog: the live backend answers it.
+    let o = parse_capture(&format!(
+        "{INIT}\n{}\n#timeout: inactivity\n#signal: 9\n#stderr: late noise\n",
+        result(false)
+    ))
+    .unwrap();
+    assert_eq!(
+        o,
+        Outcome::Success {
+            text: "Hello".into()
+        }
+    );
+
+    // A failure result and a watchdog: the facts keep stderr, the timeout and the result.
+    let f = failure(format!(
+        "{INIT}\n{}\n#timeout: inactivity\n#stderr: first\n#stderr: second\n#signal: 9\n",
+        result(true)
+    ));
+    assert_eq!(f.stderr_tail, "first\nsecond");
+    assert_eq!(f.timeout, Some(TimeoutKind::Inactivity));
+    assert!(f.result_seen && f.result_is_error);
+    assert_eq!(f.signal, Some(9));
+
+    // A success voided by a gateway condition: a failure that still keeps its stderr
+    // and what the result said.
+    let f = failure(format!(
+        "{INIT}\n{}\n#condition: bad_json\n#timeout: total\n#stderr: Invalid API key\n",
+        result(false)
+    ));
+    assert_eq!(f.stderr_tail, "Invalid API key");
+    assert_eq!(f.condition, Some(GatewayCondition::BadJson));
+    assert_eq!(f.timeout, Some(TimeoutKind::Total));
+    assert!(f.result_seen && !f.result_is_error);
+}
+
+#[test]
+fn classify_a_success_result_with_a_late_watchdog_is_success() {
+    let out = ccgate()
+        .arg("classify")
+        .write_stdin(concat!(
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"Hi","num_turns":1}"#,
+            "\n#timeout: inactivity\n#signal: 9\n"
+        ))
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["kind"], "success", "{v}");
+    assert_eq!(v["text"], "Hi", "{v}");
+}
