@@ -416,7 +416,7 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: std::time::Duration) -> 
     let dirs = watch_dirs(reloader.path());
     let (mut watching, mut failed) = (0, 0);
     for dir in &dirs {
-        if !dir.is_dir() {
+        if matches!(std::fs::metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
             // Normal when running on the embedded rules without a rules directory.
             tracing::info!(dir = %dir.display(), "rules directory does not exist, not watching it; SIGHUP and POST /admin/reload still reload");
             continue;
