@@ -94,13 +94,11 @@ async fn start_gateway(dir: &Path, cli: &Path, workdir: &Path) -> anyhow::Result
         .cli
         .env
         .insert("FAKE_CLAUDE_SCENARIO".into(), "success".into());
-    let backend = Backend::new(ccgate::serve_cmd::cli_settings(
-        &config,
-        workdir.to_path_buf(),
-    ));
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let settings = config.compile()?;
+    let backend = Backend::new(settings.cli_settings(workdir.to_path_buf()));
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let state = AppState::new(config, rules, backend);
+    let state = AppState::new(settings, rules, backend);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(ccgate::serve(listener, state, async move {
         let _ = rx.await;
@@ -121,7 +119,10 @@ struct DirectRun {
 
 impl DirectRun {
     fn new(workdir: &Path) -> DirectRun {
-        let settings = ccgate::serve_cmd::cli_settings(&Config::default(), workdir.to_path_buf());
+        let settings = Config::default()
+            .compile()
+            .expect("the default config is valid")
+            .cli_settings(workdir.to_path_buf());
         let request = CliRequest {
             model: Some("sonnet".into()),
             ..CliRequest::default()

@@ -78,15 +78,13 @@ async fn start_server(cli: &std::path::Path, api_url: &str, prewarm: usize) -> S
     ] {
         c.env.insert(k.into(), v);
     }
-    let backend = Backend::new(ccgate::serve_cmd::cli_settings(
-        &config,
-        work.path().to_path_buf(),
-    ));
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let settings = config.compile().expect("bench config is valid");
+    let backend = Backend::new(settings.cli_settings(work.path().to_path_buf()));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let state = AppState::new(config, Rules::embedded(), backend);
+    let state = AppState::new(settings, Rules::embedded(), backend);
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(ccgate::serve(listener, state.clone(), async move {
         let _ = rx.await;

@@ -39,7 +39,7 @@ pub async fn serve(
         state.reloader.clone(),
         stopping.clone(),
     ));
-    let watch = if state.config.watch_rules {
+    let watch = if state.settings.watch_rules {
         reload::spawn_watcher(state.reloader.clone(), WATCH_DEBOUNCE, stopping.clone())
     } else {
         None
@@ -52,7 +52,7 @@ pub async fn serve(
         health.is_ok() && !health.startup_probe_pending()
     });
     let backend = state.backend.clone();
-    let grace = state.config.shutdown_timeout();
+    let grace = state.settings.shutdown_timeout;
     let app = http::router(state);
     // Streamed deltas are small writes: without TCP_NODELAY, Nagle holds each one back until
     // the previous is acknowledged, and with the client's delayed ACK that adds ~40 ms

@@ -1,6 +1,10 @@
 //! Process configuration: `config/ccgate.yaml` (if present) < `--config FILE` < `CCGATE_*`
 //! environment variables (nested keys joined with `__`) < command-line flags.
 //!
+//! [`Config::load`] merges the sources into the raw [`Config`]; [`Config::compile`] checks it
+//! (every problem at once) and turns it into the typed [`Settings`], the only form the rest
+//! of ccgate reads.
+//!
 //! These settings apply at start only (listen address, CLI command, limits). Everything an
 //! operator may change at run time lives in the rules file instead, so nothing here is ever
 //! silently ignored by a reload.
@@ -12,6 +16,8 @@ use std::time::Duration;
 use figment::providers::{Format as _, Serialized};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+use crate::backend::CliSettings;
 
 /// Where the default process config is looked for (relative to the working directory).
 pub const DEFAULT_CONFIG_PATH: &str = "config/ccgate.yaml";
@@ -25,7 +31,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// The whole process config. Unknown keys are an error at start.
+/// The whole process config as written (seconds as numbers, origins as strings). Unknown
+/// keys are an error at start. [`Config::compile`] turns it into [`Settings`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -42,7 +49,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `tracing` filter directive (`RUST_LOG` wins when set).
     pub log_level: String,
-    /// Allowed CORS origins; CORS is off when empty. `*` allows any.
+    /// Allowed CORS origins (`*` or `scheme://host[:port]`); CORS is off when empty. `*`
+    /// allows any.
     pub cors_origins: Vec<String>,
     /// Max request body in bytes (chunked bodies included).
     pub request_body_limit: usize,
@@ -135,8 +143,69 @@ impl Default for CliConfig {
 pub enum ConfigError {
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    /// Every problem found, each on its own line when there are several.
+    #[error("invalid configuration{}", render_problems(.0))]
+    Invalid(Vec<String>),
+}
+
+fn render_problems(problems: &[String]) -> String {
+    match problems {
+        [one] => format!(": {one}"),
+        many => {
+            let mut s = format!(" ({} problems):", many.len());
+            for p in many {
+                s.push_str("\n  ");
+                s.push_str(p);
+            }
+            s
+        }
+    }
+}
+
+/// The process config compiled: checked, with durations and options instead of numbers of
+/// seconds. Built once at start by [`Config::compile`]; nothing after start reads the raw
+/// [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// Rules file; the embedded rules are used when it does not exist.
+    pub rules: PathBuf,
+    pub watch_rules: bool,
+    /// When non-empty, `/v1/*` and `/admin/*` require one of these keys (none is empty).
+    pub api_keys: Vec<String>,
+    /// Allowed CORS origins, each `*` or `scheme://host[:port]`; CORS is off when empty.
+    pub cors_origins: Vec<String>,
+    /// Max request body in bytes (at least 1024).
+    pub request_body_limit: usize,
+    /// Grace period for in-flight requests after SIGTERM / Ctrl-C.
+    pub shutdown_timeout: Duration,
+    /// Keep-alive interval of quiet streams; None = off.
+    pub sse_keepalive: Option<Duration>,
+    pub log: LogSettings,
+    /// How the CLI is run. Its `workdir` is empty here: [`Settings::cli_settings`] fills in
+    /// the directory actually used.
+    pub cli: CliSettings,
+    /// The configured `cli.workdir`; None = a private temporary directory made by `serve`.
+    pub cli_workdir: Option<PathBuf>,
+}
+
+/// Logging on stderr.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `tracing` filter directive (`RUST_LOG` wins when set).
+    pub level: String,
+}
+
+impl Settings {
+    /// The backend's settings, running the CLI in `workdir` (the configured one, or the
+    /// temporary directory `serve` made).
+    pub fn cli_settings(&self, workdir: PathBuf) -> CliSettings {
+        CliSettings {
+            workdir,
+            ..self.cli.clone()
+        }
+    }
 }
 
 /// Flag values that override everything else (None = not given).
@@ -160,7 +229,8 @@ pub struct LoadedConfig {
 
 impl Config {
     /// Load with the documented precedence. `explicit` is `--config FILE` (must exist).
-    /// `env` is the environment to read `CCGATE_*` from (injectable for tests).
+    /// `env` is the environment to read `CCGATE_*` from (injectable for tests). Only the
+    /// shape is checked here (keys, types); [`Config::compile`] checks the values.
     pub fn load(
         explicit: Option<&Path>,
         overrides: &Overrides,
@@ -181,80 +251,147 @@ impl Config {
         fig = fig.merge(Serialized::defaults(overrides));
         let config: Config = fig
             .extract()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        config.validate()?;
+            .map_err(|e| ConfigError::Invalid(e.into_iter().map(|e| e.to_string()).collect()))?;
         Ok(LoadedConfig {
             config,
             ignored_env: ignored,
         })
     }
 
-    /// Checks figment cannot express.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        for (name, v) in [
-            ("cli.start_timeout", self.cli.start_timeout),
-            ("cli.inactivity_timeout", self.cli.inactivity_timeout),
-            ("cli.total_timeout", self.cli.total_timeout),
-            ("cli.prewarm_max_idle", self.cli.prewarm_max_idle),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return bad(format!(
+    /// Checks what figment cannot express and builds the typed [`Settings`]. Reports every
+    /// problem, not just the first.
+    pub fn compile(&self) -> Result<Settings, ConfigError> {
+        let mut problems = Vec::new();
+        let mut positive = |name: &str, v: f64| match Duration::try_from_secs_f64(v) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                problems.push(format!(
                     "{name} must be a positive number of seconds, got {v}"
                 ));
+                Duration::ZERO
             }
-        }
-        for (name, v) in [
-            ("shutdown_timeout", self.shutdown_timeout),
-            ("sse_keepalive", self.sse_keepalive),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(format!("{name} must be a number of seconds >= 0, got {v}"));
-            }
-        }
+        };
+        let start_timeout = positive("cli.start_timeout", self.cli.start_timeout);
+        let inactivity_timeout = positive("cli.inactivity_timeout", self.cli.inactivity_timeout);
+        let total_timeout = positive("cli.total_timeout", self.cli.total_timeout);
+        let prewarm_max_idle = positive("cli.prewarm_max_idle", self.cli.prewarm_max_idle);
+        let mut at_least_zero = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v).unwrap_or_else(|_| {
+                problems.push(format!("{name} must be a number of seconds >= 0, got {v}"));
+                Duration::ZERO
+            })
+        };
+        let shutdown_timeout = at_least_zero("shutdown_timeout", self.shutdown_timeout);
+        let sse_keepalive =
+            Some(at_least_zero("sse_keepalive", self.sse_keepalive)).filter(|d| !d.is_zero());
         if self.cli.max_concurrent == 0 {
-            return bad("cli.max_concurrent must be at least 1".into());
+            problems.push("cli.max_concurrent must be at least 1".into());
         }
         if self.cli.prewarm > self.cli.max_concurrent {
-            return bad(format!(
+            problems.push(format!(
                 "cli.prewarm ({}) must not exceed cli.max_concurrent ({}): pre-warmed processes use concurrency slots",
                 self.cli.prewarm, self.cli.max_concurrent
             ));
         }
         if self.request_body_limit < 1024 {
-            return bad("request_body_limit must be at least 1024 bytes".into());
+            problems.push("request_body_limit must be at least 1024 bytes".into());
         }
         if self.api_keys.iter().any(|k| k.trim().is_empty()) {
-            return bad("api_keys must not contain empty keys".into());
+            problems.push("api_keys must not contain empty keys".into());
         }
         if !self.listen.ip().is_loopback()
             && self.api_keys.is_empty()
             && !self.allow_unauthenticated
         {
-            return bad(format!(
+            problems.push(format!(
                 "refusing to listen on non-loopback address {} without api_keys; \
                  set api_keys (CCGATE_API_KEYS) or allow_unauthenticated: true",
                 self.listen
             ));
         }
-        Ok(())
+        for origin in &self.cors_origins {
+            if !is_cors_origin(origin) {
+                problems.push(format!(
+                    "cors_origins: {origin:?} is not an origin: write `*` or scheme://host[:port], without a path or a trailing slash"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        let c = &self.cli;
+        Ok(Settings {
+            listen: self.listen,
+            rules: self.rules.clone(),
+            watch_rules: self.watch_rules,
+            api_keys: self.api_keys.clone(),
+            cors_origins: self.cors_origins.clone(),
+            request_body_limit: self.request_body_limit,
+            shutdown_timeout,
+            sse_keepalive,
+            log: LogSettings {
+                format: self.log_format,
+                level: self.log_level.clone(),
+            },
+            cli: CliSettings {
+                command: c.command.clone(),
+                extra_args: c.args.clone(),
+                workdir: PathBuf::new(),
+                env: c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                tools: c.tools,
+                start_timeout,
+                inactivity_timeout,
+                total_timeout,
+                max_concurrent: c.max_concurrent,
+                queue_size: c.queue_size,
+                stderr_tail_bytes: c.stderr_tail_bytes,
+                prewarm: c.prewarm,
+                prewarm_model: c.prewarm_model.clone().filter(|m| !m.is_empty()),
+                prewarm_max_idle,
+            },
+            cli_workdir: c.workdir.clone(),
+        })
     }
+}
 
-    pub fn start_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.cli.start_timeout)
+/// Whether `o` can match a browser's `Origin` header: `*`, or `scheme://host[:port]` with
+/// no path, query, user info or trailing slash (an origin written with one never matches).
+fn is_cors_origin(o: &str) -> bool {
+    if o == "*" {
+        return true;
     }
-
-    /// The SSE keep-alive interval; None when disabled (0).
-    pub fn sse_keepalive(&self) -> Option<Duration> {
-        Duration::try_from_secs_f64(self.sse_keepalive)
-            .ok()
-            .filter(|d| !d.is_zero())
-    }
-
-    /// The shutdown grace period (validated finite and >= 0).
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::try_from_secs_f64(self.shutdown_timeout).unwrap_or(Duration::ZERO)
-    }
+    let Some((scheme, authority)) = o.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    // The host (a name, an IPv4 address or a bracketed IPv6 literal), then `:port` or nothing.
+    let (host_ok, rest) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, rest)) => (
+                !ip.is_empty()
+                    && ip
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.')),
+                rest,
+            ),
+            None => (false, ""),
+        },
+        None => {
+            let (host, rest) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+            let name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+            (!host.is_empty() && host.chars().all(name), rest)
+        }
+    };
+    let port_ok = match rest.strip_prefix(':') {
+        Some(p) => {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+        }
+        None => rest.is_empty(),
+    };
+    scheme_ok && host_ok && port_ok
 }
 
 /// Top-level keys of [`Config`], the only `CCGATE_*` names read from the environment.

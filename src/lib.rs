@@ -20,7 +20,6 @@ pub mod probe;
 pub mod protocol;
 pub mod reload;
 pub mod rules;
-pub mod serve_cmd;
 pub mod shutdown;
 pub mod turn;
 

@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 use ccgate::cmd;
+use std::io::Write;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -18,8 +20,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway (the default when no subcommand is given).
-    Serve(ccgate::serve_cmd::ServeArgs),
-    /// Validate a rules file and report every problem.
+    Serve(cmd::ServeArgs),
+    /// Validate the rules `serve` would load (or a given file) and report every problem.
     Check(cmd::CheckArgs),
     /// Classify a failure (facts YAML/JSON or a stream-json capture).
     Classify(cmd::ClassifyArgs),
@@ -34,31 +36,17 @@ fn main() -> anyhow::Result<()> {
     let command = cli
         .command
         .unwrap_or_else(|| Command::Serve(Default::default()));
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
     let code = match &command {
-        Command::Serve(args) => {
-            drop((out, err));
-            return serve(args);
-        }
-        Command::Check(a) => cmd::check(a, &mut out, &mut err),
-        Command::Classify(a) => cmd::classify(a, &mut out, &mut err),
-        Command::Test(a) => cmd::test(a, &mut out, &mut err),
-        Command::Schema(a) => cmd::schema(a, &mut out, &mut err),
+        Command::Serve(args) => return Ok(cmd::serve::serve(args)?),
+        Command::Check(a) => with_stdio(|out, err| cmd::check(a, out, err)),
+        Command::Classify(a) => with_stdio(|out, err| cmd::classify(a, out, err)),
+        Command::Test(a) => with_stdio(|out, err| cmd::test(a, out, err)),
+        Command::Schema(a) => with_stdio(|out, err| cmd::schema(a, out, err)),
     };
-    drop((out, err));
     std::process::exit(code)
 }
 
-fn serve(args: &ccgate::serve_cmd::ServeArgs) -> anyhow::Result<()> {
-    let loaded = ccgate::serve_cmd::load_config(args)?;
-    let config = loaded.config;
-    ccgate::serve_cmd::init_logging(&config);
-    for name in loaded.ignored_env {
-        tracing::warn!(variable = %name, "ignoring environment variable: not a ccgate config key");
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(ccgate::serve_cmd::run(config))?;
-    Ok(())
+/// Runs a rules subcommand on locked stdout / stderr (released before `exit`).
+fn with_stdio(f: impl FnOnce(&mut dyn Write, &mut dyn Write) -> i32) -> i32 {
+    f(&mut std::io::stdout().lock(), &mut std::io::stderr().lock())
 }

@@ -67,30 +67,99 @@ pub struct Reloader {
     serial: tokio::sync::Mutex<()>,
 }
 
-/// Errors of the initial load (a bad file at start is fatal; at reload it is not).
+/// Where loaded rules came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulesSource {
+    /// The rules file.
+    File,
+    /// The compiled-in defaults: the file did not exist.
+    Embedded,
+}
+
+impl RulesSource {
+    /// `file` or `embedded`, as `/admin/rules` and the logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RulesSource::File => "file",
+            RulesSource::Embedded => "embedded",
+        }
+    }
+}
+
+/// What [`load_rules_file`] does when the file does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMissing {
+    /// Use the embedded rules (`serve` at start, and `check` / `classify`, which load what
+    /// `serve` would).
+    Embedded,
+    /// Fail: a reload keeps the running rules, and a file named explicitly must exist.
+    Fail,
+}
+
+/// Rules read and compiled by [`load_rules_file`].
+#[derive(Debug, Clone)]
+pub struct LoadedRules {
+    /// The path asked for (also when the embedded rules were used instead).
+    pub path: PathBuf,
+    pub rules: Rules,
+    pub source: RulesSource,
+}
+
+impl LoadedRules {
+    /// SHA-256 of the rules text (the file's bytes, or the embedded source).
+    pub fn sha256(&self) -> &str {
+        self.rules.sha256()
+    }
+}
+
+/// Why a rules file could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum InitialLoadError {
-    #[error("cannot read rules file {path}: {source}")]
+pub enum RulesLoadError {
+    #[error("cannot read rules file {}: {source}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Empty or whitespace only. At a reload this is usually the first half of a
+    /// truncate-then-write save; the write that follows brings the content (and an event).
+    #[error("rules file {} is empty", path.display())]
+    Empty { path: PathBuf },
+    /// Every problem of the file, with line and column.
     #[error("{0}")]
-    Invalid(String),
+    Invalid(#[from] crate::rules::LoadError),
 }
 
-/// Loads the rules at start: the file if it exists, else the embedded defaults.
-pub fn load_initial(path: &Path) -> Result<(Rules, &'static str), InitialLoadError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Rules::from_yaml(&text, &path.display().to_string())
-            .map(|r| (r, "file"))
-            .map_err(|e| InitialLoadError::Invalid(e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Rules::embedded(), "embedded")),
-        Err(source) => Err(InitialLoadError::Read {
+/// The one rules loader (`serve`, reloads, `check`, `classify`, `test`): reads `path` and
+/// compiles it, or uses the embedded rules when it does not exist and `if_missing` says so.
+/// CPU work (regexes, automaton): call it off the async workers.
+pub fn load_rules_file(path: &Path, if_missing: IfMissing) -> Result<LoadedRules, RulesLoadError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && if_missing == IfMissing::Embedded => {
+            return Ok(LoadedRules {
+                path: path.to_path_buf(),
+                rules: Rules::embedded(),
+                source: RulesSource::Embedded,
+            });
+        }
+        Err(source) => {
+            return Err(RulesLoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(RulesLoadError::Empty {
             path: path.to_path_buf(),
-            source,
-        }),
+        });
     }
+    let rules = Rules::from_yaml(&text, &path.display().to_string())?;
+    Ok(LoadedRules {
+        path: path.to_path_buf(),
+        rules,
+        source: RulesSource::File,
+    })
 }
 
 impl Reloader {
@@ -143,27 +212,18 @@ impl Reloader {
         let path = self.path.clone();
         let current_sha = self.rules.load().sha256().to_string();
         // Reading and compiling (regexes, automaton) is CPU work: keep it off the workers.
-        let loaded = tokio::task::spawn_blocking(move || -> Result<Option<Rules>, String> {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            if text.trim().is_empty() {
-                // A truncate-then-write save shows an empty file first; the write that
-                // follows brings the real content (and another event).
-                return Err(format!(
-                    "{} is empty; keeping the running rules",
-                    path.display()
-                ));
-            }
-            let sha = crate::rules::sha256_hex(text.as_bytes());
-            if sha == current_sha {
-                return Ok(None);
-            }
-            Rules::from_yaml(&text, &path.display().to_string())
-                .map(Some)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        // A deleted file is an error here: the running rules stay.
+        let loaded = tokio::task::spawn_blocking(move || load_rules_file(&path, IfMissing::Fail))
+            .await
+            .map_err(|e| format!("reload task failed: {e}"))
+            .and_then(|r| {
+                r.map_err(|e| match e {
+                    RulesLoadError::Empty { .. } => format!("{e}; keeping the running rules"),
+                    e => e.to_string(),
+                })
+            })
+            // Identical content is not swapped in again (None = unchanged).
+            .map(|l| (l.sha256() != current_sha).then_some(l.rules));
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         let attempt = match loaded {
             Ok(None) => ReloadAttempt {
@@ -404,17 +464,27 @@ pub fn spawn_watcher(
         }
     };
     let dirs = watch_dirs(reloader.path());
-    let mut watching = 0;
+    let (mut watching, mut failed) = (0, 0);
     for dir in &dirs {
+        if matches!(std::fs::metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            // Normal when running on the embedded rules without a rules directory.
+            tracing::info!(dir = %dir.display(), "rules directory does not exist, not watching it; SIGHUP and POST /admin/reload still reload");
+            continue;
+        }
         match debouncer.watch(dir, RecursiveMode::NonRecursive) {
             Ok(()) => watching += 1,
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory"),
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+            }
         }
     }
     if watching == 0 {
-        tracing::error!(
-            "rules file watcher watches nothing; SIGHUP and POST /admin/reload still reload"
-        );
+        if failed > 0 {
+            tracing::error!(
+                "rules file watcher watches nothing; SIGHUP and POST /admin/reload still reload"
+            );
+        }
         return None;
     }
     let debouncer = Arc::new(Mutex::new(debouncer));

@@ -75,7 +75,7 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
         let cx = Cx::new(state, A::FLAVOUR, A::ENDPOINT, id);
         cx.record
             .set_target(req.method().as_str(), req.uri().path());
-        let limit = state.config.request_body_limit;
+        let limit = state.settings.request_body_limit;
         let body = Bytes::from_request(req, state).await;
         match parse_body(body, limit) {
             Ok(body) => Ok(ApiRequest { cx, body }),
@@ -107,7 +107,7 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         }
         cx.record.answered(200, "ok", false);
         let framer = A::framer(body, id, run.prompt_usage());
-        return sse_response(cx, run, framer, state.config.sse_keepalive());
+        return sse_response(cx, run, framer, state.settings.sse_keepalive);
     }
     match run.complete().await {
         Ok(answer) => {

@@ -111,7 +111,7 @@ fn key_ok(state: &AppState, presented: Option<&str>) -> bool {
     use subtle::ConstantTimeEq;
     let Some(p) = presented else { return false };
     let mut ok = subtle::Choice::from(0);
-    for k in &state.config.api_keys {
+    for k in &state.settings.api_keys {
         ok |= k.as_bytes().ct_eq(p.as_bytes());
     }
     ok.into()
@@ -128,7 +128,7 @@ fn presented_key(req: &Request) -> Option<&str> {
 }
 
 async fn api_key_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.config.api_keys.is_empty() || key_ok(&state, presented_key(&req)) {
+    if state.settings.api_keys.is_empty() || key_ok(&state, presented_key(&req)) {
         return next.run(req).await;
     }
     let id = req
@@ -201,8 +201,8 @@ pub fn router(state: AppState) -> Router {
     let mut app = protected
         .merge(open)
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(state.config.request_body_limit));
-    if let Some(cors) = cors_layer(&state.config.cors_origins) {
+        .layer(DefaultBodyLimit::max(state.settings.request_body_limit));
+    if let Some(cors) = cors_layer(&state.settings.cors_origins) {
         app = app.layer(cors);
     }
     app.layer(middleware::from_fn(request_id_layer))

@@ -1,4 +1,4 @@
-//! The shared state every handler sees: config, the current rules snapshot (arc-swap),
+//! The shared state every handler sees: settings, the current rules snapshot (arc-swap),
 //! the turn engine, the CLI backend, health, metrics, the prober and the reload path.
 
 use std::sync::Arc;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::config::Settings;
 use crate::engine::Engine;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -17,7 +17,7 @@ use crate::rules::Rules;
 /// Cloned into every handler (all fields are shared).
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    pub settings: Arc<Settings>,
     /// The running rules. Each request loads one snapshot and uses it start to end.
     pub rules: Arc<ArcSwap<Rules>>,
     pub backend: Backend,
@@ -30,8 +30,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state from a config and the initially loaded rules.
-    pub fn new(config: Config, rules: Rules, backend: Backend) -> AppState {
+    /// Builds the state from the settings and the initially loaded rules.
+    pub fn new(settings: Settings, rules: Rules, backend: Backend) -> AppState {
         let rules = Arc::new(ArcSwap::from_pointee(rules));
         let health = Arc::new(Health::default());
         let metrics = Arc::new(Metrics::new(health.clone(), backend.stats()));
@@ -41,7 +41,7 @@ impl AppState {
         backend.stats().attach_pool_metrics(metrics.pool_metrics());
         let for_reload = backend.clone();
         let reloader = Arc::new(Reloader::new(
-            config.rules.clone(),
+            settings.rules.clone(),
             rules.clone(),
             metrics.clone(),
             health.clone(),
@@ -61,7 +61,7 @@ impl AppState {
             prober.clone(),
         );
         AppState {
-            config: Arc::new(config),
+            settings: Arc::new(settings),
             rules,
             backend,
             engine,

@@ -120,3 +120,82 @@ fn serve_refuses_public_bind_without_keys() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to listen on non-loopback"), "{err}");
 }
+
+/// Starting in a directory without `rules/` (the embedded rules, the watcher on by
+/// default) is normal: an info line about the missing directory, no ERROR line.
+#[test]
+fn serve_without_a_rules_directory_logs_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ccgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .current_dir(dir.path())
+        .env("CCGATE_CLI__COMMAND", crate::harness::fake_cli())
+        .env_remove("CCGATE_WATCH_RULES")
+        .env_remove("CCGATE_RULES")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ccgate");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let not_watching = |l: &str| l.contains("rules directory does not exist");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines.iter().any(|l: &String| not_watching(l)) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    // Serving (so the SIGTERM handler is in place) before stopping it.
+    let addr = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "ccgate listening")
+        .and_then(|v| v["listen"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("not listening:\n{}", lines.join("\n")));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let health = rt.block_on(async {
+        let r = crate::harness::client()
+            .get(format!("http://{addr}/health"))
+            .send();
+        r.await.unwrap().status()
+    });
+    assert_eq!(health, 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+    assert!(status.success(), "{status:?}");
+    let all = lines.join("\n");
+    let level = |l: &String| {
+        serde_json::from_str::<Value>(l)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))["level"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(!lines.iter().any(|l| level(l) == "ERROR"), "{all}");
+    let info = lines
+        .iter()
+        .find(|l| not_watching(l))
+        .unwrap_or_else(|| panic!("no line about the missing rules directory:\n{all}"));
+    assert_eq!(level(info), "INFO", "{info}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"source\":\"embedded\"")),
+        "{all}"
+    );
+}

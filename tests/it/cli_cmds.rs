@@ -4,8 +4,36 @@ use assert_cmd::Command;
 
 fn ccgate() -> Command {
     let mut c = Command::cargo_bin("ccgate").unwrap();
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("CCGATE_RULES");
     c
+}
+
+fn stderr_of(out: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&out.get_output().stderr).to_string()
+}
+
+fn stdout_of(out: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&out.get_output().stdout).to_string()
+}
+
+/// The default rules with one typo (`unhealthy_`), written to `dir/name`; returns the path
+/// and the typo's line.
+fn rules_with_typo(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, usize) {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/rules.yaml")).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.trim_start().starts_with("unhealthy: true"))
+        .unwrap()
+        + 1;
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        text.replacen("unhealthy: true", "unhealthy_: true", 1),
+    )
+    .unwrap();
+    (path, line)
 }
 
 #[test]
@@ -21,20 +49,185 @@ fn check_default_rules_ok() {
 #[test]
 fn check_typo_names_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/rules.yaml")).unwrap();
-    let line = text
-        .lines()
-        .position(|l| l.trim_start().starts_with("unhealthy: true"))
-        .unwrap()
-        + 1;
-    let bad = text.replacen("unhealthy: true", "unhealthy_: true", 1);
-    let path = dir.path().join("rules.yaml");
-    std::fs::write(&path, bad).unwrap();
+    let (path, line) = rules_with_typo(dir.path(), "rules.yaml");
     let out = ccgate().arg("check").arg(&path).assert().code(1);
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let stderr = stderr_of(&out);
     assert!(stderr.contains(&format!("rules.yaml:{line}:")), "{stderr}");
     assert!(stderr.contains("unknown field `unhealthy_`"), "{stderr}");
+}
+
+/// `docker exec … ccgate check` in the image: no rules/ in the working directory, the
+/// mounted file named by `CCGATE_RULES`. `check` must validate that file, as `serve` would
+/// load it, not the embedded rules.
+#[test]
+fn check_validates_the_file_named_by_ccgate_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bad, line) = rules_with_typo(dir.path(), "mounted.yaml");
+    let out = ccgate()
+        .current_dir(dir.path())
+        .arg("check")
+        .env("CCGATE_RULES", &bad)
+        .assert()
+        .code(1);
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains(&format!("{}:{line}:", bad.display())),
+        "{stderr}"
+    );
+    // A good file there: ok, naming it.
+    let good = dir.path().join("good.yaml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/rules/rules.yaml"),
+        &good,
+    )
+    .unwrap();
+    let out = ccgate()
+        .current_dir(dir.path())
+        .arg("check")
+        .env("CCGATE_RULES", &good)
+        .assert()
+        .success();
+    assert!(
+        stdout_of(&out).starts_with(&format!("{}: ok (", good.display())),
+        "{}",
+        stdout_of(&out)
+    );
+    // The positional file wins over CCGATE_RULES, like `--rules`.
+    ccgate()
+        .current_dir(dir.path())
+        .arg("check")
+        .arg(&good)
+        .env("CCGATE_RULES", &bad)
+        .assert()
+        .success();
+    // `--rules` wins over CCGATE_RULES too.
+    ccgate()
+        .current_dir(dir.path())
+        .args(["check", "--rules"])
+        .arg(&good)
+        .env("CCGATE_RULES", &bad)
+        .assert()
+        .success();
+}
+
+#[test]
+fn check_honours_the_rules_key_of_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bad, line) = rules_with_typo(dir.path(), "r.yaml");
+    let config = dir.path().join("ccgate.yaml");
+    std::fs::write(&config, format!("rules: {}\n", bad.display())).unwrap();
+    let out = ccgate()
+        .current_dir(dir.path())
+        .args(["check", "--config"])
+        .arg(&config)
+        .assert()
+        .code(1);
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains(&format!("r.yaml:{line}:")), "{stderr}");
+    // CCGATE_RULES beats the config file, as for `serve`.
+    ccgate()
+        .current_dir(dir.path())
+        .args(["check", "--config"])
+        .arg(&config)
+        .env(
+            "CCGATE_RULES",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/rules/rules.yaml"),
+        )
+        .assert()
+        .success();
+}
+
+#[test]
+fn check_says_when_the_embedded_rules_are_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ccgate()
+        .current_dir(dir.path())
+        .arg("check")
+        .assert()
+        .success();
+    assert!(
+        stderr_of(&out).contains("rules/rules.yaml not found: using the embedded rules"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        stdout_of(&out).starts_with("<embedded>: ok ("),
+        "{}",
+        stdout_of(&out)
+    );
+    // A positional file must exist: it is the file to check.
+    let out = ccgate()
+        .current_dir(dir.path())
+        .args(["check", "missing.yaml"])
+        .assert()
+        .code(1);
+    assert!(
+        stderr_of(&out).contains("cannot read rules file missing.yaml"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn classify_names_the_rules_it_used() {
+    let facts = "api_error_status: 529\nexit_code: 1\n";
+    let out = ccgate()
+        .arg("classify")
+        .write_stdin(facts)
+        .assert()
+        .success();
+    assert_eq!(stderr_of(&out).trim(), "rules: rules/rules.yaml (file)");
+    let dir = tempfile::tempdir().unwrap();
+    let out = ccgate()
+        .current_dir(dir.path())
+        .arg("classify")
+        .write_stdin(facts)
+        .assert()
+        .success();
+    assert_eq!(
+        stderr_of(&out).trim(),
+        "rules: rules/rules.yaml not found: using the embedded rules"
+    );
+    let (bad, _) = rules_with_typo(dir.path(), "bad.yaml");
+    let out = ccgate()
+        .current_dir(dir.path())
+        .arg("classify")
+        .env("CCGATE_RULES", &bad)
+        .write_stdin(facts)
+        .assert()
+        .code(1);
+    assert!(stderr_of(&out).contains("bad.yaml:"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn one_loader_file_embedded_and_errors() {
+    use ccgate::reload::{load_rules_file, IfMissing, RulesLoadError, RulesSource};
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let l = load_rules_file(&missing, IfMissing::Embedded).unwrap();
+    assert_eq!(l.source, RulesSource::Embedded);
+    assert_eq!(l.path, missing);
+    assert_eq!(l.sha256(), ccgate::rules::Rules::embedded().sha256());
+    assert!(matches!(
+        load_rules_file(&missing, IfMissing::Fail),
+        Err(RulesLoadError::Read { .. })
+    ));
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, " \n").unwrap();
+    assert!(matches!(
+        load_rules_file(&empty, IfMissing::Embedded),
+        Err(RulesLoadError::Empty { .. })
+    ));
+    let (bad, line) = rules_with_typo(dir.path(), "bad.yaml");
+    let e = load_rules_file(&bad, IfMissing::Embedded).unwrap_err();
+    assert!(matches!(e, RulesLoadError::Invalid(_)), "{e:?}");
+    assert!(e.to_string().contains(&format!("bad.yaml:{line}:")), "{e}");
+    let good = dir.path().join("good.yaml");
+    let text = ccgate::rules::Rules::embedded_source();
+    std::fs::write(&good, text).unwrap();
+    let l = load_rules_file(&good, IfMissing::Fail).unwrap();
+    assert_eq!(l.source, RulesSource::File);
+    assert_eq!(l.sha256(), ccgate::rules::sha256_hex(text.as_bytes()));
 }
 
 #[test]
@@ -113,4 +306,71 @@ fn capture_directives() {
     );
     assert!(parse_capture("#exit: x\n").is_err());
     assert!(parse_capture("#bogus: 1\n").is_err());
+}
+
+/// Captures conclude like live runs (`RunAccumulator::conclude`): a success result wins
+/// over a watchdog that fired after it, and a failure keeps the stderr tail.
+#[test]
+fn captures_conclude_like_live_runs() {
+    use ccgate::cmd::{parse_capture, Outcome};
+    use ccgate::rules::{GatewayCondition, TimeoutKind};
+    const INIT: &str = r#"{"type":"system","subtype":"init","session_id":"s","model":"m"}"#;
+    let result = |is_error: bool| {
+        format!(
+            r#"{{"type":"result","subtype":"success","is_error":{is_error},"result":"Hello","num_turns":1}}"#
+        )
+    };
+    let failure = |capture: String| match parse_capture(&capture).unwrap() {
+        Outcome::Failure(f) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    };
+
+    // A success result, then the inactivity watchdog: the live backend answers it.
+    let o = parse_capture(&format!(
+        "{INIT}\n{}\n#timeout: inactivity\n#signal: 9\n#stderr: late noise\n",
+        result(false)
+    ))
+    .unwrap();
+    assert_eq!(
+        o,
+        Outcome::Success {
+            text: "Hello".into()
+        }
+    );
+
+    // A failure result and a watchdog: the facts keep stderr, the timeout and the result.
+    let f = failure(format!(
+        "{INIT}\n{}\n#timeout: inactivity\n#stderr: first\n#stderr: second\n#signal: 9\n",
+        result(true)
+    ));
+    assert_eq!(f.stderr_tail, "first\nsecond");
+    assert_eq!(f.timeout, Some(TimeoutKind::Inactivity));
+    assert!(f.result_seen && f.result_is_error);
+    assert_eq!(f.signal, Some(9));
+
+    // A success voided by a gateway condition: a failure that still keeps its stderr
+    // and what the result said.
+    let f = failure(format!(
+        "{INIT}\n{}\n#condition: bad_json\n#timeout: total\n#stderr: Invalid API key\n",
+        result(false)
+    ));
+    assert_eq!(f.stderr_tail, "Invalid API key");
+    assert_eq!(f.condition, Some(GatewayCondition::BadJson));
+    assert_eq!(f.timeout, Some(TimeoutKind::Total));
+    assert!(f.result_seen && !f.result_is_error);
+}
+
+#[test]
+fn classify_a_success_result_with_a_late_watchdog_is_success() {
+    let out = ccgate()
+        .arg("classify")
+        .write_stdin(concat!(
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"Hi","num_turns":1}"#,
+            "\n#timeout: inactivity\n#signal: 9\n"
+        ))
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["kind"], "success", "{v}");
+    assert_eq!(v["text"], "Hi", "{v}");
 }

@@ -121,12 +121,13 @@ impl TestServer {
         }
         (opts.tweak)(&mut config);
 
-        let backend = Backend::new(ccgate::serve_cmd::cli_settings(&config, workdir));
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let settings = config.compile().expect("test config is valid");
+        let backend = Backend::new(settings.cli_settings(workdir));
+        let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let state = AppState::new(config, rules, backend);
+        let state = AppState::new(settings, rules, backend);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(ccgate::serve(listener, state.clone(), async move {
             let _ = rx.await;

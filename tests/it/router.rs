@@ -14,7 +14,7 @@ use crate::support::fake_settings;
 
 fn state() -> AppState {
     AppState::new(
-        Config::default(),
+        Config::default().compile().expect("valid"),
         Rules::embedded(),
         Backend::new(fake_settings("success")),
     )
@@ -173,7 +173,7 @@ async fn gateway_side_errors_are_counted_under_their_own_kinds() {
         ..Config::default()
     };
     let s = AppState::new(
-        config,
+        config.compile().expect("valid"),
         Rules::embedded(),
         Backend::new(fake_settings("success")),
     );

@@ -24,8 +24,10 @@ pub const SKIP_MSG: &str =
 /// The flags ccgate passes to the CLI for a turn with the default config, no model and no
 /// system prompt: taken from ccgate's own `cli_args`, so these tests follow any change.
 pub fn ccgate_flags() -> Vec<String> {
-    let settings =
-        ccgate::serve_cmd::cli_settings(&ccgate::config::Config::default(), std::env::temp_dir());
+    let settings = ccgate::config::Config::default()
+        .compile()
+        .expect("the default config is valid")
+        .cli_settings(std::env::temp_dir());
     ccgate::backend::cli_args(&settings, &ccgate::backend::CliRequest::default(), None)
         .into_iter()
         .map(|a| a.into_string().expect("ccgate's flags are UTF-8"))

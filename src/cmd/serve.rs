@@ -1,11 +1,11 @@
-//! `ccgate serve`: load the process config and rules, bind, and run the gateway until
-//! SIGTERM / Ctrl-C. Kept in the library so tests and `main` share it.
+//! `ccgate serve`: load the process config into [`Settings`], load the rules, bind, and run
+//! the gateway until SIGTERM / Ctrl-C.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::backend::{Backend, CliSettings};
-use crate::config::{Config, LogFormat, Overrides};
+use crate::backend::Backend;
+use crate::config::{LogFormat, LogSettings, Overrides, Settings};
+use crate::reload::IfMissing;
 
 /// Flags of `ccgate serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -30,7 +30,7 @@ pub enum ServeError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("rules: {0}")]
-    Rules(#[from] crate::reload::InitialLoadError),
+    Rules(#[from] crate::reload::RulesLoadError),
     #[error("cannot create the CLI working directory: {0}")]
     Workdir(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -42,66 +42,59 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Loads the config with the documented precedence from the real environment.
-pub fn load_config(
+/// The settings from the real environment with the documented precedence, and the
+/// `CCGATE_*` variables that are no config keys.
+pub fn load_settings(
     args: &ServeArgs,
-) -> Result<crate::config::LoadedConfig, crate::config::ConfigError> {
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    Config::load(
+) -> Result<(Settings, Vec<String>), crate::config::ConfigError> {
+    let loaded = super::load_config(
         args.config.as_deref(),
         &Overrides {
             listen: args.listen,
             rules: args.rules.clone(),
             log_format: args.log_format,
         },
-        &env,
-    )
-}
-
-/// Builds the backend settings from the config; `workdir` is the resolved directory.
-pub fn cli_settings(config: &Config, workdir: PathBuf) -> CliSettings {
-    let c = &config.cli;
-    CliSettings {
-        command: c.command.clone(),
-        extra_args: c.args.clone(),
-        workdir,
-        env: c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        tools: c.tools,
-        start_timeout: Duration::from_secs_f64(c.start_timeout),
-        inactivity_timeout: Duration::from_secs_f64(c.inactivity_timeout),
-        total_timeout: Duration::from_secs_f64(c.total_timeout),
-        max_concurrent: c.max_concurrent,
-        queue_size: c.queue_size,
-        stderr_tail_bytes: c.stderr_tail_bytes,
-        prewarm: c.prewarm,
-        prewarm_model: c.prewarm_model.clone().filter(|m| !m.is_empty()),
-        prewarm_max_idle: Duration::from_secs_f64(c.prewarm_max_idle),
-    }
+    )?;
+    Ok((loaded.config.compile()?, loaded.ignored_env))
 }
 
 /// Sets up logging to stderr in the configured format.
-pub fn init_logging(config: &Config) {
+pub fn init_logging(log: &LogSettings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = match config.log_format {
+    let _ = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
 }
 
-/// Runs `ccgate serve` to completion.
-pub async fn run(config: Config) -> Result<(), ServeError> {
-    let (rules, source) = crate::reload::load_initial(&config.rules)?;
-    tracing::info!(path = %config.rules.display(), source, kinds = rules.kinds_count(),
-        sha256 = rules.sha256(), "rules loaded");
+/// `ccgate serve` from `main`: settings, logging, a runtime, and [`run`] to completion.
+pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
+    let (settings, ignored_env) = load_settings(args)?;
+    init_logging(&settings.log);
+    for name in ignored_env {
+        tracing::warn!(variable = %name, "ignoring environment variable: not a ccgate config key");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(settings))
+}
+
+/// Runs the gateway with these settings until SIGTERM / Ctrl-C.
+pub async fn run(settings: Settings) -> Result<(), ServeError> {
+    let loaded = crate::reload::load_rules_file(&settings.rules, IfMissing::Embedded)?;
+    let rules = loaded.rules;
+    tracing::info!(path = %settings.rules.display(), source = loaded.source.as_str(),
+        kinds = rules.kinds_count(), sha256 = rules.sha256(), "rules loaded");
     // The CLI writes per-project state under its cwd; by default give it a private,
     // empty directory that disappears with the process.
-    let (workdir, _tmp) = match &config.cli.workdir {
+    let (workdir, _tmp) = match &settings.cli_workdir {
         Some(dir) => (dir.clone(), None),
         None => {
             let tmp = tempfile::Builder::new()
@@ -111,12 +104,12 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             (tmp.path().to_path_buf(), Some(tmp))
         }
     };
-    let backend = Backend::new(cli_settings(&config, workdir));
-    let addr = config.listen;
+    let backend = Backend::new(settings.cli_settings(workdir));
+    let addr = settings.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let state = crate::AppState::new(config, rules, backend);
+    let state = crate::AppState::new(settings, rules, backend);
     tracing::info!(listen = %listener.local_addr()?, "ccgate listening");
     crate::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("ccgate stopped");
