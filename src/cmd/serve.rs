@@ -88,6 +88,9 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
 
 /// Runs the gateway with these settings until SIGTERM / Ctrl-C.
 pub async fn run(settings: Settings) -> Result<(), ServeError> {
+    // Installed before anything else: a SIGTERM while the rules load or the port binds
+    // must stop ccgate, not kill it with the default action.
+    let stop = shutdown_signal();
     let loaded = crate::reload::load_rules_file(&settings.rules, IfMissing::Embedded)?;
     let rules = loaded.rules;
     tracing::info!(path = %settings.rules.display(), source = loaded.source.as_str(),
@@ -111,23 +114,29 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })?;
     let state = crate::AppState::new(settings, rules, backend);
     tracing::info!(listen = %listener.local_addr()?, "ccgate listening");
-    crate::serve(listener, state, shutdown_signal()).await?;
+    crate::serve(listener, state, stop).await?;
     tracing::info!("ccgate stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT, with both handlers installed when this is called (not when the
+/// future is first polled).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = wait(term) => {},
+            () = wait(int) => {},
         }
-    };
-    tokio::select! {
-        _ = term => {},
-        _ = tokio::signal::ctrl_c() => {},
     }
 }
