@@ -103,5 +103,6 @@ pub async fn serve(
         watch.stop().await;
     }
     pool.shutdown().await;
+    backend.close_kept().await;
     result
 }

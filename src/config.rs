@@ -96,6 +96,12 @@ pub struct CliConfig {
     pub prewarm_model: Option<String>,
     /// Seconds an idle pre-warmed process may wait before it is replaced.
     pub prewarm_max_idle: f64,
+    /// CLI processes kept alive after a clean answer, so the conversation's next request
+    /// continues in them (0 = off; at most `max_concurrent`). They count against
+    /// `max_concurrent`, and one is ended whenever a request would otherwise wait for a slot.
+    pub keep_conversations: usize,
+    /// Seconds a kept conversation process may wait for its next turn.
+    pub conversation_idle_timeout: f64,
 }
 
 impl Default for Config {
@@ -134,6 +140,8 @@ impl Default for CliConfig {
             prewarm: 0,
             prewarm_model: None,
             prewarm_max_idle: 300.0,
+            keep_conversations: 2,
+            conversation_idle_timeout: 300.0,
         }
     }
 }
@@ -275,6 +283,10 @@ impl Config {
         let inactivity_timeout = positive("cli.inactivity_timeout", self.cli.inactivity_timeout);
         let total_timeout = positive("cli.total_timeout", self.cli.total_timeout);
         let prewarm_max_idle = positive("cli.prewarm_max_idle", self.cli.prewarm_max_idle);
+        let conversation_idle_timeout = positive(
+            "cli.conversation_idle_timeout",
+            self.cli.conversation_idle_timeout,
+        );
         let mut at_least_zero = |name: &str, v: f64| {
             Duration::try_from_secs_f64(v).unwrap_or_else(|_| {
                 problems.push(format!("{name} must be a number of seconds >= 0, got {v}"));
@@ -348,6 +360,8 @@ impl Config {
                 prewarm: c.prewarm,
                 prewarm_model: c.prewarm_model.clone().filter(|m| !m.is_empty()),
                 prewarm_max_idle,
+                keep_conversations: c.keep_conversations,
+                conversation_idle_timeout,
             },
             cli_workdir: c.workdir.clone(),
         })

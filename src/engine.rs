@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::backend::present::PresentError;
+use crate::backend::present::{present_turns, PresentError};
 use crate::backend::{Backend, CliRequest, CliRun};
 use crate::conversation::Conversation;
 use crate::health::{Health, Source};
@@ -30,6 +30,9 @@ pub struct TurnRequest {
     pub model: String,
     /// The client's stop sequences, applied by the gateway (the CLI has no flag for them).
     pub stop: Vec<String>,
+    /// Who the client is (a digest of its API key; empty without keys): a kept
+    /// conversation is only ever continued by the same tenant.
+    pub tenant: String,
 }
 
 /// Why a turn produced no answer.
@@ -119,8 +122,12 @@ impl Engine {
         record: Arc<RequestRecord>,
         req: &TurnRequest,
     ) -> Result<TurnRun, TurnError> {
-        let cli = CliRequest::for_conversation(&req.conversation, &req.model)
+        let turns = present_turns(&req.conversation, &req.tenant, &req.model)
             .map_err(TurnError::Present)?;
+        // Earlier turns go to a fresh CLI as a synthesized session; should the CLI refuse
+        // it, the transcript of the same conversation answers instead.
+        let fallback = (!turns.history.is_empty()).then(|| req.clone());
+        let cli = CliRequest::for_turns(turns, &req.model);
         self.gate(&rules).await.map_err(TurnError::Verdict)?;
         Ok(TurnRun {
             engine: self.clone(),
@@ -129,6 +136,7 @@ impl Engine {
             run: Some(self.backend.start(cli)),
             fold: TurnFold::new(req.stop.clone()),
             ready: VecDeque::new(),
+            fallback,
         })
     }
 
@@ -182,7 +190,12 @@ pub struct TurnRun {
     run: Option<CliRun>,
     fold: TurnFold,
     ready: VecDeque<Step>,
+    /// The conversation, while a refused session may still fall back to its transcript.
+    fallback: Option<TurnRequest>,
 }
+
+/// The kind the rules give a CLI that could not resume a session.
+const SESSION_NOT_FOUND: &str = "session_not_found";
 
 impl TurnRun {
     /// The next step, or None after the last one.
@@ -203,6 +216,9 @@ impl TurnRun {
                 }
                 None => self.fold.lost(),
             };
+            if steps.first().is_some_and(|s| self.fall_back(s)) {
+                continue;
+            }
             self.ready.extend(steps);
             if self.fold.wants_stop() {
                 // A stop sequence ended the answer: the rest of the run is not wanted.
@@ -229,6 +245,9 @@ impl TurnRun {
                 },
                 None => self.fold.lost(),
             };
+            if steps.first().is_some_and(|s| self.fall_back(s)) {
+                continue;
+            }
             self.ready.extend(steps);
         }
         if let Some(Step::Fail(_)) = self.ready.front() {
@@ -267,6 +286,30 @@ impl TurnRun {
 
     pub fn record(&self) -> &Arc<RequestRecord> {
         &self.record
+    }
+
+    /// A failure before any answer text of a run that resumed a synthesized session, which
+    /// the CLI refused: the same conversation as a transcript, in a new run.
+    fn fall_back(&mut self, step: &Step) -> bool {
+        let Step::Fail(facts) = step else {
+            return false;
+        };
+        let Some(req) = self.fallback.take() else {
+            return false;
+        };
+        if self.fold.released_any() || self.rules.classify(facts).kind != SESSION_NOT_FOUND {
+            return false;
+        }
+        let Ok(cli) = CliRequest::for_conversation(&req.conversation, &req.model) else {
+            return false;
+        };
+        tracing::warn!(request_id = %self.record.request_id,
+            "the CLI did not resume the conversation as a session; answering from a transcript");
+        self.engine.metrics.conversation_fallbacks.inc();
+        self.run = Some(self.engine.backend.start(cli));
+        self.fold = TurnFold::new(req.stop);
+        self.ready.clear();
+        true
     }
 
     fn conclude(&mut self, step: Step) -> TurnStep {

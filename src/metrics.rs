@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::backend::BackendStats;
@@ -64,6 +65,9 @@ pub struct Metrics {
     pub reload_successful: Gauge,
     pub reload_success_timestamp: Gauge<f64, AtomicU64>,
     pub reloads: Family<ResultLabels, Counter>,
+    /// Conversations with earlier turns that the CLI would not resume as a session and
+    /// that were answered from a transcript instead.
+    pub conversation_fallbacks: Counter,
 }
 
 /// Metrics read from live state at scrape time. Their help texts end with the period that
@@ -77,7 +81,7 @@ struct LiveGauges {
 impl Collector for LiveGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.backend.snapshot();
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 6] = [
             (
                 "ccgate_cli_in_flight",
                 "CLI processes running now.",
@@ -104,11 +108,33 @@ impl Collector for LiveGauges {
                 "Pre-warmed CLI processes waiting for a request (also counted in ccgate_cli_in_flight).",
                 stats.pool_idle as i64,
             ),
+            (
+                "ccgate_conversations_kept",
+                "CLI processes kept for a conversation's next turn (also counted in ccgate_cli_in_flight).",
+                stats.kept_idle as i64,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
+        }
+        let counters: [(&str, &str, u64); 2] = [
+            (
+                "ccgate_conversations_continued",
+                "Requests answered by the kept CLI process holding their earlier turns.",
+                stats.kept_hits_total,
+            ),
+            (
+                "ccgate_conversations_resumed",
+                "Requests with earlier turns answered by a fresh CLI process resuming them.",
+                stats.kept_misses_total,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
         }
         Ok(())
     }
@@ -214,7 +240,14 @@ impl Metrics {
                 result: result.into(),
             }));
         }
+        let conversation_fallbacks = Counter::default();
+        registry.register(
+            "ccgate_conversation_fallbacks",
+            "Conversations the CLI would not resume as a session, answered from a transcript instead",
+            conversation_fallbacks.clone(),
+        );
         Metrics {
+            conversation_fallbacks,
             registry,
             requests,
             request_duration,

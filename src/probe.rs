@@ -75,6 +75,7 @@ impl Prober {
             model: settings.model.clone(),
             timeout: Some(settings.timeout),
             bypass_queue: true,
+            ..CliRequest::default()
         });
         let result = loop {
             match run.recv().await {

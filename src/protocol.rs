@@ -435,6 +435,11 @@ impl RunAccumulator {
         }
     }
 
+    /// Whether the last `result` so far was a success (None: no result yet).
+    pub fn last_result_ok(&self) -> Option<bool> {
+        self.last_result.as_ref().map(|r| !r.is_error)
+    }
+
     /// The run's conclusion, the one place success and failure are decided (live runs
     /// and captures alike). Success only if the last `result` had `is_error: false` and
     /// no gateway condition voids it (a watchdog that fired after the result does not);

@@ -89,6 +89,11 @@ impl TurnFold {
         }
     }
 
+    /// Whether any answer text has been released to the client.
+    pub fn released_any(&self) -> bool {
+        !self.released.is_empty()
+    }
+
     /// True once a stop sequence ended the answer: the CLI run is no longer wanted.
     pub fn wants_stop(&self) -> bool {
         self.phase == Phase::Ended(End::Stopped)

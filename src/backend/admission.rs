@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::kept::{Kept, KeptStore};
 use super::pool::{Idle, Pool};
 use super::request::CliRequest;
 use super::stats::BackendStats;
@@ -21,6 +22,10 @@ pub(super) enum Admission {
     Pooled(Box<Idle>),
     /// No free slot, but an idle pooled process: retire it and take its slot.
     Evict(Box<Idle>),
+    /// A kept process holding exactly this request's earlier turns (with its slot).
+    Continue(Box<Kept>),
+    /// No free slot, but a kept process: retire the least recently used, take its slot.
+    EvictKept(Box<Kept>),
     Queued(QueueTicket),
     Full,
 }
@@ -71,9 +76,21 @@ impl Limiter {
 
     /// The admission decision for `req`: a pre-warmed process, a free slot, an idle pooled
     /// process's slot, a place in the queue, or nothing.
-    pub(super) fn admit(&self, req: &CliRequest, pool: Option<&Arc<Pool>>) -> Admission {
+    pub(super) fn admit(
+        &self,
+        req: &CliRequest,
+        pool: Option<&Arc<Pool>>,
+        kept: &KeptStore,
+    ) -> Admission {
         if req.bypass_queue {
             return Admission::Bypass;
+        }
+        if let Some(k) = req
+            .continue_from
+            .as_ref()
+            .and_then(|key| kept.checkout(key))
+        {
+            return Admission::Continue(Box::new(k));
         }
         let pool = pool.filter(|p| p.enabled());
         if let Some(pool) = pool {
@@ -91,6 +108,10 @@ impl Limiter {
         // Every slot is taken; idle pooled processes must not make this request wait.
         if let Some(idle) = pool.and_then(|p| p.evict_one()) {
             return Admission::Evict(Box::new(idle));
+        }
+        // Nor kept conversations: the least recently used one gives way.
+        if let Some(k) = kept.evict_one() {
+            return Admission::EvictKept(Box::new(k));
         }
         if take_queue_place(&self.stats.queued, self.queue_size) {
             Admission::Queued(QueueTicket(Arc::clone(&self.stats)))

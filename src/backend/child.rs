@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::args::{cli_args, user_line, write_system_prompt};
 use super::io::{drain_stderr, read_lines, LineMsg, Ring, MAX_LINE_BYTES};
 use super::request::{CliRequest, CliSettings};
+use super::session::{write_session, SessionFile, SessionTurn};
 use super::stats::{BackendStats, InFlight};
 use crate::rules::{FailureFacts, SpawnErrorKind};
 
@@ -45,13 +46,16 @@ pub(super) struct Spawned {
     leader: Leader,
     pid: i32,
     stdin: Option<tokio::process::ChildStdin>,
-    stdin_task: Option<tokio::task::JoinHandle<()>>,
+    /// Writes a user line; gives stdin back when it stays open for a later turn.
+    stdin_task: Option<tokio::task::JoinHandle<Option<tokio::process::ChildStdin>>>,
     line_rx: mpsc::Receiver<LineMsg>,
     stdout_task: Option<tokio::task::JoinHandle<()>>,
     stderr_task: Option<tokio::task::JoinHandle<()>>,
     ring: Ring,
     /// The system prompt file must outlive the process (deleted on drop).
     system_file: Option<tempfile::NamedTempFile>,
+    /// The synthesized session the process resumed (deleted on drop).
+    session_file: Option<SessionFile>,
     spawned_at: tokio::time::Instant,
     _in_flight: InFlight,
 }
@@ -100,17 +104,38 @@ impl Spawned {
         )
     }
 
-    /// Writes the one user line and closes stdin (so the CLI exits after this turn), in
-    /// its own task so a huge prompt cannot block the watchdogs; it fails harmlessly
-    /// (EPIPE) if the process dies first.
-    pub(super) fn send_prompt(&mut self, req: &CliRequest) {
+    /// Writes the turn's user line in its own task (so a huge prompt cannot block the
+    /// watchdogs; it fails harmlessly with EPIPE if the process dies first). Then stdin is
+    /// closed, so the CLI exits after this turn, unless `keep_open`: a kept process waits
+    /// for its next turn.
+    pub(super) async fn send_prompt(&mut self, req: &CliRequest, keep_open: bool) {
+        if self.stdin.is_none() {
+            // The previous turn's write (long finished: that turn has been answered).
+            if let Some(task) = self.stdin_task.take() {
+                self.stdin = task.await.ok().flatten();
+            }
+        }
         if let Some(mut stdin) = self.stdin.take() {
             let line = user_line(&req.prompt, &req.attachments);
             self.stdin_task = Some(tokio::spawn(async move {
-                let _ = stdin.write_all(line.as_bytes()).await;
-                let _ = stdin.shutdown().await;
+                let written =
+                    stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok();
+                if keep_open && written {
+                    Some(stdin)
+                } else {
+                    let _ = stdin.shutdown().await;
+                    None
+                }
             }));
         }
+    }
+
+    /// Closes stdin (after any write in progress), so the CLI exits.
+    pub(super) async fn close_stdin(&mut self) {
+        if let Some(task) = self.stdin_task.take() {
+            drop(task.await.ok().flatten());
+        }
+        drop(self.stdin.take());
     }
 
     /// The end of every process: SIGKILL whatever is left of the group (before reaping,
@@ -128,6 +153,7 @@ impl Spawned {
             stderr_task,
             ring: _,
             system_file,
+            session_file,
             spawned_at: _,
             _in_flight,
         } = self;
@@ -135,6 +161,7 @@ impl Spawned {
         let status = leader.reap().await;
         drop(leader);
         drop(system_file);
+        drop(session_file);
         drop(line_rx);
         if let Some(t) = stdin_task {
             t.abort();
@@ -158,6 +185,7 @@ pub(super) fn spawn_cli(
     stats: &Arc<BackendStats>,
     model: Option<&str>,
     system_prompt: Option<&str>,
+    history: &[SessionTurn],
 ) -> Result<Spawned, Box<FailureFacts>> {
     let system_file = match system_prompt {
         Some(text) => match write_system_prompt(text) {
@@ -180,7 +208,24 @@ pub(super) fn spawn_cli(
         model: model.map(str::to_string),
         ..CliRequest::default()
     };
-    let args = cli_args(settings, &flags, system_file.as_ref().map(|f| f.path()));
+    let mut args = cli_args(settings, &flags, system_file.as_ref().map(|f| f.path()));
+    let session_file = if history.is_empty() {
+        None
+    } else {
+        match write_session(settings, model, history) {
+            Ok(f) => {
+                for a in ["--resume", f.id.as_str(), "--fork-session"] {
+                    args.push(a.into());
+                }
+                Some(f)
+            }
+            Err(e) => {
+                stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("cannot write the session file: {e}");
+                return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
+            }
+        }
+    };
     let mut cmd = build_command(settings, args);
 
     let spawned_at = tokio::time::Instant::now();
@@ -236,6 +281,7 @@ pub(super) fn spawn_cli(
         stderr_task,
         ring,
         system_file,
+        session_file,
         spawned_at,
         _in_flight: in_flight,
     })

@@ -36,10 +36,12 @@ mod admission;
 mod args;
 mod child;
 mod io;
+mod kept;
 mod pool;
 pub mod present;
 mod request;
 mod run;
+mod session;
 mod stats;
 
 pub use crate::protocol::{CliEvent, Success, Usage};
@@ -48,12 +50,14 @@ pub use io::MAX_LINE_BYTES;
 pub use pool::PoolHandle;
 pub use request::{CliRequest, CliSettings};
 pub use run::CliRun;
+pub use session::SessionTurn;
 pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 
 use std::sync::Arc;
 
 use crate::shutdown::Shutdown;
 use admission::Limiter;
+use kept::KeptStore;
 use pool::{Pool, PoolDeps};
 use run::Shared;
 
@@ -96,6 +100,11 @@ impl Backend {
         });
         Backend {
             shared: Arc::new(Shared {
+                kept: Arc::new(KeptStore::new(
+                    settings.keep_conversations.min(limiter.capacity()),
+                    settings.conversation_idle_timeout,
+                    Arc::clone(&stats),
+                )),
                 settings,
                 limiter,
                 stats,
@@ -126,6 +135,19 @@ impl Backend {
         if let Some(pool) = self.shared.pool.as_ref() {
             pool.invalidate();
         }
+        // Kept conversations too: they hold the same possibly stale state.
+        self.shared.kept.invalidate();
+    }
+
+    /// Ends every kept conversation process for good (the end of `serve`); returns once
+    /// they are reaped.
+    pub async fn close_kept(&self) {
+        self.shared.kept.close().await;
+    }
+
+    /// Pids of the kept conversation processes, least recently used first (tests).
+    pub fn kept_pids(&self) -> Vec<u32> {
+        self.shared.kept.pids()
     }
 
     /// Ends every run in progress or waiting for a slot (their process groups are killed
@@ -137,6 +159,8 @@ impl Backend {
         if let Some(pool) = self.shared.pool.as_ref() {
             pool.close();
         }
+        let kept = Arc::clone(&self.shared.kept);
+        tokio::spawn(async move { kept.close().await });
     }
 
     /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).

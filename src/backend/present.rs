@@ -1,9 +1,16 @@
-//! How a [`Conversation`] reaches the CLI: the one stdin user line (text plus image and
-//! document blocks) and the system prompt.
+//! How a [`Conversation`] reaches the CLI: the system prompt, the stdin user line (text
+//! plus image and document blocks) and, for earlier turns, either real turns or a
+//! transcript.
 //!
-//! Presentation: a single user message is passed as it is; earlier turns are given as a
-//! tagged transcript before the last user message, with a per-request nonce in the tags
-//! so that a message containing `</conversation>` cannot close the wrapper. Every system
+//! Real turns ([`present_turns`], the default): the last user message is the stdin line;
+//! the earlier turns become a synthesized session the CLI resumes (`session.rs`), or are
+//! already held by a kept CLI process whose conversation is exactly them
+//! ([`Fingerprint`]: the tenant, model, system prompt and every message, thinking blocks
+//! aside; a process is kept under the fingerprint of its conversation including its own
+//! answer). Transcript ([`present`], the fallback when the CLI rejects a session): earlier
+//! turns are given as a tagged transcript before the last user message, with a per-request
+//! nonce in the tags so that a message containing `</conversation>` cannot close the
+//! wrapper. In both, every system
 //! instruction (the top-level `system`, then each system message in order) joins the
 //! system prompt; empty ones are dropped. Images and documents go after the text of the
 //! line, an `[image N]` / `[document N]` marker keeping their place in the text.
@@ -11,8 +18,10 @@
 //! cannot be presented this way and are refused.
 
 use serde_json::Value;
+use sha2::Digest as _;
 
-use crate::conversation::{Block, Conversation, ConversationError, Role};
+use super::session::SessionTurn;
+use crate::conversation::{Block, Conversation, ConversationError, Message, Role};
 
 /// What is written to the CLI for one conversation.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,9 +49,8 @@ pub enum PresentError {
     },
 }
 
-/// Presents `conversation` as today's transcript prompt.
-pub fn present(conversation: &Conversation) -> Result<Presented, PresentError> {
-    conversation.validate()?;
+/// Every system instruction, in order, joined by a blank line (None when there is none).
+fn system_prompt(conversation: &Conversation) -> Option<String> {
     let system: Vec<&str> = conversation
         .system
         .iter()
@@ -60,6 +68,12 @@ pub fn present(conversation: &Conversation) -> Result<Presented, PresentError> {
         )
         .filter(|t| !t.is_empty())
         .collect();
+    (!system.is_empty()).then(|| system.join("\n\n"))
+}
+
+/// Presents `conversation` as a transcript prompt.
+pub fn present(conversation: &Conversation) -> Result<Presented, PresentError> {
+    conversation.validate()?;
     let mut attachments = Vec::new();
     let mut turns: Vec<(Role, String)> = Vec::new();
     let turns_with_index = conversation
@@ -93,7 +107,157 @@ pub fn present(conversation: &Conversation) -> Result<Presented, PresentError> {
     Ok(Presented {
         prompt: transcript(&turns),
         attachments,
-        system_prompt: (!system.is_empty()).then(|| system.join("\n\n")),
+        system_prompt: system_prompt(conversation),
+    })
+}
+
+/// A conversation's identity for continuing it in a kept CLI process: a SHA-256 over the
+/// tenant (a digest of the client's API key), the model, the system prompt and every
+/// message in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+/// A fingerprint being built, message by message.
+#[derive(Debug, Clone)]
+pub struct FingerprintBuilder(sha2::Sha256);
+
+impl FingerprintBuilder {
+    fn new(tenant: &str, model: &str, system: Option<&str>) -> FingerprintBuilder {
+        let mut b = FingerprintBuilder(sha2::Sha256::new());
+        b.field(tenant.as_bytes());
+        b.field(model.as_bytes());
+        b.field(system.unwrap_or("\u{0}none").as_bytes());
+        b
+    }
+
+    /// Length-prefixed, so no two sequences of fields hash alike.
+    fn field(&mut self, bytes: &[u8]) {
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    fn message(&mut self, assistant: bool, content: &[Value]) {
+        self.field(if assistant { b"assistant" } else { b"user" });
+        for block in content {
+            self.field(block.to_string().as_bytes());
+        }
+        self.field(b"\0end");
+    }
+
+    /// The fingerprint after the CLI's own answer `text` (what a client sends back).
+    pub fn after_answer(&self, text: &str) -> Fingerprint {
+        let mut b = self.clone();
+        b.message(true, &[serde_json::json!({"type": "text", "text": text})]);
+        b.finish()
+    }
+
+    fn finish(self) -> Fingerprint {
+        Fingerprint(self.0.finalize().into())
+    }
+}
+
+/// A conversation presented as real turns.
+#[derive(Debug, Clone)]
+pub struct Turns {
+    /// The last user message: the stdin line's text and attachments.
+    pub prompt: String,
+    pub attachments: Vec<Value>,
+    pub system_prompt: Option<String>,
+    /// The earlier turns, for a synthesized session (empty for a single message).
+    pub history: Vec<SessionTurn>,
+    /// The fingerprint of the earlier turns: a kept process holding exactly them continues.
+    pub history_fingerprint: Fingerprint,
+    /// The fingerprint so far including the last user message (add the answer to get
+    /// the key a process is kept under).
+    pub keep: FingerprintBuilder,
+}
+
+/// A message's content blocks as the Messages API takes them (text, image, document);
+/// thinking blocks are left out, empty text blocks (which the API refuses) too.
+fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
+    let mut out = Vec::with_capacity(m.blocks.len());
+    for (j, b) in m.blocks.iter().enumerate() {
+        match b {
+            Block::Text(t) if t.is_empty() => {}
+            Block::Text(t) => out.push(serde_json::json!({"type": "text", "text": t})),
+            Block::Image(v) | Block::Document(v) => out.push(v.clone()),
+            Block::Thinking { .. } => {}
+            Block::ToolUse { .. } | Block::ToolResult { .. } => return Err((b.type_name(), j)),
+        }
+    }
+    Ok(out)
+}
+
+/// Presents `conversation` as real turns for a client identified by `tenant`.
+pub fn present_turns(
+    conversation: &Conversation,
+    tenant: &str,
+    model: &str,
+) -> Result<Turns, PresentError> {
+    conversation.validate()?;
+    let system_prompt = system_prompt(conversation);
+    let mut fp = FingerprintBuilder::new(tenant, model, system_prompt.as_deref());
+    let mut turns: Vec<SessionTurn> = Vec::new();
+    for (i, m) in conversation.messages.iter().enumerate() {
+        if m.role == Role::System {
+            continue;
+        }
+        let content = api_blocks(m).map_err(|(block, index)| PresentError::Unsupported {
+            block,
+            message: i,
+            index,
+        })?;
+        let assistant = m.role == Role::Assistant;
+        match turns.last_mut() {
+            // Consecutive messages of one role are one turn, as the API reads them.
+            Some(last) if last.assistant == assistant => last.content.extend(content),
+            _ => turns.push(SessionTurn { assistant, content }),
+        }
+    }
+    // `validate` guarantees the dialogue ends with the user.
+    let last = turns.pop().unwrap_or(SessionTurn {
+        assistant: false,
+        content: Vec::new(),
+    });
+    // Turns left without content (an empty assistant message) cannot be sent; their
+    // neighbours of the same role merge.
+    let mut history: Vec<SessionTurn> = Vec::with_capacity(turns.len());
+    for t in turns.into_iter().filter(|t| !t.content.is_empty()) {
+        match history.last_mut() {
+            Some(prev) if prev.assistant == t.assistant => prev.content.extend(t.content),
+            _ => history.push(t),
+        }
+    }
+    for t in &history {
+        fp.message(t.assistant, &t.content);
+    }
+    let history_fingerprint = fp.clone().finish();
+    fp.message(false, &last.content);
+    // The stdin line as for a single message: the text, an `[image N]` / `[document N]`
+    // marker where each attachment stood, the attachments after it.
+    let mut prompt = Vec::new();
+    let mut attachments: Vec<Value> = Vec::new();
+    for block in last.content {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => prompt.push(block["text"].as_str().unwrap_or_default().to_string()),
+            kind => {
+                let kind = kind.unwrap_or("image").to_string();
+                attachments.push(block);
+                let n = attachments
+                    .iter()
+                    .filter(|a| a["type"] == kind.as_str())
+                    .count();
+                prompt.push(format!("[{kind} {n}]"));
+            }
+        }
+    }
+    Ok(Turns {
+        prompt: prompt.join("\n"),
+        attachments,
+        system_prompt,
+        history,
+        history_fingerprint,
+        keep: fp,
     })
 }
 

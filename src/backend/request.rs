@@ -33,6 +33,10 @@ pub struct CliSettings {
     pub prewarm_model: Option<String>,
     /// An idle pre-warmed process older than this is recycled.
     pub prewarm_max_idle: Duration,
+    /// CLI processes kept alive after a turn for the conversation's next one (0 = none).
+    pub keep_conversations: usize,
+    /// A kept process idle this long is ended.
+    pub conversation_idle_timeout: Duration,
 }
 
 /// One turn to run.
@@ -50,6 +54,13 @@ pub struct CliRequest {
     pub timeout: Option<Duration>,
     /// Skip the concurrency queue (the health probe must not be refused by load).
     pub bypass_queue: bool,
+    /// Earlier turns, written as a synthesized session the CLI resumes (a fresh run).
+    pub history: Vec<super::session::SessionTurn>,
+    /// A kept process whose conversation is exactly the earlier turns continues this
+    /// request instead (only `prompt` / `attachments` are written to it).
+    pub continue_from: Option<super::present::Fingerprint>,
+    /// Keep the process after a clean answer, under this fingerprint plus the answer.
+    pub keep: Option<super::present::FingerprintBuilder>,
 }
 
 impl CliRequest {
@@ -65,8 +76,25 @@ impl CliRequest {
             attachments: p.attachments,
             system_prompt: p.system_prompt,
             model: Some(model.to_string()),
-            timeout: None,
-            bypass_queue: false,
+            ..CliRequest::default()
         })
+    }
+}
+
+impl CliRequest {
+    /// The request for one conversation as real turns ([`super::present::present_turns`]):
+    /// continued in a kept process when one holds its earlier turns, else a fresh run
+    /// resuming them as a synthesized session; kept for the next turn after a clean answer.
+    pub fn for_turns(turns: super::present::Turns, model: &str) -> CliRequest {
+        CliRequest {
+            prompt: turns.prompt,
+            attachments: turns.attachments,
+            system_prompt: turns.system_prompt,
+            model: Some(model.to_string()),
+            continue_from: (!turns.history.is_empty()).then_some(turns.history_fingerprint),
+            history: turns.history,
+            keep: Some(turns.keep),
+            ..CliRequest::default()
+        }
     }
 }

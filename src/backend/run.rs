@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use super::admission::{Admission, Limiter};
 use super::child::{spawn_cli, Spawned};
 use super::io::{ring_to_string, LineMsg};
+use super::kept::{Kept, KeptStore};
 use super::pool::{Idle, Pool};
 use super::request::{CliRequest, CliSettings};
 use super::stats::BackendStats;
@@ -50,6 +51,8 @@ pub(super) struct Shared {
     pub(super) stats: Arc<BackendStats>,
     /// The pre-warmed pool (None when `prewarm` is 0).
     pub(super) pool: Option<Arc<Pool>>,
+    /// Conversation processes kept for their next turn.
+    pub(super) kept: Arc<KeptStore>,
     /// Set once by `Backend::abort_all` (end of the shutdown grace period): every run in
     /// progress or queued ends as `ShuttingDown`, and no new process is spawned.
     pub(super) abort: watch::Sender<bool>,
@@ -61,7 +64,7 @@ impl Shared {
     pub(super) fn start(self: &Arc<Self>, req: CliRequest) -> CliRun {
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL);
         let cell = Arc::new(RunCell::default());
-        let admission = self.limiter.admit(&req, self.pool.as_ref());
+        let admission = self.limiter.admit(&req, self.pool.as_ref(), &self.kept);
         tokio::spawn(drive(
             Arc::clone(self),
             req,
@@ -170,8 +173,10 @@ async fn drive(
     if stopping {
         // A pre-warmed process the admission handed over is not used now: the orderly
         // end (kill + reap, then free its slot) before the answer.
-        if let Admission::Pooled(idle) | Admission::Evict(idle) = admission {
-            idle.retire().await;
+        match admission {
+            Admission::Pooled(idle) | Admission::Evict(idle) => idle.retire().await,
+            Admission::Continue(k) | Admission::EvictKept(k) => k.retire().await,
+            _ => {}
         }
         let _ = tx
             .send(CliEvent::Done(Err(condition_facts(
@@ -180,15 +185,25 @@ async fn drive(
             .await;
         return;
     }
-    let mut pooled = None;
+    let mut handover = None;
     let permit = match admission {
         Admission::Pooled(idle) => {
             let Idle { proc, permit, .. } = *idle;
-            pooled = Some(proc);
+            handover = Some((proc, Handover::Pooled));
+            Some(permit)
+        }
+        Admission::Continue(k) => {
+            let Kept { proc, permit, .. } = *k;
+            handover = Some((proc, Handover::Kept));
             Some(permit)
         }
         Admission::Evict(idle) => {
             let Idle { proc, permit, .. } = *idle;
+            let _ = proc.reap().await;
+            Some(permit)
+        }
+        Admission::EvictKept(k) => {
+            let Kept { proc, permit, .. } = *k;
             let _ = proc.reap().await;
             Some(permit)
         }
@@ -236,19 +251,41 @@ async fn drive(
         total_deadline,
         &tx,
         &cell,
-        pooled,
+        handover,
         &mut abort,
     )
     .await;
-    if matches!(outcome, Ran::PooledSilent(_)) {
-        // The pre-warmed process died at hand-over without a word (killed, crashed before
-        // reading its prompt): nothing reached the client, so this request gets the cold
-        // run it would have had without a pool (same slot, same deadline). A real problem
-        // with the CLI repeats there and is reported from that run.
-        shared.stats.record_pool_handover_retry();
-        tracing::warn!("pre-warmed cli process ended silently at hand-over; retrying cold");
+    if let Ran::HandoverSilent(kind, _) = outcome {
+        // The pre-warmed or kept process died at hand-over without a word (killed,
+        // crashed before reading its prompt): nothing reached the client, so this request
+        // gets the cold run it would have had without it (same slot, same deadline). A
+        // real problem with the CLI repeats there and is reported from that run.
+        if kind == Handover::Pooled {
+            shared.stats.record_pool_handover_retry();
+        }
+        tracing::warn!(
+            ?kind,
+            "cli process ended silently at hand-over; retrying cold"
+        );
         outcome = run_process(&shared, &req, total_deadline, &tx, &cell, None, &mut abort).await;
     }
+    let permit = match outcome {
+        Ran::Kept(proc, result) => {
+            // Kept before the answer goes out, so the conversation's next request finds it.
+            match (permit, req.keep.as_ref(), result.as_ref()) {
+                (Some(permit), Some(keep), Ok(success)) => {
+                    let key = keep.after_answer(&success.text);
+                    shared.kept.offer(Kept::new(key, *proc, permit));
+                }
+                _ => {
+                    let _ = proc.reap().await;
+                }
+            }
+            outcome = Ran::Done(result);
+            None
+        }
+        _ => permit,
+    };
     // Free the slot before reporting, so a caller that starts its next run right after
     // `Done` finds it available.
     drop(permit);
@@ -256,11 +293,20 @@ async fn drive(
         pool.notify();
     }
     match outcome {
-        Ran::Done(result) | Ran::PooledSilent(result) => {
+        Ran::Done(result) | Ran::HandoverSilent(_, result) | Ran::Kept(_, result) => {
             let _ = tx.send(CliEvent::Done(result)).await;
         }
         Ran::Cancelled => {}
     }
+}
+
+/// Where a process handed to a run comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    /// The pre-warmed pool: nothing written yet.
+    Pooled,
+    /// A kept conversation: it answered earlier turns and waits for the next one.
+    Kept,
 }
 
 /// How [`run_process`] ended.
@@ -268,9 +314,12 @@ enum Ran {
     Done(Result<Success, Box<FailureFacts>>),
     /// The consumer went away.
     Cancelled,
-    /// A pre-warmed process ended without printing a single stdout line after its prompt
+    /// A handed-over process ended without printing a single stdout line after its prompt
     /// was written (its failure, should the caller not retry).
-    PooledSilent(Result<Success, Box<FailureFacts>>),
+    HandoverSilent(Handover, Result<Success, Box<FailureFacts>>),
+    /// The turn was answered and the process still waits on stdin: keep it (a clean
+    /// answer) or reap it.
+    Kept(Box<Spawned>, Result<Success, Box<FailureFacts>>),
 }
 
 /// How the watch loop ended.
@@ -278,6 +327,8 @@ enum Ran {
 enum End {
     /// stdout reached EOF and the leader exited.
     Finished,
+    /// A process whose stdin stays open printed its turn's `result`.
+    TurnDone,
     Timeout(TimeoutKind),
     /// The consumer dropped the run.
     Cancelled,
@@ -295,21 +346,23 @@ async fn run_process(
     total_deadline: tokio::time::Instant,
     tx: &mpsc::Sender<CliEvent>,
     cell: &RunCell,
-    pooled: Option<Spawned>,
+    handover: Option<(Spawned, Handover)>,
     abort: &mut watch::Receiver<bool>,
 ) -> Ran {
     let settings = &shared.settings;
     let stats = &shared.stats;
     let t0 = Instant::now();
 
-    let is_pooled = pooled.is_some();
-    let mut sp = match pooled {
-        Some(sp) => sp,
+    let handed = handover.as_ref().map(|(_, h)| *h);
+    let is_pooled = handed == Some(Handover::Pooled);
+    let mut sp = match handover {
+        Some((sp, _)) => sp,
         None => match spawn_cli(
             settings,
             stats,
             req.model.as_deref(),
             req.system_prompt.as_deref(),
+            &req.history,
         ) {
             Ok(sp) => sp,
             Err(facts) => return Ran::Done(Err(facts)),
@@ -317,7 +370,7 @@ async fn run_process(
     };
     let pid = sp.pid();
     let _ = cell.pid.set(pid);
-    let start_base = if is_pooled {
+    let start_base = if handed.is_some() {
         tokio::time::Instant::now()
     } else {
         sp.spawned_at()
@@ -329,7 +382,9 @@ async fn run_process(
     } else {
         None
     };
-    sp.send_prompt(req);
+    // A run that may be kept leaves stdin open: the CLI answers the turn, then waits.
+    let keep_open = req.keep.is_some() && !req.bypass_queue && shared.kept.enabled();
+    sp.send_prompt(req, keep_open).await;
     let ring = sp.stderr_ring();
 
     let mut acc = RunAccumulator::new();
@@ -384,11 +439,13 @@ async fn run_process(
                 if !first_line {
                     first_line = true;
                     let latency = last_line.duration_since(start_base);
-                    if is_pooled {
-                        stats.record_pool_first_line(latency);
-                        drop(starting.take());
-                    } else {
-                        stats.record_first_line(latency);
+                    match handed {
+                        Some(Handover::Pooled) => {
+                            stats.record_pool_first_line(latency);
+                            drop(starting.take());
+                        }
+                        Some(Handover::Kept) => {}
+                        None => stats.record_first_line(latency),
                     }
                 }
                 let line = match msg {
@@ -405,6 +462,12 @@ async fn run_process(
                         Err(_) => break 'watch End::Timeout(TimeoutKind::Total),
                     }
                 }
+                match acc.last_result_ok() {
+                    Some(true) if keep_open && !too_long => break 'watch End::TurnDone,
+                    // A failed turn: let the CLI exit, and conclude from its whole run.
+                    Some(_) if keep_open => sp.close_stdin().await,
+                    _ => {}
+                }
             }
             _ = tokio::time::sleep_until(deadline) => break 'watch End::Timeout(kind),
             _ = tokio::time::sleep(peek), if !exited => {
@@ -420,6 +483,17 @@ async fn run_process(
         }
     };
 
+    if end == End::TurnDone {
+        let result = acc.conclude(RunEnd {
+            stderr_tail: ring_to_string(&ring),
+            ..RunEnd::default()
+        });
+        tracing::debug!(
+            pid,
+            "cli turn answered; the process waits for its next turn"
+        );
+        return Ran::Kept(Box::new(sp), result);
+    }
     // Always: kill whatever is left of the group, then reap the leader.
     let status = sp.reap().await;
     let exit_code = status.and_then(|s| s.code());
@@ -451,7 +525,8 @@ async fn run_process(
                 ..FailureFacts::default()
             })));
         }
-        End::Finished => None,
+        // (A turn answered in a kept process returned above.)
+        End::Finished | End::TurnDone => None,
     };
     let result = acc.conclude(RunEnd {
         exit_code,
@@ -460,8 +535,8 @@ async fn run_process(
         timeout,
         condition: too_long.then_some(GatewayCondition::BadJson),
     });
-    if is_pooled && !first_line && end == End::Finished && result.is_err() {
-        return Ran::PooledSilent(result);
+    if let Some(h) = handed.filter(|_| !first_line && end == End::Finished && result.is_err()) {
+        return Ran::HandoverSilent(h, result);
     }
     Ran::Done(result)
 }

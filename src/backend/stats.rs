@@ -32,6 +32,11 @@ pub struct BackendStats {
     pub(super) pool_drained_total: AtomicU64,
     pub(super) pool_evicted_total: AtomicU64,
     pub(super) pool_handover_retries_total: AtomicU64,
+    pub(super) kept_idle: AtomicUsize,
+    pub(super) kept_hits_total: AtomicU64,
+    pub(super) kept_misses_total: AtomicU64,
+    pub(super) kept_evicted_total: AtomicU64,
+    pub(super) kept_expired_total: AtomicU64,
     pool_metrics: OnceLock<PoolMetrics>,
 }
 
@@ -103,6 +108,16 @@ pub struct StatsSnapshot {
     pub pool_evicted_total: u64,
     /// Pooled runs whose process ended silently at hand-over and were re-run cold.
     pub pool_handover_retries_total: u64,
+    /// Kept conversation processes waiting for their next turn now.
+    pub kept_idle: usize,
+    /// Requests that continued a kept conversation process.
+    pub kept_hits_total: u64,
+    /// Requests with earlier turns that found no kept process for them (a fresh run).
+    pub kept_misses_total: u64,
+    /// Kept processes ended for their slot or for the cap (least recently used first).
+    pub kept_evicted_total: u64,
+    /// Kept processes ended after `cli.conversation_idle_timeout`.
+    pub kept_expired_total: u64,
 }
 
 impl BackendStats {
@@ -130,6 +145,11 @@ impl BackendStats {
             pool_drained_total: self.pool_drained_total.load(r),
             pool_evicted_total: self.pool_evicted_total.load(r),
             pool_handover_retries_total: self.pool_handover_retries_total.load(r),
+            kept_idle: self.kept_idle.load(r),
+            kept_hits_total: self.kept_hits_total.load(r),
+            kept_misses_total: self.kept_misses_total.load(r),
+            kept_evicted_total: self.kept_evicted_total.load(r),
+            kept_expired_total: self.kept_expired_total.load(r),
         }
     }
 

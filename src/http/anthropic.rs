@@ -198,6 +198,8 @@ impl Api for Messages {
             conversation,
             model: req.model.clone(),
             stop,
+            // Set by the handler from the request's API key.
+            tenant: String::new(),
         })
     }
 

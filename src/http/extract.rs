@@ -27,6 +27,8 @@ pub struct Cx {
     /// The rules snapshot this request uses from start to end.
     pub rules: Arc<Rules>,
     pub record: Arc<RequestRecord>,
+    /// A digest of the client's API key (empty when ccgate has no keys).
+    pub tenant: String,
     health: Arc<Health>,
 }
 
@@ -42,6 +44,7 @@ impl Cx {
             record: state.engine.record(endpoint, &request_id),
             request_id,
             rules: state.engine.rules(),
+            tenant: String::new(),
             health: Arc::clone(state.engine.health()),
         }
     }

@@ -72,7 +72,13 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_else(crate::http::new_request_id);
-        let cx = Cx::new(state, A::FLAVOUR, A::ENDPOINT, id);
+        let mut cx = Cx::new(state, A::FLAVOUR, A::ENDPOINT, id);
+        if !state.settings.api_keys.is_empty() {
+            // The key passed the API key layer; only its digest is kept.
+            cx.tenant = crate::http::presented_key(&req)
+                .map(|k| crate::rules::sha256_hex(k.as_bytes()))
+                .unwrap_or_default();
+        }
         cx.record
             .set_target(req.method().as_str(), req.uri().path());
         let limit = state.settings.request_body_limit;
@@ -88,10 +94,11 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
 pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A>) -> Response {
     let ApiRequest { cx, body } = request;
     cx.record.set_model(A::model(&body));
-    let turn = match A::translate(&body) {
+    let mut turn = match A::translate(&body) {
         Ok(t) => t,
         Err(e) => return cx.error(e),
     };
+    turn.tenant.clone_from(&cx.tenant);
     let mut run = match state
         .engine
         .start(Arc::clone(&cx.rules), Arc::clone(&cx.record), &turn)

@@ -117,7 +117,8 @@ fn key_ok(state: &AppState, presented: Option<&str>) -> bool {
     ok.into()
 }
 
-fn presented_key(req: &Request) -> Option<&str> {
+/// The API key a request presents (`x-api-key`, or `Authorization: Bearer`).
+pub(crate) fn presented_key(req: &Request) -> Option<&str> {
     let h = req.headers();
     if let Some(k) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(k.trim());

@@ -239,6 +239,8 @@ impl Api for ChatCompletions {
             conversation,
             model: req.model.clone(),
             stop,
+            // Set by the handler from the request's API key.
+            tenant: String::new(),
         })
     }
 

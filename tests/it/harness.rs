@@ -48,6 +48,8 @@ pub struct TestServer {
     pub scenario_file: PathBuf,
     pub rules_path: PathBuf,
     pub log_file: PathBuf,
+    /// The fake CLI's `CLAUDE_CONFIG_DIR` (synthesized sessions go under `projects/`).
+    pub claude_config_dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -89,6 +91,7 @@ impl TestServer {
         std::fs::write(&rules_path, &rules_text).expect("write rules");
         let rules = Rules::from_yaml(&rules_text, "test rules").expect("test rules are valid");
         let log_file = dir.path().join("fake.log");
+        let claude_config_dir = dir.path().join("claude-config");
         let workdir = dir.path().join("work");
         std::fs::create_dir_all(&workdir).expect("workdir");
 
@@ -116,6 +119,10 @@ impl TestServer {
             .cli
             .env
             .insert("FAKE_CLAUDE_LOG".into(), log_file.display().to_string());
+        config.cli.env.insert(
+            "CLAUDE_CONFIG_DIR".into(),
+            claude_config_dir.display().to_string(),
+        );
         for (k, v) in opts.env {
             config.cli.env.insert(k.into(), v);
         }
@@ -139,6 +146,7 @@ impl TestServer {
             scenario_file,
             rules_path,
             log_file,
+            claude_config_dir,
             stop: Some(tx),
             task: Some(task),
         }

@@ -182,7 +182,11 @@ async fn numbers_in_stderr_never_mean_401() {
         .status()
         .unwrap();
     let s = TestServer::start(Opts {
-        tweak: Box::new(move |c| c.cli.command = script),
+        tweak: Box::new(move |c| {
+            c.cli.command = script;
+            // The script reads stdin to its end: no turn may keep it open.
+            c.cli.keep_conversations = 0;
+        }),
         ..Opts::default()
     })
     .await;

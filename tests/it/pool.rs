@@ -63,6 +63,8 @@ async fn pool_server(
             c.cli.prewarm = prewarm;
             c.cli.prewarm_model = Some("sonnet".into());
             c.cli.max_concurrent = 4;
+            // These tests are about the pool: no process is kept for a conversation.
+            c.cli.keep_conversations = 0;
             tweak(c);
         }),
         ..Opts::default()

@@ -31,6 +31,8 @@ pub fn fake_settings(scenario: &str) -> CliSettings {
         prewarm: 0,
         prewarm_model: None,
         prewarm_max_idle: Duration::from_secs(300),
+        keep_conversations: 0,
+        conversation_idle_timeout: Duration::from_secs(300),
     }
 }
 
