@@ -86,6 +86,9 @@ async fn start_gateway(dir: &Path, cli: &Path, workdir: &Path) -> anyhow::Result
     config.cli.command = cli.to_path_buf();
     config.cli.workdir = Some(workdir.to_path_buf());
     config.cli.max_concurrent = 32;
+    // One process per request, as the direct path runs it (continuing conversations in
+    // kept processes is what benches/conversation.rs measures).
+    config.cli.keep_conversations = 0;
     config.cli.queue_size = 256;
     config.cli.start_timeout = 10.0;
     config.cli.inactivity_timeout = 10.0;

@@ -62,6 +62,9 @@ async fn start_server(cli: &std::path::Path, api_url: &str, prewarm: usize) -> S
     c.workdir = Some(work.path().to_path_buf());
     c.max_concurrent = MAX_CONCURRENT;
     c.prewarm = prewarm;
+    // One process per request, as the direct path runs it (continuing conversations in
+    // kept processes is what benches/conversation.rs measures).
+    c.keep_conversations = 0;
     c.prewarm_model = Some(MODEL.into());
     c.start_timeout = 20.0;
     c.inactivity_timeout = 20.0;

@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 
 use super::args::{cli_args, user_line, write_system_prompt};
 use super::io::{drain_stderr, read_lines, LineMsg, Ring, MAX_LINE_BYTES};
+use super::present::SessionTurn;
 use super::request::{CliRequest, CliSettings};
-use super::session::{write_session, SessionFile, SessionTurn};
+use super::session::{write_session, SessionFile};
 use super::stats::{BackendStats, InFlight};
 use crate::rules::{FailureFacts, SpawnErrorKind};
 
@@ -128,6 +129,11 @@ impl Spawned {
                 }
             }));
         }
+    }
+
+    /// Deletes the synthesized session file (read by the CLI when it started).
+    pub(super) fn drop_session_file(&mut self) {
+        drop(self.session_file.take());
     }
 
     /// Closes stdin (after any write in progress), so the CLI exits.

@@ -48,9 +48,9 @@ pub use crate::protocol::{CliEvent, Success, Usage};
 pub use args::{cli_args, user_line};
 pub use io::MAX_LINE_BYTES;
 pub use pool::PoolHandle;
+pub use present::SessionTurn;
 pub use request::{CliRequest, CliSettings};
 pub use run::CliRun;
-pub use session::SessionTurn;
 pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 
 use std::sync::Arc;

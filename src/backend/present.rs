@@ -20,7 +20,6 @@
 use serde_json::Value;
 use sha2::Digest as _;
 
-use super::session::SessionTurn;
 use crate::conversation::{Block, Conversation, ConversationError, Message, Role};
 
 /// What is written to the CLI for one conversation.
@@ -109,6 +108,14 @@ pub fn present(conversation: &Conversation) -> Result<Presented, PresentError> {
         attachments,
         system_prompt: system_prompt(conversation),
     })
+}
+
+/// One earlier turn of a conversation presented as real turns: `user` or `assistant`,
+/// with its content blocks in the Messages API's shape (text, image, document).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionTurn {
+    pub assistant: bool,
+    pub content: Vec<Value>,
 }
 
 /// A conversation's identity for continuing it in a kept CLI process: a SHA-256 over the

@@ -55,7 +55,7 @@ pub struct CliRequest {
     /// Skip the concurrency queue (the health probe must not be refused by load).
     pub bypass_queue: bool,
     /// Earlier turns, written as a synthesized session the CLI resumes (a fresh run).
-    pub history: Vec<super::session::SessionTurn>,
+    pub history: Vec<super::present::SessionTurn>,
     /// A kept process whose conversation is exactly the earlier turns continues this
     /// request instead (only `prompt` / `attachments` are written to it).
     pub continue_from: Option<super::present::Fingerprint>,

@@ -273,7 +273,10 @@ async fn drive(
         Ran::Kept(proc, result) => {
             // Kept before the answer goes out, so the conversation's next request finds it.
             match (permit, req.keep.as_ref(), result.as_ref()) {
-                (Some(permit), Some(keep), Ok(success)) => {
+                // A request waiting for a slot gets this one rather than a kept process.
+                (Some(permit), Some(keep), Ok(success))
+                    if shared.stats.queued.load(Ordering::Acquire) == 0 =>
+                {
                     let key = keep.after_answer(&success.text);
                     shared.kept.offer(Kept::new(key, *proc, permit));
                 }
@@ -492,6 +495,8 @@ async fn run_process(
             pid,
             "cli turn answered; the process waits for its next turn"
         );
+        // The CLI read its session file at start; a kept process needs it no more.
+        sp.drop_session_file();
         return Ran::Kept(Box::new(sp), result);
     }
     // Always: kill whatever is left of the group, then reap the leader.

@@ -7,20 +7,13 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::present::SessionTurn;
 use super::request::CliSettings;
 
 /// The CLI version the entries claim (the pinned CLI's; it accepts its own format).
 const ENTRY_VERSION: &str = "2.1.332";
-
-/// One earlier turn: `user` or `assistant`, with its content blocks in the Messages API's
-/// shape (text, image, document).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionTurn {
-    pub assistant: bool,
-    pub content: Vec<Value>,
-}
 
 /// A written session file; deleted on drop.
 #[derive(Debug)]

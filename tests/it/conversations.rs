@@ -246,3 +246,37 @@ async fn no_kept_process_survives_the_server() {
     s.shutdown().await;
     assert!(!alive(p), "kept process {p} outlived serve");
 }
+
+#[tokio::test]
+async fn usage_reports_the_clis_cache_figures_in_both_apis() {
+    // The fake CLI's result: 12 input, 5 cache creation, 7 cache read tokens.
+    let s = server(|_| {}).await;
+    let v: Value = crate::harness::client()
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth("key-a")
+        .json(&crate::harness::chat_body("hi", false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["usage"]["prompt_tokens_details"]["cached_tokens"], 7,
+        "{v}"
+    );
+    assert_eq!(v["usage"]["prompt_tokens"], 12 + 5 + 7, "{v}");
+    let v: Value = crate::harness::client()
+        .post(s.url("/v1/messages"))
+        .bearer_auth("key-a")
+        .json(&crate::harness::messages_body("hi", false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["usage"]["cache_read_input_tokens"], 7, "{v}");
+    assert_eq!(v["usage"]["cache_creation_input_tokens"], 5, "{v}");
+    assert_eq!(v["usage"]["input_tokens"], 12, "{v}");
+}

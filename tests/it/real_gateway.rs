@@ -429,3 +429,192 @@ async fn real_cli_output_token_limit_is_a_length_truncated_answer() {
     );
     s.shutdown().await;
 }
+
+/// A request's messages as (role, block) pairs, blocks in one shape: a string content is
+/// its text block, and `cache_control` (which moves to the newest block) is left out.
+fn message_blocks(body: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for m in body["messages"].as_array().into_iter().flatten() {
+        let role = m["role"].as_str().unwrap_or_default().to_string();
+        let blocks = match &m["content"] {
+            Value::String(t) => vec![json!({"type": "text", "text": t})],
+            Value::Array(b) => b.clone(),
+            _ => Vec::new(),
+        };
+        for mut b in blocks {
+            if let Some(o) = b.as_object_mut() {
+                o.remove("cache_control");
+            }
+            out.push((role.clone(), b));
+        }
+    }
+    out
+}
+
+/// The real CLI through ccgate: a 6-turn conversation reaches the model as real turns,
+/// continued in one kept CLI process, each request repeating the previous one.
+#[tokio::test]
+async fn real_cli_conversation_turns_are_real_turns_in_one_kept_process() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(exe, Some(mock.url("ok")), None, |_| {}).await;
+    let mut messages: Vec<Value> = Vec::new();
+    for turn in 1..=6 {
+        messages.push(json!({"role": "user", "content": format!("question number {turn}")}));
+        let (st, _, body) = post(
+            &s,
+            "/v1/chat/completions",
+            &json!({"model": "sonnet", "messages": messages}),
+        )
+        .await;
+        assert_eq!(st, 200, "turn {turn}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let answer = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(answer, DEFAULT_TEXT);
+        messages.push(json!({"role": "assistant", "content": answer}));
+    }
+    let requests = mock.message_requests();
+    assert_eq!(requests.len(), 6, "one upstream call per turn");
+    let last = message_blocks(&requests[5].body);
+    let assistant: Vec<&Value> = last
+        .iter()
+        .filter(|(role, _)| role == "assistant")
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(assistant.len(), 5, "{last:?}");
+    assert!(
+        assistant.iter().all(|b| b["text"] == DEFAULT_TEXT),
+        "{last:?}"
+    );
+    let users: Vec<String> = last
+        .iter()
+        .filter(|(role, _)| role == "user")
+        .filter_map(|(_, b)| b["text"].as_str().map(str::to_string))
+        .collect();
+    for turn in 1..=6 {
+        let q = format!("question number {turn}");
+        assert!(
+            users.iter().any(|u| u.ends_with(&q)),
+            "{q} missing: {users:?}"
+        );
+    }
+    assert!(
+        !serde_json::to_string(&requests[5].body)
+            .unwrap()
+            .contains("<conversation-"),
+        "no transcript"
+    );
+    // Each request repeats the previous one block by block (the prompt cache's prefix).
+    for k in 1..6 {
+        let (prev, next) = (
+            message_blocks(&requests[k - 1].body),
+            message_blocks(&requests[k].body),
+        );
+        assert_eq!(
+            next[..prev.len()],
+            prev[..],
+            "request {} is not a prefix of {}",
+            k,
+            k + 1
+        );
+    }
+    let stats = s.state.backend.stats().snapshot();
+    assert_eq!(
+        stats.spawned_total, 1,
+        "one CLI for the conversation: {stats:?}"
+    );
+    assert_eq!(stats.kept_hits_total, 5, "{stats:?}");
+    s.shutdown().await;
+}
+
+/// A fresh CLI (another replica, a restart) gets the earlier turns as real turns too,
+/// from a synthesized session, images included.
+#[tokio::test]
+async fn real_cli_fresh_process_resumes_earlier_turns_from_a_synthesized_session() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, home) = real_server_with(exe, Some(mock.url("ok")), None, |_| {}).await;
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+    let body = json!({"model": "sonnet", "max_tokens": 100, "system": "Be brief.", "messages": [
+        {"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+            {"type": "text", "text": "What is in this picture?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A single pixel."}]},
+        {"role": "user", "content": "What colour is it?"}]});
+    let (st, _, text) = post(&s, "/v1/messages", &body).await;
+    assert_eq!(st, 200, "{text}");
+    let requests = mock.message_requests();
+    assert_eq!(requests.len(), 1);
+    // The CLI's own `system` entries (its environment notes) aside.
+    let blocks: Vec<(String, Value)> = message_blocks(&requests[0].body)
+        .into_iter()
+        .filter(|(role, _)| role != "system")
+        .collect();
+    assert_eq!(blocks[0].0, "user", "{blocks:?}");
+    assert_eq!(blocks[0].1["type"], "image", "{blocks:?}");
+    assert_eq!(blocks[0].1["source"]["data"], png);
+    assert_eq!(
+        blocks[1],
+        (
+            "user".into(),
+            json!({"type": "text", "text": "What is in this picture?"})
+        )
+    );
+    assert_eq!(
+        blocks[2],
+        (
+            "assistant".into(),
+            json!({"type": "text", "text": "A single pixel."})
+        )
+    );
+    let last = blocks.last().unwrap();
+    assert_eq!(last.0, "user");
+    assert!(
+        last.1["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("What colour is it?"),
+        "{blocks:?}"
+    );
+    assert!(!requests[0].body.to_string().contains("<conversation-"));
+    assert!(requests[0].body["system"].to_string().contains("Be brief."));
+    assert_eq!(s.state.backend.stats().snapshot().kept_misses_total, 1);
+    // The resumed process is kept: the next turn continues in it (its session file is
+    // already deleted) and the model sees every turn.
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let mut body = body;
+    let messages = body["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": v["content"].clone()}));
+    messages.push(json!({"role": "user", "content": "And its size?"}));
+    let (st, _, text) = post(&s, "/v1/messages", &body).await;
+    assert_eq!(st, 200, "{text}");
+    let stats = s.state.backend.stats().snapshot();
+    assert_eq!(
+        (stats.kept_hits_total, stats.spawned_total),
+        (1, 1),
+        "{stats:?}"
+    );
+    let requests = mock.message_requests();
+    let texts: Vec<String> = message_blocks(&requests[1].body)
+        .into_iter()
+        .filter(|(role, _)| role != "system")
+        .filter_map(|(role, b)| b["text"].as_str().map(|t| format!("{role}: {t}")))
+        .collect();
+    assert_eq!(texts.len(), 5, "{texts:?}");
+    assert!(
+        texts[4].starts_with("user: ") && texts[4].ends_with("And its size?"),
+        "{texts:?}"
+    );
+    assert_eq!(texts[3], format!("assistant: {DEFAULT_TEXT}"), "{texts:?}");
+    // The synthesized session file is gone, and the fork was not persisted either.
+    s.shutdown().await;
+    let left: Vec<_> = std::fs::read_dir(home.path().join(".claude/projects"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
