@@ -190,17 +190,7 @@ impl Api for Messages {
             let blocks = m.content.blocks(&format!("messages[{i}].content"), allow)?;
             messages.push(Message::new(role, blocks));
         }
-        let conversation = Conversation { system, messages };
-        conversation
-            .validate()
-            .map_err(|e| ApiError::invalid_param(e.to_string(), "messages"))?;
-        Ok(TurnRequest {
-            conversation,
-            model: req.model.clone(),
-            stop,
-            // Set by the handler from the request's API key.
-            tenant: String::new(),
-        })
+        crate::http::handler::turn_request(Conversation { system, messages }, &req.model, stop)
     }
 
     fn answer_id() -> String {

@@ -14,6 +14,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::conversation::Conversation;
 use crate::engine::{TurnRequest, TurnRun, TurnStep};
 use crate::http::errors::{ApiError, RenderedError};
 use crate::http::extract::{parse_body, Cx};
@@ -43,6 +44,24 @@ pub trait Api: Send + Sync + Sized + 'static {
     /// The stream framing of this answer; `prompt_usage` is the prompt's token counts
     /// when the CLI reported them before the first text.
     fn framer(req: Self::Request, id: String, prompt_usage: Option<&Usage>) -> Self::Framer;
+}
+
+/// The turn a translation produced, after the check every API shares: a dialogue that
+/// ends with the user. (The tenant is set by the handler from the request's API key.)
+pub fn turn_request(
+    conversation: Conversation,
+    model: &str,
+    stop: Vec<String>,
+) -> Result<TurnRequest, ApiError> {
+    conversation
+        .validate()
+        .map_err(|e| ApiError::invalid_param(e.to_string(), "messages"))?;
+    Ok(TurnRequest {
+        conversation,
+        model: model.to_string(),
+        stop,
+        tenant: String::new(),
+    })
 }
 
 /// An API's SSE events for a streamed answer.

@@ -232,16 +232,7 @@ impl Api for ChatCompletions {
             system: None,
             messages,
         };
-        conversation
-            .validate()
-            .map_err(|e| ApiError::invalid_param(e.to_string(), "messages"))?;
-        Ok(TurnRequest {
-            conversation,
-            model: req.model.clone(),
-            stop,
-            // Set by the handler from the request's API key.
-            tenant: String::new(),
-        })
+        crate::http::handler::turn_request(conversation, &req.model, stop)
     }
 
     fn answer_id() -> String {
