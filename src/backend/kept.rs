@@ -122,14 +122,16 @@ impl KeptStore {
         found
     }
 
-    /// Keeps `kept` (the least recently used one goes if that makes too many).
-    pub(super) fn offer(self: &Arc<Self>, kept: Kept) {
-        if self.cap == 0 || self.closed.load(Ordering::Acquire) {
-            retire_in_background(vec![kept]);
-            return;
-        }
+    /// Keeps `kept` (the least recently used one goes if that makes too many), or hands it
+    /// back when nothing may be kept (then the caller ends it). Checked under the lock
+    /// [`KeptStore::close`] takes, so a process offered during shutdown is either ended by
+    /// `close` or handed back, never left behind.
+    pub(super) fn offer(self: &Arc<Self>, kept: Kept) -> Option<Kept> {
         let evicted = {
             let mut entries = self.lock();
+            if self.cap == 0 || self.closed.load(Ordering::Acquire) {
+                return Some(kept);
+            }
             entries.push_back(kept);
             let mut evicted = Vec::new();
             while entries.len() > self.cap {
@@ -145,6 +147,7 @@ impl KeptStore {
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(Arc::clone(self).sweep());
         }
+        None
     }
 
     /// The least recently used kept process, so a request can have its slot.
@@ -175,17 +178,23 @@ impl KeptStore {
     /// Refuses new kept processes for good and ends the kept ones; returns once they are
     /// reaped.
     pub(super) async fn close(&self) {
-        self.closed.store(true, Ordering::Release);
         let drained: Vec<Kept> = {
             let mut entries = self.lock();
-            let drained = entries.drain(..).collect();
+            self.closed.store(true, Ordering::Release);
             self.publish(0);
-            drained
+            entries.drain(..).collect()
         };
         self.wake.notify_one();
         for k in drained {
             k.retire().await;
         }
+    }
+
+    /// Refuses new kept processes for good, at once; the kept ones wait for
+    /// [`KeptStore::close`] to end them (`serve` awaits it before it returns).
+    pub(super) fn refuse_new(&self) {
+        let _entries = self.lock();
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Ends kept processes idle longer than `idle_timeout`, until none is left.

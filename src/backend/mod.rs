@@ -159,8 +159,7 @@ impl Backend {
         if let Some(pool) = self.shared.pool.as_ref() {
             pool.close();
         }
-        let kept = Arc::clone(&self.shared.kept);
-        tokio::spawn(async move { kept.close().await });
+        self.shared.kept.refuse_new();
     }
 
     /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).

@@ -278,7 +278,9 @@ async fn drive(
                     if shared.stats.queued.load(Ordering::Acquire) == 0 =>
                 {
                     let key = keep.after_answer(&success.text);
-                    shared.kept.offer(Kept::new(key, *proc, permit));
+                    if let Some(refused) = shared.kept.offer(Kept::new(key, *proc, permit)) {
+                        refused.retire().await;
+                    }
                 }
                 _ => {
                     let _ = proc.reap().await;
