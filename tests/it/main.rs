@@ -19,3 +19,4 @@ mod security;
 mod support;
 mod support_real;
 mod turns;
+mod untrusted;
