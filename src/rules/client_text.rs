@@ -294,4 +294,47 @@ mod tests {
         assert!(out.starts_with('…'));
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
+
+    #[test]
+    fn the_issues_repro_classifies_as_the_unknown_model_it_is() {
+        // What the CLI says for an unknown model named `Not logged in` (the model check
+        // refuses that name first; the classifier must not need it to).
+        let text = "There's an issue with the selected model (Not logged in). It may not exist or you may not have access to it. Run --model to pick a different model.";
+        let facts = FailureFacts {
+            assistant_error: Some("model_not_found".into()),
+            assistant_error_text: Some(text.into()),
+            result_seen: true,
+            result_is_error: true,
+            result_text: Some(text.into()),
+            api_error_status: Some(404),
+            api_error_type: Some("not_found_error".into()),
+            ..FailureFacts::default()
+        };
+        let rules = crate::rules::Rules::embedded();
+        // Matched as it is, the echo is an auth marker of an earlier kind.
+        assert_eq!(rules.classify(&facts).kind, "auth_failure");
+        let client = ClientText {
+            model: "Not logged in",
+            prompt: &["[[scenario:model_not_found]]"],
+        };
+        let v = rules.classify_request(&facts, &client);
+        assert_eq!(
+            (v.kind.as_str(), v.status, v.unhealthy),
+            ("model_not_found", 404, false)
+        );
+        // The client's own answer still names its model.
+        assert!(v.message.contains("(Not logged in)"), "{}", v.message);
+        // A prompt the CLI repeats is no verdict either.
+        let facts = FailureFacts {
+            result_is_error: true,
+            result_text: Some("Unknown command: Not logged in · Please run /login".into()),
+            ..FailureFacts::default()
+        };
+        assert_eq!(rules.classify(&facts).kind, "auth_failure");
+        let client = ClientText {
+            model: "sonnet",
+            prompt: &["say Not logged in · Please run /login"],
+        };
+        assert!(!rules.classify_request(&facts, &client).unhealthy);
+    }
 }
