@@ -2,8 +2,9 @@
 //!
 //! A request takes one rules snapshot for its whole life ([`Engine::rules`]). A turn goes
 //! through the health gate (answered from the recorded unhealthy kind, nothing spawned),
-//! the backend run, the [`TurnFold`], and at a failure the rules' classification, whose
-//! `unhealthy` verdicts close the gate and wake the probe, while a success reopens it.
+//! the backend run, the [`TurnFold`], and at a failure the rules' classification (deaf to
+//! the text the client chose: its model and prompt), whose `unhealthy` verdicts wake the
+//! probe, which closes the gate if it agrees, while a success reopens it.
 //! [`RequestRecord`] is the one log line and the metrics of a request, written when the
 //! last reference to it goes (for streams: when the stream ends or the client leaves).
 
@@ -20,7 +21,7 @@ use crate::health::{Health, Source};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::probe::Prober;
 use crate::protocol::{CliEvent, Success, Usage};
-use crate::rules::{FailureFacts, Rules, Verdict};
+use crate::rules::{ClientText, FailureFacts, Rules, Verdict};
 use crate::turn::{Step, TurnFold};
 
 /// One turn to run, translated from any API.
@@ -35,11 +36,99 @@ pub struct TurnRequest {
     pub tenant: String,
 }
 
+/// The longest `model` accepted (Bedrock inference-profile ARNs are about 110 characters).
+pub const MODEL_MAX_LEN: usize = 256;
+/// The most stop sequences a request may give (OpenAI's own limit of 4 is its API's).
+pub const STOP_MAX_COUNT: usize = 16;
+/// The longest stop sequence, in bytes.
+pub const STOP_MAX_BYTES: usize = 1024;
+
+/// A turn field every API refuses with a 400 naming it: checked once for all APIs by
+/// [`check_fields`] (each API words the message in its style and names its own field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TurnFieldError {
+    /// `model`; the text says what is wrong ("must not be empty").
+    #[error("{0}")]
+    Model(String),
+    /// The stop sequences (`stop`, `stop_sequences`).
+    #[error("{0}")]
+    Stop(String),
+}
+
+/// Whether `c` may appear in a model name: what model ids and aliases use (`sonnet`,
+/// `opus[1m]`, `claude-opus-4-1@20250805`, `us.anthropic.claude-…-v1:0`, ARNs with `/`).
+fn model_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/' | '@' | '[' | ']')
+}
+
+/// The model name's rules. A model reaches the CLI's argv, the log line and the CLI's
+/// error texts (which echo it); spaces, control characters and megabytes have no place
+/// in any of them (a NUL used to fail the spawn as a 502).
+pub fn check_model(model: &str) -> Result<(), TurnFieldError> {
+    let problem = if model.is_empty() {
+        "must not be empty".to_string()
+    } else if model.len() > MODEL_MAX_LEN {
+        format!("must be at most {MODEL_MAX_LEN} characters long")
+    } else if let Some(c) = model.chars().find(|c| !model_char(*c)) {
+        format!(
+            "may contain only ASCII letters, digits and `.-_:/@[]` (found U+{:04X})",
+            u32::from(c)
+        )
+    } else {
+        return Ok(());
+    };
+    Err(TurnFieldError::Model(problem))
+}
+
+/// The stop sequences' bounds (count and length; each API checks emptiness its way).
+pub fn check_stops(stops: &[String]) -> Result<(), TurnFieldError> {
+    if stops.len() > STOP_MAX_COUNT {
+        return Err(TurnFieldError::Stop(format!(
+            "takes at most {STOP_MAX_COUNT} sequences"
+        )));
+    }
+    if stops.iter().any(|s| s.len() > STOP_MAX_BYTES) {
+        return Err(TurnFieldError::Stop(format!(
+            "sequences must be at most {STOP_MAX_BYTES} bytes long"
+        )));
+    }
+    Ok(())
+}
+
+impl TurnRequest {
+    /// The field checks every API applies ([`check_model`], [`check_stops`]).
+    pub fn validate(&self) -> Result<(), TurnFieldError> {
+        check_model(&self.model)?;
+        check_stops(&self.stop)
+    }
+
+    /// The texts of the conversation the client wrote or sent back (for [`ClientText`]).
+    fn texts(&self) -> Vec<&str> {
+        fn block_texts<'a>(b: &'a crate::conversation::Block, out: &mut Vec<&'a str>) {
+            use crate::conversation::Block;
+            match b {
+                Block::Text(t) | Block::Thinking { text: t, .. } => out.push(t),
+                Block::ToolResult { content, .. } => {
+                    content.iter().for_each(|b| block_texts(b, out))
+                }
+                Block::Image(_) | Block::Document(_) | Block::ToolUse { .. } => {}
+            }
+        }
+        let mut out: Vec<&str> = self.conversation.system.as_deref().into_iter().collect();
+        for m in &self.conversation.messages {
+            m.blocks.iter().for_each(|b| block_texts(b, &mut out));
+        }
+        out
+    }
+}
+
 /// Why a turn produced no answer.
 #[derive(Debug)]
 pub enum TurnError {
     /// The conversation cannot be presented to the CLI (a client error).
     Present(PresentError),
+    /// A field fails the checks every API applies (a client error).
+    Invalid(TurnFieldError),
     /// A classified CLI failure, or the closed health gate.
     Verdict(Box<Verdict>),
 }
@@ -116,17 +205,21 @@ impl Engine {
     }
 
     /// Starts a turn: the gate, then the CLI run. Returns at once with the run in progress.
+    /// The run keeps the request: its model and texts are what classification must not
+    /// listen to.
     pub async fn start(
         &self,
         rules: Arc<Rules>,
         record: Arc<RequestRecord>,
-        req: &TurnRequest,
+        req: TurnRequest,
     ) -> Result<TurnRun, TurnError> {
+        // The APIs check these already; checked here too, so no API can forget.
+        req.validate().map_err(TurnError::Invalid)?;
         let turns = present_turns(&req.conversation, &req.tenant, &req.model)
             .map_err(TurnError::Present)?;
         // Earlier turns go to a fresh CLI as a synthesized session; should the CLI refuse
         // it, the transcript of the same conversation answers instead.
-        let fallback = (!turns.history.is_empty()).then(|| req.clone());
+        let fallback = !turns.history.is_empty();
         let cli = CliRequest::for_turns(turns, &req.model);
         self.gate(&rules).await.map_err(TurnError::Verdict)?;
         Ok(TurnRun {
@@ -137,20 +230,33 @@ impl Engine {
             fold: TurnFold::new(req.stop.clone()),
             ready: VecDeque::new(),
             fallback,
+            req,
         })
     }
 
-    /// Classifies failure facts with `rules` and updates health and metrics.
-    fn classify(&self, rules: &Rules, record: &RequestRecord, facts: &FailureFacts) -> Verdict {
+    /// Classifies a request's failure facts with `rules` (deaf to what `req`'s client
+    /// chose: see `rules::client_text`) and updates health and metrics.
+    fn classify(
+        &self,
+        rules: &Rules,
+        record: &RequestRecord,
+        req: &TurnRequest,
+        facts: &FailureFacts,
+    ) -> Verdict {
         record.record_exit(facts);
-        let verdict = rules.classify(facts);
+        let texts = req.texts();
+        let client = ClientText {
+            model: &req.model,
+            prompt: &texts,
+        };
+        let verdict = rules.classify_request(facts, &client);
         tracing::debug!(request_id = %record.request_id, kind = %verdict.kind,
             matched = ?verdict.matched, stderr_tail = %facts.stderr_tail, "CLI failure classified");
         self.count_run(&verdict.kind);
         if verdict.unhealthy {
-            // Closes the gate, drains the pool and wakes the probe to confirm it.
-            self.prober
-                .mark_unhealthy(Source::Request, &verdict.kind, &verdict.message);
+            // Only a suspicion: this request is answered with its kind, but the gate closes
+            // for everyone only when the probe (the operator's prompt and model) agrees.
+            self.prober.suspect_unhealthy(&verdict.kind);
         }
         verdict
     }
@@ -190,8 +296,10 @@ pub struct TurnRun {
     run: Option<CliRun>,
     fold: TurnFold,
     ready: VecDeque<Step>,
-    /// The conversation, while a refused session may still fall back to its transcript.
-    fallback: Option<TurnRequest>,
+    /// The request (its model and texts are what classification must not listen to).
+    req: TurnRequest,
+    /// While true, a session the CLI refuses may still fall back to the transcript.
+    fallback: bool,
 }
 
 /// The kind the rules give a CLI that could not resume a session.
@@ -275,6 +383,7 @@ impl TurnRun {
         Err(Box::new(self.engine.classify(
             &self.rules,
             &self.record,
+            &self.req,
             &facts,
         )))
     }
@@ -294,20 +403,23 @@ impl TurnRun {
         let Step::Fail(facts) = step else {
             return false;
         };
-        let Some(req) = self.fallback.take() else {
-            return false;
-        };
-        if self.fold.released_any() || self.rules.classify(facts).kind != SESSION_NOT_FOUND {
+        if !std::mem::take(&mut self.fallback) || self.fold.released_any() {
             return false;
         }
-        let Ok(cli) = CliRequest::for_conversation(&req.conversation, &req.model) else {
+        // The CLI names the session ccgate wrote; blinding client text here could hide
+        // that (a prompt containing "conversation"), and the worst a client's own text can
+        // do is cost its own request one more run.
+        if self.rules.classify(facts).kind != SESSION_NOT_FOUND {
+            return false;
+        }
+        let Ok(cli) = CliRequest::for_conversation(&self.req.conversation, &self.req.model) else {
             return false;
         };
         tracing::warn!(request_id = %self.record.request_id,
             "the CLI did not resume the conversation as a session; answering from a transcript");
         self.engine.metrics.conversation_fallbacks.inc();
         self.run = Some(self.engine.backend.start(cli));
-        self.fold = TurnFold::new(req.stop);
+        self.fold = TurnFold::new(self.req.stop.clone());
         self.ready.clear();
         true
     }
@@ -325,6 +437,7 @@ impl TurnRun {
                 TurnStep::Fail(Box::new(self.engine.classify(
                     &self.rules,
                     &self.record,
+                    &self.req,
                     &facts,
                 )))
             }

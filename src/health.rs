@@ -43,6 +43,17 @@ pub struct LastProbe {
     pub duration_ms: u64,
 }
 
+/// A request's verdict of an `unhealthy` kind that the probe has not judged yet. Kind and
+/// time only: the request's own text may be its client's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suspicion {
+    pub kind: String,
+    pub at: String,
+    /// Orders suspicions against probes (a probe that began before it does not clear it).
+    #[serde(skip)]
+    seq: u64,
+}
+
 /// `cli_health` exactly as the contract names it, plus ccgate's extras.
 #[derive(Debug, Clone, Serialize)]
 pub struct CliHealth {
@@ -55,6 +66,12 @@ pub struct CliHealth {
     pub source: Option<Source>,
     pub consecutive_failures: u32,
     pub last_probe: Option<LastProbe>,
+    /// A request-path `unhealthy` verdict waiting for the probe it woke; the gate stays
+    /// open until that probe agrees. Null when there is none.
+    pub suspected: Option<Suspicion>,
+    /// Suspicions raised so far (orders them against probes).
+    #[serde(skip)]
+    suspicions: u64,
 }
 
 impl Default for CliHealth {
@@ -68,6 +85,8 @@ impl Default for CliHealth {
             source: None,
             consecutive_failures: 0,
             last_probe: None,
+            suspected: None,
+            suspicions: 0,
         }
     }
 }
@@ -149,12 +168,35 @@ impl Health {
         flipped
     }
 
-    /// Record a probe run (all outcomes) for `/v1/auth/status`.
-    pub fn record_probe(&self, probe: LastProbe) {
-        self.lock().last_probe = Some(LastProbe {
+    /// A request's verdict of an `unhealthy` kind, for the probe to confirm or refute; the
+    /// state (and the gate) is unchanged.
+    pub fn suspect(&self, kind: &str) {
+        let mut s = self.lock();
+        s.suspicions += 1;
+        let seq = s.suspicions;
+        s.suspected = Some(Suspicion {
+            kind: kind.to_string(),
+            at: now_rfc3339(),
+            seq,
+        });
+    }
+
+    /// Marks where a probe begins, for [`Health::record_probe`].
+    pub fn probe_started(&self) -> u64 {
+        self.lock().suspicions
+    }
+
+    /// Record a probe run (all outcomes) for `/v1/auth/status`. It answers the suspicions
+    /// raised before it began (`started`, from [`Health::probe_started`]).
+    pub fn record_probe(&self, probe: LastProbe, started: u64) {
+        let mut s = self.lock();
+        s.last_probe = Some(LastProbe {
             message: probe.message.as_deref().map(cut),
             ..probe
         });
+        if s.suspected.as_ref().is_some_and(|x| x.seq <= started) {
+            s.suspected = None;
+        }
     }
 
     /// Marks the first probe as pending; called by `serve` before it accepts connections

@@ -1,10 +1,11 @@
 //! The health probe: a short CLI run with the current rules' probe settings whose verdict
 //! feeds [`Health`]. [`Prober::run`] is the periodic task (`serve` spawns it), and
-//! `POST /admin/probe` calls [`Prober::probe_once`]. [`Prober::mark_unhealthy`] is how
-//! every unhealthy verdict, the probe's or a request's, is recorded.
+//! `POST /admin/probe` calls [`Prober::probe_once`]. A request's unhealthy verdict is only
+//! a suspicion ([`Prober::suspect_unhealthy`]) that wakes the probe.
 //!
-//! Invariant: only a verdict whose kind the rules mark `unhealthy` closes the gate; other
-//! failures are inconclusive and leave it as it is.
+//! Invariants: only the probe's verdict closes the gate (its prompt and model are the
+//! operator's, never a client's), and only a verdict whose kind the rules mark `unhealthy`;
+//! other failures are inconclusive and leave it as it is.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,16 +51,23 @@ impl Prober {
         }
     }
 
-    /// Records an `unhealthy` verdict: closes the health gate and drains the pre-warmed
-    /// pool (its processes may hold stale credentials; it refills once healthy again). A
-    /// request's verdict also wakes the probe to confirm or refute it now rather than at
-    /// the next interval (the probe's own verdict does not, or it would probe in a loop).
-    pub fn mark_unhealthy(&self, source: Source, kind: &str, message: &str) {
+    /// A request's `unhealthy` verdict: a suspicion, not a verdict for everyone. The
+    /// request's failure text may echo what its client chose, and one client must not close
+    /// the gate for all (a model named `Not logged in` once did), so only the probe, with
+    /// the operator's prompt and model, closes it: this wakes the probe now rather than at
+    /// the next interval. It also drains the pre-warmed pool (its processes may hold stale
+    /// credentials; it refills at once while the gate stays open).
+    pub fn suspect_unhealthy(&self, kind: &str) {
+        self.health.suspect(kind);
+        self.backend.invalidate_pool();
+        self.health.probe_wakeup.notify_one();
+    }
+
+    /// The probe's `unhealthy` verdict: closes the health gate and drains the pre-warmed
+    /// pool (it refills once healthy again).
+    fn mark_unhealthy(&self, source: Source, kind: &str, message: &str) {
         self.health.mark_failed(source, kind, message);
         self.backend.invalidate_pool();
-        if source == Source::Request {
-            self.health.probe_wakeup.notify_one();
-        }
     }
 
     /// Runs one probe now with the current rules' probe settings and records its verdict.
@@ -67,6 +75,7 @@ impl Prober {
         let _serial = self.serial.lock().await;
         let rules = self.rules.load_full();
         let settings = rules.probe().clone();
+        let suspicions = self.health.probe_started();
         let started = Instant::now();
         let mut run = self.backend.start(CliRequest {
             prompt: settings.prompt.clone(),
@@ -124,13 +133,16 @@ impl Prober {
             })
             .inc();
         self.metrics.probe_last_duration.set(elapsed.as_secs_f64());
-        self.health.record_probe(LastProbe {
-            at: now_rfc3339(),
-            outcome,
-            kind,
-            message,
-            duration_ms: elapsed.as_millis() as u64,
-        });
+        self.health.record_probe(
+            LastProbe {
+                at: now_rfc3339(),
+                outcome,
+                kind,
+                message,
+                duration_ms: elapsed.as_millis() as u64,
+            },
+            suspicions,
+        );
         outcome
     }
 

@@ -155,10 +155,12 @@ impl Api for Messages {
             ));
         }
         refuse_unsupported(req)?;
-        if req.model.trim().is_empty() {
-            return Err(ApiError::invalid_param("model: must not be empty", "model"));
-        }
+        crate::engine::check_model(&req.model)
+            .map_err(|e| ApiError::invalid_param(format!("model: {e}"), "model"))?;
         let stop = req.stop_sequences.clone().unwrap_or_default();
+        crate::engine::check_stops(&stop).map_err(|e| {
+            ApiError::invalid_param(format!("stop_sequences: {e}"), "stop_sequences")
+        })?;
         if stop.iter().any(|s| s.trim().is_empty()) {
             return Err(ApiError::invalid_param(
                 "stop_sequences: each sequence must contain non-whitespace",

@@ -89,6 +89,14 @@ impl From<crate::engine::TurnError> for ApiError {
                 };
                 ApiError::invalid_param(p.to_string(), &param)
             }
+            crate::engine::TurnError::Invalid(e) => {
+                // The APIs check these first, in their own words; this is the backstop.
+                let param = match &e {
+                    crate::engine::TurnFieldError::Model(_) => "model",
+                    crate::engine::TurnFieldError::Stop(_) => "stop",
+                };
+                ApiError::invalid_param(format!("{param}: {e}"), param)
+            }
             crate::engine::TurnError::Verdict(v) => ApiError::Verdict(v),
         }
     }

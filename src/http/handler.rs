@@ -112,7 +112,10 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
 /// The handler of every API endpoint.
 pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A>) -> Response {
     let ApiRequest { cx, body } = request;
-    cx.record.set_model(A::model(&body));
+    // A model that fails the checks is not logged (it may be megabytes or hold controls).
+    if crate::engine::check_model(A::model(&body)).is_ok() {
+        cx.record.set_model(A::model(&body));
+    }
     let mut turn = match A::translate(&body) {
         Ok(t) => t,
         Err(e) => return cx.error(e),
@@ -120,7 +123,7 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
     turn.tenant.clone_from(&cx.tenant);
     let mut run = match state
         .engine
-        .start(Arc::clone(&cx.rules), Arc::clone(&cx.record), &turn)
+        .start(Arc::clone(&cx.rules), Arc::clone(&cx.record), turn)
         .await
     {
         Ok(run) => run,

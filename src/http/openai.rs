@@ -153,6 +153,8 @@ fn stop_sequences(req: &ChatRequest) -> Result<Vec<String>, ApiError> {
             "stop",
         ));
     }
+    crate::engine::check_stops(&stop)
+        .map_err(|e| ApiError::invalid_param(format!("`stop` {e}"), "stop"))?;
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid_param(
             "`stop` sequences must not be empty",
@@ -202,12 +204,8 @@ impl Api for ChatCompletions {
             ));
         }
         refuse_unsupported(req)?;
-        if req.model.trim().is_empty() {
-            return Err(ApiError::invalid_param(
-                "`model` must not be empty",
-                "model",
-            ));
-        }
+        crate::engine::check_model(&req.model)
+            .map_err(|e| ApiError::invalid_param(format!("`model` {e}"), "model"))?;
         let stop = stop_sequences(req)?;
         let mut messages = Vec::with_capacity(req.messages.len());
         for (i, m) in req.messages.iter().enumerate() {

@@ -69,14 +69,20 @@ pub async fn auth_status(State(state): State<AppState>) -> Json<Value> {
     Json(auth_status_body(&state))
 }
 
-/// Readiness: 200 while the CLI is healthy, 503 (same JSON) while the gate is closed.
+/// Readiness: 200 `{"status":"ready"}` while the CLI is healthy, 503
+/// `{"status":"not_ready","reason":"<kind>"}` while the gate is closed. Readiness only:
+/// `/ready` is open (probes carry no key), so the messages, rules version and probe
+/// settings are for the authenticated `/v1/auth/status`.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let status = if state.health.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(auth_status_body(&state))).into_response()
+    match state.health.gate() {
+        None => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Some(h) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready",
+                        "reason": h.error_kind.as_deref().unwrap_or("cli_unhealthy")})),
+        )
+            .into_response(),
+    }
 }
 
 pub async fn admin_probe(State(state): State<AppState>) -> Json<Value> {

@@ -11,8 +11,9 @@
 use serde_json::Value;
 
 use super::load::{CompiledKind, Matcher};
+use super::redact::redact;
 use super::template::{PValue, Placeholder};
-use super::{FailureFacts, Flavour, Rules, TemplateValues, Verdict};
+use super::{ClientText, FailureFacts, Flavour, Rules, TemplateValues, Verdict};
 
 fn any_ci(list: &[String], v: Option<&str>) -> Option<String> {
     let v = v?;
@@ -108,6 +109,17 @@ impl Rules {
         self.verdict(&self.fallback, None, facts)
     }
 
+    /// Classifies a request's failure without the text its client chose: the kind is
+    /// decided on the facts with every echo of the request's model and prompt blanked out
+    /// ([`FailureFacts::blind_to`]), so no client can name its model or word its prompt
+    /// into a verdict; the message is the run's own (redacted), for this client's answer.
+    pub fn classify_request(&self, facts: &FailureFacts, client: &ClientText<'_>) -> Verdict {
+        let mut verdict = self.classify(&facts.blind_to(client));
+        verdict.message = redact(&facts.summary()).into_owned();
+        verdict.stderr_tail = redact(&facts.stderr_tail).into_owned();
+        verdict
+    }
+
     /// The lowest (kind, marker) pair with a marker occurrence in any text, considering
     /// kinds before `bound` only.
     ///
@@ -155,12 +167,13 @@ impl Rules {
             status: k.status,
             unhealthy: k.unhealthy,
             matched,
-            message: facts.summary(),
+            // Redacted once here, so bodies, logs and the health state all get the same.
+            message: redact(&facts.summary()).into_owned(),
             retry_after: k.retry_after,
             resets_at: facts
                 .rate_limit_resets_at
                 .filter(|_| k.retry_after.is_some()),
-            stderr_tail: facts.stderr_tail.clone(),
+            stderr_tail: redact(&facts.stderr_tail).into_owned(),
         }
     }
 

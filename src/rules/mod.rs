@@ -6,6 +6,8 @@
 //! - `Rules::from_yaml(text: &str, origin: &str) -> Result<Rules, LoadError>`
 //! - `Rules::embedded() -> Rules` (the default `rules/rules.yaml`, compiled in)
 //! - `rules.classify(&FailureFacts) -> Verdict` (never fails: the fallback kind catches all)
+//! - `rules.classify_request(&FailureFacts, &ClientText) -> Verdict`: a request's failure,
+//!   decided without the text its client chose (`client_text.rs`)
 //! - `rules.verdict_for_kind(name) -> Option<Verdict>` (e.g. the health gate re-answering
 //!   with the kind the probe found; None if the kind no longer exists)
 //! - `rules.first_unhealthy_kind() -> Option<Verdict>`
@@ -19,14 +21,19 @@
 //!   every problem as `file:line:col: message` + snippet).
 //!
 //! Files: `model.rs` (serde/schema types of the file), `load.rs` (validate + compile),
-//! `classify.rs` (facts → verdict), `template.rs` (placeholders, rendering), `facts.rs`.
+//! `classify.rs` (facts → verdict), `template.rs` (placeholders, rendering), `facts.rs`,
+//! `redact.rs` (addresses and secrets out of verdict messages), `client_text.rs` (a
+//! client's echoed text out of classification).
 
 pub mod classify;
+pub mod client_text;
 pub mod facts;
 pub mod load;
 pub mod model;
+pub mod redact;
 pub mod template;
 
+pub use client_text::ClientText;
 pub use facts::{FailureFacts, GatewayCondition, SpawnErrorKind, TimeoutKind};
 pub use load::{LoadError, Problem};
 
@@ -64,7 +71,8 @@ pub struct Verdict {
     /// What matched: e.g. `assistant_error=authentication_failed` or `marker="Not logged in"`;
     /// None for the fallback.
     pub matched: Option<String>,
-    /// The failure's summary text (`FailureFacts::summary`), for `{{error_message}}`.
+    /// The failure's summary text (`FailureFacts::summary`, redacted: no addresses or
+    /// secrets), for `{{message}}` and `{{error_message}}`.
     pub message: String,
     /// `retry_after` seconds from the kind, if set.
     pub retry_after: Option<u64>,

@@ -20,3 +20,4 @@ mod security;
 mod support;
 mod support_real;
 mod turns;
+mod untrusted;

@@ -78,7 +78,15 @@ async fn after_a_reload_the_gate_never_answers_with_another_kinds_template() {
     )
     .await;
     assert_eq!(st, 401);
-    assert!(!s.state.health.is_ok(), "the gate is closed");
+    // The request's verdict wakes the probe, which (logged out too) closes the gate.
+    assert!(
+        crate::harness::eventually(std::time::Duration::from_secs(1), || !s
+            .state
+            .health
+            .is_ok())
+        .await,
+        "the gate is closed"
+    );
     // New rules: not being logged in no longer closes the gate; billing does.
     let rules = default_rules_with_probe(0.0, 0.0, 5.0)
         .replacen("    unhealthy: true\n", "", 1)
