@@ -4,6 +4,7 @@ mod backend;
 mod binary;
 mod cli_cmds;
 mod config;
+mod edge;
 mod harness;
 mod health;
 mod layers;
