@@ -1,9 +1,12 @@
 //! App wiring: [`serve`] runs the HTTP router on a listener together with the background
 //! tasks a serving process owns (the health probe, SIGHUP reloads, the rules file watcher
 //! and the pre-warmed pool's maintainer), all stopped by one shutdown signal and all
-//! awaited before it returns.
+//! awaited before it returns. `conn` is the accept loop and the client connections, with
+//! their timeouts and cap.
 
-use std::future::{Future, IntoFuture};
+mod conn;
+
+use std::future::Future;
 use std::time::Duration;
 
 use crate::http::state::AppState;
@@ -53,21 +56,10 @@ pub async fn serve(
     });
     let backend = state.backend.clone();
     let grace = state.settings.shutdown_timeout;
+    let http_settings = state.settings.http.clone();
     let app = http::router(state);
-    // Streamed deltas are small writes: without TCP_NODELAY, Nagle holds each one back until
-    // the previous is acknowledged, and with the client's delayed ACK that adds ~40 ms
-    // stalls to SSE responses (measured by `benches/gateway.rs`).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown({
-            let stopping = stopping.clone();
-            async move { stopping.triggered().await }
-        })
-        .into_future();
+    // Stops accepting on `stopping`, then resolves when every connection has ended.
+    let server = conn::serve_connections(listener, app, http_settings, stopping.clone());
     tokio::pin!(server);
     let grace_over = async {
         shutdown.await;

@@ -60,7 +60,42 @@ pub struct Config {
     /// Seconds a streaming response may stay silent before ccgate sends a keep-alive
     /// (Anthropic `ping` event / OpenAI SSE comment); 0 disables.
     pub sse_keepalive: f64,
+    /// Host names accepted in the `Host` header besides `localhost`, `*.localhost` and IP
+    /// literals (`name` or `*.domain`, any port); `*` accepts any. Empty: on a loopback
+    /// bind only those loopback names (DNS rebinding defence), elsewhere any host.
+    pub allowed_hosts: Vec<String>,
+    /// The `http:` section: connection timeouts and limits.
+    pub http: HttpConfig,
     pub cli: CliConfig,
+}
+
+/// The `http:` section: how long a client connection may take and how many may be open.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds a request head (request line and headers) may take, from its first byte
+    /// (for a new connection: from the accept).
+    pub header_timeout: f64,
+    /// Seconds a request body may take to arrive, from when ccgate starts reading it.
+    pub body_timeout: f64,
+    /// Seconds a keep-alive connection may wait for its next request.
+    pub idle_timeout: f64,
+    /// Client connections open at once; beyond it a new connection gets a 503 and is closed.
+    pub max_connections: usize,
+    /// Max bytes of a request head (request line and headers); beyond it a 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout: 10.0,
+            body_timeout: 30.0,
+            idle_timeout: 60.0,
+            max_connections: 512,
+            max_header_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// The `cli:` section: how the Claude CLI is run.
@@ -118,6 +153,8 @@ impl Default for Config {
             request_body_limit: 1024 * 1024,
             shutdown_timeout: 30.0,
             sse_keepalive: 15.0,
+            allowed_hosts: Vec::new(),
+            http: HttpConfig::default(),
             cli: CliConfig::default(),
         }
     }
@@ -190,11 +227,37 @@ pub struct Settings {
     /// Keep-alive interval of quiet streams; None = off.
     pub sse_keepalive: Option<Duration>,
     pub log: LogSettings,
+    /// Extra `Host` names accepted (see [`Config::allowed_hosts`]); `*` = any.
+    pub allowed_hosts: Vec<String>,
+    /// Connection timeouts and limits.
+    pub http: HttpSettings,
     /// How the CLI is run. Its `workdir` is empty here: [`Settings::cli_settings`] fills in
     /// the directory actually used.
     pub cli: CliSettings,
     /// The configured `cli.workdir`; None = a private temporary directory made by `serve`.
     pub cli_workdir: Option<PathBuf>,
+}
+
+/// Connection timeouts and limits (the `http:` section, checked).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// At least 1.
+    pub max_connections: usize,
+    /// At least 1024.
+    pub max_header_bytes: usize,
+}
+
+impl Settings {
+    /// Whether the `Host` check is on: a loopback bind, or `allowed_hosts` set without `*`.
+    pub fn checks_host(&self) -> bool {
+        if self.allowed_hosts.iter().any(|h| h == "*") {
+            return false;
+        }
+        self.listen.ip().is_loopback() || !self.allowed_hosts.is_empty()
+    }
 }
 
 /// Logging on stderr.
@@ -287,6 +350,9 @@ impl Config {
             "cli.conversation_idle_timeout",
             self.cli.conversation_idle_timeout,
         );
+        let header_timeout = positive("http.header_timeout", self.http.header_timeout);
+        let body_timeout = positive("http.body_timeout", self.http.body_timeout);
+        let idle_timeout = positive("http.idle_timeout", self.http.idle_timeout);
         let mut at_least_zero = |name: &str, v: f64| {
             Duration::try_from_secs_f64(v).unwrap_or_else(|_| {
                 problems.push(format!("{name} must be a number of seconds >= 0, got {v}"));
@@ -328,6 +394,19 @@ impl Config {
                 ));
             }
         }
+        if self.http.max_connections == 0 {
+            problems.push("http.max_connections must be at least 1".into());
+        }
+        if self.http.max_header_bytes < 1024 {
+            problems.push("http.max_header_bytes must be at least 1024".into());
+        }
+        for host in &self.allowed_hosts {
+            if !is_host_pattern(host) {
+                problems.push(format!(
+                    "allowed_hosts: {host:?} is not a host name: write `*`, a name like `gw.example.com`, or `*.example.com`, without a scheme or port"
+                ));
+            }
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -344,6 +423,18 @@ impl Config {
             log: LogSettings {
                 format: self.log_format,
                 level: self.log_level.clone(),
+            },
+            allowed_hosts: self
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            http: HttpSettings {
+                header_timeout,
+                body_timeout,
+                idle_timeout,
+                max_connections: self.http.max_connections,
+                max_header_bytes: self.http.max_header_bytes,
             },
             cli: CliSettings {
                 command: c.command.clone(),
@@ -408,6 +499,20 @@ fn is_cors_origin(o: &str) -> bool {
     scheme_ok && host_ok && port_ok
 }
 
+/// Whether `h` is an `allowed_hosts` entry: `*`, a host name, or `*.` and a host name.
+fn is_host_pattern(h: &str) -> bool {
+    if h == "*" {
+        return true;
+    }
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
 /// Top-level keys of [`Config`], the only `CCGATE_*` names read from the environment.
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
@@ -421,6 +526,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "request_body_limit",
     "shutdown_timeout",
     "sse_keepalive",
+    "allowed_hosts",
+    "http",
     "cli",
 ];
 

@@ -33,6 +33,14 @@ pub enum ApiError {
     UnknownModel(String),
     /// 405: route exists, method doesn't.
     MethodNotAllowed,
+    /// 415: a POST whose `Content-Type` is not `application/json`.
+    UnsupportedMediaType,
+    /// 403: a browser request from an origin neither same-origin nor in `cors_origins`.
+    OriginNotAllowed,
+    /// 403: a `Host` name the gateway does not serve (`allowed_hosts`).
+    HostNotAllowed,
+    /// 408: the request body did not arrive within `http.body_timeout`.
+    BodyTimeout,
     /// A CLI failure (or the health gate) classified by the rules.
     Verdict(Box<Verdict>),
 }
@@ -61,19 +69,27 @@ impl ApiError {
             ApiError::NotFound => "unknown_endpoint",
             ApiError::UnknownModel(_) => "unknown_model",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::OriginNotAllowed => "origin_not_allowed",
+            ApiError::HostNotAllowed => "host_not_allowed",
+            ApiError::BodyTimeout => "body_timeout",
             ApiError::Verdict(v) => &v.kind,
         }
     }
 }
 
 /// The kinds of gateway-side errors (never a rules kind's name).
-pub const GATEWAY_KINDS: [&str; 6] = [
+pub const GATEWAY_KINDS: [&str; 10] = [
     "bad_request",
     "body_too_large",
     "unauthorized",
     "unknown_endpoint",
     "unknown_model",
     "method_not_allowed",
+    "unsupported_media_type",
+    "origin_not_allowed",
+    "host_not_allowed",
+    "body_timeout",
 ];
 
 impl From<crate::engine::TurnError> for ApiError {
@@ -182,6 +198,37 @@ impl ApiError {
                 "Method not allowed for this endpoint.".to_string(),
                 None,
             ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                "unsupported_media_type",
+                "POST bodies must be sent with `Content-Type: application/json`.".to_string(),
+                None,
+            ),
+            ApiError::OriginNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "origin_not_allowed",
+                "Requests from this web origin are not allowed (the gateway's operator can add it to cors_origins)."
+                    .to_string(),
+                None,
+            ),
+            ApiError::HostNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "host_not_allowed",
+                "This gateway does not serve this host name (its operator can add it to allowed_hosts)."
+                    .to_string(),
+                None,
+            ),
+            ApiError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
+                "The request body did not arrive in time (the gateway's operator can raise http.body_timeout)."
+                    .to_string(),
+                None,
+            ),
             ApiError::Verdict(v) => return render_verdict(v, cx),
         };
         let body = match cx.flavour {
@@ -195,9 +242,14 @@ impl ApiError {
                 "request_id": cx.request_id,
             }),
         };
+        // The rest of a late body is never read: the connection cannot be reused.
+        let headers = match self {
+            ApiError::BodyTimeout => vec![("connection".to_string(), "close".to_string())],
+            _ => Vec::new(),
+        };
         RenderedError {
             status,
-            headers: Vec::new(),
+            headers,
             body,
         }
     }

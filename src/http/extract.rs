@@ -107,6 +107,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
         Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
             return Err(ApiError::TooLarge { limit })
         }
+        Err(e) if crate::http::edge::is_body_timeout(&e) => return Err(ApiError::BodyTimeout),
         Err(e) => {
             return Err(ApiError::invalid(format!(
                 "could not read the request body: {e}"

@@ -1,10 +1,12 @@
 //! The HTTP surface: `router(state)` wires the API endpoints, the operator endpoints and the
-//! middleware (request ids, API keys, body limit, CORS). Every API endpoint is
+//! middleware (request ids, Host and Origin checks, API keys, JSON-only POSTs, body limit
+//! and deadline, CORS). Every API endpoint is
 //! `handler::handle` over one API's translation (`openai`, `anthropic`); `ops` holds the
 //! operator endpoints; every error goes through `errors`.
 
 pub mod anthropic;
 pub mod content;
+pub mod edge;
 pub mod errors;
 pub mod extract;
 pub mod handler;
@@ -101,7 +103,12 @@ pub fn static_error(
 }
 
 /// [`static_error`] in the flavour of `req`.
-fn static_error_for(state: &AppState, req: &Request, request_id: &str, err: ApiError) -> Response {
+pub(crate) fn static_error_for(
+    state: &AppState,
+    req: &Request,
+    request_id: &str,
+    err: ApiError,
+) -> Response {
     let flavour = flavour_for_request(req.uri().path(), req.headers());
     static_error(state, flavour, request_id, err)
 }
@@ -194,6 +201,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/rules",
             get(ops::admin_rules).fallback(method_not_allowed),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge::json_post_layer,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_key_layer));
     let open = Router::new()
         .route("/health", get(ops::health))
@@ -202,12 +213,22 @@ pub fn router(state: AppState) -> Router {
     let mut app = protected
         .merge(open)
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(state.settings.request_body_limit));
+        .layer(DefaultBodyLimit::max(state.settings.request_body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge::body_deadline_layer,
+        ));
     if let Some(cors) = cors_layer(&state.settings.cors_origins) {
         app = app.layer(cors);
     }
-    app.layer(middleware::from_fn(request_id_layer))
-        .with_state(state)
+    // The Host and Origin checks come before CORS, so a refused origin's preflight is a
+    // 403 too.
+    app.layer(middleware::from_fn_with_state(
+        state.clone(),
+        edge::guard_layer,
+    ))
+    .layer(middleware::from_fn(request_id_layer))
+    .with_state(state)
 }
 
 fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {

@@ -208,7 +208,12 @@ pub async fn get_json(s: &TestServer, path: &str) -> serde_json::Value {
 
 /// POSTs an empty body to `path` and parses the JSON answer.
 pub async fn post_empty_json(s: &TestServer, path: &str) -> serde_json::Value {
-    send_for_json(client().post(s.url(path))).await
+    send_for_json(
+        client()
+            .post(s.url(path))
+            .header("content-type", "application/json"),
+    )
+    .await
 }
 
 async fn send_for_json(request: reqwest::RequestBuilder) -> serde_json::Value {

@@ -148,7 +148,12 @@ async fn probe_timeouts_and_overload_are_inconclusive() {
     .await;
     for scenario in ["hang", "overloaded", "network_error", "crash"] {
         s.set_scenario(scenario);
-        let r = client().post(s.url("/admin/probe")).send().await.unwrap();
+        let r = client()
+            .post(s.url("/admin/probe"))
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["cli_health"]["ok"], true, "{scenario}: {v}");
@@ -237,7 +242,12 @@ async fn first_probe_runs_at_start_and_reload_retimes_it() {
         "interval 3600 s must not probe again"
     );
     std::fs::write(&s.rules_path, default_rules_with_probe(0.2, 0.0, 5.0)).unwrap();
-    let r = client().post(s.url("/admin/reload")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/admin/reload"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let st = auth_status(&s).await;
     assert_eq!(st["probe"]["interval_seconds"], 0.2);

@@ -5,6 +5,7 @@ mod binary;
 mod cli_cmds;
 mod config;
 mod conversations;
+mod edge;
 mod harness;
 mod health;
 mod layers;

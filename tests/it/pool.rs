@@ -315,7 +315,12 @@ async fn rules_reload_drains_and_refills_the_pool() {
     let old = s.state.backend.pool_pids();
     let text = std::fs::read_to_string(&s.rules_path).unwrap();
     std::fs::write(&s.rules_path, format!("{text}\n# changed\n")).unwrap();
-    let r = client().post(s.url("/admin/reload")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/admin/reload"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["reload"]["changed"], true, "{v}");
@@ -346,7 +351,12 @@ async fn unhealthy_verdict_drains_the_pool_until_healthy_again() {
     assert!(s.state.backend.pool_pids().is_empty());
 
     s.set_scenario("success");
-    let r = client().post(s.url("/admin/probe")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/admin/probe"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     assert!(s.state.health.is_ok());
     assert!(wait_idle(&s, 1).await, "pool did not refill once healthy");

@@ -130,7 +130,12 @@ async fn symlinked_rules_and_configmap_swap() {
     let link = dir.path().join("rules.yaml");
     let s = watched_server(Some(&link)).await;
     // The server was started with v0 rules in memory; a SIGHUP-free first sync:
-    let r = client().post(s.url("/admin/reload")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/admin/reload"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(served_tag(&s).await, "cm1");
     // The kubelet's atomic swap: new timestamped dir, new ..data_tmp link renamed over ..data.
@@ -292,7 +297,12 @@ async fn reloads_under_load_never_fail_or_mix() {
         let text = if i % 2 == 0 { &b } else { &a };
         std::fs::write(&s.rules_path, text).unwrap();
         let t = Instant::now();
-        let r = client().post(s.url("/admin/reload")).send().await.unwrap();
+        let r = client()
+            .post(s.url("/admin/reload"))
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         latencies.push(t.elapsed());
     }
@@ -325,7 +335,12 @@ async fn unwatchable_rules_directory_still_serves_and_reload_reports() {
     .await;
     // The watcher could not be set up (logged); the server still serves its rules.
     assert_eq!(served_tag(&s).await, "boot");
-    let r = client().post(s.url("/admin/reload")).send().await.unwrap();
+    let r = client()
+        .post(s.url("/admin/reload"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["reload"]["ok"], false);

@@ -153,8 +153,18 @@ async fn metrics_parse_and_count_requests() {
         .send()
         .await
         .unwrap();
-    client().post(s.url("/admin/probe")).send().await.unwrap();
-    client().post(s.url("/admin/reload")).send().await.unwrap();
+    client()
+        .post(s.url("/admin/probe"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    client()
+        .post(s.url("/admin/reload"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     let r = client().get(s.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();

@@ -36,7 +36,9 @@ def set_cli_scenario(name):
 
 
 def probe_now():
-    req = urllib.request.Request(BASE + "/admin/probe", method="POST", data=b"")
+    req = urllib.request.Request(
+        BASE + "/admin/probe", method="POST", data=b"", headers={"Content-Type": "application/json"}
+    )
     urllib.request.urlopen(req, timeout=30).read()
 
 
