@@ -96,6 +96,8 @@ pub struct CliConfig {
     pub prewarm_model: Option<String>,
     /// Seconds an idle pre-warmed process may wait before it is replaced.
     pub prewarm_max_idle: f64,
+    /// Directory for the private system-prompt files; unset = ccgate's temp dir (TMPDIR).
+    pub temp_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -123,7 +125,13 @@ impl Default for CliConfig {
             command: PathBuf::from("claude"),
             args: Vec::new(),
             workdir: None,
-            env: [("CLAUDE_CODE_MAX_RETRIES".to_string(), "2".to_string())].into(),
+            // DISABLE_TELEMETRY: the CLI queues each run's telemetry under
+            // CLAUDE_CONFIG_DIR when its endpoint is unreachable (~200 KB a request).
+            env: [
+                ("CLAUDE_CODE_MAX_RETRIES".to_string(), "2".to_string()),
+                ("DISABLE_TELEMETRY".to_string(), "1".to_string()),
+            ]
+            .into(),
             tools: false,
             start_timeout: 30.0,
             inactivity_timeout: 120.0,
@@ -134,6 +142,7 @@ impl Default for CliConfig {
             prewarm: 0,
             prewarm_model: None,
             prewarm_max_idle: 300.0,
+            temp_dir: None,
         }
     }
 }
@@ -348,6 +357,7 @@ impl Config {
                 prewarm: c.prewarm,
                 prewarm_model: c.prewarm_model.clone().filter(|m| !m.is_empty()),
                 prewarm_max_idle,
+                temp_dir: c.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             },
             cli_workdir: c.workdir.clone(),
         })
