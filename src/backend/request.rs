@@ -33,6 +33,8 @@ pub struct CliSettings {
     pub prewarm_model: Option<String>,
     /// An idle pre-warmed process older than this is recycled.
     pub prewarm_max_idle: Duration,
+    /// Where the private system-prompt files are created (`cli.temp_dir`, default TMPDIR).
+    pub temp_dir: PathBuf,
 }
 
 /// One turn to run.

@@ -31,6 +31,7 @@ pub fn fake_settings(scenario: &str) -> CliSettings {
         prewarm: 0,
         prewarm_model: None,
         prewarm_max_idle: Duration::from_secs(300),
+        temp_dir: std::env::temp_dir(),
     }
 }
 
