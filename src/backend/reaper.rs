@@ -7,13 +7,14 @@
 //! environment carries that tag. `serve` makes ccgate a child subreaper
 //! ([`become_subreaper`]), so such escaped processes are re-parented to ccgate rather than
 //! to init; [`end_run`] also reaps adopted children that have exited — only pids ccgate
-//! did not spawn itself (those tokio reaps), so no `Child::wait` loses its status.
+//! did not spawn itself (those tokio reaps), so no `Child::wait` loses its status — and
+//! only in a process that is a subreaper (`serve`), whose only children are CLI runs.
 //!
 //! Limits: a descendant that clears its environment before `setsid` is not recognised by
 //! its tag (it is still reaped once it exits); the scan reads `/proc` (Linux only).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,11 +35,19 @@ static SPAWNED: Mutex<BTreeMap<i32, usize>> = Mutex::new(BTreeMap::new());
 
 static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
 
+/// Set once this process is a child subreaper: only then are adopted zombies reaped (a
+/// process that is not one, like a test binary, may have children of its own that some
+/// other `wait` is about to collect).
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+
 /// Makes this process a child subreaper: orphans in its subtree are re-parented to it.
 /// Called when `serve` starts.
 pub fn become_subreaper() {
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::warn!(error = %e, "cannot become a child subreaper; CLI descendants that leave their process group are re-parented to init");
+    match nix::sys::prctl::set_child_subreaper(true) {
+        Ok(()) => SUBREAPER.store(true, Ordering::Relaxed),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot become a child subreaper; CLI descendants that leave their process group are re-parented to init")
+        }
     }
 }
 
@@ -116,6 +125,9 @@ pub(super) fn end_run(tag: &str) {
 
 /// Reaps exited children that ccgate did not spawn itself (adopted as subreaper).
 fn reap_adopted() {
+    if !SUBREAPER.load(Ordering::Relaxed) {
+        return;
+    }
     let me = std::process::id();
     let set = spawned();
     for pid in proc_pids() {
