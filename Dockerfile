@@ -92,6 +92,7 @@ COPY rules/rules.yaml /etc/ccgate/rules.yaml
 ENV HOME=/home/ccgate \
     CLAUDE_CONFIG_DIR=/home/ccgate/.claude \
     DISABLE_AUTOUPDATER=1 \
+    DISABLE_TELEMETRY=1 \
     CCGATE_LISTEN=0.0.0.0:8000 \
     CCGATE_RULES=/etc/ccgate/rules.yaml
 

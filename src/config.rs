@@ -137,6 +137,8 @@ pub struct CliConfig {
     pub keep_conversations: usize,
     /// Seconds a kept conversation process may wait for its next turn.
     pub conversation_idle_timeout: f64,
+    /// Directory for the private system-prompt files; unset = ccgate's temp dir (TMPDIR).
+    pub temp_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -166,7 +168,13 @@ impl Default for CliConfig {
             command: PathBuf::from("claude"),
             args: Vec::new(),
             workdir: None,
-            env: [("CLAUDE_CODE_MAX_RETRIES".to_string(), "2".to_string())].into(),
+            // DISABLE_TELEMETRY: the CLI queues each run's telemetry under
+            // CLAUDE_CONFIG_DIR when its endpoint is unreachable (~200 KB a request).
+            env: [
+                ("CLAUDE_CODE_MAX_RETRIES".to_string(), "2".to_string()),
+                ("DISABLE_TELEMETRY".to_string(), "1".to_string()),
+            ]
+            .into(),
             tools: false,
             start_timeout: 30.0,
             inactivity_timeout: 120.0,
@@ -179,6 +187,7 @@ impl Default for CliConfig {
             prewarm_max_idle: 300.0,
             keep_conversations: 2,
             conversation_idle_timeout: 300.0,
+            temp_dir: None,
         }
     }
 }
@@ -453,6 +462,7 @@ impl Config {
                 prewarm_max_idle,
                 keep_conversations: c.keep_conversations,
                 conversation_idle_timeout,
+                temp_dir: c.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             },
             cli_workdir: c.workdir.clone(),
         })

@@ -133,8 +133,14 @@ pub enum RulesLoadError {
 /// compiles it, or uses the embedded rules when it does not exist and `if_missing` says so.
 /// CPU work (regexes, automaton): call it off the async workers.
 pub fn load_rules_file(path: &Path, if_missing: IfMissing) -> Result<LoadedRules, RulesLoadError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    let text = match read_capped(path) {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            return Err(RulesLoadError::Invalid(crate::rules::load::too_big(
+                &path.display().to_string(),
+                crate::rules::load::MAX_RULES_BYTES + 1,
+            )))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && if_missing == IfMissing::Embedded => {
             return Ok(LoadedRules {
                 path: path.to_path_buf(),
@@ -160,6 +166,39 @@ pub fn load_rules_file(path: &Path, if_missing: IfMissing) -> Result<LoadedRules
         rules,
         source: RulesSource::File,
     })
+}
+
+/// Reads at most [`MAX_RULES_BYTES`](crate::rules::load::MAX_RULES_BYTES) + 1 bytes of the
+/// file (a huge file is never read whole); None when it is larger than the cap.
+fn read_capped(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let cap = crate::rules::load::MAX_RULES_BYTES;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > cap {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The longest a reload may read and compile before it is given up (the running rules
+/// stay). The rules' size caps keep a real compile far below this; the bound is for what
+/// they did not foresee (the blocking thread then finishes on its own, off the workers).
+pub const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How a reload attempt ended before the swap.
+enum Loaded {
+    /// New rules to swap in.
+    New(Box<Rules>),
+    /// The file's content is already running.
+    Unchanged,
+    /// The file is empty right after a change: most likely the first half of a
+    /// truncate-then-write save. Not a failed reload: the write brings another event.
+    Pending,
 }
 
 impl Reloader {
@@ -213,20 +252,44 @@ impl Reloader {
         let current_sha = self.rules.load().sha256().to_string();
         // Reading and compiling (regexes, automaton) is CPU work: keep it off the workers.
         // A deleted file is an error here: the running rules stay.
-        let loaded = tokio::task::spawn_blocking(move || load_rules_file(&path, IfMissing::Fail))
-            .await
-            .map_err(|e| format!("reload task failed: {e}"))
-            .and_then(|r| {
-                r.map_err(|e| match e {
-                    RulesLoadError::Empty { .. } => format!("{e}; keeping the running rules"),
-                    e => e.to_string(),
-                })
-            })
-            // Identical content is not swapped in again (None = unchanged).
-            .map(|l| (l.sha256() != current_sha).then_some(l.rules));
+        let task = tokio::task::spawn_blocking(move || load_rules_file(&path, IfMissing::Fail));
+        let loaded = match tokio::time::timeout(RELOAD_TIMEOUT, task).await {
+            Err(_) => Err(format!(
+                "reading and compiling the rules took longer than {} s; keeping the running rules",
+                RELOAD_TIMEOUT.as_secs()
+            )),
+            Ok(joined) => joined
+                .map_err(|e| format!("reload task failed: {e}"))
+                .and_then(|r| match r {
+                    Err(RulesLoadError::Empty { .. }) if trigger == Trigger::FileChange => {
+                        Ok(Loaded::Pending)
+                    }
+                    Err(e @ RulesLoadError::Empty { .. }) => {
+                        Err(format!("{e}; keeping the running rules"))
+                    }
+                    Err(e) => Err(e.to_string()),
+                    // Identical content is not swapped in again.
+                    Ok(l) if l.sha256() == current_sha => Ok(Loaded::Unchanged),
+                    Ok(l) => Ok(Loaded::New(Box::new(l.rules))),
+                }),
+        };
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if let Ok(Loaded::Pending) = loaded {
+            tracing::info!(
+                path = %self.path.display(),
+                "rules file is empty after a change (a save in progress?); keeping the running rules until it has content"
+            );
+            return ReloadAttempt {
+                at: now_rfc3339(),
+                trigger,
+                ok: true,
+                changed: false,
+                error: None,
+                duration_ms,
+            };
+        }
         let attempt = match loaded {
-            Ok(None) => ReloadAttempt {
+            Ok(Loaded::Unchanged | Loaded::Pending) => ReloadAttempt {
                 at: now_rfc3339(),
                 trigger,
                 ok: true,
@@ -234,7 +297,8 @@ impl Reloader {
                 error: None,
                 duration_ms,
             },
-            Ok(Some(rules)) => {
+            Ok(Loaded::New(rules)) => {
+                let rules = *rules;
                 let (sha, kinds, markers) = (
                     rules.sha256().to_string(),
                     rules.kinds_count(),

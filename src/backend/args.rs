@@ -92,12 +92,15 @@ pub fn user_line(prompt: &str, attachments: &[serde_json::Value]) -> String {
     s
 }
 
-pub(super) fn write_system_prompt(text: &str) -> std::io::Result<tempfile::NamedTempFile> {
+pub(super) fn write_system_prompt(
+    dir: &Path,
+    text: &str,
+) -> std::io::Result<tempfile::NamedTempFile> {
     // NamedTempFile is created with mode 0600 and deleted when dropped (end of the run).
     let mut file = tempfile::Builder::new()
         .prefix("ccgate-system-prompt-")
         .suffix(".txt")
-        .tempfile()?;
+        .tempfile_in(dir)?;
     file.write_all(text.as_bytes())?;
     file.flush()?;
     Ok(file)
@@ -130,7 +133,7 @@ mod tests {
     #[test]
     fn system_prompt_file_is_private() {
         use std::os::unix::fs::PermissionsExt as _;
-        let f = write_system_prompt("Be terse.").expect("temp file");
+        let f = write_system_prompt(&std::env::temp_dir(), "Be terse.").expect("temp file");
         let mode = std::fs::metadata(f.path())
             .expect("meta")
             .permissions()

@@ -22,10 +22,11 @@ use tokio::sync::mpsc;
 use super::args::{cli_args, user_line, write_system_prompt};
 use super::io::{drain_stderr, read_lines, LineMsg, Ring, MAX_LINE_BYTES};
 use super::present::SessionTurn;
+use super::reaper;
 use super::request::{CliRequest, CliSettings};
 use super::session::{write_session, SessionFile};
 use super::stats::{BackendStats, InFlight};
-use crate::rules::{FailureFacts, SpawnErrorKind};
+use crate::rules::{FailureFacts, GatewayCondition, SpawnErrorKind};
 
 /// Lines buffered between the stdout reader task and the driver.
 const LINE_CHANNEL: usize = 64;
@@ -165,6 +166,11 @@ impl Spawned {
         } = self;
         drop(stdin);
         let status = leader.reap().await;
+        // Descendants that left the group (`setsid`) end with the run too.
+        let tag = leader.tag.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || reaper::end_run(&tag)).await {
+            tracing::warn!(error = %e, "ending the run's descendants failed");
+        }
         drop(leader);
         drop(system_file);
         drop(session_file);
@@ -194,12 +200,18 @@ pub(super) fn spawn_cli(
     history: &[SessionTurn],
 ) -> Result<Spawned, Box<FailureFacts>> {
     let system_file = match system_prompt {
-        Some(text) => match write_system_prompt(text) {
+        Some(text) => match write_system_prompt(&settings.temp_dir, text) {
             Ok(f) => Some(f),
             Err(e) => {
                 stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
-                let msg = format!("cannot write the system prompt file: {e}");
-                return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
+                // The path and the OS error go to the log only: a client learns that the
+                // gateway's temp dir is not writable, not where it is.
+                tracing::error!(dir = %settings.temp_dir.display(), error = %e,
+                    "cannot write the system prompt file (cli.temp_dir / TMPDIR not writable?)");
+                return Err(Box::new(FailureFacts {
+                    condition: Some(GatewayCondition::TmpUnwritable),
+                    ..FailureFacts::default()
+                }));
             }
         },
         None => None,
@@ -232,10 +244,20 @@ pub(super) fn spawn_cli(
             }
         }
     };
-    let mut cmd = build_command(settings, args);
+    let tag = reaper::new_tag();
+    let mut cmd = build_command(settings, args, &tag);
 
     let spawned_at = tokio::time::Instant::now();
-    let mut child: Child = match cmd.spawn() {
+    let spawned = reaper::spawning(|| {
+        let r = cmd.spawn();
+        let pid = r
+            .as_ref()
+            .ok()
+            .and_then(|c| c.id())
+            .and_then(|p| i32::try_from(p).ok());
+        (r, pid)
+    });
+    let mut child: Child = match spawned {
         Ok(c) => c,
         Err(e) => {
             stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
@@ -259,6 +281,7 @@ pub(super) fn spawn_cli(
         child,
         pgid,
         guard: Guard::Armed,
+        tag,
     };
 
     let (line_tx, line_rx) = mpsc::channel(LINE_CHANNEL);
@@ -293,12 +316,13 @@ pub(super) fn spawn_cli(
     })
 }
 
-fn build_command(settings: &CliSettings, args: Vec<OsString>) -> Command {
+fn build_command(settings: &CliSettings, args: Vec<OsString>, tag: &str) -> Command {
     let mut cmd = Command::new(&settings.command);
     cmd.args(args)
         .current_dir(&settings.workdir)
         .env_remove("CLAUDECODE")
         .envs(settings.env.iter().map(|(k, v)| (k, v)))
+        .env(reaper::RUN_TAG_VAR, tag)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -343,6 +367,8 @@ struct Leader {
     child: Child,
     pgid: Pid,
     guard: Guard,
+    /// The run's tag in its processes' environment ([`reaper`]).
+    tag: String,
 }
 
 impl Leader {
@@ -407,10 +433,14 @@ impl Leader {
 impl Drop for Leader {
     fn drop(&mut self) {
         match self.guard {
-            Guard::Armed => self.reap_blocking(),
+            Guard::Armed => {
+                self.reap_blocking();
+                reaper::end_run(&self.tag);
+            }
             Guard::GaveUp => kill_group(self.pgid),
             Guard::Reaped => {}
         }
+        reaper::forget(self.pgid.as_raw());
     }
 }
 

@@ -27,6 +27,9 @@ use super::child::Spawned;
 use super::present::Fingerprint;
 use super::stats::BackendStats;
 
+/// How long a kept process being ended may take to exit by itself.
+const GRACEFUL_EXIT: Duration = Duration::from_secs(2);
+
 /// One kept process, the slot it holds and the conversation it holds.
 pub(super) struct Kept {
     pub(super) key: Fingerprint,
@@ -45,9 +48,18 @@ impl Kept {
         }
     }
 
-    /// Kill + reap the process, then free its slot.
+    /// Ends the process, then frees its slot: stdin is closed first so the CLI exits on its
+    /// own and tidies its state directory (a SIGKILLed CLI leaves its files behind); what
+    /// is still running after [`GRACEFUL_EXIT`] is killed, and everything is reaped.
     pub(super) async fn retire(self) {
-        let Kept { proc, permit, .. } = self;
+        let Kept {
+            mut proc, permit, ..
+        } = self;
+        proc.close_stdin().await;
+        let deadline = tokio::time::Instant::now() + GRACEFUL_EXIT;
+        while !proc.leader_exited() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = proc.reap().await;
         drop(permit);
     }

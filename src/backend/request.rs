@@ -37,6 +37,8 @@ pub struct CliSettings {
     pub keep_conversations: usize,
     /// A kept process idle this long is ended.
     pub conversation_idle_timeout: Duration,
+    /// Where the private system-prompt files are created (`cli.temp_dir`, default TMPDIR).
+    pub temp_dir: PathBuf,
 }
 
 /// One turn to run.

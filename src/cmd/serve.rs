@@ -80,10 +80,14 @@ pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     for name in ignored_env {
         tracing::warn!(variable = %name, "ignoring environment variable: not a ccgate config key");
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run(settings))
+        .build()?;
+    let result = rt.block_on(run(settings));
+    // Dropping a runtime waits for every blocking task; a reload still compiling (given up
+    // after `RELOAD_TIMEOUT`) must not hold the exit after SIGTERM.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Runs the gateway with these settings until SIGTERM / Ctrl-C.
@@ -91,6 +95,9 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     // Installed before anything else: a SIGTERM while the rules load or the port binds
     // must stop ccgate, not kill it with the default action.
     let stop = shutdown_signal();
+    // CLI descendants that leave their run's process group (`setsid`) are re-parented to
+    // ccgate, which ends and reaps them with the run (see `backend::reaper`).
+    crate::backend::become_subreaper();
     let loaded = crate::reload::load_rules_file(&settings.rules, IfMissing::Embedded)?;
     let rules = loaded.rules;
     tracing::info!(path = %settings.rules.display(), source = loaded.source.as_str(),

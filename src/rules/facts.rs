@@ -45,6 +45,9 @@ pub enum GatewayCondition {
     StreamAbandoned,
     /// The gateway is stopping and the shutdown grace period ran out for this request.
     ShuttingDown,
+    /// The gateway could not write a request's temp file (`cli.temp_dir` / TMPDIR full or
+    /// read-only); no CLI was started.
+    TmpUnwritable,
 }
 
 /// Everything known about one failed run. All fields optional: a spawn error has no
@@ -145,6 +148,9 @@ impl FailureFacts {
                 "Claude CLI abandoned the answer mid-stream".to_string()
             }
             Some(GatewayCondition::ShuttingDown) => "the gateway is shutting down".to_string(),
+            Some(GatewayCondition::TmpUnwritable) => {
+                "the gateway's temporary directory is not writable".to_string()
+            }
             None => format!("Claude CLI {how}"),
         }
     }

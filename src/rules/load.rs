@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::{Regex, RegexBuilder};
 use serde_saphyr::{Location, Spanned};
 
@@ -20,6 +20,27 @@ use crate::rules::facts::{GatewayCondition, SpawnErrorKind, TimeoutKind};
 pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 /// Minimum marker length in characters (after trimming).
 pub const MIN_MARKER_CHARS: usize = 4;
+/// Size caps: together they bound how long (well under a second) and how much memory
+/// (tens of MB) parsing and compiling any rules file can take, so a hostile or mistaken
+/// file is rejected quickly instead of hanging `check` or a reload.
+///
+/// Largest rules file (bytes).
+pub const MAX_RULES_BYTES: usize = 1024 * 1024;
+/// Longest marker (characters).
+pub const MAX_MARKER_CHARS: usize = 256;
+/// Longest regex source (characters; checked before the regex is parsed, since parsing
+/// alone of a multi-megabyte pattern takes gigabytes).
+pub const MAX_REGEX_CHARS: usize = 1024;
+/// Most kinds (not counting the fallback).
+pub const MAX_KINDS: usize = 256;
+/// Most markers in the whole file.
+pub const MAX_MARKERS: usize = 4096;
+/// Most regexes in the whole file.
+pub const MAX_REGEXES: usize = 256;
+/// Lazy-DFA cache of one regex (bytes), allocated per searching thread.
+pub const REGEX_DFA_SIZE_LIMIT: usize = 512 * 1024;
+/// Source lines longer than this are cut around the problem's column in snippets.
+const SNIPPET_CHARS: usize = 120;
 
 /// One problem in a rules file, with its position (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq)]
@@ -95,10 +116,20 @@ impl<'a> Problems<'a> {
         };
         let num = line.to_string();
         let pad = " ".repeat(num.len());
+        let col = usize::try_from(column.saturating_sub(1)).unwrap_or(0);
+        // A very long line (a 100k-character marker) is shown as a window around the column.
+        let (src, col) = if src.chars().count() > SNIPPET_CHARS {
+            let start = col.saturating_sub(SNIPPET_CHARS / 4);
+            let window: String = src.chars().skip(start).take(SNIPPET_CHARS).collect();
+            let (head, shift) = if start > 0 { ("…", 1) } else { ("", 0) };
+            (format!("{head}{window}…"), col - start + shift)
+        } else {
+            (src.to_string(), col)
+        };
         // Column is in characters; keep tabs so the caret lines up in a terminal.
         let lead: String = src
             .chars()
-            .take(usize::try_from(column.saturating_sub(1)).unwrap_or(0))
+            .take(col)
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
         format!("{pad} |\n{num} | {src}\n{pad} | {lead}^")
@@ -151,6 +182,9 @@ pub(crate) struct MarkerIndex {
 
 /// Parses and compiles a rules file. `origin` names it in problems (a path or `<embedded>`).
 pub fn load(text: &str, origin: &str) -> Result<Rules, LoadError> {
+    if text.len() > MAX_RULES_BYTES {
+        return Err(too_big(origin, text.len()));
+    }
     let mut problems = Problems::new(text);
     let file: RulesFile = match serde_saphyr::from_str(text) {
         Ok(f) => f,
@@ -179,6 +213,37 @@ pub fn load(text: &str, origin: &str) -> Result<Rules, LoadError> {
         origin: origin.to_string(),
         problems: problems.list,
     })
+}
+
+/// The error for a rules file over [`MAX_RULES_BYTES`] (`len`: its size, or a lower bound).
+pub fn too_big(origin: &str, len: usize) -> LoadError {
+    LoadError {
+        origin: origin.to_string(),
+        problems: vec![Problem {
+            line: 0,
+            column: 0,
+            message: format!(
+                "rules file is {len} bytes or more; the limit is {MAX_RULES_BYTES} bytes"
+            ),
+            snippet: String::new(),
+        }],
+    }
+}
+
+/// The first `n` characters of `s`, with `…` when cut (long values in messages).
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n).chain(std::iter::once('…')).collect()
+    }
+}
+
+/// Running totals against the file-wide caps.
+#[derive(Default)]
+struct Counts {
+    markers: usize,
+    regexes: usize,
 }
 
 fn strip_position_suffix(msg: &str) -> String {
@@ -248,8 +313,18 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
     let mut pattern_ids: HashMap<String, usize> = HashMap::new();
     let mut patterns: Vec<String> = Vec::new();
     let mut owners: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut counts = Counts::default();
 
-    for (ki, def) in file.kinds.iter().enumerate() {
+    if let Some(def) = file.kinds.get(MAX_KINDS) {
+        p.at(
+            def.name.referenced,
+            format!(
+                "too many kinds: {} (the limit is {MAX_KINDS})",
+                file.kinds.len()
+            ),
+        );
+    }
+    for (ki, def) in file.kinds.iter().enumerate().take(MAX_KINDS) {
         let KindDef {
             name,
             description,
@@ -286,6 +361,7 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
                 &name.value,
                 m,
                 ki,
+                &mut counts,
                 &mut pattern_ids,
                 &mut patterns,
                 &mut owners,
@@ -339,7 +415,11 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
         // Patterns are ASCII-lowercased and searched in ASCII-lowercased text (same result
         // as `ascii_case_insensitive`, but lets the SIMD "packed" prefilter run). Leftmost-first
         // with pattern order = (kind, marker) order; see `classify` for how overlaps are handled.
+        // A contiguous NFA: its build is linear in the patterns' total length (the default
+        // picks a DFA for few patterns, whose build took seconds for one 10k-character
+        // marker and did not finish for a 100k one).
         match AhoCorasickBuilder::new()
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
             .match_kind(MatchKind::LeftmostFirst)
             .build(&patterns)
         {
@@ -481,6 +561,7 @@ fn compile_match(
     kind: &str,
     m: &Spanned<MatchDef>,
     kind_index: usize,
+    counts: &mut Counts,
     pattern_ids: &mut HashMap<String, usize>,
     patterns: &mut Vec<String>,
     owners: &mut Vec<Vec<(usize, usize)>>,
@@ -509,6 +590,30 @@ fn compile_match(
     let mut markers = Vec::new();
     for mk in &d.markers {
         let t = mk.value.trim();
+        let chars = t.chars().count();
+        if chars > MAX_MARKER_CHARS {
+            p.at(
+                mk.referenced,
+                format!(
+                    "marker \"{}\" is {chars} characters long; the limit is {MAX_MARKER_CHARS}",
+                    clip(t, 40)
+                ),
+            );
+            continue;
+        }
+        counts.markers += 1;
+        if counts.markers == MAX_MARKERS + 1 {
+            p.at(
+                mk.referenced,
+                format!(
+                    "too many markers: this is marker {} of the file (the limit is {MAX_MARKERS})",
+                    counts.markers
+                ),
+            );
+        }
+        if counts.markers > MAX_MARKERS {
+            continue;
+        }
         if t.is_empty() {
             p.at(mk.referenced, "empty marker (it would match every failure)");
             continue;
@@ -546,9 +651,34 @@ fn compile_match(
     }
     let mut regex = Vec::new();
     for r in &d.regex {
+        let chars = r.value.chars().count();
+        if chars > MAX_REGEX_CHARS {
+            p.at(
+                r.referenced,
+                format!(
+                    "regex /{}/ is {chars} characters long; the limit is {MAX_REGEX_CHARS}",
+                    clip(&r.value, 40)
+                ),
+            );
+            continue;
+        }
+        counts.regexes += 1;
+        if counts.regexes == MAX_REGEXES + 1 {
+            p.at(
+                r.referenced,
+                format!(
+                    "too many regexes: this is regex {} of the file (the limit is {MAX_REGEXES})",
+                    counts.regexes
+                ),
+            );
+        }
+        if counts.regexes > MAX_REGEXES {
+            continue;
+        }
         match RegexBuilder::new(&r.value)
             .case_insensitive(true)
             .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
             .build()
         {
             Ok(re) => {

@@ -1151,3 +1151,48 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn an_unwritable_temp_dir_is_its_own_kind_without_the_path() {
+    // Root ignores directory modes, so "not writable" is a temp dir that cannot be used:
+    // one below a regular file (ENOTDIR), like a full or read-only TMPDIR (ENOSPC, EROFS).
+    let base = tempfile::tempdir().unwrap();
+    let file = base.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let temp = file.join("tmp-secret-path");
+    let s = TestServer::start(Opts {
+        tweak: Box::new(move |c| c.cli.temp_dir = Some(temp)),
+        ..Opts::default()
+    })
+    .await;
+    let body = json!({"model": "sonnet", "messages": [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "hi"}]});
+    let (st, _, text) = post(&s, "/v1/chat/completions", &body).await;
+    assert_eq!(st, 503, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "gateway_tmp_unwritable", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temporary directory is not writable"),
+        "{v}"
+    );
+    assert!(
+        !text.contains("tmp-secret-path") && !text.contains("not-a-dir"),
+        "{text}"
+    );
+    let (st, _, text) = post(
+        &s,
+        "/v1/messages",
+        &json!({"model": "sonnet", "max_tokens": 10,
+        "system": "Be terse.", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(st, 503, "{text}");
+    assert!(!text.contains("tmp-secret-path"), "{text}");
+    // Without a system prompt no temp file is needed: the request runs.
+    let (st, _, text) = post(&s, "/v1/chat/completions", &chat_body("hi", false)).await;
+    assert_eq!(st, 200, "{text}");
+}

@@ -949,3 +949,45 @@ fn fake_cli_exits_143_on_sigterm_within_a_second() {
         );
     }
 }
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, after)| after.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+    }
+}
+
+#[tokio::test]
+async fn a_descendant_that_calls_setsid_does_not_outlive_its_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("escapee.pid");
+    let mut settings = fake_settings("setsid_child");
+    settings.tools = true;
+    set_env(
+        &mut settings,
+        "FAKE_CLAUDE_ESCAPEE_PIDFILE",
+        &pidfile.display().to_string(),
+    );
+    let backend = Backend::new(settings);
+    let (_, out) = collect(backend.start(req("hi"))).await;
+    assert!(out.is_ok(), "{out:?}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // It really left the run's group and session.
+    let t0 = Instant::now();
+    while alive(pid) && t0.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let still = alive(pid);
+    if still {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(!still, "the setsid'd descendant {pid} survived its run");
+}

@@ -199,3 +199,79 @@ fn serve_without_a_rules_directory_logs_no_error() {
         "{all}"
     );
 }
+
+#[test]
+fn serve_ends_and_reaps_a_setsid_descendant_of_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("escapee.pid");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ccgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .current_dir(dir.path())
+        .env("CCGATE_CLI__COMMAND", crate::harness::fake_cli())
+        .env("CCGATE_CLI__TOOLS", "true")
+        .env("CCGATE_WATCH_RULES", "false")
+        // The run must end with its request (a kept process would outlive it by design).
+        .env("CCGATE_CLI__KEEP_CONVERSATIONS", "0")
+        .env("FAKE_CLAUDE_ESCAPEE_PIDFILE", &pidfile)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ccgate");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        // Keep draining: ccgate logs every request.
+        for line in stderr.lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "ccgate listening" {
+                let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_string());
+            }
+            if v["message"] != "request" && v["message"] != "ccgate listening" {
+                eprintln!("ccgate: {line}");
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("ccgate listening");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = crate::harness::client()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&crate::harness::chat_body(
+                "[[scenario:setsid_child]]",
+                false,
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Killed with its run and reaped by ccgate (its subreaper): not even a zombie is left.
+    let proc_dir = format!("/proc/{pid}");
+    let t0 = Instant::now();
+    while std::path::Path::new(&proc_dir).exists() && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = std::fs::read_to_string(format!("{proc_dir}/stat")).ok();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = child.wait();
+    assert!(left.is_none(), "the setsid'd descendant is left: {left:?}");
+}

@@ -374,3 +374,35 @@ fn classify_a_success_result_with_a_late_watchdog_is_success() {
     assert_eq!(v["kind"], "success", "{v}");
     assert_eq!(v["text"], "Hi", "{v}");
 }
+
+#[test]
+fn check_refuses_a_100k_character_marker_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/rules.yaml")).unwrap();
+    let marker = "x".repeat(100_000);
+    let text = text.replacen(
+        "markers: [\"claude native binary not installed\"]",
+        &format!("markers: [\"claude native binary not installed\", \"{marker}\"]"),
+        1,
+    );
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, text).unwrap();
+    let t = std::time::Instant::now();
+    let out = ccgate()
+        .arg("check")
+        .arg(&path)
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .code(1);
+    let took = t.elapsed();
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("rules.yaml:") && err.contains("is 100000 characters long; the limit is 256"),
+        "{err}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "check took {took:?}"
+    );
+}

@@ -618,3 +618,67 @@ async fn real_cli_fresh_process_resumes_earlier_turns_from_a_synthesized_session
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Bytes and files under `dir`, recursively.
+fn tree_size(dir: &std::path::Path) -> (u64, usize) {
+    let (mut bytes, mut files) = (0, 0);
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                let (b, f) = tree_size(&e.path());
+                bytes += b;
+                files += f;
+            } else {
+                bytes += m.len();
+                files += 1;
+            }
+        }
+    }
+    (bytes, files)
+}
+
+/// Runs `n` chat requests through ccgate and the real CLI; the CLI state directory's size
+/// after the first and after the last.
+async fn state_growth(
+    exe: std::path::PathBuf,
+    base_url: String,
+    n: usize,
+    tweak: impl FnOnce(&mut ccgate::config::Config) + Send + 'static,
+) -> ((u64, usize), (u64, usize)) {
+    let (s, home) = real_server_with(exe, Some(base_url), None, tweak).await;
+    let state = home.path().join(".claude");
+    let mut first = (0, 0);
+    for i in 0..n {
+        let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hello", false)).await;
+        assert_eq!(st, 200, "{body}");
+        // After the third request the kept conversation processes (2 by default, each
+        // with its own live state) are all there: from then on nothing may grow.
+        if i == 2 {
+            first = tree_size(&state);
+        }
+    }
+    (first, tree_size(&state))
+}
+
+#[tokio::test]
+async fn real_cli_state_directory_does_not_grow_per_request() {
+    let Some(exe) = real_claude() else { return };
+    if !no_inherited_credentials() {
+        return;
+    }
+    let mock = MockApi::start().await;
+    // ccgate's default cli.env (DISABLE_TELEMETRY=1).
+    let (after1, after5) = state_growth(exe.clone(), mock.url("ok"), 8, |_| {}).await;
+    eprintln!("CLAUDE_CONFIG_DIR with the defaults: after 3 requests {after1:?}, after 8 {after5:?} (bytes, files)");
+    // Without it, as before the default: the CLI queues each run's unsent telemetry.
+    let (old1, old5) = state_growth(exe, mock.url("ok"), 8, |c| {
+        c.cli.env.remove("DISABLE_TELEMETRY");
+    })
+    .await;
+    eprintln!("CLAUDE_CONFIG_DIR without DISABLE_TELEMETRY: after 3 requests {old1:?}, after 8 {old5:?} (bytes, files)");
+    assert!(
+        after5.1 <= after1.1 && after5.0 <= after1.0 + 16 * 1024,
+        "the CLI state directory grows per request: after 3 {after1:?}, after 8 {after5:?}"
+    );
+}

@@ -192,6 +192,88 @@ async fn broken_edit_keeps_rules_and_reports_then_recovers() {
 }
 
 #[tokio::test]
+async fn a_truncate_then_write_save_is_not_a_failed_reload() {
+    let s = watched_server(None).await;
+    std::fs::write(&s.rules_path, rules_tagged("before")).unwrap();
+    wait_tag(&s, "before").await;
+    let failures = reload_count(&s, "failure");
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&s.rules_path)
+        .unwrap();
+    f.flush().unwrap();
+    // Past the watcher's debounce: the empty file has been seen.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let text = s.state.metrics.render();
+    assert!(
+        text.contains("ccgate_rules_last_reload_successful 1"),
+        "an empty file right after a change is a save in progress, not a failed reload: {text}"
+    );
+    assert_eq!(reload_count(&s, "failure"), failures);
+    assert_eq!(served_tag(&s).await, "before");
+    f.write_all(rules_tagged("after").as_bytes()).unwrap();
+    drop(f);
+    wait_tag(&s, "after").await;
+    let text = s.state.metrics.render();
+    assert!(text.contains("ccgate_rules_last_reload_successful 1"));
+    assert_eq!(reload_count(&s, "failure"), failures);
+    // An explicit reload of an empty file is still a failure (the operator asked).
+    std::fs::write(&s.rules_path, "").unwrap();
+    let r = client()
+        .post(s.url("/admin/reload"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(served_tag(&s).await, "after");
+}
+
+#[tokio::test]
+async fn a_hostile_rules_file_is_refused_fast_and_the_old_rules_keep_serving() {
+    let s = TestServer::start(Opts {
+        rules_yaml: Some(rules_tagged("old")),
+        ..Opts::default()
+    })
+    .await;
+    let hostile = rules_tagged("hostile").replacen(
+        "kinds:",
+        &format!(
+            "kinds:\n  - name: huge\n    status: 500\n    match: {{markers: [\"{}\"]}}\n    templates: {{openai: {{}}, anthropic: {{}}}}",
+            "x".repeat(100_000)
+        ),
+        1,
+    );
+    std::fs::write(&s.rules_path, hostile).unwrap();
+    let t = Instant::now();
+    let r = client()
+        .post(s.url("/admin/reload"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.unwrap();
+    let err = v["reload"]["error"].as_str().unwrap();
+    assert!(err.contains("the limit is 256"), "{err}");
+    assert!(took < Duration::from_secs(1), "reload took {took:?}");
+    assert_eq!(served_tag(&s).await, "old");
+    // A later good file still reloads.
+    std::fs::write(&s.rules_path, rules_tagged("new")).unwrap();
+    let r = client()
+        .post(s.url("/admin/reload"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(served_tag(&s).await, "new");
+}
+
+#[tokio::test]
 async fn sighup_reloads() {
     let s = TestServer::start(Opts {
         rules_yaml: Some(rules_tagged("before")),

@@ -431,3 +431,147 @@ fn retry_after_counts_down_to_the_cli_reported_reset() {
     });
     assert_eq!(auth.resets_at, None);
 }
+
+// Size caps (issue 17, finding 4): hostile or mistaken files are refused fast, with a
+// position, instead of hanging `check` and reloads or exhausting memory.
+
+/// Loads `text` and returns its problems and how long that took.
+fn timed_problems(text: &str) -> (String, std::time::Duration) {
+    let t = std::time::Instant::now();
+    let out = match Rules::from_yaml(text, "t.yaml") {
+        Ok(_) => panic!("expected problems"),
+        Err(e) => e.to_string(),
+    };
+    (out, t.elapsed())
+}
+
+snap!(
+    check_size_caps,
+    file(&kind(
+        "a",
+        &format!(
+            "{{markers: [\"{}\"], regex: ['{}']}}",
+            "m".repeat(300),
+            "r".repeat(1100)
+        )
+    ))
+);
+
+#[test]
+fn a_100k_character_marker_fails_fast_with_the_cap() {
+    let text = file(&kind(
+        "a",
+        &format!("{{markers: [\"{}\"]}}", "x".repeat(100_000)),
+    ));
+    let (out, took) = timed_problems(&text);
+    assert!(
+        out.contains("t.yaml:4:23: marker \"xxxx")
+            && out.contains("is 100000 characters long; the limit is 256"),
+        "{out}"
+    );
+    assert!(
+        out.len() < 2_000,
+        "the message does not echo the marker: {out}"
+    );
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn a_9_mb_regex_is_refused_by_the_caps() {
+    // In a file: the file-size cap, before any parsing.
+    let text = file(&kind(
+        "a",
+        &format!("{{regex: ['{}']}}", "(a|b)".repeat(9 * 1024 * 1024 / 5)),
+    ));
+    let (out, took) = timed_problems(&text);
+    assert!(
+        out.contains("rules file is 9437") && out.contains("the limit is 1048576 bytes"),
+        "{out}"
+    );
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    // Under the file cap: the regex-length cap, before the regex is parsed.
+    let text = file(&kind(
+        "a",
+        &format!("{{regex: ['{}']}}", "(a|b)".repeat(200_000)),
+    ));
+    let (out, took) = timed_problems(&text);
+    assert!(
+        out.contains("is 1000000 characters long; the limit is 1024"),
+        "{out}"
+    );
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn kind_marker_and_regex_counts_are_capped() {
+    let kinds: String = (0..257)
+        .map(|i| kind(&format!("k{i}"), "{exit_code: [1]}"))
+        .collect();
+    let out = problems(&file(&kinds));
+    assert!(
+        out.contains("too many kinds: 257 (the limit is 256)"),
+        "{out}"
+    );
+    assert_eq!(out.matches("too many").count(), 1, "{out}");
+
+    let markers: Vec<String> = (0..4097).map(|i| format!("\"mark{i:05}\"")).collect();
+    let out = problems(&file(&kind(
+        "a",
+        &format!("{{markers: [{}]}}", markers.join(", ")),
+    )));
+    assert!(
+        out.contains("too many markers: this is marker 4097 of the file (the limit is 4096)"),
+        "{out}"
+    );
+    let regexes: Vec<String> = (0..257).map(|i| format!("'re{i:04}'")).collect();
+    let out = problems(&file(&kind(
+        "a",
+        &format!("{{regex: [{}]}}", regexes.join(", ")),
+    )));
+    assert!(
+        out.contains("too many regexes: this is regex 257 of the file (the limit is 256)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_largest_allowed_markers_compile_fast() {
+    // ~1 MB of 256-character markers (the file cap): the automaton's build is linear.
+    let markers: Vec<String> = (0..3800)
+        .map(|i| format!("\"{i:06}{}\"", "y".repeat(250)))
+        .collect();
+    let text = file(&kind(
+        "a",
+        &format!("{{markers: [{}]}}", markers.join(", ")),
+    ));
+    assert!(text.len() < 1024 * 1024);
+    let t = std::time::Instant::now();
+    let r = load(&text);
+    eprintln!("3800 markers of 256 characters: {:?}", t.elapsed());
+    assert_eq!(r.markers_count(), 3800);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn marker_automaton_kind_builds_long_markers_linearly() {
+    // The setting `load` uses, measured beyond the cap: 10k and 100k characters.
+    use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+    for n in [10_000, 100_000] {
+        let t = std::time::Instant::now();
+        let a = AhoCorasick::builder()
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
+            .match_kind(MatchKind::LeftmostFirst)
+            .build([
+                "claude native binary not installed".to_string(),
+                "x".repeat(n),
+            ])
+            .unwrap();
+        eprintln!("contiguous NFA, {n}-character marker: {:?}", t.elapsed());
+        assert!(a.is_match(&"x".repeat(n)));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+}

@@ -33,6 +33,7 @@ pub fn fake_settings(scenario: &str) -> CliSettings {
         prewarm_max_idle: Duration::from_secs(300),
         keep_conversations: 0,
         conversation_idle_timeout: Duration::from_secs(300),
+        temp_dir: std::env::temp_dir(),
     }
 }
 
