@@ -40,9 +40,8 @@ fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ccgate-gatebench.XXXXXX")
 LOG=${BENCH_LOG:-$TMP/ccgate.log}
-START_LOG=$TMP/start.log
 PID=
-# shellcheck disable=SC2317 # (called from the EXIT trap)
+# shellcheck disable=SC2317,SC2329 # (called from the EXIT trap)
 cleanup() {
     if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
         kill -TERM "$PID" 2>/dev/null || true
