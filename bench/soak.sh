@@ -11,6 +11,27 @@
 # Environment: SOAK_MINUTES (default 2), SOAK_SECS (overrides the minutes, for short
 # trial runs), SOAK_CLIENTS (default 8), CARGO_TARGET_DIR,
 # SOAK_KEEP=1 keeps the temp dir (ccgate log) for inspection.
+#
+# Hostile clients run alongside the normal ones (SOAK_HOSTILE_CLIENTS workers, default 2,
+# and SOAK_SLOWLORIS_CONNS slowloris connections, default 4). What each must get:
+#
+#   hostile category         what is sent                                        expected
+#   cross_site text/plain    POST, Content-Type: text/plain, Origin: evil.example 415 or 403
+#   cross_site origin        POST, application/json, Origin: https://evil.example 403
+#   bogus_model auth_text    model "Not logged in" + [[scenario:model_not_found]] 400
+#   bogus_model nul          model with a NUL                                    400
+#   bogus_model 100k         model of 100,000 characters                         400
+#   bogus_model spaces       model "sonnet status=200 kind=ok"                   400
+#   slowloris headers        headers trickled, one line a second                 closed or 408 in 60 s
+#   slowloris body           Content-Length 100000, body trickled a byte a second closed or 408 in 60 s
+#
+# (The defences are 415 / 403 for cross-site POSTs, 400 for bad model names and header /
+# body read timeouts; override the expectations here while trying other builds.)
+SOAK_EXPECT_CROSS_SITE=${SOAK_EXPECT_CROSS_SITE:-403,415}
+SOAK_EXPECT_BOGUS_MODEL=${SOAK_EXPECT_BOGUS_MODEL:-400}
+SOAK_SLOWLORIS_CLOSE_SECS=${SOAK_SLOWLORIS_CLOSE_SECS:-60}
+SOAK_HOSTILE_CLIENTS=${SOAK_HOSTILE_CLIENTS:-2}
+SOAK_SLOWLORIS_CONNS=${SOAK_SLOWLORIS_CONNS:-4}
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -89,7 +110,10 @@ echo "ccgate pid $PID listening on $ADDR; log $LOG"
 
 STATUS=0
 "$GEN" --url "http://$ADDR" --pid "$PID" --rules "$RULES" \
-    --clients "$CLIENTS" --secs "$SECS" || STATUS=$?
+    --clients "$CLIENTS" --secs "$SECS" \
+    --hostile-clients "$SOAK_HOSTILE_CLIENTS" --slowloris-conns "$SOAK_SLOWLORIS_CONNS" \
+    --expect-cross-site "$SOAK_EXPECT_CROSS_SITE" --expect-bogus-model "$SOAK_EXPECT_BOGUS_MODEL" \
+    --slowloris-close-secs "$SOAK_SLOWLORIS_CLOSE_SECS" || STATUS=$?
 
 echo
 echo "== ccgate log: $(wc -l <"$LOG") lines;" \

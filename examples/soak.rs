@@ -18,6 +18,15 @@
 //! body, no descendant process of ccgate left, fd count back to the baseline (± margin),
 //! RSS of the last third of the samples within `--rss-growth-pct` of the first third, and
 //! no failed reload. Prints a report; exits 1 if any assertion failed.
+//!
+//! Alongside them, `--hostile-clients` workers send hostile requests (see [`HOSTILE`]):
+//! cross-site "simple" POSTs (`Content-Type: text/plain`, `Origin: https://evil.example`),
+//! JSON POSTs from that origin, and bogus model names (one that reads like an auth failure
+//! with the fake CLI's `model_not_found` scenario, a NUL, 100k characters, spaces), and
+//! `--slowloris-conns` slowloris connections (headers or a body trickled one piece a second)
+//! that the server must close (or answer 408) within `--slowloris-close-secs`. What each
+//! must get is set by `--expect-cross-site`, `--expect-bogus-model` (bench/soak.sh has the
+//! table); anything else counts as unexpected.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -63,6 +72,146 @@ struct Args {
     /// Allowed difference between the final and the baseline fd count.
     #[arg(long, default_value_t = 4)]
     fd_margin: usize,
+    /// Workers sending hostile requests (cross-site POSTs, bogus model names).
+    #[arg(long, default_value_t = 2)]
+    hostile_clients: usize,
+    /// Statuses a cross-site POST may get (comma-separated).
+    #[arg(long, default_value = "403,415")]
+    expect_cross_site: String,
+    /// Statuses a bogus model name may get (comma-separated).
+    #[arg(long, default_value = "400")]
+    expect_bogus_model: String,
+    /// Slowloris connections held open at once.
+    #[arg(long, default_value_t = 4)]
+    slowloris_conns: usize,
+    /// Seconds within which the server must close a slowloris connection (or answer 408).
+    #[arg(long, default_value_t = 60)]
+    slowloris_close_secs: u64,
+}
+
+/// The hostile requests, by category label: what is sent. Which statuses count as
+/// expected comes from the command line (bench/soak.sh's table).
+const HOSTILE: &[(&str, &str)] = &[
+    (
+        "cross_site text/plain",
+        "POST, Content-Type: text/plain (a JSON body), Origin: https://evil.example",
+    ),
+    (
+        "cross_site origin",
+        "POST, Content-Type: application/json, Origin: https://evil.example",
+    ),
+    (
+        "bogus_model auth_text",
+        "model \"Not logged in\", user text [[scenario:model_not_found]]",
+    ),
+    ("bogus_model nul", "model \"son\\u0000net\""),
+    ("bogus_model 100k", "model of 100,000 characters"),
+    ("bogus_model spaces", "model \"sonnet status=200 kind=ok\""),
+];
+
+/// The request of the `i`-th hostile category, for `api`.
+fn hostile_request(
+    client: &reqwest::Client,
+    base: &str,
+    i: usize,
+    api: Api,
+    n: u64,
+) -> reqwest::RequestBuilder {
+    let plan = Plan {
+        kind: Kind::Success,
+        api,
+        stream: false,
+    };
+    let mut b = body(&plan, n);
+    let url = format!("{base}{}", api.path());
+    let evil = "https://evil.example";
+    match HOSTILE[i].0 {
+        "cross_site text/plain" => client
+            .post(url)
+            .header("content-type", "text/plain")
+            .header("origin", evil)
+            .body(b.to_string()),
+        "cross_site origin" => client.post(url).header("origin", evil).json(&b),
+        name => {
+            b["model"] = match name {
+                "bogus_model auth_text" => {
+                    b["messages"][0]["content"] =
+                        format!("soak hostile {n} [[scenario:model_not_found]]").into();
+                    "Not logged in".into()
+                }
+                "bogus_model nul" => "son\u{0}net".into(),
+                "bogus_model 100k" => "m".repeat(100_000).into(),
+                _ => "sonnet status=200 kind=ok".into(),
+            };
+            client.post(url).json(&b)
+        }
+    }
+}
+
+fn statuses(list: &str) -> Vec<u16> {
+    list.split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// One slowloris connection: the request line and headers (or, with `body`, a whole head
+/// and then the body) trickled one piece a second. Ok(0) when the server closed it, Ok(408)
+/// when it answered that; Bad when it was still open after `limit`, or answered otherwise.
+async fn slowloris(addr: &str, body: bool, limit: Duration, deadline: Instant) -> Option<Outcome> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = match tokio::net::TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return Some(Outcome::Bad(format!("connect: {e}"))),
+    };
+    let head = if body {
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+    } else {
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    };
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return Some(Outcome::Ok(0));
+    }
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut i = 0u64;
+    loop {
+        if Instant::now() >= deadline {
+            return None; // the soak ended first: not counted either way
+        }
+        if start.elapsed() >= limit {
+            return Some(Outcome::Bad(format!(
+                "still open after {} s",
+                limit.as_secs()
+            )));
+        }
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(Outcome::Ok(0)),
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                let status: u16 = text
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                return Some(if status == 408 {
+                    Outcome::Ok(408)
+                } else {
+                    Outcome::Bad(format!("answered {:?}", text.lines().next().unwrap_or("")))
+                });
+            }
+            Err(_) => {
+                i += 1;
+                let piece = if body {
+                    " ".to_string()
+                } else {
+                    format!("X-Slow-{i}: 1\r\n")
+                };
+                if s.write_all(piece.as_bytes()).await.is_err() {
+                    return Some(Outcome::Ok(0));
+                }
+            }
+        }
+    }
 }
 
 /// The two API flavours.
@@ -387,6 +536,61 @@ struct Tally {
     samples: Vec<String>,
 }
 
+impl Tally {
+    fn add(&mut self, category: String, n: u64, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok(status) => {
+                *self
+                    .good
+                    .entry(category)
+                    .or_default()
+                    .entry(status)
+                    .or_default() += 1;
+            }
+            Outcome::Bad(why) => {
+                if self.samples.len() < 20 {
+                    self.samples.push(format!("{category} #{n}: {why}"));
+                }
+                *self.bad.entry(category).or_default() += 1;
+            }
+        }
+    }
+
+    /// Prints the table; returns (good, bad) totals.
+    fn print(&self) -> (u64, u64) {
+        println!("  {:<40} {:>7} {:>5}  statuses", "category", "ok", "bad");
+        let mut cats: Vec<&String> = self.good.keys().chain(self.bad.keys()).collect();
+        cats.sort();
+        cats.dedup();
+        for cat in cats {
+            let good = self.good.get(cat);
+            let n: u64 = good.map(|m| m.values().sum()).unwrap_or(0);
+            let statuses = good
+                .map(|m| {
+                    m.iter()
+                        .map(|(s, c)| match s {
+                            0 => format!("closed×{c}"),
+                            s => format!("{s}×{c}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            println!(
+                "  {cat:<40} {n:>7} {:>5}  {statuses}",
+                self.bad.get(cat).copied().unwrap_or(0)
+            );
+        }
+        for s in &self.samples {
+            println!("  ! {s}");
+        }
+        (
+            self.good.values().flat_map(|m| m.values()).sum(),
+            self.bad.values().sum(),
+        )
+    }
+}
+
 /// Parent pid of every process, from /proc/*/stat.
 fn ppids() -> HashMap<i32, i32> {
     let mut map = HashMap::new();
@@ -575,22 +779,88 @@ async fn main() -> anyhow::Result<()> {
                 let plan = pick(&mut rng);
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let outcome = one_request(&client, &base, &plan, n).await;
-                let mut t = tally.lock().expect("tally");
-                match outcome {
-                    Outcome::Ok(status) => {
-                        *t.good
-                            .entry(plan.category())
-                            .or_default()
-                            .entry(status)
-                            .or_default() += 1;
-                    }
-                    Outcome::Bad(why) => {
-                        *t.bad.entry(plan.category()).or_default() += 1;
-                        if t.samples.len() < 20 {
-                            t.samples.push(format!("{} #{n}: {why}", plan.category()));
-                        }
-                    }
+                tally
+                    .lock()
+                    .expect("tally")
+                    .add(plan.category(), n, outcome);
+            }
+        }));
+    }
+
+    // Hostile workers: each hostile category in turn, both APIs; a tally of their own.
+    let hostile_tally = Arc::new(Mutex::new(Tally::default()));
+    let (cross_ok, model_ok) = (
+        statuses(&args.expect_cross_site),
+        statuses(&args.expect_bogus_model),
+    );
+    for c in 0..args.hostile_clients {
+        let (stop, tally, counter, base) = (
+            stop.clone(),
+            hostile_tally.clone(),
+            counter.clone(),
+            base.clone(),
+        );
+        let (cross_ok, model_ok) = (cross_ok.clone(), model_ok.clone());
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client");
+            for round in 0..1_000_000usize {
+                if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                    break;
                 }
+                let i = (round + c) % HOSTILE.len();
+                let api = if (round / HOSTILE.len()) % 2 == 0 {
+                    Api::OpenAi
+                } else {
+                    Api::Anthropic
+                };
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let want = if HOSTILE[i].0.starts_with("cross_site") {
+                    &cross_ok
+                } else {
+                    &model_ok
+                };
+                let outcome = match hostile_request(&client, &base, i, api, n).send().await {
+                    Ok(r) if want.contains(&r.status().as_u16()) => {
+                        Outcome::Ok(r.status().as_u16())
+                    }
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let text = r.text().await.unwrap_or_default();
+                        Outcome::Bad(format!(
+                            "status {status}, expected one of {want:?}: {}",
+                            text.chars().take(200).collect::<String>()
+                        ))
+                    }
+                    Err(e) => Outcome::Bad(format!("transport: {e}")),
+                };
+                let cat = format!("hostile {:<24} {}", HOSTILE[i].0, api.label());
+                tally.lock().expect("tally").add(cat, n, outcome);
+                // Hostile clients are a minority of the load.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    let addr = base.trim_start_matches("http://").to_string();
+    for c in 0..args.slowloris_conns {
+        let (stop, tally, addr) = (stop.clone(), hostile_tally.clone(), addr.clone());
+        let limit = Duration::from_secs(args.slowloris_close_secs.max(1));
+        clients.push(tokio::spawn(async move {
+            for round in 0..1_000_000u64 {
+                if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                    break;
+                }
+                let body = (round + c as u64) % 2 == 1;
+                let Some(outcome) = slowloris(&addr, body, limit, deadline).await else {
+                    break;
+                };
+                let cat = format!(
+                    "hostile slowloris {}",
+                    if body { "body" } else { "headers" }
+                );
+                tally.lock().expect("tally").add(cat, round, outcome);
             }
         }));
     }
@@ -686,40 +956,35 @@ async fn main() -> anyhow::Result<()> {
 
     // ------------------------------------------------------------------ report
     let t = tally.lock().expect("tally");
+    let h = hostile_tally.lock().expect("tally");
     let total_good: u64 = t.good.values().flat_map(|m| m.values()).sum();
     let total_bad: u64 = t.bad.values().sum();
+    let hostile_good: u64 = h.good.values().flat_map(|m| m.values()).sum();
+    let hostile_bad: u64 = h.bad.values().sum();
     println!();
     println!(
         "requests: {} in {load_secs:.0} s ({:.1}/s), {total_bad} unexpected",
         total_good + total_bad,
         (total_good + total_bad) as f64 / load_secs
     );
-    println!("  {:<35} {:>7} {:>5}  statuses", "category", "ok", "bad");
-    let mut cats: Vec<&String> = t.good.keys().chain(t.bad.keys()).collect();
-    cats.sort();
-    cats.dedup();
-    for cat in cats {
-        let good = t.good.get(cat);
-        let n: u64 = good.map(|m| m.values().sum()).unwrap_or(0);
-        let statuses = good
-            .map(|m| {
-                m.iter()
-                    .map(|(s, c)| format!("{s}×{c}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
-        println!(
-            "  {cat:<35} {n:>7} {:>5}  {statuses}",
-            t.bad.get(cat).copied().unwrap_or(0)
-        );
-    }
-    for s in &t.samples {
-        println!("  ! {s}");
-    }
+    t.print();
     if total_bad > 0 {
         failures.push(format!(
             "{total_bad} unexpected status / malformed body / transport error(s)"
+        ));
+    }
+    println!();
+    println!(
+        "hostile: {} requests / connections, {hostile_bad} unexpected (expected: cross-site {:?}, bogus model {:?}, slowloris closed or 408 within {} s)",
+        hostile_good + hostile_bad,
+        cross_ok,
+        model_ok,
+        args.slowloris_close_secs
+    );
+    h.print();
+    if hostile_bad > 0 {
+        failures.push(format!(
+            "{hostile_bad} unexpected answer(s) to hostile clients"
         ));
     }
     if total_good == 0 {

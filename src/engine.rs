@@ -250,7 +250,7 @@ impl Engine {
             prompt: &texts,
         };
         let verdict = rules.classify_request(facts, &client);
-        tracing::debug!(request_id = %record.request_id, kind = %verdict.kind,
+        tracing::debug!(request_id = record.request_id.as_str(), kind = %verdict.kind,
             matched = ?verdict.matched, stderr_tail = %facts.stderr_tail, "CLI failure classified");
         self.count_run(&verdict.kind);
         if verdict.unhealthy {
@@ -548,11 +548,15 @@ impl Drop for RequestRecord {
         };
         self.metrics
             .count_request(self.endpoint, status, kind, secs);
+        // Client-chosen strings (request id, path, model) are recorded as `&str` values, which
+        // the text format quotes and escapes (and JSON encodes): printed bare, a `"` in an
+        // `x-request-id` flipped the quoting of the rest of the line, so a model name could
+        // forge fields such as `status=200` for a logfmt parser.
         tracing::info!(
-            request_id = %self.request_id,
+            request_id = self.request_id.as_str(),
             endpoint = self.endpoint,
-            method = %o.method,
-            path = %o.path,
+            method = o.method.as_str(),
+            path = o.path.as_str(),
             model = o.model.as_deref().unwrap_or(""),
             status,
             kind,

@@ -4,6 +4,8 @@
 //! Events (requests, runs, probes, reloads) are counted where they happen; point-in-time
 //! values (CLI processes alive and queued, health) are read from [`Health`] and
 //! [`BackendStats`] while a scrape is encoded, so nothing has to keep them in sync.
+//! `ccgate_log_lines_dropped_total` is read from the log writer's own counter (see
+//! [`watch_log_drops`]).
 
 use std::sync::Arc;
 
@@ -18,6 +20,8 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 
 use crate::backend::BackendStats;
 use crate::health::Health;
@@ -68,6 +72,23 @@ pub struct Metrics {
     /// Conversations with earlier turns that the CLI would not resume as a session and
     /// that were answered from a transcript instead.
     pub conversation_fallbacks: Counter,
+}
+
+/// The process's non-blocking log writer's count of lines it dropped because its buffer
+/// was full (logging is process-wide, so this is too).
+static LOG_LINES_DROPPED: OnceLock<Arc<AtomicU64>> = OnceLock::new();
+
+/// Makes `ccgate_log_lines_dropped_total` report `counter` (the first call wins; `serve`
+/// calls it once when it sets up logging).
+pub fn watch_log_drops(counter: Arc<AtomicU64>) {
+    let _ = LOG_LINES_DROPPED.set(counter);
+}
+
+/// Log lines dropped so far (0 without a non-blocking log writer).
+pub fn log_lines_dropped() -> u64 {
+    LOG_LINES_DROPPED
+        .get()
+        .map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 /// Metrics read from live state at scrape time. Their help texts end with the period that
@@ -136,6 +157,14 @@ impl Collector for LiveGauges {
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
+        let dropped = ConstCounter::new(log_lines_dropped());
+        let metric = encoder.encode_descriptor(
+            "ccgate_log_lines_dropped",
+            "Log lines dropped because the log writer's buffer (log_buffer_lines) was full.",
+            None,
+            dropped.metric_type(),
+        )?;
+        dropped.encode(metric)?;
         Ok(())
     }
 }
@@ -331,5 +360,28 @@ mod tests {
         assert!(metrics.render().contains("\nccgate_cli_health_ok 0\n"));
         health.mark_ok(Source::Probe);
         assert!(metrics.render().contains("\nccgate_cli_health_ok 1\n"));
+    }
+
+    /// The log writer's count of dropped lines is what the scrape reports.
+    #[test]
+    fn dropped_log_lines_are_counted_in_the_metrics() {
+        let metrics = Metrics::default();
+        assert!(
+            metrics.render().contains(
+                "# TYPE ccgate_log_lines_dropped counter\nccgate_log_lines_dropped_total 0\n"
+            ),
+            "{}",
+            metrics.render()
+        );
+        let counter = Arc::new(AtomicU64::new(0));
+        watch_log_drops(counter.clone());
+        counter.fetch_add(97, Ordering::Relaxed);
+        assert!(
+            metrics
+                .render()
+                .contains("\nccgate_log_lines_dropped_total 97\n"),
+            "{}",
+            metrics.render()
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 mod check;
 mod classify;
+pub mod log;
 mod schema;
 pub mod serve;
 mod test;

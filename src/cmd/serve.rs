@@ -58,25 +58,45 @@ pub fn load_settings(
     Ok((loaded.config.compile()?, loaded.ignored_env))
 }
 
+/// Keeps the log writer thread alive; dropping it writes out the lines still buffered
+/// (for up to two seconds) and stops the thread. Hold it until the process is done logging.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(#[allow(dead_code)] Option<super::log::LogWriterGuard>);
+
 /// Sets up logging to stderr in the configured format.
-pub fn init_logging(log: &LogSettings) {
+///
+/// Log lines go through a bounded buffer to a writer thread ([`super::log`]), so a request
+/// never waits for stderr: the request line was a quarter of the gate path's cost. When
+/// `log.buffer_lines` lines are waiting, further lines are dropped and counted
+/// (`ccgate_log_lines_dropped_total`).
+pub fn init_logging(log: &LogSettings) -> LogGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (writer, guard) =
+        super::log::log_writer(std::io::stderr(), log.buffer_lines, dropped.clone());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match log.format {
+        .with_writer(writer);
+    let installed = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
+    if installed.is_err() {
+        // Another subscriber is already installed (tests): keep it, and stop this writer.
+        return LogGuard(None);
+    }
+    crate::metrics::watch_log_drops(dropped);
+    LogGuard(Some(guard))
 }
 
 /// `ccgate serve` from `main`: settings, logging, a runtime, and [`run`] to completion.
 pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     let (settings, ignored_env) = load_settings(args)?;
-    init_logging(&settings.log);
+    // Dropped last, after the runtime: the final lines ("ccgate stopped") are written out.
+    let _log = init_logging(&settings.log);
     for name in ignored_env {
         tracing::warn!(variable = %name, "ignoring environment variable: not a ccgate config key");
     }
