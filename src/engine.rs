@@ -215,13 +215,15 @@ impl Engine {
     ) -> Result<TurnRun, TurnError> {
         // The APIs check these already; checked here too, so no API can forget.
         req.validate().map_err(TurnError::Invalid)?;
+        // The gate first: while it is closed, the answer is the same for every request and
+        // costs nothing more (the presentation hashes and copies the conversation).
+        self.gate(&rules).await.map_err(TurnError::Verdict)?;
         let turns = present_turns(&req.conversation, &req.tenant, &req.model)
             .map_err(TurnError::Present)?;
         // Earlier turns go to a fresh CLI as a synthesized session; should the CLI refuse
         // it, the transcript of the same conversation answers instead.
         let fallback = !turns.history.is_empty();
         let cli = CliRequest::for_turns(turns, &req.model);
-        self.gate(&rules).await.map_err(TurnError::Verdict)?;
         Ok(TurnRun {
             engine: self.clone(),
             rules,
