@@ -192,7 +192,7 @@ except FileNotFoundError:
     print("FAIL: README.md missing"); sys.exit(1)
 missing = []
 for k, v in got.items():
-    keys = [f"cli.{c}" for c in v] if isinstance(v, dict) else [k]
+    keys = [f"{k}.{c}" for c in v] if isinstance(v, dict) else [k]
     for key in keys:
         if f"`{key}`" not in doc: missing.append(key)
 if missing:
