@@ -217,6 +217,10 @@ impl Health {
 
     /// Waits (bounded) while the first probe after start is still running.
     pub async fn await_startup_probe(&self) {
+        // The common case costs no timer and no subscription.
+        if !self.startup_probe_pending() {
+            return;
+        }
         let mut rx = self.startup_probe.subscribe();
         let _ = tokio::time::timeout(STARTUP_PROBE_WAIT, rx.wait_for(|running| !running)).await;
     }

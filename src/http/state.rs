@@ -14,9 +14,21 @@ use crate::probe::Prober;
 use crate::reload::Reloader;
 use crate::rules::Rules;
 
-/// Cloned into every handler (all fields are shared).
+/// Cloned into every handler and middleware: one reference count for all of it (each
+/// layer of every request clones the state, and one atomic update per clone is far
+/// cheaper across cores than one per service handle).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Services {
     pub settings: Arc<Settings>,
     /// The running rules. Each request loads one snapshot and uses it start to end.
     pub rules: Arc<ArcSwap<Rules>>,
@@ -60,7 +72,7 @@ impl AppState {
             metrics.clone(),
             prober.clone(),
         );
-        AppState {
+        AppState(Arc::new(Services {
             settings: Arc::new(settings),
             rules,
             backend,
@@ -69,6 +81,6 @@ impl AppState {
             metrics,
             reloader,
             prober,
-        }
+        }))
     }
 }
