@@ -3,7 +3,8 @@
 #
 # Builds ccgate and the load generator (examples/soak.rs) in release, starts ccgate as a
 # separate process on a free 127.0.0.1 port (it binds :0; the port is read from its log)
-# with the fake CLI, a temp copy of rules/rules.yaml and cli.max_concurrent=8, runs the
+# with the fake CLI, a temp copy of rules/rules.yaml, cli.max_concurrent=8 and kept
+# conversation processes ending 2 s after their last turn (so the settle sees none), runs the
 # generator (which sends the request mix, reloads the rules, samples /proc/<pid> and
 # asserts; see the top of examples/soak.rs), then stops ccgate with SIGTERM and checks it
 # exits cleanly. Exit status: 0 only if every assertion passed.
@@ -83,6 +84,7 @@ CCGATE_CLI__COMMAND=$ROOT/tests/fake-claude \
     CCGATE_LISTEN=127.0.0.1:0 \
     CCGATE_RULES=$RULES \
     CCGATE_CLI__MAX_CONCURRENT=8 \
+    CCGATE_CLI__CONVERSATION_IDLE_TIMEOUT=2 \
     CCGATE_LOG_LEVEL=info \
     "$BIN" serve 2>"$LOG" &
 PID=$!
