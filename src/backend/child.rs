@@ -167,9 +167,10 @@ impl Spawned {
         drop(stdin);
         let status = leader.reap().await;
         // Descendants that left the group (`setsid`) end with the run too.
-        let tag = leader.tag.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || reaper::end_run(&tag)).await {
-            tracing::warn!(error = %e, "ending the run's descendants failed");
+        if let Some(tag) = leader.tag.clone() {
+            if let Err(e) = tokio::task::spawn_blocking(move || reaper::end_run(&tag)).await {
+                tracing::warn!(error = %e, "ending the run's descendants failed");
+            }
         }
         drop(leader);
         drop(system_file);
@@ -244,8 +245,10 @@ pub(super) fn spawn_cli(
             }
         }
     };
-    let tag = reaper::new_tag();
-    let mut cmd = build_command(settings, args, &tag);
+    // Only a CLI with its tools can start processes that leave its group; without them
+    // the run end needs no `/proc` scan (which costs about a millisecond per request).
+    let tag = settings.tools.then(reaper::new_tag);
+    let mut cmd = build_command(settings, args, tag.as_deref());
 
     let spawned_at = tokio::time::Instant::now();
     let spawned = reaper::spawning(|| {
@@ -316,18 +319,20 @@ pub(super) fn spawn_cli(
     })
 }
 
-fn build_command(settings: &CliSettings, args: Vec<OsString>, tag: &str) -> Command {
+fn build_command(settings: &CliSettings, args: Vec<OsString>, tag: Option<&str>) -> Command {
     let mut cmd = Command::new(&settings.command);
     cmd.args(args)
         .current_dir(&settings.workdir)
         .env_remove("CLAUDECODE")
         .envs(settings.env.iter().map(|(k, v)| (k, v)))
-        .env(reaper::RUN_TAG_VAR, tag)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
+    if let Some(tag) = tag {
+        cmd.env(reaper::RUN_TAG_VAR, tag);
+    }
     cmd
 }
 
@@ -367,8 +372,8 @@ struct Leader {
     child: Child,
     pgid: Pid,
     guard: Guard,
-    /// The run's tag in its processes' environment ([`reaper`]).
-    tag: String,
+    /// The run's tag in its processes' environment ([`reaper`]; with the CLI's tools on).
+    tag: Option<String>,
 }
 
 impl Leader {
@@ -435,7 +440,9 @@ impl Drop for Leader {
         match self.guard {
             Guard::Armed => {
                 self.reap_blocking();
-                reaper::end_run(&self.tag);
+                if let Some(tag) = &self.tag {
+                    reaper::end_run(tag);
+                }
             }
             Guard::GaveUp => kill_group(self.pgid),
             Guard::Reaped => {}

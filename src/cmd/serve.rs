@@ -115,9 +115,12 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     // Installed before anything else: a SIGTERM while the rules load or the port binds
     // must stop ccgate, not kill it with the default action.
     let stop = shutdown_signal();
-    // CLI descendants that leave their run's process group (`setsid`) are re-parented to
-    // ccgate, which ends and reaps them with the run (see `backend::reaper`).
-    crate::backend::become_subreaper();
+    // With the CLI's tools on, descendants that leave their run's process group (`setsid`)
+    // are re-parented to ccgate, which ends and reaps them with the run (see
+    // `backend::reaper`). Without tools no run starts such processes.
+    if settings.cli.tools {
+        crate::backend::become_subreaper();
+    }
     let loaded = crate::reload::load_rules_file(&settings.rules, IfMissing::Embedded)?;
     let rules = loaded.rules;
     tracing::info!(path = %settings.rules.display(), source = loaded.source.as_str(),
