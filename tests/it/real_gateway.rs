@@ -640,6 +640,17 @@ fn tree_size(dir: &std::path::Path) -> (u64, usize) {
 
 /// Runs `n` chat requests through ccgate and the real CLI; the CLI state directory's size
 /// after the first and after the last.
+/// Waits until no CLI process is running or being ended (kept ones aside): a process
+/// ending in the background still has its files.
+async fn settled(s: &TestServer) {
+    let backend = s.state.backend.clone();
+    crate::harness::eventually(Duration::from_secs(10), move || {
+        let st = backend.stats().snapshot();
+        st.in_flight == st.kept_idle
+    })
+    .await;
+}
+
 async fn state_growth(
     exe: std::path::PathBuf,
     base_url: String,
@@ -655,9 +666,11 @@ async fn state_growth(
         // After the third request the kept conversation processes (2 by default, each
         // with its own live state) are all there: from then on nothing may grow.
         if i == 2 {
+            settled(&s).await;
             first = tree_size(&state);
         }
     }
+    settled(&s).await;
     (first, tree_size(&state))
 }
 
