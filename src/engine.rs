@@ -317,25 +317,7 @@ impl TurnRun {
             if self.fold.ended().is_some() {
                 return None;
             }
-            let steps = match self.run.as_mut()?.recv().await {
-                Some(event) => {
-                    if let CliEvent::Done(Err(facts)) = &event {
-                        self.record.record_exit(facts);
-                    }
-                    self.fold.push(event)
-                }
-                None => self.fold.lost(),
-            };
-            if steps.first().is_some_and(|s| self.fall_back(s)) {
-                continue;
-            }
-            self.ready.extend(steps);
-            if self.fold.wants_stop() {
-                // A stop sequence ended the answer: the rest of the run is not wanted.
-                if let Some(run) = self.run.take() {
-                    run.stop();
-                }
-            }
+            self.pull().await;
         }
     }
 
@@ -343,22 +325,7 @@ impl TurnRun {
     /// before the first byte keeps its real status.
     pub async fn first_content(&mut self) -> Result<(), Box<Verdict>> {
         while self.ready.is_empty() && self.fold.ended().is_none() {
-            let steps = match self.run.as_mut() {
-                Some(run) => match run.recv().await {
-                    Some(event) => {
-                        if let CliEvent::Done(Err(facts)) = &event {
-                            self.record.record_exit(facts);
-                        }
-                        self.fold.push(event)
-                    }
-                    None => self.fold.lost(),
-                },
-                None => self.fold.lost(),
-            };
-            if steps.first().is_some_and(|s| self.fall_back(s)) {
-                continue;
-            }
-            self.ready.extend(steps);
+            self.pull().await;
         }
         if let Some(Step::Fail(_)) = self.ready.front() {
             if let Some(TurnStep::Fail(v)) = self.next().await {
@@ -366,6 +333,33 @@ impl TurnRun {
             }
         }
         Ok(())
+    }
+
+    /// Folds the run's next event (or its loss) into the ready steps. A stop sequence ends
+    /// the run (the rest of it is not wanted); a session the CLI refused restarts it as a
+    /// transcript.
+    async fn pull(&mut self) {
+        let steps = match self.run.as_mut() {
+            Some(run) => match run.recv().await {
+                Some(event) => {
+                    if let CliEvent::Done(Err(facts)) = &event {
+                        self.record.record_exit(facts);
+                    }
+                    self.fold.push(event)
+                }
+                None => self.fold.lost(),
+            },
+            None => self.fold.lost(),
+        };
+        if steps.first().is_some_and(|s| self.fall_back(s)) {
+            return;
+        }
+        self.ready.extend(steps);
+        if self.fold.wants_stop() {
+            if let Some(run) = self.run.take() {
+                run.stop();
+            }
+        }
     }
 
     /// Runs to the end (non-streaming): the complete answer or the failure.
