@@ -67,6 +67,20 @@ async fn ask(s: &TestServer, key: &str, messages: &[(&str, &str)]) -> String {
         .to_string()
 }
 
+/// A JSON POST as `key-a`: the JSON answer.
+async fn post_as_a(s: &TestServer, path: &str, body: &Value) -> Value {
+    crate::harness::client()
+        .post(s.url(path))
+        .bearer_auth("key-a")
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn stats(s: &TestServer) -> ccgate::backend::StatsSnapshot {
     s.state.backend.stats().snapshot()
 }
@@ -196,15 +210,7 @@ async fn kept_processes_are_bounded_expire_and_give_way() {
         std::fs::read_to_string(&s.rules_path).unwrap() + "\n# changed\n",
     )
     .unwrap();
-    let v: Value = crate::harness::client()
-        .post(s.url("/admin/reload"))
-        .bearer_auth("key-a")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = post_as_a(&s, "/admin/reload", &json!({})).await;
     assert_eq!(v["reload"]["changed"], true, "{v}");
     assert!(eventually(Duration::from_secs(5), || !alive(p2)).await);
     assert!(s.state.backend.kept_pids().is_empty());
@@ -251,31 +257,23 @@ async fn no_kept_process_survives_the_server() {
 async fn usage_reports_the_clis_cache_figures_in_both_apis() {
     // The fake CLI's result: 12 input, 5 cache creation, 7 cache read tokens.
     let s = server(|_| {}).await;
-    let v: Value = crate::harness::client()
-        .post(s.url("/v1/chat/completions"))
-        .bearer_auth("key-a")
-        .json(&crate::harness::chat_body("hi", false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = post_as_a(
+        &s,
+        "/v1/chat/completions",
+        &crate::harness::chat_body("hi", false),
+    )
+    .await;
     assert_eq!(
         v["usage"]["prompt_tokens_details"]["cached_tokens"], 7,
         "{v}"
     );
     assert_eq!(v["usage"]["prompt_tokens"], 12 + 5 + 7, "{v}");
-    let v: Value = crate::harness::client()
-        .post(s.url("/v1/messages"))
-        .bearer_auth("key-a")
-        .json(&crate::harness::messages_body("hi", false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = post_as_a(
+        &s,
+        "/v1/messages",
+        &crate::harness::messages_body("hi", false),
+    )
+    .await;
     assert_eq!(v["usage"]["cache_read_input_tokens"], 7, "{v}");
     assert_eq!(v["usage"]["cache_creation_input_tokens"], 5, "{v}");
     assert_eq!(v["usage"]["input_tokens"], 12, "{v}");

@@ -130,12 +130,7 @@ async fn symlinked_rules_and_configmap_swap() {
     let link = dir.path().join("rules.yaml");
     let s = watched_server(Some(&link)).await;
     // The server was started with v0 rules in memory; a SIGHUP-free first sync:
-    let r = client()
-        .post(s.url("/admin/reload"))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = admin_reload(&s).await;
     assert_eq!(r.status(), 200);
     assert_eq!(served_tag(&s).await, "cm1");
     // The kubelet's atomic swap: new timestamped dir, new ..data_tmp link renamed over ..data.
@@ -221,12 +216,7 @@ async fn a_truncate_then_write_save_is_not_a_failed_reload() {
     assert_eq!(reload_count(&s, "failure"), failures);
     // An explicit reload of an empty file is still a failure (the operator asked).
     std::fs::write(&s.rules_path, "").unwrap();
-    let r = client()
-        .post(s.url("/admin/reload"))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = admin_reload(&s).await;
     assert_eq!(r.status(), 422);
     assert_eq!(served_tag(&s).await, "after");
 }
@@ -248,12 +238,7 @@ async fn a_hostile_rules_file_is_refused_fast_and_the_old_rules_keep_serving() {
     );
     std::fs::write(&s.rules_path, hostile).unwrap();
     let t = Instant::now();
-    let r = client()
-        .post(s.url("/admin/reload"))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = admin_reload(&s).await;
     let took = t.elapsed();
     assert_eq!(r.status(), 422);
     let v: Value = r.json().await.unwrap();
@@ -263,12 +248,7 @@ async fn a_hostile_rules_file_is_refused_fast_and_the_old_rules_keep_serving() {
     assert_eq!(served_tag(&s).await, "old");
     // A later good file still reloads.
     std::fs::write(&s.rules_path, rules_tagged("new")).unwrap();
-    let r = client()
-        .post(s.url("/admin/reload"))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = admin_reload(&s).await;
     assert_eq!(r.status(), 200);
     assert_eq!(served_tag(&s).await, "new");
 }
@@ -379,12 +359,7 @@ async fn reloads_under_load_never_fail_or_mix() {
         let text = if i % 2 == 0 { &b } else { &a };
         std::fs::write(&s.rules_path, text).unwrap();
         let t = Instant::now();
-        let r = client()
-            .post(s.url("/admin/reload"))
-            .header("content-type", "application/json")
-            .send()
-            .await
-            .unwrap();
+        let r = admin_reload(&s).await;
         assert_eq!(r.status(), 200);
         latencies.push(t.elapsed());
     }
@@ -417,12 +392,7 @@ async fn unwatchable_rules_directory_still_serves_and_reload_reports() {
     .await;
     // The watcher could not be set up (logged); the server still serves its rules.
     assert_eq!(served_tag(&s).await, "boot");
-    let r = client()
-        .post(s.url("/admin/reload"))
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = admin_reload(&s).await;
     assert_eq!(r.status(), 422);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["reload"]["ok"], false);
@@ -543,4 +513,14 @@ async fn dropping_the_watch_guard_stops_the_watcher() {
         .await
         .expect("the watcher task ends on shutdown");
     assert_eq!(Arc::strong_count(&reloader), 1);
+}
+
+/// `POST /admin/reload` (with the JSON content type admin POSTs need): the response.
+async fn admin_reload(s: &TestServer) -> reqwest::Response {
+    client()
+        .post(s.url("/admin/reload"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap()
 }
