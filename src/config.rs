@@ -140,6 +140,12 @@ pub struct CliConfig {
     pub keep_conversations: usize,
     /// Seconds a kept conversation process may wait for its next turn.
     pub conversation_idle_timeout: f64,
+    /// Runs held inside a client tool call at once, waiting for the client's results
+    /// (0 = off: a continuation then always runs fresh). They count against
+    /// `max_concurrent`, and at least one slot stays free of them.
+    pub max_held_runs: usize,
+    /// Seconds a held run waits for the client's tool results before it is ended.
+    pub tool_hold_timeout: f64,
     /// Directory for the private system-prompt files; unset = ccgate's temp dir (TMPDIR).
     pub temp_dir: Option<PathBuf>,
 }
@@ -191,6 +197,8 @@ impl Default for CliConfig {
             prewarm_max_idle: 300.0,
             keep_conversations: 2,
             conversation_idle_timeout: 300.0,
+            max_held_runs: 4,
+            tool_hold_timeout: 600.0,
             temp_dir: None,
         }
     }
@@ -365,6 +373,7 @@ impl Config {
             "cli.conversation_idle_timeout",
             self.cli.conversation_idle_timeout,
         );
+        let tool_hold_timeout = positive("cli.tool_hold_timeout", self.cli.tool_hold_timeout);
         let header_timeout = positive("http.header_timeout", self.http.header_timeout);
         let body_timeout = positive("http.body_timeout", self.http.body_timeout);
         let idle_timeout = positive("http.idle_timeout", self.http.idle_timeout);
@@ -472,6 +481,8 @@ impl Config {
                 prewarm_max_idle,
                 keep_conversations: c.keep_conversations,
                 conversation_idle_timeout,
+                max_held_runs: c.max_held_runs,
+                tool_hold_timeout,
                 temp_dir: c.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             },
             cli_workdir: c.workdir.clone(),

@@ -148,6 +148,138 @@ impl Conversation {
     }
 }
 
+/// A tool the client offers the model (an OpenAI `function` tool, an Anthropic custom
+/// tool): its name, description and the JSON Schema of its input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON Schema object (`{"type":"object",…}`).
+    pub input_schema: Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides (OpenAI `auto`, Anthropic `auto`).
+    Auto,
+    /// No call (OpenAI and Anthropic `none`).
+    None,
+    /// At least one call (OpenAI `required`, Anthropic `any`).
+    Required,
+    /// A call of this tool (OpenAI named function, Anthropic `tool`).
+    Named(String),
+}
+
+/// The client's tools for one turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSet {
+    pub tools: Vec<ToolSpec>,
+    pub choice: ToolChoice,
+    /// Several calls in one answer are allowed (OpenAI `parallel_tool_calls`, Anthropic
+    /// `!disable_parallel_tool_use`).
+    pub parallel: bool,
+}
+
+/// The most tools one request may offer.
+pub const TOOLS_MAX_COUNT: usize = 128;
+/// The largest tool definition (name, description and schema as JSON), in bytes.
+pub const TOOL_MAX_BYTES: usize = 64 * 1024;
+/// All tool definitions of a request together, in bytes.
+pub const TOOLS_MAX_BYTES: usize = 1024 * 1024;
+/// The longest tool name (both APIs: `^[a-zA-Z0-9_-]{1,64}$`).
+pub const TOOL_NAME_MAX_LEN: usize = 64;
+/// The longest tool-call id accepted back from a client.
+pub const TOOL_ID_MAX_LEN: usize = 256;
+
+/// Why a tool definition or choice is refused (a 400 naming the field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    #[error("at most {TOOLS_MAX_COUNT} tools may be given")]
+    TooMany,
+    #[error("tool names must match ^[a-zA-Z0-9_-]{{1,64}}$")]
+    BadName { index: usize },
+    #[error("tool name `{name}` is given twice")]
+    Duplicate { index: usize, name: String },
+    #[error("the input schema must be a JSON Schema object with `type: \"object\"`")]
+    BadSchema { index: usize },
+    #[error("a tool definition may be at most {TOOL_MAX_BYTES} bytes")]
+    ToolTooLarge { index: usize },
+    #[error("the tool definitions may be at most {TOOLS_MAX_BYTES} bytes together")]
+    ToolsTooLarge,
+    #[error("names the tool `{0}`, which is not among the tools given")]
+    UnknownChoice(String),
+    #[error("requires a tool call, but no tools are given")]
+    ChoiceWithoutTools,
+}
+
+/// Whether `name` is a valid tool name.
+pub fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= TOOL_NAME_MAX_LEN
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+impl ToolSet {
+    /// Checks names, schemas, sizes and the choice.
+    pub fn validate(&self) -> Result<(), ToolError> {
+        if self.tools.len() > TOOLS_MAX_COUNT {
+            return Err(ToolError::TooMany);
+        }
+        let mut total = 0usize;
+        for (index, t) in self.tools.iter().enumerate() {
+            if !valid_tool_name(&t.name) {
+                return Err(ToolError::BadName { index });
+            }
+            if self.tools[..index].iter().any(|o| o.name == t.name) {
+                return Err(ToolError::Duplicate {
+                    index,
+                    name: t.name.clone(),
+                });
+            }
+            let schema_ok = t.input_schema.is_object()
+                && t.input_schema
+                    .get("type")
+                    .is_none_or(|ty| ty.as_str() == Some("object"));
+            if !schema_ok {
+                return Err(ToolError::BadSchema { index });
+            }
+            let size = t.name.len()
+                + t.description.as_deref().map_or(0, str::len)
+                + t.input_schema.to_string().len();
+            if size > TOOL_MAX_BYTES {
+                return Err(ToolError::ToolTooLarge { index });
+            }
+            total += size;
+        }
+        if total > TOOLS_MAX_BYTES {
+            return Err(ToolError::ToolsTooLarge);
+        }
+        match &self.choice {
+            ToolChoice::Named(n) if !self.tools.iter().any(|t| &t.name == n) => {
+                Err(ToolError::UnknownChoice(n.clone()))
+            }
+            ToolChoice::Required | ToolChoice::Named(_) if self.tools.is_empty() => {
+                Err(ToolError::ChoiceWithoutTools)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A tool call the model made, as the client sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ToolCall {
+    /// The model's tool-use id (`toolu_…`).
+    pub id: String,
+    /// The client's tool name.
+    pub name: String,
+    /// The call's arguments (a JSON object).
+    pub input: Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

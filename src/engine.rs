@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::backend::present::{present_turns, PresentError};
-use crate::backend::{Backend, CliRequest, CliRun};
-use crate::conversation::Conversation;
+use crate::backend::present::{present_turns, FingerprintBuilder, PresentError};
+use crate::backend::{Backend, CliRequest, CliRun, ToolResult, ToolResults};
+use crate::conversation::{Block, Conversation, ToolChoice, ToolError, ToolSet};
 use crate::health::{Health, Source};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::probe::Prober;
@@ -34,6 +34,8 @@ pub struct TurnRequest {
     /// Who the client is (a digest of its API key; empty without keys): a kept
     /// conversation is only ever continued by the same tenant.
     pub tenant: String,
+    /// The client's tools (None: no tools offered).
+    pub tools: Option<ToolSet>,
 }
 
 /// The longest `model` accepted (Bedrock inference-profile ARNs are about 110 characters).
@@ -53,6 +55,9 @@ pub enum TurnFieldError {
     /// The stop sequences (`stop`, `stop_sequences`).
     #[error("{0}")]
     Stop(String),
+    /// The tool definitions or the tool choice.
+    #[error(transparent)]
+    Tools(#[from] ToolError),
 }
 
 /// Whether `c` may appear in a model name: what model ids and aliases use (`sonnet`,
@@ -99,7 +104,16 @@ impl TurnRequest {
     /// The field checks every API applies ([`check_model`], [`check_stops`]).
     pub fn validate(&self) -> Result<(), TurnFieldError> {
         check_model(&self.model)?;
-        check_stops(&self.stop)
+        check_stops(&self.stop)?;
+        if let Some(t) = &self.tools {
+            t.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The tool choice, if tools are offered.
+    fn choice(&self) -> Option<&ToolChoice> {
+        self.tools.as_ref().map(|t| &t.choice)
     }
 
     /// The texts of the conversation the client wrote or sent back (for [`ClientText`]).
@@ -218,12 +232,51 @@ impl Engine {
         // The gate first: while it is closed, the answer is the same for every request and
         // costs nothing more (the presentation hashes and copies the conversation).
         self.gate(&rules).await.map_err(TurnError::Verdict)?;
-        let turns = present_turns(&req.conversation, &req.tenant, &req.model)
+        let tools = req.tools.clone().map(Arc::new);
+        let turns = present_turns(&req.conversation, &req.tenant, &req.model, tools.as_deref())
             .map_err(TurnError::Present)?;
+        let refuse = req.choice() == Some(&ToolChoice::None);
+        let keep = turns.keep.clone();
+        if tools.is_some() && turns.resume_results {
+            // The client returns the results of calls a held run waits in: that run goes on.
+            if let Some((run, calls)) = self.backend.take_held(&turns.history_fingerprint) {
+                if let Some(results) = held_results(&req.conversation, &calls) {
+                    let sent = run.send_results(ToolResults {
+                        results,
+                        keep: Some(keep.clone()),
+                        refuse_calls: refuse,
+                    });
+                    if sent {
+                        return Ok(TurnRun {
+                            engine: self.clone(),
+                            rules,
+                            record,
+                            run: Some(run),
+                            fold: TurnFold::continuation(req.stop.clone()),
+                            ready: VecDeque::new(),
+                            fallback: false,
+                            keep: Some(keep),
+                            req,
+                        });
+                    }
+                }
+                // Results the held run cannot take (other calls, content MCP cannot carry):
+                // the run ends here, and a fresh one gets the whole history.
+            }
+        }
         // Earlier turns go to a fresh CLI as a synthesized session; should the CLI refuse
         // it, the transcript of the same conversation answers instead.
         let fallback = !turns.history.is_empty();
-        let cli = CliRequest::for_turns(turns, &req.model);
+        let resume = turns.resume_results;
+        let mut cli = CliRequest::for_turns(turns, &req.model);
+        if let Some(note) = req.tools.as_ref().and_then(choice_note).filter(|_| !resume) {
+            // The CLI has no tool_choice: the model is asked in the turn itself (and the
+            // answer checked, see `TurnRun::conclude`).
+            cli.prompt.push_str("\n\n");
+            cli.prompt.push_str(&note);
+        }
+        cli.tools = tools;
+        cli.refuse_calls = refuse;
         Ok(TurnRun {
             engine: self.clone(),
             rules,
@@ -232,6 +285,7 @@ impl Engine {
             fold: TurnFold::new(req.stop.clone()),
             ready: VecDeque::new(),
             fallback,
+            keep: Some(keep),
             req,
         })
     }
@@ -281,10 +335,76 @@ impl Engine {
     }
 }
 
+/// The request's tool results for exactly the `calls` a held run waits in, if its last
+/// message is those results and nothing else, each deliverable through MCP.
+fn held_results(conversation: &Conversation, calls: &[String]) -> Option<Vec<ToolResult>> {
+    let last = conversation.turns().last()?;
+    let mut results = Vec::with_capacity(last.blocks.len());
+    for b in &last.blocks {
+        match b {
+            Block::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => results.push(ToolResult {
+                tool_use_id: tool_use_id.clone(),
+                content: content.clone(),
+                is_error: *is_error,
+            }),
+            // Text the client adds after its results has no place in a tool result.
+            _ => return None,
+        }
+    }
+    let mut ids: Vec<&str> = results.iter().map(|r| r.tool_use_id.as_str()).collect();
+    let mut want: Vec<&str> = calls.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    want.sort_unstable();
+    (ids == want && results.iter().all(crate::backend::mcp::deliverable)).then_some(results)
+}
+
+/// The instruction that asks the model for what `tool_choice` demands (None for `auto`).
+fn choice_note(tools: &ToolSet) -> Option<String> {
+    let one = if tools.parallel {
+        ""
+    } else {
+        " Call at most one tool in this answer."
+    };
+    let note = match &tools.choice {
+        ToolChoice::Auto if tools.parallel => return None,
+        ToolChoice::Auto => one.trim_start().to_string(),
+        ToolChoice::None => "Do not call any tool in this answer; answer in text.".to_string(),
+        ToolChoice::Required => format!("You must call at least one of the tools in this answer.{one}"),
+        ToolChoice::Named(n) => format!("You must call the tool `{n}` in this answer.{one}"),
+    };
+    Some(format!("<system-reminder>{note}</system-reminder>"))
+}
+
+/// Whether `answer` satisfies `choice` (an answer stopped at a stop sequence or cut by a
+/// length limit is not held to it).
+fn choice_met(choice: Option<&ToolChoice>, answer: &Success) -> bool {
+    let complete = !matches!(
+        answer.stop_reason.as_deref(),
+        Some("stop_sequence" | "max_tokens" | "max_turns")
+    );
+    match choice {
+        Some(ToolChoice::Required) if complete => !answer.tool_calls.is_empty(),
+        Some(ToolChoice::Named(n)) if complete => answer.tool_calls.iter().any(|c| &c.name == n),
+        _ => true,
+    }
+}
+
 /// What a turn in progress yields.
 #[derive(Debug)]
 pub enum TurnStep {
     Text(String),
+    /// A tool call began: its index among the answer's calls, id and name.
+    ToolStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    /// A fragment of the arguments of the call at `index`.
+    ToolArgs { index: usize, fragment: String },
     Finish(Box<Success>),
     /// The run failed (classified); nothing follows.
     Fail(Box<Verdict>),
@@ -302,6 +422,9 @@ pub struct TurnRun {
     req: TurnRequest,
     /// While true, a session the CLI refuses may still fall back to the transcript.
     fallback: bool,
+    /// The conversation up to the request's last message (an answer with tool calls holds
+    /// the run under it plus that answer).
+    keep: Option<FingerprintBuilder>,
 }
 
 /// The kind the rules give a CLI that could not resume a session.
@@ -366,7 +489,7 @@ impl TurnRun {
     pub async fn complete(mut self) -> Result<Success, Box<Verdict>> {
         while let Some(step) = self.next().await {
             match step {
-                TurnStep::Text(_) => {}
+                TurnStep::Text(_) | TurnStep::ToolStart { .. } | TurnStep::ToolArgs { .. } => {}
                 TurnStep::Finish(s) => return Ok(*s),
                 TurnStep::Fail(v) => return Err(v),
             }
@@ -423,8 +546,31 @@ impl TurnRun {
     fn conclude(&mut self, step: Step) -> TurnStep {
         match step {
             Step::Text(t) => TurnStep::Text(t),
+            Step::ToolStart { index, id, name } => TurnStep::ToolStart { index, id, name },
+            Step::ToolArgs { index, fragment } => TurnStep::ToolArgs { index, fragment },
             Step::Finish(s) => {
-                self.run = None;
+                let run = self.run.take();
+                if !choice_met(self.req.choice(), &s) {
+                    drop(run);
+                    let facts = FailureFacts {
+                        condition: Some(crate::rules::GatewayCondition::ToolChoiceUnmet),
+                        ..FailureFacts::default()
+                    };
+                    return TurnStep::Fail(Box::new(self.engine.classify(
+                        &self.rules,
+                        &self.record,
+                        &self.req,
+                        &facts,
+                    )));
+                }
+                if let (Some(run), Some(keep)) = (run, self.keep.as_ref()) {
+                    if !s.tool_calls.is_empty() {
+                        // The CLI waits inside the calls: hold it for the client's results.
+                        let key = keep.after_calls(&s.text, &s.tool_calls);
+                        let ids = s.tool_calls.iter().map(|c| c.id.clone()).collect();
+                        self.engine.backend.hold(key, run, ids);
+                    }
+                }
                 self.engine.succeeded();
                 TurnStep::Finish(s)
             }

@@ -36,7 +36,14 @@ pub struct Success {
     pub session_id: Option<String>,
     /// Model from `system/init` (or the first assistant message).
     pub model: Option<String>,
+    /// The client's tool calls that end this answer (`stop_reason` `tool_use`): the run
+    /// is held until the client returns their results. Set by the turn fold.
+    pub tool_calls: Vec<crate::conversation::ToolCall>,
 }
+
+/// What the CLI puts before the name of a client tool (offered through ccgate's
+/// in-process MCP server `cg`) in what the model sees and in its `tool_use` blocks.
+pub const CLIENT_TOOL_PREFIX: &str = "mcp__cg__";
 
 /// What a run reports, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,9 +62,46 @@ pub enum CliEvent {
     Abandoned,
     /// A complete top-level, non-error assistant text block (emitted at block end).
     AssistantText(String),
+    /// A top-level `tool_use` content block began streaming (`content_block_start`).
+    ToolUseStart { id: String, name: String },
+    /// An `input_json_delta` fragment of the top-level tool-use block being streamed.
+    ToolInputDelta(String),
+    /// A complete top-level `tool_use` block of an assistant message (its parsed input).
+    AssistantToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    /// A top-level `message_delta`: the message's stop reason and output usage.
+    MessageDelta {
+        stop_reason: Option<String>,
+        output_tokens: u64,
+    },
+    /// A top-level `message_stop` (without abandoned blocks): the message is complete.
+    MessageStop,
+    /// A control-channel message from the CLI (`control_request` / `control_response`);
+    /// the backend answers these itself and never forwards them.
+    Control(Control),
+    /// The CLI called one of the client's tools (`tools/call` with this tool-use id) and
+    /// waits for its result. Emitted by the backend, not by the accumulator.
+    ToolCallHeld { tool_use_id: String },
     /// Final event: success, or the failure facts (including timeouts, spawn errors,
     /// queue full, no result).
     Done(Result<Success, Box<FailureFacts>>),
+}
+
+/// A control-channel line of the CLI.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// `control_request`: the CLI asks the host (`request` holds `subtype` and its fields,
+    /// e.g. `mcp_message` with `server_name` and the JSON-RPC `message`).
+    Request { request_id: String, request: Value },
+    /// `control_response` to a request of the host's.
+    Response {
+        request_id: String,
+        success: bool,
+        error: Option<String>,
+    },
 }
 
 /// How a run ended apart from its stdout: what [`RunAccumulator::conclude`] needs to decide
@@ -89,6 +133,8 @@ pub struct AssistantLine {
     pub model: Option<String>,
     /// The `text` of every `text` content block, in order.
     pub texts: Vec<String>,
+    /// Every `tool_use` content block: id, name, input.
+    pub tool_uses: Vec<(String, String, Value)>,
     pub api_error_status: Option<u16>,
     pub api_error_type: Option<String>,
     pub api_error: Option<String>,
@@ -145,6 +191,28 @@ pub enum Line {
     Abandoned {
         top_level: bool,
     },
+    /// `stream_event` `message_stop` without abandoned blocks.
+    MessageStop {
+        top_level: bool,
+    },
+    /// `stream_event` `message_delta`.
+    MessageDelta {
+        stop_reason: Option<String>,
+        output_tokens: u64,
+        top_level: bool,
+    },
+    /// `stream_event` `content_block_start` of a `tool_use` block.
+    ToolUseStart {
+        id: String,
+        name: String,
+        top_level: bool,
+    },
+    /// `stream_event` `content_block_delta` / `input_json_delta`.
+    InputJsonDelta {
+        partial_json: String,
+        top_level: bool,
+    },
+    Control(Control),
     Result(ResultLine),
     /// `rate_limit_event` (a warning such as `allowed_warning` is not a failure).
     RateLimit {
@@ -222,12 +290,30 @@ impl Line {
                             .collect()
                     })
                     .unwrap_or_default();
+                let tool_uses = msg
+                    .and_then(|m| m.get("content"))
+                    .and_then(Value::as_array)
+                    .map(|blocks| {
+                        blocks
+                            .iter()
+                            .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+                            .filter_map(|b| {
+                                Some((
+                                    s(b, "id")?,
+                                    s(b, "name")?,
+                                    b.get("input").cloned().unwrap_or(Value::Null),
+                                ))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 Line::Assistant(AssistantLine {
                     synthetic: error.is_some() || model.as_deref() == Some("<synthetic>"),
                     error,
                     top_level: top_level(&v),
                     model,
                     texts,
+                    tool_uses,
                     api_error_status: status(&v, "api_error_status"),
                     api_error_type: s(&v, "api_error_type"),
                     api_error: s(&v, "api_error"),
@@ -248,25 +334,56 @@ impl Line {
                     },
                     "content_block_delta" => {
                         let delta = ev.get("delta");
-                        if delta.and_then(|d| d.get("type")).and_then(Value::as_str)
-                            == Some("text_delta")
-                        {
-                            match delta.and_then(|d| s(d, "text")) {
+                        match delta.and_then(|d| d.get("type")).and_then(Value::as_str) {
+                            Some("text_delta") => match delta.and_then(|d| s(d, "text")) {
                                 Some(text) => Line::TextDelta {
                                     text,
                                     top_level: top_level(&v),
                                 },
                                 None => Line::Other,
+                            },
+                            Some("input_json_delta") => {
+                                match delta.and_then(|d| s(d, "partial_json")) {
+                                    Some(partial_json) => Line::InputJsonDelta {
+                                        partial_json,
+                                        top_level: top_level(&v),
+                                    },
+                                    None => Line::Other,
+                                }
                             }
-                        } else {
-                            Line::Other
+                            _ => Line::Other,
                         }
                     }
+                    "content_block_start" => {
+                        let block = ev.get("content_block");
+                        match block.and_then(|b| b.get("type")).and_then(Value::as_str) {
+                            Some("tool_use") => match (
+                                block.and_then(|b| s(b, "id")),
+                                block.and_then(|b| s(b, "name")),
+                            ) {
+                                (Some(id), Some(name)) => Line::ToolUseStart {
+                                    id,
+                                    name,
+                                    top_level: top_level(&v),
+                                },
+                                _ => Line::Other,
+                            },
+                            _ => Line::Other,
+                        }
+                    }
+                    "message_delta" => Line::MessageDelta {
+                        stop_reason: ev.get("delta").and_then(|d| s(d, "stop_reason")),
+                        output_tokens: ev.get("usage").map_or(0, |u| self::u(u, "output_tokens")),
+                        top_level: top_level(&v),
+                    },
                     "message_stop" if v.get("abandoned_blocks").is_some_and(|a| !a.is_null()) => {
                         Line::Abandoned {
                             top_level: top_level(&v),
                         }
                     }
+                    "message_stop" => Line::MessageStop {
+                        top_level: top_level(&v),
+                    },
                     _ => Line::Other,
                 }
             }
@@ -295,6 +412,25 @@ impl Line {
                     num_turns: v.get("num_turns").and_then(Value::as_u64),
                     session_id: s(&v, "session_id"),
                 })
+            }
+            "control_request" => match s(&v, "request_id") {
+                Some(request_id) => Line::Control(Control::Request {
+                    request_id,
+                    request: v.get("request").cloned().unwrap_or(Value::Null),
+                }),
+                None => Line::Other,
+            },
+            "control_response" => {
+                let r = v.get("response");
+                match r.and_then(|r| s(r, "request_id")) {
+                    Some(request_id) => Line::Control(Control::Response {
+                        request_id,
+                        success: r.and_then(|r| r.get("subtype")).and_then(Value::as_str)
+                            == Some("success"),
+                        error: r.and_then(|r| s(r, "error")),
+                    }),
+                    None => Line::Other,
+                }
             }
             "rate_limit_event" => {
                 let info = v.get("rate_limit_info");
@@ -376,6 +512,49 @@ impl RunAccumulator {
                     vec![]
                 }
             }
+            Line::MessageStop { top_level } => {
+                if top_level {
+                    vec![CliEvent::MessageStop]
+                } else {
+                    vec![]
+                }
+            }
+            Line::MessageDelta {
+                stop_reason,
+                output_tokens,
+                top_level,
+            } => {
+                if top_level {
+                    vec![CliEvent::MessageDelta {
+                        stop_reason,
+                        output_tokens,
+                    }]
+                } else {
+                    vec![]
+                }
+            }
+            Line::ToolUseStart {
+                id,
+                name,
+                top_level,
+            } => {
+                if top_level {
+                    vec![CliEvent::ToolUseStart { id, name }]
+                } else {
+                    vec![]
+                }
+            }
+            Line::InputJsonDelta {
+                partial_json,
+                top_level,
+            } => {
+                if top_level {
+                    vec![CliEvent::ToolInputDelta(partial_json)]
+                } else {
+                    vec![]
+                }
+            }
+            Line::Control(c) => vec![CliEvent::Control(c)],
             // A sub-agent's abandoned attempt voids none of the top-level answer.
             Line::Abandoned { top_level } => {
                 if top_level {
@@ -403,7 +582,14 @@ impl RunAccumulator {
                         self.model = a.model;
                     }
                     if a.top_level {
-                        a.texts.into_iter().map(CliEvent::AssistantText).collect()
+                        let tools = a.tool_uses.into_iter().map(|(id, name, input)| {
+                            CliEvent::AssistantToolUse { id, name, input }
+                        });
+                        a.texts
+                            .into_iter()
+                            .map(CliEvent::AssistantText)
+                            .chain(tools)
+                            .collect()
                     } else {
                         vec![]
                     }
@@ -458,6 +644,7 @@ impl RunAccumulator {
                     num_turns: r.num_turns,
                     session_id: self.session_id.clone().or_else(|| r.session_id.clone()),
                     model: self.model.clone(),
+                    tool_calls: Vec::new(),
                 });
             }
         }

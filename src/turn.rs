@@ -16,7 +16,8 @@
 //! - **Usage.** The prompt's usage from the first top-level `message_start`; an answer cut
 //!   at a stop sequence reports it with 0 output tokens (the run ends before its totals).
 
-use crate::protocol::{CliEvent, Success, Usage};
+use crate::conversation::ToolCall;
+use crate::protocol::{CliEvent, Success, Usage, CLIENT_TOOL_PREFIX};
 use crate::rules::{FailureFacts, GatewayCondition};
 
 /// What the caller does next.
@@ -24,6 +25,15 @@ use crate::rules::{FailureFacts, GatewayCondition};
 pub enum Step {
     /// Answer text for the client, in order.
     Text(String),
+    /// A tool call of the client's began: its place among this answer's calls (from 0),
+    /// the model's tool-use id and the client's tool name. Its argument fragments follow.
+    ToolStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    /// A fragment of the JSON arguments of the call at `index`.
+    ToolArgs { index: usize, fragment: String },
     /// The answer is complete. `text` is the whole answer (the CLI's authoritative result,
     /// cut at a stop sequence; or what was released before the cut).
     Finish(Box<Success>),
@@ -66,6 +76,19 @@ pub struct TurnFold {
     /// Complete top-level assistant text blocks, for a length-truncated answer.
     blocks: String,
     prompt_usage: Option<Usage>,
+    /// The client's tool calls of this answer (complete blocks), in order.
+    calls: Vec<ToolCall>,
+    /// Tool-use ids whose start was released, in order (their index is the position).
+    started: Vec<String>,
+    /// The call whose argument fragments are streaming now.
+    streaming: Option<usize>,
+    /// Upstream messages began (stream events are on).
+    messages: u64,
+    /// Usage summed over this fold's upstream messages (for continuations of held runs,
+    /// whose CLI result sums the whole tool loop).
+    stream_usage: Usage,
+    /// This fold continues a held run: its usage is the stream's, not the result's.
+    continuation: bool,
 }
 
 impl TurnFold {
@@ -78,6 +101,20 @@ impl TurnFold {
             since_block: String::new(),
             blocks: String::new(),
             prompt_usage: None,
+            calls: Vec::new(),
+            started: Vec::new(),
+            streaming: None,
+            messages: 0,
+            stream_usage: Usage::default(),
+            continuation: false,
+        }
+    }
+
+    /// A fold for the rest of a held run, after the client's tool results.
+    pub fn continuation(stops: Vec<String>) -> TurnFold {
+        TurnFold {
+            continuation: true,
+            ..TurnFold::new(stops)
         }
     }
 
@@ -89,9 +126,9 @@ impl TurnFold {
         }
     }
 
-    /// Whether any answer text has been released to the client.
+    /// Whether any answer text or tool call has been released to the client.
     pub fn released_any(&self) -> bool {
-        !self.released.is_empty()
+        !self.released.is_empty() || !self.started.is_empty()
     }
 
     /// True once a stop sequence ended the answer: the CLI run is no longer wanted.
@@ -114,8 +151,80 @@ impl TurnFold {
         match event {
             CliEvent::Started { .. } => {}
             CliEvent::MessageStart(usage) => {
+                self.messages += 1;
+                let u = &mut self.stream_usage;
+                u.input_tokens += usage.input_tokens;
+                u.cache_creation_input_tokens += usage.cache_creation_input_tokens;
+                u.cache_read_input_tokens += usage.cache_read_input_tokens;
                 self.prompt_usage.get_or_insert(usage);
             }
+            CliEvent::MessageDelta { output_tokens, .. } => {
+                self.stream_usage.output_tokens += output_tokens;
+            }
+            CliEvent::ToolUseStart { id, name } => {
+                self.streaming = None;
+                if let Some(name) = name.strip_prefix(CLIENT_TOOL_PREFIX) {
+                    if !matches!(self.phase, Phase::Abandoned { .. }) {
+                        self.start_tool(id, name.to_string(), &mut out);
+                        self.streaming = Some(self.started.len() - 1);
+                    }
+                }
+            }
+            CliEvent::ToolInputDelta(fragment) => {
+                if let Some(index) = self.streaming {
+                    if !matches!(self.phase, Phase::Abandoned { .. }) && !fragment.is_empty() {
+                        out.push(Step::ToolArgs { index, fragment });
+                    }
+                }
+            }
+            CliEvent::AssistantToolUse { id, name, input } => {
+                self.streaming = None;
+                if let Some(name) = name.strip_prefix(CLIENT_TOOL_PREFIX) {
+                    if let Phase::Abandoned { .. } = self.phase {
+                        // The retry's complete block: the client must not have seen a
+                        // different call already.
+                        if !self.started.contains(&id) && self.started.len() > self.calls.len() {
+                            self.fail(
+                                Box::new(FailureFacts {
+                                    condition: Some(GatewayCondition::StreamAbandoned),
+                                    ..FailureFacts::default()
+                                }),
+                                &mut out,
+                            );
+                            return out;
+                        }
+                        self.phase = Phase::Answering;
+                    }
+                    if !self.started.contains(&id) {
+                        // Not streamed (no partial messages, or an abandoned attempt's
+                        // retry): the whole call at once.
+                        self.start_tool(id.clone(), name.to_string(), &mut out);
+                        out.push(Step::ToolArgs {
+                            index: self.started.len() - 1,
+                            fragment: input.to_string(),
+                        });
+                    }
+                    self.calls.push(ToolCall {
+                        id,
+                        name: name.to_string(),
+                        input,
+                    });
+                }
+            }
+            CliEvent::MessageStop => {
+                self.streaming = None;
+                if !self.calls.is_empty() {
+                    self.finish_with_calls(&mut out);
+                }
+            }
+            CliEvent::ToolCallHeld { .. } => {
+                // With stream events the answer ends at its message's end (a message's
+                // later calls may still be streaming); without them this is the end.
+                if self.messages == 0 && !self.calls.is_empty() {
+                    self.finish_with_calls(&mut out);
+                }
+            }
+            CliEvent::Control(_) => {}
             CliEvent::TextDelta(text) => match self.phase {
                 Phase::Abandoned { .. } => {}
                 _ => {
@@ -150,6 +259,39 @@ impl TurnFold {
             CliEvent::Done(Err(facts)) => self.failed(facts, &mut out),
         }
         out
+    }
+
+    /// Releases the start of the client's tool call `id`: the text before it is complete
+    /// (held-back text that might have begun a stop sequence goes out now).
+    fn start_tool(&mut self, id: String, name: String, out: &mut Vec<Step>) {
+        let (rest, _) = self.stops.finish();
+        self.release(rest, out);
+        self.stops = StopFilter::new(self.stops.sequences().to_vec());
+        self.phase = Phase::Answering;
+        let index = self.started.len();
+        self.started.push(id.clone());
+        out.push(Step::ToolStart { index, id, name });
+    }
+
+    /// The answer ends with the client's tool calls: the run waits for their results.
+    fn finish_with_calls(&mut self, out: &mut Vec<Step>) {
+        let usage = Usage {
+            output_tokens: self.stream_usage.output_tokens,
+            ..self.stream_usage.clone()
+        };
+        let usage = if self.messages == 0 {
+            self.prompt_usage.clone().unwrap_or_default()
+        } else {
+            usage
+        };
+        self.phase = Phase::Ended(End::Finished);
+        out.push(Step::Finish(Box::new(Success {
+            text: self.released.clone(),
+            stop_reason: Some("tool_use".into()),
+            usage,
+            tool_calls: std::mem::take(&mut self.calls),
+            ..Success::default()
+        })));
     }
 
     /// The run ended without its final event (its driver vanished): a protocol error.
@@ -218,6 +360,9 @@ impl TurnFold {
         if let Some(stop) = held_stop.or(cut.map(|(_, s)| s)) {
             success.stop_reason = Some("stop_sequence".into());
             success.stop_sequence = Some(stop);
+        }
+        if self.continuation && self.messages > 0 {
+            success.usage = self.stream_usage.clone();
         }
         self.phase = Phase::Ended(End::Finished);
         out.push(Step::Finish(Box::new(success)));

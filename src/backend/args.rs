@@ -31,6 +31,21 @@ pub fn cli_args(
         args.push("--tools".into());
         args.push("".into());
     }
+    if let Some(tools) = req.tools.as_deref() {
+        // The client's tools, and only them: through the run's in-process MCP server,
+        // each pre-approved (no permission prompt can appear).
+        args.push("--strict-mcp-config".into());
+        args.push("--mcp-config".into());
+        args.push(super::mcp::mcp_config().into());
+        if !tools.tools.is_empty() {
+            let allowed: Vec<String> = tools
+                .tools
+                .iter()
+                .map(|t| super::mcp::model_name(&t.name))
+                .collect();
+            args.push(format!("--allowedTools={}", allowed.join(",")).into());
+        }
+    }
     if let Some(model) = req.model.as_deref().filter(|m| !m.is_empty()) {
         // Equals form: a value starting with `--` stays the value of --model.
         args.push(format!("--model={model}").into());

@@ -26,6 +26,7 @@ use super::reaper;
 use super::request::{CliRequest, CliSettings};
 use super::session::{write_session, SessionFile};
 use super::stats::{BackendStats, InFlight};
+use crate::conversation::ToolSet;
 use crate::rules::{FailureFacts, GatewayCondition, SpawnErrorKind};
 
 /// Lines buffered between the stdout reader task and the driver.
@@ -106,29 +107,48 @@ impl Spawned {
         )
     }
 
-    /// Writes the turn's user line in its own task (so a huge prompt cannot block the
-    /// watchdogs; it fails harmlessly with EPIPE if the process dies first). Then stdin is
-    /// closed, so the CLI exits after this turn, unless `keep_open`: a kept process waits
-    /// for its next turn.
-    pub(super) async fn send_prompt(&mut self, req: &CliRequest, keep_open: bool) {
-        if self.stdin.is_none() {
-            // The previous turn's write (long finished: that turn has been answered).
-            if let Some(task) = self.stdin_task.take() {
-                self.stdin = task.await.ok().flatten();
+    /// Writes one line to stdin in a task of its own, after every earlier write (so a huge
+    /// prompt cannot block the watchdogs; it fails harmlessly with EPIPE if the process
+    /// dies first). Stdin stays open.
+    pub(super) fn write_line(&mut self, line: String) {
+        let stdin = self.stdin.take();
+        let earlier = self.stdin_task.take();
+        self.stdin_task = Some(tokio::spawn(async move {
+            let mut stdin = match (stdin, earlier) {
+                (Some(s), _) => s,
+                (None, Some(t)) => t.await.ok().flatten()?,
+                (None, None) => return None,
+            };
+            let written =
+                stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok();
+            written.then_some(stdin)
+        }));
+    }
+
+    /// Closes stdin after every earlier write, without waiting for that.
+    fn close_stdin_later(&mut self) {
+        let stdin = self.stdin.take();
+        let earlier = self.stdin_task.take();
+        self.stdin_task = Some(tokio::spawn(async move {
+            let stdin = match (stdin, earlier) {
+                (Some(s), _) => Some(s),
+                (None, Some(t)) => t.await.ok().flatten(),
+                (None, None) => None,
+            };
+            if let Some(mut s) = stdin {
+                let _ = s.shutdown().await;
             }
-        }
-        if let Some(mut stdin) = self.stdin.take() {
-            let line = user_line(&req.prompt, &req.attachments);
-            self.stdin_task = Some(tokio::spawn(async move {
-                let written =
-                    stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok();
-                if keep_open && written {
-                    Some(stdin)
-                } else {
-                    let _ = stdin.shutdown().await;
-                    None
-                }
-            }));
+            None
+        }));
+    }
+
+    /// Writes the turn's user line (see [`Spawned::write_line`]). Then stdin is closed, so
+    /// the CLI exits after this turn, unless `keep_open`: a kept process waits for its next
+    /// turn, and a run with client tools answers the CLI's control requests on stdin.
+    pub(super) fn send_prompt(&mut self, req: &CliRequest, keep_open: bool) {
+        self.write_line(user_line(&req.prompt, &req.attachments));
+        if !keep_open {
+            self.close_stdin_later();
         }
     }
 
@@ -198,7 +218,9 @@ pub(super) fn spawn_cli(
     stats: &Arc<BackendStats>,
     model: Option<&str>,
     system_prompt: Option<&str>,
+    tools: Option<&Arc<ToolSet>>,
     history: &[SessionTurn],
+    resume_results: bool,
 ) -> Result<Spawned, Box<FailureFacts>> {
     let system_file = match system_prompt {
         Some(text) => match write_system_prompt(&settings.temp_dir, text) {
@@ -225,6 +247,7 @@ pub(super) fn spawn_cli(
     }
     let flags = CliRequest {
         model: model.map(str::to_string),
+        tools: tools.cloned(),
         ..CliRequest::default()
     };
     let mut args = cli_args(settings, &flags, system_file.as_ref().map(|f| f.path()));
@@ -249,6 +272,17 @@ pub(super) fn spawn_cli(
     // the run end needs no `/proc` scan (which costs about a millisecond per request).
     let tag = settings.tools.then(reaper::new_tag);
     let mut cmd = build_command(settings, args, tag.as_deref());
+    if tools.is_some() {
+        // The CLI's own limit on a tool call must not end a held call before ccgate's
+        // hold timeout does (its expiry would make a model call nobody waits for).
+        let ms = settings.tool_hold_timeout.as_millis().saturating_add(60_000);
+        cmd.env("MCP_TOOL_TIMEOUT", ms.to_string());
+    }
+    if resume_results {
+        // The session ends with the client's tool results: the CLI re-runs that
+        // interrupted turn from them (no stdin line; one model call).
+        cmd.env("CLAUDE_CODE_RESUME_INTERRUPTED_TURN", "1");
+    }
 
     let spawned_at = tokio::time::Instant::now();
     let spawned = reaper::spawning(|| {

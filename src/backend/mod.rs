@@ -35,8 +35,10 @@
 mod admission;
 mod args;
 mod child;
+mod held;
 mod io;
 mod kept;
+pub mod mcp;
 mod pool;
 pub mod present;
 mod reaper;
@@ -52,13 +54,14 @@ pub use pool::PoolHandle;
 pub use present::SessionTurn;
 pub use reaper::become_subreaper;
 pub use request::{CliRequest, CliSettings};
-pub use run::CliRun;
+pub use run::{CliRun, ToolResult, ToolResults};
 pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 
 use std::sync::Arc;
 
 use crate::shutdown::Shutdown;
 use admission::Limiter;
+use held::HeldStore;
 use kept::KeptStore;
 use pool::{Pool, PoolDeps};
 use run::Shared;
@@ -107,6 +110,14 @@ impl Backend {
                     settings.conversation_idle_timeout,
                     Arc::clone(&stats),
                 )),
+                // At least one slot stays free of held runs, so they cannot starve others.
+                held: Arc::new(HeldStore::new(
+                    settings
+                        .max_held_runs
+                        .min(limiter.capacity().saturating_sub(1)),
+                    settings.tool_hold_timeout,
+                    Arc::clone(&stats),
+                )),
                 settings,
                 limiter,
                 stats,
@@ -141,10 +152,27 @@ impl Backend {
         self.shared.kept.invalidate();
     }
 
-    /// Ends every kept conversation process for good (the end of `serve`); returns once
-    /// they are reaped.
+    /// Ends every kept conversation process and every held run for good (the end of
+    /// `serve`); returns once the kept ones are reaped (held runs end in their drivers).
     pub async fn close_kept(&self) {
+        self.shared.held.close();
         self.shared.kept.close().await;
+    }
+
+    /// Holds `run`, whose answer ended with the client's tool calls `calls`, under the
+    /// conversation `key` until the client's results come ([`Backend::take_held`]).
+    pub fn hold(&self, key: present::Fingerprint, run: CliRun, calls: Vec<String>) {
+        self.shared.held.hold(key, run, calls);
+    }
+
+    /// The run held under `key` and the tool calls it waits for.
+    pub fn take_held(&self, key: &present::Fingerprint) -> Option<(CliRun, Vec<String>)> {
+        self.shared.held.take(key)
+    }
+
+    /// Pids of the held runs' processes (tests).
+    pub fn held_pids(&self) -> Vec<u32> {
+        self.shared.held.pids()
     }
 
     /// Pids of the kept conversation processes, least recently used first (tests).
@@ -162,6 +190,7 @@ impl Backend {
             pool.close();
         }
         self.shared.kept.refuse_new();
+        self.shared.held.close();
     }
 
     /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).

@@ -142,6 +142,8 @@ impl Pool {
             && req.system_prompt.is_none()
             // A resumed session needs its own flags (`--resume <id>`).
             && req.history.is_empty()
+            // The client's tools are flags too (`--mcp-config`, `--allowedTools`).
+            && req.tools.is_none()
             && req.model.as_deref().filter(|m| !m.is_empty()) == self.model.as_deref()
     }
 
@@ -374,7 +376,7 @@ pub(super) async fn maintain(
             let Ok(permit) = Arc::clone(&pool.deps.slots).try_acquire_owned() else {
                 break;
             };
-            match spawn_cli(&pool.deps.settings, stats, pool.model.as_deref(), None, &[]) {
+            match spawn_cli(&pool.deps.settings, stats, pool.model.as_deref(), None, None, &[], false) {
                 Ok(proc) => {
                     stats.pool_spawned_total.fetch_add(1, Ordering::Relaxed);
                     let idle = Idle {

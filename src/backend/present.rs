@@ -20,7 +20,8 @@
 use serde_json::Value;
 use sha2::Digest as _;
 
-use crate::conversation::{Block, Conversation, ConversationError, Message, Role};
+use crate::conversation::{Block, Conversation, ConversationError, Message, Role, ToolSet};
+use crate::protocol::CLIENT_TOOL_PREFIX;
 
 /// What is written to the CLI for one conversation.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -129,11 +130,29 @@ pub struct Fingerprint([u8; 32]);
 pub struct FingerprintBuilder(sha2::Sha256);
 
 impl FingerprintBuilder {
-    fn new(tenant: &str, model: &str, system: Option<&str>) -> FingerprintBuilder {
+    fn new(
+        tenant: &str,
+        model: &str,
+        system: Option<&str>,
+        tools: Option<&ToolSet>,
+    ) -> FingerprintBuilder {
         let mut b = FingerprintBuilder(sha2::Sha256::new());
         b.field(tenant.as_bytes());
         b.field(model.as_bytes());
         b.field(system.unwrap_or("\u{0}none").as_bytes());
+        // The tools are flags of the process (its MCP server's list): a process offering
+        // other tools is another conversation.
+        match tools {
+            None => b.field(b"\0no tools"),
+            Some(t) => {
+                for spec in &t.tools {
+                    b.field(spec.name.as_bytes());
+                    b.field(spec.description.as_deref().unwrap_or("\u{0}").as_bytes());
+                    b.field(canonical(&spec.input_schema).to_string().as_bytes());
+                }
+                b.field(b"\0tools end");
+            }
+        }
         b
     }
 
@@ -158,9 +177,46 @@ impl FingerprintBuilder {
         b.finish()
     }
 
+    /// The fingerprint after an answer of `text` and the client's tool `calls` (the key a
+    /// run waiting for their results is held under).
+    pub fn after_calls(&self, text: &str, calls: &[crate::conversation::ToolCall]) -> Fingerprint {
+        let mut b = self.clone();
+        let mut content = Vec::with_capacity(calls.len() + 1);
+        if !text.is_empty() {
+            content.push(serde_json::json!({"type": "text", "text": text}));
+        }
+        content.extend(calls.iter().map(|c| tool_use_block(&c.id, &c.name, &c.input)));
+        b.message(true, &content);
+        b.finish()
+    }
+
     fn finish(self) -> Fingerprint {
         Fingerprint(self.0.finalize().into())
     }
+}
+
+/// `v` with every object's keys in order, so two spellings of one JSON value (a client
+/// echoing a call's arguments) hash alike.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), canonical(&m[k]))).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A client tool call as the model made it (the CLI's name for the tool).
+fn tool_use_block(id: &str, name: &str, input: &Value) -> Value {
+    serde_json::json!({
+        "type": "tool_use",
+        "id": id,
+        "name": format!("{CLIENT_TOOL_PREFIX}{name}"),
+        "input": canonical(input),
+    })
 }
 
 /// A conversation presented as real turns.
@@ -177,10 +233,14 @@ pub struct Turns {
     /// The fingerprint so far including the last user message (add the answer to get
     /// the key a process is kept under).
     pub keep: FingerprintBuilder,
+    /// The last user message holds tool results: it belongs to the session as well (the
+    /// CLI re-runs such an interrupted turn itself), and nothing is written to stdin.
+    pub resume_results: bool,
 }
 
-/// A message's content blocks as the Messages API takes them (text, image, document);
-/// thinking blocks are left out, empty text blocks (which the API refuses) too.
+/// A message's content blocks as the Messages API takes them (text, image, document,
+/// the client's tool calls and results); thinking blocks are left out, empty text blocks
+/// (which the API refuses) too.
 fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
     let mut out = Vec::with_capacity(m.blocks.len());
     for (j, b) in m.blocks.iter().enumerate() {
@@ -189,7 +249,24 @@ fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
             Block::Text(t) => out.push(serde_json::json!({"type": "text", "text": t})),
             Block::Image(v) | Block::Document(v) => out.push(v.clone()),
             Block::Thinking { .. } => {}
-            Block::ToolUse { .. } | Block::ToolResult { .. } => return Err((b.type_name(), j)),
+            Block::ToolUse { id, name, input } => out.push(tool_use_block(id, name, input)),
+            Block::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => {
+                let inner = api_blocks(&Message::new(Role::User, content.clone()))
+                    .map_err(|_| (b.type_name(), j))?;
+                let mut block = serde_json::json!({
+                    "type": "tool_result",
+                    "tool_use_id": tool_use_id,
+                    "content": inner,
+                });
+                if *is_error {
+                    block["is_error"] = Value::Bool(true);
+                }
+                out.push(block);
+            }
         }
     }
     Ok(out)
@@ -200,10 +277,11 @@ pub fn present_turns(
     conversation: &Conversation,
     tenant: &str,
     model: &str,
+    tools: Option<&ToolSet>,
 ) -> Result<Turns, PresentError> {
     conversation.validate()?;
     let system_prompt = system_prompt(conversation);
-    let mut fp = FingerprintBuilder::new(tenant, model, system_prompt.as_deref());
+    let mut fp = FingerprintBuilder::new(tenant, model, system_prompt.as_deref(), tools);
     let mut turns: Vec<SessionTurn> = Vec::new();
     for (i, m) in conversation.messages.iter().enumerate() {
         if m.role == Role::System {
@@ -240,6 +318,24 @@ pub fn present_turns(
     }
     let history_fingerprint = fp.clone().finish();
     fp.message(false, &last.content);
+    let resume_results = last
+        .content
+        .iter()
+        .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"));
+    if resume_results {
+        // The results answer the calls of the session's last assistant turn: they end
+        // the session, and the CLI re-runs the interrupted turn from them.
+        history.push(last);
+        return Ok(Turns {
+            prompt: String::new(),
+            attachments: Vec::new(),
+            system_prompt,
+            history,
+            history_fingerprint,
+            keep: fp,
+            resume_results,
+        });
+    }
     // The stdin line as for a single message: the text, an `[image N]` / `[document N]`
     // marker where each attachment stood, the attachments after it.
     let mut prompt = Vec::new();
@@ -265,6 +361,7 @@ pub fn present_turns(
         history,
         history_fingerprint,
         keep: fp,
+        resume_results: false,
     })
 }
 

@@ -37,6 +37,11 @@ pub struct CliSettings {
     pub keep_conversations: usize,
     /// A kept process idle this long is ended.
     pub conversation_idle_timeout: Duration,
+    /// Runs held in a client tool call at once (0 = none: every tool-call answer ends its
+    /// process and the continuation runs fresh). Capped below `max_concurrent`.
+    pub max_held_runs: usize,
+    /// A held run whose client has not returned its results within this is ended.
+    pub tool_hold_timeout: Duration,
     /// Where the private system-prompt files are created (`cli.temp_dir`, default TMPDIR).
     pub temp_dir: PathBuf,
 }
@@ -63,6 +68,15 @@ pub struct CliRequest {
     pub continue_from: Option<super::present::Fingerprint>,
     /// Keep the process after a clean answer, under this fingerprint plus the answer.
     pub keep: Option<super::present::FingerprintBuilder>,
+    /// The client's tools, offered through the run's in-process MCP server (the CLI's
+    /// own tools stay off).
+    pub tools: Option<std::sync::Arc<crate::conversation::ToolSet>>,
+    /// The session ends with the client's tool results: the CLI re-runs that interrupted
+    /// turn itself (`CLAUDE_CODE_RESUME_INTERRUPTED_TURN`), and no user line is written.
+    pub resume_results: bool,
+    /// Answer every tool call of the CLI with an error result at once, and tell the
+    /// client of none (`tool_choice: none`).
+    pub refuse_calls: bool,
 }
 
 impl CliRequest {
@@ -93,9 +107,11 @@ impl CliRequest {
             attachments: turns.attachments,
             system_prompt: turns.system_prompt,
             model: Some(model.to_string()),
-            continue_from: (!turns.history.is_empty()).then_some(turns.history_fingerprint),
+            continue_from: (!turns.history.is_empty() && !turns.resume_results)
+                .then_some(turns.history_fingerprint),
             history: turns.history,
             keep: Some(turns.keep),
+            resume_results: turns.resume_results,
             ..CliRequest::default()
         }
     }

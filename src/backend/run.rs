@@ -29,15 +29,21 @@ use tokio::sync::{mpsc, watch};
 use super::admission::{Admission, Limiter};
 use super::child::{spawn_cli, Spawned};
 use super::io::{ring_to_string, LineMsg};
+use super::held::HeldStore;
 use super::kept::{Kept, KeptStore};
+use super::mcp;
 use super::pool::{Idle, Pool};
+use super::present::FingerprintBuilder;
 use super::request::{CliRequest, CliSettings};
 use super::stats::BackendStats;
-use crate::protocol::{CliEvent, RunAccumulator, RunEnd, Success};
+use crate::conversation::Block;
+use crate::protocol::{CliEvent, Control, RunAccumulator, RunEnd, Success};
 use crate::rules::{FailureFacts, GatewayCondition, TimeoutKind};
 
 /// Events buffered between the driver task and the consumer.
 const EVENT_CHANNEL: usize = 256;
+/// Commands buffered from the consumer to the driver task.
+const COMMAND_CHANNEL: usize = 4;
 /// How often the driver checks whether the leader exited while stdout is still open
 /// (a straggler may hold the pipe open after the leader has gone).
 const EXIT_PEEK_OPEN: Duration = Duration::from_millis(100);
@@ -53,6 +59,8 @@ pub(super) struct Shared {
     pub(super) pool: Option<Arc<Pool>>,
     /// Conversation processes kept for their next turn.
     pub(super) kept: Arc<KeptStore>,
+    /// Runs waiting for the results of their client tool calls.
+    pub(super) held: Arc<HeldStore>,
     /// Set once by `Backend::abort_all` (end of the shutdown grace period): every run in
     /// progress or queued ends as `ShuttingDown`, and no new process is spawned.
     pub(super) abort: watch::Sender<bool>,
@@ -63,16 +71,21 @@ impl Shared {
     /// Must be called inside a tokio runtime.
     pub(super) fn start(self: &Arc<Self>, req: CliRequest) -> CliRun {
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
         let cell = Arc::new(RunCell::default());
         let admission = self.limiter.admit(&req, self.pool.as_ref(), &self.kept);
         tokio::spawn(drive(
             Arc::clone(self),
             req,
             admission,
-            tx,
+            Channels { tx, cmd_rx },
             Arc::clone(&cell),
         ));
-        CliRun { cell, rx }
+        CliRun {
+            cell,
+            rx,
+            cmd: cmd_tx,
+        }
     }
 }
 
@@ -82,6 +95,33 @@ impl Shared {
 pub struct CliRun {
     cell: Arc<RunCell>,
     rx: mpsc::Receiver<CliEvent>,
+    cmd: mpsc::Sender<ToolResults>,
+}
+
+/// The client's results for a held run's tool calls.
+#[derive(Debug, Clone)]
+pub struct ToolResults {
+    /// Tool-use id → the result's content blocks and whether it is an error.
+    pub results: Vec<ToolResult>,
+    /// The conversation after these results, to keep the process under once the turn
+    /// is answered (replaces the run's earlier one).
+    pub keep: Option<FingerprintBuilder>,
+    /// From now on answer every new call with an error result (`tool_choice: none`).
+    pub refuse_calls: bool,
+}
+
+/// One tool call's result as the client returned it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    pub tool_use_id: String,
+    pub content: Vec<Block>,
+    pub is_error: bool,
+}
+
+/// The driver's ends of a run's channels.
+struct Channels {
+    tx: mpsc::Sender<CliEvent>,
+    cmd_rx: mpsc::Receiver<ToolResults>,
 }
 
 /// What a [`CliRun`] and its driver task share.
@@ -114,6 +154,12 @@ impl CliRun {
     /// The CLI's pid (also its process-group id), once spawned.
     pub fn pid(&self) -> Option<u32> {
         self.cell.pid.get().copied()
+    }
+
+    /// Hands the client's results for the run's held tool calls to the driver, which
+    /// answers the CLI's `tools/call` requests with them. False if the run is gone.
+    pub fn send_results(&self, results: ToolResults) -> bool {
+        self.cmd.try_send(results).is_ok()
     }
 
     /// Ends the run because its answer is complete (a stop sequence ended it): the process
@@ -163,9 +209,10 @@ async fn drive(
     shared: Arc<Shared>,
     req: CliRequest,
     admission: Admission,
-    tx: mpsc::Sender<CliEvent>,
+    channels: Channels,
     cell: Arc<RunCell>,
 ) {
+    let Channels { tx, mut cmd_rx } = channels;
     let total = req.timeout.unwrap_or(shared.settings.total_timeout);
     let total_deadline = far_future(tokio::time::Instant::now(), total);
     let mut abort = shared.abort.subscribe();
@@ -249,7 +296,7 @@ async fn drive(
         &shared,
         &req,
         total_deadline,
-        &tx,
+        (&tx, &mut cmd_rx),
         &cell,
         handover,
         &mut abort,
@@ -267,12 +314,21 @@ async fn drive(
             ?kind,
             "cli process ended silently at hand-over; retrying cold"
         );
-        outcome = run_process(&shared, &req, total_deadline, &tx, &cell, None, &mut abort).await;
+        outcome = run_process(
+            &shared,
+            &req,
+            total_deadline,
+            (&tx, &mut cmd_rx),
+            &cell,
+            None,
+            &mut abort,
+        )
+        .await;
     }
     let permit = match outcome {
-        Ran::Kept(proc, result) => {
+        Ran::Kept(proc, result, keep) => {
             // Kept before the answer goes out, so the conversation's next request finds it.
-            match (permit, req.keep.as_ref(), result.as_ref()) {
+            match (permit, keep.as_ref(), result.as_ref()) {
                 // A request waiting for a slot gets this one rather than a kept process.
                 (Some(permit), Some(keep), Ok(success))
                     if shared.stats.queued.load(Ordering::Acquire) == 0 =>
@@ -298,7 +354,7 @@ async fn drive(
         pool.notify();
     }
     match outcome {
-        Ran::Done(result) | Ran::HandoverSilent(_, result) | Ran::Kept(_, result) => {
+        Ran::Done(result) | Ran::HandoverSilent(_, result) | Ran::Kept(_, result, _) => {
             let _ = tx.send(CliEvent::Done(result)).await;
         }
         Ran::Cancelled => {}
@@ -323,8 +379,12 @@ enum Ran {
     /// was written (its failure, should the caller not retry).
     HandoverSilent(Handover, Result<Success, Box<FailureFacts>>),
     /// The turn was answered and the process still waits on stdin: keep it (a clean
-    /// answer) or reap it.
-    Kept(Box<Spawned>, Result<Success, Box<FailureFacts>>),
+    /// answer, under the conversation `keep` plus the answer) or reap it.
+    Kept(
+        Box<Spawned>,
+        Result<Success, Box<FailureFacts>>,
+        Option<FingerprintBuilder>,
+    ),
 }
 
 /// How the watch loop ended.
@@ -348,8 +408,8 @@ enum End {
 async fn run_process(
     shared: &Shared,
     req: &CliRequest,
-    total_deadline: tokio::time::Instant,
-    tx: &mpsc::Sender<CliEvent>,
+    mut total_deadline: tokio::time::Instant,
+    (tx, cmd_rx): (&mpsc::Sender<CliEvent>, &mut mpsc::Receiver<ToolResults>),
     cell: &RunCell,
     handover: Option<(Spawned, Handover)>,
     abort: &mut watch::Receiver<bool>,
@@ -367,7 +427,9 @@ async fn run_process(
             stats,
             req.model.as_deref(),
             req.system_prompt.as_deref(),
+            req.tools.as_ref(),
             &req.history,
+            req.resume_results,
         ) {
             Ok(sp) => sp,
             Err(facts) => return Ran::Done(Err(facts)),
@@ -387,10 +449,26 @@ async fn run_process(
     } else {
         None
     };
-    // A run that may be kept leaves stdin open: the CLI answers the turn, then waits.
-    let keep_open = req.keep.is_some() && !req.bypass_queue && shared.kept.enabled();
-    sp.send_prompt(req, keep_open).await;
+    // A run that may be kept leaves stdin open: the CLI answers the turn, then waits. So
+    // does a run with the client's tools: its MCP server talks on stdin.
+    let keepable = req.keep.is_some() && !req.bypass_queue && shared.kept.enabled();
+    let tools = req.tools.as_deref();
+    let keep_open = keepable || tools.is_some();
+    let mut keep = req.keep.clone().filter(|_| keepable);
+    if tools.is_some() && handed.is_none() {
+        // Opens the control channel; the CLI then asks its MCP server for the tools.
+        sp.write_line(mcp::initialize_request());
+    }
+    if !req.resume_results {
+        sp.send_prompt(req, keep_open);
+    }
     let ring = sp.stderr_ring();
+    // The client's tool calls the CLI waits in, and results that came before their call.
+    let mut calls = HeldCalls {
+        refuse: req.refuse_calls,
+        ..HeldCalls::default()
+    };
+    let total = req.timeout.unwrap_or(settings.total_timeout);
 
     let mut acc = RunAccumulator::new();
     let mut first_line = false;
@@ -414,7 +492,11 @@ async fn run_process(
                 TimeoutKind::Start,
             )
         };
-        let (deadline, kind) = if total_deadline <= line_deadline {
+        let (deadline, kind) = if calls.waiting() {
+            // The CLI waits in a tool call for the client (its heartbeats are no sign of
+            // work): the held-run store bounds that wait, not the run's watchdogs.
+            (far_future(tokio::time::Instant::now(), total * 1000), TimeoutKind::Total)
+        } else if total_deadline <= line_deadline {
             (total_deadline, TimeoutKind::Total)
         } else {
             (line_deadline, line_kind)
@@ -428,6 +510,20 @@ async fn run_process(
             biased;
             _ = tx.closed() => break 'watch End::Cancelled,
             () = aborted(abort) => break 'watch End::Aborted,
+            cmd = cmd_rx.recv() => {
+                let Some(cmd) = cmd else { continue };
+                if cmd.keep.is_some() && keepable {
+                    keep = cmd.keep;
+                }
+                calls.refuse = cmd.refuse_calls;
+                calls.add_results(cmd.results);
+                if calls.answer(&mut sp) {
+                    // The client came back: its continuation is timed like a new request.
+                    let now = tokio::time::Instant::now();
+                    last_line = now;
+                    total_deadline = far_future(now, total);
+                }
+            }
             msg = sp.next_line(), if stdout_open => {
                 let Some(msg) = msg else {
                     stdout_open = false;
@@ -461,6 +557,33 @@ async fn run_process(
                     }
                 };
                 for ev in acc.push_line(&line) {
+                    let ev = match ev {
+                        CliEvent::Control(Control::Request { request_id, request }) => {
+                            match mcp::answer(&request_id, &request, tools) {
+                                mcp::Action::Reply(reply) => {
+                                    sp.write_line(reply);
+                                    continue;
+                                }
+                                mcp::Action::Call { request_id, tool_use_id } => {
+                                    let known = calls.call(request_id, mcp::jsonrpc_id(&request),
+                                        tool_use_id.clone());
+                                    calls.answer(&mut sp);
+                                    if known {
+                                        continue;
+                                    }
+                                    CliEvent::ToolCallHeld { tool_use_id }
+                                }
+                            }
+                        }
+                        CliEvent::Control(Control::Response { request_id, success, error }) => {
+                            if !success {
+                                tracing::warn!(pid, request_id, ?error,
+                                    "the CLI refused a control request");
+                            }
+                            continue;
+                        }
+                        ev => ev,
+                    };
                     match tokio::time::timeout_at(total_deadline, tx.send(ev)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break 'watch End::Cancelled,
@@ -499,7 +622,7 @@ async fn run_process(
         );
         // The CLI read its session file at start; a kept process needs it no more.
         sp.drop_session_file();
-        return Ran::Kept(Box::new(sp), result);
+        return Ran::Kept(Box::new(sp), result, keep);
     }
     // Always: kill whatever is left of the group, then reap the leader.
     let status = sp.reap().await;
@@ -546,4 +669,63 @@ async fn run_process(
         return Ran::HandoverSilent(h, result);
     }
     Ran::Done(result)
+}
+
+/// The `tools/call` requests a run's CLI waits in, and the client's results.
+#[derive(Default)]
+struct HeldCalls {
+    /// Calls not answered yet: the control request id, the JSON-RPC id, the tool-use id.
+    pending: Vec<(String, serde_json::Value, String)>,
+    /// Results by tool-use id, kept until their call comes (the CLI asks for a message's
+    /// calls one at a time).
+    results: Vec<ToolResult>,
+    /// Every call gets an error result at once (`tool_choice: none`).
+    refuse: bool,
+}
+
+impl HeldCalls {
+    /// Whether the CLI waits for the client (a call is pending and its result unknown).
+    fn waiting(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Records a `tools/call`; true when its result is already known (so the client
+    /// need not hear of it).
+    fn call(&mut self, request_id: String, rpc_id: serde_json::Value, tool_use_id: String) -> bool {
+        if self.refuse && !self.results.iter().any(|r| r.tool_use_id == tool_use_id) {
+            self.results.push(ToolResult {
+                tool_use_id: tool_use_id.clone(),
+                content: vec![Block::Text(
+                    "Tool use is turned off for this request; answer without calling tools."
+                        .into(),
+                )],
+                is_error: true,
+            });
+        }
+        let known = self.results.iter().any(|r| r.tool_use_id == tool_use_id);
+        self.pending.push((request_id, rpc_id, tool_use_id));
+        known
+    }
+
+    fn add_results(&mut self, results: Vec<ToolResult>) {
+        self.results.extend(results);
+    }
+
+    /// Answers every pending call whose result is known; true if any was answered.
+    fn answer(&mut self, sp: &mut Spawned) -> bool {
+        let mut answered = false;
+        let mut still = Vec::new();
+        for (request_id, rpc_id, tool_use_id) in std::mem::take(&mut self.pending) {
+            match self.results.iter().position(|r| r.tool_use_id == tool_use_id) {
+                Some(i) => {
+                    let r = self.results.remove(i);
+                    sp.write_line(mcp::call_reply(&request_id, &rpc_id, &mcp::call_result(&r)));
+                    answered = true;
+                }
+                None => still.push((request_id, rpc_id, tool_use_id)),
+            }
+        }
+        self.pending = still;
+        answered
+    }
 }

@@ -37,6 +37,10 @@ pub struct BackendStats {
     pub(super) kept_misses_total: AtomicU64,
     pub(super) kept_evicted_total: AtomicU64,
     pub(super) kept_expired_total: AtomicU64,
+    pub(super) held_runs: AtomicUsize,
+    pub(super) held_continued_total: AtomicU64,
+    pub(super) held_expired_total: AtomicU64,
+    pub(super) held_evicted_total: AtomicU64,
     pool_metrics: OnceLock<PoolMetrics>,
 }
 
@@ -118,6 +122,14 @@ pub struct StatsSnapshot {
     pub kept_evicted_total: u64,
     /// Kept processes ended after `cli.conversation_idle_timeout`.
     pub kept_expired_total: u64,
+    /// Runs waiting in a client tool call now.
+    pub held_runs: usize,
+    /// Requests that continued a held run with their tool results.
+    pub held_continued_total: u64,
+    /// Held runs ended after `cli.tool_hold_timeout`.
+    pub held_expired_total: u64,
+    /// Held runs ended for the cap (`cli.max_held_runs`, oldest first).
+    pub held_evicted_total: u64,
 }
 
 impl BackendStats {
@@ -150,6 +162,10 @@ impl BackendStats {
             kept_misses_total: self.kept_misses_total.load(r),
             kept_evicted_total: self.kept_evicted_total.load(r),
             kept_expired_total: self.kept_expired_total.load(r),
+            held_runs: self.held_runs.load(r),
+            held_continued_total: self.held_continued_total.load(r),
+            held_expired_total: self.held_expired_total.load(r),
+            held_evicted_total: self.held_evicted_total.load(r),
         }
     }
 

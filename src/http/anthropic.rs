@@ -7,7 +7,7 @@ use axum::response::sse::Event;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::conversation::{Conversation, Message, Role};
+use crate::conversation::{Conversation, Message, Role, ToolChoice, ToolError, ToolSet, ToolSpec};
 use crate::engine::TurnRequest;
 use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
@@ -59,26 +59,6 @@ pub fn parse_request(body: &[u8]) -> Result<TurnRequest, ApiError> {
 /// than accepted and silently ignored.
 fn refuse_unsupported(req: &MessagesRequest) -> Result<(), ApiError> {
     let present = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid_param(
-            "tools: tool use is not supported by this gateway",
-            "tools",
-        ));
-    }
-    // Without tools, `auto` and `none` mean no call; `any` and `tool` demand one.
-    if let Some(kind) = req
-        .tool_choice
-        .as_ref()
-        .filter(|c| !c.is_null())
-        .map(|c| c.get("type").and_then(Value::as_str).unwrap_or(""))
-    {
-        if !matches!(kind, "auto" | "none") {
-            return Err(ApiError::invalid_param(
-                "tool_choice: requires a tool call, but tool use is not supported by this gateway",
-                "tool_choice",
-            ));
-        }
-    }
     let format = req
         .output_config
         .as_ref()
@@ -108,6 +88,103 @@ fn refuse_unsupported(req: &MessagesRequest) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The request's `tools` and `tool_choice` as the neutral tool set (None: no tools).
+fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
+    let choice = req.tool_choice.as_ref().filter(|c| !c.is_null());
+    let parallel = !choice
+        .and_then(|c| c.get("disable_parallel_tool_use"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let choice = match choice {
+        None => None,
+        Some(c) => Some(match c.get("type").and_then(Value::as_str) {
+            Some("auto") => ToolChoice::Auto,
+            Some("none") => ToolChoice::None,
+            Some("any") => ToolChoice::Required,
+            Some("tool") => match c.get("name").and_then(Value::as_str) {
+                Some(name) => ToolChoice::Named(name.to_string()),
+                None => {
+                    return Err(ApiError::invalid_param(
+                        "tool_choice.name: required for `tool`",
+                        "tool_choice.name",
+                    ))
+                }
+            },
+            _ => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice.type: must be one of auto, any, tool, none",
+                    "tool_choice.type",
+                ))
+            }
+        }),
+    };
+    let defs = req.tools.as_deref().unwrap_or_default();
+    if defs.is_empty() {
+        return match choice {
+            None | Some(ToolChoice::Auto | ToolChoice::None) => Ok(None),
+            Some(_) => Err(ApiError::invalid_param(
+                "tool_choice: requires a tool call, but no tools are given",
+                "tool_choice",
+            )),
+        };
+    }
+    let mut tools = Vec::with_capacity(defs.len());
+    for (i, t) in defs.iter().enumerate() {
+        match t.get("type").and_then(Value::as_str) {
+            None | Some("custom") => {}
+            Some(other) => {
+                return Err(ApiError::invalid_param(
+                    format!(
+                        "tools.{i}.type: `{other}` is a server tool, which this gateway does not run; only custom tools (with `input_schema`) are supported"
+                    ),
+                    &format!("tools[{i}].type"),
+                ))
+            }
+        }
+        let Some(name) = t.get("name").and_then(Value::as_str) else {
+            return Err(ApiError::invalid_param(
+                format!("tools.{i}.name: Field required"),
+                &format!("tools[{i}].name"),
+            ));
+        };
+        let Some(input_schema) = t.get("input_schema").filter(|s| !s.is_null()) else {
+            return Err(ApiError::invalid_param(
+                format!("tools.{i}.input_schema: Field required"),
+                &format!("tools[{i}].input_schema"),
+            ));
+        };
+        tools.push(ToolSpec {
+            name: name.to_string(),
+            description: t
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            input_schema: input_schema.clone(),
+        });
+    }
+    let set = ToolSet {
+        tools,
+        choice: choice.unwrap_or(ToolChoice::Auto),
+        parallel,
+    };
+    set.validate().map_err(|e| tool_error(&e))?;
+    Ok(Some(set))
+}
+
+/// A tool definition's problem, naming the field in Anthropic's terms.
+fn tool_error(e: &ToolError) -> ApiError {
+    let param = match e {
+        ToolError::BadName { index } | ToolError::Duplicate { index, .. } => {
+            format!("tools[{index}].name")
+        }
+        ToolError::BadSchema { index } => format!("tools[{index}].input_schema"),
+        ToolError::ToolTooLarge { index } => format!("tools[{index}]"),
+        ToolError::UnknownChoice(_) | ToolError::ChoiceWithoutTools => "tool_choice".into(),
+        ToolError::TooMany | ToolError::ToolsTooLarge => "tools".into(),
+    };
+    ApiError::invalid_param(format!("{}: {e}", param.replace(['[', ']'], ".")), &param)
 }
 
 fn stop_reason(s: &Success) -> &str {
@@ -157,6 +234,7 @@ impl Api for Messages {
         refuse_unsupported(req)?;
         crate::engine::check_model(&req.model)
             .map_err(|e| ApiError::invalid_param(format!("model: {e}"), "model"))?;
+        let tools = tool_set(req)?;
         let stop = req.stop_sequences.clone().unwrap_or_default();
         crate::engine::check_stops(&stop).map_err(|e| {
             ApiError::invalid_param(format!("stop_sequences: {e}"), "stop_sequences")
@@ -192,7 +270,10 @@ impl Api for Messages {
             let blocks = m.content.blocks(&format!("messages[{i}].content"), allow)?;
             messages.push(Message::new(role, blocks));
         }
-        crate::http::handler::turn_request(Conversation { system, messages }, &req.model, stop)
+        let mut turn =
+            crate::http::handler::turn_request(Conversation { system, messages }, &req.model, stop)?;
+        turn.tools = tools;
+        Ok(turn)
     }
 
     fn answer_id() -> String {
@@ -205,7 +286,7 @@ impl Api for Messages {
             "type": "message",
             "role": "assistant",
             "model": req.model,
-            "content": [{"type": "text", "text": s.text}],
+            "content": content_json(s),
             "stop_reason": stop_reason(s),
             "stop_sequence": s.stop_sequence,
             "usage": usage_json(&s.usage),
@@ -217,8 +298,23 @@ impl Api for Messages {
             id,
             model: req.model,
             prompt_usage: prompt_usage.cloned(),
+            blocks: 0,
+            open: None,
         }
     }
+}
+
+/// The answer's content blocks: its text (left out when empty before tool calls), then
+/// the tool calls.
+fn content_json(s: &Success) -> Value {
+    let mut content = Vec::with_capacity(s.tool_calls.len() + 1);
+    if !s.text.is_empty() || s.tool_calls.is_empty() {
+        content.push(json!({"type": "text", "text": s.text}));
+    }
+    content.extend(s.tool_calls.iter().map(|c| {
+        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.input})
+    }));
+    Value::Array(content)
 }
 
 fn event(name: &str, data: Value) -> Event {
@@ -230,6 +326,38 @@ pub struct MessageFramer {
     id: String,
     model: String,
     prompt_usage: Option<Usage>,
+    /// Content blocks started so far.
+    blocks: usize,
+    /// The open block: its index and whether it is text.
+    open: Option<(usize, bool)>,
+}
+
+impl MessageFramer {
+    /// Closes the open block and starts `block`, returning its index. The first block is
+    /// followed by a `ping`, as the API sends it.
+    fn start(&mut self, block: Value, text: bool, out: &mut Vec<Event>) -> usize {
+        self.close(out);
+        let index = self.blocks;
+        self.blocks += 1;
+        out.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        ));
+        if index == 0 {
+            out.push(event("ping", json!({"type": "ping"})));
+        }
+        self.open = Some((index, text));
+        index
+    }
+
+    fn close(&mut self, out: &mut Vec<Event>) {
+        if let Some((index, _)) = self.open.take() {
+            out.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+    }
 }
 
 impl Framer for MessageFramer {
@@ -249,37 +377,59 @@ impl Framer for MessageFramer {
                     "usage": start_usage,
                 }}),
             ),
-            event(
-                "content_block_start",
-                json!({"type": "content_block_start", "index": 0,
-                       "content_block": {"type": "text", "text": ""}}),
-            ),
-            event("ping", json!({"type": "ping"})),
         ]
     }
 
     fn text(&mut self, text: String) -> Vec<Event> {
-        vec![event(
+        let mut out = Vec::new();
+        let index = match self.open {
+            Some((i, true)) => i,
+            _ => self.start(json!({"type": "text", "text": ""}), true, &mut out),
+        };
+        out.push(event(
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0,
+            json!({"type": "content_block_delta", "index": index,
                    "delta": {"type": "text_delta", "text": text}}),
-        )]
+        ));
+        out
+    }
+
+    fn tool_start(&mut self, _index: usize, id: String, name: String) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.start(
+            json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+            false,
+            &mut out,
+        );
+        out
+    }
+
+    fn tool_args(&mut self, _index: usize, fragment: String) -> Vec<Event> {
+        match self.open {
+            Some((index, false)) => vec![event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index,
+                       "delta": {"type": "input_json_delta", "partial_json": fragment}}),
+            )],
+            _ => Vec::new(),
+        }
     }
 
     fn finish(&mut self, s: &Success) -> Vec<Event> {
-        vec![
-            event(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
-            ),
-            event(
-                "message_delta",
-                json!({"type": "message_delta",
-                       "delta": {"stop_reason": stop_reason(s), "stop_sequence": s.stop_sequence},
-                       "usage": usage_json(&s.usage)}),
-            ),
-            event("message_stop", json!({"type": "message_stop"})),
-        ]
+        let mut out = Vec::new();
+        if self.blocks == 0 {
+            // An empty answer still has its (empty) text block.
+            self.start(json!({"type": "text", "text": ""}), true, &mut out);
+        }
+        self.close(&mut out);
+        out.push(event(
+            "message_delta",
+            json!({"type": "message_delta",
+                   "delta": {"stop_reason": stop_reason(s), "stop_sequence": s.stop_sequence},
+                   "usage": usage_json(&s.usage)}),
+        ));
+        out.push(event("message_stop", json!({"type": "message_stop"})));
+        out
     }
 
     fn fail(&mut self, body: Value) -> Vec<Event> {

@@ -110,6 +110,7 @@ impl From<crate::engine::TurnError> for ApiError {
                 let param = match &e {
                     crate::engine::TurnFieldError::Model(_) => "model",
                     crate::engine::TurnFieldError::Stop(_) => "stop",
+                    crate::engine::TurnFieldError::Tools(_) => "tools",
                 };
                 ApiError::invalid_param(format!("{param}: {e}"), param)
             }

@@ -61,6 +61,7 @@ pub fn turn_request(
         model: model.to_string(),
         stop,
         tenant: String::new(),
+        tools: None,
     })
 }
 
@@ -69,6 +70,10 @@ pub trait Framer: Send + 'static {
     /// The events before the first text.
     fn opening(&mut self) -> Vec<Event>;
     fn text(&mut self, text: String) -> Vec<Event>;
+    /// A tool call began: its index among the answer's calls, the tool-use id, the name.
+    fn tool_start(&mut self, index: usize, id: String, name: String) -> Vec<Event>;
+    /// A fragment of the JSON arguments of the call at `index`.
+    fn tool_args(&mut self, index: usize, fragment: String) -> Vec<Event>;
     /// The last events of a complete answer.
     fn finish(&mut self, answer: &Success) -> Vec<Event>;
     /// The last events of a stream that failed after it began (`body` is the rendered
@@ -176,6 +181,8 @@ fn sse_response<F: Framer>(
             }
             let events = match run.next().await? {
                 TurnStep::Text(t) => framer.text(t),
+                TurnStep::ToolStart { index, id, name } => framer.tool_start(index, id, name),
+                TurnStep::ToolArgs { index, fragment } => framer.tool_args(index, fragment),
                 TurnStep::Finish(s) => {
                     cx.record.stream_finished();
                     framer.finish(&s)

@@ -5,7 +5,9 @@ use axum::response::sse::Event;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::conversation::{Conversation, Message, Role};
+use crate::conversation::{
+    Block, Conversation, Message, Role, ToolChoice, ToolError, ToolSet, ToolSpec,
+};
 use crate::engine::TurnRequest;
 use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
@@ -31,6 +33,8 @@ pub struct ChatRequest {
     tools: Option<Vec<Value>>,
     #[serde(default)]
     tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
     #[serde(default)]
     functions: Option<Vec<Value>>,
     #[serde(default)]
@@ -68,6 +72,146 @@ struct ChatMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    /// An assistant message's calls.
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+    /// A `tool` message's call.
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+/// The request's `tools` and `tool_choice` as the neutral tool set (None: no tools).
+fn tool_set(req: &ChatRequest) -> Result<Option<ToolSet>, ApiError> {
+    let choice = match req.tool_choice.as_ref().filter(|c| !c.is_null()) {
+        None => None,
+        Some(Value::String(c)) => Some(match c.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid_param(
+                    format!("`tool_choice` `{other}` is not one of auto, none, required"),
+                    "tool_choice",
+                ))
+            }
+        }),
+        Some(c) => match (
+            c.get("type").and_then(Value::as_str),
+            c.pointer("/function/name").and_then(Value::as_str),
+        ) {
+            (Some("function"), Some(name)) => Some(ToolChoice::Named(name.to_string())),
+            _ => {
+                return Err(ApiError::invalid_param(
+                    "`tool_choice` must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    "tool_choice",
+                ))
+            }
+        },
+    };
+    let defs = req.tools.as_deref().unwrap_or_default();
+    if defs.is_empty() {
+        return match choice {
+            None | Some(ToolChoice::Auto | ToolChoice::None) => Ok(None),
+            Some(_) => Err(ApiError::invalid_param(
+                "`tool_choice` requires a tool call, but no `tools` are given",
+                "tool_choice",
+            )),
+        };
+    }
+    let mut tools = Vec::with_capacity(defs.len());
+    for (i, t) in defs.iter().enumerate() {
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::invalid_param(
+                "only tools of type `function` are supported",
+                &format!("tools[{i}].type"),
+            ));
+        }
+        let f = t.get("function");
+        let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+        let Some(name) = name else {
+            return Err(ApiError::invalid_param(
+                "a function tool needs `function.name`",
+                &format!("tools[{i}].function.name"),
+            ));
+        };
+        let description = f
+            .and_then(|f| f.get("description"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        // A function without parameters takes none.
+        let input_schema = f
+            .and_then(|f| f.get("parameters"))
+            .filter(|p| !p.is_null())
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        tools.push(ToolSpec {
+            name: name.to_string(),
+            description,
+            input_schema,
+        });
+    }
+    let set = ToolSet {
+        tools,
+        choice: choice.unwrap_or(ToolChoice::Auto),
+        parallel: req.parallel_tool_calls.unwrap_or(true),
+    };
+    set.validate().map_err(|e| tool_error(&e))?;
+    Ok(Some(set))
+}
+
+/// A tool definition's problem, naming the field in OpenAI's terms.
+fn tool_error(e: &ToolError) -> ApiError {
+    let param = match e {
+        ToolError::BadName { index } | ToolError::Duplicate { index, .. } => {
+            format!("tools[{index}].function.name")
+        }
+        ToolError::BadSchema { index } => format!("tools[{index}].function.parameters"),
+        ToolError::ToolTooLarge { index } => format!("tools[{index}]"),
+        ToolError::UnknownChoice(_) | ToolError::ChoiceWithoutTools => "tool_choice".into(),
+        ToolError::TooMany | ToolError::ToolsTooLarge => "tools".into(),
+    };
+    ApiError::invalid_param(e.to_string(), &param)
+}
+
+/// An assistant message's `tool_calls` as tool-use blocks.
+fn tool_calls(i: usize, calls: &[Value]) -> Result<Vec<Block>, ApiError> {
+    let mut out = Vec::with_capacity(calls.len());
+    for (j, c) in calls.iter().enumerate() {
+        let at = format!("messages[{i}].tool_calls[{j}]");
+        let id = c.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let name = c.pointer("/function/name").and_then(Value::as_str);
+        let (Some(id), Some(name)) = (id, name) else {
+            return Err(ApiError::invalid_param(
+                "a tool call needs `id` and `function.name`",
+                &at,
+            ));
+        };
+        if c.get("type").and_then(Value::as_str).is_some_and(|t| t != "function") {
+            return Err(ApiError::invalid_param(
+                "only `function` tool calls are supported",
+                &format!("{at}.type"),
+            ));
+        }
+        let args = c
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("{}");
+        let input: Value = match serde_json::from_str(if args.trim().is_empty() { "{}" } else { args }) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                return Err(ApiError::invalid_param(
+                    "`function.arguments` must be a JSON object",
+                    &format!("{at}.function.arguments"),
+                ))
+            }
+        };
+        out.push(Block::ToolUse {
+            id: id.to_string(),
+            name: name.to_string(),
+            input,
+        });
+    }
+    Ok(out)
 }
 
 /// Parses and validates a request body into the turn it asks for (pure; fuzzed).
@@ -84,26 +228,11 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
     if req.n.is_some_and(|n| n != 1) {
         return refuse("n", "only `n: 1` is supported");
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return refuse(
-            "tools",
-            "function calling (`tools`) is not supported by this gateway",
-        );
-    }
     if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
         return refuse(
             "functions",
-            "function calling (`functions`) is not supported by this gateway",
+            "the legacy `functions` field is not supported; use `tools`",
         );
-    }
-    // Without tools, `auto` and `none` mean no call; anything else demands one.
-    if let Some(choice) = req.tool_choice.as_ref().filter(|c| !c.is_null()) {
-        if !matches!(choice.as_str(), Some("auto" | "none")) {
-            return refuse(
-                "tool_choice",
-                "`tool_choice` requires a tool call, but no `tools` are supported by this gateway",
-            );
-        }
     }
     if let Some(format) = &req.response_format {
         if format.get("type").and_then(Value::as_str) != Some("text") {
@@ -167,8 +296,20 @@ fn stop_sequences(req: &ChatRequest) -> Result<Vec<String>, ApiError> {
 fn finish_reason(s: &Success) -> &'static str {
     match s.stop_reason.as_deref() {
         Some("max_tokens") | Some("max_turns") => "length",
+        _ if !s.tool_calls.is_empty() => "tool_calls",
         _ => "stop",
     }
+}
+
+/// The answer's calls as `message.tool_calls`.
+fn tool_calls_json(s: &Success) -> Value {
+    s.tool_calls
+        .iter()
+        .map(|c| {
+            json!({"id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": c.input.to_string()}})
+        })
+        .collect()
 }
 
 fn usage(s: &Success) -> Value {
@@ -207,12 +348,14 @@ impl Api for ChatCompletions {
         crate::engine::check_model(&req.model)
             .map_err(|e| ApiError::invalid_param(format!("`model` {e}"), "model"))?;
         let stop = stop_sequences(req)?;
+        let tools = tool_set(req)?;
         let mut messages = Vec::with_capacity(req.messages.len());
         for (i, m) in req.messages.iter().enumerate() {
             let (role, allow) = match m.role.as_str() {
                 "system" | "developer" => (Role::System, Allow::Text),
                 "user" => (Role::User, Allow::User),
                 "assistant" => (Role::Assistant, Allow::Text),
+                "tool" => (Role::User, Allow::User),
                 other => {
                     return Err(ApiError::invalid_param(
                         format!("message role `{other}` is not supported"),
@@ -220,17 +363,46 @@ impl Api for ChatCompletions {
                     ))
                 }
             };
-            let blocks = match &m.content {
-                None => vec![crate::conversation::Block::Text(String::new())],
+            let mut blocks = match &m.content {
+                None => vec![Block::Text(String::new())],
                 Some(c) => c.blocks(&format!("messages[{i}].content"), allow)?,
             };
+            if m.role == "tool" {
+                let Some(id) = m.tool_call_id.as_deref().filter(|s| !s.is_empty()) else {
+                    return Err(ApiError::invalid_param(
+                        "a `tool` message needs `tool_call_id`",
+                        &format!("messages[{i}].tool_call_id"),
+                    ));
+                };
+                blocks.retain(|b| !matches!(b, Block::Text(t) if t.is_empty()));
+                blocks = vec![Block::ToolResult {
+                    tool_use_id: id.to_string(),
+                    content: blocks,
+                    is_error: false,
+                }];
+            }
+            match (m.role.as_str(), m.tool_calls.as_deref()) {
+                ("assistant", Some(calls)) if !calls.is_empty() => {
+                    blocks.retain(|b| !matches!(b, Block::Text(t) if t.is_empty()));
+                    blocks.extend(tool_calls(i, calls)?);
+                }
+                (_, Some(calls)) if !calls.is_empty() => {
+                    return Err(ApiError::invalid_param(
+                        "only assistant messages have `tool_calls`",
+                        &format!("messages[{i}].tool_calls"),
+                    ))
+                }
+                _ => {}
+            }
             messages.push(Message::new(role, blocks));
         }
         let conversation = Conversation {
             system: None,
             messages,
         };
-        crate::http::handler::turn_request(conversation, &req.model, stop)
+        let mut turn = crate::http::handler::turn_request(conversation, &req.model, stop)?;
+        turn.tools = tools;
+        Ok(turn)
     }
 
     fn answer_id() -> String {
@@ -245,7 +417,13 @@ impl Api for ChatCompletions {
             "model": req.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": s.text, "refusal": null},
+                "message": if s.tool_calls.is_empty() {
+                    json!({"role": "assistant", "content": s.text, "refusal": null})
+                } else {
+                    json!({"role": "assistant",
+                        "content": if s.text.is_empty() { Value::Null } else { s.text.clone().into() },
+                        "refusal": null, "tool_calls": tool_calls_json(s)})
+                },
                 "logprobs": null,
                 "finish_reason": finish_reason(s),
             }],
@@ -294,6 +472,21 @@ impl Framer for ChunkFramer {
 
     fn text(&mut self, text: String) -> Vec<Event> {
         vec![self.chunk(json!({"content": text}), None)]
+    }
+
+    fn tool_start(&mut self, index: usize, id: String, name: String) -> Vec<Event> {
+        vec![self.chunk(
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                "function": {"name": name, "arguments": ""}}]}),
+            None,
+        )]
+    }
+
+    fn tool_args(&mut self, index: usize, fragment: String) -> Vec<Event> {
+        vec![self.chunk(
+            json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}),
+            None,
+        )]
     }
 
     fn finish(&mut self, s: &Success) -> Vec<Event> {

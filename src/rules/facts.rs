@@ -48,6 +48,9 @@ pub enum GatewayCondition {
     /// The gateway could not write a request's temp file (`cli.temp_dir` / TMPDIR full or
     /// read-only); no CLI was started.
     TmpUnwritable,
+    /// The request's `tool_choice` demanded a tool call (`required` / `any`, or a named
+    /// tool) and the model's answer had none (the CLI cannot force one).
+    ToolChoiceUnmet,
 }
 
 /// Everything known about one failed run. All fields optional: a spawn error has no
@@ -150,6 +153,9 @@ impl FailureFacts {
             Some(GatewayCondition::ShuttingDown) => "the gateway is shutting down".to_string(),
             Some(GatewayCondition::TmpUnwritable) => {
                 "the gateway's temporary directory is not writable".to_string()
+            }
+            Some(GatewayCondition::ToolChoiceUnmet) => {
+                "the model answered without the tool call that tool_choice requires".to_string()
             }
             None => format!("Claude CLI {how}"),
         }

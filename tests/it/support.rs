@@ -33,6 +33,8 @@ pub fn fake_settings(scenario: &str) -> CliSettings {
         prewarm_max_idle: Duration::from_secs(300),
         keep_conversations: 0,
         conversation_idle_timeout: Duration::from_secs(300),
+        max_held_runs: 4,
+        tool_hold_timeout: Duration::from_secs(600),
         temp_dir: std::env::temp_dir(),
     }
 }
