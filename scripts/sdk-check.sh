@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Runs the official openai and anthropic Python SDKs against a real ccgate process that
 # drives the fake CLI (tests/fake-claude). Installs the SDKs into a cached venv.
+#
+# CCGATE_SDK_TOOLS=1 also runs the client-tool loops (tests/sdk/check_tools.py): a second
+# ccgate whose backend is the REAL CLI ($CCGATE_REAL_CLAUDE) against the loopback Messages
+# API mock tests/sdk/mock_messages.py, so the checks can assert what the model received.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${CCGATE_SDK_VENV:-${HOME}/.cache/ccgate/sdk-venv}"
@@ -11,9 +15,26 @@ fi
   || "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai>=1.50,<3' 'anthropic>=0.50,<1'
 cargo build --quiet --locked --bin ccgate
 bin="${CARGO_TARGET_DIR:-target}/debug/ccgate"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_health() {
+  for _ in $(seq 1 200); do
+    if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$1/health', timeout=1)" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+port=$(free_port)
 log=$(mktemp)
 scenario=$(mktemp)
+pids=()
+tmpdirs=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -f "$log" "$scenario"
+  for d in "${tmpdirs[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+env -u CCGATE_SDK_TOOLS -u CCGATE_REAL_CLAUDE \
 FAKE_CLAUDE_SCENARIO_FILE="$scenario" \
 CCGATE_LISTEN="127.0.0.1:$port" \
 CCGATE_WATCH_RULES=false \
@@ -21,12 +42,40 @@ CCGATE_SSE_KEEPALIVE=0.1 \
 CCGATE_CLI__COMMAND="$PWD/tests/fake-claude" \
 CCGATE_RULES=/nonexistent/use-embedded.yaml \
   "$bin" serve 2>"$log" &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log" "$scenario"' EXIT
-for _ in $(seq 1 100); do
-  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1)" 2>/dev/null; then break; fi
-  sleep 0.1
-done
+pids+=($!)
+wait_health "$port" || true
 if ! "$venv/bin/python" tests/sdk/check_sdks.py "http://127.0.0.1:$port" "$scenario"; then
   echo "--- ccgate log ---"; tail -50 "$log"; exit 1
+fi
+
+if [ "${CCGATE_SDK_TOOLS:-0}" != 1 ]; then
+  echo "SKIP client-tool checks (set CCGATE_SDK_TOOLS=1 to run them; they need CCGATE_REAL_CLAUDE)"
+  exit 0
+fi
+real="${CCGATE_REAL_CLAUDE:?CCGATE_SDK_TOOLS=1 needs CCGATE_REAL_CLAUDE (the pinned real CLI)}"
+tools_tmp=$(mktemp -d)
+tmpdirs+=("$tools_tmp")
+mkdir -p "$tools_tmp/home" "$tools_tmp/config" "$tools_tmp/requests"
+mock_port=$(free_port)
+python3 tests/sdk/mock_messages.py "$mock_port" "$tools_tmp/requests" &
+pids+=($!)
+tools_port=$(free_port)
+tools_log="$tools_tmp/ccgate.log"
+env -u CCGATE_SDK_TOOLS -u CCGATE_REAL_CLAUDE \
+CCGATE_LISTEN="127.0.0.1:$tools_port" \
+CCGATE_WATCH_RULES=false \
+CCGATE_RULES=/nonexistent/use-embedded.yaml \
+CCGATE_CLI__COMMAND="$real" \
+CCGATE_CLI__ENV__HOME="$tools_tmp/home" \
+CCGATE_CLI__ENV__CLAUDE_CONFIG_DIR="$tools_tmp/config" \
+CCGATE_CLI__ENV__ANTHROPIC_BASE_URL="http://127.0.0.1:$mock_port" \
+CCGATE_CLI__ENV__ANTHROPIC_API_KEY=test-key \
+CCGATE_CLI__ENV__CLAUDE_CODE_MAX_RETRIES=0 \
+  "$bin" serve 2>"$tools_log" &
+pids+=($!)
+if ! wait_health "$tools_port"; then
+  echo "ccgate with the real CLI did not become healthy"; tail -50 "$tools_log"; exit 1
+fi
+if ! "$venv/bin/python" tests/sdk/check_tools.py "http://127.0.0.1:$tools_port" "$tools_tmp/requests"; then
+  echo "--- ccgate (real CLI) log ---"; tail -50 "$tools_log"; exit 1
 fi

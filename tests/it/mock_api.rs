@@ -15,6 +15,13 @@
 //! | `stall`           | `message_start` + one delta, then nothing                          |
 //! | `garbage`         | 200 with non-SSE junk                                              |
 //! | `midstream_error` | two deltas then an SSE `error` event (a non-streaming retry succeeds) |
+//! | `tool_call:<names>[:<text>]` | a model tool call: optional text, then one `tool_use` per comma-separated name (two names = parallel calls), input `{"q":"x"}`, `stop_reason: tool_use`; a request whose last user message holds `tool_result` blocks gets [`Answer::EchoResults`] instead |
+//! | `script:<name>`   | the answers registered with [`MockApi::script`], one per request in order (the last repeats) |
+//!
+//! Tool calls come in SSE (as the CLI asks) and JSON, with ids `toolu_01…`
+//! ([`tool_use_id`]). [`RecordedRequest::tool_results`] gives the `tool_result` blocks a
+//! request carried, so a test can assert that a client's result reached the model as a
+//! real tool result.
 //!
 //! Every request (any path, any method) is recorded; anything other than
 //! `POST /s/<scenario>/v1/messages` gets a 404 JSON error.
@@ -51,11 +58,55 @@ pub struct RecordedRequest {
     pub body: Value,
 }
 
+impl RecordedRequest {
+    /// The `tool_result` blocks of the last user message of the body.
+    pub fn tool_results(&self) -> Vec<Value> {
+        last_user_tool_results(&self.body)
+    }
+
+    /// The tool names offered in the body's `tools`.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.body["tools"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One scripted answer of a `script:<name>` scenario ([`MockApi::script`]).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A text answer (`end_turn`).
+    Text(String),
+    /// Optional text, then one `tool_use` block per `(name, input)`; `stop_reason: tool_use`.
+    Tools {
+        text: Option<String>,
+        calls: Vec<(String, Value)>,
+    },
+    /// A text answer reporting the `tool_result` blocks of the last user message:
+    /// `seen: <r1> | <r2>`, each `<text>` or `error: <text>` (text blocks joined by a
+    /// space, ` [image]` per image block); `seen: none` without any.
+    EchoResults,
+}
+
+/// The id of tool call `i` in answer `n`: `toolu_01` + 22 characters, like the API's.
+pub fn tool_use_id(n: u64, i: usize) -> String {
+    format!("toolu_01{:0>22}", format!("Mock{n}x{i}"))
+}
+
+/// Registered scripts: answers and the index of the next one.
+type Scripts = Arc<Mutex<BTreeMap<String, (Vec<Answer>, usize)>>>;
+
 #[derive(Clone)]
 struct Shared {
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     shutdown: watch::Receiver<bool>,
     counter: Arc<AtomicU64>,
+    scripts: Scripts,
 }
 
 /// A running mock server; stops when dropped.
@@ -63,6 +114,7 @@ pub struct MockApi {
     /// `http://127.0.0.1:<port>` (no trailing slash).
     pub base_url: String,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    scripts: Scripts,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -76,10 +128,12 @@ impl MockApi {
         let addr = listener.local_addr().expect("mock API: local_addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let scripts = Arc::new(Mutex::new(BTreeMap::new()));
         let shared = Shared {
             requests: requests.clone(),
             shutdown: shutdown_rx,
             counter: Arc::new(AtomicU64::new(0)),
+            scripts: scripts.clone(),
         };
         let app = Router::new().fallback(handle).with_state(shared);
         let server = tokio::spawn(async move {
@@ -90,9 +144,20 @@ impl MockApi {
         MockApi {
             base_url: format!("http://{addr}"),
             requests,
+            scripts,
             shutdown,
             server,
         }
+    }
+
+    /// Registers the answers of scenario `script:<name>` (replacing earlier ones): each
+    /// request takes the next answer, the last one repeats. Panics on an empty list.
+    pub fn script(&self, name: &str, answers: Vec<Answer>) {
+        assert!(!answers.is_empty(), "mock API: empty script {name:?}");
+        self.scripts
+            .lock()
+            .expect("mock API: scripts lock")
+            .insert(name.to_owned(), (answers, 0));
     }
 
     /// The `ANTHROPIC_BASE_URL` to use for `scenario`: `{base_url}/s/{scenario}`.
@@ -217,6 +282,42 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
         "maxtok" if !stream => message_json(n, &model, text, "max_tokens"),
         "ok" | "slow" | "stall" | "midstream_error" if !stream => {
             message_json(n, &model, text, "end_turn")
+        }
+        "tool_call" | "script" => {
+            let answer = if name == "script" {
+                let mut scripts = st.scripts.lock().expect("mock API: scripts lock");
+                match scripts.get_mut(text) {
+                    Some((answers, next)) => {
+                        let a = answers[(*next).min(answers.len() - 1)].clone();
+                        *next += 1;
+                        a
+                    }
+                    None => {
+                        return error(
+                            n,
+                            404,
+                            "not_found_error",
+                            &format!("mock: no script {text:?}"),
+                        )
+                    }
+                }
+            } else if !last_user_tool_results(&body).is_empty() {
+                Answer::EchoResults
+            } else {
+                let (names, said) = match text.split_once(':') {
+                    Some((names, said)) => (names, Some(said.to_owned())),
+                    None => (text, None),
+                };
+                Answer::Tools {
+                    text: said,
+                    calls: names
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| (s.to_owned(), json!({"q": "x"})))
+                        .collect(),
+                }
+            };
+            answer_response(n, st.shutdown, &model, &body, &answer, stream)
         }
         "maxtok" => sse(
             n,
@@ -383,6 +484,153 @@ async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// The `tool_result` blocks of the last user message of a request body.
+fn last_user_tool_results(body: &Value) -> Vec<Value> {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_array())
+        .map(|c| {
+            c.iter()
+                .filter(|b| b["type"] == "tool_result")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The [`Answer::EchoResults`] text for a request body.
+fn echo_results(body: &Value) -> String {
+    let parts: Vec<String> = last_user_tool_results(body)
+        .iter()
+        .map(|r| {
+            let text = match &r["content"] {
+                Value::String(s) => s.clone(),
+                Value::Array(blocks) => blocks
+                    .iter()
+                    .map(|b| match b["type"].as_str() {
+                        Some("text") => b["text"].as_str().unwrap_or("").to_owned(),
+                        Some("image") => "[image]".to_owned(),
+                        _ => String::new(),
+                    })
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
+            if r["is_error"] == true {
+                format!("error: {text}")
+            } else {
+                text
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "seen: none".to_owned()
+    } else {
+        format!("seen: {}", parts.join(" | "))
+    }
+}
+
+/// The content blocks and stop reason of an answer.
+fn answer_blocks(n: u64, body: &Value, answer: &Answer) -> (Vec<Value>, &'static str) {
+    match answer {
+        Answer::Text(t) => (vec![json!({"type": "text", "text": t})], "end_turn"),
+        Answer::EchoResults => (
+            vec![json!({"type": "text", "text": echo_results(body)})],
+            "end_turn",
+        ),
+        Answer::Tools { text, calls } => {
+            let mut v: Vec<Value> = text
+                .iter()
+                .map(|t| json!({"type": "text", "text": t}))
+                .collect();
+            for (i, (name, input)) in calls.iter().enumerate() {
+                v.push(json!({"type": "tool_use", "id": tool_use_id(n, i), "name": name, "input": input}));
+            }
+            let stop = if calls.is_empty() {
+                "end_turn"
+            } else {
+                "tool_use"
+            };
+            (v, stop)
+        }
+    }
+}
+
+/// An [`Answer`] as SSE (`stream`) or as one JSON message.
+fn answer_response(
+    n: u64,
+    shutdown: watch::Receiver<bool>,
+    model: &str,
+    body: &Value,
+    answer: &Answer,
+    stream: bool,
+) -> Response {
+    let (blocks, stop) = answer_blocks(n, body, answer);
+    if !stream {
+        let msg = json!({
+            "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
+            "content": blocks, "stop_reason": stop, "stop_sequence": null,
+            "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                      "output_tokens": 5}});
+        return with_request_id(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(msg.to_string())),
+            n,
+        );
+    }
+    let mut frames = vec![frame(
+        "message_start",
+        &json!({"type": "message_start", "message": {
+            "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}}}),
+    )];
+    for (i, b) in blocks.iter().enumerate() {
+        if b["type"] == "tool_use" {
+            frames.push(frame(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": i, "content_block": {
+                    "type": "tool_use", "id": b["id"], "name": b["name"], "input": {}}}),
+            ));
+            let input = b["input"].to_string();
+            let cut = input.find(':').map_or(input.len(), |c| c + 1);
+            for part in [&input[..cut], &input[cut..]] {
+                if !part.is_empty() {
+                    frames.push(frame(
+                        "content_block_delta",
+                        &json!({"type": "content_block_delta", "index": i,
+                                "delta": {"type": "input_json_delta", "partial_json": part}}),
+                    ));
+                }
+            }
+        } else {
+            frames.push(frame(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}),
+            ));
+            frames.push(frame(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": i,
+                        "delta": {"type": "text_delta", "text": b["text"]}}),
+            ));
+        }
+        frames.push(frame(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": i}),
+        ));
+    }
+    frames.push(frame(
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+                "usage": {"output_tokens": 5}}),
+    ));
+    frames.push(frame("message_stop", &json!({"type": "message_stop"})));
+    sse(n, shutdown, frames, Duration::ZERO, End::Close)
+}
+
 /// Minimal `%XX` decoding for the `ok:<text>` scenario suffix.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -514,5 +762,133 @@ mod tests {
         .await;
         assert!(read.is_err(), "stall must not end the stream: {got}");
         assert!(got.contains("text_delta"), "{got}");
+    }
+
+    async fn post_body(url: String, body: Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/messages?beta=true"))
+            .json(&body)
+            .send()
+            .await
+            .expect("mock API request")
+    }
+
+    /// SSE `data:` payloads of a body.
+    fn sse_events(body: &str) -> Vec<Value> {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).expect("SSE data is JSON"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn tool_call_answers_in_sse_and_json_then_echoes_results() {
+        let mock = MockApi::start().await;
+        let ask = json!({"model": "m1", "stream": true,
+                         "messages": [{"role": "user", "content": "weather?"}]});
+        let body = post_body(
+            mock.url("tool_call:mcp__cg__a,mcp__cg__b:Checking."),
+            ask.clone(),
+        )
+        .await
+        .text()
+        .await
+        .expect("body");
+        let ev = sse_events(&body);
+        let starts: Vec<&Value> = ev
+            .iter()
+            .filter(|e| e["type"] == "content_block_start")
+            .map(|e| &e["content_block"])
+            .collect();
+        assert_eq!(starts[0]["type"], "text");
+        assert_eq!(starts[1]["name"], "mcp__cg__a");
+        assert_eq!(starts[2]["name"], "mcp__cg__b");
+        assert_eq!(starts[1]["input"], json!({}));
+        let id = starts[1]["id"].as_str().expect("id");
+        assert!(id.starts_with("toolu_01") && id.len() == 30, "{id}");
+        assert_ne!(starts[1]["id"], starts[2]["id"]);
+        let json_parts: String = ev
+            .iter()
+            .filter(|e| e["delta"]["type"] == "input_json_delta" && e["index"] == 1)
+            .map(|e| {
+                e["delta"]["partial_json"]
+                    .as_str()
+                    .expect("partial")
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(json_parts, r#"{"q":"x"}"#);
+        let stop = ev
+            .iter()
+            .find(|e| e["type"] == "message_delta")
+            .expect("delta");
+        assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+
+        let mut plain = ask.clone();
+        plain["stream"] = json!(false);
+        let v: Value = post_body(mock.url("tool_call:mcp__cg__a"), plain)
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["stop_reason"], "tool_use");
+        assert_eq!(v["content"][0]["type"], "tool_use");
+        assert_eq!(v["content"][0]["input"], json!({"q": "x"}));
+
+        let cont = json!({"model": "m1", "stream": false, "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [v["content"][0].clone()]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": v["content"][0]["id"], "content": "no city", "is_error": true},
+                {"type": "tool_result", "tool_use_id": "toolu_x",
+                 "content": [{"type": "text", "text": "noon"}, {"type": "image", "source": {}}]}]}]});
+        let v: Value = post_body(mock.url("tool_call:mcp__cg__a"), cont)
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["stop_reason"], "end_turn");
+        assert_eq!(
+            v["content"][0]["text"],
+            "seen: error: no city | noon [image]"
+        );
+        let reqs = mock.message_requests();
+        assert_eq!(reqs.len(), 3);
+        assert!(reqs[0].tool_results().is_empty());
+        assert_eq!(reqs[2].tool_results().len(), 2);
+        assert_eq!(reqs[2].tool_results()[0]["is_error"], true);
+    }
+
+    #[tokio::test]
+    async fn scripts_answer_in_order_and_repeat_the_last() {
+        let mock = MockApi::start().await;
+        mock.script(
+            "s1",
+            vec![
+                Answer::Tools {
+                    text: None,
+                    calls: vec![("mcp__cg__t".into(), json!({"city": "Paris"}))],
+                },
+                Answer::Text("done".into()),
+            ],
+        );
+        let ask = json!({"model": "m1", "stream": false, "tools": [{"name": "mcp__cg__t"}],
+                         "messages": [{"role": "user", "content": "x"}]});
+        let a: Value = post_body(mock.url("script:s1"), ask.clone())
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(a["content"][0]["input"], json!({"city": "Paris"}));
+        for _ in 0..2 {
+            let b: Value = post_body(mock.url("script:s1"), ask.clone())
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(b["content"][0]["text"], "done");
+        }
+        assert_eq!(mock.message_requests()[0].tool_names(), ["mcp__cg__t"]);
+        assert_eq!(post_body(mock.url("script:nope"), ask).await.status(), 404);
     }
 }
