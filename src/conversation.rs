@@ -122,6 +122,12 @@ pub enum ConversationError {
     Empty,
     #[error("the last message must have role `user`")]
     LastNotUser,
+    /// A tool result whose call is not in the assistant turn right before it.
+    #[error("tool result `{0}` answers no tool call of the assistant turn before it")]
+    UnknownToolResult(String),
+    /// A tool call of an assistant turn whose result is missing from the next user turn.
+    #[error("tool call `{0}` has no tool result in the user turn after it")]
+    MissingToolResult(String),
 }
 
 impl Conversation {
@@ -141,9 +147,52 @@ impl Conversation {
     /// Checks the shape every presentation needs: a dialogue that ends with the user.
     pub fn validate(&self) -> Result<(), ConversationError> {
         match self.turns().last() {
-            None => Err(ConversationError::Empty),
-            Some(m) if m.role != Role::User => Err(ConversationError::LastNotUser),
-            Some(_) => Ok(()),
+            None => return Err(ConversationError::Empty),
+            Some(m) if m.role != Role::User => return Err(ConversationError::LastNotUser),
+            Some(_) => {}
+        }
+        self.validate_tool_pairs()
+    }
+
+    /// Tool calls and results pair up as both APIs demand: the results of an assistant
+    /// turn's calls are in the user turn right after it, and no result answers anything
+    /// else. (Consecutive messages of one role are one turn.)
+    fn validate_tool_pairs(&self) -> Result<(), ConversationError> {
+        let mut calls: Vec<&str> = Vec::new();
+        let mut prev: Option<Role> = None;
+        let mut answered: Vec<&str> = Vec::new();
+        for m in self.turns() {
+            if prev != Some(m.role) {
+                // A turn boundary: the previous user turn must have answered every call.
+                if m.role == Role::Assistant && prev == Some(Role::User) {
+                    if let Some(id) = calls.iter().find(|c| !answered.contains(c)) {
+                        return Err(ConversationError::MissingToolResult((*id).to_string()));
+                    }
+                    calls.clear();
+                }
+                if m.role == Role::User {
+                    answered.clear();
+                } else {
+                    calls.clear();
+                }
+                prev = Some(m.role);
+            }
+            for b in &m.blocks {
+                match b {
+                    Block::ToolUse { id, .. } if m.role == Role::Assistant => calls.push(id),
+                    Block::ToolResult { tool_use_id, .. } => {
+                        if !calls.contains(&tool_use_id.as_str()) {
+                            return Err(ConversationError::UnknownToolResult(tool_use_id.clone()));
+                        }
+                        answered.push(tool_use_id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        match calls.iter().find(|c| !answered.contains(c)) {
+            Some(id) => Err(ConversationError::MissingToolResult((*id).to_string())),
+            None => Ok(()),
         }
     }
 }
@@ -187,8 +236,10 @@ pub const TOOLS_MAX_COUNT: usize = 128;
 pub const TOOL_MAX_BYTES: usize = 64 * 1024;
 /// All tool definitions of a request together, in bytes.
 pub const TOOLS_MAX_BYTES: usize = 1024 * 1024;
-/// The longest tool name (both APIs: `^[a-zA-Z0-9_-]{1,64}$`).
-pub const TOOL_NAME_MAX_LEN: usize = 64;
+/// The longest tool name: the model sees the name behind the CLI's 9-character MCP prefix
+/// (`mcp__cg__`), and the CLI drops tools whose full name is longer than 128 characters
+/// (the Messages API's own limit).
+pub const TOOL_NAME_MAX_LEN: usize = 119;
 /// The longest tool-call id accepted back from a client.
 pub const TOOL_ID_MAX_LEN: usize = 256;
 
@@ -197,7 +248,7 @@ pub const TOOL_ID_MAX_LEN: usize = 256;
 pub enum ToolError {
     #[error("at most {TOOLS_MAX_COUNT} tools may be given")]
     TooMany,
-    #[error("tool names must match ^[a-zA-Z0-9_-]{{1,64}}$")]
+    #[error("tool names must match ^[a-zA-Z0-9_-]{{1,119}}$ (the gateway's tool prefix takes 9 of the 128 characters the model may see)")]
     BadName { index: usize },
     #[error("tool name `{name}` is given twice")]
     Duplicate { index: usize, name: String },

@@ -252,7 +252,7 @@ impl Engine {
                             rules,
                             record,
                             run: Some(run),
-                            fold: TurnFold::continuation(req.stop.clone()),
+                            fold: tool_fold(TurnFold::continuation(req.stop.clone()), &req),
                             ready: VecDeque::new(),
                             fallback: false,
                             keep: Some(keep),
@@ -282,7 +282,7 @@ impl Engine {
             rules,
             record,
             run: Some(self.backend.start(cli)),
-            fold: TurnFold::new(req.stop.clone()),
+            fold: tool_fold(TurnFold::new(req.stop.clone()), &req),
             ready: VecDeque::new(),
             fallback,
             keep: Some(keep),
@@ -362,6 +362,15 @@ fn held_results(conversation: &Conversation, calls: &[String]) -> Option<Vec<Too
     (ids == want && results.iter().all(crate::backend::mcp::deliverable)).then_some(results)
 }
 
+/// The fold for `req`'s tool settings.
+fn tool_fold(fold: TurnFold, req: &TurnRequest) -> TurnFold {
+    match &req.tools {
+        Some(t) if t.choice == ToolChoice::None => fold.without_calls(),
+        Some(t) if !t.parallel => fold.single_call(),
+        _ => fold,
+    }
+}
+
 /// The instruction that asks the model for what `tool_choice` demands (None for `auto`).
 fn choice_note(tools: &ToolSet) -> Option<String> {
     let one = if tools.parallel {
@@ -373,7 +382,9 @@ fn choice_note(tools: &ToolSet) -> Option<String> {
         ToolChoice::Auto if tools.parallel => return None,
         ToolChoice::Auto => one.trim_start().to_string(),
         ToolChoice::None => "Do not call any tool in this answer; answer in text.".to_string(),
-        ToolChoice::Required => format!("You must call at least one of the tools in this answer.{one}"),
+        ToolChoice::Required => {
+            format!("You must call at least one of the tools in this answer.{one}")
+        }
         ToolChoice::Named(n) => format!("You must call the tool `{n}` in this answer.{one}"),
     };
     Some(format!("<system-reminder>{note}</system-reminder>"))
@@ -404,7 +415,10 @@ pub enum TurnStep {
         name: String,
     },
     /// A fragment of the arguments of the call at `index`.
-    ToolArgs { index: usize, fragment: String },
+    ToolArgs {
+        index: usize,
+        fragment: String,
+    },
     Finish(Box<Success>),
     /// The run failed (classified); nothing follows.
     Fail(Box<Verdict>),
@@ -531,14 +545,19 @@ impl TurnRun {
         if self.rules.classify(facts).kind != SESSION_NOT_FOUND {
             return false;
         }
-        let Ok(cli) = CliRequest::for_conversation(&self.req.conversation, &self.req.model) else {
+        let Ok(mut cli) = CliRequest::for_conversation(&self.req.conversation, &self.req.model)
+        else {
             return false;
         };
+        cli.tools = self.req.tools.clone().map(Arc::new);
+        cli.refuse_calls = self.req.choice() == Some(&ToolChoice::None);
+        // This run's answer is not a continuation of a kept process: nothing to keep.
+        self.keep = None;
         tracing::warn!(request_id = %self.record.request_id,
             "the CLI did not resume the conversation as a session; answering from a transcript");
         self.engine.metrics.conversation_fallbacks.inc();
         self.run = Some(self.engine.backend.start(cli));
-        self.fold = TurnFold::new(self.req.stop.clone());
+        self.fold = tool_fold(TurnFold::new(self.req.stop.clone()), &self.req);
         self.ready.clear();
         true
     }
@@ -565,6 +584,26 @@ impl TurnRun {
                 }
                 if let (Some(run), Some(keep)) = (run, self.keep.as_ref()) {
                     if !s.tool_calls.is_empty() {
+                        // Calls beyond what the client allowed get an error result.
+                        let refused: Vec<ToolResult> = self
+                            .fold
+                            .suppressed()
+                            .iter()
+                            .map(|id| ToolResult {
+                                tool_use_id: id.clone(),
+                                content: vec![Block::Text(
+                                    "Not run: one tool call per answer is allowed here.".into(),
+                                )],
+                                is_error: true,
+                            })
+                            .collect();
+                        if !refused.is_empty() {
+                            run.send_results(ToolResults {
+                                results: refused,
+                                keep: None,
+                                refuse_calls: false,
+                            });
+                        }
                         // The CLI waits inside the calls: hold it for the client's results.
                         let key = keep.after_calls(&s.text, &s.tool_calls);
                         let ids = s.tool_calls.iter().map(|c| c.id.clone()).collect();

@@ -102,7 +102,7 @@ struct LiveGauges {
 impl Collector for LiveGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.backend.snapshot();
-        let gauges: [(&str, &str, i64); 6] = [
+        let gauges: [(&str, &str, i64); 7] = [
             (
                 "ccgate_cli_in_flight",
                 "CLI processes running now.",
@@ -134,13 +134,18 @@ impl Collector for LiveGauges {
                 "CLI processes kept for a conversation's next turn (also counted in ccgate_cli_in_flight).",
                 stats.kept_idle as i64,
             ),
+            (
+                "ccgate_tool_runs_held",
+                "CLI runs waiting inside a client tool call for the client's results (also counted in ccgate_cli_in_flight).",
+                stats.held_runs as i64,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
         }
-        let counters: [(&str, &str, u64); 2] = [
+        let counters: [(&str, &str, u64); 5] = [
             (
                 "ccgate_conversations_continued",
                 "Requests answered by the kept CLI process holding their earlier turns.",
@@ -150,6 +155,21 @@ impl Collector for LiveGauges {
                 "ccgate_conversations_resumed",
                 "Requests with earlier turns answered by a fresh CLI process resuming them.",
                 stats.kept_misses_total,
+            ),
+            (
+                "ccgate_tool_runs_continued",
+                "Requests whose tool results continued the held run that made the calls.",
+                stats.held_continued_total,
+            ),
+            (
+                "ccgate_tool_runs_expired",
+                "Held runs ended after cli.tool_hold_timeout without the client's results.",
+                stats.held_expired_total,
+            ),
+            (
+                "ccgate_tool_runs_evicted",
+                "Held runs ended to stay within cli.max_held_runs (oldest first).",
+                stats.held_evicted_total,
             ),
         ];
         for (name, help, value) in counters {

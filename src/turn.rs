@@ -89,6 +89,14 @@ pub struct TurnFold {
     stream_usage: Usage,
     /// This fold continues a held run: its usage is the stream's, not the result's.
     continuation: bool,
+    /// At most this many client calls per answer reach the client (`parallel_tool_calls:
+    /// false`: 1); the CLI's further calls are `suppressed` (the caller refuses them).
+    max_calls: usize,
+    /// Tool-use ids of calls the client does not see.
+    suppressed: Vec<String>,
+    /// Client tool calls are not the client's business (`tool_choice: none`: the caller
+    /// refuses every call, and the model answers in text).
+    ignore_calls: bool,
 }
 
 impl TurnFold {
@@ -107,7 +115,40 @@ impl TurnFold {
             messages: 0,
             stream_usage: Usage::default(),
             continuation: false,
+            max_calls: usize::MAX,
+            suppressed: Vec::new(),
+            ignore_calls: false,
         }
+    }
+
+    /// Lets at most one client tool call per answer through (`parallel_tool_calls: false`).
+    pub fn single_call(mut self) -> TurnFold {
+        self.max_calls = 1;
+        self
+    }
+
+    /// Shows the client no tool call at all (`tool_choice: none`).
+    pub fn without_calls(mut self) -> TurnFold {
+        self.ignore_calls = true;
+        self
+    }
+
+    /// Tool-use ids of the calls held back from the client (see [`TurnFold::single_call`]).
+    pub fn suppressed(&self) -> &[String] {
+        &self.suppressed
+    }
+
+    /// The client tool name in `name`, if it is one this fold passes on.
+    fn client_tool<'a>(&mut self, id: &str, name: &'a str) -> Option<&'a str> {
+        let name = name.strip_prefix(CLIENT_TOOL_PREFIX)?;
+        if self.ignore_calls || self.suppressed.iter().any(|s| s == id) {
+            return None;
+        }
+        if !self.started.iter().any(|s| s == id) && self.started.len() >= self.max_calls {
+            self.suppressed.push(id.to_string());
+            return None;
+        }
+        Some(name)
     }
 
     /// A fold for the rest of a held run, after the client's tool results.
@@ -163,7 +204,7 @@ impl TurnFold {
             }
             CliEvent::ToolUseStart { id, name } => {
                 self.streaming = None;
-                if let Some(name) = name.strip_prefix(CLIENT_TOOL_PREFIX) {
+                if let Some(name) = self.client_tool(&id, &name) {
                     if !matches!(self.phase, Phase::Abandoned { .. }) {
                         self.start_tool(id, name.to_string(), &mut out);
                         self.streaming = Some(self.started.len() - 1);
@@ -179,7 +220,7 @@ impl TurnFold {
             }
             CliEvent::AssistantToolUse { id, name, input } => {
                 self.streaming = None;
-                if let Some(name) = name.strip_prefix(CLIENT_TOOL_PREFIX) {
+                if let Some(name) = self.client_tool(&id, &name) {
                     if let Phase::Abandoned { .. } = self.phase {
                         // The retry's complete block: the client must not have seen a
                         // different call already.

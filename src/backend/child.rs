@@ -275,7 +275,10 @@ pub(super) fn spawn_cli(
     if tools.is_some() {
         // The CLI's own limit on a tool call must not end a held call before ccgate's
         // hold timeout does (its expiry would make a model call nobody waits for).
-        let ms = settings.tool_hold_timeout.as_millis().saturating_add(60_000);
+        let ms = settings
+            .tool_hold_timeout
+            .as_millis()
+            .saturating_add(60_000);
         cmd.env("MCP_TOOL_TIMEOUT", ms.to_string());
     }
     if resume_results {

@@ -10,8 +10,8 @@
 //! The message types are rmcp's (the official MCP SDK, without its transports).
 
 use rmcp::model::{
-    CallToolResult, ContentBlock as Content, Implementation, InitializeResult, ListToolsResult, ProtocolVersion,
-    ServerCapabilities, Tool, ToolsCapability,
+    CallToolResult, ContentBlock as Content, Implementation, InitializeResult, ListToolsResult,
+    ProtocolVersion, ServerCapabilities, Tool, ToolsCapability,
 };
 use serde_json::{json, Map, Value};
 
@@ -104,8 +104,13 @@ fn list_tools(tools: &ToolSet) -> Value {
         .tools
         .iter()
         .map(|t| {
-            let schema: Map<String, Value> = t.input_schema.as_object().cloned().unwrap_or_default();
-            let mut tool = Tool::new(t.name.clone(), t.description.clone().unwrap_or_default(), schema);
+            let schema: Map<String, Value> =
+                t.input_schema.as_object().cloned().unwrap_or_default();
+            let mut tool = Tool::new(
+                t.name.clone(),
+                t.description.clone().unwrap_or_default(),
+                schema,
+            );
             if t.description.is_none() {
                 tool.description = None;
             }
@@ -169,9 +174,7 @@ pub(super) fn answer(request_id: &str, request: &Value, tools: Option<&ToolSet>)
                 .and_then(|m| m.get("claudecode/toolUseId"))
                 .and_then(Value::as_str);
             match (name, tool_use_id) {
-                (Some(name), Some(tool_use_id))
-                    if tools.tools.iter().any(|t| t.name == name) =>
-                {
+                (Some(name), Some(tool_use_id)) if tools.tools.iter().any(|t| t.name == name) => {
                     Action::Call {
                         request_id: request_id.to_string(),
                         tool_use_id: tool_use_id.to_string(),
@@ -295,7 +298,10 @@ mod tests {
         let list = reply(answer("r2", &mcp(1, "tools/list", json!({})), Some(&t)));
         let listed = &list["response"]["response"]["mcp_response"]["result"]["tools"];
         assert_eq!(listed[0]["name"], "get_weather");
-        assert_eq!(listed[0]["inputSchema"]["properties"]["city"]["type"], "string");
+        assert_eq!(
+            listed[0]["inputSchema"]["properties"]["city"]["type"],
+            "string"
+        );
         assert_eq!(list["response"]["response"]["mcp_response"]["id"], 1);
     }
 

@@ -376,7 +376,15 @@ pub(super) async fn maintain(
             let Ok(permit) = Arc::clone(&pool.deps.slots).try_acquire_owned() else {
                 break;
             };
-            match spawn_cli(&pool.deps.settings, stats, pool.model.as_deref(), None, None, &[], false) {
+            match spawn_cli(
+                &pool.deps.settings,
+                stats,
+                pool.model.as_deref(),
+                None,
+                None,
+                &[],
+                false,
+            ) {
                 Ok(proc) => {
                     stats.pool_spawned_total.fetch_add(1, Ordering::Relaxed);
                     let idle = Idle {

@@ -185,7 +185,11 @@ impl FingerprintBuilder {
         if !text.is_empty() {
             content.push(serde_json::json!({"type": "text", "text": text}));
         }
-        content.extend(calls.iter().map(|c| tool_use_block(&c.id, &c.name, &c.input)));
+        content.extend(
+            calls
+                .iter()
+                .map(|c| tool_use_block(&c.id, &c.name, &c.input)),
+        );
         b.message(true, &content);
         b.finish()
     }
@@ -202,7 +206,11 @@ fn canonical(v: &Value) -> Value {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            Value::Object(keys.into_iter().map(|k| (k.clone(), canonical(&m[k]))).collect())
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), canonical(&m[k])))
+                    .collect(),
+            )
         }
         Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
         other => other.clone(),

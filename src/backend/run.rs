@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::admission::{Admission, Limiter};
 use super::child::{spawn_cli, Spawned};
-use super::io::{ring_to_string, LineMsg};
 use super::held::HeldStore;
+use super::io::{ring_to_string, LineMsg};
 use super::kept::{Kept, KeptStore};
 use super::mcp;
 use super::pool::{Idle, Pool};
@@ -495,7 +495,10 @@ async fn run_process(
         let (deadline, kind) = if calls.waiting() {
             // The CLI waits in a tool call for the client (its heartbeats are no sign of
             // work): the held-run store bounds that wait, not the run's watchdogs.
-            (far_future(tokio::time::Instant::now(), total * 1000), TimeoutKind::Total)
+            (
+                far_future(tokio::time::Instant::now(), total * 1000),
+                TimeoutKind::Total,
+            )
         } else if total_deadline <= line_deadline {
             (total_deadline, TimeoutKind::Total)
         } else {
@@ -696,8 +699,7 @@ impl HeldCalls {
             self.results.push(ToolResult {
                 tool_use_id: tool_use_id.clone(),
                 content: vec![Block::Text(
-                    "Tool use is turned off for this request; answer without calling tools."
-                        .into(),
+                    "Tool use is turned off for this request; answer without calling tools.".into(),
                 )],
                 is_error: true,
             });
@@ -716,7 +718,11 @@ impl HeldCalls {
         let mut answered = false;
         let mut still = Vec::new();
         for (request_id, rpc_id, tool_use_id) in std::mem::take(&mut self.pending) {
-            match self.results.iter().position(|r| r.tool_use_id == tool_use_id) {
+            match self
+                .results
+                .iter()
+                .position(|r| r.tool_use_id == tool_use_id)
+            {
                 Some(i) => {
                     let r = self.results.remove(i);
                     sp.write_line(mcp::call_reply(&request_id, &rpc_id, &mcp::call_result(&r)));

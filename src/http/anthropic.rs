@@ -270,8 +270,11 @@ impl Api for Messages {
             let blocks = m.content.blocks(&format!("messages[{i}].content"), allow)?;
             messages.push(Message::new(role, blocks));
         }
-        let mut turn =
-            crate::http::handler::turn_request(Conversation { system, messages }, &req.model, stop)?;
+        let mut turn = crate::http::handler::turn_request(
+            Conversation { system, messages },
+            &req.model,
+            stop,
+        )?;
         turn.tools = tools;
         Ok(turn)
     }
@@ -311,9 +314,11 @@ fn content_json(s: &Success) -> Value {
     if !s.text.is_empty() || s.tool_calls.is_empty() {
         content.push(json!({"type": "text", "text": s.text}));
     }
-    content.extend(s.tool_calls.iter().map(|c| {
-        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.input})
-    }));
+    content.extend(
+        s.tool_calls
+            .iter()
+            .map(|c| json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.input})),
+    );
     Value::Array(content)
 }
 
@@ -368,16 +373,14 @@ impl Framer for MessageFramer {
             || json!({"input_tokens": 0, "output_tokens": 0}),
             usage_json,
         );
-        vec![
-            event(
-                "message_start",
-                json!({"type": "message_start", "message": {
-                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": start_usage,
-                }}),
-            ),
-        ]
+        vec![event(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": start_usage,
+            }}),
+        )]
     }
 
     fn text(&mut self, text: String) -> Vec<Event> {

@@ -178,7 +178,10 @@ fn tool_calls(i: usize, calls: &[Value]) -> Result<Vec<Block>, ApiError> {
     let mut out = Vec::with_capacity(calls.len());
     for (j, c) in calls.iter().enumerate() {
         let at = format!("messages[{i}].tool_calls[{j}]");
-        let id = c.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let id = c
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
         let name = c.pointer("/function/name").and_then(Value::as_str);
         let (Some(id), Some(name)) = (id, name) else {
             return Err(ApiError::invalid_param(
@@ -186,7 +189,10 @@ fn tool_calls(i: usize, calls: &[Value]) -> Result<Vec<Block>, ApiError> {
                 &at,
             ));
         };
-        if c.get("type").and_then(Value::as_str).is_some_and(|t| t != "function") {
+        if c.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "function")
+        {
             return Err(ApiError::invalid_param(
                 "only `function` tool calls are supported",
                 &format!("{at}.type"),
@@ -196,15 +202,16 @@ fn tool_calls(i: usize, calls: &[Value]) -> Result<Vec<Block>, ApiError> {
             .pointer("/function/arguments")
             .and_then(Value::as_str)
             .unwrap_or("{}");
-        let input: Value = match serde_json::from_str(if args.trim().is_empty() { "{}" } else { args }) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => {
-                return Err(ApiError::invalid_param(
-                    "`function.arguments` must be a JSON object",
-                    &format!("{at}.function.arguments"),
-                ))
-            }
-        };
+        let input: Value =
+            match serde_json::from_str(if args.trim().is_empty() { "{}" } else { args }) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        "`function.arguments` must be a JSON object",
+                        &format!("{at}.function.arguments"),
+                    ))
+                }
+            };
         out.push(Block::ToolUse {
             id: id.to_string(),
             name: name.to_string(),

@@ -202,6 +202,17 @@ pub async fn post(
 }
 
 /// GETs `path` and parses the JSON body.
+pub async fn get_text(s: &TestServer, path: &str) -> String {
+    client()
+        .get(s.url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn get_json(s: &TestServer, path: &str) -> serde_json::Value {
     send_for_json(client().get(s.url(path))).await
 }
