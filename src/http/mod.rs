@@ -6,6 +6,7 @@
 
 pub mod anthropic;
 pub mod content;
+pub mod count_tokens;
 pub mod edge;
 pub mod errors;
 pub mod extract;
@@ -190,6 +191,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/messages",
             post(handler::handle::<anthropic::Messages>).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/messages/count_tokens",
+            post(count_tokens::count_tokens).fallback(method_not_allowed),
         )
         .route("/v1/models", get(ops::models).fallback(method_not_allowed))
         .route(
