@@ -13,6 +13,7 @@ pub mod extract;
 pub mod handler;
 pub mod openai;
 pub mod ops;
+pub mod responses;
 pub mod state;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
@@ -85,7 +86,7 @@ async fn request_id_layer(mut req: Request, next: Next) -> Response {
 pub fn flavour_for_request(path: &str, headers: &axum::http::HeaderMap) -> Flavour {
     if path.starts_with("/v1/messages") {
         Flavour::Anthropic
-    } else if path.starts_with("/v1/chat/completions") {
+    } else if path.starts_with("/v1/chat/completions") || path.starts_with("/v1/responses") {
         Flavour::Openai
     } else if headers.contains_key("anthropic-version") {
         Flavour::Anthropic
@@ -187,6 +188,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/chat/completions",
             post(handler::handle::<openai::ChatCompletions>).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/responses",
+            post(handler::handle::<responses::Responses>).fallback(method_not_allowed),
         )
         .route(
             "/v1/messages",

@@ -17,6 +17,7 @@ mod props;
 mod real_cli;
 mod real_gateway;
 mod reload;
+mod responses;
 mod router;
 mod rules;
 mod security;
