@@ -16,6 +16,7 @@ mod pool;
 mod props;
 mod real_cli;
 mod real_gateway;
+mod real_responses;
 mod reload;
 mod responses;
 mod router;

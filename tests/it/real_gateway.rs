@@ -14,7 +14,7 @@ use crate::mock_api::{MockApi, DEFAULT_TEXT};
 use crate::support_real::real_claude;
 
 /// A ccgate server driving the real CLI. `base_url` None = no credentials at all.
-async fn real_server(
+pub(crate) async fn real_server(
     exe: std::path::PathBuf,
     base_url: Option<String>,
     rules_yaml: Option<String>,
@@ -23,7 +23,7 @@ async fn real_server(
 }
 
 /// [`real_server`] with a further config change applied last.
-async fn real_server_with(
+pub(crate) async fn real_server_with(
     exe: std::path::PathBuf,
     base_url: Option<String>,
     rules_yaml: Option<String>,
