@@ -240,7 +240,7 @@ fn image_tokens(v: &Value, path: &str) -> Result<u64, ApiError> {
     };
     // A header is within the first 64 KiB of any image that has one there (JPEG's SOF
     // may follow EXIF data).
-    let prefix = &data[..data.len().min(88_000)];
+    let prefix = &data.as_bytes()[..data.len().min(88_000)];
     let bytes = decode_base64(prefix);
     Ok(image_size(&bytes).map_or(IMAGE_MAX_TOKENS, |(w, h)| image_cost(w, h)))
 }
@@ -277,7 +277,7 @@ fn document_tokens(v: &Value, path: &str) -> Result<u64, ApiError> {
     let Some(data) = base64_data(v, path)? else {
         return Ok(title + context + PDF_PAGE_TOKENS);
     };
-    let pages = pdf_pages(&decode_base64(data)).max(1);
+    let pages = pdf_pages(&decode_base64(data.as_bytes())).max(1);
     Ok(title + context + pages * PDF_PAGE_TOKENS)
 }
 
@@ -304,10 +304,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Decodes standard or URL-safe base64, skipping what is not base64 (a truncated
 /// prefix decodes to its whole bytes).
-fn decode_base64(s: &str) -> Vec<u8> {
+fn decode_base64(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len() / 4 * 3);
     let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
+    for &c in s {
         let v = match c {
             b'A'..=b'Z' => c - b'A',
             b'a'..=b'z' => c - b'a' + 26,
@@ -515,7 +515,7 @@ mod tests {
             0xff, 0xd8, 0xff, 0xe0, 0, 4, 0, 0, 0xff, 0xc0, 0, 11, 8, 0, 240, 1, 64, 3, 0, 0,
         ];
         assert_eq!(image_size(&jpeg), Some((320, 240)));
-        assert_eq!(decode_base64("aGVsbG8="), b"hello");
+        assert_eq!(decode_base64(b"aGVsbG8="), b"hello");
     }
 
     #[test]
