@@ -789,7 +789,11 @@ mod tests {
         let cases = [
             (
                 json!({"tools": [{"type": "function", "name": "f", "parameters": {}}]}),
-                "tools[0]",
+                "tools",
+            ),
+            (
+                json!({"tools": [{"type": "function", "name": "f"}, {"type": "file_search"}]}),
+                "tools[1].type",
             ),
             (json!({"tools": [{"type": "web_search"}]}), "tools[0].type"),
             (json!({"tool_choice": "required"}), "tool_choice"),

@@ -236,7 +236,7 @@ async fn bad_inputs_are_400s_in_openai_shape() {
         (json!({"model": "sonnet", "input": []}), "input"),
         (
             json!({"model": "sonnet", "input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}),
-            "tools[0]",
+            "tools",
         ),
         (
             json!({"model": "sonnet", "input": "hi", "tools": [{"type": "web_search_preview"}]}),
