@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod probe;
 pub mod protocol;
 pub mod reload;
+pub mod response_store;
 pub mod rules;
 pub mod shutdown;
 pub mod turn;

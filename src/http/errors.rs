@@ -41,6 +41,9 @@ pub enum ApiError {
     HostNotAllowed,
     /// 408: the request body did not arrive within `http.body_timeout`.
     BodyTimeout,
+    /// 400: a Responses `previous_response_id` this replica does not hold for this API
+    /// key (never stored, `store: false`, expired, evicted, or another key's).
+    PreviousResponseNotFound(String),
     /// A CLI failure (or the health gate) classified by the rules.
     Verdict(Box<Verdict>),
 }
@@ -73,13 +76,14 @@ impl ApiError {
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::HostNotAllowed => "host_not_allowed",
             ApiError::BodyTimeout => "body_timeout",
+            ApiError::PreviousResponseNotFound(_) => "previous_response_not_found",
             ApiError::Verdict(v) => &v.kind,
         }
     }
 }
 
 /// The kinds of gateway-side errors (never a rules kind's name).
-pub const GATEWAY_KINDS: [&str; 10] = [
+pub const GATEWAY_KINDS: [&str; 11] = [
     "bad_request",
     "body_too_large",
     "unauthorized",
@@ -90,6 +94,7 @@ pub const GATEWAY_KINDS: [&str; 10] = [
     "origin_not_allowed",
     "host_not_allowed",
     "body_timeout",
+    "previous_response_not_found",
 ];
 
 impl From<crate::engine::TurnError> for ApiError {
@@ -229,6 +234,15 @@ impl ApiError {
                 "The request body did not arrive in time (the gateway's operator can raise http.body_timeout)."
                     .to_string(),
                 None,
+            ),
+            ApiError::PreviousResponseNotFound(id) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "previous_response_not_found",
+                format!(
+                    "Previous response with id '{id}' not found. This gateway keeps responses briefly and per replica only; send the full conversation as `input` instead."
+                ),
+                Some("previous_response_id".to_string()),
             ),
             ApiError::Verdict(v) => return render_verdict(v, cx),
         };

@@ -35,6 +35,11 @@ pub trait Api: Send + Sync + Sized + 'static {
     /// The model the request names (logged, and `{{model}}` in error templates).
     fn model(req: &Self::Request) -> &str;
     fn wants_stream(req: &Self::Request) -> bool;
+    /// Resolves what the request refers to in the gateway's state for `tenant` (Responses:
+    /// `previous_response_id`), before [`Api::translate`]. Most APIs refer to nothing.
+    fn prepare(_req: &mut Self::Request, _state: &AppState, _tenant: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
     /// Validates the request and translates it into the neutral turn.
     fn translate(req: &Self::Request) -> Result<TurnRequest, ApiError>;
     /// A new id for the answer (`chatcmpl-…`, `msg_…`).
@@ -116,10 +121,13 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
 
 /// The handler of every API endpoint.
 pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A>) -> Response {
-    let ApiRequest { cx, body } = request;
+    let ApiRequest { cx, mut body } = request;
     // A model that fails the checks is not logged (it may be megabytes or hold controls).
     if crate::engine::check_model(A::model(&body)).is_ok() {
         cx.record.set_model(A::model(&body));
+    }
+    if let Err(e) = A::prepare(&mut body, &state, &cx.tenant) {
+        return cx.error(e);
     }
     let mut turn = match A::translate(&body) {
         Ok(t) => t,

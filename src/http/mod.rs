@@ -6,12 +6,14 @@
 
 pub mod anthropic;
 pub mod content;
+pub mod count_tokens;
 pub mod edge;
 pub mod errors;
 pub mod extract;
 pub mod handler;
 pub mod openai;
 pub mod ops;
+pub mod responses;
 pub mod state;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
@@ -84,7 +86,7 @@ async fn request_id_layer(mut req: Request, next: Next) -> Response {
 pub fn flavour_for_request(path: &str, headers: &axum::http::HeaderMap) -> Flavour {
     if path.starts_with("/v1/messages") {
         Flavour::Anthropic
-    } else if path.starts_with("/v1/chat/completions") {
+    } else if path.starts_with("/v1/chat/completions") || path.starts_with("/v1/responses") {
         Flavour::Openai
     } else if headers.contains_key("anthropic-version") {
         Flavour::Anthropic
@@ -188,8 +190,16 @@ pub fn router(state: AppState) -> Router {
             post(handler::handle::<openai::ChatCompletions>).fallback(method_not_allowed),
         )
         .route(
+            "/v1/responses",
+            post(handler::handle::<responses::Responses>).fallback(method_not_allowed),
+        )
+        .route(
             "/v1/messages",
             post(handler::handle::<anthropic::Messages>).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/messages/count_tokens",
+            post(count_tokens::count_tokens).fallback(method_not_allowed),
         )
         .route("/v1/models", get(ops::models).fallback(method_not_allowed))
         .route(

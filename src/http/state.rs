@@ -12,6 +12,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::reload::Reloader;
+use crate::response_store::ResponseStore;
 use crate::rules::Rules;
 
 /// Cloned into every handler and middleware: one reference count for all of it (each
@@ -39,6 +40,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
     pub prober: Arc<Prober>,
+    /// The Responses API's stored responses (`previous_response_id`).
+    pub responses: Arc<ResponseStore>,
 }
 
 impl AppState {
@@ -65,6 +68,9 @@ impl AppState {
             health.clone(),
             metrics.clone(),
         ));
+        let responses = Arc::new(ResponseStore::new(
+            backend.settings().conversation_idle_timeout,
+        ));
         let engine = Engine::new(
             rules.clone(),
             backend.clone(),
@@ -81,6 +87,7 @@ impl AppState {
             metrics,
             reloader,
             prober,
+            responses,
         }))
     }
 }

@@ -270,3 +270,45 @@ fn text_log_keeps_the_last_lines_at_exit() {
         "{all}"
     );
 }
+
+/// `/v1/responses` and `/v1/messages/count_tokens` write the request line with their own
+/// `endpoint`.
+#[test]
+fn text_log_names_the_responses_and_count_tokens_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, rx, addr) = spawn_text_serve(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses = rt.block_on(async {
+        let c = crate::harness::client();
+        let r1 = c
+            .post(format!("http://{addr}/v1/responses"))
+            .json(&serde_json::json!({"model": "sonnet", "input": "hi"}))
+            .send()
+            .await
+            .unwrap();
+        let r2 = c
+            .post(format!("http://{addr}/v1/messages/count_tokens"))
+            .json(&serde_json::json!({"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        (r1.status().as_u16(), r2.status().as_u16())
+    });
+    assert_eq!(statuses, (200, 200));
+    for (endpoint, path) in [
+        ("responses", "/v1/responses"),
+        ("count_tokens", "/v1/messages/count_tokens"),
+    ] {
+        let line = next_line(&rx, |l| l.contains(" request "));
+        let fields = logfmt(fields_of(&line, "request")).unwrap();
+        assert_eq!(one(&fields, "endpoint", &line), endpoint, "{line}");
+        assert_eq!(one(&fields, "path", &line), path, "{line}");
+        assert_eq!(one(&fields, "status", &line), "200", "{line}");
+        assert_eq!(one(&fields, "kind", &line), "ok", "{line}");
+        assert_eq!(one(&fields, "model", &line), "sonnet", "{line}");
+    }
+    stop(child);
+}

@@ -320,6 +320,8 @@ proptest! {
     fn request_parsing_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = ccgate::http::openai::parse_request(&bytes);
         let _ = ccgate::http::anthropic::parse_request(&bytes);
+        let _ = ccgate::http::responses::parse_request(&bytes);
+        let _ = ccgate::http::count_tokens::count_body(&bytes);
     }
 
     #[test]
@@ -331,6 +333,30 @@ proptest! {
         if let Ok(t) = ccgate::http::anthropic::parse_request(&bytes) {
             prop_assert!(!t.model.trim().is_empty());
         }
+        if let Ok(t) = ccgate::http::responses::parse_request(&bytes) {
+            prop_assert!(t.validate().is_ok());
+        }
+        let _ = ccgate::http::count_tokens::count_body(&bytes);
+    }
+
+    /// A Responses string `input` is the prompt; `instructions` the system prompt.
+    #[test]
+    fn responses_string_input_is_the_prompt(model in model(), content in any::<String>(), system in "[^\\x00]{1,20}") {
+        let body = json!({"model": model, "input": content, "instructions": system});
+        let t = presented(ccgate::http::responses::parse_request(body.to_string().as_bytes()));
+        prop_assert_eq!(&t.prompt, &content);
+        prop_assert_eq!(t.system_prompt, Some(system));
+    }
+
+    /// The token estimate: at least one token for any text, at most one per byte, and
+    /// never less for more text.
+    #[test]
+    fn token_estimate_is_bounded_and_grows(a in any::<String>(), b in any::<String>()) {
+        use ccgate::http::count_tokens::estimate_text;
+        let n = estimate_text(&a);
+        prop_assert!(n <= a.len() as u64);
+        prop_assert_eq!(n == 0, a.is_empty());
+        prop_assert!(estimate_text(&format!("{a}{b}")) >= n, "{:?} + {:?}", a, b);
     }
 
     #[test]

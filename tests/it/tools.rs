@@ -445,3 +445,72 @@ async fn bad_tool_definitions_and_unpaired_results_are_400s_in_each_shape() {
     }
     assert_eq!(spawns(&s), 0, "nothing ran");
 }
+
+#[tokio::test]
+async fn responses_function_call_round_trip_with_previous_response_id_continues_the_held_run() {
+    let s = server(|_| {}).await;
+    let tools = json!([{"type": "function", "name": "get_weather", "description": "Weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let body =
+        json!({"model": "sonnet", "tools": tools, "input": "[[scenario:tool_call]] weather?"});
+    let (status, v) = post_json(&s, "key-a", "/v1/responses", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let out = v["output"].as_array().unwrap();
+    assert_eq!(out.len(), 1, "only the call: {v}");
+    assert_eq!(out[0]["type"], "function_call");
+    assert_eq!(out[0]["name"], "get_weather");
+    let call_id = out[0]["call_id"].as_str().unwrap().to_string();
+    let args: Value = serde_json::from_str(out[0]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+    // The Agents SDK's way: previous_response_id plus the function_call_output item.
+    let body = json!({"model": "sonnet", "tools": tools, "previous_response_id": v["id"],
+        "input": [{"type": "function_call_output", "call_id": call_id, "output": "sunny"}]});
+    let (status, v) = post_json(&s, "key-a", "/v1/responses", &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["output"][0]["content"][0]["text"], "tool said: sunny",
+        "{v}"
+    );
+    assert_eq!(spawns(&s), 1, "the held run continued: {}", log(&s));
+
+    // Streaming: the function call's events.
+    let body = json!({"model": "sonnet", "tools": tools, "stream": true,
+        "input": "[[scenario:tool_call]] again?"});
+    let (status, text) = post(&s, "key-a", "/v1/responses", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let events: Vec<Value> = sse_events(&text)
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str(d).ok())
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    let mut deduped = kinds.clone();
+    deduped.dedup();
+    assert_eq!(
+        deduped,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed"
+        ],
+        "{text}"
+    );
+    let seq: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["sequence_number"].as_u64())
+        .collect();
+    assert_eq!(seq, (0..seq.len() as u64).collect::<Vec<_>>());
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.function_call_arguments.done")
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(done["arguments"].as_str().unwrap()).unwrap(),
+        json!({"city": "Paris"})
+    );
+    let completed = events.last().unwrap();
+    assert_eq!(completed["response"]["output"][0]["type"], "function_call");
+}

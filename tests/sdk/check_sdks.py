@@ -261,6 +261,120 @@ def _():
     assert an_msg("hi").content[0].text == "Hello from the fake CLI."
 
 
+# --- The Responses API and count_tokens ------------------------------------------------
+
+
+def oa_resp(text, **kw):
+    return oa.responses.create(model="sonnet", input=text, **kw)
+
+
+@check("openai responses: text, usage")
+def _():
+    r = oa_resp("hi", instructions="be brief", max_output_tokens=100)
+    assert r.status == "completed", r
+    assert r.output_text == "Hello from the fake CLI.", r
+    assert r.output[0].type == "message" and r.output[0].role == "assistant", r
+    assert r.usage.input_tokens > 0 and r.usage.output_tokens > 0, r.usage
+    assert r.usage.input_tokens_details.cached_tokens >= 0, r.usage
+
+
+@check("openai responses: item input with an image")
+def _():
+    r = oa.responses.create(model="sonnet", input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": "data:image/png;base64," + PNG_B64}]}])
+    assert r.output_text == "Hello from the fake CLI.", r
+
+
+@check("openai responses: streaming with the stream helper")
+def _():
+    with oa.responses.stream(model="sonnet", input="hi") as s:
+        deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+        final = s.get_final_response()
+    assert "".join(deltas) == "Hello from the fake CLI.", deltas
+    assert len(deltas) >= 2, deltas
+    assert final.output_text == "Hello from the fake CLI.", final
+    assert final.status == "completed" and final.usage.output_tokens > 0, final
+
+
+@check("openai responses: stream=True event order and sequence numbers")
+def _():
+    events = list(oa_resp("hi", stream=True))
+    types = [e.type for e in events]
+    assert types[:4] == ["response.created", "response.in_progress",
+                         "response.output_item.added", "response.content_part.added"], types
+    assert types[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.completed"], types
+    assert [e.sequence_number for e in events] == list(range(len(events))), events
+
+
+@check("openai responses: a failure mid-stream ends with error and response.failed")
+def _():
+    events = list(oa_resp("[[scenario:interrupted]] hi", stream=True))
+    types = [e.type for e in events]
+    assert "response.output_text.delta" in types, types
+    assert types[-2:] == ["error", "response.failed"], types
+    assert events[-1].response.status == "failed", events[-1]
+
+
+@check("openai responses: previous_response_id follow-up; an unknown id is BadRequestError")
+def _():
+    r1 = oa_resp("first")
+    r2 = oa_resp("second", previous_response_id=r1.id)
+    assert r2.previous_response_id == r1.id, r2
+    assert r2.output_text == "Hello from the fake CLI.", r2
+    r3 = oa_resp("third", store=False)
+    for missing in ["resp_unknown", r3.id]:
+        try:
+            oa_resp("more", previous_response_id=missing)
+        except openai.BadRequestError as e:
+            assert e.code == "previous_response_not_found", e
+        else:
+            raise AssertionError("an unknown previous_response_id was accepted")
+
+
+@check("openai responses: function tools and built-in tools are BadRequestError")
+def _():
+    fn = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
+    expect_raises(openai.BadRequestError, lambda: oa_resp("hi", tools=[fn]))
+    expect_raises(openai.BadRequestError, lambda: oa_resp("hi", tools=[{"type": "web_search"}]))
+
+
+@check("anthropic: count_tokens (an estimate, Anthropic's documented example)")
+def _():
+    r = an.messages.count_tokens(model="sonnet", system="You are a scientist",
+                                 messages=[{"role": "user", "content": "Hello, Claude"}])
+    assert r.input_tokens == 14, r
+    raw = an.messages.with_raw_response.count_tokens(
+        model="sonnet", messages=[{"role": "user", "content": "Hello, Claude"}],
+        tools=[{"name": "get_weather", "description": "Get the weather",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+    assert raw.headers["x-ccgate-token-count"] == "estimate", raw.headers
+    assert raw.parse().input_tokens > 346, raw.parse()
+    expect_raises(anthropic.BadRequestError, lambda: an.messages.count_tokens(
+        model="sonnet", messages=[]))
+
+
+log_out()
+
+
+@check("openai responses: AuthenticationError from the gate, streaming or not")
+def _():
+    expect_raises(openai.AuthenticationError, lambda: oa_resp("hi"))
+    expect_raises(openai.AuthenticationError, lambda: list(oa_resp("hi", stream=True)))
+
+
+@check("anthropic: count_tokens answers while the CLI is logged out")
+def _():
+    r = an.messages.count_tokens(model="sonnet", messages=[{"role": "user", "content": "hi"}])
+    assert r.input_tokens > 0, r
+
+
+log_in()
+
+# --- end of the Responses API and count_tokens -----------------------------------------
+
+
 failed = [n for n, e in results if e is not None]
 print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
 sys.exit(1 if failed else 0)

@@ -1,0 +1,217 @@
+//! Stored responses: what `previous_response_id` (the Responses API) refers to. An answered
+//! response's whole conversation (its input messages after the earlier ones, and the
+//! answer) is kept under its response id and the tenant that got it, so a follow-up naming
+//! the id becomes an ordinary full conversation, which continues a kept CLI process when
+//! one holds exactly it (the same fingerprint: tenant, model, system prompt, messages,
+//! answer) and is presented as a synthesized session otherwise.
+//!
+//! Rules:
+//! - **Per tenant.** An id is found only by the tenant (API key digest) it was answered to;
+//!   for any other key it does not exist.
+//! - **Bounded, per replica.** At most [`MAX_ENTRIES`] responses and [`MAX_BYTES`] of
+//!   conversation in all (a conversation larger than that is not stored), least recently
+//!   used first; an entry unused for the idle timeout (`cli.conversation_idle_timeout`,
+//!   as kept processes) is gone. Nothing survives a restart, and replicas share nothing.
+//! - Entries hold full copies: a chain of follow-ups costs its conversations' sizes, and
+//!   the byte bound evicts the oldest links first.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::conversation::{Block, Message};
+
+/// The most responses kept per replica.
+pub const MAX_ENTRIES: usize = 1024;
+/// The most conversation bytes (text, base64 attachments, tool JSON) kept per replica.
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// A stored response's conversation: what a follow-up's input continues.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredConversation {
+    pub model: String,
+    /// Every message of the conversation, the answer last (the top-level system prompt,
+    /// Responses' `instructions`, is not carried over, as OpenAI's API does not).
+    pub messages: Vec<Message>,
+}
+
+struct Entry {
+    id: String,
+    tenant: String,
+    used: Instant,
+    bytes: usize,
+    conversation: Arc<StoredConversation>,
+}
+
+/// The stored responses of one replica.
+pub struct ResponseStore {
+    idle_timeout: Duration,
+    max_entries: usize,
+    max_bytes: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Least recently used first.
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl ResponseStore {
+    pub fn new(idle_timeout: Duration) -> ResponseStore {
+        ResponseStore::with_bounds(idle_timeout, MAX_ENTRIES, MAX_BYTES)
+    }
+
+    pub fn with_bounds(idle_timeout: Duration, max_entries: usize, max_bytes: usize) -> Self {
+        ResponseStore {
+            idle_timeout,
+            max_entries,
+            max_bytes,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `conversation` under `id` for `tenant` (returns false when it is too large).
+    pub fn put(&self, id: &str, tenant: &str, conversation: StoredConversation) -> bool {
+        let bytes = conversation_bytes(&conversation);
+        if bytes > self.max_bytes || self.max_entries == 0 {
+            return false;
+        }
+        let mut inner = self.lock();
+        self.expire(&mut inner);
+        inner.bytes += bytes;
+        inner.entries.push_back(Entry {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            used: Instant::now(),
+            bytes,
+            conversation: Arc::new(conversation),
+        });
+        while inner.entries.len() > self.max_entries || inner.bytes > self.max_bytes {
+            match inner.entries.pop_front() {
+                Some(e) => inner.bytes -= e.bytes,
+                None => break,
+            }
+        }
+        true
+    }
+
+    /// The conversation stored under `id` for `tenant`, if it is still kept (its use
+    /// renews it).
+    pub fn get(&self, id: &str, tenant: &str) -> Option<Arc<StoredConversation>> {
+        let mut inner = self.lock();
+        self.expire(&mut inner);
+        let i = inner
+            .entries
+            .iter()
+            .position(|e| e.id == id && e.tenant == tenant)?;
+        let mut e = inner.entries.remove(i)?;
+        e.used = Instant::now();
+        let found = Arc::clone(&e.conversation);
+        inner.entries.push_back(e);
+        Some(found)
+    }
+
+    /// How many responses are stored (tests, debugging).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn expire(&self, inner: &mut Inner) {
+        while inner
+            .entries
+            .front()
+            .is_some_and(|e| e.used.elapsed() >= self.idle_timeout)
+        {
+            if let Some(e) = inner.entries.pop_front() {
+                inner.bytes -= e.bytes;
+            }
+        }
+    }
+}
+
+/// The bytes a conversation holds (its texts, attachments and tool JSON), plus a little per
+/// block.
+pub fn conversation_bytes(c: &StoredConversation) -> usize {
+    fn block(b: &Block) -> usize {
+        32 + match b {
+            Block::Text(t) => t.len(),
+            Block::Image(v) | Block::Document(v) => v.to_string().len(),
+            Block::ToolUse { id, name, input } => id.len() + name.len() + input.to_string().len(),
+            Block::ToolResult {
+                tool_use_id,
+                content,
+                ..
+            } => tool_use_id.len() + content.iter().map(block).sum::<usize>(),
+            Block::Thinking {
+                text, signature, ..
+            } => text.len() + signature.as_ref().map_or(0, String::len),
+        }
+    }
+    c.model.len()
+        + c.messages
+            .iter()
+            .map(|m| 16 + m.blocks.iter().map(block).sum::<usize>())
+            .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::Role;
+
+    fn conv(text: &str) -> StoredConversation {
+        StoredConversation {
+            model: "sonnet".into(),
+            messages: vec![
+                Message::text(Role::User, text),
+                Message::text(Role::Assistant, "ok"),
+            ],
+        }
+    }
+
+    #[test]
+    fn only_the_tenant_finds_its_responses() {
+        let s = ResponseStore::new(Duration::from_secs(60));
+        assert!(s.put("resp_1", "a", conv("hi")));
+        assert_eq!(s.get("resp_1", "a").unwrap().messages.len(), 2);
+        assert!(s.get("resp_1", "b").is_none());
+        assert!(s.get("resp_2", "a").is_none());
+    }
+
+    #[test]
+    fn bounded_by_count_bytes_and_idle_time() {
+        let s = ResponseStore::with_bounds(Duration::from_secs(60), 2, 1_000);
+        for id in ["r1", "r2", "r3"] {
+            assert!(s.put(id, "", conv("x")));
+        }
+        assert_eq!(s.len(), 2);
+        assert!(
+            s.get("r1", "").is_none(),
+            "the least recently used went first"
+        );
+        // r2 is used, so r3 goes when a big one comes in.
+        assert!(s.get("r2", "").is_some());
+        assert!(s.put("big", "", conv(&"y".repeat(800))));
+        assert!(s.get("r3", "").is_none());
+        assert!(s.get("big", "").is_some());
+        assert!(
+            !s.put("huge", "", conv(&"z".repeat(2_000))),
+            "over the byte bound"
+        );
+        let s = ResponseStore::with_bounds(Duration::from_millis(30), 8, 1_000);
+        assert!(s.put("r1", "", conv("x")));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(s.get("r1", "").is_none(), "expired");
+        assert!(s.is_empty());
+    }
+}
