@@ -39,6 +39,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
     pub prober: Arc<Prober>,
+    /// The closed health gate's prepared answers (see `http::gate`).
+    pub gate: crate::http::gate::GateAnswers,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ impl AppState {
             metrics,
             reloader,
             prober,
+            gate: Default::default(),
         }))
     }
 }
