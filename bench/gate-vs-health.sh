@@ -8,8 +8,8 @@
 # gated POST (bench/gate-post.lua), alternately, and prints both req/s and the ratio
 # gated / health (goal: >= 0.7). Every gated answer must be the 401.
 #
-# Environment: BENCH_ROUNDS (default 2: each endpoint measured that many times; the machine
-# is shared, so look at every round), BENCH_SECS (default 10), BENCH_CONNS (default 32),
+# Environment: BENCH_ROUNDS (default 3: each endpoint measured that many times, alternately;
+# the machine is shared, so look at every round and the median), BENCH_SECS (default 10), BENCH_CONNS (default 32),
 # BENCH_LOG (where ccgate's stderr goes, default a file in the temp dir; /dev/null is the
 # cheapest sink), BENCH_LOG_FORMAT (text or json, default text), BENCH_BIN (a ccgate
 # binary to measure instead of building this checkout, e.g. an older build), CARGO_TARGET_DIR.
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 : "${CARGO_TARGET_DIR:=$ROOT/target}"
 export CARGO_TARGET_DIR
-ROUNDS=${BENCH_ROUNDS:-2}
+ROUNDS=${BENCH_ROUNDS:-3}
 SECS=${BENCH_SECS:-10}
 CONNS=${BENCH_CONNS:-32}
 FORMAT=${BENCH_LOG_FORMAT:-text}
@@ -130,4 +130,5 @@ while [ "$r" -le "$ROUNDS" ]; do
 done
 dropped=$(curl -s "$URL/metrics" | sed -n 's/^ccgate_log_lines_dropped_total \([0-9]*\)$/\1/p')
 echo "log lines written: $(wc -l <"$LOG" 2>/dev/null || echo '?'); ccgate_log_lines_dropped_total: ${dropped:-n/a}"
-echo "ratios (gated / health):$RATIOS   goal >= 0.70"
+median=$(printf '%s\n' $RATIOS | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+echo "ratios (gated / health):$RATIOS   median $median   goal >= 0.70"

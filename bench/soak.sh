@@ -11,7 +11,12 @@
 #
 # Environment: SOAK_MINUTES (default 2), SOAK_SECS (overrides the minutes, for short
 # trial runs), SOAK_CLIENTS (default 8), CARGO_TARGET_DIR,
-# SOAK_KEEP=1 keeps the temp dir (ccgate log) for inspection.
+# SOAK_KEEP=1 keeps the temp dir (ccgate log) for inspection,
+# SOAK_RSS_WARMUP_SECS (default 60, at most half the run): the RSS trend (last third of the
+# samples at most 20 % above the first third) counts only samples taken after this much
+# load. ccgate's RSS rises during the first minute while the allocator's working set fills
+# (glibc's per-thread arenas, buffers of the largest requests) and is flat afterwards; see
+# bench/README.md, "RSS during the warm-up". Run SOAK_MINUTES=10 to see the plateau.
 #
 # Hostile clients run alongside the normal ones (SOAK_HOSTILE_CLIENTS workers, default 2,
 # and SOAK_SLOWLORIS_CONNS slowloris connections, default 4). What each must get:
@@ -115,7 +120,8 @@ STATUS=0
     --clients "$CLIENTS" --secs "$SECS" \
     --hostile-clients "$SOAK_HOSTILE_CLIENTS" --slowloris-conns "$SOAK_SLOWLORIS_CONNS" \
     --expect-cross-site "$SOAK_EXPECT_CROSS_SITE" --expect-bogus-model "$SOAK_EXPECT_BOGUS_MODEL" \
-    --slowloris-close-secs "$SOAK_SLOWLORIS_CLOSE_SECS" || STATUS=$?
+    --slowloris-close-secs "$SOAK_SLOWLORIS_CLOSE_SECS" \
+    --rss-warmup-secs "${SOAK_RSS_WARMUP_SECS:-60}" || STATUS=$?
 
 echo
 echo "== ccgate log: $(wc -l <"$LOG") lines;" \

@@ -5,6 +5,7 @@
 //! Invariant: only a verdict whose kind the rules mark `unhealthy` flips `ok` to false;
 //! anything else a probe sees is recorded as inconclusive and leaves `ok` alone.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -95,6 +96,9 @@ impl Default for CliHealth {
 #[derive(Debug)]
 pub struct Health {
     state: Mutex<CliHealth>,
+    /// Bumped (under the lock) after every change of the fields a gate answer renders
+    /// (`ok`, `last_probed_at`, `error_kind`, `error_message`): see [`Health::epoch`].
+    epoch: AtomicU64,
     /// Wakes the probe task to probe now: a request-path unhealthy verdict asks for a
     /// confirming probe, a reload while the gate is closed for a re-decision.
     pub probe_wakeup: Notify,
@@ -115,6 +119,7 @@ impl Default for Health {
     fn default() -> Self {
         Health {
             state: Mutex::default(),
+            epoch: AtomicU64::new(0),
             probe_wakeup: Notify::new(),
             settings_changed: Notify::new(),
             startup_probe: tokio::sync::watch::Sender::new(false),
@@ -141,6 +146,17 @@ impl Health {
         self.lock().ok
     }
 
+    /// A number that changes whenever the gate's state or the health fields its answer
+    /// shows change. Read it *before* a [`Health::snapshot`]: if it is unchanged later, so
+    /// is everything that snapshot rendered (a change after the read bumps it).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
     /// Contract `mark_ok`: `last_probed_at` = `last_ok_at` = now, error fields cleared.
     pub fn mark_ok(&self, source: Source) {
         let now = now_rfc3339();
@@ -152,6 +168,7 @@ impl Health {
         s.error_message = None;
         s.source = Some(source);
         s.consecutive_failures = 0;
+        self.bump();
     }
 
     /// A verdict of an `unhealthy` kind: `ok=false`, `last_probed_at`, error fields set,
@@ -165,6 +182,7 @@ impl Health {
         s.error_message = Some(cut(message));
         s.source = Some(source);
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+        self.bump();
         flipped
     }
 

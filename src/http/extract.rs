@@ -102,19 +102,25 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<T, ApiError> {
-    let bytes = match body {
-        Ok(b) => b,
+    parse_json_bytes(&read_body(body, limit)?)
+}
+
+/// The body bytes, a failure to read them (too large, too late, broken) mapped to a clear
+/// [`ApiError`].
+pub(crate) fn read_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    match body {
+        Ok(b) => Ok(b),
         Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
-            return Err(ApiError::TooLarge { limit })
+            Err(ApiError::TooLarge { limit })
         }
-        Err(e) if crate::http::edge::is_body_timeout(&e) => return Err(ApiError::BodyTimeout),
-        Err(e) => {
-            return Err(ApiError::invalid(format!(
-                "could not read the request body: {e}"
-            )))
-        }
-    };
-    parse_json_bytes(&bytes)
+        Err(e) if crate::http::edge::is_body_timeout(&e) => Err(ApiError::BodyTimeout),
+        Err(e) => Err(ApiError::invalid(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
 }
 
 /// Parses JSON bytes into `T`, mapping every failure to a 400 [`ApiError`].

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::conversation::Conversation;
 use crate::engine::{TurnRequest, TurnRun, TurnStep};
-use crate::http::errors::{ApiError, RenderedError};
-use crate::http::extract::{parse_body, Cx};
+use crate::http::errors::ApiError;
+use crate::http::extract::{parse_body, read_body, Cx};
 use crate::http::state::AppState;
 use crate::http::RequestId;
 use crate::protocol::{Success, Usage};
@@ -93,7 +93,7 @@ pub struct ApiRequest<A: Api> {
 }
 
 impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
-    type Rejection = RenderedError;
+    type Rejection = Response;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let id = req
@@ -111,10 +111,18 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
         cx.record
             .set_target(req.method().as_str(), req.uri().path());
         let limit = state.settings.request_body_limit;
+        // A closed health gate answers before the body is parsed (see `http::gate`).
+        let closed = state.gate.closed(&state.health, &cx.rules, cx.flavour);
         let body = Bytes::from_request(req, state).await;
+        if let Some(closed) = closed {
+            return Err(match read_body(body, limit) {
+                Ok(_) => closed.respond(&cx.record, &cx.request_id),
+                Err(e) => cx.error(e),
+            });
+        }
         match parse_body(body, limit) {
             Ok(body) => Ok(ApiRequest { cx, body }),
-            Err(e) => Err(cx.fail(e)),
+            Err(e) => Err(cx.error(e)),
         }
     }
 }

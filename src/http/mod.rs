@@ -10,6 +10,7 @@ pub mod count_tokens;
 pub mod edge;
 pub mod errors;
 pub mod extract;
+pub mod gate;
 pub mod handler;
 pub mod openai;
 pub mod ops;
@@ -148,8 +149,12 @@ pub(crate) fn presented_key(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
+/// The API key check, then the JSON-only POST check ([`edge::json_post_refusal`]).
 async fn api_key_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if state.settings.api_keys.is_empty() || key_ok(&state, presented_key(&req)) {
+        if let Some(refused) = edge::json_post_refusal(&state, &req) {
+            return refused;
+        }
         return next.run(req).await;
     }
     let id = req
@@ -222,10 +227,6 @@ pub fn router(state: AppState) -> Router {
             "/admin/rules",
             get(ops::admin_rules).fallback(method_not_allowed),
         )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            edge::json_post_layer,
-        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_key_layer));
     let open = Router::new()
         .route("/health", get(ops::health))

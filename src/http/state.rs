@@ -42,6 +42,8 @@ pub struct Services {
     pub prober: Arc<Prober>,
     /// The Responses API's stored responses (`previous_response_id`).
     pub responses: Arc<ResponseStore>,
+    /// The closed health gate's prepared answers (see `http::gate`).
+    pub gate: crate::http::gate::GateAnswers,
 }
 
 impl AppState {
@@ -88,6 +90,7 @@ impl AppState {
             reloader,
             prober,
             responses,
+            gate: Default::default(),
         }))
     }
 }

@@ -328,3 +328,166 @@ async fn a_reload_while_the_gate_is_closed_probes_at_once() {
         "the re-probe after the reload did not re-open the gate"
     );
 }
+
+/// A closed gate answers before the body is parsed (`http::gate`): malformed JSON or a bad
+/// model get the gate's verdict in the endpoint's shape, with the request's own id (escaped
+/// in the JSON); the edge checks and the body limit still come first; once the gate opens,
+/// the same bodies get their validation errors again.
+#[tokio::test]
+async fn a_closed_gate_answers_before_the_body_is_parsed_and_an_open_one_validates_it() {
+    let s = TestServer::start(Opts {
+        tweak: Box::new(|c| c.request_body_limit = 4096),
+        ..Opts::default()
+    })
+    .await;
+    s.set_scenario("not_logged_in");
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(eventually(Duration::from_secs(1), || !s.state.health.is_ok()).await);
+    let spawned = spawns(&s);
+    let last_probed_at = s.state.health.snapshot().last_probed_at.unwrap();
+    let send = |path: &'static str, body: String, id: Option<&'static str>| {
+        let mut req = client()
+            .post(s.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("x-should-retry")
+                .map(|v| v.to_str().unwrap().to_string());
+            let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            let text = r.text().await.unwrap();
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            (status, retry, id, v)
+        }
+    };
+    let bodies = [
+        "{not json".to_string(),
+        r#"{"model":"Not logged in","messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+        r#"{"model":"sonnet","messages":[]}"#.to_string(),
+        chat_body("hi", true).to_string(),
+    ];
+    for body in &bodies {
+        for id in [None, Some(r#"my"id\1"#)] {
+            let (st, retry, rid, v) = send("/v1/chat/completions", body.clone(), id).await;
+            assert_eq!((st, retry.as_deref()), (401, Some("false")), "{v}");
+            assert_eq!(v["error"]["type"], "authentication_error", "{v}");
+            assert_eq!(v["error"]["code"], "claude_cli_not_authenticated", "{v}");
+            assert_eq!(v["error"]["error_kind"], "auth_failure", "{v}");
+            assert_eq!(
+                v["error"]["error_message"],
+                "Not logged in · Please run /login"
+            );
+            assert_eq!(v["error"]["last_probed_at"], last_probed_at.as_str());
+            assert_eq!(v["error"]["request_id"], rid.as_str(), "{v}");
+            if let Some(id) = id {
+                assert_eq!(rid, id);
+            }
+            let (st, _, rid, v) = send("/v1/messages", body.clone(), id).await;
+            assert_eq!(st, 401, "{v}");
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "authentication_error", "{v}");
+            assert_eq!(v["request_id"], rid.as_str(), "{v}");
+        }
+    }
+    // Checked before the gate: the content type and the body limit.
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .header("content-type", "text/plain")
+        .body(chat_body("hi", false).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let (st, _, _, v) = send("/v1/messages", "x".repeat(5000), None).await;
+    assert_eq!(st, 413, "{v}");
+    assert_eq!(spawns(&s), spawned, "a closed gate spawns nothing");
+    let metrics = s.state.metrics.render();
+    assert!(
+        metrics.contains(
+            r#"ccgate_requests_total{endpoint="chat_completions",status="401",kind="auth_failure"}"#
+        ),
+        "{metrics}"
+    );
+
+    // A new probe verdict re-renders the answer (its time is in the body).
+    s.state.health.mark_failed(
+        ccgate::health::Source::Probe,
+        "auth_failure",
+        "Invalid API key",
+    );
+    let (st, _, _, v) = send("/v1/chat/completions", bodies[0].clone(), None).await;
+    assert_eq!(st, 401);
+    assert_eq!(v["error"]["error_message"], "Invalid API key", "{v}");
+
+    // The gate opens: the same bodies get their validation errors.
+    s.set_scenario("success");
+    s.state.health.mark_ok(ccgate::health::Source::Probe);
+    let (st, _, _, v) = send("/v1/chat/completions", bodies[0].clone(), None).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let (st, _, _, v) = send("/v1/messages", bodies[1].clone(), None).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let (st, _, _, v) = send("/v1/chat/completions", bodies[2].clone(), None).await;
+    assert_eq!(st, 400, "{v}");
+    let (st, _, _, _) = send(
+        "/v1/chat/completions",
+        chat_body("hi", false).to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+}
+
+/// A gate template that names `{{model}}` is rendered per request (after the body is
+/// parsed), so each request's answer names its own model.
+#[tokio::test]
+async fn a_gate_template_with_the_model_is_rendered_per_request() {
+    let rules = crate::harness::default_rules_with_probe(0.0, 0.0, 5.0).replacen(
+        "code: claude_cli_not_authenticated",
+        "code: \"claude_cli_not_authenticated for {{model}}\"",
+        1,
+    );
+    assert!(rules.contains("for {{model}}"));
+    let s = TestServer::start(Opts {
+        rules_yaml: Some(rules),
+        ..Opts::default()
+    })
+    .await;
+    s.set_scenario("not_logged_in");
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(eventually(Duration::from_secs(1), || !s.state.health.is_ok()).await);
+    for model in ["sonnet", "opus"] {
+        let r = client()
+            .post(s.url("/v1/chat/completions"))
+            .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["error"]["code"],
+            format!("claude_cli_not_authenticated for {model}"),
+            "{v}"
+        );
+    }
+}
