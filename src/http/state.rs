@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::accounts::Accounts;
 use crate::backend::Backend;
 use crate::config::Settings;
 use crate::engine::Engine;
@@ -38,7 +39,10 @@ pub struct Services {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    /// The first account's prober (the only one without `accounts`).
     pub prober: Arc<Prober>,
+    /// The accounts (the implicit one without `accounts`).
+    pub accounts: Arc<Accounts>,
 }
 
 impl AppState {
@@ -65,14 +69,27 @@ impl AppState {
             health.clone(),
             metrics.clone(),
         ));
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             rules.clone(),
             backend.clone(),
             health.clone(),
             metrics.clone(),
             prober.clone(),
         );
+        if !settings.accounts.is_empty() {
+            let accounts = Accounts::from_settings(
+                &settings.accounts,
+                rules.clone(),
+                &backend,
+                health.clone(),
+                metrics.clone(),
+            );
+            engine = engine.with_accounts(accounts);
+        }
+        let accounts = engine.accounts().clone();
+        let prober = accounts.members()[0].prober().clone();
         AppState(Arc::new(Services {
+            accounts,
             settings: Arc::new(settings),
             rules,
             backend,
