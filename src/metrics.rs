@@ -68,8 +68,8 @@ pub struct AccountLabels {
     pub account: String,
 }
 
-/// The accounts' names and health states, read at scrape time (set once at start).
-type AccountHealths = Arc<OnceLock<Vec<(String, Arc<Health>)>>>;
+/// The accounts' names and health states, read at scrape time (set at start).
+type AccountHealths = Arc<std::sync::Mutex<Vec<(String, Arc<Health>)>>>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -193,8 +193,13 @@ impl Collector for LiveGauges {
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
-        if let Some(accounts) = self.accounts.get() {
-            self.encode_accounts(accounts, &mut encoder)?;
+        let accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !accounts.is_empty() {
+            self.encode_accounts(&accounts, &mut encoder)?;
         }
         let dropped = ConstCounter::new(log_lines_dropped());
         let metric = encoder.encode_descriptor(
@@ -216,7 +221,8 @@ impl LiveGauges {
         encoder: &mut DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
         let now = crate::clock::unix_now();
-        let gauges: [(&str, &str, &dyn Fn(&Health) -> i64); 2] = [
+        type Read<'a> = &'a dyn Fn(&Health) -> i64;
+        let gauges: [(&str, &str, Read<'_>); 2] = [
             (
                 "ccgate_account_health_ok",
                 "1 while the account is healthy (its probe or a request said so), 0 while its probe found an unhealthy kind.",
@@ -431,9 +437,9 @@ impl Metrics {
         out
     }
 
-    /// Names the accounts whose health the scrape reports (the first call wins).
+    /// Names the accounts whose health the scrape reports (the last call wins).
     pub fn attach_accounts(&self, accounts: Vec<(String, Arc<Health>)>) {
-        let _ = self.accounts.set(accounts);
+        *self.accounts.lock().unwrap_or_else(|p| p.into_inner()) = accounts;
     }
 
     pub fn count_cooldown(&self, account: &str, kind: &str) {
