@@ -24,7 +24,7 @@ set -euo pipefail
 # level  modules (keep in step with ARCHITECTURE.md)
 LEVELS='
 0 rules protocol conversation turn shutdown clock
-1 config backend health probe reload metrics engine response_store
+1 config backend health probe reload metrics engine response_store accounts
 2 http
 3 app
 4 cmd main

@@ -33,11 +33,7 @@ pub async fn serve(
     if !state.rules.load().probe().interval.is_zero() {
         state.health.expect_startup_probe();
     }
-    let probe = tokio::spawn({
-        let prober = state.prober.clone();
-        let stopping = stopping.clone();
-        async move { prober.run(stopping).await }
-    });
+    let probe = tokio::spawn(state.accounts.clone().run_probes(stopping.clone()));
     let hup = tokio::spawn(reload::sighup_reloads(
         state.reloader.clone(),
         stopping.clone(),
@@ -50,10 +46,10 @@ pub async fn serve(
     // The pre-warmed pool (no-op unless `cli.prewarm` > 0) stays empty while the CLI is
     // known unhealthy or the first probe has not answered yet. Dropping the handle (also
     // when this future is dropped) drains it.
-    let health = state.health.clone();
-    let pool = state.backend.start_pool(stopping.clone(), move || {
-        health.is_ok() && !health.startup_probe_pending()
-    });
+    let accounts = state.accounts.clone();
+    let pool = state
+        .backend
+        .start_pool_for(stopping.clone(), move || accounts.pool_accounts());
     let backend = state.backend.clone();
     let grace = state.settings.shutdown_timeout;
     let http_settings = state.settings.http.clone();

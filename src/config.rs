@@ -70,6 +70,46 @@ pub struct Config {
     /// The `http:` section: connection timeouts and limits.
     pub http: HttpConfig,
     pub cli: CliConfig,
+    /// The accounts requests are spread over (each its own credentials through `env`);
+    /// empty: one implicit account, the CLI's environment as it is. From the environment:
+    /// `CCGATE_ACCOUNTS` holding the whole list as JSON.
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// One entry of `accounts:`: a credential the CLI runs with.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Unique name: shown in `/v1/auth/status`, logs and the `account` metric label
+    /// (letters, digits, `_ - .`; at most 64 characters).
+    pub name: String,
+    /// Environment for this account's CLI processes, on top of `cli.env`: e.g. its own
+    /// `CLAUDE_CONFIG_DIR` (a logged-in state directory), `ANTHROPIC_API_KEY` or
+    /// `CLAUDE_CODE_OAUTH_TOKEN`. Values are secrets: never logged or shown.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Models this account serves (exact names, case-insensitive); unset: every model.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Share of the new conversations this account gets relative to the others (1-1000,
+    /// default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl std::fmt::Debug for AccountConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountConfig")
+            .field("name", &self.name)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("models", &self.models)
+            .field("weight", &self.weight)
+            .finish()
+    }
 }
 
 /// The `http:` section: how long a client connection may take and how many may be open.
@@ -168,6 +208,7 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             http: HttpConfig::default(),
             cli: CliConfig::default(),
+            accounts: Vec::new(),
         }
     }
 }
@@ -257,7 +298,37 @@ pub struct Settings {
     pub cli: CliSettings,
     /// The configured `cli.workdir`; None = a private temporary directory made by `serve`.
     pub cli_workdir: Option<PathBuf>,
+    /// The configured accounts (checked); empty: the one implicit account.
+    pub accounts: Vec<AccountSettings>,
 }
+
+/// One configured account, checked.
+#[derive(Clone)]
+pub struct AccountSettings {
+    pub name: String,
+    /// Added to the CLI's environment for this account (secrets: never logged).
+    pub env: Vec<(String, String)>,
+    /// Models it serves, lowercased; None: all.
+    pub models: Option<Vec<String>>,
+    /// 1-1000.
+    pub weight: u32,
+}
+
+impl std::fmt::Debug for AccountSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSettings")
+            .field("name", &self.name)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("models", &self.models)
+            .field("weight", &self.weight)
+            .finish()
+    }
+}
+
+/// The longest account name.
+pub const ACCOUNT_NAME_MAX: usize = 64;
+/// The most accounts one gateway drives.
+pub const ACCOUNTS_MAX: usize = 64;
 
 /// Connection timeouts and limits (the `http:` section, checked).
 #[derive(Debug, Clone)]
@@ -434,6 +505,7 @@ impl Config {
                 ));
             }
         }
+        check_accounts(&self.accounts, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -486,7 +558,65 @@ impl Config {
                 temp_dir: c.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             },
             cli_workdir: c.workdir.clone(),
+            accounts: self
+                .accounts
+                .iter()
+                .map(|a| AccountSettings {
+                    name: a.name.clone(),
+                    env: a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    models: a
+                        .models
+                        .as_ref()
+                        .map(|m| m.iter().map(|m| m.to_ascii_lowercase()).collect()),
+                    weight: a.weight,
+                })
+                .collect(),
         })
+    }
+}
+
+/// The `accounts:` checks: names unique and label-safe, weights in range, env names
+/// non-empty, models non-empty. Values are never quoted (they are secrets).
+fn check_accounts(accounts: &[AccountConfig], problems: &mut Vec<String>) {
+    if accounts.len() > ACCOUNTS_MAX {
+        problems.push(format!(
+            "accounts: at most {ACCOUNTS_MAX} accounts, got {}",
+            accounts.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, a) in accounts.iter().enumerate() {
+        let label_safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if a.name.is_empty() || a.name.len() > ACCOUNT_NAME_MAX || !a.name.chars().all(label_safe) {
+            problems.push(format!(
+                "accounts[{i}].name {:?} must be 1-{ACCOUNT_NAME_MAX} letters, digits, `_`, `-` or `.`",
+                a.name
+            ));
+        } else if !seen.insert(a.name.to_ascii_lowercase()) {
+            problems.push(format!("accounts[{i}].name {:?} is used twice", a.name));
+        }
+        if !(1..=1000).contains(&a.weight) {
+            problems.push(format!(
+                "accounts[{i}] ({}): weight must be 1-1000, got {}",
+                a.name, a.weight
+            ));
+        }
+        for key in a.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                problems.push(format!(
+                    "accounts[{i}] ({}): env names must be non-empty, without `=` or NUL: {key:?}",
+                    a.name
+                ));
+            }
+        }
+        if let Some(models) = &a.models {
+            if models.is_empty() || models.iter().any(|m| m.trim().is_empty()) {
+                problems.push(format!(
+                    "accounts[{i}] ({}): models must list at least one non-empty model name (omit it for every model)",
+                    a.name
+                ));
+            }
+        }
     }
 }
 
@@ -561,6 +691,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "allowed_hosts",
     "http",
     "cli",
+    "accounts",
 ];
 
 /// `CCGATE_*` variables from the given environment, as a figment provider, plus the names
@@ -590,6 +721,13 @@ fn env_source(env: &[(String, String)]) -> (Serialized<figment::value::Dict>, Ve
         }
         let value: Value = if is_cli_env {
             Value::from(raw.clone())
+        } else if path.len() == 1 && path[0] == "accounts" {
+            // The whole list as JSON (figment cannot address list items by index). Not
+            // JSON: left a string, which the extraction reports as the wrong type.
+            serde_json::from_str::<serde_json::Value>(raw)
+                .ok()
+                .and_then(|v| Value::serialize(v).ok())
+                .unwrap_or_else(|| Value::from(raw.clone()))
         } else {
             raw.parse().unwrap_or_else(|_| Value::from(raw.clone()))
         };

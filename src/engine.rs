@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::accounts::{Accounts, Member};
 use crate::backend::present::{present_turns, FingerprintBuilder, PresentError};
 use crate::backend::{Backend, CliRequest, CliRun, ToolResult, ToolResults};
 use crate::conversation::{Block, Conversation, ToolChoice, ToolError, ToolSet};
-use crate::health::{Health, Source};
+use crate::health::Health;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::probe::Prober;
 use crate::protocol::{CliEvent, Success, Usage};
@@ -154,7 +155,8 @@ pub struct Engine {
     backend: Backend,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
-    prober: Arc<Prober>,
+    /// The accounts runs are spread over (the implicit one without `accounts`).
+    accounts: Arc<Accounts>,
 }
 
 impl Engine {
@@ -165,13 +167,24 @@ impl Engine {
         metrics: Arc<Metrics>,
         prober: Arc<Prober>,
     ) -> Engine {
+        let accounts = Accounts::implicit(health.clone(), prober, metrics.clone());
         Engine {
             rules,
             backend,
             health,
             metrics,
-            prober,
+            accounts,
         }
+    }
+
+    /// This engine with `accounts` instead of the implicit account.
+    pub fn with_accounts(mut self, accounts: Arc<Accounts>) -> Engine {
+        self.accounts = accounts;
+        self
+    }
+
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.accounts
     }
 
     /// The rules snapshot a request uses from start to end.
@@ -235,6 +248,16 @@ impl Engine {
         let tools = req.tools.clone().map(Arc::new);
         let turns = present_turns(&req.conversation, &req.tenant, &req.model, tools.as_deref())
             .map_err(TurnError::Present)?;
+        // The account: the conversation's own while it can serve, else the next in turn.
+        let sticky = (!turns.history.is_empty()).then_some(&turns.history_fingerprint);
+        let account = self
+            .accounts
+            .select(&req.model, sticky, None)
+            .map_err(|why| {
+                let v = self.accounts.unavailable_verdict(&rules, &why, &req.model);
+                TurnError::Verdict(Box::new(v))
+            })?;
+        record.set_account(account.name());
         let refuse = req.choice() == Some(&ToolChoice::None);
         let keep = turns.keep.clone();
         if tools.is_some() && turns.resume_results {
@@ -257,6 +280,9 @@ impl Engine {
                             fallback: false,
                             keep: Some(keep),
                             req,
+                            account,
+                            answered_key: None,
+                            failover: false,
                         });
                     }
                 }
@@ -268,6 +294,7 @@ impl Engine {
         // it, the transcript of the same conversation answers instead.
         let fallback = !turns.history.is_empty();
         let resume = turns.resume_results;
+        let answered_key = turns.keep.clone();
         let mut cli = CliRequest::for_turns(turns, &req.model);
         if let Some(note) = req.tools.as_ref().and_then(choice_note).filter(|_| !resume) {
             // The CLI has no tool_choice: the model is asked in the turn itself (and the
@@ -277,6 +304,7 @@ impl Engine {
         }
         cli.tools = tools;
         cli.refuse_calls = refuse;
+        cli.account = account.backend_account();
         Ok(TurnRun {
             engine: self.clone(),
             rules,
@@ -287,6 +315,9 @@ impl Engine {
             fallback,
             keep: Some(keep),
             req,
+            account,
+            answered_key: Some(answered_key),
+            failover: true,
         })
     }
 
@@ -298,40 +329,34 @@ impl Engine {
         record: &RequestRecord,
         req: &TurnRequest,
         facts: &FailureFacts,
+        account: &Member,
     ) -> Verdict {
         record.record_exit(facts);
-        let texts = req.texts();
-        let client = ClientText {
-            model: &req.model,
-            prompt: &texts,
-        };
-        let verdict = rules.classify_request(facts, &client);
+        let verdict = classify_blind(rules, req, facts);
         tracing::debug!(request_id = record.request_id.as_str(), kind = %verdict.kind,
             matched = ?verdict.matched, stderr_tail = %facts.stderr_tail, "CLI failure classified");
-        self.count_run(&verdict.kind);
-        if verdict.unhealthy {
-            // Only a suspicion: this request is answered with its kind, but the gate closes
-            // for everyone only when the probe (the operator's prompt and model) agrees.
-            self.prober.suspect_unhealthy(&verdict.kind);
-        }
+        self.count_run(&verdict.kind, account);
+        // `unhealthy`: only a suspicion: this request is answered with its kind, but the
+        // account (the gate, for the implicit one) closes only when the probe (the
+        // operator's prompt and model) agrees. `cooldown`: the account is out until then.
+        self.accounts.failed(account, &verdict);
         verdict
     }
 
-    fn succeeded(&self) {
-        self.count_run("success");
-        if !self.health.is_ok() {
-            // A real request just worked: recovery need not wait for the next probe.
-            self.health.mark_ok(Source::Request);
-        }
+    fn succeeded(&self, account: &Member) {
+        self.count_run("success", account);
+        // A real request just worked: recovery need not wait for the next probe.
+        self.accounts.succeeded(account);
     }
 
-    fn count_run(&self, outcome: &str) {
+    fn count_run(&self, outcome: &str, account: &Member) {
         self.metrics
             .cli_runs
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
             })
             .inc();
+        self.metrics.count_account_run(account.name(), outcome);
     }
 }
 
@@ -404,6 +429,16 @@ fn choice_met(choice: Option<&ToolChoice>, answer: &Success) -> bool {
     }
 }
 
+/// `req`'s failure classified deaf to what its client chose (see `rules::client_text`).
+fn classify_blind(rules: &Rules, req: &TurnRequest, facts: &FailureFacts) -> Verdict {
+    let texts = req.texts();
+    let client = ClientText {
+        model: &req.model,
+        prompt: &texts,
+    };
+    rules.classify_request(facts, &client)
+}
+
 /// What a turn in progress yields.
 #[derive(Debug)]
 pub enum TurnStep {
@@ -439,6 +474,14 @@ pub struct TurnRun {
     /// The conversation up to the request's last message (an answer with tool calls holds
     /// the run under it plus that answer).
     keep: Option<FingerprintBuilder>,
+    /// The account the run is on (held and kept processes belong to it).
+    account: Arc<Member>,
+    /// The conversation's fingerprint so far; with the answer, the key the account is
+    /// remembered under for the conversation's next request.
+    answered_key: Option<FingerprintBuilder>,
+    /// While true, an account-scoped failure before the first byte may still be retried
+    /// on another account (once).
+    failover: bool,
 }
 
 /// The kind the rules give a CLI that could not resume a session.
@@ -488,7 +531,10 @@ impl TurnRun {
             },
             None => self.fold.lost(),
         };
-        if steps.first().is_some_and(|s| self.fall_back(s)) {
+        if steps
+            .first()
+            .is_some_and(|s| self.fall_back(s) || self.fail_over(s))
+        {
             return;
         }
         self.ready.extend(steps);
@@ -518,7 +564,75 @@ impl TurnRun {
             &self.record,
             &self.req,
             &facts,
+            &self.account,
         )))
+    }
+
+    /// The account the run is on (held tool-call runs belong to it, like kept ones).
+    pub fn account(&self) -> &Arc<Member> {
+        &self.account
+    }
+
+    /// A failure of an `account_scoped` kind before any answer text: the failure counts
+    /// for this account (suspicion, cooldown), and the same turn starts again on another
+    /// account that can serve, once. After the first byte never (nothing is repeated).
+    fn fail_over(&mut self, step: &Step) -> bool {
+        let Step::Fail(facts) = step else {
+            return false;
+        };
+        if !self.failover || self.fold.released_any() {
+            return false;
+        }
+        let verdict = classify_blind(&self.rules, &self.req, facts);
+        if !verdict.account_scoped {
+            return false;
+        }
+        let Ok(next) = self
+            .engine
+            .accounts
+            .select(&self.req.model, None, Some(&self.account))
+        else {
+            return false;
+        };
+        let tools = self.req.tools.clone().map(Arc::new);
+        let Ok(turns) = present_turns(
+            &self.req.conversation,
+            &self.req.tenant,
+            &self.req.model,
+            tools.as_deref(),
+        ) else {
+            return false;
+        };
+        self.failover = false;
+        // The failed run counts, and its verdict applies to its account.
+        self.engine
+            .classify(&self.rules, &self.record, &self.req, facts, &self.account);
+        tracing::warn!(request_id = %self.record.request_id, kind = %verdict.kind,
+            from = self.account.name(), to = next.name(),
+            "account-scoped failure before the first byte; retrying on another account");
+        self.engine.metrics.count_failover(self.account.name());
+        self.answered_key = Some(turns.keep.clone());
+        let resume = turns.resume_results;
+        let mut cli = CliRequest::for_turns(turns, &self.req.model);
+        if let Some(note) = self
+            .req
+            .tools
+            .as_ref()
+            .and_then(choice_note)
+            .filter(|_| !resume)
+        {
+            cli.prompt.push_str("\n\n");
+            cli.prompt.push_str(&note);
+        }
+        cli.tools = tools;
+        cli.refuse_calls = self.req.choice() == Some(&ToolChoice::None);
+        cli.account = next.backend_account();
+        self.record.set_account(next.name());
+        self.account = next;
+        self.run = Some(self.engine.backend.start(cli));
+        self.fold = tool_fold(TurnFold::new(self.req.stop.clone()), &self.req);
+        self.ready.clear();
+        true
     }
 
     /// The prompt's usage from the run's first upstream `message_start`.
@@ -553,6 +667,9 @@ impl TurnRun {
         cli.refuse_calls = self.req.choice() == Some(&ToolChoice::None);
         // This run's answer is not a continuation of a kept process: nothing to keep.
         self.keep = None;
+        cli.account = self.account.backend_account();
+        // A transcript run is not kept, so there is no conversation key to remember.
+        self.answered_key = None;
         tracing::warn!(request_id = %self.record.request_id,
             "the CLI did not resume the conversation as a session; answering from a transcript");
         self.engine.metrics.conversation_fallbacks.inc();
@@ -580,6 +697,7 @@ impl TurnRun {
                         &self.record,
                         &self.req,
                         &facts,
+                        &self.account,
                     )));
                 }
                 if let (Some(run), Some(keep)) = (run, self.keep.as_ref()) {
@@ -608,9 +726,16 @@ impl TurnRun {
                         let key = keep.after_calls(&s.text, &s.tool_calls);
                         let ids = s.tool_calls.iter().map(|c| c.id.clone()).collect();
                         self.engine.backend.hold(key, run, ids);
+                        // The continuation stays on this account.
+                        self.engine.accounts.remember(key, &self.account);
+                        self.answered_key = None;
                     }
                 }
-                self.engine.succeeded();
+                self.engine.succeeded(&self.account);
+                if let Some(key) = self.answered_key.take() {
+                    let answered = key.after_answer(&s.text);
+                    self.engine.accounts.remember(answered, &self.account);
+                }
                 TurnStep::Finish(s)
             }
             Step::Fail(facts) => {
@@ -620,6 +745,7 @@ impl TurnRun {
                     &self.record,
                     &self.req,
                     &facts,
+                    &self.account,
                 )))
             }
         }
@@ -640,6 +766,8 @@ struct Outcome {
     finished: bool,
     /// A stream that had answered 200 ended with an error event.
     failed_mid_stream: bool,
+    /// The account the request ran on (the last one, after a failover).
+    account: Option<String>,
 }
 
 /// A request's log line and metrics, written once when the last reference is dropped.
@@ -675,6 +803,11 @@ impl RequestRecord {
         let mut o = self.outcome();
         o.method = method.to_string();
         o.path = path.to_string();
+    }
+
+    /// The account the request runs on (logged, counted).
+    pub fn set_account(&self, name: &str) {
+        self.outcome().account = Some(name.to_string());
     }
 
     /// The model the request named (logged).
@@ -729,6 +862,8 @@ impl Drop for RequestRecord {
         };
         self.metrics
             .count_request(self.endpoint, status, kind, secs);
+        self.metrics
+            .count_account_request(o.account.as_deref(), self.endpoint, status, kind);
         // Client-chosen strings (request id, path, model) are recorded as `&str` values, which
         // the text format quotes and escapes (and JSON encodes): printed bare, a `"` in an
         // `x-request-id` flipped the quoting of the rest of the line, so a model name could
@@ -739,6 +874,7 @@ impl Drop for RequestRecord {
             method = o.method.as_str(),
             path = o.path.as_str(),
             model = o.model.as_deref().unwrap_or(""),
+            account = o.account.as_deref().unwrap_or(""),
             status,
             kind,
             failed_mid_stream = o.failed_mid_stream,

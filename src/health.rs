@@ -92,6 +92,36 @@ impl Default for CliHealth {
     }
 }
 
+/// An account taken out of service by a kind with `cooldown` until `until_unix`; the
+/// probe runs right after that time and clears it (or renews it). Kept apart from
+/// `cli_health`, whose contract fields it never changes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cooldown {
+    /// RFC 3339 UTC.
+    pub until: String,
+    #[serde(skip)]
+    pub until_unix: u64,
+    /// The kind that caused it (`usage_limit`, …) and its (redacted) message.
+    pub kind: String,
+    pub message: String,
+    pub since: String,
+    pub source: Source,
+}
+
+impl Cooldown {
+    /// A cooldown of `kind` until `until_unix` (message cut to the contract's length).
+    pub fn new(source: Source, kind: &str, message: &str, until_unix: u64) -> Cooldown {
+        Cooldown {
+            until: crate::clock::rfc3339_of_unix(until_unix),
+            until_unix,
+            kind: kind.to_string(),
+            message: cut(message),
+            since: now_rfc3339(),
+            source,
+        }
+    }
+}
+
 /// Shared health state. Cheap to read; writes are rare.
 #[derive(Debug)]
 pub struct Health {
@@ -99,6 +129,8 @@ pub struct Health {
     /// Bumped (under the lock) after every change of the fields a gate answer renders
     /// (`ok`, `last_probed_at`, `error_kind`, `error_message`): see [`Health::epoch`].
     epoch: AtomicU64,
+    /// Set while a cooldown takes this (account's) CLI out; see [`Cooldown`].
+    cooldown: Mutex<Option<Cooldown>>,
     /// Wakes the probe task to probe now: a request-path unhealthy verdict asks for a
     /// confirming probe, a reload while the gate is closed for a re-decision.
     pub probe_wakeup: Notify,
@@ -120,6 +152,7 @@ impl Default for Health {
         Health {
             state: Mutex::default(),
             epoch: AtomicU64::new(0),
+            cooldown: Mutex::default(),
             probe_wakeup: Notify::new(),
             settings_changed: Notify::new(),
             startup_probe: tokio::sync::watch::Sender::new(false),
@@ -241,6 +274,39 @@ impl Health {
         }
         let mut rx = self.startup_probe.subscribe();
         let _ = tokio::time::timeout(STARTUP_PROBE_WAIT, rx.wait_for(|running| !running)).await;
+    }
+
+    fn cooldown_lock(&self) -> std::sync::MutexGuard<'_, Option<Cooldown>> {
+        self.cooldown.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cooldown in force, if any (also once its time is past, until a probe clears it).
+    pub fn cooldown(&self) -> Option<Cooldown> {
+        self.cooldown_lock().clone()
+    }
+
+    /// Takes the CLI out until `c.until_unix` (a later cooldown replaces an earlier one;
+    /// an earlier one never shortens it) and re-times the probe for that moment. Returns
+    /// true if it was not cooling down before.
+    pub fn set_cooldown(&self, c: Cooldown) -> bool {
+        let fresh = {
+            let mut slot = self.cooldown_lock();
+            let fresh = slot.is_none();
+            if slot
+                .as_ref()
+                .is_none_or(|old| old.until_unix <= c.until_unix)
+            {
+                *slot = Some(c);
+            }
+            fresh
+        };
+        self.settings_changed.notify_one();
+        fresh
+    }
+
+    /// Ends the cooldown (a probe after it succeeded or saw another verdict).
+    pub fn clear_cooldown(&self) {
+        self.cooldown_lock().take();
     }
 
     /// Some(kind) while the gate is closed (CLI known unhealthy).

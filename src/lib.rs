@@ -6,6 +6,7 @@
 //! rules snapshot (`rules`, swapped by `reload`) → status + headers + body (`http::errors`).
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod app;
 pub mod backend;
 pub mod clock;

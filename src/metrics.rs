@@ -44,6 +44,34 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountRequestLabels {
+    pub account: String,
+    pub endpoint: String,
+    pub status: u16,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountOutcomeLabels {
+    pub account: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountKindLabels {
+    pub account: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabels {
+    pub account: String,
+}
+
+/// The accounts' names and health states, read at scrape time (set at start).
+type AccountHealths = Arc<std::sync::Mutex<Vec<(String, Arc<Health>)>>>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -72,6 +100,13 @@ pub struct Metrics {
     /// Conversations with earlier turns that the CLI would not resume as a session and
     /// that were answered from a transcript instead.
     pub conversation_fallbacks: Counter,
+    /// Per account (label: the configured name, `default` without `accounts`).
+    pub account_requests: Family<AccountRequestLabels, Counter>,
+    pub account_cli_runs: Family<AccountOutcomeLabels, Counter>,
+    pub account_cooldowns: Family<AccountKindLabels, Counter>,
+    /// Requests retried on another account before their first byte, by the account left.
+    pub account_failovers: Family<AccountLabels, Counter>,
+    accounts: AccountHealths,
 }
 
 /// The process's non-blocking log writer's count of lines it dropped because its buffer
@@ -97,6 +132,7 @@ pub fn log_lines_dropped() -> u64 {
 struct LiveGauges {
     health: Arc<Health>,
     backend: Arc<BackendStats>,
+    accounts: AccountHealths,
 }
 
 impl Collector for LiveGauges {
@@ -177,6 +213,14 @@ impl Collector for LiveGauges {
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
+        let accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !accounts.is_empty() {
+            self.encode_accounts(&accounts, &mut encoder)?;
+        }
         let dropped = ConstCounter::new(log_lines_dropped());
         let metric = encoder.encode_descriptor(
             "ccgate_log_lines_dropped",
@@ -185,6 +229,45 @@ impl Collector for LiveGauges {
             dropped.metric_type(),
         )?;
         dropped.encode(metric)?;
+        Ok(())
+    }
+}
+
+impl LiveGauges {
+    /// `ccgate_account_health_ok{account}` and `ccgate_account_cooldown_seconds{account}`.
+    fn encode_accounts(
+        &self,
+        accounts: &[(String, Arc<Health>)],
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let now = crate::clock::unix_now();
+        type Read<'a> = &'a dyn Fn(&Health) -> i64;
+        let gauges: [(&str, &str, Read<'_>); 2] = [
+            (
+                "ccgate_account_health_ok",
+                "1 while the account is healthy (its probe or a request said so), 0 while its probe found an unhealthy kind.",
+                &|h: &Health| i64::from(h.is_ok()),
+            ),
+            (
+                "ccgate_account_cooldown_seconds",
+                "Seconds until the account's cooldown ends (0: not cooling down; it stays out until the probe after the reset).",
+                &|h: &Health| {
+                    h.cooldown()
+                        .map_or(0, |c| c.until_unix.saturating_sub(now).max(1) as i64)
+                },
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            for (account, health) in accounts {
+                let labels = AccountLabels {
+                    account: account.clone(),
+                };
+                let metric = family.encode_family(&labels)?;
+                ConstGauge::new(read(health)).encode(metric)?;
+            }
+        }
         Ok(())
     }
 }
@@ -201,7 +284,12 @@ impl Metrics {
     /// The registry; `health` and `backend` are read at each scrape for the CLI gauges.
     pub fn new(health: Arc<Health>, backend: Arc<BackendStats>) -> Self {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(LiveGauges { health, backend }));
+        let accounts = AccountHealths::default();
+        registry.register_collector(Box::new(LiveGauges {
+            health,
+            backend,
+            accounts: accounts.clone(),
+        }));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "ccgate_requests",
@@ -295,7 +383,36 @@ impl Metrics {
             "Conversations the CLI would not resume as a session, answered from a transcript instead",
             conversation_fallbacks.clone(),
         );
+        let account_requests = Family::<AccountRequestLabels, Counter>::default();
+        registry.register(
+            "ccgate_account_requests",
+            "API requests answered, by the account that ran them (none: no account was chosen), endpoint, HTTP status and kind",
+            account_requests.clone(),
+        );
+        let account_cli_runs = Family::<AccountOutcomeLabels, Counter>::default();
+        registry.register(
+            "ccgate_account_cli_runs",
+            "CLI processes run for requests, by account and outcome (success or the classified kind)",
+            account_cli_runs.clone(),
+        );
+        let account_cooldowns = Family::<AccountKindLabels, Counter>::default();
+        registry.register(
+            "ccgate_account_cooldowns",
+            "Times an account was taken out of service by a kind with cooldown, by account and kind",
+            account_cooldowns.clone(),
+        );
+        let account_failovers = Family::<AccountLabels, Counter>::default();
+        registry.register(
+            "ccgate_account_failovers",
+            "Requests retried on another account before their first byte, by the account that failed",
+            account_failovers.clone(),
+        );
         Metrics {
+            account_requests,
+            account_cli_runs,
+            account_cooldowns,
+            account_failovers,
+            accounts,
             conversation_fallbacks,
             registry,
             requests,
@@ -338,6 +455,55 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Names the accounts whose health the scrape reports (the last call wins).
+    pub fn attach_accounts(&self, accounts: Vec<(String, Arc<Health>)>) {
+        *self.accounts.lock().unwrap_or_else(|p| p.into_inner()) = accounts;
+    }
+
+    pub fn count_cooldown(&self, account: &str, kind: &str) {
+        self.account_cooldowns
+            .get_or_create(&AccountKindLabels {
+                account: account.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn count_account_run(&self, account: &str, outcome: &str) {
+        self.account_cli_runs
+            .get_or_create(&AccountOutcomeLabels {
+                account: account.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn count_failover(&self, account: &str) {
+        self.account_failovers
+            .get_or_create(&AccountLabels {
+                account: account.into(),
+            })
+            .inc();
+    }
+
+    /// A request answered on `account` (None: no account was chosen).
+    pub fn count_account_request(
+        &self,
+        account: Option<&str>,
+        endpoint: &str,
+        status: u16,
+        kind: &str,
+    ) {
+        self.account_requests
+            .get_or_create(&AccountRequestLabels {
+                account: account.unwrap_or("none").into(),
+                endpoint: endpoint.into(),
+                status,
+                kind: kind.into(),
+            })
+            .inc();
     }
 
     pub fn count_request(&self, endpoint: &str, status: u16, kind: &str, seconds: f64) {

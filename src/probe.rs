@@ -6,18 +6,28 @@
 //! Invariants: only the probe's verdict closes the gate (its prompt and model are the
 //! operator's, never a client's), and only a verdict whose kind the rules mark `unhealthy`;
 //! other failures are inconclusive and leave it as it is.
+//!
+//! With several accounts there is one `Prober` per account ([`Prober::with_account`]): it
+//! probes with that account's environment and feeds that account's [`Health`]. Such a
+//! prober also keeps the account's cooldown ([`Health::set_cooldown`]): a probe whose
+//! verdict has a `cooldown` renews it, and the periodic task probes right after it ends;
+//! any other verdict of that probe ends it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::backend::{Backend, CliEvent, CliRequest};
+use crate::backend::{Account, Backend, CliEvent, CliRequest};
 use crate::clock::now_rfc3339;
-use crate::health::{Health, LastProbe, ProbeOutcome, Source};
+use crate::health::{Cooldown, Health, LastProbe, ProbeOutcome, Source};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::rules::{FailureFacts, GatewayCondition, Rules};
 use crate::shutdown::Shutdown;
+
+/// How long after a cooldown's reset time its probe runs (the upstream's clock may be a
+/// little behind ours).
+const COOLDOWN_SLACK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs probes and records verdicts. Shared (`Arc`) by the periodic task and the handlers.
 pub struct Prober {
@@ -27,6 +37,13 @@ pub struct Prober {
     metrics: Arc<Metrics>,
     /// Serializes probes (the periodic task and `POST /admin/probe`).
     serial: tokio::sync::Mutex<()>,
+    /// The account probed (None: the implicit one).
+    account: Option<Arc<Account>>,
+    /// Whether verdicts with a `cooldown` take this account out (configured accounts).
+    cooldowns: bool,
+    /// Called after each probe's verdict is recorded (the gateway-wide view of several
+    /// accounts is derived from theirs).
+    on_change: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Prober {
@@ -48,7 +65,29 @@ impl Prober {
             health,
             metrics,
             serial: tokio::sync::Mutex::new(()),
+            account: None,
+            cooldowns: false,
+            on_change: None,
         }
+    }
+
+    /// This prober probes `account` (its spawn environment); `cooldowns`: verdicts with a
+    /// `cooldown` take it out until then, and the probe runs right after.
+    pub fn with_account(mut self, account: Arc<Account>, cooldowns: bool) -> Prober {
+        self.account = Some(account);
+        self.cooldowns = cooldowns;
+        self
+    }
+
+    /// Calls `f` after every probe verdict is recorded.
+    pub fn on_change(mut self, f: impl Fn() + Send + Sync + 'static) -> Prober {
+        self.on_change = Some(Box::new(f));
+        self
+    }
+
+    /// The health state this prober feeds.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// A request's `unhealthy` verdict: a suspicion, not a verdict for everyone. The
@@ -84,6 +123,7 @@ impl Prober {
             model: settings.model.clone(),
             timeout: Some(settings.timeout),
             bypass_queue: true,
+            account: self.account.clone(),
             ..CliRequest::default()
         });
         let result = loop {
@@ -102,14 +142,29 @@ impl Prober {
         let (outcome, kind, message) = match result {
             Ok(_) => {
                 self.health.mark_ok(source);
+                self.health.clear_cooldown();
                 (ProbeOutcome::Ok, None, None)
             }
             Err(facts) => {
                 let verdict = rules.classify(&facts);
+                let cooling = self
+                    .cooldowns
+                    .then(|| verdict.cooldown_until(crate::clock::unix_now()))
+                    .flatten();
                 let outcome = if verdict.unhealthy {
+                    self.health.clear_cooldown();
                     self.mark_unhealthy(source, &verdict.kind, &verdict.message);
                     ProbeOutcome::Unhealthy
                 } else {
+                    match cooling {
+                        // Still (or again) at its limit: out until the new reset.
+                        Some(until) => {
+                            let c = Cooldown::new(source, &verdict.kind, &verdict.message, until);
+                            self.health.set_cooldown(c);
+                        }
+                        // Inconclusive, but no longer the failure that took it out.
+                        None => self.health.clear_cooldown(),
+                    }
                     ProbeOutcome::Inconclusive
                 };
                 (outcome, Some(verdict.kind), Some(verdict.message))
@@ -143,6 +198,9 @@ impl Prober {
             },
             suspicions,
         );
+        if let Some(f) = &self.on_change {
+            f();
+        }
         outcome
     }
 
@@ -164,11 +222,19 @@ impl Prober {
                 last_run = tokio::time::Instant::now();
             }
             let interval = self.interval();
+            // A cooldown ends with a probe, whatever the interval (also with probes off).
+            let cooldown_end = self.health.cooldown().map(|c| {
+                let left = c.until_unix as f64 - crate::clock::unix_now_f64();
+                tokio::time::Instant::now()
+                    + std::time::Duration::from_secs_f64(left.max(0.0))
+                    + COOLDOWN_SLACK
+            });
             let timer = async {
-                if interval.is_zero() {
-                    std::future::pending::<()>().await
-                } else {
-                    tokio::time::sleep_until(last_run + interval).await
+                let periodic = (!interval.is_zero()).then(|| last_run + interval);
+                match (periodic, cooldown_end) {
+                    (None, None) => std::future::pending::<()>().await,
+                    (Some(t), None) | (None, Some(t)) => tokio::time::sleep_until(t).await,
+                    (Some(a), Some(b)) => tokio::time::sleep_until(a.min(b)).await,
                 }
             };
             tokio::select! {

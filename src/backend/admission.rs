@@ -88,7 +88,7 @@ impl Limiter {
         if let Some(k) = req
             .continue_from
             .as_ref()
-            .and_then(|key| kept.checkout(key))
+            .and_then(|key| kept.checkout(&key.on_account(req.account_name())))
         {
             return Admission::Continue(Box::new(k));
         }

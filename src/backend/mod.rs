@@ -32,6 +32,7 @@
 //! system-prompt file) → `request` / `stats`. `crate::protocol` (pure parser,
 //! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
+mod account;
 mod admission;
 mod args;
 mod child;
@@ -48,6 +49,7 @@ mod session;
 mod stats;
 
 pub use crate::protocol::{CliEvent, Success, Usage};
+pub use account::Account;
 pub use args::{cli_args, user_line};
 pub use io::MAX_LINE_BYTES;
 pub use pool::PoolHandle;
@@ -138,7 +140,27 @@ impl Backend {
         shutdown: Shutdown,
         ready: impl Fn() -> bool + Send + Sync + 'static,
     ) -> PoolHandle {
+        self.start_pool_for(
+            shutdown,
+            move || if ready() { vec![None] } else { Vec::new() },
+        )
+    }
+
+    /// [`Backend::start_pool`] for several accounts: `ready` names the accounts that can
+    /// serve now (`None`: the implicit one). The idle processes are spread over them (the
+    /// one with the fewest first); a run only takes a process of its own account, and
+    /// the processes of an account no longer named are ended.
+    pub fn start_pool_for(
+        &self,
+        shutdown: Shutdown,
+        ready: impl Fn() -> Vec<Option<Arc<Account>>> + Send + Sync + 'static,
+    ) -> PoolHandle {
         PoolHandle::start(self.shared.pool.clone(), shutdown, Box::new(ready))
+    }
+
+    /// An account whose processes get `env` on top of the configured CLI environment.
+    pub fn account(&self, name: &str, env: &[(String, String)]) -> Arc<Account> {
+        Arc::new(Account::new(&self.shared.settings, name, env))
     }
 
     /// Drains the idle pool (kill + reap in the background); processes spawned before this

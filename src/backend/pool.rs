@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::account::{name_of, Account};
 use super::child::{spawn_cli, Spawned};
 use super::request::{CliRequest, CliSettings};
 use super::stats::{BackendStats, PoolMiss};
@@ -55,12 +56,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// An idle process alive this long counts as a successful start (resets the back-off).
 const SURVIVED: Duration = Duration::from_secs(2);
 
+/// The accounts the pool may keep processes for now (empty: none, the pool stays empty;
+/// `None` in the list: the implicit account).
+pub(super) type ReadyAccounts = Box<dyn Fn() -> Vec<Option<Arc<Account>>> + Send + Sync>;
+
 /// One idle pre-warmed process and the concurrency slot it holds.
 pub(super) struct Idle {
     pub(super) proc: Spawned,
     pub(super) permit: OwnedSemaphorePermit,
     born: tokio::time::Instant,
     generation: u64,
+    /// The account it was spawned for (None: the implicit one); only its runs take it.
+    account: Option<Arc<Account>>,
 }
 
 impl Idle {
@@ -158,16 +165,23 @@ impl Pool {
             let mut st = self.lock();
             let generation = st.generation;
             let mut found = None;
+            let mut others = VecDeque::new();
             while let Some(mut idle) = st.idle.pop_front() {
-                if idle.generation == generation
-                    && idle.born.elapsed() < self.max_idle
-                    && idle.proc.idle_usable()
+                if idle.generation != generation
+                    || idle.born.elapsed() >= self.max_idle
+                    || !idle.proc.idle_usable()
                 {
+                    discard.push(idle);
+                } else if name_of(idle.account.as_ref()) != req.account_name() {
+                    // Another account's process: never handed to this run.
+                    others.push_back(idle);
+                } else {
                     found = Some(idle);
                     break;
                 }
-                discard.push(idle);
             }
+            others.append(&mut st.idle);
+            st.idle = others;
             found
         };
         self.count_discarded(&discard);
@@ -289,11 +303,7 @@ impl Pool {
 /// The maintainer: retire dead / expired idle processes, keep `size` idle processes while
 /// `ready()` holds (drain otherwise), back off when processes fail to start. Once the pool
 /// is closed or `shutdown` fires it retires every idle process and ends.
-pub(super) async fn maintain(
-    pool: Arc<Pool>,
-    shutdown: Shutdown,
-    ready: Box<dyn Fn() -> bool + Send + Sync>,
-) {
+pub(super) async fn maintain(pool: Arc<Pool>, shutdown: Shutdown, ready: ReadyAccounts) {
     let stats = &pool.deps.stats;
     let mut failures: u32 = 0;
     let mut not_before = tokio::time::Instant::now();
@@ -345,10 +355,21 @@ pub(super) async fn maintain(
             pool.publish_idle();
         }
 
-        // 2. Closed gate (unhealthy, first probe pending): keep nothing warm.
-        let open = ready();
-        if !open {
-            let drained: Vec<Idle> = pool.lock().idle.drain(..).collect();
+        // 2. Closed gate (unhealthy, first probe pending): keep nothing warm; nor for an
+        // account that cannot serve now.
+        let usable = ready();
+        let open = !usable.is_empty();
+        {
+            let drained: Vec<Idle> = {
+                let mut st = pool.lock();
+                let (keep, drop): (VecDeque<Idle>, VecDeque<Idle>) =
+                    st.idle.drain(..).partition(|i| {
+                        let name = name_of(i.account.as_ref());
+                        usable.iter().any(|a| name_of(a.as_ref()) == name)
+                    });
+                st.idle = keep;
+                drop.into_iter().collect()
+            };
             if !drained.is_empty() {
                 stats
                     .pool_drained_total
@@ -376,8 +397,25 @@ pub(super) async fn maintain(
             let Ok(permit) = Arc::clone(&pool.deps.slots).try_acquire_owned() else {
                 break;
             };
+            // The usable account with the fewest idle processes (first in order on a tie).
+            let account = {
+                let st = pool.lock();
+                usable
+                    .iter()
+                    .min_by_key(|a| {
+                        st.idle
+                            .iter()
+                            .filter(|i| name_of(i.account.as_ref()) == name_of(a.as_ref()))
+                            .count()
+                    })
+                    .cloned()
+                    .flatten()
+            };
+            let settings = account
+                .as_ref()
+                .map_or(&pool.deps.settings, |a| a.settings());
             match spawn_cli(
-                &pool.deps.settings,
+                settings,
                 stats,
                 pool.model.as_deref(),
                 None,
@@ -392,6 +430,7 @@ pub(super) async fn maintain(
                         permit,
                         born: tokio::time::Instant::now(),
                         generation,
+                        account,
                     };
                     let rejected = {
                         let mut st = pool.lock();
@@ -457,11 +496,7 @@ pub struct PoolHandle {
 }
 
 impl PoolHandle {
-    pub(super) fn start(
-        pool: Option<Arc<Pool>>,
-        shutdown: Shutdown,
-        ready: Box<dyn Fn() -> bool + Send + Sync>,
-    ) -> Self {
+    pub(super) fn start(pool: Option<Arc<Pool>>, shutdown: Shutdown, ready: ReadyAccounts) -> Self {
         let task = pool
             .as_ref()
             .filter(|p| p.enabled())

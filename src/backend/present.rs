@@ -125,6 +125,23 @@ pub struct SessionTurn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 32]);
 
+impl Fingerprint {
+    /// The key of this conversation on account `name` (None: the implicit account, the
+    /// fingerprint itself): a kept process is only ever continued on its own account.
+    pub(super) fn on_account(self, name: Option<&str>) -> Fingerprint {
+        match name {
+            None => self,
+            Some(name) => {
+                let mut h = sha2::Sha256::new();
+                h.update(self.0);
+                h.update((name.len() as u64).to_le_bytes());
+                h.update(name.as_bytes());
+                Fingerprint(h.finalize().into())
+            }
+        }
+    }
+}
+
 /// A fingerprint being built, message by message.
 #[derive(Debug, Clone)]
 pub struct FingerprintBuilder(sha2::Sha256);

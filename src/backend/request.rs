@@ -77,9 +77,25 @@ pub struct CliRequest {
     /// Answer every tool call of the CLI with an error result at once, and tell the
     /// client of none (`tool_choice: none`).
     pub refuse_calls: bool,
+    /// The account the run is on (its spawn environment, kept and pre-warmed processes);
+    /// None: the implicit account (the base settings).
+    pub account: Option<std::sync::Arc<super::Account>>,
 }
 
 impl CliRequest {
+    /// The name of the run's account (None: the implicit account).
+    pub(super) fn account_name(&self) -> Option<&str> {
+        super::account::name_of(self.account.as_ref())
+    }
+
+    /// The settings this run's process is spawned with: its account's, or `base`.
+    pub(super) fn settings<'a>(
+        &'a self,
+        base: &'a std::sync::Arc<CliSettings>,
+    ) -> &'a std::sync::Arc<CliSettings> {
+        self.account.as_ref().map_or(base, |a| a.settings())
+    }
+
     /// The request for one conversation as the backend presents it to the CLI
     /// ([`super::present::present`]).
     pub fn for_conversation(

@@ -333,7 +333,9 @@ async fn drive(
                 (Some(permit), Some(keep), Ok(success))
                     if shared.stats.queued.load(Ordering::Acquire) == 0 =>
                 {
-                    let key = keep.after_answer(&success.text);
+                    let key = keep
+                        .after_answer(&success.text)
+                        .on_account(req.account_name());
                     if let Some(refused) = shared.kept.offer(Kept::new(key, *proc, permit)) {
                         refused.retire().await;
                     }
@@ -414,7 +416,7 @@ async fn run_process(
     handover: Option<(Spawned, Handover)>,
     abort: &mut watch::Receiver<bool>,
 ) -> Ran {
-    let settings = &shared.settings;
+    let settings = req.settings(&shared.settings);
     let stats = &shared.stats;
     let t0 = Instant::now();
 

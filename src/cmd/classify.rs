@@ -143,6 +143,8 @@ pub fn classify_json(rules: &Rules, outcome: &Outcome, flavour: Flavour) -> Valu
                 "status": rules.status_for(&v, flavour),
                 "headers": headers,
                 "unhealthy": v.unhealthy,
+                "account_scoped": v.account_scoped,
+                "cooldown": v.cooldown,
                 "matched": v.matched,
                 "message": v.message,
                 "body": rules.render_body(&v, flavour, &values),

@@ -52,6 +52,12 @@ pub struct Expect {
     pub flavour: Option<Flavour>,
     #[serde(default)]
     pub unhealthy: Option<bool>,
+    /// The kind's `account_scoped`.
+    #[serde(default)]
+    pub account_scoped: Option<bool>,
+    /// The kind's `cooldown`: `until_reset` or seconds (`none` for a kind without).
+    #[serde(default)]
+    pub cooldown: Option<Value>,
     /// Exact `Verdict::matched`.
     #[serde(default)]
     pub matched: Option<String>,
@@ -102,6 +108,20 @@ fn run_case(rules: &Rules, case: &TestCase) -> Result<(), String> {
     if let Some(u) = e.unhealthy {
         if got["unhealthy"] != json!(u) {
             fails.push(format!("expected unhealthy {u}, got {}", got["unhealthy"]));
+        }
+    }
+    if let Some(a) = e.account_scoped {
+        if got["account_scoped"] != json!(a) {
+            fails.push(format!(
+                "expected account_scoped {a}, got {}",
+                got["account_scoped"]
+            ));
+        }
+    }
+    if let Some(c) = &e.cooldown {
+        let want = if c == "none" { &Value::Null } else { c };
+        if &got["cooldown"] != want {
+            fails.push(format!("expected cooldown {c}, got {}", got["cooldown"]));
         }
     }
     if let Some(m) = &e.matched {

@@ -54,6 +54,7 @@ fn auth_status_body(state: &AppState) -> Value {
     let probe = rules.probe();
     json!({
         "cli_health": state.health.snapshot(),
+        "accounts": state.accounts.status(),
         "rules": {"sha256": rules.sha256(), "kinds": rules.kinds_count()},
         "probe": {
             "interval_seconds": probe.interval.as_secs_f64(),
@@ -75,6 +76,16 @@ pub async fn auth_status(State(state): State<AppState>) -> Json<Value> {
 /// settings are for the authenticated `/v1/auth/status`.
 pub async fn ready(State(state): State<AppState>) -> Response {
     match state.health.gate() {
+        // Configured accounts all cooling down: none can serve until the first reset.
+        None if !state.accounts.any_usable() => {
+            let reason = state.accounts.earliest_cooldown().map(|c| c.kind);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "not_ready",
+                            "reason": reason.as_deref().unwrap_or("no_account")})),
+            )
+                .into_response()
+        }
         None => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
         Some(h) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -86,7 +97,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub async fn admin_probe(State(state): State<AppState>) -> Json<Value> {
-    state.prober.probe_once(Source::Probe).await;
+    state.accounts.probe_all(Source::Probe).await;
     Json(auth_status_body(&state))
 }
 

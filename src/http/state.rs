@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::accounts::Accounts;
 use crate::backend::Backend;
 use crate::config::Settings;
 use crate::engine::Engine;
@@ -39,11 +40,14 @@ pub struct Services {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    /// The first account's prober (the only one without `accounts`).
     pub prober: Arc<Prober>,
     /// The Responses API's stored responses (`previous_response_id`).
     pub responses: Arc<ResponseStore>,
     /// The closed health gate's prepared answers (see `http::gate`).
     pub gate: crate::http::gate::GateAnswers,
+    /// The accounts (the implicit one without `accounts`).
+    pub accounts: Arc<Accounts>,
 }
 
 impl AppState {
@@ -73,14 +77,27 @@ impl AppState {
         let responses = Arc::new(ResponseStore::new(
             backend.settings().conversation_idle_timeout,
         ));
-        let engine = Engine::new(
+        let mut engine = Engine::new(
             rules.clone(),
             backend.clone(),
             health.clone(),
             metrics.clone(),
             prober.clone(),
         );
+        if !settings.accounts.is_empty() {
+            let accounts = Accounts::from_settings(
+                &settings.accounts,
+                rules.clone(),
+                &backend,
+                health.clone(),
+                metrics.clone(),
+            );
+            engine = engine.with_accounts(accounts);
+        }
+        let accounts = engine.accounts().clone();
+        let prober = accounts.members()[0].prober().clone();
         AppState(Arc::new(Services {
+            accounts,
             settings: Arc::new(settings),
             rules,
             backend,

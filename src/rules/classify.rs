@@ -172,8 +172,10 @@ impl Rules {
             retry_after: k.retry_after,
             resets_at: facts
                 .rate_limit_resets_at
-                .filter(|_| k.retry_after.is_some()),
+                .filter(|_| k.retry_after.is_some() || k.cooldown.is_some()),
             stderr_tail: redact(&facts.stderr_tail).into_owned(),
+            account_scoped: k.account_scoped,
+            cooldown: k.cooldown,
         }
     }
 

@@ -11,7 +11,10 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::{Regex, RegexBuilder};
 use serde_saphyr::{Location, Spanned};
 
-use super::model::{FallbackDef, KindDef, MatchDef, RulesFile, TemplateNode, TemplatesDef};
+use super::model::{
+    CooldownDef, CooldownKeyword, FallbackDef, KindDef, MatchDef, RulesFile, TemplateNode,
+    TemplatesDef,
+};
 use super::template::{PlaceholderError, Template, TemplateString};
 use super::{ProbeSettings, Rules};
 use crate::rules::facts::{GatewayCondition, SpawnErrorKind, TimeoutKind};
@@ -167,6 +170,8 @@ pub(crate) struct CompiledKind {
     pub anthropic_status: Option<u16>,
     pub unhealthy: bool,
     pub retry_after: Option<u64>,
+    pub account_scoped: bool,
+    pub cooldown: Option<super::Cooldown>,
     pub headers: Vec<(String, TemplateString)>,
     pub matcher: Matcher,
     pub openai: Template,
@@ -333,6 +338,8 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
             anthropic_status,
             unhealthy,
             retry_after,
+            account_scoped,
+            cooldown,
             headers,
             match_,
             templates,
@@ -345,6 +352,8 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
             anthropic_status,
             unhealthy: *unhealthy,
             retry_after: *retry_after,
+            account_scoped: *account_scoped,
+            cooldown: cooldown.as_ref(),
             headers,
             templates,
         };
@@ -399,6 +408,8 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
                 anthropic_status,
                 unhealthy: *unhealthy,
                 retry_after: *retry_after,
+                account_scoped: false,
+                cooldown: None,
                 headers,
                 templates,
             };
@@ -460,6 +471,8 @@ struct KindFields<'a> {
     anthropic_status: &'a Option<Spanned<u16>>,
     unhealthy: bool,
     retry_after: Option<u64>,
+    account_scoped: bool,
+    cooldown: Option<&'a Spanned<CooldownDef>>,
     headers: &'a BTreeMap<String, Spanned<String>>,
     templates: &'a Option<Spanned<TemplatesDef>>,
 }
@@ -490,10 +503,47 @@ fn compile_kind(
             .map(|s| check_status(p, "anthropic_status", s)),
         unhealthy: f.unhealthy,
         retry_after: f.retry_after,
+        account_scoped: f.account_scoped,
+        cooldown: f
+            .cooldown
+            .and_then(|c| check_cooldown(p, &f.name.value, f.account_scoped, c)),
         headers: compile_headers(p, f.headers),
         matcher,
         openai,
         anthropic,
+    }
+}
+
+/// A kind's `cooldown`: seconds in range, and only on an `account_scoped` kind (it takes
+/// the account out, so the failure must be the account's).
+fn check_cooldown(
+    p: &mut Problems,
+    kind: &str,
+    account_scoped: bool,
+    c: &Spanned<CooldownDef>,
+) -> Option<super::Cooldown> {
+    if !account_scoped {
+        p.at(
+            c.referenced,
+            format!("kind `{kind}` has `cooldown` but is not `account_scoped: true`: a cooldown takes the failing account out, so the failure must be the account's"),
+        );
+        return None;
+    }
+    match c.value {
+        CooldownDef::Keyword(CooldownKeyword::UntilReset) => Some(super::Cooldown::UntilReset),
+        CooldownDef::Seconds(s) if (1..=super::COOLDOWN_MAX_SECS).contains(&s) => {
+            Some(super::Cooldown::Seconds(s))
+        }
+        CooldownDef::Seconds(s) => {
+            p.at(
+                c.referenced,
+                format!(
+                    "kind `{kind}`: cooldown must be `until_reset` or 1-{} seconds, got {s}",
+                    super::COOLDOWN_MAX_SECS
+                ),
+            );
+            None
+        }
     }
 }
 

@@ -83,6 +83,87 @@ pub struct Verdict {
     /// The stderr tail of the run (only rendered if a template names `{{stderr_tail}}`).
     #[serde(skip)]
     pub stderr_tail: String,
+    /// The kind's `account_scoped`: the account's failure, retried on another account.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub account_scoped: bool,
+    /// The kind's `cooldown`: how long the failing account is taken out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Cooldown>,
+}
+
+/// A kind's `cooldown`, compiled. Serialized as written in the rules: `"until_reset"`
+/// or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cooldown {
+    /// Until the reset the CLI reported.
+    UntilReset,
+    /// This many seconds.
+    Seconds(u64),
+}
+
+impl serde::Serialize for Cooldown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cooldown::UntilReset => s.serialize_str("until_reset"),
+            Cooldown::Seconds(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+/// The longest cooldown (eight days: a weekly window and then some).
+pub const COOLDOWN_MAX_SECS: u64 = 8 * 86_400;
+/// `until_reset` when the CLI reported no reset and the kind has no `retry_after`.
+pub const COOLDOWN_DEFAULT_SECS: u64 = 300;
+
+impl Verdict {
+    /// Until when (Unix seconds) this failure takes its account out, `now` being the
+    /// current Unix time; None for a kind without `cooldown`. `until_reset` uses the
+    /// reset the CLI reported (its `rate_limit_event`, else the reset time in the limit
+    /// text when it names a UTC time), else `retry_after`, else
+    /// [`COOLDOWN_DEFAULT_SECS`]; a reset already past counts as none. Never more than
+    /// [`COOLDOWN_MAX_SECS`] ahead.
+    pub fn cooldown_until(&self, now: u64) -> Option<u64> {
+        let secs = match self.cooldown? {
+            Cooldown::Seconds(s) => s,
+            Cooldown::UntilReset => self
+                .resets_at
+                .or_else(|| reset_in_text(&self.message, now))
+                .and_then(|r| r.checked_sub(now))
+                .filter(|&s| s > 0)
+                .unwrap_or(self.retry_after.unwrap_or(COOLDOWN_DEFAULT_SECS)),
+        };
+        Some(now.saturating_add(secs.clamp(1, COOLDOWN_MAX_SECS)))
+    }
+}
+
+/// The reset time a limit text names, as the CLI words it (`You've hit your 5-hour
+/// limit · resets 9:34am (UTC)`, `resets 1pm (UTC)`): the next such time of day after
+/// `now`. Only UTC times are understood (no time zone database); None otherwise.
+pub fn reset_in_text(text: &str, now: u64) -> Option<u64> {
+    let rest = &text[text.find("resets ")? + "resets ".len()..];
+    let (clock, zone) = rest.split_once(' ')?;
+    if !zone.starts_with("(UTC)") {
+        return None;
+    }
+    let (clock, pm) = if let Some(c) = clock.strip_suffix("am") {
+        (c, false)
+    } else {
+        (clock.strip_suffix("pm")?, true)
+    };
+    let (h, m) = match clock.split_once(':') {
+        Some((h, m)) => (h.parse::<u64>().ok()?, m.parse::<u64>().ok()?),
+        None => (clock.parse::<u64>().ok()?, 0),
+    };
+    if !(1..=12).contains(&h) || m > 59 {
+        return None;
+    }
+    let hour = (h % 12) + if pm { 12 } else { 0 };
+    let day = now - now % 86_400;
+    let mut at = day + hour * 3600 + m * 60;
+    if at <= now {
+        at += 86_400;
+    }
+    Some(at)
 }
 
 /// Per-request values for template placeholders. `None` renders as JSON null when the
@@ -235,6 +316,8 @@ impl Rules {
             retry_after: k.retry_after,
             resets_at: None,
             stderr_tail: String::new(),
+            account_scoped: k.account_scoped,
+            cooldown: k.cooldown,
         }
     }
 

@@ -87,6 +87,18 @@ pub struct KindDef {
     /// Seconds, available to templates and headers as `{{retry_after}}`.
     #[serde(default)]
     pub retry_after: Option<u64>,
+    /// The failure is the account's (its credentials, billing or usage limit), not the
+    /// request's: before the first byte, the request is retried once on another account
+    /// that can serve. Default false.
+    #[serde(default)]
+    pub account_scoped: bool,
+    /// Takes the failing account out of service (requests go to the other accounts):
+    /// `until_reset` (until the reset the CLI reported; its `retry_after`, else 300 s,
+    /// when it reported none) or a number of seconds (1-691200). The account is probed
+    /// right after. Needs `account_scoped: true`. Only configured `accounts` cool down.
+    #[serde(default)]
+    #[schemars(with = "Option<CooldownDef>")]
+    pub cooldown: Option<Spanned<CooldownDef>>,
     /// Extra response headers; values may use placeholders. A header whose value renders
     /// empty is omitted.
     #[serde(default)]
@@ -99,6 +111,24 @@ pub struct KindDef {
     /// Response bodies per API flavour.
     #[schemars(with = "TemplatesDef")]
     pub templates: Option<Spanned<TemplatesDef>>,
+}
+
+/// A kind's `cooldown`: `until_reset` or seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CooldownDef {
+    /// Seconds (1-691200).
+    Seconds(u64),
+    /// `until_reset`.
+    Keyword(CooldownKeyword),
+}
+
+/// The keyword form of `cooldown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum CooldownKeyword {
+    /// Until the reset the CLI reported.
+    #[serde(rename = "until_reset")]
+    UntilReset,
 }
 
 /// The catch-all kind: like a kind, without `match`.

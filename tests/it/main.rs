@@ -1,4 +1,5 @@
 //! The one integration-test binary; each area is a module.
+mod accounts;
 mod api;
 mod backend;
 mod binary;
@@ -15,6 +16,7 @@ mod mock_api;
 mod ops_files;
 mod pool;
 mod props;
+mod real_accounts;
 mod real_cli;
 mod real_gateway;
 mod real_responses;

@@ -22,6 +22,7 @@
 //! ([`tool_use_id`]). [`RecordedRequest::tool_results`] gives the `tool_result` blocks a
 //! request carried, so a test can assert that a client's result reached the model as a
 //! real tool result.
+//! | `usage429:<epoch s>` | until then a subscription usage limit: 429 with the unified rate-limit headers (`anthropic-ratelimit-unified-status: rejected`, reset = the epoch); from then on like `ok` |
 //!
 //! Every request (any path, any method) is recorded; anything other than
 //! `POST /s/<scenario>/v1/messages` gets a 404 JSON error.
@@ -244,6 +245,15 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
     let model = body["model"].as_str().unwrap_or("claude-mock").to_owned();
     let stream = body["stream"].as_bool().unwrap_or(false);
     let ms = |v| Duration::from_millis(v);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let usage_reset = (name == "usage429").then(|| text.parse::<u64>().unwrap_or(0));
+    let (name, text) = match usage_reset {
+        Some(reset) if now < reset => return usage_limit(n, reset),
+        Some(_) => ("ok", DEFAULT_TEXT),
+        None => (name, text),
+    };
     match name {
         "auth401" => error(n, 401, "authentication_error", "invalid x-api-key"),
         "perm403" => error(
@@ -460,6 +470,31 @@ fn message_json(n: u64, model: &str, text: &str, stop_reason: &str) -> Response 
             .body(Body::from(msg.to_string())),
         n,
     )
+}
+
+/// A subscription's usage limit as the API answers it: 429 with the unified headers.
+fn usage_limit(n: u64, reset: u64) -> Response {
+    let body = json!({"type": "error", "error": {"type": "rate_limit_error",
+        "message": "This request would exceed your account's rate limit. Please try again later."},
+        "request_id": format!("req_mock_{n}")});
+    let reset = reset.to_string();
+    let mut b = Response::builder()
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .header("content-type", "application/json");
+    for (k, v) in [
+        ("anthropic-ratelimit-unified-status", "rejected"),
+        ("anthropic-ratelimit-unified-reset", reset.as_str()),
+        (
+            "anthropic-ratelimit-unified-representative-claim",
+            "five_hour",
+        ),
+        ("anthropic-ratelimit-unified-5h-status", "rejected"),
+        ("anthropic-ratelimit-unified-5h-reset", reset.as_str()),
+        ("anthropic-ratelimit-unified-5h-utilization", "1.0"),
+    ] {
+        b = b.header(k, v);
+    }
+    with_request_id(b.body(Body::from(body.to_string())), n)
 }
 
 fn error(n: u64, status: u16, kind: &str, message: &str) -> Response {

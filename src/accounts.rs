@@ -1,0 +1,516 @@
+//! Accounts: the credentials requests are spread over (`accounts:` in the process config),
+//! each with its own health, probe and cooldown, and the choice of the account a request
+//! runs on.
+//!
+//! - Without `accounts`, one implicit account named `default` is the whole gateway: its
+//!   health state *is* the gateway's `cli_health`, its prober the one probe, and it never
+//!   cools down, so everything behaves as without this module.
+//! - With `accounts`, each has its own [`Health`] and [`Prober`] (probing with its
+//!   environment). A kind marked `unhealthy` closes that account only; the gateway's
+//!   `cli_health` (the contract's view) is derived: ok while any account is healthy,
+//!   failed with the last failing account's kind once none is, which closes the gate.
+//! - A verdict of a kind with `cooldown` takes its account out until the reset the CLI
+//!   reported ([`crate::rules::Verdict::cooldown_until`]); its prober probes right after.
+//! - [`Accounts::select`]: a conversation whose earlier turns were last answered on an
+//!   account that can serve stays there (its prompt cache and kept process are there);
+//!   otherwise weighted least recently used: each pick advances the account's virtual
+//!   time by 1/weight, the least advanced usable account serving the model is picked
+//!   (config order on ties), and an account coming back does not get a burst (it starts
+//!   at the others' time). No usable account: the earliest cooldown's answer, a 429
+//!   counting down to its end.
+//!
+//! A run carries its account as one `Arc<Member>`; its backend identity
+//! ([`Member::backend_account`]) decides its processes (kept, pre-warmed, spawned).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+
+use serde_json::{json, Value};
+
+use crate::backend::present::Fingerprint;
+use crate::backend::{Account, Backend};
+use crate::config::AccountSettings;
+use crate::health::{Cooldown, Health, Source};
+use crate::metrics::Metrics;
+use crate::probe::Prober;
+use crate::rules::{Rules, Verdict};
+use crate::shutdown::Shutdown;
+
+/// The name of the implicit account (no `accounts` configured).
+pub const IMPLICIT_NAME: &str = "default";
+/// Conversations whose account is remembered for stickiness.
+pub const STICKY_MAX: usize = 4096;
+
+/// One account: what it is, its health and its prober.
+pub struct Member {
+    name: String,
+    account: Option<Arc<Account>>,
+    models: Option<Vec<String>>,
+    weight: u32,
+    health: Arc<Health>,
+    prober: Arc<Prober>,
+    index: usize,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Member {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The backend's identity of the account (None: the implicit one).
+    pub fn backend_account(&self) -> Option<Arc<Account>> {
+        self.account.clone()
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    pub fn prober(&self) -> &Arc<Prober> {
+        &self.prober
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|m| m.eq_ignore_ascii_case(model)))
+    }
+
+    /// Healthy and not cooling down.
+    fn usable(&self) -> bool {
+        self.health.is_ok() && self.health.cooldown().is_none()
+    }
+
+    /// The account's entry in `/v1/auth/status` (no secrets: the name, never the env).
+    fn status(&self) -> Value {
+        let h = self.health.snapshot();
+        let cooldown = self.health.cooldown();
+        json!({
+            "name": self.name,
+            "ok": h.ok && cooldown.is_none(),
+            "healthy": h.ok,
+            "error_kind": h.error_kind,
+            "error_message": h.error_message,
+            "last_probed_at": h.last_probed_at,
+            "last_ok_at": h.last_ok_at,
+            "cooldown_until": cooldown.as_ref().map(|c| c.until.clone()),
+            "cooldown": cooldown,
+            "last_probe": h.last_probe,
+            "suspected": h.suspected,
+            "models": self.models,
+            "weight": self.weight,
+        })
+    }
+}
+
+/// Why no account can take a request.
+#[derive(Debug, Clone)]
+pub enum Unavailable {
+    /// No account serves this model.
+    NoModel,
+    /// Every account serving it is cooling down (the earliest to return) or unhealthy.
+    AllOut(Option<Cooldown>),
+}
+
+#[derive(Default)]
+struct Selection {
+    /// Virtual time per account (weighted least recently used).
+    pass: Vec<f64>,
+    /// Conversation (fingerprint after its last answer) → account index.
+    sticky: HashMap<Fingerprint, usize>,
+    order: VecDeque<Fingerprint>,
+}
+
+/// The accounts of the gateway. Shared (`Arc`).
+pub struct Accounts {
+    members: Vec<Arc<Member>>,
+    /// The gateway-wide health (`cli_health`, the gate).
+    gateway: Arc<Health>,
+    /// `accounts` was configured (cooldowns, derived gateway health).
+    configured: bool,
+    selection: Mutex<Selection>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts")
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Accounts {
+    /// The implicit account: `health` and `prober` are the gateway's own.
+    pub fn implicit(health: Arc<Health>, prober: Arc<Prober>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let member = Arc::new(Member {
+            name: IMPLICIT_NAME.into(),
+            account: None,
+            models: None,
+            weight: 1,
+            health: health.clone(),
+            prober,
+            index: 0,
+        });
+        Self::build(vec![member], health, false, metrics)
+    }
+
+    /// The configured accounts, each with its own health and prober; `gateway` is the
+    /// derived gateway-wide state.
+    pub fn from_settings(
+        list: &[AccountSettings],
+        rules: Arc<arc_swap::ArcSwap<Rules>>,
+        backend: &Backend,
+        gateway: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me: &Weak<Accounts>| {
+            let members = list
+                .iter()
+                .enumerate()
+                .map(|(index, a)| {
+                    let account = backend.account(&a.name, &a.env);
+                    let health = Arc::new(Health::default());
+                    let me = me.clone();
+                    let prober = Prober::new(
+                        rules.clone(),
+                        backend.clone(),
+                        health.clone(),
+                        metrics.clone(),
+                    )
+                    .with_account(account.clone(), true)
+                    .on_change(move || {
+                        if let Some(me) = me.upgrade() {
+                            me.refresh(Source::Probe);
+                        }
+                    });
+                    Arc::new(Member {
+                        name: a.name.clone(),
+                        account: Some(account),
+                        models: a.models.clone(),
+                        weight: a.weight.max(1),
+                        health,
+                        prober: Arc::new(prober),
+                        index,
+                    })
+                })
+                .collect();
+            Self::unwrap_build(members, gateway, true, metrics)
+        })
+    }
+
+    fn unwrap_build(
+        members: Vec<Arc<Member>>,
+        gateway: Arc<Health>,
+        configured: bool,
+        metrics: Arc<Metrics>,
+    ) -> Accounts {
+        metrics.attach_accounts(
+            members
+                .iter()
+                .map(|m| (m.name.clone(), m.health.clone()))
+                .collect(),
+        );
+        let n = members.len();
+        Accounts {
+            members,
+            gateway,
+            configured,
+            selection: Mutex::new(Selection {
+                pass: vec![0.0; n],
+                ..Selection::default()
+            }),
+            metrics,
+        }
+    }
+
+    fn build(
+        members: Vec<Arc<Member>>,
+        gateway: Arc<Health>,
+        configured: bool,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self::unwrap_build(members, gateway, configured, metrics))
+    }
+
+    pub fn members(&self) -> &[Arc<Member>] {
+        &self.members
+    }
+
+    /// Whether `accounts` was configured (else: the implicit account).
+    pub fn is_configured(&self) -> bool {
+        self.configured
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Selection> {
+        self.selection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The account for a request for `model`: the one that answered the conversation so
+    /// far (`sticky`: its earlier turns' fingerprint) while it can serve, else the
+    /// weighted least recently used usable one; `exclude` is never chosen (a failover).
+    pub fn select(
+        &self,
+        model: &str,
+        sticky: Option<&Fingerprint>,
+        exclude: Option<&Member>,
+    ) -> Result<Arc<Member>, Unavailable> {
+        let serving: Vec<&Arc<Member>> = self.members.iter().filter(|m| m.serves(model)).collect();
+        if serving.is_empty() {
+            return Err(Unavailable::NoModel);
+        }
+        let candidates: Vec<&Arc<Member>> = serving
+            .iter()
+            .copied()
+            .filter(|m| exclude.is_none_or(|x| x.index != m.index))
+            .collect();
+        let usable: Vec<&Arc<Member>> = candidates.iter().copied().filter(|m| m.usable()).collect();
+        if usable.is_empty() {
+            let earliest = candidates
+                .iter()
+                .filter_map(|m| m.health.cooldown())
+                .min_by_key(|c| c.until_unix);
+            // The implicit account always runs (as without accounts); so does a request
+            // none of whose accounts cools down while the gate let it through (a reload
+            // changed what is unhealthy): the run decides.
+            if exclude.is_none() && (!self.configured || earliest.is_none()) {
+                if let Some(m) = candidates.first() {
+                    return Ok(Arc::clone(m));
+                }
+            }
+            return Err(Unavailable::AllOut(earliest));
+        }
+        let mut sel = self.lock();
+        let chosen = sticky
+            .and_then(|fp| sel.sticky.get(fp).copied())
+            .and_then(|i| usable.iter().find(|m| m.index == i).copied())
+            .unwrap_or_else(|| {
+                usable
+                    .iter()
+                    .copied()
+                    .min_by(|a, b| sel.pass[a.index].total_cmp(&sel.pass[b.index]))
+                    .unwrap_or(usable[0])
+            });
+        let floor = usable
+            .iter()
+            .map(|m| sel.pass[m.index])
+            .fold(f64::INFINITY, f64::min);
+        let p = &mut sel.pass[chosen.index];
+        *p = p.max(floor) + 1.0 / f64::from(chosen.weight);
+        Ok(Arc::clone(chosen))
+    }
+
+    /// Remembers that the conversation `fp` (after its answer) was answered on `member`.
+    pub fn remember(&self, fp: Fingerprint, member: &Member) {
+        if self.members.len() < 2 {
+            return;
+        }
+        let mut sel = self.lock();
+        if sel.sticky.insert(fp, member.index).is_none() {
+            sel.order.push_back(fp);
+            while sel.order.len() > STICKY_MAX {
+                if let Some(old) = sel.order.pop_front() {
+                    sel.sticky.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A request's failure on `member`, classified: an `unhealthy` kind is a suspicion
+    /// for that account's probe; a kind with `cooldown` takes a configured account out.
+    pub fn failed(&self, member: &Member, verdict: &Verdict) {
+        if verdict.unhealthy {
+            member.prober.suspect_unhealthy(&verdict.kind);
+        }
+        if !self.configured {
+            return;
+        }
+        let Some(until) = verdict.cooldown_until(crate::clock::unix_now()) else {
+            return;
+        };
+        let c = Cooldown::new(Source::Request, &verdict.kind, &verdict.message, until);
+        let until_text = c.until.clone();
+        if member.health.set_cooldown(c) {
+            tracing::warn!(
+                account = member.name.as_str(),
+                kind = verdict.kind.as_str(),
+                until = until_text.as_str(),
+                "account cooling down"
+            );
+            self.metrics.count_cooldown(&member.name, &verdict.kind);
+        }
+    }
+
+    /// A request on `member` succeeded: a real answer reopens an account its probe had
+    /// closed (recovery need not wait for the next probe).
+    pub fn succeeded(&self, member: &Member) {
+        if !member.health.is_ok() {
+            member.health.mark_ok(Source::Request);
+            self.refresh(Source::Request);
+        }
+    }
+
+    /// Derives the gateway's `cli_health` from the accounts' (configured accounts only;
+    /// the implicit account's state is the gateway's).
+    pub fn refresh(&self, source: Source) {
+        if !self.configured {
+            return;
+        }
+        if self.members.iter().any(|m| m.health.is_ok()) {
+            self.gateway.mark_ok(source);
+        } else {
+            let latest = self
+                .members
+                .iter()
+                .map(|m| m.health.snapshot())
+                .max_by(|a, b| a.last_probed_at.cmp(&b.last_probed_at));
+            if let Some(h) = latest {
+                self.gateway.mark_failed(
+                    h.source.unwrap_or(source),
+                    h.error_kind.as_deref().unwrap_or("cli_unhealthy"),
+                    h.error_message.as_deref().unwrap_or(""),
+                );
+            }
+        }
+        if let Some(p) = self
+            .members
+            .iter()
+            .filter_map(|m| m.health.snapshot().last_probe)
+            .max_by(|a, b| a.at.cmp(&b.at))
+        {
+            let started = self.gateway.probe_started();
+            self.gateway.record_probe(p, started);
+        }
+    }
+
+    /// The verdict for a request no account can take: the earliest cooldown's kind with
+    /// `retry-after` counting down to its end, or `model_not_found` for a model no
+    /// account serves.
+    pub fn unavailable_verdict(&self, rules: &Rules, why: &Unavailable, model: &str) -> Verdict {
+        match why {
+            Unavailable::NoModel => {
+                let mut v = rules
+                    .verdict_for_kind("model_not_found")
+                    .unwrap_or_else(|| rules.classify(&crate::rules::FailureFacts::default()));
+                v.message = format!("No configured account serves the model {model}.");
+                v
+            }
+            Unavailable::AllOut(Some(c)) => {
+                let mut v = rules
+                    .verdict_for_kind(&c.kind)
+                    .unwrap_or_else(|| rules.classify(&crate::rules::FailureFacts::default()));
+                v.message = c.message.clone();
+                v.resets_at = Some(c.until_unix);
+                v
+            }
+            Unavailable::AllOut(None) => {
+                let h = self.gateway.snapshot();
+                let mut v = h
+                    .error_kind
+                    .as_deref()
+                    .and_then(|k| rules.verdict_for_kind(k))
+                    .or_else(|| rules.first_unhealthy_kind())
+                    .unwrap_or_else(|| rules.classify(&crate::rules::FailureFacts::default()));
+                v.message = h.error_message.unwrap_or_default();
+                v
+            }
+        }
+    }
+
+    /// Whether any account can take a request now (`/ready`).
+    pub fn any_usable(&self) -> bool {
+        !self.configured || self.members.iter().any(|m| m.usable())
+    }
+
+    /// The earliest cooldown while no account is usable (for `/ready`'s reason).
+    pub fn earliest_cooldown(&self) -> Option<Cooldown> {
+        self.members
+            .iter()
+            .filter_map(|m| m.health.cooldown())
+            .min_by_key(|c| c.until_unix)
+    }
+
+    /// The accounts the pre-warmed pool may keep processes for now.
+    pub fn pool_accounts(&self) -> Vec<Option<Arc<Account>>> {
+        if self.gateway.startup_probe_pending() {
+            return Vec::new();
+        }
+        self.members
+            .iter()
+            .filter(|m| {
+                if self.configured {
+                    m.usable()
+                } else {
+                    m.health.is_ok()
+                }
+            })
+            .map(|m| m.account.clone())
+            .collect()
+    }
+
+    /// `/v1/auth/status`'s `accounts` list.
+    pub fn status(&self) -> Value {
+        Value::Array(self.members.iter().map(|m| m.status()).collect())
+    }
+
+    /// Probes every account now (`POST /admin/probe`).
+    pub async fn probe_all(&self, source: Source) {
+        for m in &self.members {
+            m.prober.probe_once(source).await;
+        }
+    }
+
+    /// The probe tasks until `shutdown`: the implicit account's prober, or one per
+    /// account plus the forwarding of the gateway's wake-ups (reloads) to each and the
+    /// end of the gateway's start-up wait once every account's first probe answered.
+    pub async fn run_probes(self: Arc<Self>, shutdown: Shutdown) {
+        if !self.configured {
+            return self.members[0].prober.run(shutdown).await;
+        }
+        if self.gateway.startup_probe_pending() {
+            for m in &self.members {
+                m.health.expect_startup_probe();
+            }
+        }
+        let probes = futures_util::future::join_all(
+            self.members.iter().map(|m| m.prober.run(shutdown.clone())),
+        );
+        let forward = async {
+            loop {
+                tokio::select! {
+                    () = self.gateway.probe_wakeup.notified() => {
+                        self.members.iter().for_each(|m| m.health.probe_wakeup.notify_one());
+                    }
+                    () = self.gateway.settings_changed.notified() => {
+                        self.members.iter().for_each(|m| m.health.settings_changed.notify_one());
+                    }
+                }
+            }
+        };
+        let startup = async {
+            while self
+                .members
+                .iter()
+                .any(|m| m.health.startup_probe_pending())
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            self.gateway.end_startup_probe();
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = probes => {}
+            () = forward => {}
+            () = startup => {}
+        }
+        self.gateway.end_startup_probe();
+    }
+}
