@@ -345,7 +345,7 @@ impl Accounts {
                 until = until_text.as_str(),
                 "account cooling down"
             );
-            self.metrics.count_cooldown(&member.name, &verdict.kind);
+            self.metrics.count_cooldown(&member.name);
         }
     }
 

@@ -58,12 +58,6 @@ pub struct AccountOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AccountKindLabels {
-    pub account: String,
-    pub kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabels {
     pub account: String,
 }
@@ -103,7 +97,7 @@ pub struct Metrics {
     /// Per account (label: the configured name, `default` without `accounts`).
     pub account_requests: Family<AccountRequestLabels, Counter>,
     pub account_cli_runs: Family<AccountOutcomeLabels, Counter>,
-    pub account_cooldowns: Family<AccountKindLabels, Counter>,
+    pub account_cooldowns: Family<AccountLabels, Counter>,
     /// Requests retried on another account before their first byte, by the account left.
     pub account_failovers: Family<AccountLabels, Counter>,
     accounts: AccountHealths,
@@ -395,10 +389,10 @@ impl Metrics {
             "CLI processes run for requests, by account and outcome (success or the classified kind)",
             account_cli_runs.clone(),
         );
-        let account_cooldowns = Family::<AccountKindLabels, Counter>::default();
+        let account_cooldowns = Family::<AccountLabels, Counter>::default();
         registry.register(
             "ccgate_account_cooldowns",
-            "Times an account was taken out of service by a kind with cooldown, by account and kind",
+            "Times an account was taken out of service by a kind with cooldown (the kind is in the log and /v1/auth/status)",
             account_cooldowns.clone(),
         );
         let account_failovers = Family::<AccountLabels, Counter>::default();
@@ -457,16 +451,24 @@ impl Metrics {
         out
     }
 
-    /// Names the accounts whose health the scrape reports (the last call wins).
+    /// Names the accounts whose health the scrape reports (the last call wins); their
+    /// cooldown and failover counters exist from then on at 0 (so `increase(...)` sees
+    /// the first one).
     pub fn attach_accounts(&self, accounts: Vec<(String, Arc<Health>)>) {
+        for (name, _) in &accounts {
+            let labels = AccountLabels {
+                account: name.clone(),
+            };
+            drop(self.account_cooldowns.get_or_create(&labels));
+            drop(self.account_failovers.get_or_create(&labels));
+        }
         *self.accounts.lock().unwrap_or_else(|p| p.into_inner()) = accounts;
     }
 
-    pub fn count_cooldown(&self, account: &str, kind: &str) {
+    pub fn count_cooldown(&self, account: &str) {
         self.account_cooldowns
-            .get_or_create(&AccountKindLabels {
+            .get_or_create(&AccountLabels {
                 account: account.into(),
-                kind: kind.into(),
             })
             .inc();
     }

@@ -32,7 +32,6 @@
 //! system-prompt file) → `request` / `stats`. `crate::protocol` (pure parser,
 //! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
-mod account;
 mod admission;
 mod args;
 mod child;
@@ -49,13 +48,12 @@ mod session;
 mod stats;
 
 pub use crate::protocol::{CliEvent, Success, Usage};
-pub use account::Account;
 pub use args::{cli_args, user_line};
 pub use io::MAX_LINE_BYTES;
 pub use pool::PoolHandle;
 pub use present::SessionTurn;
 pub use reaper::become_subreaper;
-pub use request::{CliRequest, CliSettings};
+pub use request::{Account, CliRequest, CliSettings};
 pub use run::{CliRun, ToolResult, ToolResults};
 pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 

@@ -42,9 +42,8 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::account::{name_of, Account};
 use super::child::{spawn_cli, Spawned};
-use super::request::{CliRequest, CliSettings};
+use super::request::{name_of, Account, CliRequest, CliSettings};
 use super::stats::{BackendStats, PoolMiss};
 use crate::shutdown::Shutdown;
 

@@ -349,3 +349,79 @@ impl Rules {
         }
     }
 }
+
+#[cfg(test)]
+mod cooldown_tests {
+    use super::*;
+
+    const NOW: u64 = 1_796_125_000; // 2026-12-01T11:36:40Z
+
+    fn usage_limit() -> Verdict {
+        Rules::embedded()
+            .verdict_for_kind("usage_limit")
+            .expect("the default rules have usage_limit")
+    }
+
+    #[test]
+    fn until_reset_uses_the_reported_reset_then_the_text_then_retry_after() {
+        let mut v = usage_limit();
+        assert_eq!(v.cooldown, Some(Cooldown::UntilReset));
+        assert!(v.account_scoped);
+        v.resets_at = Some(NOW + 42);
+        assert_eq!(v.cooldown_until(NOW), Some(NOW + 42));
+        // No rate_limit_event: the UTC time in the limit text (11:51 today).
+        v.resets_at = None;
+        v.message = "You've hit your 5-hour limit · resets 11:51am (UTC)".into();
+        assert_eq!(
+            v.cooldown_until(NOW),
+            Some(NOW - NOW % 86_400 + 11 * 3600 + 51 * 60)
+        );
+        // A time already past today is tomorrow's; 12am is midnight.
+        assert_eq!(
+            reset_in_text("resets 9am (UTC)", NOW),
+            Some(NOW - NOW % 86_400 + 86_400 + 9 * 3600)
+        );
+        assert_eq!(
+            reset_in_text("resets 12am (UTC)", NOW),
+            Some(NOW - NOW % 86_400 + 86_400)
+        );
+        // Another zone: not understood, so the kind's retry_after (3600).
+        v.message = "You've hit your session limit · resets 1pm (Europe/Lisbon)".into();
+        assert_eq!(v.cooldown_until(NOW), Some(NOW + 3600));
+        // A reset in the past counts as none.
+        v.resets_at = Some(NOW - 5);
+        assert_eq!(v.cooldown_until(NOW), Some(NOW + 3600));
+    }
+
+    #[test]
+    fn seconds_and_no_cooldown() {
+        let billing = Rules::embedded().verdict_for_kind("billing").unwrap();
+        assert_eq!(billing.cooldown_until(NOW), Some(NOW + 600));
+        let auth = Rules::embedded().verdict_for_kind("auth_failure").unwrap();
+        assert!(auth.account_scoped);
+        assert_eq!(auth.cooldown_until(NOW), None);
+        let rate = Rules::embedded().verdict_for_kind("rate_limit").unwrap();
+        assert!(!rate.account_scoped && rate.cooldown.is_none());
+    }
+
+    #[test]
+    fn check_refuses_bad_cooldowns() {
+        let text = EMBEDDED_RULES.replace(
+            "    account_scoped: true\n    cooldown: 600\n",
+            "    cooldown: 600\n",
+        );
+        let err = Rules::from_yaml(&text, "t.yaml").unwrap_err().to_string();
+        assert!(
+            err.contains("kind `billing` has `cooldown` but is not `account_scoped: true`"),
+            "{err}"
+        );
+        for bad in ["cooldown: 0", "cooldown: 9999999", "cooldown: forever"] {
+            let text = EMBEDDED_RULES.replace("cooldown: 600", bad);
+            let err = Rules::from_yaml(&text, "t.yaml").unwrap_err().to_string();
+            assert!(
+                err.contains("cooldown") || err.contains("did not match"),
+                "{bad}: {err}"
+            );
+        }
+    }
+}
