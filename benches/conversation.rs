@@ -19,11 +19,11 @@ mod mock_api;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ccgate::backend::Backend;
-use ccgate::config::Config;
-use ccgate::rules::Rules;
-use ccgate::AppState;
 use serde_json::{json, Value};
+
+#[path = "common/real_server.rs"]
+mod real_server;
+use real_server::start_server;
 
 const TURNS: usize = 6;
 
@@ -32,58 +32,6 @@ fn cli_path() -> Option<PathBuf> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .filter(|p| p.is_file())
-}
-
-struct Server {
-    base: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-async fn start_server(cli: &std::path::Path, api_url: &str, keep: usize) -> Server {
-    let home = tempfile::tempdir().expect("home");
-    let work = tempfile::tempdir().expect("workdir");
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        rules: home.path().join("no-rules.yaml"),
-        watch_rules: false,
-        ..Config::default()
-    };
-    let c = &mut config.cli;
-    c.command = cli.to_path_buf();
-    c.workdir = Some(work.path().to_path_buf());
-    c.keep_conversations = keep;
-    c.start_timeout = 20.0;
-    c.total_timeout = 60.0;
-    let home_path = home.path().display().to_string();
-    for (k, v) in [
-        ("HOME", home_path.clone()),
-        ("CLAUDE_CONFIG_DIR", format!("{home_path}/.claude")),
-        ("ANTHROPIC_BASE_URL", api_url.to_string()),
-        ("ANTHROPIC_API_KEY", "test-key".into()),
-        ("CLAUDE_CODE_MAX_RETRIES", "0".into()),
-        ("DISABLE_AUTOUPDATER", "1".into()),
-    ] {
-        c.env.insert(k.into(), v);
-    }
-    let settings = config.compile().expect("bench config is valid");
-    let backend = Backend::new(settings.cli_settings(work.path().to_path_buf()));
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let state = AppState::new(settings, Rules::embedded(), backend);
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(ccgate::serve(listener, state, async move {
-        let _ = rx.await;
-    }));
-    Server {
-        base,
-        stop,
-        task,
-        _dirs: vec![home, work],
-    }
 }
 
 /// One streamed turn: (time to the first text delta, the answer).
@@ -176,7 +124,7 @@ async fn main() {
         ("fresh runs (keep_conversations: 0)", 0),
     ] {
         let mock = mock_api::MockApi::start().await;
-        let s = start_server(&cli, &mock.url("ok"), keep).await;
+        let s = start_server(&cli, &mock.url("ok"), |c| c.keep_conversations = keep).await;
         let client = reqwest::Client::new();
         let mut ttft: Vec<Vec<f64>> = vec![Vec::new(); TURNS];
         let mut ratio: Vec<Vec<f64>> = vec![Vec::new(); TURNS];

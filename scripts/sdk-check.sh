@@ -2,7 +2,7 @@
 # Runs the official openai and anthropic Python SDKs against a real ccgate process that
 # drives the fake CLI (tests/fake-claude). Installs the SDKs into a cached venv.
 #
-# CCGATE_SDK_TOOLS=1 also runs the client-tool loops (tests/sdk/check_tools.py): a second
+# Then the client-tool loops (tests/sdk/check_tools.py; CCGATE_SDK_TOOLS=0 skips them): a second
 # ccgate whose backend is the REAL CLI ($CCGATE_REAL_CLAUDE) against the loopback Messages
 # API mock tests/sdk/mock_messages.py, so the checks can assert what the model received.
 set -euo pipefail
@@ -48,11 +48,11 @@ if ! "$venv/bin/python" tests/sdk/check_sdks.py "http://127.0.0.1:$port" "$scena
   echo "--- ccgate log ---"; tail -50 "$log"; exit 1
 fi
 
-if [ "${CCGATE_SDK_TOOLS:-0}" != 1 ]; then
-  echo "SKIP client-tool checks (set CCGATE_SDK_TOOLS=1 to run them; they need CCGATE_REAL_CLAUDE)"
+if [ "${CCGATE_SDK_TOOLS:-1}" = 0 ] || { [ -z "${CCGATE_REAL_CLAUDE:-}" ] && [ -z "${CI:-}" ]; }; then
+  echo "SKIP client-tool checks (CCGATE_SDK_TOOLS=0, or no CCGATE_REAL_CLAUDE outside CI)"
   exit 0
 fi
-real="${CCGATE_REAL_CLAUDE:?CCGATE_SDK_TOOLS=1 needs CCGATE_REAL_CLAUDE (the pinned real CLI)}"
+real="${CCGATE_REAL_CLAUDE:?the client-tool checks need CCGATE_REAL_CLAUDE (the pinned real CLI)}"
 tools_tmp=$(mktemp -d)
 tmpdirs+=("$tools_tmp")
 mkdir -p "$tools_tmp/home" "$tools_tmp/config" "$tools_tmp/requests"

@@ -15,6 +15,7 @@
 //! | `stall`           | `message_start` + one delta, then nothing                          |
 //! | `garbage`         | 200 with non-SSE junk                                              |
 //! | `midstream_error` | two deltas then an SSE `error` event (a non-streaming retry succeeds) |
+//! | `read_file` | a request offering the tool `mcp__cg__Read` whose user text names `READ:<path>`: a call of that tool with `{"file_path": <path>}`; a request whose last user message holds `tool_result` blocks gets [`Answer::EchoResults`]; anything else the default text (a client CLI's side requests) |
 //! | `tool_call:<names>[:<text>]` | a model tool call: optional text, then one `tool_use` per comma-separated name (two names = parallel calls), input `{"q":"x"}`, `stop_reason: tool_use`; a request whose last user message holds `tool_result` blocks gets [`Answer::EchoResults`] instead |
 //! | `script:<name>`   | the answers registered with [`MockApi::script`], one per request in order (the last repeats) |
 //!
@@ -292,6 +293,29 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
         "maxtok" if !stream => message_json(n, &model, text, "max_tokens"),
         "ok" | "slow" | "stall" | "midstream_error" if !stream => {
             message_json(n, &model, text, "end_turn")
+        }
+        "read_file" => {
+            let asked = body.to_string();
+            let path = asked.split("READ:").nth(1).map(|rest| {
+                rest.chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '\\' && *c != '"')
+                    .collect::<String>()
+            });
+            let offered = body["tools"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["name"] == "mcp__cg__Read"));
+            let answer = if !last_user_tool_results(&body).is_empty() {
+                Answer::EchoResults
+            } else {
+                match path.filter(|_| offered) {
+                    Some(p) => Answer::Tools {
+                        text: None,
+                        calls: vec![("mcp__cg__Read".into(), json!({"file_path": p}))],
+                    },
+                    None => Answer::Text(DEFAULT_TEXT.into()),
+                }
+            };
+            answer_response(n, st.shutdown, &model, &body, &answer, stream)
         }
         "tool_call" | "script" => {
             let answer = if name == "script" {

@@ -219,3 +219,86 @@ async fn real_cli_continuation_without_a_held_run_resumes_the_history_with_real_
     assert_eq!(msgs.last().unwrap()["content"][0]["type"], "tool_result");
     assert_eq!(spawned(&s), 2);
 }
+
+/// Claude Code itself as a client: the real CLI, pointed at ccgate with
+/// `ANTHROPIC_BASE_URL`, offers its default tools through ccgate; the model (the mock,
+/// behind ccgate's own real CLI) calls the client's `Read`; the client CLI runs it and
+/// sends the result back; the held run goes on and the answer reaches the client.
+#[tokio::test]
+async fn real_cli_as_a_client_completes_a_round_trip_with_its_own_read_tool() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(exe.clone(), Some(mock.url("read_file")), None, |c| {
+        c.cli.total_timeout = 60.0;
+    })
+    .await;
+    let client_dir = tempfile::tempdir().unwrap();
+    let work = client_dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let note = work.join("note.txt");
+    std::fs::write(&note, "the secret word is marmalade\n").unwrap();
+    let prompt = format!("What does the file say? READ:{}", note.display());
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new(&exe)
+            .args([
+                "-p",
+                &prompt,
+                "--allowedTools",
+                "Read",
+                "--output-format",
+                "text",
+            ])
+            .current_dir(&work)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", client_dir.path())
+            .env("CLAUDE_CONFIG_DIR", client_dir.path().join(".claude"))
+            .env("ANTHROPIC_BASE_URL", s.url(""))
+            .env("ANTHROPIC_API_KEY", "client-key")
+            .env("CLAUDE_CODE_MAX_RETRIES", "0")
+            .env("DISABLE_TELEMETRY", "1")
+            .env("DISABLE_AUTOUPDATER", "1")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client CLI finished")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "client CLI failed: {stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("seen:") && stdout.contains("marmalade"),
+        "the Read result came back through ccgate: {stdout}\n{stderr}"
+    );
+    // ccgate's backend offered the client's default tools and answered the held call.
+    let reqs = mock.message_requests();
+    let with_tools: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.tool_names().iter().any(|n| n == "mcp__cg__Read"))
+        .collect();
+    assert!(
+        with_tools.len() >= 2,
+        "the call and its continuation: {}",
+        reqs.len()
+    );
+    let names = with_tools[0].tool_names();
+    assert!(
+        names.iter().any(|n| n == "mcp__cg__Bash"),
+        "its default tools: {names:?}"
+    );
+    let results = with_tools.last().unwrap().tool_results();
+    assert!(
+        serde_json::Value::from(results.clone())
+            .to_string()
+            .contains("marmalade"),
+        "{results:?}"
+    );
+    let m = crate::harness::get_text(&s, "/metrics").await;
+    assert!(m.contains("ccgate_tool_runs_continued_total 1"), "{m}");
+}

@@ -333,11 +333,14 @@ def _():
             raise AssertionError("an unknown previous_response_id was accepted")
 
 
-@check("openai responses: function tools and built-in tools are BadRequestError")
+@check("openai responses: function tools are offered; built-in tools are BadRequestError")
 def _():
     fn = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
-    expect_raises(openai.BadRequestError, lambda: oa_resp("hi", tools=[fn]))
+    r = oa_resp("hi", tools=[fn])
+    assert r.output_text, r
     expect_raises(openai.BadRequestError, lambda: oa_resp("hi", tools=[{"type": "web_search"}]))
+    bad = {"type": "function", "name": "bad name", "parameters": {"type": "object"}}
+    expect_raises(openai.BadRequestError, lambda: oa_resp("hi", tools=[bad]))
 
 
 @check("anthropic: count_tokens (an estimate, Anthropic's documented example)")

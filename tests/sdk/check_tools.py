@@ -217,6 +217,49 @@ def _():
     an_round(parallel=True, stream=True)
 
 
+# ---------------------------------------------------------------- OpenAI Responses
+
+RESP_TOOLS = [{"type": "function", "name": t["function"]["name"],
+               "description": t["function"]["description"],
+               "parameters": t["function"]["parameters"]} for t in OA_TOOLS]
+
+
+def resp_round(stream, previous):
+    nonce, prompt = tag("[[tools:single]]")
+    kw = {"model": "sonnet", "tools": RESP_TOOLS}
+    if stream:
+        with oa.responses.stream(input=prompt, **kw) as s:
+            kinds = [ev.type for ev in s]
+            r = s.get_final_response()
+        assert "response.function_call_arguments.delta" in kinds, kinds
+    else:
+        r = oa.responses.create(input=prompt, **kw)
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert [c.name for c in calls] == ["get_weather"], r.output
+    assert json.loads(calls[0].arguments) == {"city": "Paris"}, calls[0]
+    out = [{"type": "function_call_output", "call_id": c.call_id, "output": ANSWERS[c.name]} for c in calls]
+    if previous:
+        # The Agents SDK's way: only the outputs, after previous_response_id.
+        r2 = oa.responses.create(input=out, previous_response_id=r.id, **kw)
+    else:
+        items = [{"role": "user", "content": prompt}]
+        items += [{"type": "function_call", "call_id": c.call_id, "name": c.name,
+                   "arguments": c.arguments} for c in calls]
+        r2 = oa.responses.create(input=items + out, **kw)
+    assert r2.output_text.startswith("seen: sunny 21C"), r2.output_text
+    model_saw_results(nonce, [(c.call_id, ANSWERS[c.name], False) for c in calls])
+
+
+@check("openai responses tools: function-call round trip, full input")
+def _():
+    resp_round(stream=False, previous=False)
+
+
+@check("openai responses tools: streamed call, continued with previous_response_id")
+def _():
+    resp_round(stream=True, previous=True)
+
+
 failed = [n for n, e in results if e is not None]
 print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
 sys.exit(1 if failed else 0)

@@ -64,6 +64,8 @@ def plan(body):
     first = next((m for m in body.get("messages", []) if m.get("role") == "user"), {})
     text = " ".join(user_texts(first))
     tools = [t for t in body.get("tools", []) if str(t.get("name", "")).startswith("mcp__")]
+    # The CLI lists MCP tools sorted by name; the checks' model calls get_weather first.
+    tools.sort(key=lambda t: t["name"], reverse=True)
     n = 2 if "[[tools:parallel]]" in text else 1 if "[[tools:single]]" in text else 0
     if n and tools:
         blocks = []
