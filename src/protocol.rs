@@ -18,6 +18,19 @@ pub struct Usage {
     pub output_tokens: u64,
     pub cache_creation_input_tokens: u64,
     pub cache_read_input_tokens: u64,
+    /// `usage.output_tokens_details.thinking_tokens` of the result (part of
+    /// `output_tokens`); 0 when the CLI does not report it.
+    pub thinking_tokens: u64,
+}
+
+/// The name of the tool `--json-schema` adds: the model's call of it is the answer.
+pub const STRUCTURED_OUTPUT_TOOL: &str = "StructuredOutput";
+
+/// One complete thinking block of the answer, as the model wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ThinkingBlock {
+    pub thinking: String,
+    pub signature: String,
 }
 
 /// A successful turn (a `result` with `is_error: false`).
@@ -36,9 +49,16 @@ pub struct Success {
     pub session_id: Option<String>,
     /// Model from `system/init` (or the first assistant message).
     pub model: Option<String>,
+    /// `result.structured_output` (with `--json-schema`: the validated answer; None when
+    /// the model answered in prose).
+    pub structured_output: Option<Value>,
+    /// The top-level thinking blocks of the answer, in order.
+    pub thinking: Vec<ThinkingBlock>,
 }
 
 /// What a run reports, in order.
+// `Done` is the large one and comes once per run; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum CliEvent {
     /// `system/init` was seen (first line of a turn).
@@ -55,6 +75,20 @@ pub enum CliEvent {
     Abandoned,
     /// A complete top-level, non-error assistant text block (emitted at block end).
     AssistantText(String),
+    /// A fragment of the input JSON of a top-level `StructuredOutput` tool call
+    /// (`input_json_delta`), as the model wrote it.
+    StructuredDelta(String),
+    /// The CLI rejected a `StructuredOutput` call (its input did not match the schema);
+    /// the model tries again.
+    StructuredRejected,
+    /// A top-level thinking block began.
+    ThinkingStart,
+    /// A `thinking_delta` of a top-level thinking block.
+    ThinkingDelta(String),
+    /// A `signature_delta` of a top-level thinking block.
+    SignatureDelta(String),
+    /// A complete top-level thinking block (from the assistant message).
+    AssistantThinking(ThinkingBlock),
     /// Final event: success, or the failure facts (including timeouts, spawn errors,
     /// queue full, no result).
     Done(Result<Success, Box<FailureFacts>>),
@@ -89,6 +123,10 @@ pub struct AssistantLine {
     pub model: Option<String>,
     /// The `text` of every `text` content block, in order.
     pub texts: Vec<String>,
+    /// Every `thinking` content block, in order.
+    pub thinking: Vec<ThinkingBlock>,
+    /// The ids of its `StructuredOutput` tool calls.
+    pub structured_ids: Vec<String>,
     pub api_error_status: Option<u16>,
     pub api_error_type: Option<String>,
     pub api_error: Option<String>,
@@ -110,6 +148,17 @@ pub struct ResultLine {
     pub total_cost_usd: Option<f64>,
     pub num_turns: Option<u64>,
     pub session_id: Option<String>,
+    /// `structured_output` (absent or null: None).
+    pub structured_output: Option<Value>,
+}
+
+/// What a `content_block_start` opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockKind {
+    Thinking,
+    /// A `tool_use` of the `StructuredOutput` tool (`--json-schema`).
+    StructuredOutput,
+    Other,
 }
 
 /// One stdout line, parsed.
@@ -145,6 +194,34 @@ pub enum Line {
     Abandoned {
         top_level: bool,
     },
+    /// `stream_event` `content_block_start`.
+    BlockStart {
+        index: u64,
+        kind: BlockKind,
+        top_level: bool,
+    },
+    /// `stream_event` `content_block_delta` / `input_json_delta`.
+    JsonDelta {
+        index: u64,
+        json: String,
+        top_level: bool,
+    },
+    /// `stream_event` `content_block_delta` / `thinking_delta`.
+    ThinkingDelta {
+        text: String,
+        top_level: bool,
+    },
+    /// `stream_event` `content_block_delta` / `signature_delta`.
+    SignatureDelta {
+        signature: String,
+        top_level: bool,
+    },
+    /// A `user` line (the CLI's tool results): the ids of the `tool_result` blocks with
+    /// `is_error: true`.
+    ToolErrors {
+        ids: Vec<String>,
+        top_level: bool,
+    },
     Result(ResultLine),
     /// `rate_limit_event` (a warning such as `allowed_warning` is not a failure).
     RateLimit {
@@ -176,6 +253,9 @@ fn usage_of(us: &Value) -> Usage {
         output_tokens: u(us, "output_tokens"),
         cache_creation_input_tokens: u(us, "cache_creation_input_tokens"),
         cache_read_input_tokens: u(us, "cache_read_input_tokens"),
+        thinking_tokens: us
+            .get("output_tokens_details")
+            .map_or(0, |d| u(d, "thinking_tokens")),
     }
 }
 
@@ -211,23 +291,35 @@ impl Line {
                 let msg = v.get("message");
                 let model = msg.and_then(|m| s(m, "model"));
                 let error = s(&v, "error");
-                let texts = msg
+                let blocks = msg
                     .and_then(|m| m.get("content"))
                     .and_then(Value::as_array)
-                    .map(|blocks| {
-                        blocks
-                            .iter()
-                            .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-                            .filter_map(|b| s(b, "text"))
-                            .collect()
-                    })
+                    .map(Vec::as_slice)
                     .unwrap_or_default();
+                let of_type = |t: &'static str| {
+                    blocks
+                        .iter()
+                        .filter(move |b| b.get("type").and_then(Value::as_str) == Some(t))
+                };
+                let texts = of_type("text").filter_map(|b| s(b, "text")).collect();
+                let thinking = of_type("thinking")
+                    .map(|b| ThinkingBlock {
+                        thinking: s(b, "thinking").unwrap_or_default(),
+                        signature: s(b, "signature").unwrap_or_default(),
+                    })
+                    .collect();
+                let structured_ids = of_type("tool_use")
+                    .filter(|b| s(b, "name").as_deref() == Some(STRUCTURED_OUTPUT_TOOL))
+                    .filter_map(|b| s(b, "id"))
+                    .collect();
                 Line::Assistant(AssistantLine {
                     synthetic: error.is_some() || model.as_deref() == Some("<synthetic>"),
                     error,
                     top_level: top_level(&v),
                     model,
                     texts,
+                    thinking,
+                    structured_ids,
                     api_error_status: status(&v, "api_error_status"),
                     api_error_type: s(&v, "api_error_type"),
                     api_error: s(&v, "api_error"),
@@ -246,20 +338,54 @@ impl Line {
                             .unwrap_or_default(),
                         top_level: top_level(&v),
                     },
+                    "content_block_start" => {
+                        let block = ev.get("content_block");
+                        let kind = match block.and_then(|b| s(b, "type")).as_deref() {
+                            Some("thinking") => BlockKind::Thinking,
+                            Some("tool_use")
+                                if block.and_then(|b| s(b, "name")).as_deref()
+                                    == Some(STRUCTURED_OUTPUT_TOOL) =>
+                            {
+                                BlockKind::StructuredOutput
+                            }
+                            _ => BlockKind::Other,
+                        };
+                        Line::BlockStart {
+                            index: u(ev, "index"),
+                            kind,
+                            top_level: top_level(&v),
+                        }
+                    }
                     "content_block_delta" => {
-                        let delta = ev.get("delta");
-                        if delta.and_then(|d| d.get("type")).and_then(Value::as_str)
-                            == Some("text_delta")
-                        {
-                            match delta.and_then(|d| s(d, "text")) {
-                                Some(text) => Line::TextDelta {
-                                    text,
-                                    top_level: top_level(&v),
+                        let Some(delta) = ev.get("delta") else {
+                            return Line::Other;
+                        };
+                        let top_level = top_level(&v);
+                        match (delta.get("type").and_then(Value::as_str), delta) {
+                            (Some("text_delta"), d) => match s(d, "text") {
+                                Some(text) => Line::TextDelta { text, top_level },
+                                None => Line::Other,
+                            },
+                            (Some("input_json_delta"), d) => match s(d, "partial_json") {
+                                Some(json) => Line::JsonDelta {
+                                    index: u(ev, "index"),
+                                    json,
+                                    top_level,
                                 },
                                 None => Line::Other,
-                            }
-                        } else {
-                            Line::Other
+                            },
+                            (Some("thinking_delta"), d) => match s(d, "thinking") {
+                                Some(text) => Line::ThinkingDelta { text, top_level },
+                                None => Line::Other,
+                            },
+                            (Some("signature_delta"), d) => match s(d, "signature") {
+                                Some(signature) => Line::SignatureDelta {
+                                    signature,
+                                    top_level,
+                                },
+                                None => Line::Other,
+                            },
+                            _ => Line::Other,
                         }
                     }
                     "message_stop" if v.get("abandoned_blocks").is_some_and(|a| !a.is_null()) => {
@@ -294,7 +420,29 @@ impl Line {
                     total_cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
                     num_turns: v.get("num_turns").and_then(Value::as_u64),
                     session_id: s(&v, "session_id"),
+                    structured_output: v.get("structured_output").filter(|o| !o.is_null()).cloned(),
                 })
+            }
+            "user" => {
+                let ids = v
+                    .get("message")
+                    .and_then(|m| m.get("content"))
+                    .and_then(Value::as_array)
+                    .map(|blocks| {
+                        blocks
+                            .iter()
+                            .filter(|b| {
+                                b.get("type").and_then(Value::as_str) == Some("tool_result")
+                            })
+                            .filter(|b| b.get("is_error").and_then(Value::as_bool) == Some(true))
+                            .filter_map(|b| s(b, "tool_use_id"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Line::ToolErrors {
+                    ids,
+                    top_level: top_level(&v),
+                }
             }
             "rate_limit_event" => {
                 let info = v.get("rate_limit_info");
@@ -322,6 +470,10 @@ pub struct RunAccumulator {
     session_id: Option<String>,
     model: Option<String>,
     last_result: Option<ResultLine>,
+    /// The index of the top-level `StructuredOutput` block of the current message.
+    structured_block: Option<u64>,
+    /// The ids of the top-level `StructuredOutput` calls so far (bounded by the turns).
+    structured_ids: Vec<String>,
 }
 
 impl RunAccumulator {
@@ -333,6 +485,42 @@ impl RunAccumulator {
     pub fn push_line(&mut self, line: &str) -> Vec<CliEvent> {
         match Line::parse(line) {
             Line::Skip | Line::Other => vec![],
+            Line::BlockStart {
+                index,
+                kind,
+                top_level: true,
+            } => match kind {
+                BlockKind::StructuredOutput => {
+                    self.structured_block = Some(index);
+                    vec![]
+                }
+                BlockKind::Thinking => vec![CliEvent::ThinkingStart],
+                BlockKind::Other => vec![],
+            },
+            Line::JsonDelta {
+                index,
+                json,
+                top_level: true,
+            } if self.structured_block == Some(index) => vec![CliEvent::StructuredDelta(json)],
+            Line::ThinkingDelta {
+                text,
+                top_level: true,
+            } => vec![CliEvent::ThinkingDelta(text)],
+            Line::SignatureDelta {
+                signature,
+                top_level: true,
+            } => vec![CliEvent::SignatureDelta(signature)],
+            Line::ToolErrors {
+                ids,
+                top_level: true,
+            } if ids.iter().any(|id| self.structured_ids.contains(id)) => {
+                vec![CliEvent::StructuredRejected]
+            }
+            Line::BlockStart { .. }
+            | Line::JsonDelta { .. }
+            | Line::ThinkingDelta { .. }
+            | Line::SignatureDelta { .. }
+            | Line::ToolErrors { .. } => vec![],
             Line::RateLimit { status, resets_at } => {
                 // Only a rejection's reset time says when a retry can succeed; the
                 // `allowed*` events describe a window that has not run out.
@@ -371,6 +559,7 @@ impl RunAccumulator {
             }
             Line::MessageStart { usage, top_level } => {
                 if top_level {
+                    self.structured_block = None;
                     vec![CliEvent::MessageStart(usage)]
                 } else {
                     vec![]
@@ -403,7 +592,12 @@ impl RunAccumulator {
                         self.model = a.model;
                     }
                     if a.top_level {
-                        a.texts.into_iter().map(CliEvent::AssistantText).collect()
+                        self.structured_ids.extend(a.structured_ids);
+                        a.thinking
+                            .into_iter()
+                            .map(CliEvent::AssistantThinking)
+                            .chain(a.texts.into_iter().map(CliEvent::AssistantText))
+                            .collect()
                     } else {
                         vec![]
                     }
@@ -458,6 +652,8 @@ impl RunAccumulator {
                     num_turns: r.num_turns,
                     session_id: self.session_id.clone().or_else(|| r.session_id.clone()),
                     model: self.model.clone(),
+                    structured_output: r.structured_output.clone(),
+                    thinking: Vec::new(),
                 });
             }
         }

@@ -15,8 +15,15 @@
 //!   writing some text is a success with a length stop (`max_turns` / `max_tokens`).
 //! - **Usage.** The prompt's usage from the first top-level `message_start`; an answer cut
 //!   at a stop sequence reports it with 0 output tokens (the run ends before its totals).
+//! - **Structured output** ([`TurnFold::structured`]). The answer is the model's
+//!   `StructuredOutput` call: its input JSON fragments are the text, prose is not. A call
+//!   the CLI rejects (schema mismatch) voids what was sent like an abandoned attempt; a
+//!   result without structured output (the model answered in prose) is a failure
+//!   (`structured_output_missing`), and a length-truncated one never a success.
+//! - **Thinking.** The model's top-level thinking ([`Step::Thinking`]) as it streams,
+//!   and its complete blocks on the [`Success`].
 
-use crate::protocol::{CliEvent, Success, Usage};
+use crate::protocol::{CliEvent, Success, ThinkingBlock, Usage};
 use crate::rules::{FailureFacts, GatewayCondition};
 
 /// What the caller does next.
@@ -24,11 +31,22 @@ use crate::rules::{FailureFacts, GatewayCondition};
 pub enum Step {
     /// Answer text for the client, in order.
     Text(String),
+    /// The model's thinking as it streams (before the text it leads to).
+    Thinking(ThinkingStep),
     /// The answer is complete. `text` is the whole answer (the CLI's authoritative result,
     /// cut at a stop sequence; or what was released before the cut).
     Finish(Box<Success>),
     /// The run failed: the facts go to the rules. Nothing follows.
     Fail(Box<FailureFacts>),
+}
+
+/// A piece of streamed thinking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThinkingStep {
+    /// A new thinking block.
+    Start,
+    Text(String),
+    Signature(String),
 }
 
 /// Where the answer stands.
@@ -66,6 +84,10 @@ pub struct TurnFold {
     /// Complete top-level assistant text blocks, for a length-truncated answer.
     blocks: String,
     prompt_usage: Option<Usage>,
+    /// The answer is the model's `StructuredOutput` call (`--json-schema`).
+    structured: bool,
+    /// Complete top-level thinking blocks.
+    thinking: Vec<ThinkingBlock>,
 }
 
 impl TurnFold {
@@ -78,7 +100,15 @@ impl TurnFold {
             since_block: String::new(),
             blocks: String::new(),
             prompt_usage: None,
+            structured: false,
+            thinking: Vec::new(),
         }
+    }
+
+    /// A fold whose answer is structured output: see the module docs.
+    pub fn structured(mut self, structured: bool) -> TurnFold {
+        self.structured = structured;
+        self
     }
 
     /// Whether the answer has ended (and how).
@@ -115,6 +145,25 @@ impl TurnFold {
             CliEvent::Started { .. } => {}
             CliEvent::MessageStart(usage) => {
                 self.prompt_usage.get_or_insert(usage);
+            }
+            CliEvent::TextDelta(_) | CliEvent::AssistantText(_) if self.structured => {}
+            CliEvent::StructuredDelta(json) => match self.phase {
+                _ if !self.structured => {}
+                Phase::Abandoned { .. } => {}
+                _ => self.emit(&json, &mut out),
+            },
+            CliEvent::StructuredRejected => {
+                if self.structured && self.answered() {
+                    self.phase = Phase::Abandoned { answered: true };
+                }
+            }
+            CliEvent::ThinkingStart => self.think(ThinkingStep::Start, &mut out),
+            CliEvent::ThinkingDelta(t) => self.think(ThinkingStep::Text(t), &mut out),
+            CliEvent::SignatureDelta(s) => self.think(ThinkingStep::Signature(s), &mut out),
+            CliEvent::AssistantThinking(block) => {
+                if self.thinking.len() < MAX_THINKING_BLOCKS {
+                    self.thinking.push(block);
+                }
             }
             CliEvent::TextDelta(text) => match self.phase {
                 Phase::Abandoned { .. } => {}
@@ -160,6 +209,13 @@ impl TurnFold {
         }))))
     }
 
+    /// Streamed thinking, except during an abandoned attempt (its retry is not streamed).
+    fn think(&mut self, step: ThinkingStep, out: &mut Vec<Step>) {
+        if !matches!(self.phase, Phase::Abandoned { .. }) {
+            out.push(Step::Thinking(step));
+        }
+    }
+
     fn answered(&self) -> bool {
         matches!(
             self.phase,
@@ -199,6 +255,38 @@ impl TurnFold {
     }
 
     fn succeed(&mut self, mut success: Success, out: &mut Vec<Step>) {
+        success.thinking = std::mem::take(&mut self.thinking);
+        if self.structured {
+            if success.structured_output.is_none() {
+                let facts = FailureFacts {
+                    condition: Some(GatewayCondition::StructuredOutputMissing),
+                    result_seen: true,
+                    result_subtype: Some("success".into()),
+                    ..FailureFacts::default()
+                };
+                return self.fail(Box::new(facts), out);
+            }
+            if let Phase::Abandoned { answered: true } = self.phase {
+                // A rejected call was streamed: the accepted one must continue it.
+                let text = success.text.clone();
+                match text.strip_prefix(self.released.as_str()) {
+                    Some(rest) => {
+                        self.phase = Phase::Answering;
+                        self.emit(rest, out);
+                        if self.ended().is_some() {
+                            return;
+                        }
+                    }
+                    None => {
+                        let facts = FailureFacts {
+                            condition: Some(GatewayCondition::StreamAbandoned),
+                            ..FailureFacts::default()
+                        };
+                        return self.fail(Box::new(facts), out);
+                    }
+                }
+            }
+        }
         if !self.answered() {
             // Nothing was streamed (no partial messages): the whole text is the answer.
             let text = success.text.clone();
@@ -224,7 +312,8 @@ impl TurnFold {
     }
 
     fn failed(&mut self, facts: Box<FailureFacts>, out: &mut Vec<Step>) {
-        if let Some(stop) = length_limit(&facts) {
+        // A cut-off JSON answer is no answer.
+        if let Some(stop) = length_limit(&facts).filter(|_| !self.structured) {
             let text = if self.blocks.trim().is_empty() {
                 self.released.clone()
             } else {
@@ -256,6 +345,9 @@ impl TurnFold {
         out.push(Step::Fail(facts));
     }
 }
+
+/// The most thinking blocks one answer keeps (the CLI's turns bound them anyway).
+const MAX_THINKING_BLOCKS: usize = 256;
 
 /// A length limit the CLI hit: its turn limit (`error_max_turns`) or its output token
 /// limit (`max_output_tokens`, after the CLI's own "resume" attempts). The APIs report a

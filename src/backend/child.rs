@@ -199,6 +199,7 @@ pub(super) fn spawn_cli(
     model: Option<&str>,
     system_prompt: Option<&str>,
     history: &[SessionTurn],
+    options: &super::request::RunOptions,
 ) -> Result<Spawned, Box<FailureFacts>> {
     let system_file = match system_prompt {
         Some(text) => match write_system_prompt(&settings.temp_dir, text) {
@@ -225,6 +226,7 @@ pub(super) fn spawn_cli(
     }
     let flags = CliRequest {
         model: model.map(str::to_string),
+        options: options.clone(),
         ..CliRequest::default()
     };
     let mut args = cli_args(settings, &flags, system_file.as_ref().map(|f| f.path()));

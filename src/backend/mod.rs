@@ -51,7 +51,7 @@ pub use io::MAX_LINE_BYTES;
 pub use pool::PoolHandle;
 pub use present::SessionTurn;
 pub use reaper::become_subreaper;
-pub use request::{CliRequest, CliSettings};
+pub use request::{CliRequest, CliSettings, Effort, RunOptions, Thinking};
 pub use run::CliRun;
 pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 

@@ -43,7 +43,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::child::{spawn_cli, Spawned};
-use super::request::{CliRequest, CliSettings};
+use super::request::{CliRequest, CliSettings, RunOptions};
 use super::stats::{BackendStats, PoolMiss};
 use crate::shutdown::Shutdown;
 
@@ -142,6 +142,8 @@ impl Pool {
             && req.system_prompt.is_none()
             // A resumed session needs its own flags (`--resume <id>`).
             && req.history.is_empty()
+            // Schema, effort and thinking are flags the idle processes do not have.
+            && req.options.is_default()
             && req.model.as_deref().filter(|m| !m.is_empty()) == self.model.as_deref()
     }
 
@@ -374,7 +376,14 @@ pub(super) async fn maintain(
             let Ok(permit) = Arc::clone(&pool.deps.slots).try_acquire_owned() else {
                 break;
             };
-            match spawn_cli(&pool.deps.settings, stats, pool.model.as_deref(), None, &[]) {
+            match spawn_cli(
+                &pool.deps.settings,
+                stats,
+                pool.model.as_deref(),
+                None,
+                &[],
+                &RunOptions::default(),
+            ) {
                 Ok(proc) => {
                     stats.pool_spawned_total.fetch_add(1, Ordering::Relaxed);
                     let idle = Idle {

@@ -14,12 +14,14 @@
 //! instruction (the top-level `system`, then each system message in order) joins the
 //! system prompt; empty ones are dropped. Images and documents go after the text of the
 //! line, an `[image N]` / `[document N]` marker keeping their place in the text.
-//! Thinking blocks sent back in the history are not shown to the model again; tool blocks
-//! cannot be presented this way and are refused.
+//! An assistant's signed thinking blocks sent back in the history go into the synthesized
+//! session as the model wrote them (the transcript leaves them out; fingerprints ignore
+//! them); tool blocks cannot be presented this way and are refused.
 
 use serde_json::Value;
 use sha2::Digest as _;
 
+use super::request::RunOptions;
 use crate::conversation::{Block, Conversation, ConversationError, Message, Role};
 
 /// What is written to the CLI for one conversation.
@@ -129,11 +131,21 @@ pub struct Fingerprint([u8; 32]);
 pub struct FingerprintBuilder(sha2::Sha256);
 
 impl FingerprintBuilder {
-    fn new(tenant: &str, model: &str, system: Option<&str>) -> FingerprintBuilder {
+    fn new(
+        tenant: &str,
+        model: &str,
+        system: Option<&str>,
+        options: &RunOptions,
+    ) -> FingerprintBuilder {
         let mut b = FingerprintBuilder(sha2::Sha256::new());
         b.field(tenant.as_bytes());
         b.field(model.as_bytes());
         b.field(system.unwrap_or("\u{0}none").as_bytes());
+        // The schema, effort and thinking flags the process was started with.
+        for flag in options.flags() {
+            b.field(flag.as_bytes());
+        }
+        b.field(b"\0flags");
         b
     }
 
@@ -143,9 +155,11 @@ impl FingerprintBuilder {
         self.0.update(bytes);
     }
 
+    /// Thinking blocks aside: the CLI's own answer is fingerprinted by its text, and a
+    /// client sending its thinking back holds the same conversation.
     fn message(&mut self, assistant: bool, content: &[Value]) {
         self.field(if assistant { b"assistant" } else { b"user" });
-        for block in content {
+        for block in content.iter().filter(|b| !is_thinking(b)) {
             self.field(block.to_string().as_bytes());
         }
         self.field(b"\0end");
@@ -179,8 +193,16 @@ pub struct Turns {
     pub keep: FingerprintBuilder,
 }
 
-/// A message's content blocks as the Messages API takes them (text, image, document);
-/// thinking blocks are left out, empty text blocks (which the API refuses) too.
+fn is_thinking(block: &Value) -> bool {
+    matches!(
+        block.get("type").and_then(Value::as_str),
+        Some("thinking" | "redacted_thinking")
+    )
+}
+
+/// A message's content blocks as the Messages API takes them (text, image, document, and
+/// an assistant's signed thinking blocks, which the model gets back as it wrote them);
+/// unsigned thinking (which the API refuses) and empty text blocks are left out.
 fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
     let mut out = Vec::with_capacity(m.blocks.len());
     for (j, b) in m.blocks.iter().enumerate() {
@@ -188,6 +210,19 @@ fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
             Block::Text(t) if t.is_empty() => {}
             Block::Text(t) => out.push(serde_json::json!({"type": "text", "text": t})),
             Block::Image(v) | Block::Document(v) => out.push(v.clone()),
+            Block::Thinking {
+                text,
+                redacted: true,
+                ..
+            } if m.role == Role::Assistant => {
+                out.push(serde_json::json!({"type": "redacted_thinking", "data": text}))
+            }
+            Block::Thinking {
+                text,
+                signature: Some(sig),
+                ..
+            } if m.role == Role::Assistant && !sig.is_empty() => out
+                .push(serde_json::json!({"type": "thinking", "thinking": text, "signature": sig})),
             Block::Thinking { .. } => {}
             Block::ToolUse { .. } | Block::ToolResult { .. } => return Err((b.type_name(), j)),
         }
@@ -200,10 +235,11 @@ pub fn present_turns(
     conversation: &Conversation,
     tenant: &str,
     model: &str,
+    options: &RunOptions,
 ) -> Result<Turns, PresentError> {
     conversation.validate()?;
     let system_prompt = system_prompt(conversation);
-    let mut fp = FingerprintBuilder::new(tenant, model, system_prompt.as_deref());
+    let mut fp = FingerprintBuilder::new(tenant, model, system_prompt.as_deref(), options);
     let mut turns: Vec<SessionTurn> = Vec::new();
     for (i, m) in conversation.messages.iter().enumerate() {
         if m.role == Role::System {

@@ -63,6 +63,84 @@ pub struct CliRequest {
     pub continue_from: Option<super::present::Fingerprint>,
     /// Keep the process after a clean answer, under this fingerprint plus the answer.
     pub keep: Option<super::present::FingerprintBuilder>,
+    /// Structured output, effort and thinking: flags of the process (so part of the
+    /// kept-process fingerprint, and only default options use the pre-warmed pool).
+    pub options: RunOptions,
+}
+
+/// The CLI's `--effort` levels (what `claude --help` and the CLI's own check accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Effort {
+    Low,
+    Medium,
+    High,
+    Xhigh,
+    Max,
+}
+
+impl Effort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effort::Low => "low",
+            Effort::Medium => "medium",
+            Effort::High => "high",
+            Effort::Xhigh => "xhigh",
+            Effort::Max => "max",
+        }
+    }
+}
+
+/// How the model thinks: `--thinking disabled`, `--thinking adaptive`, or a budget
+/// (`--max-thinking-tokens N`, honoured by models that take a budget; adaptive-only
+/// models think adaptively whatever it says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Thinking {
+    Disabled,
+    Adaptive,
+    Budget(u32),
+}
+
+/// Per-request process flags beyond the model and system prompt. The default adds no flag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RunOptions {
+    /// `--json-schema`: the compact JSON text of the schema the answer must satisfy.
+    pub json_schema: Option<String>,
+    pub effort: Option<Effort>,
+    pub thinking: Option<Thinking>,
+    /// `--thinking-display` (`summarized` / `omitted`).
+    pub thinking_display: Option<&'static str>,
+}
+
+impl RunOptions {
+    /// The flags these options add to the argv, in a fixed order.
+    pub fn flags(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(schema) = &self.json_schema {
+            out.push("--json-schema".to_string());
+            out.push(schema.clone());
+        }
+        if let Some(e) = self.effort {
+            out.push("--effort".to_string());
+            out.push(e.as_str().to_string());
+        }
+        match self.thinking {
+            Some(Thinking::Disabled) => out.extend(["--thinking".into(), "disabled".into()]),
+            Some(Thinking::Adaptive) => out.extend(["--thinking".into(), "adaptive".into()]),
+            Some(Thinking::Budget(n)) => {
+                out.extend(["--max-thinking-tokens".into(), n.to_string()])
+            }
+            None => {}
+        }
+        if let Some(d) = self.thinking_display {
+            out.push("--thinking-display".to_string());
+            out.push(d.to_string());
+        }
+        out
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == RunOptions::default()
+    }
 }
 
 impl CliRequest {
@@ -71,6 +149,7 @@ impl CliRequest {
     pub fn for_conversation(
         conversation: &crate::conversation::Conversation,
         model: &str,
+        options: &RunOptions,
     ) -> Result<CliRequest, super::present::PresentError> {
         let p = super::present::present(conversation)?;
         Ok(CliRequest {
@@ -78,6 +157,7 @@ impl CliRequest {
             attachments: p.attachments,
             system_prompt: p.system_prompt,
             model: Some(model.to_string()),
+            options: options.clone(),
             ..CliRequest::default()
         })
     }
@@ -87,7 +167,11 @@ impl CliRequest {
     /// The request for one conversation as real turns ([`super::present::present_turns`]):
     /// continued in a kept process when one holds its earlier turns, else a fresh run
     /// resuming them as a synthesized session; kept for the next turn after a clean answer.
-    pub fn for_turns(turns: super::present::Turns, model: &str) -> CliRequest {
+    pub fn for_turns(
+        turns: super::present::Turns,
+        model: &str,
+        options: &RunOptions,
+    ) -> CliRequest {
         CliRequest {
             prompt: turns.prompt,
             attachments: turns.attachments,
@@ -96,6 +180,7 @@ impl CliRequest {
             continue_from: (!turns.history.is_empty()).then_some(turns.history_fingerprint),
             history: turns.history,
             keep: Some(turns.keep),
+            options: options.clone(),
             ..CliRequest::default()
         }
     }

@@ -368,6 +368,7 @@ async fn run_process(
             req.model.as_deref(),
             req.system_prompt.as_deref(),
             &req.history,
+            &req.options,
         ) {
             Ok(sp) => sp,
             Err(facts) => return Ran::Done(Err(facts)),

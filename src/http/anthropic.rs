@@ -7,6 +7,7 @@ use axum::response::sse::Event;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::backend::{Effort, RunOptions, Thinking};
 use crate::conversation::{Conversation, Message, Role};
 use crate::engine::TurnRequest;
 use crate::http::content::{Allow, Content};
@@ -14,6 +15,7 @@ use crate::http::errors::ApiError;
 use crate::http::handler::{Api, Framer};
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
+use crate::turn::ThinkingStep;
 
 /// The Messages API.
 pub struct Messages;
@@ -37,6 +39,8 @@ pub struct MessagesRequest {
     output_config: Option<Value>,
     #[serde(default)]
     output_format: Option<Value>,
+    #[serde(default)]
+    thinking: Option<Value>,
     #[serde(default)]
     mcp_servers: Option<Value>,
     #[serde(default)]
@@ -79,23 +83,6 @@ fn refuse_unsupported(req: &MessagesRequest) -> Result<(), ApiError> {
             ));
         }
     }
-    let format = req
-        .output_config
-        .as_ref()
-        .and_then(|c| c.get("format"))
-        .filter(|f| !f.is_null());
-    if format.is_some() {
-        return Err(ApiError::invalid_param(
-            "output_config.format: structured output is not supported by this gateway yet",
-            "output_config.format",
-        ));
-    }
-    if present(&req.output_format) {
-        return Err(ApiError::invalid_param(
-            "output_format: structured output is not supported by this gateway yet",
-            "output_format",
-        ));
-    }
     for (field, value) in [
         ("mcp_servers", &req.mcp_servers),
         ("container", &req.container),
@@ -108,6 +95,148 @@ fn refuse_unsupported(req: &MessagesRequest) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+fn bad(field: &str, message: impl Into<String>) -> ApiError {
+    let message = message.into();
+    ApiError::invalid_param(format!("{field}: {message}"), field)
+}
+
+/// A structured-output format (`output_config.format`, `output_format`):
+/// `{"type": "json_schema", "schema": {…}}` → the schema's text for `--json-schema`.
+fn json_schema_format(format: &Value, field: &str) -> Result<String, ApiError> {
+    let Some(obj) = format.as_object() else {
+        return Err(bad(field, "must be an object"));
+    };
+    match obj.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {}
+        _ => {
+            return Err(bad(
+                field,
+                "only `{\"type\": \"json_schema\", \"schema\": …}` is supported",
+            ))
+        }
+    }
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "type" | "schema"))
+    {
+        return Err(bad(field, format!("unknown key `{k}`")));
+    }
+    let schema = obj
+        .get("schema")
+        .ok_or_else(|| bad(field, "`schema` is required"))?;
+    crate::engine::check_schema(schema).map_err(|e| bad(&format!("{field}.schema"), e))
+}
+
+/// `output_config.effort` → `--effort` (the CLI's levels are the API's).
+fn effort(v: &Value) -> Result<Effort, ApiError> {
+    const FIELD: &str = "output_config.effort";
+    match v.as_str() {
+        Some("low") => Ok(Effort::Low),
+        Some("medium") => Ok(Effort::Medium),
+        Some("high") => Ok(Effort::High),
+        Some("xhigh") => Ok(Effort::Xhigh),
+        Some("max") => Ok(Effort::Max),
+        _ => Err(bad(FIELD, "must be one of low, medium, high, xhigh, max")),
+    }
+}
+
+/// `thinking` → the CLI's thinking flags, and whether the client gets thinking blocks.
+fn thinking(
+    v: &Value,
+    max_tokens: u64,
+) -> Result<(Option<Thinking>, Option<&'static str>, bool), ApiError> {
+    const FIELD: &str = "thinking";
+    let Some(obj) = v.as_object() else {
+        return Err(bad(FIELD, "must be an object"));
+    };
+    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
+    let allowed: &[&str] = match kind {
+        "enabled" => &["type", "budget_tokens", "display"],
+        "adaptive" => &["type", "display"],
+        "disabled" => &["type"],
+        _ => {
+            return Err(bad(
+                "thinking.type",
+                "must be one of enabled, adaptive, disabled",
+            ))
+        }
+    };
+    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(bad(FIELD, format!("unknown key `{k}` for type `{kind}`")));
+    }
+    let display = match obj.get("display").filter(|d| !d.is_null()) {
+        None => None,
+        Some(d) => match d.as_str() {
+            Some("summarized") => Some("summarized"),
+            Some("omitted") => Some("omitted"),
+            _ => return Err(bad("thinking.display", "must be summarized or omitted")),
+        },
+    };
+    let mode = match kind {
+        "disabled" => Thinking::Disabled,
+        "adaptive" => Thinking::Adaptive,
+        _ => {
+            let n = obj
+                .get("budget_tokens")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("thinking.budget_tokens", "an integer is required"))?;
+            if n < 1024 {
+                return Err(bad("thinking.budget_tokens", "must be at least 1024"));
+            }
+            if n >= max_tokens {
+                return Err(bad(
+                    "thinking.budget_tokens",
+                    "must be less than max_tokens",
+                ));
+            }
+            Thinking::Budget(u32::try_from(n).unwrap_or(u32::MAX))
+        }
+    };
+    Ok((Some(mode), display, mode != Thinking::Disabled))
+}
+
+/// Structured output, effort and thinking: the process flags and whether the client is
+/// shown thinking. Unknown keys and values are refused, never ignored.
+fn run_options(req: &MessagesRequest) -> Result<(RunOptions, bool), ApiError> {
+    let mut options = RunOptions::default();
+    let mut show = false;
+    if let Some(config) = req.output_config.as_ref().filter(|c| !c.is_null()) {
+        let Some(obj) = config.as_object() else {
+            return Err(bad("output_config", "must be an object"));
+        };
+        for (key, v) in obj.iter().filter(|(_, v)| !v.is_null()) {
+            match key.as_str() {
+                "format" => {
+                    options.json_schema = Some(json_schema_format(v, "output_config.format")?)
+                }
+                "effort" => options.effort = Some(effort(v)?),
+                other => {
+                    return Err(bad(
+                        "output_config",
+                        format!("`{other}` is not supported by this gateway"),
+                    ))
+                }
+            }
+        }
+    }
+    if let Some(format) = req.output_format.as_ref().filter(|f| !f.is_null()) {
+        if options.json_schema.is_some() {
+            return Err(bad(
+                "output_format",
+                "give either output_format or output_config.format, not both",
+            ));
+        }
+        options.json_schema = Some(json_schema_format(format, "output_format")?);
+    }
+    if let Some(t) = req.thinking.as_ref().filter(|t| !t.is_null()) {
+        let (mode, display, shown) = thinking(t, req.max_tokens)?;
+        options.thinking = mode;
+        options.thinking_display = display;
+        show = shown;
+    }
+    Ok((options, show))
 }
 
 fn stop_reason(s: &Success) -> &str {
@@ -192,7 +321,15 @@ impl Api for Messages {
             let blocks = m.content.blocks(&format!("messages[{i}].content"), allow)?;
             messages.push(Message::new(role, blocks));
         }
-        crate::http::handler::turn_request(Conversation { system, messages }, &req.model, stop)
+        let (options, show_thinking) = run_options(req)?;
+        let mut turn = crate::http::handler::turn_request(
+            Conversation { system, messages },
+            &req.model,
+            stop,
+        )?;
+        turn.options = options;
+        turn.show_thinking = show_thinking;
+        Ok(turn)
     }
 
     fn answer_id() -> String {
@@ -200,12 +337,19 @@ impl Api for Messages {
     }
 
     fn complete_body(req: &MessagesRequest, id: &str, s: &Success) -> Value {
+        // The thinking blocks (only on answers that show them) before the text.
+        let mut content: Vec<Value> = s
+            .thinking
+            .iter()
+            .map(|t| json!({"type": "thinking", "thinking": t.thinking, "signature": t.signature}))
+            .collect();
+        content.push(json!({"type": "text", "text": s.text}));
         json!({
             "id": id,
             "type": "message",
             "role": "assistant",
             "model": req.model,
-            "content": [{"type": "text", "text": s.text}],
+            "content": content,
             "stop_reason": stop_reason(s),
             "stop_sequence": s.stop_sequence,
             "usage": usage_json(&s.usage),
@@ -213,10 +357,16 @@ impl Api for Messages {
     }
 
     fn framer(req: MessagesRequest, id: String, prompt_usage: Option<&Usage>) -> MessageFramer {
+        // Thinking blocks come before the text block: with thinking shown, blocks open as
+        // their content arrives.
+        let lazy = run_options(&req).is_ok_and(|(_, show)| show);
         MessageFramer {
             id,
             model: req.model,
             prompt_usage: prompt_usage.cloned(),
+            lazy,
+            open: None,
+            next: 0,
         }
     }
 }
@@ -230,6 +380,54 @@ pub struct MessageFramer {
     id: String,
     model: String,
     prompt_usage: Option<Usage>,
+    /// Open content blocks as their content arrives (thinking shown); otherwise the text
+    /// block opens with the message.
+    lazy: bool,
+    /// The open content block (its index is `next - 1`).
+    open: Option<BlockOpen>,
+    /// The index of the next content block.
+    next: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockOpen {
+    Text,
+    Thinking,
+}
+
+impl MessageFramer {
+    /// Closes the open block and opens one of `kind` at the next index.
+    fn open_block(&mut self, kind: BlockOpen) -> Vec<Event> {
+        let mut out = self.close_block();
+        let block = match kind {
+            BlockOpen::Text => json!({"type": "text", "text": ""}),
+            BlockOpen::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
+        };
+        out.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": self.next, "content_block": block}),
+        ));
+        self.open = Some(kind);
+        self.next += 1;
+        out
+    }
+
+    fn close_block(&mut self) -> Vec<Event> {
+        match self.open.take() {
+            Some(_) => vec![event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": self.next - 1}),
+            )],
+            None => Vec::new(),
+        }
+    }
+
+    fn delta(&self, delta: Value) -> Event {
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": self.next.saturating_sub(1), "delta": delta}),
+        )
+    }
 }
 
 impl Framer for MessageFramer {
@@ -240,38 +438,57 @@ impl Framer for MessageFramer {
             || json!({"input_tokens": 0, "output_tokens": 0}),
             usage_json,
         );
-        vec![
-            event(
-                "message_start",
-                json!({"type": "message_start", "message": {
-                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": start_usage,
-                }}),
-            ),
-            event(
-                "content_block_start",
-                json!({"type": "content_block_start", "index": 0,
-                       "content_block": {"type": "text", "text": ""}}),
-            ),
-            event("ping", json!({"type": "ping"})),
-        ]
+        let mut out = vec![event(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": start_usage,
+            }}),
+        )];
+        if !self.lazy {
+            out.extend(self.open_block(BlockOpen::Text));
+        }
+        out.push(event("ping", json!({"type": "ping"})));
+        out
     }
 
     fn text(&mut self, text: String) -> Vec<Event> {
-        vec![event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0,
-                   "delta": {"type": "text_delta", "text": text}}),
-        )]
+        let mut out = Vec::new();
+        if self.open != Some(BlockOpen::Text) {
+            out = self.open_block(BlockOpen::Text);
+        }
+        out.push(self.delta(json!({"type": "text_delta", "text": text})));
+        out
+    }
+
+    fn thinking(&mut self, step: ThinkingStep) -> Vec<Event> {
+        let mut out = Vec::new();
+        match step {
+            ThinkingStep::Start => out = self.open_block(BlockOpen::Thinking),
+            ThinkingStep::Text(t) => {
+                if self.open != Some(BlockOpen::Thinking) {
+                    out = self.open_block(BlockOpen::Thinking);
+                }
+                out.push(self.delta(json!({"type": "thinking_delta", "thinking": t})));
+            }
+            // A signature belongs to the open thinking block.
+            ThinkingStep::Signature(sig) if self.open == Some(BlockOpen::Thinking) => {
+                out.push(self.delta(json!({"type": "signature_delta", "signature": sig})));
+            }
+            ThinkingStep::Signature(_) => {}
+        }
+        out
     }
 
     fn finish(&mut self, s: &Success) -> Vec<Event> {
-        vec![
-            event(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
-            ),
+        let mut out = Vec::new();
+        if self.open != Some(BlockOpen::Text) {
+            // Every answer has its text block, even an empty one.
+            out = self.open_block(BlockOpen::Text);
+        }
+        out.extend(self.close_block());
+        out.extend([
             event(
                 "message_delta",
                 json!({"type": "message_delta",
@@ -279,7 +496,8 @@ impl Framer for MessageFramer {
                        "usage": usage_json(&s.usage)}),
             ),
             event("message_stop", json!({"type": "message_stop"})),
-        ]
+        ]);
+        out
     }
 
     fn fail(&mut self, body: Value) -> Vec<Event> {

@@ -14,6 +14,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::backend::RunOptions;
 use crate::conversation::Conversation;
 use crate::engine::{TurnRequest, TurnRun, TurnStep};
 use crate::http::errors::{ApiError, RenderedError};
@@ -22,6 +23,7 @@ use crate::http::state::AppState;
 use crate::http::RequestId;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
+use crate::turn::ThinkingStep;
 
 /// One API: its request type and how it translates to and from a turn.
 pub trait Api: Send + Sync + Sized + 'static {
@@ -37,6 +39,11 @@ pub trait Api: Send + Sync + Sized + 'static {
     fn wants_stream(req: &Self::Request) -> bool;
     /// Validates the request and translates it into the neutral turn.
     fn translate(req: &Self::Request) -> Result<TurnRequest, ApiError>;
+    /// Whether the process config shows this API's clients the model's thinking whatever
+    /// the request says (OpenAI: `openai.reasoning_content`).
+    fn thinking_by_config(_settings: &crate::config::Settings) -> bool {
+        false
+    }
     /// A new id for the answer (`chatcmpl-…`, `msg_…`).
     fn answer_id() -> String;
     /// The complete (non-streaming) answer body.
@@ -61,6 +68,8 @@ pub fn turn_request(
         model: model.to_string(),
         stop,
         tenant: String::new(),
+        options: RunOptions::default(),
+        show_thinking: false,
     })
 }
 
@@ -69,6 +78,10 @@ pub trait Framer: Send + 'static {
     /// The events before the first text.
     fn opening(&mut self) -> Vec<Event>;
     fn text(&mut self, text: String) -> Vec<Event>;
+    /// The model's streamed thinking (only for requests that show it).
+    fn thinking(&mut self, _step: ThinkingStep) -> Vec<Event> {
+        Vec::new()
+    }
     /// The last events of a complete answer.
     fn finish(&mut self, answer: &Success) -> Vec<Event>;
     /// The last events of a stream that failed after it began (`body` is the rendered
@@ -121,6 +134,7 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         Err(e) => return cx.error(e),
     };
     turn.tenant.clone_from(&cx.tenant);
+    turn.show_thinking |= A::thinking_by_config(&state.settings);
     let mut run = match state
         .engine
         .start(Arc::clone(&cx.rules), Arc::clone(&cx.record), turn)
@@ -176,6 +190,7 @@ fn sse_response<F: Framer>(
             }
             let events = match run.next().await? {
                 TurnStep::Text(t) => framer.text(t),
+                TurnStep::Thinking(t) => framer.thinking(t),
                 TurnStep::Finish(s) => {
                     cx.record.stream_finished();
                     framer.finish(&s)

@@ -48,6 +48,9 @@ pub enum GatewayCondition {
     /// The gateway could not write a request's temp file (`cli.temp_dir` / TMPDIR full or
     /// read-only); no CLI was started.
     TmpUnwritable,
+    /// The client asked for structured output (a JSON Schema) and the CLI's result has
+    /// none: the model answered in prose.
+    StructuredOutputMissing,
 }
 
 /// Everything known about one failed run. All fields optional: a spawn error has no
@@ -150,6 +153,9 @@ impl FailureFacts {
             Some(GatewayCondition::ShuttingDown) => "the gateway is shutting down".to_string(),
             Some(GatewayCondition::TmpUnwritable) => {
                 "the gateway's temporary directory is not writable".to_string()
+            }
+            Some(GatewayCondition::StructuredOutputMissing) => {
+                "the model answered in prose instead of the requested JSON".to_string()
             }
             None => format!("Claude CLI {how}"),
         }

@@ -20,6 +20,7 @@ mod reload;
 mod router;
 mod rules;
 mod security;
+mod structured;
 mod support;
 mod support_real;
 mod turns;
