@@ -29,7 +29,7 @@
 //! Inside, the dependencies point one way: `run` (the driver task and watch loop) →
 //! `admission` (limiter, wait queue) → `pool` (pre-warmed processes) → `child` (spawn,
 //! process group, reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line,
-//! system-prompt file) → `request` / `stats`. `crate::protocol` (pure parser,
+//! system-prompt file) → `request` / `stats` / `options`. `crate::protocol` (pure parser,
 //! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
 mod admission;
@@ -37,6 +37,7 @@ mod args;
 mod child;
 mod io;
 mod kept;
+mod options;
 mod pool;
 pub mod present;
 mod reaper;
@@ -48,10 +49,11 @@ mod stats;
 pub use crate::protocol::{CliEvent, Success, Usage};
 pub use args::{cli_args, user_line};
 pub use io::MAX_LINE_BYTES;
+pub use options::{Effort, RunOptions, Thinking};
 pub use pool::PoolHandle;
 pub use present::SessionTurn;
 pub use reaper::become_subreaper;
-pub use request::{CliRequest, CliSettings, Effort, RunOptions, Thinking};
+pub use request::{CliRequest, CliSettings};
 pub use run::CliRun;
 pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 

@@ -21,7 +21,7 @@
 use serde_json::Value;
 use sha2::Digest as _;
 
-use super::request::RunOptions;
+use super::options::RunOptions;
 use crate::conversation::{Block, Conversation, ConversationError, Message, Role};
 
 /// What is written to the CLI for one conversation.

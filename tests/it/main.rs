@@ -16,6 +16,7 @@ mod pool;
 mod props;
 mod real_cli;
 mod real_gateway;
+mod real_structured;
 mod reload;
 mod router;
 mod rules;

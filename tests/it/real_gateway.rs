@@ -23,7 +23,7 @@ async fn real_server(
 }
 
 /// [`real_server`] with a further config change applied last.
-async fn real_server_with(
+pub(crate) async fn real_server_with(
     exe: std::path::PathBuf,
     base_url: Option<String>,
     rules_yaml: Option<String>,
