@@ -808,6 +808,44 @@ mod tests {
     }
 
     #[test]
+    fn structured_output_calls_thinking_and_rejections_are_events() {
+        let mut acc = RunAccumulator::new();
+        let lines = [
+            r#"{"type":"stream_event","event":{"type":"message_start","message":{"usage":{"input_tokens":3}}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"sig"}},"parent_tool_use_id":null}"#,
+            r#"{"type":"assistant","message":{"model":"m","content":[{"type":"thinking","thinking":"hm","signature":"sig"}]},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"StructuredOutput","input":{}}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}},"parent_tool_use_id":null}"#,
+            r#"{"type":"assistant","message":{"model":"m","content":[{"type":"tool_use","id":"toolu_1","name":"StructuredOutput","input":{"a":1}}]},"parent_tool_use_id":null}"#,
+            r#"{"type":"user","message":{"role":"user","content":[{"type":"tool_result","content":"bad","is_error":true,"tool_use_id":"toolu_1"}]},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_2","name":"mcp__cg__f","input":{}}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{}"}},"parent_tool_use_id":null}"#,
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"{\"a\":1}","structured_output":{"a":1},"usage":{"output_tokens":5,"output_tokens_details":{"thinking_tokens":2}}}"#,
+        ];
+        let events: Vec<CliEvent> = lines.iter().flat_map(|l| acc.push_line(l)).collect();
+        assert_eq!(
+            events[1..],
+            [
+                CliEvent::ThinkingStart,
+                CliEvent::ThinkingDelta("hm".into()),
+                CliEvent::SignatureDelta("sig".into()),
+                CliEvent::AssistantThinking(ThinkingBlock {
+                    thinking: "hm".into(),
+                    signature: "sig".into()
+                }),
+                CliEvent::StructuredDelta("{\"a\":1}".into()),
+                CliEvent::StructuredRejected,
+            ],
+            "another tool's input is no structured output"
+        );
+        let ok = acc.conclude(exited(0)).unwrap();
+        assert_eq!(ok.structured_output, Some(serde_json::json!({"a": 1})));
+        assert_eq!(ok.usage.thinking_tokens, 2);
+    }
+
+    #[test]
     fn a_sub_agents_abandoned_attempt_does_not_abandon_the_answer() {
         let mut acc = RunAccumulator::new();
         let sub = r#"{"type":"stream_event","parent_tool_use_id":"toolu_1","abandoned_blocks":[0],"event":{"type":"message_stop"}}"#;

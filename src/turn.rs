@@ -739,6 +739,102 @@ mod tests {
         }
     }
 
+    fn structured_ok(json: &str) -> CliEvent {
+        CliEvent::Done(Ok(Success {
+            text: json.into(),
+            structured_output: Some(serde_json::from_str(json).unwrap()),
+            ..Success::default()
+        }))
+    }
+
+    fn fold_structured(events: Vec<CliEvent>) -> Vec<Step> {
+        let mut f = TurnFold::new(vec![]).structured(true);
+        events.into_iter().flat_map(|e| f.push(e)).collect()
+    }
+
+    #[test]
+    fn structured_output_streams_the_calls_json_and_ignores_prose() {
+        let steps = fold_structured(vec![
+            delta("Here you go: "),
+            CliEvent::AssistantText("Here you go: ".into()),
+            CliEvent::StructuredDelta("{\"a\": ".into()),
+            CliEvent::StructuredDelta("1}".into()),
+            structured_ok("{\"a\":1}"),
+        ]);
+        assert_eq!(texts(&steps), "{\"a\": 1}");
+        assert_eq!(finish(&steps).text, "{\"a\":1}");
+        // Without partial messages the result's JSON is the whole text.
+        let steps = fold_structured(vec![structured_ok("{\"a\":1}")]);
+        assert_eq!(texts(&steps), "{\"a\":1}");
+    }
+
+    #[test]
+    fn a_prose_result_fails_and_a_truncated_one_is_no_success() {
+        let steps = fold_structured(vec![delta("prose"), ok("prose")]);
+        match steps.as_slice() {
+            [Step::Fail(f)] => {
+                assert_eq!(f.condition, Some(GatewayCondition::StructuredOutputMissing))
+            }
+            other => panic!("{other:?}"),
+        }
+        let max_tokens = CliEvent::Done(Err(Box::new(FailureFacts {
+            assistant_error: Some("max_output_tokens".into()),
+            ..FailureFacts::default()
+        })));
+        let steps = fold_structured(vec![CliEvent::StructuredDelta("{\"a\"".into()), max_tokens]);
+        assert!(matches!(steps.last(), Some(Step::Fail(_))), "{steps:?}");
+    }
+
+    #[test]
+    fn a_rejected_call_must_be_continued_by_the_accepted_one() {
+        // The retry's JSON starts with what was sent: only the rest follows.
+        let steps = fold_structured(vec![
+            CliEvent::StructuredDelta("{\"a\":".into()),
+            CliEvent::StructuredRejected,
+            CliEvent::StructuredDelta("ignored".into()),
+            structured_ok("{\"a\":1}"),
+        ]);
+        assert_eq!(texts(&steps), "{\"a\":1}");
+        // Otherwise the answer fails rather than send two JSON documents.
+        let steps = fold_structured(vec![
+            CliEvent::StructuredDelta("{\"b\": 2".into()),
+            CliEvent::StructuredRejected,
+            structured_ok("{\"a\":1}"),
+        ]);
+        match steps.last() {
+            Some(Step::Fail(f)) => assert_eq!(f.condition, Some(GatewayCondition::StreamAbandoned)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn thinking_streams_as_steps_and_its_blocks_land_on_the_success() {
+        let block = ThinkingBlock {
+            thinking: "hm".into(),
+            signature: "sig".into(),
+        };
+        let (steps, _) = fold(
+            &[],
+            vec![
+                CliEvent::ThinkingStart,
+                CliEvent::ThinkingDelta("hm".into()),
+                CliEvent::SignatureDelta("sig".into()),
+                CliEvent::AssistantThinking(block.clone()),
+                delta("4"),
+                ok("4"),
+            ],
+        );
+        assert_eq!(
+            steps[..3],
+            [
+                Step::Thinking(ThinkingStep::Start),
+                Step::Thinking(ThinkingStep::Text("hm".into())),
+                Step::Thinking(ThinkingStep::Signature("sig".into()))
+            ]
+        );
+        assert_eq!(finish(&steps).thinking, vec![block]);
+    }
+
     /// Pushes `text` in pieces of `piece` bytes (at char boundaries); returns the released
     /// text, the stop, and the filter.
     fn filter_in_pieces(

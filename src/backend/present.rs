@@ -401,6 +401,52 @@ mod tests {
     }
 
     #[test]
+    fn process_flags_are_part_of_the_fingerprint_and_thinking_is_not() {
+        let convo = |assistant: Vec<Block>| Conversation {
+            system: None,
+            messages: vec![
+                Message::new(Role::User, vec![Block::Text("q".into())]),
+                Message::new(Role::Assistant, assistant),
+                Message::new(Role::User, vec![Block::Text("q2".into())]),
+            ],
+        };
+        let plain = convo(vec![Block::Text("a".into())]);
+        let fp = |c: &Conversation, o: &RunOptions| {
+            present_turns(c, "t", "m", o).unwrap().history_fingerprint
+        };
+        let schema = RunOptions {
+            json_schema: Some("{}".into()),
+            ..RunOptions::default()
+        };
+        let effort = RunOptions {
+            effort: Some(super::super::options::Effort::High),
+            ..RunOptions::default()
+        };
+        let none = RunOptions::default();
+        assert_ne!(fp(&plain, &none), fp(&plain, &schema));
+        assert_ne!(fp(&plain, &none), fp(&plain, &effort));
+        assert_ne!(fp(&plain, &schema), fp(&plain, &effort));
+        let thought = convo(vec![
+            Block::Thinking {
+                text: "hm".into(),
+                signature: Some("sig".into()),
+                redacted: false,
+            },
+            Block::Text("a".into()),
+        ]);
+        assert_eq!(fp(&plain, &none), fp(&thought, &none));
+        // The session carries the signed thinking block before the text.
+        let turns = present_turns(&thought, "t", "m", &none).unwrap();
+        assert_eq!(
+            turns.history[1].content,
+            vec![
+                serde_json::json!({"type": "thinking", "thinking": "hm", "signature": "sig"}),
+                serde_json::json!({"type": "text", "text": "a"})
+            ]
+        );
+    }
+
+    #[test]
     fn tool_blocks_and_bad_shapes_are_refused() {
         let c = Conversation {
             system: None,
