@@ -500,3 +500,49 @@ async fn thinking_blocks_sent_back_go_into_the_synthesized_session() {
                {"type": "text", "text": "4"}])
     );
 }
+
+#[tokio::test]
+async fn a_kept_conversation_process_is_continued_only_with_the_same_schema() {
+    let s = server().await;
+    let spawns = |s: &TestServer| {
+        std::fs::read_to_string(&s.log_file)
+            .unwrap_or_default()
+            .matches("=== fake-claude pid")
+            .count()
+    };
+    let (status, _, body) = post(&s, "/v1/chat/completions", &chat_schema("a person", false)).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = json_of(&body)["choices"][0]["message"]["content"].clone();
+    assert_eq!(spawns(&s), 1);
+    let follow_up = |schema: Value| {
+        let mut b = chat_schema("x", false);
+        b["messages"] = json!([
+            {"role": "user", "content": "a person"},
+            {"role": "assistant", "content": answer.clone()},
+            {"role": "user", "content": "another"}
+        ]);
+        b["response_format"]["json_schema"]["schema"] = schema;
+        b
+    };
+    // A different schema is a different process: a fresh run (with the history as a session).
+    let (status, _, body) = post(
+        &s,
+        "/v1/chat/completions",
+        &follow_up(json!({"type": "object", "properties": {"other": {"type": "string"}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        spawns(&s),
+        2,
+        "another schema must not reuse the kept process"
+    );
+    // The same schema continues in the kept process: no new spawn.
+    let (status, _, body) = post(&s, "/v1/chat/completions", &follow_up(person_schema())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        spawns(&s),
+        2,
+        "the kept process answers the same conversation and schema"
+    );
+}
