@@ -16,7 +16,7 @@
 //! | `garbage`         | 200 with non-SSE junk                                              |
 //! | `midstream_error` | two deltas then an SSE `error` event (a non-streaming retry succeeds) |
 //! | `schema[:json]`   | when the request offers the `StructuredOutput` tool (`--json-schema`) and no tool result came back yet: a call of it with the JSON as input (`input_json_delta` fragments); otherwise text |
-//! | `thinking[:text]` | a thinking block (`thinking_delta`s, `signature_delta` `sig_mock`) before the text |
+//! | `thinking[:text]` | a thinking block (`thinking_delta`s, `signature_delta` `sig_mock`) before the text; 5 of the 9 output tokens are thinking |
 //!
 //! Every request (any path, any method) is recorded; anything other than
 //! `POST /s/<scenario>/v1/messages` gets a 404 JSON error.
@@ -421,6 +421,12 @@ fn sse_frames_blocks(n: u64, model: &str, blocks: &[MockBlock], stop_reason: &st
             &json!({"type": "content_block_delta", "index": i, "delta": d}),
         )
     };
+    // The thinking share of the output tokens, as the API reports it.
+    let usage = if blocks.iter().any(|b| matches!(b, MockBlock::Thinking(..))) {
+        json!({"output_tokens": 9, "output_tokens_details": {"thinking_tokens": 5}})
+    } else {
+        json!({"output_tokens": 9})
+    };
     for (i, b) in blocks.iter().enumerate() {
         let start = match b {
             MockBlock::Text(_) => json!({"type": "text", "text": ""}),
@@ -467,7 +473,7 @@ fn sse_frames_blocks(n: u64, model: &str, blocks: &[MockBlock], stop_reason: &st
     v.push(frame(
         "message_delta",
         &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
-                "usage": {"output_tokens": 9}}),
+                "usage": usage}),
     ));
     v.push(frame("message_stop", &json!({"type": "message_stop"})));
     v

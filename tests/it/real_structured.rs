@@ -148,6 +148,19 @@ async fn real_cli_thinking_blocks_reach_an_anthropic_streaming_client() {
     let (st, _, body) = post(&s, "/v1/messages", &messages_body("2+2?", false)).await;
     assert_eq!(st, 200, "{body}");
     assert!(!body.contains("thinking"), "{body}");
+
+    // The CLI relays the API's thinking token count: OpenAI's reasoning_tokens.
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("2+2?", false)).await;
+    assert_eq!(st, 200, "{body}");
+    let usage = &json_of(&body)["usage"];
+    assert_eq!(
+        usage["completion_tokens_details"]["reasoning_tokens"], 5,
+        "{usage}"
+    );
+    assert!(
+        !body.contains("Let me think"),
+        "no thinking text for OpenAI by default: {body}"
+    );
 }
 
 #[tokio::test]
