@@ -70,6 +70,17 @@ pub struct Config {
     /// The `http:` section: connection timeouts and limits.
     pub http: HttpConfig,
     pub cli: CliConfig,
+    /// The `openai:` section: what the Chat Completions API adds beyond OpenAI's shape.
+    pub openai: OpenaiConfig,
+}
+
+/// The `openai:` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenaiConfig {
+    /// Give Chat Completions clients the model's thinking as `reasoning_content` (stream
+    /// deltas and a message field; not part of the OpenAI API). Off: no thinking at all.
+    pub reasoning_content: bool,
 }
 
 /// The `http:` section: how long a client connection may take and how many may be open.
@@ -168,6 +179,7 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             http: HttpConfig::default(),
             cli: CliConfig::default(),
+            openai: OpenaiConfig::default(),
         }
     }
 }
@@ -257,6 +269,8 @@ pub struct Settings {
     pub cli: CliSettings,
     /// The configured `cli.workdir`; None = a private temporary directory made by `serve`.
     pub cli_workdir: Option<PathBuf>,
+    /// `openai.reasoning_content`: Chat Completions answers carry the model's thinking.
+    pub openai_reasoning_content: bool,
 }
 
 /// Connection timeouts and limits (the `http:` section, checked).
@@ -486,6 +500,7 @@ impl Config {
                 temp_dir: c.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             },
             cli_workdir: c.workdir.clone(),
+            openai_reasoning_content: self.openai.reasoning_content,
         })
     }
 }

@@ -29,7 +29,7 @@
 //! Inside, the dependencies point one way: `run` (the driver task and watch loop) →
 //! `admission` (limiter, wait queue) → `pool` (pre-warmed processes) → `child` (spawn,
 //! process group, reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line,
-//! system-prompt file) → `request` / `stats`. `crate::protocol` (pure parser,
+//! system-prompt file) → `request` / `stats` / `options`. `crate::protocol` (pure parser,
 //! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
 mod admission;
@@ -39,6 +39,7 @@ mod held;
 mod io;
 mod kept;
 pub mod mcp;
+mod options;
 mod pool;
 pub mod present;
 mod reaper;
@@ -50,6 +51,7 @@ mod stats;
 pub use crate::protocol::{CliEvent, Success, Usage};
 pub use args::{cli_args, user_line};
 pub use io::MAX_LINE_BYTES;
+pub use options::{Effort, RunOptions, Thinking};
 pub use pool::PoolHandle;
 pub use present::SessionTurn;
 pub use reaper::become_subreaper;

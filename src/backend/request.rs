@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::options::RunOptions;
+
 /// Process-level settings for running the CLI (from the `cli:` section of the process config).
 #[derive(Debug, Clone)]
 pub struct CliSettings {
@@ -77,6 +79,9 @@ pub struct CliRequest {
     /// Answer every tool call of the CLI with an error result at once, and tell the
     /// client of none (`tool_choice: none`).
     pub refuse_calls: bool,
+    /// Structured output, effort and thinking: flags of the process (so part of the
+    /// kept-process fingerprint, and only default options use the pre-warmed pool).
+    pub options: RunOptions,
 }
 
 impl CliRequest {
@@ -85,6 +90,7 @@ impl CliRequest {
     pub fn for_conversation(
         conversation: &crate::conversation::Conversation,
         model: &str,
+        options: &RunOptions,
     ) -> Result<CliRequest, super::present::PresentError> {
         let p = super::present::present(conversation)?;
         Ok(CliRequest {
@@ -92,6 +98,7 @@ impl CliRequest {
             attachments: p.attachments,
             system_prompt: p.system_prompt,
             model: Some(model.to_string()),
+            options: options.clone(),
             ..CliRequest::default()
         })
     }
@@ -101,7 +108,11 @@ impl CliRequest {
     /// The request for one conversation as real turns ([`super::present::present_turns`]):
     /// continued in a kept process when one holds its earlier turns, else a fresh run
     /// resuming them as a synthesized session; kept for the next turn after a clean answer.
-    pub fn for_turns(turns: super::present::Turns, model: &str) -> CliRequest {
+    pub fn for_turns(
+        turns: super::present::Turns,
+        model: &str,
+        options: &RunOptions,
+    ) -> CliRequest {
         CliRequest {
             prompt: turns.prompt,
             attachments: turns.attachments,
@@ -112,6 +123,7 @@ impl CliRequest {
             history: turns.history,
             keep: Some(turns.keep),
             resume_results: turns.resume_results,
+            options: options.clone(),
             ..CliRequest::default()
         }
     }

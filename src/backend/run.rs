@@ -422,15 +422,7 @@ async fn run_process(
     let is_pooled = handed == Some(Handover::Pooled);
     let mut sp = match handover {
         Some((sp, _)) => sp,
-        None => match spawn_cli(
-            settings,
-            stats,
-            req.model.as_deref(),
-            req.system_prompt.as_deref(),
-            req.tools.as_ref(),
-            &req.history,
-            req.resume_results,
-        ) {
+        None => match spawn_cli(settings, stats, req) {
             Ok(sp) => sp,
             Err(facts) => return Ran::Done(Err(facts)),
         },
