@@ -613,3 +613,42 @@ async fn thinking_before_a_tool_call_is_its_own_block_and_the_held_run_continues
     assert_eq!(content[1]["type"], "tool_use");
     assert_eq!(content[1]["input"], json!({"city": "Paris"}));
 }
+
+#[tokio::test]
+async fn a_tool_call_reaches_the_client_of_a_structured_output_request() {
+    let s = server(|_| {}).await;
+    let user = json!({"role": "user", "content": "[[scenario:tool_call]] weather?"});
+    let format = json!({"type": "json_schema", "json_schema": {"name": "w",
+        "schema": {"type": "object", "properties": {"sky": {"type": "string"}}}}});
+    for stream in [false, true] {
+        let body = json!({"model": "sonnet", "stream": stream, "tools": weather_tool_openai(),
+            "response_format": format, "messages": [user]});
+        let (status, text) = post(&s, "key-a", "/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{text}");
+        if stream {
+            let chunks: Vec<Value> = sse_events(&text)
+                .iter()
+                .filter_map(|(_, d)| serde_json::from_str(d).ok())
+                .collect();
+            let finish: Vec<&Value> = chunks
+                .iter()
+                .map(|c| &c["choices"][0]["finish_reason"])
+                .filter(|f| !f.is_null())
+                .collect();
+            assert_eq!(finish, [&json!("tool_calls")], "{text}");
+            let name = chunks.iter().find_map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["name"].as_str()
+            });
+            assert_eq!(name, Some("get_weather"), "{text}");
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+            let call = &v["choices"][0]["message"]["tool_calls"][0];
+            assert_eq!(call["function"]["name"], "get_weather", "{v}");
+        }
+    }
+    // Both flags reached the CLI.
+    let log = log(&s);
+    assert!(log.contains("ARG:--json-schema"), "{log}");
+    assert!(log.contains("ARG:--mcp-config"), "{log}");
+}
