@@ -5,8 +5,8 @@
 //! Real turns ([`present_turns`], the default): the last user message is the stdin line;
 //! the earlier turns become a synthesized session the CLI resumes (`session.rs`), or are
 //! already held by a kept CLI process whose conversation is exactly them
-//! ([`Fingerprint`]: the tenant, model, system prompt and every message, thinking blocks
-//! aside; a process is kept under the fingerprint of its conversation including its own
+//! ([`Fingerprint`]: the tenant, model, system prompt, the client's tools, the run
+//! options and every message, thinking blocks aside; a process is kept under the fingerprint of its conversation including its own
 //! answer). Transcript ([`present`], the fallback when the CLI rejects a session): earlier
 //! turns are given as a tagged transcript before the last user message, with a per-request
 //! nonce in the tags so that a message containing `</conversation>` cannot close the
@@ -16,7 +16,8 @@
 //! line, an `[image N]` / `[document N]` marker keeping their place in the text.
 //! An assistant's signed thinking blocks sent back in the history go into the synthesized
 //! session as the model wrote them (the transcript leaves them out; fingerprints ignore
-//! them); tool blocks cannot be presented this way and are refused.
+//! them). The client's tool calls and results go into the session as real `tool_use` /
+//! `tool_result` blocks; the transcript cannot carry them and refuses them.
 
 use serde_json::Value;
 use sha2::Digest as _;
