@@ -74,6 +74,8 @@ pub struct Config {
     /// empty: one implicit account, the CLI's environment as it is. From the environment:
     /// `CCGATE_ACCOUNTS` holding the whole list as JSON.
     pub accounts: Vec<AccountConfig>,
+    /// The `openai:` section: what the Chat Completions API adds beyond OpenAI's shape.
+    pub openai: OpenaiConfig,
 }
 
 /// One entry of `accounts:`: a credential the CLI runs with.
@@ -110,6 +112,15 @@ impl std::fmt::Debug for AccountConfig {
             .field("weight", &self.weight)
             .finish()
     }
+}
+
+/// The `openai:` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenaiConfig {
+    /// Give Chat Completions clients the model's thinking as `reasoning_content` (stream
+    /// deltas and a message field; not part of the OpenAI API). Off: no thinking at all.
+    pub reasoning_content: bool,
 }
 
 /// The `http:` section: how long a client connection may take and how many may be open.
@@ -209,6 +220,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             cli: CliConfig::default(),
             accounts: Vec::new(),
+            openai: OpenaiConfig::default(),
         }
     }
 }
@@ -300,6 +312,8 @@ pub struct Settings {
     pub cli_workdir: Option<PathBuf>,
     /// The configured accounts (checked); empty: the one implicit account.
     pub accounts: Vec<AccountSettings>,
+    /// `openai.reasoning_content`: Chat Completions answers carry the model's thinking.
+    pub openai_reasoning_content: bool,
 }
 
 /// One configured account, checked.
@@ -571,6 +585,7 @@ impl Config {
                     weight: a.weight,
                 })
                 .collect(),
+            openai_reasoning_content: self.openai.reasoning_content,
         })
     }
 }

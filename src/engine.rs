@@ -16,14 +16,14 @@ use arc_swap::ArcSwap;
 
 use crate::accounts::{Accounts, Member};
 use crate::backend::present::{present_turns, FingerprintBuilder, PresentError};
-use crate::backend::{Backend, CliRequest, CliRun, ToolResult, ToolResults};
+use crate::backend::{Backend, CliRequest, CliRun, RunOptions, ToolResult, ToolResults};
 use crate::conversation::{Block, Conversation, ToolChoice, ToolError, ToolSet};
 use crate::health::Health;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::probe::Prober;
 use crate::protocol::{CliEvent, Success, Usage};
 use crate::rules::{ClientText, FailureFacts, Rules, Verdict};
-use crate::turn::{Step, TurnFold};
+use crate::turn::{Step, ThinkingStep, TurnFold};
 
 /// One turn to run, translated from any API.
 #[derive(Debug, Clone)]
@@ -37,6 +37,12 @@ pub struct TurnRequest {
     pub tenant: String,
     /// The client's tools (None: no tools offered).
     pub tools: Option<ToolSet>,
+    /// Structured output (`--json-schema`), effort and thinking: flags of the CLI process.
+    /// With a schema the answer is the model's structured output (see `turn`).
+    pub options: RunOptions,
+    /// Whether the client gets the model's thinking (streamed, and as blocks on the
+    /// answer); otherwise it is dropped here.
+    pub show_thinking: bool,
 }
 
 /// The longest `model` accepted (Bedrock inference-profile ARNs are about 110 characters).
@@ -59,6 +65,114 @@ pub enum TurnFieldError {
     /// The tool definitions or the tool choice.
     #[error(transparent)]
     Tools(#[from] ToolError),
+}
+
+/// The largest JSON Schema accepted for structured output, in bytes of compact JSON (it
+/// is a CLI argument: `--json-schema`).
+pub const SCHEMA_MAX_BYTES: usize = 64 * 1024;
+/// How deep a JSON Schema may nest.
+const SCHEMA_MAX_DEPTH: usize = 64;
+
+/// The JSON Schema of a structured-output request, checked the way the CLI checks it
+/// (a JSON object whose schema keywords have the meta-schema's shapes), bounded; its
+/// compact text for `--json-schema`. The error says what is wrong.
+pub fn check_schema(schema: &serde_json::Value) -> Result<String, String> {
+    check_schema_at(schema, "", 0)?;
+    let text = schema.to_string();
+    if text.len() > SCHEMA_MAX_BYTES {
+        return Err(format!(
+            "the schema must be at most {SCHEMA_MAX_BYTES} bytes of JSON"
+        ));
+    }
+    Ok(text)
+}
+
+fn check_schema_at(schema: &serde_json::Value, at: &str, depth: usize) -> Result<(), String> {
+    use serde_json::Value;
+    const TYPES: [&str; 7] = [
+        "string", "number", "integer", "boolean", "object", "array", "null",
+    ];
+    let here = if at.is_empty() { "the schema" } else { at };
+    if depth > SCHEMA_MAX_DEPTH {
+        return Err(format!(
+            "{here} nests deeper than {SCHEMA_MAX_DEPTH} levels"
+        ));
+    }
+    let obj = match schema {
+        Value::Object(o) => o,
+        // `true` / `false` are schemas too, except at the top (the CLI wants an object).
+        Value::Bool(_) if depth > 0 => return Ok(()),
+        _ => return Err(format!("{here} must be a JSON Schema object")),
+    };
+    let sub = |key: &str| format!("{at}.{key}");
+    let type_ok = |t: &Value| t.as_str().is_some_and(|t| TYPES.contains(&t));
+    for (key, v) in obj {
+        let ok = match key.as_str() {
+            "type" => {
+                type_ok(v)
+                    || v.as_array()
+                        .is_some_and(|a| !a.is_empty() && a.iter().all(type_ok))
+            }
+            "required" => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            "enum" => v.is_array(),
+            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
+                match v.as_object() {
+                    Some(props) => {
+                        for (name, p) in props {
+                            check_schema_at(p, &format!("{}.{name}", sub(key)), depth + 1)?;
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            }
+            "items" if v.is_array() => {
+                for (i, p) in v.as_array().into_iter().flatten().enumerate() {
+                    check_schema_at(p, &format!("{}[{i}]", sub(key)), depth + 1)?;
+                }
+                true
+            }
+            "anyOf" | "oneOf" | "allOf" | "prefixItems" => match v.as_array() {
+                Some(a) if !a.is_empty() => {
+                    for (i, p) in a.iter().enumerate() {
+                        check_schema_at(p, &format!("{}[{i}]", sub(key)), depth + 1)?;
+                    }
+                    true
+                }
+                _ => false,
+            },
+            "items"
+            | "additionalProperties"
+            | "not"
+            | "contains"
+            | "propertyNames"
+            | "if"
+            | "then"
+            | "else"
+            | "unevaluatedProperties"
+            | "unevaluatedItems"
+            | "additionalItems" => {
+                check_schema_at(v, &sub(key), depth + 1)?;
+                true
+            }
+            "minLength" | "maxLength" | "minItems" | "maxItems" | "minProperties"
+            | "maxProperties" => v.as_u64().is_some(),
+            "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" | "multipleOf" => {
+                v.is_number()
+            }
+            "pattern" | "format" | "title" | "description" | "$ref" | "$schema" | "$id" => {
+                v.is_string()
+            }
+            _ => true,
+        };
+        if !ok {
+            return Err(format!(
+                "{}: not a valid `{key}`",
+                sub(key).trim_start_matches('.')
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `c` may appear in a model name: what model ids and aliases use (`sonnet`,
@@ -246,8 +360,14 @@ impl Engine {
         // costs nothing more (the presentation hashes and copies the conversation).
         self.gate(&rules).await.map_err(TurnError::Verdict)?;
         let tools = req.tools.clone().map(Arc::new);
-        let turns = present_turns(&req.conversation, &req.tenant, &req.model, tools.as_deref())
-            .map_err(TurnError::Present)?;
+        let turns = present_turns(
+            &req.conversation,
+            &req.tenant,
+            &req.model,
+            tools.as_deref(),
+            &req.options,
+        )
+        .map_err(TurnError::Present)?;
         // The account: the conversation's own while it can serve, else the next in turn.
         let sticky = (!turns.history.is_empty()).then_some(&turns.history_fingerprint);
         let account = self
@@ -275,7 +395,7 @@ impl Engine {
                             rules,
                             record,
                             run: Some(run),
-                            fold: tool_fold(TurnFold::continuation(req.stop.clone()), &req),
+                            fold: fold_for(TurnFold::continuation(req.stop.clone()), &req),
                             ready: VecDeque::new(),
                             fallback: false,
                             keep: Some(keep),
@@ -295,7 +415,7 @@ impl Engine {
         let fallback = !turns.history.is_empty();
         let resume = turns.resume_results;
         let answered_key = turns.keep.clone();
-        let mut cli = CliRequest::for_turns(turns, &req.model);
+        let mut cli = CliRequest::for_turns(turns, &req.model, &req.options);
         if let Some(note) = req.tools.as_ref().and_then(choice_note).filter(|_| !resume) {
             // The CLI has no tool_choice: the model is asked in the turn itself (and the
             // answer checked, see `TurnRun::conclude`).
@@ -310,7 +430,7 @@ impl Engine {
             rules,
             record,
             run: Some(self.backend.start(cli)),
-            fold: tool_fold(TurnFold::new(req.stop.clone()), &req),
+            fold: fold_for(TurnFold::new(req.stop.clone()), &req),
             ready: VecDeque::new(),
             fallback,
             keep: Some(keep),
@@ -439,6 +559,12 @@ fn classify_blind(rules: &Rules, req: &TurnRequest, facts: &FailureFacts) -> Ver
     rules.classify_request(facts, &client)
 }
 
+/// The fold of a request's run (`fold`: a fresh one or a held run's continuation) with its
+/// tool settings and structured output or not.
+fn fold_for(fold: TurnFold, req: &TurnRequest) -> TurnFold {
+    tool_fold(fold, req).structured(req.options.json_schema.is_some())
+}
+
 /// What a turn in progress yields.
 #[derive(Debug)]
 pub enum TurnStep {
@@ -454,6 +580,8 @@ pub enum TurnStep {
         index: usize,
         fragment: String,
     },
+    /// The model's thinking (only for requests that show it).
+    Thinking(ThinkingStep),
     Finish(Box<Success>),
     /// The run failed (classified); nothing follows.
     Fail(Box<Verdict>),
@@ -537,7 +665,12 @@ impl TurnRun {
         {
             return;
         }
-        self.ready.extend(steps);
+        let show_thinking = self.req.show_thinking;
+        self.ready.extend(
+            steps
+                .into_iter()
+                .filter(|s| show_thinking || !matches!(s, Step::Thinking(_))),
+        );
         if self.fold.wants_stop() {
             if let Some(run) = self.run.take() {
                 run.stop();
@@ -549,7 +682,10 @@ impl TurnRun {
     pub async fn complete(mut self) -> Result<Success, Box<Verdict>> {
         while let Some(step) = self.next().await {
             match step {
-                TurnStep::Text(_) | TurnStep::ToolStart { .. } | TurnStep::ToolArgs { .. } => {}
+                TurnStep::Text(_)
+                | TurnStep::Thinking(_)
+                | TurnStep::ToolStart { .. }
+                | TurnStep::ToolArgs { .. } => {}
                 TurnStep::Finish(s) => return Ok(*s),
                 TurnStep::Fail(v) => return Err(v),
             }
@@ -600,6 +736,7 @@ impl TurnRun {
             &self.req.tenant,
             &self.req.model,
             tools.as_deref(),
+            &self.req.options,
         ) else {
             return false;
         };
@@ -613,7 +750,7 @@ impl TurnRun {
         self.engine.metrics.count_failover(self.account.name());
         self.answered_key = Some(turns.keep.clone());
         let resume = turns.resume_results;
-        let mut cli = CliRequest::for_turns(turns, &self.req.model);
+        let mut cli = CliRequest::for_turns(turns, &self.req.model, &self.req.options);
         if let Some(note) = self
             .req
             .tools
@@ -630,7 +767,7 @@ impl TurnRun {
         self.record.set_account(next.name());
         self.account = next;
         self.run = Some(self.engine.backend.start(cli));
-        self.fold = tool_fold(TurnFold::new(self.req.stop.clone()), &self.req);
+        self.fold = fold_for(TurnFold::new(self.req.stop.clone()), &self.req);
         self.ready.clear();
         true
     }
@@ -659,8 +796,11 @@ impl TurnRun {
         if self.rules.classify(facts).kind != SESSION_NOT_FOUND {
             return false;
         }
-        let Ok(mut cli) = CliRequest::for_conversation(&self.req.conversation, &self.req.model)
-        else {
+        let Ok(mut cli) = CliRequest::for_conversation(
+            &self.req.conversation,
+            &self.req.model,
+            &self.req.options,
+        ) else {
             return false;
         };
         cli.tools = self.req.tools.clone().map(Arc::new);
@@ -674,7 +814,7 @@ impl TurnRun {
             "the CLI did not resume the conversation as a session; answering from a transcript");
         self.engine.metrics.conversation_fallbacks.inc();
         self.run = Some(self.engine.backend.start(cli));
-        self.fold = tool_fold(TurnFold::new(self.req.stop.clone()), &self.req);
+        self.fold = fold_for(TurnFold::new(self.req.stop.clone()), &self.req);
         self.ready.clear();
         true
     }
@@ -684,7 +824,11 @@ impl TurnRun {
             Step::Text(t) => TurnStep::Text(t),
             Step::ToolStart { index, id, name } => TurnStep::ToolStart { index, id, name },
             Step::ToolArgs { index, fragment } => TurnStep::ToolArgs { index, fragment },
-            Step::Finish(s) => {
+            Step::Thinking(t) => TurnStep::Thinking(t),
+            Step::Finish(mut s) => {
+                if !self.req.show_thinking {
+                    s.thinking.clear();
+                }
                 let run = self.run.take();
                 if !choice_met(self.req.choice(), &s) {
                     drop(run);

@@ -18,6 +18,19 @@ pub struct Usage {
     pub output_tokens: u64,
     pub cache_creation_input_tokens: u64,
     pub cache_read_input_tokens: u64,
+    /// `usage.output_tokens_details.thinking_tokens` of the result (part of
+    /// `output_tokens`); 0 when the CLI does not report it.
+    pub thinking_tokens: u64,
+}
+
+/// The name of the tool `--json-schema` adds: the model's call of it is the answer.
+pub const STRUCTURED_OUTPUT_TOOL: &str = "StructuredOutput";
+
+/// One complete thinking block of the answer, as the model wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ThinkingBlock {
+    pub thinking: String,
+    pub signature: String,
 }
 
 /// A successful turn (a `result` with `is_error: false`).
@@ -39,6 +52,11 @@ pub struct Success {
     /// The client's tool calls that end this answer (`stop_reason` `tool_use`): the run
     /// is held until the client returns their results. Set by the turn fold.
     pub tool_calls: Vec<crate::conversation::ToolCall>,
+    /// `result.structured_output` (with `--json-schema`: the validated answer; None when
+    /// the model answered in prose).
+    pub structured_output: Option<Value>,
+    /// The top-level thinking blocks of the answer, in order.
+    pub thinking: Vec<ThinkingBlock>,
 }
 
 /// What the CLI puts before the name of a client tool (offered through ccgate's
@@ -46,6 +64,8 @@ pub struct Success {
 pub const CLIENT_TOOL_PREFIX: &str = "mcp__cg__";
 
 /// What a run reports, in order.
+// `Done` is the large one and comes once per run; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum CliEvent {
     /// `system/init` was seen (first line of a turn).
@@ -85,6 +105,20 @@ pub enum CliEvent {
     /// The CLI called one of the client's tools (`tools/call` with this tool-use id) and
     /// waits for its result. Emitted by the backend, not by the accumulator.
     ToolCallHeld { tool_use_id: String },
+    /// A fragment of the input JSON of a top-level `StructuredOutput` tool call
+    /// (`input_json_delta`), as the model wrote it.
+    StructuredDelta(String),
+    /// The CLI rejected a `StructuredOutput` call (its input did not match the schema);
+    /// the model tries again.
+    StructuredRejected,
+    /// A top-level thinking block began.
+    ThinkingStart,
+    /// A `thinking_delta` of a top-level thinking block.
+    ThinkingDelta(String),
+    /// A `signature_delta` of a top-level thinking block.
+    SignatureDelta(String),
+    /// A complete top-level thinking block (from the assistant message).
+    AssistantThinking(ThinkingBlock),
     /// Final event: success, or the failure facts (including timeouts, spawn errors,
     /// queue full, no result).
     Done(Result<Success, Box<FailureFacts>>),
@@ -135,6 +169,10 @@ pub struct AssistantLine {
     pub texts: Vec<String>,
     /// Every `tool_use` content block: id, name, input.
     pub tool_uses: Vec<(String, String, Value)>,
+    /// Every `thinking` content block, in order.
+    pub thinking: Vec<ThinkingBlock>,
+    /// The ids of its `StructuredOutput` tool calls.
+    pub structured_ids: Vec<String>,
     pub api_error_status: Option<u16>,
     pub api_error_type: Option<String>,
     pub api_error: Option<String>,
@@ -156,6 +194,22 @@ pub struct ResultLine {
     pub total_cost_usd: Option<f64>,
     pub num_turns: Option<u64>,
     pub session_id: Option<String>,
+    /// `structured_output` (absent or null: None).
+    pub structured_output: Option<Value>,
+}
+
+/// What a `content_block_start` opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockKind {
+    Thinking,
+    /// A `tool_use` of the `StructuredOutput` tool (`--json-schema`).
+    StructuredOutput,
+    /// Any other `tool_use` (a client tool's call through the MCP server).
+    ToolUse {
+        id: String,
+        name: String,
+    },
+    Other,
 }
 
 /// One stdout line, parsed.
@@ -201,18 +255,35 @@ pub enum Line {
         output_tokens: u64,
         top_level: bool,
     },
-    /// `stream_event` `content_block_start` of a `tool_use` block.
-    ToolUseStart {
-        id: String,
-        name: String,
+    Control(Control),
+    /// `stream_event` `content_block_start`.
+    BlockStart {
+        index: u64,
+        kind: BlockKind,
         top_level: bool,
     },
     /// `stream_event` `content_block_delta` / `input_json_delta`.
-    InputJsonDelta {
-        partial_json: String,
+    JsonDelta {
+        index: u64,
+        json: String,
         top_level: bool,
     },
-    Control(Control),
+    /// `stream_event` `content_block_delta` / `thinking_delta`.
+    ThinkingDelta {
+        text: String,
+        top_level: bool,
+    },
+    /// `stream_event` `content_block_delta` / `signature_delta`.
+    SignatureDelta {
+        signature: String,
+        top_level: bool,
+    },
+    /// A `user` line (the CLI's tool results): the ids of the `tool_result` blocks with
+    /// `is_error: true`.
+    ToolErrors {
+        ids: Vec<String>,
+        top_level: bool,
+    },
     Result(ResultLine),
     /// `rate_limit_event` (a warning such as `allowed_warning` is not a failure).
     RateLimit {
@@ -244,6 +315,9 @@ fn usage_of(us: &Value) -> Usage {
         output_tokens: u(us, "output_tokens"),
         cache_creation_input_tokens: u(us, "cache_creation_input_tokens"),
         cache_read_input_tokens: u(us, "cache_read_input_tokens"),
+        thinking_tokens: us
+            .get("output_tokens_details")
+            .map_or(0, |d| u(d, "thinking_tokens")),
     }
 }
 
@@ -279,34 +353,37 @@ impl Line {
                 let msg = v.get("message");
                 let model = msg.and_then(|m| s(m, "model"));
                 let error = s(&v, "error");
-                let texts = msg
+                let blocks = msg
                     .and_then(|m| m.get("content"))
                     .and_then(Value::as_array)
-                    .map(|blocks| {
-                        blocks
-                            .iter()
-                            .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-                            .filter_map(|b| s(b, "text"))
-                            .collect()
-                    })
+                    .map(Vec::as_slice)
                     .unwrap_or_default();
-                let tool_uses = msg
-                    .and_then(|m| m.get("content"))
-                    .and_then(Value::as_array)
-                    .map(|blocks| {
-                        blocks
-                            .iter()
-                            .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
-                            .filter_map(|b| {
-                                Some((
-                                    s(b, "id")?,
-                                    s(b, "name")?,
-                                    b.get("input").cloned().unwrap_or(Value::Null),
-                                ))
-                            })
-                            .collect()
+                let of_type = |t: &'static str| {
+                    blocks
+                        .iter()
+                        .filter(move |b| b.get("type").and_then(Value::as_str) == Some(t))
+                };
+                let texts = of_type("text").filter_map(|b| s(b, "text")).collect();
+                let thinking = of_type("thinking")
+                    .map(|b| ThinkingBlock {
+                        thinking: s(b, "thinking").unwrap_or_default(),
+                        signature: s(b, "signature").unwrap_or_default(),
                     })
-                    .unwrap_or_default();
+                    .collect();
+                let structured_ids = of_type("tool_use")
+                    .filter(|b| s(b, "name").as_deref() == Some(STRUCTURED_OUTPUT_TOOL))
+                    .filter_map(|b| s(b, "id"))
+                    .collect();
+                let tool_uses = of_type("tool_use")
+                    .filter(|b| s(b, "name").as_deref() != Some(STRUCTURED_OUTPUT_TOOL))
+                    .filter_map(|b| {
+                        Some((
+                            s(b, "id")?,
+                            s(b, "name")?,
+                            b.get("input").cloned().unwrap_or(Value::Null),
+                        ))
+                    })
+                    .collect();
                 Line::Assistant(AssistantLine {
                     synthetic: error.is_some() || model.as_deref() == Some("<synthetic>"),
                     error,
@@ -314,6 +391,8 @@ impl Line {
                     model,
                     texts,
                     tool_uses,
+                    thinking,
+                    structured_ids,
                     api_error_status: status(&v, "api_error_status"),
                     api_error_type: s(&v, "api_error_type"),
                     api_error: s(&v, "api_error"),
@@ -332,41 +411,59 @@ impl Line {
                             .unwrap_or_default(),
                         top_level: top_level(&v),
                     },
-                    "content_block_delta" => {
-                        let delta = ev.get("delta");
-                        match delta.and_then(|d| d.get("type")).and_then(Value::as_str) {
-                            Some("text_delta") => match delta.and_then(|d| s(d, "text")) {
-                                Some(text) => Line::TextDelta {
-                                    text,
-                                    top_level: top_level(&v),
-                                },
-                                None => Line::Other,
-                            },
-                            Some("input_json_delta") => {
-                                match delta.and_then(|d| s(d, "partial_json")) {
-                                    Some(partial_json) => Line::InputJsonDelta {
-                                        partial_json,
-                                        top_level: top_level(&v),
-                                    },
-                                    None => Line::Other,
-                                }
-                            }
-                            _ => Line::Other,
-                        }
-                    }
                     "content_block_start" => {
                         let block = ev.get("content_block");
-                        match block.and_then(|b| b.get("type")).and_then(Value::as_str) {
+                        let kind = match block.and_then(|b| s(b, "type")).as_deref() {
+                            Some("thinking") => BlockKind::Thinking,
+                            Some("tool_use")
+                                if block.and_then(|b| s(b, "name")).as_deref()
+                                    == Some(STRUCTURED_OUTPUT_TOOL) =>
+                            {
+                                BlockKind::StructuredOutput
+                            }
                             Some("tool_use") => match (
                                 block.and_then(|b| s(b, "id")),
                                 block.and_then(|b| s(b, "name")),
                             ) {
-                                (Some(id), Some(name)) => Line::ToolUseStart {
-                                    id,
-                                    name,
-                                    top_level: top_level(&v),
+                                (Some(id), Some(name)) => BlockKind::ToolUse { id, name },
+                                _ => BlockKind::Other,
+                            },
+                            _ => BlockKind::Other,
+                        };
+                        Line::BlockStart {
+                            index: u(ev, "index"),
+                            kind,
+                            top_level: top_level(&v),
+                        }
+                    }
+                    "content_block_delta" => {
+                        let Some(delta) = ev.get("delta") else {
+                            return Line::Other;
+                        };
+                        let top_level = top_level(&v);
+                        match (delta.get("type").and_then(Value::as_str), delta) {
+                            (Some("text_delta"), d) => match s(d, "text") {
+                                Some(text) => Line::TextDelta { text, top_level },
+                                None => Line::Other,
+                            },
+                            (Some("input_json_delta"), d) => match s(d, "partial_json") {
+                                Some(json) => Line::JsonDelta {
+                                    index: u(ev, "index"),
+                                    json,
+                                    top_level,
                                 },
-                                _ => Line::Other,
+                                None => Line::Other,
+                            },
+                            (Some("thinking_delta"), d) => match s(d, "thinking") {
+                                Some(text) => Line::ThinkingDelta { text, top_level },
+                                None => Line::Other,
+                            },
+                            (Some("signature_delta"), d) => match s(d, "signature") {
+                                Some(signature) => Line::SignatureDelta {
+                                    signature,
+                                    top_level,
+                                },
+                                None => Line::Other,
                             },
                             _ => Line::Other,
                         }
@@ -411,6 +508,7 @@ impl Line {
                     total_cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
                     num_turns: v.get("num_turns").and_then(Value::as_u64),
                     session_id: s(&v, "session_id"),
+                    structured_output: v.get("structured_output").filter(|o| !o.is_null()).cloned(),
                 })
             }
             "control_request" => match s(&v, "request_id") {
@@ -430,6 +528,27 @@ impl Line {
                         error: r.and_then(|r| s(r, "error")),
                     }),
                     None => Line::Other,
+                }
+            }
+            "user" => {
+                let ids = v
+                    .get("message")
+                    .and_then(|m| m.get("content"))
+                    .and_then(Value::as_array)
+                    .map(|blocks| {
+                        blocks
+                            .iter()
+                            .filter(|b| {
+                                b.get("type").and_then(Value::as_str) == Some("tool_result")
+                            })
+                            .filter(|b| b.get("is_error").and_then(Value::as_bool) == Some(true))
+                            .filter_map(|b| s(b, "tool_use_id"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Line::ToolErrors {
+                    ids,
+                    top_level: top_level(&v),
                 }
             }
             "rate_limit_event" => {
@@ -458,6 +577,10 @@ pub struct RunAccumulator {
     session_id: Option<String>,
     model: Option<String>,
     last_result: Option<ResultLine>,
+    /// The index of the top-level `StructuredOutput` block of the current message.
+    structured_block: Option<u64>,
+    /// The ids of the top-level `StructuredOutput` calls so far (bounded by the turns).
+    structured_ids: Vec<String>,
 }
 
 impl RunAccumulator {
@@ -469,6 +592,49 @@ impl RunAccumulator {
     pub fn push_line(&mut self, line: &str) -> Vec<CliEvent> {
         match Line::parse(line) {
             Line::Skip | Line::Other => vec![],
+            Line::BlockStart {
+                index,
+                kind,
+                top_level: true,
+            } => match kind {
+                BlockKind::StructuredOutput => {
+                    self.structured_block = Some(index);
+                    vec![]
+                }
+                BlockKind::Thinking => vec![CliEvent::ThinkingStart],
+                BlockKind::ToolUse { id, name } => vec![CliEvent::ToolUseStart { id, name }],
+                BlockKind::Other => vec![],
+            },
+            Line::JsonDelta {
+                index,
+                json,
+                top_level: true,
+            } => {
+                if self.structured_block == Some(index) {
+                    vec![CliEvent::StructuredDelta(json)]
+                } else {
+                    vec![CliEvent::ToolInputDelta(json)]
+                }
+            }
+            Line::ThinkingDelta {
+                text,
+                top_level: true,
+            } => vec![CliEvent::ThinkingDelta(text)],
+            Line::SignatureDelta {
+                signature,
+                top_level: true,
+            } => vec![CliEvent::SignatureDelta(signature)],
+            Line::ToolErrors {
+                ids,
+                top_level: true,
+            } if ids.iter().any(|id| self.structured_ids.contains(id)) => {
+                vec![CliEvent::StructuredRejected]
+            }
+            Line::BlockStart { .. }
+            | Line::JsonDelta { .. }
+            | Line::ThinkingDelta { .. }
+            | Line::SignatureDelta { .. }
+            | Line::ToolErrors { .. } => vec![],
             Line::RateLimit { status, resets_at } => {
                 // Only a rejection's reset time says when a retry can succeed; the
                 // `allowed*` events describe a window that has not run out.
@@ -507,6 +673,7 @@ impl RunAccumulator {
             }
             Line::MessageStart { usage, top_level } => {
                 if top_level {
+                    self.structured_block = None;
                     vec![CliEvent::MessageStart(usage)]
                 } else {
                     vec![]
@@ -529,27 +696,6 @@ impl RunAccumulator {
                         stop_reason,
                         output_tokens,
                     }]
-                } else {
-                    vec![]
-                }
-            }
-            Line::ToolUseStart {
-                id,
-                name,
-                top_level,
-            } => {
-                if top_level {
-                    vec![CliEvent::ToolUseStart { id, name }]
-                } else {
-                    vec![]
-                }
-            }
-            Line::InputJsonDelta {
-                partial_json,
-                top_level,
-            } => {
-                if top_level {
-                    vec![CliEvent::ToolInputDelta(partial_json)]
                 } else {
                     vec![]
                 }
@@ -582,12 +728,14 @@ impl RunAccumulator {
                         self.model = a.model;
                     }
                     if a.top_level {
+                        self.structured_ids.extend(a.structured_ids);
                         let tools = a.tool_uses.into_iter().map(|(id, name, input)| {
                             CliEvent::AssistantToolUse { id, name, input }
                         });
-                        a.texts
+                        a.thinking
                             .into_iter()
-                            .map(CliEvent::AssistantText)
+                            .map(CliEvent::AssistantThinking)
+                            .chain(a.texts.into_iter().map(CliEvent::AssistantText))
                             .chain(tools)
                             .collect()
                     } else {
@@ -645,6 +793,8 @@ impl RunAccumulator {
                     session_id: self.session_id.clone().or_else(|| r.session_id.clone()),
                     model: self.model.clone(),
                     tool_calls: Vec::new(),
+                    structured_output: r.structured_output.clone(),
+                    thinking: Vec::new(),
                 });
             }
         }
@@ -796,6 +946,49 @@ mod tests {
         assert!(ev.is_empty());
         acc.push_line(r#"{"is_error":false,"result":"ok","type":"result","subtype":"success"}"#);
         assert_eq!(acc.conclude(exited(0)).unwrap().text, "ok");
+    }
+
+    #[test]
+    fn structured_output_calls_thinking_and_rejections_are_events() {
+        let mut acc = RunAccumulator::new();
+        let lines = [
+            r#"{"type":"stream_event","event":{"type":"message_start","message":{"usage":{"input_tokens":3}}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"sig"}},"parent_tool_use_id":null}"#,
+            r#"{"type":"assistant","message":{"model":"m","content":[{"type":"thinking","thinking":"hm","signature":"sig"}]},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"StructuredOutput","input":{}}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}},"parent_tool_use_id":null}"#,
+            r#"{"type":"assistant","message":{"model":"m","content":[{"type":"tool_use","id":"toolu_1","name":"StructuredOutput","input":{"a":1}}]},"parent_tool_use_id":null}"#,
+            r#"{"type":"user","message":{"role":"user","content":[{"type":"tool_result","content":"bad","is_error":true,"tool_use_id":"toolu_1"}]},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_2","name":"mcp__cg__f","input":{}}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{}"}},"parent_tool_use_id":null}"#,
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"{\"a\":1}","structured_output":{"a":1},"usage":{"output_tokens":5,"output_tokens_details":{"thinking_tokens":2}}}"#,
+        ];
+        let events: Vec<CliEvent> = lines.iter().flat_map(|l| acc.push_line(l)).collect();
+        assert_eq!(
+            events[1..],
+            [
+                CliEvent::ThinkingStart,
+                CliEvent::ThinkingDelta("hm".into()),
+                CliEvent::SignatureDelta("sig".into()),
+                CliEvent::AssistantThinking(ThinkingBlock {
+                    thinking: "hm".into(),
+                    signature: "sig".into()
+                }),
+                CliEvent::StructuredDelta("{\"a\":1}".into()),
+                CliEvent::StructuredRejected,
+                CliEvent::ToolUseStart {
+                    id: "toolu_2".into(),
+                    name: "mcp__cg__f".into()
+                },
+                CliEvent::ToolInputDelta("{}".into()),
+            ],
+            "another tool's input is a tool call's, not structured output"
+        );
+        let ok = acc.conclude(exited(0)).unwrap();
+        assert_eq!(ok.structured_output, Some(serde_json::json!({"a": 1})));
+        assert_eq!(ok.usage.thinking_tokens, 2);
     }
 
     #[test]

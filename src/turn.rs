@@ -15,9 +15,16 @@
 //!   writing some text is a success with a length stop (`max_turns` / `max_tokens`).
 //! - **Usage.** The prompt's usage from the first top-level `message_start`; an answer cut
 //!   at a stop sequence reports it with 0 output tokens (the run ends before its totals).
+//! - **Structured output** ([`TurnFold::structured`]). The answer is the model's
+//!   `StructuredOutput` call: its input JSON fragments are the text, prose is not. A call
+//!   the CLI rejects (schema mismatch) voids what was sent like an abandoned attempt; a
+//!   result without structured output (the model answered in prose) is a failure
+//!   (`structured_output_missing`), and a length-truncated one never a success.
+//! - **Thinking.** The model's top-level thinking ([`Step::Thinking`]) as it streams,
+//!   and its complete blocks on the [`Success`].
 
 use crate::conversation::ToolCall;
-use crate::protocol::{CliEvent, Success, Usage, CLIENT_TOOL_PREFIX};
+use crate::protocol::{CliEvent, Success, ThinkingBlock, Usage, CLIENT_TOOL_PREFIX};
 use crate::rules::{FailureFacts, GatewayCondition};
 
 /// What the caller does next.
@@ -34,11 +41,22 @@ pub enum Step {
     },
     /// A fragment of the JSON arguments of the call at `index`.
     ToolArgs { index: usize, fragment: String },
+    /// The model's thinking as it streams (before the text it leads to).
+    Thinking(ThinkingStep),
     /// The answer is complete. `text` is the whole answer (the CLI's authoritative result,
     /// cut at a stop sequence; or what was released before the cut).
     Finish(Box<Success>),
     /// The run failed: the facts go to the rules. Nothing follows.
     Fail(Box<FailureFacts>),
+}
+
+/// A piece of streamed thinking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThinkingStep {
+    /// A new thinking block.
+    Start,
+    Text(String),
+    Signature(String),
 }
 
 /// Where the answer stands.
@@ -97,6 +115,10 @@ pub struct TurnFold {
     /// Client tool calls are not the client's business (`tool_choice: none`: the caller
     /// refuses every call, and the model answers in text).
     ignore_calls: bool,
+    /// The answer is the model's `StructuredOutput` call (`--json-schema`).
+    structured: bool,
+    /// Complete top-level thinking blocks.
+    thinking: Vec<ThinkingBlock>,
 }
 
 impl TurnFold {
@@ -118,6 +140,8 @@ impl TurnFold {
             max_calls: usize::MAX,
             suppressed: Vec::new(),
             ignore_calls: false,
+            structured: false,
+            thinking: Vec::new(),
         }
     }
 
@@ -157,6 +181,12 @@ impl TurnFold {
             continuation: true,
             ..TurnFold::new(stops)
         }
+    }
+
+    /// A fold whose answer is structured output: see the module docs.
+    pub fn structured(mut self, structured: bool) -> TurnFold {
+        self.structured = structured;
+        self
     }
 
     /// Whether the answer has ended (and how).
@@ -266,6 +296,25 @@ impl TurnFold {
                 }
             }
             CliEvent::Control(_) => {}
+            CliEvent::TextDelta(_) | CliEvent::AssistantText(_) if self.structured => {}
+            CliEvent::StructuredDelta(json) => match self.phase {
+                _ if !self.structured => {}
+                Phase::Abandoned { .. } => {}
+                _ => self.emit(&json, &mut out),
+            },
+            CliEvent::StructuredRejected => {
+                if self.structured && self.answered() {
+                    self.phase = Phase::Abandoned { answered: true };
+                }
+            }
+            CliEvent::ThinkingStart => self.think(ThinkingStep::Start, &mut out),
+            CliEvent::ThinkingDelta(t) => self.think(ThinkingStep::Text(t), &mut out),
+            CliEvent::SignatureDelta(s) => self.think(ThinkingStep::Signature(s), &mut out),
+            CliEvent::AssistantThinking(block) => {
+                if self.thinking.len() < MAX_THINKING_BLOCKS {
+                    self.thinking.push(block);
+                }
+            }
             CliEvent::TextDelta(text) => match self.phase {
                 Phase::Abandoned { .. } => {}
                 _ => {
@@ -331,6 +380,7 @@ impl TurnFold {
             stop_reason: Some("tool_use".into()),
             usage,
             tool_calls: std::mem::take(&mut self.calls),
+            thinking: std::mem::take(&mut self.thinking),
             ..Success::default()
         })));
     }
@@ -341,6 +391,13 @@ impl TurnFold {
             condition: Some(GatewayCondition::NoResult),
             ..FailureFacts::default()
         }))))
+    }
+
+    /// Streamed thinking, except during an abandoned attempt (its retry is not streamed).
+    fn think(&mut self, step: ThinkingStep, out: &mut Vec<Step>) {
+        if !matches!(self.phase, Phase::Abandoned { .. }) {
+            out.push(Step::Thinking(step));
+        }
     }
 
     fn answered(&self) -> bool {
@@ -382,6 +439,38 @@ impl TurnFold {
     }
 
     fn succeed(&mut self, mut success: Success, out: &mut Vec<Step>) {
+        success.thinking = std::mem::take(&mut self.thinking);
+        if self.structured {
+            if success.structured_output.is_none() {
+                let facts = FailureFacts {
+                    condition: Some(GatewayCondition::StructuredOutputMissing),
+                    result_seen: true,
+                    result_subtype: Some("success".into()),
+                    ..FailureFacts::default()
+                };
+                return self.fail(Box::new(facts), out);
+            }
+            if let Phase::Abandoned { answered: true } = self.phase {
+                // A rejected call was streamed: the accepted one must continue it.
+                let text = success.text.clone();
+                match text.strip_prefix(self.released.as_str()) {
+                    Some(rest) => {
+                        self.phase = Phase::Answering;
+                        self.emit(rest, out);
+                        if self.ended().is_some() {
+                            return;
+                        }
+                    }
+                    None => {
+                        let facts = FailureFacts {
+                            condition: Some(GatewayCondition::StreamAbandoned),
+                            ..FailureFacts::default()
+                        };
+                        return self.fail(Box::new(facts), out);
+                    }
+                }
+            }
+        }
         if !self.answered() {
             // Nothing was streamed (no partial messages): the whole text is the answer.
             let text = success.text.clone();
@@ -410,7 +499,8 @@ impl TurnFold {
     }
 
     fn failed(&mut self, facts: Box<FailureFacts>, out: &mut Vec<Step>) {
-        if let Some(stop) = length_limit(&facts) {
+        // A cut-off JSON answer is no answer.
+        if let Some(stop) = length_limit(&facts).filter(|_| !self.structured) {
             let text = if self.blocks.trim().is_empty() {
                 self.released.clone()
             } else {
@@ -442,6 +532,9 @@ impl TurnFold {
         out.push(Step::Fail(facts));
     }
 }
+
+/// The most thinking blocks one answer keeps (the CLI's turns bound them anyway).
+const MAX_THINKING_BLOCKS: usize = 256;
 
 /// A length limit the CLI hit: its turn limit (`error_max_turns`) or its output token
 /// limit (`max_output_tokens`, after the CLI's own "resume" attempts). The APIs report a
@@ -831,6 +924,102 @@ mod tests {
             [Step::Fail(facts)] => assert_eq!(facts.condition, Some(GatewayCondition::NoResult)),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn structured_ok(json: &str) -> CliEvent {
+        CliEvent::Done(Ok(Success {
+            text: json.into(),
+            structured_output: Some(serde_json::from_str(json).unwrap()),
+            ..Success::default()
+        }))
+    }
+
+    fn fold_structured(events: Vec<CliEvent>) -> Vec<Step> {
+        let mut f = TurnFold::new(vec![]).structured(true);
+        events.into_iter().flat_map(|e| f.push(e)).collect()
+    }
+
+    #[test]
+    fn structured_output_streams_the_calls_json_and_ignores_prose() {
+        let steps = fold_structured(vec![
+            delta("Here you go: "),
+            CliEvent::AssistantText("Here you go: ".into()),
+            CliEvent::StructuredDelta("{\"a\": ".into()),
+            CliEvent::StructuredDelta("1}".into()),
+            structured_ok("{\"a\":1}"),
+        ]);
+        assert_eq!(texts(&steps), "{\"a\": 1}");
+        assert_eq!(finish(&steps).text, "{\"a\":1}");
+        // Without partial messages the result's JSON is the whole text.
+        let steps = fold_structured(vec![structured_ok("{\"a\":1}")]);
+        assert_eq!(texts(&steps), "{\"a\":1}");
+    }
+
+    #[test]
+    fn a_prose_result_fails_and_a_truncated_one_is_no_success() {
+        let steps = fold_structured(vec![delta("prose"), ok("prose")]);
+        match steps.as_slice() {
+            [Step::Fail(f)] => {
+                assert_eq!(f.condition, Some(GatewayCondition::StructuredOutputMissing))
+            }
+            other => panic!("{other:?}"),
+        }
+        let max_tokens = CliEvent::Done(Err(Box::new(FailureFacts {
+            assistant_error: Some("max_output_tokens".into()),
+            ..FailureFacts::default()
+        })));
+        let steps = fold_structured(vec![CliEvent::StructuredDelta("{\"a\"".into()), max_tokens]);
+        assert!(matches!(steps.last(), Some(Step::Fail(_))), "{steps:?}");
+    }
+
+    #[test]
+    fn a_rejected_call_must_be_continued_by_the_accepted_one() {
+        // The retry's JSON starts with what was sent: only the rest follows.
+        let steps = fold_structured(vec![
+            CliEvent::StructuredDelta("{\"a\":".into()),
+            CliEvent::StructuredRejected,
+            CliEvent::StructuredDelta("ignored".into()),
+            structured_ok("{\"a\":1}"),
+        ]);
+        assert_eq!(texts(&steps), "{\"a\":1}");
+        // Otherwise the answer fails rather than send two JSON documents.
+        let steps = fold_structured(vec![
+            CliEvent::StructuredDelta("{\"b\": 2".into()),
+            CliEvent::StructuredRejected,
+            structured_ok("{\"a\":1}"),
+        ]);
+        match steps.last() {
+            Some(Step::Fail(f)) => assert_eq!(f.condition, Some(GatewayCondition::StreamAbandoned)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn thinking_streams_as_steps_and_its_blocks_land_on_the_success() {
+        let block = ThinkingBlock {
+            thinking: "hm".into(),
+            signature: "sig".into(),
+        };
+        let (steps, _) = fold(
+            &[],
+            vec![
+                CliEvent::ThinkingStart,
+                CliEvent::ThinkingDelta("hm".into()),
+                CliEvent::SignatureDelta("sig".into()),
+                CliEvent::AssistantThinking(block.clone()),
+                delta("4"),
+                ok("4"),
+            ],
+        );
+        assert_eq!(
+            steps[..3],
+            [
+                Step::Thinking(ThinkingStep::Start),
+                Step::Thinking(ThinkingStep::Text("hm".into())),
+                Step::Thinking(ThinkingStep::Signature("sig".into()))
+            ]
+        );
+        assert_eq!(finish(&steps).thinking, vec![block]);
     }
 
     /// Pushes `text` in pieces of `piece` bytes (at char boundaries); returns the released

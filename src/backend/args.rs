@@ -63,6 +63,7 @@ pub fn cli_args(
             args.push("".into());
         }
     }
+    args.extend(req.options.flags().into_iter().map(OsString::from));
     args.extend(settings.extra_args.iter().map(OsString::from));
     args
 }

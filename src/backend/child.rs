@@ -21,12 +21,10 @@ use tokio::sync::mpsc;
 
 use super::args::{cli_args, user_line, write_system_prompt};
 use super::io::{drain_stderr, read_lines, LineMsg, Ring, MAX_LINE_BYTES};
-use super::present::SessionTurn;
 use super::reaper;
 use super::request::{CliRequest, CliSettings};
 use super::session::{write_session, SessionFile};
 use super::stats::{BackendStats, InFlight};
-use crate::conversation::ToolSet;
 use crate::rules::{FailureFacts, GatewayCondition, SpawnErrorKind};
 
 /// Lines buffered between the stdout reader task and the driver.
@@ -211,18 +209,17 @@ impl Spawned {
     }
 }
 
-/// Spawns the CLI for `model` / `system_prompt` with ccgate's flags and starts draining its
-/// stdout and stderr. Nothing is written to stdin. Spawn errors come back as facts.
+/// Spawns the CLI for `req`'s process flags (model, system prompt, tools, history, schema,
+/// effort, thinking) with ccgate's flags and starts draining its stdout and stderr. Nothing
+/// is written to stdin (`req.prompt` is not looked at). Spawn errors come back as facts.
 pub(super) fn spawn_cli(
     settings: &CliSettings,
     stats: &Arc<BackendStats>,
-    model: Option<&str>,
-    system_prompt: Option<&str>,
-    tools: Option<&Arc<ToolSet>>,
-    history: &[SessionTurn],
-    resume_results: bool,
+    req: &CliRequest,
 ) -> Result<Spawned, Box<FailureFacts>> {
-    let system_file = match system_prompt {
+    let model = req.model.as_deref();
+    let history = req.history.as_slice();
+    let system_file = match req.system_prompt.as_deref() {
         Some(text) => match write_system_prompt(&settings.temp_dir, text) {
             Ok(f) => Some(f),
             Err(e) => {
@@ -245,12 +242,7 @@ pub(super) fn spawn_cli(
         let msg = format!("working directory {}: {e}", settings.workdir.display());
         return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
     }
-    let flags = CliRequest {
-        model: model.map(str::to_string),
-        tools: tools.cloned(),
-        ..CliRequest::default()
-    };
-    let mut args = cli_args(settings, &flags, system_file.as_ref().map(|f| f.path()));
+    let mut args = cli_args(settings, req, system_file.as_ref().map(|f| f.path()));
     let session_file = if history.is_empty() {
         None
     } else {
@@ -272,7 +264,7 @@ pub(super) fn spawn_cli(
     // the run end needs no `/proc` scan (which costs about a millisecond per request).
     let tag = settings.tools.then(reaper::new_tag);
     let mut cmd = build_command(settings, args, tag.as_deref());
-    if tools.is_some() {
+    if req.tools.is_some() {
         // The CLI's own limit on a tool call must not end a held call before ccgate's
         // hold timeout does (its expiry would make a model call nobody waits for).
         let ms = settings
@@ -281,7 +273,7 @@ pub(super) fn spawn_cli(
             .saturating_add(60_000);
         cmd.env("MCP_TOOL_TIMEOUT", ms.to_string());
     }
-    if resume_results {
+    if req.resume_results {
         // The session ends with the client's tool results: the CLI re-runs that
         // interrupted turn from them (no stdin line; one model call).
         cmd.env("CLAUDE_CODE_RESUME_INTERRUPTED_TURN", "1");

@@ -15,7 +15,7 @@ use rmcp::model::{
 };
 use serde_json::{json, Map, Value};
 
-use super::run::ToolResult;
+use super::request::ToolResult;
 use crate::conversation::{Block, ToolSet};
 
 /// The MCP server's name in `--mcp-config`.

@@ -29,7 +29,7 @@
 //! Inside, the dependencies point one way: `run` (the driver task and watch loop) →
 //! `admission` (limiter, wait queue) → `pool` (pre-warmed processes) → `child` (spawn,
 //! process group, reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line,
-//! system-prompt file) → `request` / `stats`. `crate::protocol` (pure parser,
+//! system-prompt file) → `request` / `stats` / `options`. `crate::protocol` (pure parser,
 //! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
 mod admission;
@@ -39,6 +39,7 @@ mod held;
 mod io;
 mod kept;
 pub mod mcp;
+mod options;
 mod pool;
 pub mod present;
 mod reaper;
@@ -50,11 +51,13 @@ mod stats;
 pub use crate::protocol::{CliEvent, Success, Usage};
 pub use args::{cli_args, user_line};
 pub use io::MAX_LINE_BYTES;
+pub use options::{Effort, RunOptions, Thinking};
 pub use pool::PoolHandle;
 pub use present::SessionTurn;
 pub use reaper::become_subreaper;
+pub use request::ToolResult;
 pub use request::{Account, CliRequest, CliSettings};
-pub use run::{CliRun, ToolResult, ToolResults};
+pub use run::{CliRun, ToolResults};
 pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 
 use std::sync::Arc;
@@ -70,6 +73,8 @@ use run::Shared;
 #[derive(Clone)]
 pub struct Backend {
     shared: Arc<Shared>,
+    /// Runs waiting for the results of their client tool calls.
+    held: Arc<HeldStore>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -104,18 +109,18 @@ impl Backend {
             ))
         });
         Backend {
+            // At least one slot stays free of held runs, so they cannot starve others.
+            held: Arc::new(HeldStore::new(
+                settings
+                    .max_held_runs
+                    .min(limiter.capacity().saturating_sub(1)),
+                settings.tool_hold_timeout,
+                Arc::clone(&stats),
+            )),
             shared: Arc::new(Shared {
                 kept: Arc::new(KeptStore::new(
                     settings.keep_conversations.min(limiter.capacity()),
                     settings.conversation_idle_timeout,
-                    Arc::clone(&stats),
-                )),
-                // At least one slot stays free of held runs, so they cannot starve others.
-                held: Arc::new(HeldStore::new(
-                    settings
-                        .max_held_runs
-                        .min(limiter.capacity().saturating_sub(1)),
-                    settings.tool_hold_timeout,
                     Arc::clone(&stats),
                 )),
                 settings,
@@ -175,24 +180,24 @@ impl Backend {
     /// Ends every kept conversation process and every held run for good (the end of
     /// `serve`); returns once the kept ones are reaped (held runs end in their drivers).
     pub async fn close_kept(&self) {
-        self.shared.held.close();
+        self.held.close();
         self.shared.kept.close().await;
     }
 
     /// Holds `run`, whose answer ended with the client's tool calls `calls`, under the
     /// conversation `key` until the client's results come ([`Backend::take_held`]).
     pub fn hold(&self, key: present::Fingerprint, run: CliRun, calls: Vec<String>) {
-        self.shared.held.hold(key, run, calls);
+        self.held.hold(key, run, calls);
     }
 
     /// The run held under `key` and the tool calls it waits for.
     pub fn take_held(&self, key: &present::Fingerprint) -> Option<(CliRun, Vec<String>)> {
-        self.shared.held.take(key)
+        self.held.take(key)
     }
 
     /// Pids of the held runs' processes (tests).
     pub fn held_pids(&self) -> Vec<u32> {
-        self.shared.held.pids()
+        self.held.pids()
     }
 
     /// Pids of the kept conversation processes, least recently used first (tests).
@@ -210,7 +215,7 @@ impl Backend {
             pool.close();
         }
         self.shared.kept.refuse_new();
-        self.shared.held.close();
+        self.held.close();
     }
 
     /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).

@@ -150,6 +150,8 @@ impl Pool {
             && req.history.is_empty()
             // The client's tools are flags too (`--mcp-config`, `--allowedTools`).
             && req.tools.is_none()
+            // Schema, effort and thinking are flags the idle processes do not have.
+            && req.options.is_default()
             && req.model.as_deref().filter(|m| !m.is_empty()) == self.model.as_deref()
     }
 
@@ -413,15 +415,12 @@ pub(super) async fn maintain(pool: Arc<Pool>, shutdown: Shutdown, ready: ReadyAc
             let settings = account
                 .as_ref()
                 .map_or(&pool.deps.settings, |a| a.settings());
-            match spawn_cli(
-                settings,
-                stats,
-                pool.model.as_deref(),
-                None,
-                None,
-                &[],
-                false,
-            ) {
+            // No system prompt, history, tools or options: what `Pool::fits` asks of a request.
+            let flags = CliRequest {
+                model: pool.model.clone(),
+                ..CliRequest::default()
+            };
+            match spawn_cli(settings, stats, &flags) {
                 Ok(proc) => {
                     stats.pool_spawned_total.fetch_add(1, Ordering::Relaxed);
                     let idle = Idle {

@@ -5,8 +5,8 @@
 //! Real turns ([`present_turns`], the default): the last user message is the stdin line;
 //! the earlier turns become a synthesized session the CLI resumes (`session.rs`), or are
 //! already held by a kept CLI process whose conversation is exactly them
-//! ([`Fingerprint`]: the tenant, model, system prompt and every message, thinking blocks
-//! aside; a process is kept under the fingerprint of its conversation including its own
+//! ([`Fingerprint`]: the tenant, model, system prompt, the client's tools, the run
+//! options and every message, thinking blocks aside; a process is kept under the fingerprint of its conversation including its own
 //! answer). Transcript ([`present`], the fallback when the CLI rejects a session): earlier
 //! turns are given as a tagged transcript before the last user message, with a per-request
 //! nonce in the tags so that a message containing `</conversation>` cannot close the
@@ -14,12 +14,15 @@
 //! instruction (the top-level `system`, then each system message in order) joins the
 //! system prompt; empty ones are dropped. Images and documents go after the text of the
 //! line, an `[image N]` / `[document N]` marker keeping their place in the text.
-//! Thinking blocks sent back in the history are not shown to the model again; tool blocks
-//! cannot be presented this way and are refused.
+//! An assistant's signed thinking blocks sent back in the history go into the synthesized
+//! session as the model wrote them (the transcript leaves them out; fingerprints ignore
+//! them). The client's tool calls and results go into the session as real `tool_use` /
+//! `tool_result` blocks; the transcript cannot carry them and refuses them.
 
 use serde_json::Value;
 use sha2::Digest as _;
 
+use super::options::RunOptions;
 use crate::conversation::{Block, Conversation, ConversationError, Message, Role, ToolSet};
 use crate::protocol::CLIENT_TOOL_PREFIX;
 
@@ -152,6 +155,7 @@ impl FingerprintBuilder {
         model: &str,
         system: Option<&str>,
         tools: Option<&ToolSet>,
+        options: &RunOptions,
     ) -> FingerprintBuilder {
         let mut b = FingerprintBuilder(sha2::Sha256::new());
         b.field(tenant.as_bytes());
@@ -170,6 +174,11 @@ impl FingerprintBuilder {
                 b.field(b"\0tools end");
             }
         }
+        // The schema, effort and thinking flags the process was started with.
+        for flag in options.flags() {
+            b.field(flag.as_bytes());
+        }
+        b.field(b"\0flags");
         b
     }
 
@@ -179,9 +188,11 @@ impl FingerprintBuilder {
         self.0.update(bytes);
     }
 
+    /// Thinking blocks aside: the CLI's own answer is fingerprinted by its text, and a
+    /// client sending its thinking back holds the same conversation.
     fn message(&mut self, assistant: bool, content: &[Value]) {
         self.field(if assistant { b"assistant" } else { b"user" });
-        for block in content {
+        for block in content.iter().filter(|b| !is_thinking(b)) {
             self.field(block.to_string().as_bytes());
         }
         self.field(b"\0end");
@@ -263,9 +274,17 @@ pub struct Turns {
     pub resume_results: bool,
 }
 
-/// A message's content blocks as the Messages API takes them (text, image, document,
-/// the client's tool calls and results); thinking blocks are left out, empty text blocks
-/// (which the API refuses) too.
+fn is_thinking(block: &Value) -> bool {
+    matches!(
+        block.get("type").and_then(Value::as_str),
+        Some("thinking" | "redacted_thinking")
+    )
+}
+
+/// A message's content blocks as the Messages API takes them (text, image, document, the
+/// client's tool calls and results, and an assistant's signed thinking blocks, which the
+/// model gets back as it wrote them); unsigned thinking (which the API refuses) and empty
+/// text blocks are left out.
 fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
     let mut out = Vec::with_capacity(m.blocks.len());
     for (j, b) in m.blocks.iter().enumerate() {
@@ -273,6 +292,19 @@ fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
             Block::Text(t) if t.is_empty() => {}
             Block::Text(t) => out.push(serde_json::json!({"type": "text", "text": t})),
             Block::Image(v) | Block::Document(v) => out.push(v.clone()),
+            Block::Thinking {
+                text,
+                redacted: true,
+                ..
+            } if m.role == Role::Assistant => {
+                out.push(serde_json::json!({"type": "redacted_thinking", "data": text}))
+            }
+            Block::Thinking {
+                text,
+                signature: Some(sig),
+                ..
+            } if m.role == Role::Assistant && !sig.is_empty() => out
+                .push(serde_json::json!({"type": "thinking", "thinking": text, "signature": sig})),
             Block::Thinking { .. } => {}
             Block::ToolUse { id, name, input } => out.push(tool_use_block(id, name, input)),
             Block::ToolResult {
@@ -303,10 +335,11 @@ pub fn present_turns(
     tenant: &str,
     model: &str,
     tools: Option<&ToolSet>,
+    options: &RunOptions,
 ) -> Result<Turns, PresentError> {
     conversation.validate()?;
     let system_prompt = system_prompt(conversation);
-    let mut fp = FingerprintBuilder::new(tenant, model, system_prompt.as_deref(), tools);
+    let mut fp = FingerprintBuilder::new(tenant, model, system_prompt.as_deref(), tools, options);
     let mut turns: Vec<SessionTurn> = Vec::new();
     for (i, m) in conversation.messages.iter().enumerate() {
         if m.role == Role::System {
@@ -487,23 +520,83 @@ mod tests {
     }
 
     #[test]
+    fn process_flags_are_part_of_the_fingerprint_and_thinking_is_not() {
+        let convo = |assistant: Vec<Block>| Conversation {
+            system: None,
+            messages: vec![
+                Message::new(Role::User, vec![Block::Text("q".into())]),
+                Message::new(Role::Assistant, assistant),
+                Message::new(Role::User, vec![Block::Text("q2".into())]),
+            ],
+        };
+        let plain = convo(vec![Block::Text("a".into())]);
+        let fp = |c: &Conversation, o: &RunOptions| {
+            present_turns(c, "t", "m", None, o)
+                .unwrap()
+                .history_fingerprint
+        };
+        let schema = RunOptions {
+            json_schema: Some("{}".into()),
+            ..RunOptions::default()
+        };
+        let effort = RunOptions {
+            effort: Some(super::super::options::Effort::High),
+            ..RunOptions::default()
+        };
+        let none = RunOptions::default();
+        assert_ne!(fp(&plain, &none), fp(&plain, &schema));
+        assert_ne!(fp(&plain, &none), fp(&plain, &effort));
+        assert_ne!(fp(&plain, &schema), fp(&plain, &effort));
+        let thought = convo(vec![
+            Block::Thinking {
+                text: "hm".into(),
+                signature: Some("sig".into()),
+                redacted: false,
+            },
+            Block::Text("a".into()),
+        ]);
+        assert_eq!(fp(&plain, &none), fp(&thought, &none));
+        // The session carries the signed thinking block before the text.
+        let turns = present_turns(&thought, "t", "m", None, &none).unwrap();
+        assert_eq!(
+            turns.history[1].content,
+            vec![
+                serde_json::json!({"type": "thinking", "thinking": "hm", "signature": "sig"}),
+                serde_json::json!({"type": "text", "text": "a"})
+            ]
+        );
+    }
+
+    #[test]
     fn tool_blocks_and_bad_shapes_are_refused() {
         let c = Conversation {
             system: None,
-            messages: vec![Message::new(
-                Role::User,
-                vec![Block::ToolResult {
-                    tool_use_id: "toolu_1".into(),
-                    content: vec![],
-                    is_error: false,
-                }],
-            )],
+            messages: vec![
+                Message::text(Role::User, "q"),
+                Message::new(
+                    Role::Assistant,
+                    vec![Block::ToolUse {
+                        id: "toolu_1".into(),
+                        name: "f".into(),
+                        input: serde_json::json!({}),
+                    }],
+                ),
+                Message::new(
+                    Role::User,
+                    vec![Block::ToolResult {
+                        tool_use_id: "toolu_1".into(),
+                        content: vec![],
+                        is_error: false,
+                    }],
+                ),
+            ],
         };
+        // The transcript has no place for tool blocks (real turns carry them).
         assert_eq!(
             present(&c),
             Err(PresentError::Unsupported {
-                block: "tool_result",
-                message: 0,
+                block: "tool_use",
+                message: 1,
                 index: 0
             })
         );

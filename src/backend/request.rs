@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::options::RunOptions;
+
 /// Process-level settings for running the CLI (from the `cli:` section of the process config).
 #[derive(Debug, Clone)]
 pub struct CliSettings {
@@ -80,6 +82,9 @@ pub struct CliRequest {
     /// The account the run is on (its spawn environment, kept and pre-warmed processes);
     /// None: the implicit account (the base settings).
     pub account: Option<std::sync::Arc<Account>>,
+    /// Structured output, effort and thinking: flags of the process (so part of the
+    /// kept-process fingerprint, and only default options use the pre-warmed pool).
+    pub options: RunOptions,
 }
 
 impl CliRequest {
@@ -101,6 +106,7 @@ impl CliRequest {
     pub fn for_conversation(
         conversation: &crate::conversation::Conversation,
         model: &str,
+        options: &RunOptions,
     ) -> Result<CliRequest, super::present::PresentError> {
         let p = super::present::present(conversation)?;
         Ok(CliRequest {
@@ -108,6 +114,7 @@ impl CliRequest {
             attachments: p.attachments,
             system_prompt: p.system_prompt,
             model: Some(model.to_string()),
+            options: options.clone(),
             ..CliRequest::default()
         })
     }
@@ -117,7 +124,11 @@ impl CliRequest {
     /// The request for one conversation as real turns ([`super::present::present_turns`]):
     /// continued in a kept process when one holds its earlier turns, else a fresh run
     /// resuming them as a synthesized session; kept for the next turn after a clean answer.
-    pub fn for_turns(turns: super::present::Turns, model: &str) -> CliRequest {
+    pub fn for_turns(
+        turns: super::present::Turns,
+        model: &str,
+        options: &RunOptions,
+    ) -> CliRequest {
         CliRequest {
             prompt: turns.prompt,
             attachments: turns.attachments,
@@ -128,6 +139,7 @@ impl CliRequest {
             history: turns.history,
             keep: Some(turns.keep),
             resume_results: turns.resume_results,
+            options: options.clone(),
             ..CliRequest::default()
         }
     }
@@ -234,4 +246,12 @@ mod tests {
             Some(&("ANTHROPIC_API_KEY".into(), "sk-ant-secret-value".into()))
         );
     }
+}
+
+/// One client tool call's result as the client returned it (for a held run's call).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    pub tool_use_id: String,
+    pub content: Vec<crate::conversation::Block>,
+    pub is_error: bool,
 }

@@ -28,13 +28,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::admission::{Admission, Limiter};
 use super::child::{spawn_cli, Spawned};
-use super::held::HeldStore;
 use super::io::{ring_to_string, LineMsg};
 use super::kept::{Kept, KeptStore};
 use super::mcp;
 use super::pool::{Idle, Pool};
 use super::present::FingerprintBuilder;
-use super::request::{CliRequest, CliSettings};
+use super::request::{CliRequest, CliSettings, ToolResult};
 use super::stats::BackendStats;
 use crate::conversation::Block;
 use crate::protocol::{CliEvent, Control, RunAccumulator, RunEnd, Success};
@@ -59,8 +58,6 @@ pub(super) struct Shared {
     pub(super) pool: Option<Arc<Pool>>,
     /// Conversation processes kept for their next turn.
     pub(super) kept: Arc<KeptStore>,
-    /// Runs waiting for the results of their client tool calls.
-    pub(super) held: Arc<HeldStore>,
     /// Set once by `Backend::abort_all` (end of the shutdown grace period): every run in
     /// progress or queued ends as `ShuttingDown`, and no new process is spawned.
     pub(super) abort: watch::Sender<bool>,
@@ -108,14 +105,6 @@ pub struct ToolResults {
     pub keep: Option<FingerprintBuilder>,
     /// From now on answer every new call with an error result (`tool_choice: none`).
     pub refuse_calls: bool,
-}
-
-/// One tool call's result as the client returned it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ToolResult {
-    pub tool_use_id: String,
-    pub content: Vec<Block>,
-    pub is_error: bool,
 }
 
 /// The driver's ends of a run's channels.
@@ -424,15 +413,7 @@ async fn run_process(
     let is_pooled = handed == Some(Handover::Pooled);
     let mut sp = match handover {
         Some((sp, _)) => sp,
-        None => match spawn_cli(
-            settings,
-            stats,
-            req.model.as_deref(),
-            req.system_prompt.as_deref(),
-            req.tools.as_ref(),
-            &req.history,
-            req.resume_results,
-        ) {
+        None => match spawn_cli(settings, stats, req) {
             Ok(sp) => sp,
             Err(facts) => return Ran::Done(Err(facts)),
         },

@@ -7,6 +7,7 @@ use axum::response::sse::Event;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::backend::{Effort, RunOptions, Thinking};
 use crate::conversation::{Conversation, Message, Role, ToolChoice, ToolError, ToolSet, ToolSpec};
 use crate::engine::TurnRequest;
 use crate::http::content::{Allow, Content};
@@ -14,6 +15,7 @@ use crate::http::errors::ApiError;
 use crate::http::handler::{Api, Framer};
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
+use crate::turn::ThinkingStep;
 
 /// The Messages API.
 pub struct Messages;
@@ -38,6 +40,8 @@ pub struct MessagesRequest {
     #[serde(default)]
     output_format: Option<Value>,
     #[serde(default)]
+    thinking: Option<Value>,
+    #[serde(default)]
     mcp_servers: Option<Value>,
     #[serde(default)]
     container: Option<Value>,
@@ -59,23 +63,6 @@ pub fn parse_request(body: &[u8]) -> Result<TurnRequest, ApiError> {
 /// than accepted and silently ignored.
 fn refuse_unsupported(req: &MessagesRequest) -> Result<(), ApiError> {
     let present = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
-    let format = req
-        .output_config
-        .as_ref()
-        .and_then(|c| c.get("format"))
-        .filter(|f| !f.is_null());
-    if format.is_some() {
-        return Err(ApiError::invalid_param(
-            "output_config.format: structured output is not supported by this gateway yet",
-            "output_config.format",
-        ));
-    }
-    if present(&req.output_format) {
-        return Err(ApiError::invalid_param(
-            "output_format: structured output is not supported by this gateway yet",
-            "output_format",
-        ));
-    }
     for (field, value) in [
         ("mcp_servers", &req.mcp_servers),
         ("container", &req.container),
@@ -187,6 +174,148 @@ fn tool_error(e: &ToolError) -> ApiError {
     ApiError::invalid_param(format!("{}: {e}", param.replace(['[', ']'], ".")), &param)
 }
 
+fn bad(field: &str, message: impl Into<String>) -> ApiError {
+    let message = message.into();
+    ApiError::invalid_param(format!("{field}: {message}"), field)
+}
+
+/// A structured-output format (`output_config.format`, `output_format`):
+/// `{"type": "json_schema", "schema": {…}}` → the schema's text for `--json-schema`.
+fn json_schema_format(format: &Value, field: &str) -> Result<String, ApiError> {
+    let Some(obj) = format.as_object() else {
+        return Err(bad(field, "must be an object"));
+    };
+    match obj.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {}
+        _ => {
+            return Err(bad(
+                field,
+                "only `{\"type\": \"json_schema\", \"schema\": …}` is supported",
+            ))
+        }
+    }
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "type" | "schema"))
+    {
+        return Err(bad(field, format!("unknown key `{k}`")));
+    }
+    let schema = obj
+        .get("schema")
+        .ok_or_else(|| bad(field, "`schema` is required"))?;
+    crate::engine::check_schema(schema).map_err(|e| bad(&format!("{field}.schema"), e))
+}
+
+/// `output_config.effort` → `--effort` (the CLI's levels are the API's).
+fn effort(v: &Value) -> Result<Effort, ApiError> {
+    const FIELD: &str = "output_config.effort";
+    match v.as_str() {
+        Some("low") => Ok(Effort::Low),
+        Some("medium") => Ok(Effort::Medium),
+        Some("high") => Ok(Effort::High),
+        Some("xhigh") => Ok(Effort::Xhigh),
+        Some("max") => Ok(Effort::Max),
+        _ => Err(bad(FIELD, "must be one of low, medium, high, xhigh, max")),
+    }
+}
+
+/// `thinking` → the CLI's thinking flags, and whether the client gets thinking blocks.
+fn thinking(
+    v: &Value,
+    max_tokens: u64,
+) -> Result<(Option<Thinking>, Option<&'static str>, bool), ApiError> {
+    const FIELD: &str = "thinking";
+    let Some(obj) = v.as_object() else {
+        return Err(bad(FIELD, "must be an object"));
+    };
+    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
+    let allowed: &[&str] = match kind {
+        "enabled" => &["type", "budget_tokens", "display"],
+        "adaptive" => &["type", "display"],
+        "disabled" => &["type"],
+        _ => {
+            return Err(bad(
+                "thinking.type",
+                "must be one of enabled, adaptive, disabled",
+            ))
+        }
+    };
+    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(bad(FIELD, format!("unknown key `{k}` for type `{kind}`")));
+    }
+    let display = match obj.get("display").filter(|d| !d.is_null()) {
+        None => None,
+        Some(d) => match d.as_str() {
+            Some("summarized") => Some("summarized"),
+            Some("omitted") => Some("omitted"),
+            _ => return Err(bad("thinking.display", "must be summarized or omitted")),
+        },
+    };
+    let mode = match kind {
+        "disabled" => Thinking::Disabled,
+        "adaptive" => Thinking::Adaptive,
+        _ => {
+            let n = obj
+                .get("budget_tokens")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("thinking.budget_tokens", "an integer is required"))?;
+            if n < 1024 {
+                return Err(bad("thinking.budget_tokens", "must be at least 1024"));
+            }
+            if n >= max_tokens {
+                return Err(bad(
+                    "thinking.budget_tokens",
+                    "must be less than max_tokens",
+                ));
+            }
+            Thinking::Budget(u32::try_from(n).unwrap_or(u32::MAX))
+        }
+    };
+    Ok((Some(mode), display, mode != Thinking::Disabled))
+}
+
+/// Structured output, effort and thinking: the process flags and whether the client is
+/// shown thinking. Unknown keys and values are refused, never ignored.
+fn run_options(req: &MessagesRequest) -> Result<(RunOptions, bool), ApiError> {
+    let mut options = RunOptions::default();
+    let mut show = false;
+    if let Some(config) = req.output_config.as_ref().filter(|c| !c.is_null()) {
+        let Some(obj) = config.as_object() else {
+            return Err(bad("output_config", "must be an object"));
+        };
+        for (key, v) in obj.iter().filter(|(_, v)| !v.is_null()) {
+            match key.as_str() {
+                "format" => {
+                    options.json_schema = Some(json_schema_format(v, "output_config.format")?)
+                }
+                "effort" => options.effort = Some(effort(v)?),
+                other => {
+                    return Err(bad(
+                        "output_config",
+                        format!("`{other}` is not supported by this gateway"),
+                    ))
+                }
+            }
+        }
+    }
+    if let Some(format) = req.output_format.as_ref().filter(|f| !f.is_null()) {
+        if options.json_schema.is_some() {
+            return Err(bad(
+                "output_format",
+                "give either output_format or output_config.format, not both",
+            ));
+        }
+        options.json_schema = Some(json_schema_format(format, "output_format")?);
+    }
+    if let Some(t) = req.thinking.as_ref().filter(|t| !t.is_null()) {
+        let (mode, display, shown) = thinking(t, req.max_tokens)?;
+        options.thinking = mode;
+        options.thinking_display = display;
+        show = shown;
+    }
+    Ok((options, show))
+}
+
 fn stop_reason(s: &Success) -> &str {
     match s.stop_reason.as_deref() {
         Some("max_turns") => "max_tokens",
@@ -270,12 +399,15 @@ impl Api for Messages {
             let blocks = m.content.blocks(&format!("messages[{i}].content"), allow)?;
             messages.push(Message::new(role, blocks));
         }
+        let (options, show_thinking) = run_options(req)?;
         let mut turn = crate::http::handler::turn_request(
             Conversation { system, messages },
             &req.model,
             stop,
         )?;
         turn.tools = tools;
+        turn.options = options;
+        turn.show_thinking = show_thinking;
         Ok(turn)
     }
 
@@ -284,12 +416,21 @@ impl Api for Messages {
     }
 
     fn complete_body(req: &MessagesRequest, id: &str, s: &Success) -> Value {
+        // The thinking blocks (only on answers that show them) before the text.
+        let mut content: Vec<Value> = s
+            .thinking
+            .iter()
+            .map(|t| json!({"type": "thinking", "thinking": t.thinking, "signature": t.signature}))
+            .collect();
+        if let Value::Array(blocks) = content_json(s) {
+            content.extend(blocks);
+        }
         json!({
             "id": id,
             "type": "message",
             "role": "assistant",
             "model": req.model,
-            "content": content_json(s),
+            "content": content,
             "stop_reason": stop_reason(s),
             "stop_sequence": s.stop_sequence,
             "usage": usage_json(&s.usage),
@@ -297,12 +438,17 @@ impl Api for Messages {
     }
 
     fn framer(req: MessagesRequest, id: String, prompt_usage: Option<&Usage>) -> MessageFramer {
+        // Thinking blocks come before the text block: with thinking shown, blocks open as
+        // their content arrives.
+        let lazy = run_options(&req).is_ok_and(|(_, show)| show);
         MessageFramer {
             id,
             model: req.model,
             prompt_usage: prompt_usage.cloned(),
+            lazy,
             blocks: 0,
             open: None,
+            answered: false,
         }
     }
 }
@@ -331,16 +477,29 @@ pub struct MessageFramer {
     id: String,
     model: String,
     prompt_usage: Option<Usage>,
+    /// Thinking is shown: the opening `ping` follows `message_start` and blocks open as
+    /// their content arrives; otherwise the first block is followed by the `ping`, as the
+    /// API sends it.
+    lazy: bool,
     /// Content blocks started so far.
     blocks: usize,
-    /// The open block: its index and whether it is text.
-    open: Option<(usize, bool)>,
+    /// The open block: its index and kind.
+    open: Option<(usize, BlockOpen)>,
+    /// A text or tool_use block was started (an answer without one, thinking aside, still
+    /// gets its empty text block).
+    answered: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockOpen {
+    Text,
+    Thinking,
+    ToolUse,
 }
 
 impl MessageFramer {
-    /// Closes the open block and starts `block`, returning its index. The first block is
-    /// followed by a `ping`, as the API sends it.
-    fn start(&mut self, block: Value, text: bool, out: &mut Vec<Event>) -> usize {
+    /// Closes the open block and starts `block` (of `kind`), returning its index.
+    fn start(&mut self, block: Value, kind: BlockOpen, out: &mut Vec<Event>) -> usize {
         self.close(out);
         let index = self.blocks;
         self.blocks += 1;
@@ -348,10 +507,13 @@ impl MessageFramer {
             "content_block_start",
             json!({"type": "content_block_start", "index": index, "content_block": block}),
         ));
-        if index == 0 {
+        if index == 0 && !self.lazy {
             out.push(event("ping", json!({"type": "ping"})));
         }
-        self.open = Some((index, text));
+        if kind != BlockOpen::Thinking {
+            self.answered = true;
+        }
+        self.open = Some((index, kind));
         index
     }
 
@@ -363,6 +525,29 @@ impl MessageFramer {
             ));
         }
     }
+
+    /// The index of the open block of `kind`, started if another one (or none) is open.
+    fn open_as(&mut self, kind: BlockOpen, out: &mut Vec<Event>) -> usize {
+        match self.open {
+            Some((i, k)) if k == kind => i,
+            _ => {
+                let block = match kind {
+                    BlockOpen::Thinking => {
+                        json!({"type": "thinking", "thinking": "", "signature": ""})
+                    }
+                    _ => json!({"type": "text", "text": ""}),
+                };
+                self.start(block, kind, out)
+            }
+        }
+    }
+
+    fn delta(index: usize, delta: Value) -> Event {
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        )
+    }
 }
 
 impl Framer for MessageFramer {
@@ -373,27 +558,57 @@ impl Framer for MessageFramer {
             || json!({"input_tokens": 0, "output_tokens": 0}),
             usage_json,
         );
-        vec![event(
+        let mut out = vec![event(
             "message_start",
             json!({"type": "message_start", "message": {
                 "id": self.id, "type": "message", "role": "assistant", "model": self.model,
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": start_usage,
             }}),
-        )]
+        )];
+        if self.lazy {
+            out.push(event("ping", json!({"type": "ping"})));
+        }
+        out
     }
 
     fn text(&mut self, text: String) -> Vec<Event> {
         let mut out = Vec::new();
-        let index = match self.open {
-            Some((i, true)) => i,
-            _ => self.start(json!({"type": "text", "text": ""}), true, &mut out),
-        };
-        out.push(event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": index,
-                   "delta": {"type": "text_delta", "text": text}}),
+        let index = self.open_as(BlockOpen::Text, &mut out);
+        out.push(Self::delta(
+            index,
+            json!({"type": "text_delta", "text": text}),
         ));
+        out
+    }
+
+    fn thinking(&mut self, step: ThinkingStep) -> Vec<Event> {
+        let mut out = Vec::new();
+        match step {
+            ThinkingStep::Start => {
+                self.start(
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    BlockOpen::Thinking,
+                    &mut out,
+                );
+            }
+            ThinkingStep::Text(t) => {
+                let index = self.open_as(BlockOpen::Thinking, &mut out);
+                out.push(Self::delta(
+                    index,
+                    json!({"type": "thinking_delta", "thinking": t}),
+                ));
+            }
+            // A signature belongs to the open thinking block.
+            ThinkingStep::Signature(sig) => {
+                if let Some((index, BlockOpen::Thinking)) = self.open {
+                    out.push(Self::delta(
+                        index,
+                        json!({"type": "signature_delta", "signature": sig}),
+                    ));
+                }
+            }
+        }
         out
     }
 
@@ -401,7 +616,7 @@ impl Framer for MessageFramer {
         let mut out = Vec::new();
         self.start(
             json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-            false,
+            BlockOpen::ToolUse,
             &mut out,
         );
         out
@@ -409,10 +624,9 @@ impl Framer for MessageFramer {
 
     fn tool_args(&mut self, _index: usize, fragment: String) -> Vec<Event> {
         match self.open {
-            Some((index, false)) => vec![event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index,
-                       "delta": {"type": "input_json_delta", "partial_json": fragment}}),
+            Some((index, BlockOpen::ToolUse)) => vec![Self::delta(
+                index,
+                json!({"type": "input_json_delta", "partial_json": fragment}),
             )],
             _ => Vec::new(),
         }
@@ -420,9 +634,13 @@ impl Framer for MessageFramer {
 
     fn finish(&mut self, s: &Success) -> Vec<Event> {
         let mut out = Vec::new();
-        if self.blocks == 0 {
+        if !self.answered {
             // An empty answer still has its (empty) text block.
-            self.start(json!({"type": "text", "text": ""}), true, &mut out);
+            self.start(
+                json!({"type": "text", "text": ""}),
+                BlockOpen::Text,
+                &mut out,
+            );
         }
         self.close(&mut out);
         out.push(event(

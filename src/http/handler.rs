@@ -14,6 +14,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::backend::RunOptions;
 use crate::conversation::Conversation;
 use crate::engine::{TurnRequest, TurnRun, TurnStep};
 use crate::http::errors::ApiError;
@@ -22,6 +23,7 @@ use crate::http::state::AppState;
 use crate::http::RequestId;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
+use crate::turn::ThinkingStep;
 
 /// One API: its request type and how it translates to and from a turn.
 pub trait Api: Send + Sync + Sized + 'static {
@@ -42,6 +44,11 @@ pub trait Api: Send + Sync + Sized + 'static {
     }
     /// Validates the request and translates it into the neutral turn.
     fn translate(req: &Self::Request) -> Result<TurnRequest, ApiError>;
+    /// Whether the process config shows this API's clients the model's thinking whatever
+    /// the request says (OpenAI: `openai.reasoning_content`).
+    fn thinking_by_config(_settings: &crate::config::Settings) -> bool {
+        false
+    }
     /// A new id for the answer (`chatcmpl-…`, `msg_…`).
     fn answer_id() -> String;
     /// The complete (non-streaming) answer body.
@@ -67,6 +74,8 @@ pub fn turn_request(
         stop,
         tenant: String::new(),
         tools: None,
+        options: RunOptions::default(),
+        show_thinking: false,
     })
 }
 
@@ -79,6 +88,10 @@ pub trait Framer: Send + 'static {
     fn tool_start(&mut self, index: usize, id: String, name: String) -> Vec<Event>;
     /// A fragment of the JSON arguments of the call at `index`.
     fn tool_args(&mut self, index: usize, fragment: String) -> Vec<Event>;
+    /// The model's streamed thinking (only for requests that show it).
+    fn thinking(&mut self, _step: ThinkingStep) -> Vec<Event> {
+        Vec::new()
+    }
     /// The last events of a complete answer.
     fn finish(&mut self, answer: &Success) -> Vec<Event>;
     /// The last events of a stream that failed after it began (`body` is the rendered
@@ -142,6 +155,7 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         Err(e) => return cx.error(e),
     };
     turn.tenant.clone_from(&cx.tenant);
+    turn.show_thinking |= A::thinking_by_config(&state.settings);
     let mut run = match state
         .engine
         .start(Arc::clone(&cx.rules), Arc::clone(&cx.record), turn)
@@ -199,6 +213,7 @@ fn sse_response<F: Framer>(
                 TurnStep::Text(t) => framer.text(t),
                 TurnStep::ToolStart { index, id, name } => framer.tool_start(index, id, name),
                 TurnStep::ToolArgs { index, fragment } => framer.tool_args(index, fragment),
+                TurnStep::Thinking(t) => framer.thinking(t),
                 TurnStep::Finish(s) => {
                     cx.record.stream_finished();
                     framer.finish(&s)

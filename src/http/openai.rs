@@ -5,6 +5,7 @@ use axum::response::sse::Event;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::backend::{Effort, RunOptions};
 use crate::conversation::{
     Block, Conversation, Message, Role, ToolChoice, ToolError, ToolSet, ToolSpec,
 };
@@ -15,6 +16,7 @@ use crate::http::handler::{Api, Framer};
 use crate::http::unix_now;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
+use crate::turn::ThinkingStep;
 
 /// The Chat Completions API.
 pub struct ChatCompletions;
@@ -39,6 +41,8 @@ pub struct ChatRequest {
     functions: Option<Vec<Value>>,
     #[serde(default)]
     response_format: Option<Value>,
+    #[serde(default)]
+    reasoning_effort: Option<Value>,
     #[serde(default)]
     logprobs: Option<bool>,
     #[serde(default)]
@@ -241,14 +245,6 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
             "the legacy `functions` field is not supported; use `tools`",
         );
     }
-    if let Some(format) = &req.response_format {
-        if format.get("type").and_then(Value::as_str) != Some("text") {
-            return refuse(
-                "response_format",
-                "only `response_format: {\"type\": \"text\"}` is supported by this gateway",
-            );
-        }
-    }
     if req.logprobs == Some(true) {
         return refuse("logprobs", "`logprobs` is not supported by this gateway");
     }
@@ -275,6 +271,99 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// The permissive schema of `json_object`: any JSON object.
+const ANY_OBJECT: &str = r#"{"type":"object"}"#;
+
+/// `response_format` → the schema for `--json-schema` (None for `text`). `json_schema`
+/// takes `name` (required, as OpenAI's), `description`, `schema` (default: any object) and
+/// `strict` (the CLI validates every answer against the schema either way).
+fn response_schema(format: &Value) -> Result<Option<String>, ApiError> {
+    let bad = |param: &str, message: String| Err(ApiError::invalid_param(message, param));
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ANY_OBJECT.to_string())),
+        Some("json_schema") => {
+            const P: &str = "response_format.json_schema";
+            let Some(js) = format.get("json_schema").and_then(Value::as_object) else {
+                return bad(P, "`response_format.json_schema` must be an object".into());
+            };
+            if let Some(k) = js
+                .keys()
+                .find(|k| !matches!(k.as_str(), "name" | "description" | "schema" | "strict"))
+            {
+                return bad(
+                    P,
+                    format!("`response_format.json_schema` has an unknown key `{k}`"),
+                );
+            }
+            let name_ok = js.get("name").and_then(Value::as_str).is_some_and(|n| {
+                !n.is_empty()
+                    && n.len() <= 64
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+            if !name_ok {
+                return bad(
+                    "response_format.json_schema.name",
+                    "`response_format.json_schema.name` is required: 1 to 64 of a-z, A-Z, 0-9, _ and -".into(),
+                );
+            }
+            if js
+                .get("strict")
+                .is_some_and(|s| !s.is_boolean() && !s.is_null())
+            {
+                return bad(
+                    "response_format.json_schema.strict",
+                    "`response_format.json_schema.strict` must be a boolean".into(),
+                );
+            }
+            match js.get("schema").filter(|s| !s.is_null()) {
+                None => Ok(Some(ANY_OBJECT.to_string())),
+                Some(schema) => crate::engine::check_schema(schema).map(Some).or_else(|e| {
+                    bad(
+                        "response_format.json_schema.schema",
+                        format!("`response_format.json_schema.schema`: {e}"),
+                    )
+                }),
+            }
+        }
+        _ => bad(
+            "response_format",
+            "`response_format.type` must be one of text, json_object, json_schema".into(),
+        ),
+    }
+}
+
+/// `reasoning_effort` → `--effort`: `minimal` maps to the CLI's lowest level (`low`);
+/// `none` cannot be honoured (the CLI's models always think) and is refused.
+fn reasoning_effort(v: &Value) -> Result<Effort, ApiError> {
+    match v.as_str() {
+        Some("minimal" | "low") => Ok(Effort::Low),
+        Some("medium") => Ok(Effort::Medium),
+        Some("high") => Ok(Effort::High),
+        Some("xhigh") => Ok(Effort::Xhigh),
+        Some("none") => Err(ApiError::invalid_param(
+            "`reasoning_effort: none` is not supported by this gateway: the Claude CLI always lets the model think (use minimal or low)",
+            "reasoning_effort",
+        )),
+        _ => Err(ApiError::invalid_param(
+            "`reasoning_effort` must be one of minimal, low, medium, high, xhigh",
+            "reasoning_effort",
+        )),
+    }
+}
+
+fn run_options(req: &ChatRequest) -> Result<RunOptions, ApiError> {
+    let mut options = RunOptions::default();
+    if let Some(format) = req.response_format.as_ref().filter(|f| !f.is_null()) {
+        options.json_schema = response_schema(format)?;
+    }
+    if let Some(e) = req.reasoning_effort.as_ref().filter(|e| !e.is_null()) {
+        options.effort = Some(reasoning_effort(e)?);
+    }
+    Ok(options)
 }
 
 fn stop_sequences(req: &ChatRequest) -> Result<Vec<String>, ApiError> {
@@ -327,6 +416,7 @@ fn usage(s: &Success) -> Value {
         "completion_tokens": u.output_tokens,
         "total_tokens": prompt + u.output_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.thinking_tokens},
     })
 }
 
@@ -407,9 +497,15 @@ impl Api for ChatCompletions {
             system: None,
             messages,
         };
+        let options = run_options(req)?;
         let mut turn = crate::http::handler::turn_request(conversation, &req.model, stop)?;
         turn.tools = tools;
+        turn.options = options;
         Ok(turn)
+    }
+
+    fn thinking_by_config(settings: &crate::config::Settings) -> bool {
+        settings.openai_reasoning_content
     }
 
     fn answer_id() -> String {
@@ -424,13 +520,7 @@ impl Api for ChatCompletions {
             "model": req.model,
             "choices": [{
                 "index": 0,
-                "message": if s.tool_calls.is_empty() {
-                    json!({"role": "assistant", "content": s.text, "refusal": null})
-                } else {
-                    json!({"role": "assistant",
-                        "content": if s.text.is_empty() { Value::Null } else { s.text.clone().into() },
-                        "refusal": null, "tool_calls": tool_calls_json(s)})
-                },
+                "message": message(s),
                 "logprobs": null,
                 "finish_reason": finish_reason(s),
             }],
@@ -451,6 +541,23 @@ impl Api for ChatCompletions {
             model: req.model,
         }
     }
+}
+
+/// The answer's message; `reasoning_content` (not part of the OpenAI API; the
+/// `openai.reasoning_content` config key) when the answer carries the model's thinking.
+fn message(s: &Success) -> Value {
+    let mut m = if s.tool_calls.is_empty() {
+        json!({"role": "assistant", "content": s.text, "refusal": null})
+    } else {
+        json!({"role": "assistant",
+            "content": if s.text.is_empty() { Value::Null } else { s.text.clone().into() },
+            "refusal": null, "tool_calls": tool_calls_json(s)})
+    };
+    if !s.thinking.is_empty() {
+        let thinking: Vec<&str> = s.thinking.iter().map(|t| t.thinking.as_str()).collect();
+        m["reasoning_content"] = Value::String(thinking.join("\n\n"));
+    }
+    m
 }
 
 /// `chat.completion.chunk` events.
@@ -494,6 +601,14 @@ impl Framer for ChunkFramer {
             json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}),
             None,
         )]
+    }
+
+    // Reached only with `openai.reasoning_content` on.
+    fn thinking(&mut self, step: ThinkingStep) -> Vec<Event> {
+        match step {
+            ThinkingStep::Text(t) => vec![self.chunk(json!({"reasoning_content": t}), None)],
+            ThinkingStep::Start | ThinkingStep::Signature(_) => Vec::new(),
+        }
     }
 
     fn finish(&mut self, s: &Success) -> Vec<Event> {

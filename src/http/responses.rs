@@ -1073,10 +1073,6 @@ mod tests {
         };
         let cases = [
             (
-                json!({"tools": [{"type": "function", "name": "f", "parameters": {}}]}),
-                "tools",
-            ),
-            (
                 json!({"tools": [{"type": "function", "name": "f"}, {"type": "file_search"}]}),
                 "tools[1].type",
             ),
@@ -1096,9 +1092,10 @@ mod tests {
                 json!({"include": ["message.output_text.logprobs"]}),
                 "include[0]",
             ),
+            // A call's output without the call it answers.
             (
                 json!({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}),
-                "input[0].type",
+                "input",
             ),
             (
                 json!({"input": [{"type": "web_search_call", "id": "w"}]}),

@@ -51,6 +51,9 @@ pub enum GatewayCondition {
     /// The request's `tool_choice` demanded a tool call (`required` / `any`, or a named
     /// tool) and the model's answer had none (the CLI cannot force one).
     ToolChoiceUnmet,
+    /// The client asked for structured output (a JSON Schema) and the CLI's result has
+    /// none: the model answered in prose.
+    StructuredOutputMissing,
 }
 
 /// Everything known about one failed run. All fields optional: a spawn error has no
@@ -156,6 +159,9 @@ impl FailureFacts {
             }
             Some(GatewayCondition::ToolChoiceUnmet) => {
                 "the model answered without the tool call that tool_choice requires".to_string()
+            }
+            Some(GatewayCondition::StructuredOutputMissing) => {
+                "the model answered in prose instead of the requested JSON".to_string()
             }
             None => format!("Claude CLI {how}"),
         }

@@ -18,6 +18,8 @@
 //! | `read_file` | a request offering the tool `mcp__cg__Read` whose user text names `READ:<path>`: a call of that tool with `{"file_path": <path>}`; a request whose last user message holds `tool_result` blocks gets [`Answer::EchoResults`]; anything else the default text (a client CLI's side requests) |
 //! | `tool_call:<names>[:<text>]` | a model tool call: optional text, then one `tool_use` per comma-separated name (two names = parallel calls), input `{"q":"x"}`, `stop_reason: tool_use`; a request whose last user message holds `tool_result` blocks gets [`Answer::EchoResults`] instead |
 //! | `script:<name>`   | the answers registered with [`MockApi::script`], one per request in order (the last repeats) |
+//! | `schema[:json]`   | when the request offers the `StructuredOutput` tool (`--json-schema`) and no tool result came back yet: a call of it with the JSON as input (`input_json_delta` fragments); otherwise text |
+//! | `thinking[:text]` | a thinking block (`thinking_delta`s, `signature_delta` `sig_mock`) before the text; 5 of the 9 output tokens are thinking |
 //!
 //! Tool calls come in SSE (as the CLI asks) and JSON, with ids `toolu_01…`
 //! ([`tool_use_id`]). [`RecordedRequest::tool_results`] gives the `tool_result` blocks a
@@ -255,6 +257,24 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
         Some(_) => ("ok", DEFAULT_TEXT),
         None => (name, text),
     };
+    // ---- structured output and thinking scenarios
+    if let Some(blocks) = structured_or_thinking(name, text, &body) {
+        let stop = if matches!(blocks.first(), Some(MockBlock::Tool(..))) {
+            "tool_use"
+        } else {
+            "end_turn"
+        };
+        if !stream {
+            return message_json_blocks(n, &model, &blocks, stop);
+        }
+        return sse(
+            n,
+            st.shutdown,
+            sse_frames_blocks(n, &model, &blocks, stop),
+            ms(0),
+            End::Close,
+        );
+    }
     match name {
         "auth401" => error(n, 401, "authentication_error", "invalid x-api-key"),
         "perm403" => error(
@@ -480,6 +500,143 @@ fn sse_frames(n: u64, model: &str, text: &str, stop_reason: &str) -> Vec<Bytes> 
     ));
     v.push(frame("message_stop", &json!({"type": "message_stop"})));
     v
+}
+
+/// A content block of the structured-output / thinking scenarios.
+enum MockBlock {
+    Text(String),
+    /// A thinking block: its text (sent in two deltas) and signature.
+    Thinking(String, String),
+    /// A tool call: name, input JSON.
+    Tool(String, Value),
+}
+
+/// The blocks `schema` / `thinking` answer `body` with (None: another scenario).
+fn structured_or_thinking(name: &str, text: &str, body: &Value) -> Option<Vec<MockBlock>> {
+    match name {
+        "schema" => {
+            let offered = body["tools"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["name"] == "StructuredOutput"));
+            let answered = body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_array())
+                .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"));
+            if offered && !answered {
+                let input = if text == DEFAULT_TEXT {
+                    json!({"answer": DEFAULT_TEXT})
+                } else {
+                    serde_json::from_str(text).expect("mock: schema:<json> takes JSON")
+                };
+                Some(vec![MockBlock::Tool("StructuredOutput".into(), input)])
+            } else {
+                Some(vec![MockBlock::Text(text.to_string())])
+            }
+        }
+        "thinking" => Some(vec![
+            MockBlock::Thinking("Let me think. 2+2 is 4.".into(), "sig_mock".into()),
+            MockBlock::Text(text.to_string()),
+        ]),
+        _ => None,
+    }
+}
+
+fn sse_frames_blocks(n: u64, model: &str, blocks: &[MockBlock], stop_reason: &str) -> Vec<Bytes> {
+    let mut v = vec![frame(
+        "message_start",
+        &json!({"type": "message_start", "message": {
+            "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}}}),
+    )];
+    let delta = |i: usize, d: Value| {
+        frame(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": i, "delta": d}),
+        )
+    };
+    // The thinking share of the output tokens, as the API reports it.
+    let usage = if blocks.iter().any(|b| matches!(b, MockBlock::Thinking(..))) {
+        json!({"output_tokens": 9, "output_tokens_details": {"thinking_tokens": 5}})
+    } else {
+        json!({"output_tokens": 9})
+    };
+    for (i, b) in blocks.iter().enumerate() {
+        let start = match b {
+            MockBlock::Text(_) => json!({"type": "text", "text": ""}),
+            MockBlock::Thinking(..) => json!({"type": "thinking", "thinking": "", "signature": ""}),
+            MockBlock::Tool(name, _) => {
+                json!({"type": "tool_use", "id": format!("toolu_mock_{n}_{i}"), "name": name, "input": {}})
+            }
+        };
+        v.push(frame(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": i, "content_block": start}),
+        ));
+        match b {
+            MockBlock::Text(t) => v.push(delta(i, json!({"type": "text_delta", "text": t}))),
+            MockBlock::Thinking(t, sig) => {
+                let (a, z) = t.split_at(t.len() / 2);
+                for part in [a, z] {
+                    v.push(delta(
+                        i,
+                        json!({"type": "thinking_delta", "thinking": part}),
+                    ));
+                }
+                v.push(delta(
+                    i,
+                    json!({"type": "signature_delta", "signature": sig}),
+                ));
+            }
+            MockBlock::Tool(_, input) => {
+                let text = input.to_string();
+                let (a, z) = text.split_at(text.len() / 2);
+                for part in [a, z] {
+                    v.push(delta(
+                        i,
+                        json!({"type": "input_json_delta", "partial_json": part}),
+                    ));
+                }
+            }
+        }
+        v.push(frame(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": i}),
+        ));
+    }
+    v.push(frame(
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+                "usage": usage}),
+    ));
+    v.push(frame("message_stop", &json!({"type": "message_stop"})));
+    v
+}
+
+fn message_json_blocks(n: u64, model: &str, blocks: &[MockBlock], stop_reason: &str) -> Response {
+    let content: Vec<Value> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| match b {
+            MockBlock::Text(t) => json!({"type": "text", "text": t}),
+            MockBlock::Thinking(t, sig) => json!({"type": "thinking", "thinking": t, "signature": sig}),
+            MockBlock::Tool(name, input) => {
+                json!({"type": "tool_use", "id": format!("toolu_mock_{n}_{i}"), "name": name, "input": input})
+            }
+        })
+        .collect();
+    let msg = json!({
+        "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
+        "content": content, "stop_reason": stop_reason, "stop_sequence": null,
+        "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                  "output_tokens": 9}});
+    with_request_id(
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(msg.to_string())),
+        n,
+    )
 }
 
 fn message_json(n: u64, model: &str, text: &str, stop_reason: &str) -> Response {

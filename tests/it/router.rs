@@ -145,14 +145,12 @@ async fn fields_promising_what_ccgate_cannot_do_are_refused_naming_the_field() {
         ),
         (
             "/v1/messages",
-            msgs(
-                json!({"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}),
-            ),
+            msgs(json!({"output_config": {"format": {"type": "xml"}}})),
             "output_config.format",
         ),
         (
             "/v1/messages",
-            msgs(json!({"output_format": {"type": "json_schema", "schema": {"type": "object"}}})),
+            msgs(json!({"output_format": {"type": "json_schema"}})),
             "output_format",
         ),
     ];
@@ -222,7 +220,7 @@ async fn bad_requests_get_api_shaped_errors() {
         ),
         (
             "/v1/chat/completions",
-            r#"{"model":"x","response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{}}},"messages":[{"role":"user","content":"a"}]}"#,
+            r#"{"model":"x","response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{"type":"bogus"}}},"messages":[{"role":"user","content":"a"}]}"#,
         ),
         (
             "/v1/chat/completions",

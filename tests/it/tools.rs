@@ -514,3 +514,141 @@ async fn responses_function_call_round_trip_with_previous_response_id_continues_
     let completed = events.last().unwrap();
     assert_eq!(completed["response"]["output"][0]["type"], "function_call");
 }
+
+/// The kinds and indexes of a Messages stream's events (`start 0 thinking`, `delta 1
+/// input_json_delta`, `stop 1`, …), consecutive repeats merged.
+fn stream_shape(text: &str) -> Vec<String> {
+    let mut shape: Vec<String> = sse_events(text)
+        .iter()
+        .map(|(_, d)| serde_json::from_str::<Value>(d).unwrap())
+        .map(|e| match e["type"].as_str().unwrap_or("") {
+            "content_block_start" => format!(
+                "start {} {}",
+                e["index"],
+                e["content_block"]["type"].as_str().unwrap()
+            ),
+            "content_block_delta" => format!(
+                "delta {} {}",
+                e["index"],
+                e["delta"]["type"].as_str().unwrap()
+            ),
+            "content_block_stop" => format!("stop {}", e["index"]),
+            other => other.to_string(),
+        })
+        .collect();
+    shape.dedup();
+    shape
+}
+
+#[tokio::test]
+async fn thinking_before_a_tool_call_is_its_own_block_and_the_held_run_continues() {
+    let s = TestServer::start(Opts {
+        api_keys: vec!["key-a".into()],
+        env: vec![
+            ("FAKE_CLAUDE_TOOL_INPUT", r#"{"city":"Paris"}"#.into()),
+            ("FAKE_CLAUDE_TOOL_THINKING", "1".into()),
+        ],
+        ..Opts::default()
+    })
+    .await;
+    let user = json!({"role": "user", "content": "[[scenario:tool_call]] weather?"});
+    let body = json!({"model": "sonnet", "max_tokens": 4096, "stream": true,
+        "thinking": {"type": "adaptive"},
+        "tools": weather_tool_anthropic(), "messages": [user]});
+    let (status, text) = post(&s, "key-a", "/v1/messages", &body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        stream_shape(&text),
+        [
+            "message_start",
+            "ping",
+            "start 0 thinking",
+            "delta 0 thinking_delta",
+            "delta 0 signature_delta",
+            "stop 0",
+            "start 1 tool_use",
+            "delta 1 input_json_delta",
+            "stop 1",
+            "message_delta",
+            "message_stop"
+        ],
+        "{text}"
+    );
+    let id = sse_events(&text)
+        .iter()
+        .map(|(_, d)| serde_json::from_str::<Value>(d).unwrap())
+        .find(|e| e["content_block"]["type"] == "tool_use")
+        .unwrap()["content_block"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The client sends its thinking back with the call: the same held run goes on.
+    let body = json!({"model": "sonnet", "max_tokens": 4096,
+        "thinking": {"type": "adaptive"},
+        "tools": weather_tool_anthropic(), "messages": [
+        user,
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "A tool can tell.", "signature": "sig_fake_t"},
+            {"type": "tool_use", "id": id, "name": "get_weather", "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "sun"}]},
+    ]});
+    let (status, v) = post_json(&s, "key-a", "/v1/messages", &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"][0]["text"], "tool said: sun", "{v}");
+    assert_eq!(spawns(&s), 1, "{}", log(&s));
+
+    // Not streamed: the thinking block, then the call.
+    let body = json!({"model": "sonnet", "max_tokens": 4096,
+        "thinking": {"type": "adaptive"},
+        "tools": weather_tool_anthropic(), "messages": [user]});
+    let (status, v) = post_json(&s, "key-a", "/v1/messages", &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    let content = v["content"].as_array().unwrap();
+    assert_eq!(content.len(), 2, "{v}");
+    assert_eq!(content[0]["type"], "thinking");
+    assert_eq!(content[0]["thinking"], "A tool can tell.");
+    assert_eq!(content[0]["signature"], "sig_fake_t");
+    assert_eq!(content[1]["type"], "tool_use");
+    assert_eq!(content[1]["input"], json!({"city": "Paris"}));
+}
+
+#[tokio::test]
+async fn a_tool_call_reaches_the_client_of_a_structured_output_request() {
+    let s = server(|_| {}).await;
+    let user = json!({"role": "user", "content": "[[scenario:tool_call]] weather?"});
+    let format = json!({"type": "json_schema", "json_schema": {"name": "w",
+        "schema": {"type": "object", "properties": {"sky": {"type": "string"}}}}});
+    for stream in [false, true] {
+        let body = json!({"model": "sonnet", "stream": stream, "tools": weather_tool_openai(),
+            "response_format": format, "messages": [user]});
+        let (status, text) = post(&s, "key-a", "/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{text}");
+        if stream {
+            let chunks: Vec<Value> = sse_events(&text)
+                .iter()
+                .filter_map(|(_, d)| serde_json::from_str(d).ok())
+                .collect();
+            let finish: Vec<&Value> = chunks
+                .iter()
+                .map(|c| &c["choices"][0]["finish_reason"])
+                .filter(|f| !f.is_null())
+                .collect();
+            assert_eq!(finish, [&json!("tool_calls")], "{text}");
+            let name = chunks.iter().find_map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["name"].as_str()
+            });
+            assert_eq!(name, Some("get_weather"), "{text}");
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+            let call = &v["choices"][0]["message"]["tool_calls"][0];
+            assert_eq!(call["function"]["name"], "get_weather", "{v}");
+        }
+    }
+    // Both flags reached the CLI.
+    let log = log(&s);
+    assert!(log.contains("ARG:--json-schema"), "{log}");
+    assert!(log.contains("ARG:--mcp-config"), "{log}");
+}
