@@ -48,8 +48,6 @@ if ! "$venv/bin/python" tests/sdk/check_sdks.py "http://127.0.0.1:$port" "$scena
   echo "--- ccgate log ---"; tail -50 "$log"; exit 1
 fi
 
-if [ "${CCGATE_SDK_TOOLS:-1}" = 0 ] || { [ -z "${CCGATE_REAL_CLAUDE:-}" ] && [ -z "${CI:-}" ]; }; then
-  echo "SKIP client-tool checks (CCGATE_SDK_TOOLS=0, or no CCGATE_REAL_CLAUDE outside CI)"
 # ---- structured output: the SDKs' parse helpers (tests/sdk/check_structured.py) through
 # a second ccgate running the REAL CLI ($CCGATE_REAL_CLAUDE) against a loopback mock of
 # the Messages API (tests/sdk/mock_structured.py); without it, the fake CLI mimics the
@@ -84,8 +82,9 @@ structured_check() {
   return "$rc"
 }
 structured_check
-if [ "${CCGATE_SDK_TOOLS:-0}" != 1 ]; then
-  echo "SKIP client-tool checks (set CCGATE_SDK_TOOLS=1 to run them; they need CCGATE_REAL_CLAUDE)"
+
+if [ "${CCGATE_SDK_TOOLS:-1}" = 0 ] || { [ -z "${CCGATE_REAL_CLAUDE:-}" ] && [ -z "${CI:-}" ]; }; then
+  echo "SKIP client-tool checks (CCGATE_SDK_TOOLS=0, or no CCGATE_REAL_CLAUDE outside CI)"
   exit 0
 fi
 real="${CCGATE_REAL_CLAUDE:?the client-tool checks need CCGATE_REAL_CLAUDE (the pinned real CLI)}"

@@ -84,9 +84,15 @@ struct ChatMessage {
     tool_call_id: Option<String>,
 }
 
-/// The request's `tools` and `tool_choice` as the neutral tool set (None: no tools).
-fn tool_set(req: &ChatRequest) -> Result<Option<ToolSet>, ApiError> {
-    let choice = match req.tool_choice.as_ref().filter(|c| !c.is_null()) {
+/// An OpenAI `tool_choice` (Chat Completions and Responses alike): `auto`, `none`,
+/// `required`, or a named function, whose name `named` finds in the object (`shape` is
+/// how the error message spells that object).
+pub(crate) fn openai_tool_choice(
+    choice: Option<&Value>,
+    named: impl Fn(&Value) -> Option<&str>,
+    shape: &str,
+) -> Result<Option<ToolChoice>, ApiError> {
+    Ok(match choice.filter(|c| !c.is_null()) {
         None => None,
         Some(Value::String(c)) => Some(match c.as_str() {
             "auto" => ToolChoice::Auto,
@@ -99,21 +105,28 @@ fn tool_set(req: &ChatRequest) -> Result<Option<ToolSet>, ApiError> {
                 ))
             }
         }),
-        Some(c) => match (
-            c.get("type").and_then(Value::as_str),
-            c.pointer("/function/name").and_then(Value::as_str),
-        ) {
+        Some(c) => match (c.get("type").and_then(Value::as_str), named(c)) {
             (Some("function"), Some(name)) => Some(ToolChoice::Named(name.to_string())),
             _ => {
                 return Err(ApiError::invalid_param(
-                    "`tool_choice` must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    format!("`tool_choice` must be auto, none, required or {shape}"),
                     "tool_choice",
                 ))
             }
         },
-    };
-    let defs = req.tools.as_deref().unwrap_or_default();
-    if defs.is_empty() {
+    })
+}
+
+/// The tool set of OpenAI-style function tools (`specs`, in order), checked; a choice
+/// without tools is no tool set, unless it demands a call (a 400). `param` names a
+/// definition's field for an error (`index`, field).
+pub(crate) fn openai_tool_set(
+    specs: Vec<ToolSpec>,
+    choice: Option<ToolChoice>,
+    parallel: Option<bool>,
+    param: impl Fn(usize, &str) -> String,
+) -> Result<Option<ToolSet>, ApiError> {
+    if specs.is_empty() {
         return match choice {
             None | Some(ToolChoice::Auto | ToolChoice::None) => Ok(None),
             Some(_) => Err(ApiError::invalid_param(
@@ -122,6 +135,34 @@ fn tool_set(req: &ChatRequest) -> Result<Option<ToolSet>, ApiError> {
             )),
         };
     }
+    let set = ToolSet {
+        tools: specs,
+        choice: choice.unwrap_or(ToolChoice::Auto),
+        parallel: parallel.unwrap_or(true),
+    };
+    set.validate().map_err(|e| {
+        let at = match &e {
+            ToolError::BadName { index } | ToolError::Duplicate { index, .. } => {
+                param(*index, "name")
+            }
+            ToolError::BadSchema { index } => param(*index, "parameters"),
+            ToolError::ToolTooLarge { index } => format!("tools[{index}]"),
+            ToolError::UnknownChoice(_) | ToolError::ChoiceWithoutTools => "tool_choice".into(),
+            ToolError::TooMany | ToolError::ToolsTooLarge => "tools".into(),
+        };
+        ApiError::invalid_param(e.to_string(), &at)
+    })?;
+    Ok(Some(set))
+}
+
+/// The request's `tools` and `tool_choice` as the neutral tool set (None: no tools).
+fn tool_set(req: &ChatRequest) -> Result<Option<ToolSet>, ApiError> {
+    let choice = openai_tool_choice(
+        req.tool_choice.as_ref(),
+        |c| c.pointer("/function/name").and_then(Value::as_str),
+        "{\"type\": \"function\", \"function\": {\"name\": …}}",
+    )?;
+    let defs = req.tools.as_deref().unwrap_or_default();
     let mut tools = Vec::with_capacity(defs.len());
     for (i, t) in defs.iter().enumerate() {
         if t.get("type").and_then(Value::as_str) != Some("function") {
@@ -154,27 +195,9 @@ fn tool_set(req: &ChatRequest) -> Result<Option<ToolSet>, ApiError> {
             input_schema,
         });
     }
-    let set = ToolSet {
-        tools,
-        choice: choice.unwrap_or(ToolChoice::Auto),
-        parallel: req.parallel_tool_calls.unwrap_or(true),
-    };
-    set.validate().map_err(|e| tool_error(&e))?;
-    Ok(Some(set))
-}
-
-/// A tool definition's problem, naming the field in OpenAI's terms.
-fn tool_error(e: &ToolError) -> ApiError {
-    let param = match e {
-        ToolError::BadName { index } | ToolError::Duplicate { index, .. } => {
-            format!("tools[{index}].function.name")
-        }
-        ToolError::BadSchema { index } => format!("tools[{index}].function.parameters"),
-        ToolError::ToolTooLarge { index } => format!("tools[{index}]"),
-        ToolError::UnknownChoice(_) | ToolError::ChoiceWithoutTools => "tool_choice".into(),
-        ToolError::TooMany | ToolError::ToolsTooLarge => "tools".into(),
-    };
-    ApiError::invalid_param(e.to_string(), &param)
+    openai_tool_set(tools, choice, req.parallel_tool_calls, |i, f| {
+        format!("tools[{i}].function.{f}")
+    })
 }
 
 /// An assistant message's `tool_calls` as tool-use blocks.

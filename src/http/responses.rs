@@ -29,13 +29,12 @@ use axum::response::sse::Event;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::conversation::{
-    Block, Conversation, Message, Role, ToolChoice, ToolError, ToolSet, ToolSpec,
-};
+use crate::conversation::{Block, Conversation, Message, Role, ToolSet, ToolSpec};
 use crate::engine::TurnRequest;
 use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
 use crate::http::handler::{Api, Framer};
+use crate::http::openai::{openai_tool_choice, openai_tool_set};
 use crate::http::state::AppState;
 use crate::http::unix_now;
 use crate::protocol::{Success, Usage};
@@ -170,41 +169,11 @@ fn tool_set(req: &ResponsesRequest) -> Result<Option<ToolSet>, ApiError> {
             &format!("tools[{i}].type"),
         ));
     }
-    let choice = match req.tool_choice.as_ref().filter(|c| !c.is_null()) {
-        None => None,
-        Some(Value::String(c)) => Some(match c.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => {
-                return Err(ApiError::invalid_param(
-                    format!("`tool_choice` `{other}` is not one of auto, none, required"),
-                    "tool_choice",
-                ))
-            }
-        }),
-        Some(c) => match (
-            c.get("type").and_then(Value::as_str),
-            c.get("name").and_then(Value::as_str),
-        ) {
-            (Some("function"), Some(name)) => Some(ToolChoice::Named(name.to_string())),
-            _ => {
-                return Err(ApiError::invalid_param(
-                    "`tool_choice` must be auto, none, required or {\"type\": \"function\", \"name\": …}",
-                    "tool_choice",
-                ))
-            }
-        },
-    };
-    if tools.is_empty() {
-        return match choice {
-            None | Some(ToolChoice::Auto | ToolChoice::None) => Ok(None),
-            Some(_) => Err(ApiError::invalid_param(
-                "`tool_choice` requires a tool call, but no `tools` are given",
-                "tool_choice",
-            )),
-        };
-    }
+    let choice = openai_tool_choice(
+        req.tool_choice.as_ref(),
+        |c| c.get("name").and_then(Value::as_str),
+        "{\"type\": \"function\", \"name\": …}",
+    )?;
     let mut specs = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
         let Some(name) = t.get("name").and_then(Value::as_str) else {
@@ -226,24 +195,9 @@ fn tool_set(req: &ResponsesRequest) -> Result<Option<ToolSet>, ApiError> {
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
         });
     }
-    let set = ToolSet {
-        tools: specs,
-        choice: choice.unwrap_or(ToolChoice::Auto),
-        parallel: req.parallel_tool_calls.unwrap_or(true),
-    };
-    set.validate().map_err(|e| {
-        let param = match &e {
-            ToolError::BadName { index } | ToolError::Duplicate { index, .. } => {
-                format!("tools[{index}].name")
-            }
-            ToolError::BadSchema { index } => format!("tools[{index}].parameters"),
-            ToolError::ToolTooLarge { index } => format!("tools[{index}]"),
-            ToolError::UnknownChoice(_) | ToolError::ChoiceWithoutTools => "tool_choice".into(),
-            ToolError::TooMany | ToolError::ToolsTooLarge => "tools".into(),
-        };
-        ApiError::invalid_param(e.to_string(), &param)
-    })?;
-    Ok(Some(set))
+    openai_tool_set(specs, choice, req.parallel_tool_calls, |i, f| {
+        format!("tools[{i}].{f}")
+    })
 }
 
 /// A `function_call` item (the model's call, sent back) as a tool-use block.
