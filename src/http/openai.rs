@@ -299,81 +299,99 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
 /// The permissive schema of `json_object`: any JSON object.
 const ANY_OBJECT: &str = r#"{"type":"object"}"#;
 
-/// `response_format` → the schema for `--json-schema` (None for `text`). `json_schema`
-/// takes `name` (required, as OpenAI's), `description`, `schema` (default: any object) and
-/// `strict` (the CLI validates every answer against the schema either way).
+/// `response_format` → the schema for `--json-schema` (None for `text`).
 fn response_schema(format: &Value) -> Result<Option<String>, ApiError> {
-    let bad = |param: &str, message: String| Err(ApiError::invalid_param(message, param));
     match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(ANY_OBJECT.to_string())),
         Some("json_schema") => {
             const P: &str = "response_format.json_schema";
             let Some(js) = format.get("json_schema").and_then(Value::as_object) else {
-                return bad(P, "`response_format.json_schema` must be an object".into());
-            };
-            if let Some(k) = js
-                .keys()
-                .find(|k| !matches!(k.as_str(), "name" | "description" | "schema" | "strict"))
-            {
-                return bad(
+                return Err(ApiError::invalid_param(
+                    "`response_format.json_schema` must be an object",
                     P,
-                    format!("`response_format.json_schema` has an unknown key `{k}`"),
-                );
-            }
-            let name_ok = js.get("name").and_then(Value::as_str).is_some_and(|n| {
-                !n.is_empty()
-                    && n.len() <= 64
-                    && n.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            });
-            if !name_ok {
-                return bad(
-                    "response_format.json_schema.name",
-                    "`response_format.json_schema.name` is required: 1 to 64 of a-z, A-Z, 0-9, _ and -".into(),
-                );
-            }
-            if js
-                .get("strict")
-                .is_some_and(|s| !s.is_boolean() && !s.is_null())
-            {
-                return bad(
-                    "response_format.json_schema.strict",
-                    "`response_format.json_schema.strict` must be a boolean".into(),
-                );
-            }
-            match js.get("schema").filter(|s| !s.is_null()) {
-                None => Ok(Some(ANY_OBJECT.to_string())),
-                Some(schema) => crate::engine::check_schema(schema).map(Some).or_else(|e| {
-                    bad(
-                        "response_format.json_schema.schema",
-                        format!("`response_format.json_schema.schema`: {e}"),
-                    )
-                }),
-            }
+                ));
+            };
+            json_schema_format(js, P, &[]).map(Some)
         }
-        _ => bad(
-            "response_format",
-            "`response_format.type` must be one of text, json_object, json_schema".into(),
-        ),
+        _ => output_format(format, "response_format"),
+    }
+}
+
+/// An OpenAI output format's `type` other than `json_schema`: `text` (None) or
+/// `json_object` (any object); anything else is a 400 naming `param`.
+pub(crate) fn output_format(format: &Value, param: &str) -> Result<Option<String>, ApiError> {
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ANY_OBJECT.to_string())),
+        _ => Err(ApiError::invalid_param(
+            format!("`{param}.type` must be one of text, json_object, json_schema"),
+            param,
+        )),
+    }
+}
+
+/// An OpenAI `json_schema` format's fields (Chat Completions nests them under
+/// `json_schema`, Responses puts them beside `type`, named in `extra`): `name` (required,
+/// as OpenAI's), `description`, `schema` (default: any object) and `strict` (the CLI
+/// validates every answer against the schema either way) → the schema's JSON text.
+pub(crate) fn json_schema_format(
+    js: &serde_json::Map<String, Value>,
+    prefix: &str,
+    extra: &[&str],
+) -> Result<String, ApiError> {
+    let bad = |param: &str, message: String| Err(ApiError::invalid_param(message, param));
+    if let Some(k) = js.keys().find(|k| {
+        !matches!(k.as_str(), "name" | "description" | "schema" | "strict")
+            && !extra.contains(&k.as_str())
+    }) {
+        return bad(prefix, format!("`{prefix}` has an unknown key `{k}`"));
+    }
+    let name_ok = js.get("name").and_then(Value::as_str).is_some_and(|n| {
+        !n.is_empty()
+            && n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    if !name_ok {
+        return bad(
+            &format!("{prefix}.name"),
+            format!("`{prefix}.name` is required: 1 to 64 of a-z, A-Z, 0-9, _ and -"),
+        );
+    }
+    if js
+        .get("strict")
+        .is_some_and(|s| !s.is_boolean() && !s.is_null())
+    {
+        return bad(
+            &format!("{prefix}.strict"),
+            format!("`{prefix}.strict` must be a boolean"),
+        );
+    }
+    match js.get("schema").filter(|s| !s.is_null()) {
+        None => Ok(ANY_OBJECT.to_string()),
+        Some(schema) => crate::engine::check_schema(schema).or_else(|e| {
+            bad(
+                &format!("{prefix}.schema"),
+                format!("`{prefix}.schema`: {e}"),
+            )
+        }),
     }
 }
 
 /// `reasoning_effort` → `--effort`: `minimal` maps to the CLI's lowest level (`low`);
 /// `none` cannot be honoured (the CLI's models always think) and is refused.
-fn reasoning_effort(v: &Value) -> Result<Effort, ApiError> {
+pub(crate) fn reasoning_effort(v: &Value, param: &str) -> Result<Effort, ApiError> {
     match v.as_str() {
         Some("minimal" | "low") => Ok(Effort::Low),
         Some("medium") => Ok(Effort::Medium),
         Some("high") => Ok(Effort::High),
         Some("xhigh") => Ok(Effort::Xhigh),
         Some("none") => Err(ApiError::invalid_param(
-            "`reasoning_effort: none` is not supported by this gateway: the Claude CLI always lets the model think (use minimal or low)",
-            "reasoning_effort",
+            format!("`{param}: none` is not supported by this gateway: the Claude CLI always lets the model think (use minimal or low)"),
+            param,
         )),
         _ => Err(ApiError::invalid_param(
-            "`reasoning_effort` must be one of minimal, low, medium, high, xhigh",
-            "reasoning_effort",
+            format!("`{param}` must be one of minimal, low, medium, high, xhigh"),
+            param,
         )),
     }
 }
@@ -384,7 +402,7 @@ fn run_options(req: &ChatRequest) -> Result<RunOptions, ApiError> {
         options.json_schema = response_schema(format)?;
     }
     if let Some(e) = req.reasoning_effort.as_ref().filter(|e| !e.is_null()) {
-        options.effort = Some(reasoning_effort(e)?);
+        options.effort = Some(reasoning_effort(e, "reasoning_effort")?);
     }
     Ok(options)
 }

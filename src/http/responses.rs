@@ -17,11 +17,11 @@
 //! the client-tools machinery: an answer with calls has `function_call` output items
 //! (streamed with `response.function_call_arguments.delta` / `.done`), and the client's
 //! `function_call_output` items (after its `function_call` items, or after
-//! `previous_response_id`) continue the held run. Not yet wired (a 400 naming the field,
-//! each decided in one place below): `text.format` other than text ([`check_text`]),
-//! `reasoning.effort` / `summary` ([`check_reasoning`]). Built-in tools and their items,
-//! `background`, `conversation`, `prompt`, logprobs and `truncation: auto` are refused for
-//! good.
+//! `previous_response_id`) continue the held run. `text.format` (`json_schema`,
+//! `json_object`) and `reasoning.effort` are run options ([`run_options`]) as in Chat
+//! Completions. Built-in tools and their items, `reasoning.summary`, `background`,
+//! `conversation`, `prompt`, logprobs and `truncation: auto` are refused (400 naming the
+//! field).
 
 use std::sync::{Arc, OnceLock};
 
@@ -29,12 +29,15 @@ use axum::response::sse::Event;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::backend::RunOptions;
 use crate::conversation::{Block, Conversation, Message, Role, ToolSet, ToolSpec};
 use crate::engine::TurnRequest;
 use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
 use crate::http::handler::{Api, Framer};
-use crate::http::openai::{openai_tool_choice, openai_tool_set};
+use crate::http::openai::{
+    json_schema_format, openai_tool_choice, openai_tool_set, output_format, reasoning_effort,
+};
 use crate::http::state::AppState;
 use crate::http::unix_now;
 use crate::protocol::{Success, Usage};
@@ -278,53 +281,52 @@ fn function_call_output_item(at: &str, item: &Value) -> Result<Message, ApiError
     ))
 }
 
-/// `text`: `format` other than plain text waits for the structured-output machinery;
-/// `verbosity` other than the default is a promise the CLI cannot keep.
-fn check_text(req: &ResponsesRequest) -> Result<(), ApiError> {
-    let Some(text) = req.text.as_ref().filter(|t| !t.is_null()) else {
-        return Ok(());
-    };
-    if let Some(format) = text.get("format").filter(|f| !f.is_null()) {
-        if format.get("type").and_then(Value::as_str) != Some("text") {
-            return refuse(
-                "text.format",
-                "only `text.format: {\"type\": \"text\"}` is supported by this gateway yet",
-            );
+/// `text` and `reasoning` as run options: `text.format` `json_schema` / `json_object` →
+/// `--json-schema` (the answer's text is the JSON), `reasoning.effort` → `--effort` (as
+/// Chat Completions' `reasoning_effort`). `text.verbosity` other than the default and
+/// `reasoning.summary` (the CLI gives no summaries) are promises it cannot keep.
+fn run_options(req: &ResponsesRequest) -> Result<RunOptions, ApiError> {
+    let mut options = RunOptions::default();
+    if let Some(text) = req.text.as_ref().filter(|t| !t.is_null()) {
+        if let Some(format) = text.get("format").filter(|f| !f.is_null()) {
+            options.json_schema = match format.get("type").and_then(Value::as_str) {
+                Some("json_schema") => Some(json_schema_format(
+                    format.as_object().unwrap_or(&Map::new()),
+                    "text.format",
+                    &["type"],
+                )?),
+                _ => output_format(format, "text.format")?,
+            };
+        }
+        if let Some(v) = text.get("verbosity").filter(|v| !v.is_null()) {
+            if v.as_str() != Some("medium") {
+                refuse(
+                    "text.verbosity",
+                    "only `text.verbosity: \"medium\"` is supported by this gateway",
+                )?;
+            }
         }
     }
-    if let Some(v) = text.get("verbosity").filter(|v| !v.is_null()) {
-        if v.as_str() != Some("medium") {
-            return refuse(
-                "text.verbosity",
-                "only `text.verbosity: \"medium\"` is supported by this gateway",
-            );
+    if let Some(r) = req.reasoning.as_ref().filter(|r| !r.is_null()) {
+        for field in ["summary", "generate_summary"] {
+            if r.get(field).is_some_and(|v| !v.is_null()) {
+                refuse(
+                    &format!("reasoning.{field}"),
+                    format!("`reasoning.{field}`: the Claude CLI gives no reasoning summaries"),
+                )?;
+            }
+        }
+        if let Some(e) = r.get("effort").filter(|e| !e.is_null()) {
+            options.effort = Some(reasoning_effort(e, "reasoning.effort")?);
         }
     }
-    Ok(())
-}
-
-/// `reasoning`: `effort` and `summary` wait for the effort/thinking machinery.
-fn check_reasoning(req: &ResponsesRequest) -> Result<(), ApiError> {
-    let Some(r) = req.reasoning.as_ref().filter(|r| !r.is_null()) else {
-        return Ok(());
-    };
-    for field in ["effort", "summary", "generate_summary"] {
-        if r.get(field).is_some_and(|v| !v.is_null()) {
-            return refuse(
-                &format!("reasoning.{field}"),
-                format!("`reasoning.{field}` is not supported by this gateway yet"),
-            );
-        }
-    }
-    Ok(())
+    Ok(options)
 }
 
 /// Fields that promise what the CLI cannot do: refused with a 400 naming the field.
 /// (Sampling knobs like `temperature`, bookkeeping like `metadata`, `user` or
 /// `prompt_cache_key` promise nothing checkable and are accepted.)
 fn refuse_unsupported(req: &ResponsesRequest) -> Result<(), ApiError> {
-    check_text(req)?;
-    check_reasoning(req)?;
     if req.background == Some(true) {
         return refuse(
             "background",
@@ -604,7 +606,11 @@ impl ResponsesRequest {
             "service_tier": "default",
             "store": self.store.unwrap_or(true),
             "temperature": self.temperature.unwrap_or(1.0),
-            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "text": {
+                "format": self.text.as_ref().and_then(|t| t.get("format")).filter(|f| !f.is_null())
+                    .cloned().unwrap_or_else(|| json!({"type": "text"})),
+                "verbosity": "medium",
+            },
             "tool_choice": self.tool_choice.clone().filter(|c| !c.is_null()).unwrap_or_else(|| "auto".into()),
             "tools": [],
             "top_logprobs": 0,
@@ -705,8 +711,10 @@ impl Api for Responses {
         let tools = tool_set(req)?;
         let conversation = conversation(req, req.ctx.previous.as_deref())?;
         let _ = req.ctx.conversation.set(conversation.clone());
+        let options = run_options(req)?;
         let mut turn = crate::http::handler::turn_request(conversation, &req.model, Vec::new())?;
         turn.tools = tools;
+        turn.options = options;
         Ok(turn)
     }
 
@@ -989,6 +997,31 @@ mod tests {
     }
 
     #[test]
+    fn text_format_and_reasoning_effort_become_run_options() {
+        let t = turn(json!({"model": "sonnet", "input": "hi",
+            "text": {"format": {"type": "json_schema", "name": "person", "strict": true,
+                "schema": {"type": "object", "properties": {"name": {"type": "string"}}}}},
+            "reasoning": {"effort": "minimal"}}))
+        .unwrap();
+        let schema: Value =
+            serde_json::from_str(t.options.json_schema.as_deref().unwrap()).unwrap();
+        assert_eq!(schema["properties"]["name"]["type"], "string");
+        assert_eq!(t.options.effort, Some(crate::backend::Effort::Low));
+        let t = turn(
+            json!({"model": "sonnet", "input": "hi", "text": {"format": {"type": "json_object"}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            t.options.json_schema.as_deref(),
+            Some(r#"{"type":"object"}"#)
+        );
+        let t =
+            turn(json!({"model": "sonnet", "input": "hi", "text": {"format": {"type": "text"}}}))
+                .unwrap();
+        assert!(t.options.is_default());
+    }
+
+    #[test]
     fn string_and_item_input_with_instructions() {
         let t =
             turn(json!({"model": "sonnet", "input": "hi", "instructions": "be brief"})).unwrap();
@@ -1033,10 +1066,15 @@ mod tests {
             (json!({"tools": [{"type": "web_search"}]}), "tools[0].type"),
             (json!({"tool_choice": "required"}), "tool_choice"),
             (
-                json!({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}),
-                "text.format",
+                json!({"text": {"format": {"type": "json_schema", "schema": {}}}}),
+                "text.format.name",
             ),
-            (json!({"reasoning": {"effort": "high"}}), "reasoning.effort"),
+            (json!({"text": {"format": {"type": "xml"}}}), "text.format"),
+            (json!({"reasoning": {"effort": "none"}}), "reasoning.effort"),
+            (
+                json!({"reasoning": {"summary": "auto"}}),
+                "reasoning.summary",
+            ),
             (json!({"background": true}), "background"),
             (json!({"conversation": "conv_1"}), "conversation"),
             (json!({"prompt": {"id": "p"}}), "prompt"),

@@ -40,3 +40,7 @@ an = anthropic.Anthropic(base_url=base, api_key="sk-unused", max_retries=0)
 m = an.messages.parse(model="sonnet", max_tokens=1024, messages=[{"role": "user", "content": "A person"}],
                       output_format=Person)
 check("anthropic messages.parse(output_format=…)", m.parsed_output)
+
+r = oa.responses.parse(model="sonnet", input="A person", text_format=Person,
+                       reasoning={"effort": "low"})
+check("openai responses.parse(text_format=…)", r.output_parsed)
