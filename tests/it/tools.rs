@@ -652,3 +652,30 @@ async fn a_tool_call_reaches_the_client_of_a_structured_output_request() {
     assert!(log.contains("ARG:--json-schema"), "{log}");
     assert!(log.contains("ARG:--mcp-config"), "{log}");
 }
+
+#[tokio::test]
+async fn shutdown_ends_held_runs_at_once() {
+    let s = server(|c| c.shutdown_timeout = 20.0).await;
+    let body = json!({"model": "sonnet", "tools": weather_tool_openai(),
+        "messages": [{"role": "user", "content": "[[scenario:tool_call]] w?"}]});
+    let (status, _) = post_json(&s, "key-a", "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200);
+    let pid = s.state.backend.held_pids()[0];
+    let t = std::time::Instant::now();
+    s.shutdown().await;
+    // A held run has no request in flight: it neither waits out the grace period nor
+    // survives `serve`.
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !std::path::Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists())
+        .await,
+        "the held CLI process is gone"
+    );
+}
