@@ -243,11 +243,11 @@ async fn bad_inputs_are_400s_in_openai_shape() {
             "tools[0].type",
         ),
         (
-            json!({"model": "sonnet", "input": "hi", "text": {"format": {"type": "json_object"}}}),
+            json!({"model": "sonnet", "input": "hi", "text": {"format": {"type": "xml"}}}),
             "text.format",
         ),
         (
-            json!({"model": "sonnet", "input": "hi", "reasoning": {"effort": "low"}}),
+            json!({"model": "sonnet", "input": "hi", "reasoning": {"effort": "none"}}),
             "reasoning.effort",
         ),
         (
