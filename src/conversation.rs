@@ -274,6 +274,28 @@ pub fn valid_tool_name(name: &str) -> bool {
 }
 
 impl ToolSet {
+    /// The tool set of `tools` with `choice` (default `auto`), checked ([`ToolSet::validate`]).
+    /// No tools is no tool set, unless the choice demands a call.
+    pub fn checked(
+        tools: Vec<ToolSpec>,
+        choice: Option<ToolChoice>,
+        parallel: bool,
+    ) -> Result<Option<ToolSet>, ToolError> {
+        if tools.is_empty() {
+            return match choice {
+                None | Some(ToolChoice::Auto | ToolChoice::None) => Ok(None),
+                Some(_) => Err(ToolError::ChoiceWithoutTools),
+            };
+        }
+        let set = ToolSet {
+            tools,
+            choice: choice.unwrap_or(ToolChoice::Auto),
+            parallel,
+        };
+        set.validate()?;
+        Ok(Some(set))
+    }
+
     /// Checks names, schemas, sizes and the choice.
     pub fn validate(&self) -> Result<(), ToolError> {
         if self.tools.len() > TOOLS_MAX_COUNT {

@@ -108,15 +108,6 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
         }),
     };
     let defs = req.tools.as_deref().unwrap_or_default();
-    if defs.is_empty() {
-        return match choice {
-            None | Some(ToolChoice::Auto | ToolChoice::None) => Ok(None),
-            Some(_) => Err(ApiError::invalid_param(
-                "tool_choice: requires a tool call, but no tools are given",
-                "tool_choice",
-            )),
-        };
-    }
     let mut tools = Vec::with_capacity(defs.len());
     for (i, t) in defs.iter().enumerate() {
         match t.get("type").and_then(Value::as_str) {
@@ -151,13 +142,7 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
             input_schema: input_schema.clone(),
         });
     }
-    let set = ToolSet {
-        tools,
-        choice: choice.unwrap_or(ToolChoice::Auto),
-        parallel,
-    };
-    set.validate().map_err(|e| tool_error(&e))?;
-    Ok(Some(set))
+    ToolSet::checked(tools, choice, parallel).map_err(|e| tool_error(&e))
 }
 
 /// A tool definition's problem, naming the field in Anthropic's terms.

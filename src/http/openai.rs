@@ -126,33 +126,24 @@ pub(crate) fn openai_tool_set(
     parallel: Option<bool>,
     param: impl Fn(usize, &str) -> String,
 ) -> Result<Option<ToolSet>, ApiError> {
-    if specs.is_empty() {
-        return match choice {
-            None | Some(ToolChoice::Auto | ToolChoice::None) => Ok(None),
-            Some(_) => Err(ApiError::invalid_param(
-                "`tool_choice` requires a tool call, but no `tools` are given",
-                "tool_choice",
-            )),
-        };
-    }
-    let set = ToolSet {
-        tools: specs,
-        choice: choice.unwrap_or(ToolChoice::Auto),
-        parallel: parallel.unwrap_or(true),
-    };
-    set.validate().map_err(|e| {
+    ToolSet::checked(specs, choice, parallel.unwrap_or(true)).map_err(|e| {
         let at = match &e {
             ToolError::BadName { index } | ToolError::Duplicate { index, .. } => {
                 param(*index, "name")
             }
             ToolError::BadSchema { index } => param(*index, "parameters"),
             ToolError::ToolTooLarge { index } => format!("tools[{index}]"),
-            ToolError::UnknownChoice(_) | ToolError::ChoiceWithoutTools => "tool_choice".into(),
+            ToolError::ChoiceWithoutTools => {
+                return ApiError::invalid_param(
+                    "`tool_choice` requires a tool call, but no `tools` are given",
+                    "tool_choice",
+                )
+            }
+            ToolError::UnknownChoice(_) => "tool_choice".into(),
             ToolError::TooMany | ToolError::ToolsTooLarge => "tools".into(),
         };
         ApiError::invalid_param(e.to_string(), &at)
-    })?;
-    Ok(Some(set))
+    })
 }
 
 /// The request's `tools` and `tool_choice` as the neutral tool set (None: no tools).
