@@ -365,15 +365,8 @@ impl TurnFold {
 
     /// The answer ends with the client's tool calls: the run waits for their results.
     fn finish_with_calls(&mut self, out: &mut Vec<Step>) {
-        let usage = Usage {
-            output_tokens: self.stream_usage.output_tokens,
-            ..self.stream_usage.clone()
-        };
-        let usage = if self.messages == 0 {
-            self.prompt_usage.clone().unwrap_or_default()
-        } else {
-            usage
-        };
+        // The usage of this fold's upstream messages (none without stream events).
+        let usage = self.stream_usage.clone();
         self.phase = Phase::Ended(End::Finished);
         out.push(Step::Finish(Box::new(Success {
             text: self.released.clone(),
