@@ -15,7 +15,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::accounts::{Accounts, Member};
-use crate::backend::present::{present_turns, FingerprintBuilder, PresentError};
+use crate::backend::present::{present_turns, FingerprintBuilder, PresentError, Turns};
 use crate::backend::{Backend, CliRequest, CliRun, RunOptions, ToolResult, ToolResults};
 use crate::conversation::{Block, Conversation, ToolChoice, ToolError, ToolSet};
 use crate::health::Health;
@@ -382,49 +382,38 @@ impl Engine {
         let keep = turns.keep.clone();
         if tools.is_some() && turns.resume_results {
             // The client returns the results of calls a held run waits in: that run goes on.
-            if let Some((run, calls)) = self.backend.take_held(&turns.history_fingerprint) {
-                if let Some(results) = held_results(&req.conversation, &calls) {
-                    let sent = run.send_results(ToolResults {
-                        results,
-                        keep: Some(keep.clone()),
-                        refuse_calls: refuse,
+            // Results the held run cannot take (other calls, content MCP cannot carry) end
+            // it, and a fresh run gets the whole history.
+            let held = self.backend.take_held(&turns.history_fingerprint, |calls| {
+                held_results(&req.conversation, calls)
+            });
+            if let Some((run, results)) = held {
+                let sent = run.send_results(ToolResults {
+                    results,
+                    keep: Some(keep.clone()),
+                    refuse_calls: refuse,
+                });
+                if sent {
+                    return Ok(TurnRun {
+                        engine: self.clone(),
+                        rules,
+                        record,
+                        run: Some(run),
+                        fold: fold_for(TurnFold::continuation(req.stop.clone()), &req),
+                        ready: VecDeque::new(),
+                        fallback: false,
+                        keep: Some(keep),
+                        req,
+                        account,
+                        failover: false,
                     });
-                    if sent {
-                        return Ok(TurnRun {
-                            engine: self.clone(),
-                            rules,
-                            record,
-                            run: Some(run),
-                            fold: fold_for(TurnFold::continuation(req.stop.clone()), &req),
-                            ready: VecDeque::new(),
-                            fallback: false,
-                            keep: Some(keep),
-                            req,
-                            account,
-                            answered_key: None,
-                            failover: false,
-                        });
-                    }
                 }
-                // Results the held run cannot take (other calls, content MCP cannot carry):
-                // the run ends here, and a fresh one gets the whole history.
             }
         }
         // Earlier turns go to a fresh CLI as a synthesized session; should the CLI refuse
         // it, the transcript of the same conversation answers instead.
         let fallback = !turns.history.is_empty();
-        let resume = turns.resume_results;
-        let answered_key = turns.keep.clone();
-        let mut cli = CliRequest::for_turns(turns, &req.model, &req.options);
-        if let Some(note) = req.tools.as_ref().and_then(choice_note).filter(|_| !resume) {
-            // The CLI has no tool_choice: the model is asked in the turn itself (and the
-            // answer checked, see `TurnRun::conclude`).
-            cli.prompt.push_str("\n\n");
-            cli.prompt.push_str(&note);
-        }
-        cli.tools = tools;
-        cli.refuse_calls = refuse;
-        cli.account = account.backend_account();
+        let cli = fresh_request(&req, turns, tools, &account);
         Ok(TurnRun {
             engine: self.clone(),
             rules,
@@ -436,7 +425,6 @@ impl Engine {
             keep: Some(keep),
             req,
             account,
-            answered_key: Some(answered_key),
             failover: true,
         })
     }
@@ -505,6 +493,33 @@ fn held_results(conversation: &Conversation, calls: &[String]) -> Option<Vec<Too
     ids.sort_unstable();
     want.sort_unstable();
     (ids == want && results.iter().all(crate::backend::mcp::deliverable)).then_some(results)
+}
+
+/// The fresh run of `req`, presented as `turns`, on `account`, with the client's tools.
+fn fresh_request(
+    req: &TurnRequest,
+    turns: Turns,
+    tools: Option<Arc<ToolSet>>,
+    account: &Member,
+) -> CliRequest {
+    let resume = turns.resume_results;
+    let mut cli = CliRequest::for_turns(turns, &req.model, &req.options);
+    if let Some(note) = req.tools.as_ref().and_then(choice_note).filter(|_| !resume) {
+        // The CLI has no tool_choice: the model is asked in the turn itself (and the
+        // answer checked, see `TurnRun::conclude`).
+        cli.prompt.push_str("\n\n");
+        cli.prompt.push_str(&note);
+    }
+    with_tools(&mut cli, req, tools);
+    cli.account = account.backend_account();
+    cli
+}
+
+/// Offers `req`'s tools (`tools`, shared) to the run of `cli`, refusing every call under
+/// `tool_choice: none`.
+fn with_tools(cli: &mut CliRequest, req: &TurnRequest, tools: Option<Arc<ToolSet>>) {
+    cli.tools = tools;
+    cli.refuse_calls = req.choice() == Some(&ToolChoice::None);
 }
 
 /// The fold for `req`'s tool settings.
@@ -599,14 +614,12 @@ pub struct TurnRun {
     req: TurnRequest,
     /// While true, a session the CLI refuses may still fall back to the transcript.
     fallback: bool,
-    /// The conversation up to the request's last message (an answer with tool calls holds
-    /// the run under it plus that answer).
+    /// The conversation up to the request's last message; with the answer, the key the
+    /// account is remembered under for the conversation's next request (and an answer with
+    /// tool calls holds the run under it). None for a transcript run, which is not kept.
     keep: Option<FingerprintBuilder>,
     /// The account the run is on (held and kept processes belong to it).
     account: Arc<Member>,
-    /// The conversation's fingerprint so far; with the answer, the key the account is
-    /// remembered under for the conversation's next request.
-    answered_key: Option<FingerprintBuilder>,
     /// While true, an account-scoped failure before the first byte may still be retried
     /// on another account (once).
     failover: bool,
@@ -748,22 +761,8 @@ impl TurnRun {
             from = self.account.name(), to = next.name(),
             "account-scoped failure before the first byte; retrying on another account");
         self.engine.metrics.count_failover(self.account.name());
-        self.answered_key = Some(turns.keep.clone());
-        let resume = turns.resume_results;
-        let mut cli = CliRequest::for_turns(turns, &self.req.model, &self.req.options);
-        if let Some(note) = self
-            .req
-            .tools
-            .as_ref()
-            .and_then(choice_note)
-            .filter(|_| !resume)
-        {
-            cli.prompt.push_str("\n\n");
-            cli.prompt.push_str(&note);
-        }
-        cli.tools = tools;
-        cli.refuse_calls = self.req.choice() == Some(&ToolChoice::None);
-        cli.account = next.backend_account();
+        self.keep = Some(turns.keep.clone());
+        let cli = fresh_request(&self.req, turns, tools, &next);
         self.record.set_account(next.name());
         self.account = next;
         self.run = Some(self.engine.backend.start(cli));
@@ -803,13 +802,10 @@ impl TurnRun {
         ) else {
             return false;
         };
-        cli.tools = self.req.tools.clone().map(Arc::new);
-        cli.refuse_calls = self.req.choice() == Some(&ToolChoice::None);
-        // This run's answer is not a continuation of a kept process: nothing to keep.
-        self.keep = None;
+        with_tools(&mut cli, &self.req, self.req.tools.clone().map(Arc::new));
         cli.account = self.account.backend_account();
-        // A transcript run is not kept, so there is no conversation key to remember.
-        self.answered_key = None;
+        // A transcript run is not kept: no conversation key to hold, keep or remember.
+        self.keep = None;
         tracing::warn!(request_id = %self.record.request_id,
             "the CLI did not resume the conversation as a session; answering from a transcript");
         self.engine.metrics.conversation_fallbacks.inc();
@@ -844,7 +840,8 @@ impl TurnRun {
                         &self.account,
                     )));
                 }
-                if let (Some(run), Some(keep)) = (run, self.keep.as_ref()) {
+                let keep = self.keep.take();
+                if let (Some(run), Some(keep)) = (run, keep.as_ref()) {
                     if !s.tool_calls.is_empty() {
                         // Calls beyond what the client allowed get an error result.
                         let refused: Vec<ToolResult> = self
@@ -872,11 +869,10 @@ impl TurnRun {
                         self.engine.backend.hold(key, run, ids);
                         // The continuation stays on this account.
                         self.engine.accounts.remember(key, &self.account);
-                        self.answered_key = None;
                     }
                 }
                 self.engine.succeeded(&self.account);
-                if let Some(key) = self.answered_key.take() {
+                if let Some(key) = keep.filter(|_| s.tool_calls.is_empty()) {
                     let answered = key.after_answer(&s.text);
                     self.engine.accounts.remember(answered, &self.account);
                 }

@@ -99,17 +99,29 @@ impl HeldStore {
         }
     }
 
-    /// The run held under `key` (and the calls it waits for), if it is still there.
-    pub(super) fn take(&self, key: &Fingerprint) -> Option<(CliRun, Vec<String>)> {
-        let mut entries = self.lock();
-        let i = entries.iter().position(|h| h.key == *key)?;
-        let h = entries.remove(i);
-        self.publish(entries.len());
-        drop(entries);
+    /// The run held under `key`, if it is still there and `accept` takes the calls it
+    /// waits for (returning what continues them). A run whose calls `accept` refuses is
+    /// ended: its conversation went on without them.
+    pub(super) fn take<T>(
+        &self,
+        key: &Fingerprint,
+        accept: impl FnOnce(&[String]) -> Option<T>,
+    ) -> Option<(CliRun, T)> {
+        let h = {
+            let mut entries = self.lock();
+            let i = entries.iter().position(|h| h.key == *key)?;
+            let h = entries.remove(i);
+            self.publish(entries.len());
+            h
+        };
+        let Some(with) = accept(&h.calls) else {
+            h.run.stop();
+            return None;
+        };
         self.stats
             .held_continued_total
             .fetch_add(1, Ordering::Relaxed);
-        Some((h.run, h.calls))
+        Some((h.run, with))
     }
 
     /// Ends every held run.

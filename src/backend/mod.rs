@@ -190,9 +190,14 @@ impl Backend {
         self.held.hold(key, run, calls);
     }
 
-    /// The run held under `key` and the tool calls it waits for.
-    pub fn take_held(&self, key: &present::Fingerprint) -> Option<(CliRun, Vec<String>)> {
-        self.held.take(key)
+    /// The run held under `key`, if `accept` takes the tool calls it waits for (and
+    /// returns what continues them); a run whose calls it refuses is ended.
+    pub fn take_held<T>(
+        &self,
+        key: &present::Fingerprint,
+        accept: impl FnOnce(&[String]) -> Option<T>,
+    ) -> Option<(CliRun, T)> {
+        self.held.take(key, accept)
     }
 
     /// Pids of the held runs' processes (tests).
