@@ -180,23 +180,23 @@ if not files: print("FAIL: no YAML files found"); bad += 1
 sys.exit(1 if bad else 0)
 PY
 
-step "config/ccgate.yaml: every key documented in README.md"
+step "config/ccgate.yaml: every key documented in docs/configuration.md"
 # (That the file equals Config::default() is asserted by the Rust test
 # config::documented_default_config_is_the_built_in_default.)
 python - <<'PY' || failures=$((failures + 1))
 import sys, yaml
 got = yaml.safe_load(open("config/ccgate.yaml", encoding="utf-8"))
 try:
-    doc = open("README.md", encoding="utf-8").read()
+    doc = open("docs/configuration.md", encoding="utf-8").read()
 except FileNotFoundError:
-    print("FAIL: README.md missing"); sys.exit(1)
+    print("FAIL: docs/configuration.md missing"); sys.exit(1)
 missing = []
 for k, v in got.items():
     keys = [f"{k}.{c}" for c in v] if isinstance(v, dict) else [k]
     for key in keys:
         if f"`{key}`" not in doc: missing.append(key)
 if missing:
-    print("FAIL: config keys not in README.md:", ", ".join(missing)); sys.exit(1)
+    print("FAIL: config keys not in docs/configuration.md:", ", ".join(missing)); sys.exit(1)
 print(f"ok: all {sum(len(v) if isinstance(v, dict) else 1 for v in got.values())} keys of config/ccgate.yaml are documented")
 PY
 
@@ -344,6 +344,13 @@ for key in 'Type=simple' 'ExecStart=/usr/local/bin/ccgate serve --config /etc/cc
            'Environment=HOME=/var/lib/ccgate' 'StateDirectory=ccgate'; do
   grep -qxF -- "$key" "$unit" || fail "$unit lacks: $key"
 done
+# The unit's Documentation= page is one the install steps put there: docs/<page> installed
+# under /usr/share/doc/ccgate/ (see the comment at the top of the unit).
+doc=$(sed -n 's#^Documentation=file:/usr/share/doc/ccgate/##p' "$unit")
+if [[ -z $doc ]]; then fail "$unit: Documentation= does not point under /usr/share/doc/ccgate/"
+elif [[ ! -f docs/$doc ]]; then fail "$unit: Documentation= names docs/$doc, which does not exist"
+elif ! grep -qF 'docs/*.md /usr/share/doc/ccgate/' "$unit"; then fail "$unit: the install steps do not install docs/ to /usr/share/doc/ccgate"
+else ok "Documentation=file:/usr/share/doc/ccgate/$doc (docs/$doc)"; fi
 if command -v systemd-analyze >/dev/null; then
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
   # verify checks that ExecStart exists; substitute /bin/true when ccgate is not installed.

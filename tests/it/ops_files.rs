@@ -1,6 +1,6 @@
 //! The operator files in `deploy/`: the Grafana dashboard and the Prometheus alert rules
 //! refer only to metrics a running ccgate exports (compared with a real `/metrics` scrape),
-//! the dashboard shows every metric, and the README's recommended alerts are all there.
+//! the dashboard shows every metric, and docs/observability.md's recommended alerts are all there.
 //! (`scripts/lint-deploy.sh` runs `promtool check rules` / `promtool test rules` on them.)
 
 use std::collections::BTreeSet;
@@ -131,10 +131,10 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     ] {
         assert!(alerts.contains(expr), "no alert on {expr}");
     }
-    // The README names the alert file and every metric the scrape has.
-    let readme = repo_file("README.md");
-    assert!(readme.contains("deploy/prometheus/ccgate-alerts.yaml"));
-    assert!(readme.contains("deploy/grafana/ccgate-dashboard.json"));
+    // docs/observability.md names the alert file and every metric the scrape has.
+    let page = repo_file("docs/observability.md");
+    assert!(page.contains("deploy/prometheus/ccgate-alerts.yaml"));
+    assert!(page.contains("deploy/grafana/ccgate-dashboard.json"));
     for s in &samples {
         let family = ["_bucket", "_sum", "_count"]
             .iter()
@@ -142,8 +142,8 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
             .filter(|f| families.contains(*f))
             .unwrap_or(s);
         assert!(
-            readme.contains(&format!("`{family}`")),
-            "README \"Metrics\" does not list {family}"
+            page.contains(&format!("`{family}`")),
+            "docs/observability.md does not list {family}"
         );
     }
     server.shutdown().await;
