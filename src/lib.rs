@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod app;
 pub mod backend;
+pub mod capture;
 pub mod clock;
 pub mod cmd;
 pub mod config;

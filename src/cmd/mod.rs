@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, ConfigError, LoadedConfig, Overrides};
 use crate::reload::{load_rules_file, IfMissing, LoadedRules, RulesSource};
 
+pub use crate::capture::{classify_json, is_capture, parse_capture, parse_input, Outcome};
 pub use check::{check, CheckArgs};
-pub use classify::{
-    classify, classify_json, is_capture, parse_capture, parse_input, ClassifyArgs, Outcome,
-};
+pub use classify::{classify, ClassifyArgs};
 pub use schema::{schema, schema_json, SchemaArgs};
 pub use serve::ServeArgs;
 pub use test::{json_contains, run_test_file, test, Expect, TestArgs, TestCase, TestFile};

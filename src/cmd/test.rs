@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::classify::{classify_json, parse_capture, Outcome};
 use super::{explicit_rules, DEFAULT_TESTS_DIR};
+use crate::capture::{classify_json, parse_capture, Outcome};
 use crate::rules::{FailureFacts, Flavour, Rules};
 
 /// `ccgate test [FILES…]`: run rule test files.

@@ -1,9 +1,11 @@
 //! The HTTP surface: `router(state)` wires the API endpoints, the operator endpoints and the
 //! middleware (request ids, Host and Origin checks, API keys, JSON-only POSTs, body limit
 //! and deadline, CORS). Every API endpoint is
-//! `handler::handle` over one API's translation (`openai`, `anthropic`); `ops` holds the
-//! operator endpoints; every error goes through `errors`.
+//! `handler::handle` over one API's translation (`openai`, `anthropic`, `responses`); `ops`
+//! holds the operator endpoints, `admin` the operator page and its JSON; every error goes
+//! through `errors`.
 
+pub mod admin;
 pub mod anthropic;
 pub mod content;
 pub mod count_tokens;
@@ -227,11 +229,24 @@ pub fn router(state: AppState) -> Router {
             "/admin/rules",
             get(ops::admin_rules).fallback(method_not_allowed),
         )
+        .route(
+            "/admin/overview",
+            get(admin::overview).fallback(method_not_allowed),
+        )
+        .route(
+            "/admin/classify",
+            post(admin::classify).fallback(method_not_allowed),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), api_key_layer));
     let open = Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics));
+        .route("/metrics", get(ops::metrics))
+        // The operator page and its assets hold no data: the page asks for the admin key.
+        .route("/admin", get(admin::page_redirect))
+        .route("/admin/", get(admin::page))
+        .route("/admin/assets/app.js", get(admin::script))
+        .route("/admin/assets/app.css", get(admin::style));
     let mut app = protected
         .merge(open)
         .fallback(fallback)

@@ -27,6 +27,7 @@
 
 pub mod classify;
 pub mod client_text;
+mod describe;
 pub mod facts;
 pub mod load;
 pub mod model;

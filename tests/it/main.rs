@@ -1,5 +1,6 @@
 //! The one integration-test binary; each area is a module.
 mod accounts;
+mod admin_page;
 mod api;
 mod backend;
 mod binary;
