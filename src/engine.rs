@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::accounts::{Accounts, Member};
 use crate::backend::present::{present_turns, FingerprintBuilder, PresentError, Turns};
-use crate::backend::{Backend, CliRequest, CliRun, RunOptions, ToolResult, ToolResults};
+use crate::backend::{Backend, CliRequest, CliRun, Hold, RunOptions, ToolResult, ToolResults};
 use crate::conversation::{Block, Conversation, ToolChoice, ToolError, ToolSet};
 use crate::health::Health;
 use crate::metrics::{Metrics, OutcomeLabels};
@@ -368,6 +368,44 @@ impl Engine {
             &req.options,
         )
         .map_err(TurnError::Present)?;
+        let refuse = req.choice() == Some(&ToolChoice::None);
+        let keep = turns.keep.clone();
+        if tools.is_some() && turns.resume_results {
+            // The client returns the results of calls a held run waits in: that run goes on,
+            // on the account it runs on. Results the held run cannot take (other calls,
+            // content MCP cannot carry) end it, and a fresh run gets the whole history.
+            let held = self
+                .backend
+                .continue_held(&turns.history_fingerprint, |calls| {
+                    Some(ToolResults {
+                        results: held_results(&req.conversation, calls)?,
+                        keep: Some(keep.clone()),
+                        refuse_calls: refuse,
+                    })
+                });
+            if let Some(run) = held {
+                let account = self.accounts.member_of(run.account_name());
+                record.set_account(account.name());
+                return Ok(TurnRun {
+                    engine: self.clone(),
+                    rules,
+                    record,
+                    run: Some(run),
+                    fold: fold_for(TurnFold::continuation(req.stop.clone()), &req),
+                    ready: VecDeque::new(),
+                    fallback: false,
+                    keep: Some(keep),
+                    req,
+                    account,
+                    failover: false,
+                });
+            }
+        }
+        // A held run of this conversation whose results this request does not carry (text
+        // observations, an edited history, a retry) is not coming back: end it now rather
+        // than at `tool_hold_timeout`.
+        self.backend
+            .end_held_asked(&turns.asked.iter().copied().collect());
         // The account: the conversation's own while it can serve, else the next in turn.
         let sticky = (!turns.history.is_empty()).then_some(&turns.history_fingerprint);
         let account = self
@@ -378,38 +416,6 @@ impl Engine {
                 TurnError::Verdict(Box::new(v))
             })?;
         record.set_account(account.name());
-        let refuse = req.choice() == Some(&ToolChoice::None);
-        let keep = turns.keep.clone();
-        if tools.is_some() && turns.resume_results {
-            // The client returns the results of calls a held run waits in: that run goes on.
-            // Results the held run cannot take (other calls, content MCP cannot carry) end
-            // it, and a fresh run gets the whole history.
-            let held = self.backend.take_held(&turns.history_fingerprint, |calls| {
-                held_results(&req.conversation, calls)
-            });
-            if let Some((run, results)) = held {
-                let sent = run.send_results(ToolResults {
-                    results,
-                    keep: Some(keep.clone()),
-                    refuse_calls: refuse,
-                });
-                if sent {
-                    return Ok(TurnRun {
-                        engine: self.clone(),
-                        rules,
-                        record,
-                        run: Some(run),
-                        fold: fold_for(TurnFold::continuation(req.stop.clone()), &req),
-                        ready: VecDeque::new(),
-                        fallback: false,
-                        keep: Some(keep),
-                        req,
-                        account,
-                        failover: false,
-                    });
-                }
-            }
-        }
         // Earlier turns go to a fresh CLI as a synthesized session; should the CLI refuse
         // it, the transcript of the same conversation answers instead.
         let fallback = !turns.history.is_empty();
@@ -469,11 +475,19 @@ impl Engine {
 }
 
 /// The request's tool results for exactly the `calls` a held run waits in, if its last
-/// message is those results and nothing else, each deliverable through MCP.
+/// user turn (every user message after the last assistant one: OpenAI sends one `tool`
+/// message per result, Responses one `function_call_output` item, an Anthropic client may
+/// split them over user messages) is those results and nothing else, each deliverable
+/// through MCP. The ids decide.
 fn held_results(conversation: &Conversation, calls: &[String]) -> Option<Vec<ToolResult>> {
-    let last = conversation.turns().last()?;
-    let mut results = Vec::with_capacity(last.blocks.len());
-    for b in &last.blocks {
+    let turns: Vec<&crate::conversation::Message> = conversation.turns().collect();
+    let first = turns
+        .iter()
+        .rposition(|m| m.role != crate::conversation::Role::User)
+        .map_or(0, |i| i + 1);
+    let blocks = turns[first..].iter().flat_map(|m| m.blocks.iter());
+    let mut results = Vec::with_capacity(calls.len());
+    for b in blocks {
         match b {
             Block::ToolResult {
                 tool_use_id,
@@ -512,6 +526,7 @@ fn fresh_request(
     }
     with_tools(&mut cli, req, tools);
     cli.account = account.backend_account();
+    cli.tenant = req.tenant.clone();
     cli
 }
 
@@ -804,6 +819,7 @@ impl TurnRun {
         };
         with_tools(&mut cli, &self.req, self.req.tools.clone().map(Arc::new));
         cli.account = self.account.backend_account();
+        cli.tenant = self.req.tenant.clone();
         // A transcript run is not kept: no conversation key to hold, keep or remember.
         self.keep = None;
         tracing::warn!(request_id = %self.record.request_id,
@@ -865,8 +881,13 @@ impl TurnRun {
                         }
                         // The CLI waits inside the calls: hold it for the client's results.
                         let key = keep.after_calls(&s.text, &s.tool_calls);
-                        let ids = s.tool_calls.iter().map(|c| c.id.clone()).collect();
-                        self.engine.backend.hold(key, run, ids);
+                        self.engine.backend.hold(Hold {
+                            key,
+                            asked: keep.current(),
+                            tenant: self.req.tenant.clone(),
+                            run,
+                            calls: s.tool_calls.iter().map(|c| c.id.clone()).collect(),
+                        });
                         // The continuation stays on this account.
                         self.engine.accounts.remember(key, &self.account);
                     }

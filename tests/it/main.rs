@@ -10,6 +10,7 @@ mod edge;
 mod fake_tools;
 mod harness;
 mod health;
+mod held_runs;
 mod layers;
 mod logs;
 mod mock_api;
