@@ -20,7 +20,6 @@ use crate::backend::{Backend, CliRequest, CliRun, Hold, RunOptions, ToolResult, 
 use crate::conversation::{Block, Conversation, ToolChoice, ToolError, ToolSet};
 use crate::health::Health;
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::probe::Prober;
 use crate::protocol::{CliEvent, Success, Usage};
 use crate::rules::{ClientText, FailureFacts, Rules, Verdict};
 use crate::turn::{Step, ThinkingStep, TurnFold};
@@ -274,14 +273,14 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine over `accounts` (the implicit one, or the configured ones).
     pub fn new(
         rules: Arc<ArcSwap<Rules>>,
         backend: Backend,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
-        prober: Arc<Prober>,
+        accounts: Arc<Accounts>,
     ) -> Engine {
-        let accounts = Accounts::implicit(health.clone(), prober, metrics.clone());
         Engine {
             rules,
             backend,
@@ -289,12 +288,6 @@ impl Engine {
             metrics,
             accounts,
         }
-    }
-
-    /// This engine with `accounts` instead of the implicit account.
-    pub fn with_accounts(mut self, accounts: Arc<Accounts>) -> Engine {
-        self.accounts = accounts;
-        self
     }
 
     pub fn accounts(&self) -> &Arc<Accounts> {

@@ -131,7 +131,8 @@ pub struct StatsSnapshot {
     pub held_expired_total: u64,
     /// Held runs ended for the cap (`cli.max_held_runs`, oldest first).
     pub held_evicted_total: u64,
-    /// Held runs ended because their conversation went on without their results.
+    /// Held runs ended because their conversation went on without their results (not
+    /// exported yet: the metrics reference is moving to docs/).
     pub held_abandoned_total: u64,
 }
 
