@@ -21,15 +21,23 @@
 //!   [`PoolHandle::shutdown`]), [`Backend::invalidate_pool`], [`Backend::pool_pids`].
 //!   [`Backend::start`] hands a matching request (model = `prewarm_model`, no system
 //!   prompt, not the probe) an idle process; the run is otherwise identical.
+//! - Parked processes (see `docs/parked-processes.md`): kept conversations and held tool
+//!   runs share one registry (`registry` + `parked`): [`Backend::hold`],
+//!   [`Backend::continue_held`], [`Backend::end_held_asked`], [`Backend::held_pids`],
+//!   [`Backend::kept_pids`], [`Backend::close_kept`]; [`Backend::invalidate_pool`] /
+//!   [`Backend::invalidate_account`] drain pre-warmed and kept processes (all, or one
+//!   account's).
 //! - [`Backend::abort_all`] ends every run and the pool for good (end of the shutdown grace
 //!   period).
 //! - [`cli_args`] / [`user_line`]: exactly how ccgate presents a turn to the CLI (for the
 //!   benchmarks and the real-CLI tests).
 //!
 //! Inside, the dependencies point one way: `run` (the driver task and watch loop) →
-//! `admission` (limiter, wait queue) → `pool` (pre-warmed processes) → `child` (spawn,
-//! process group, reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line,
-//! system-prompt file) → `request` / `stats` / `options`. `crate::protocol` (pure parser,
+//! `admission` (limiter, wait queue, the eviction order) → `parked` (the store of kept and
+//! held processes over the pure `registry`) → `held` / `kept` (each kind and its end path)
+//! → `handle` (`CliRun`) and `pool` (pre-warmed processes) → `child` (spawn, process group,
+//! reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line, system-prompt
+//! file) → `request` / `stats` / `options`. `crate::protocol` (pure parser,
 //! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
 mod admission;

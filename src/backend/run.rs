@@ -11,7 +11,8 @@
 //!    come. stderr is drained concurrently into a ring.
 //! 4. Watchdogs: start (prompt written → first line), inactivity (between lines), total
 //!    (whole run, including the queue wait). When one fires the group is SIGKILLed and
-//!    the facts get `timeout`.
+//!    the facts get `timeout`. They pause only while the run is held (its answer is
+//!    complete and its CLI waits in the client's tool calls: the parked store bounds that).
 //! 5. End: once the leader has exited (noticed without reaping it, so its pid/pgid cannot
 //!    be reused yet), the group is SIGKILLed to remove stragglers, stdout is read to EOF,
 //!    the leader is reaped and `Done` is sent.
@@ -260,10 +261,17 @@ async fn drive(
                     }
                 }
                 // Not kept: its stdin is closed so the CLI exits by itself and removes its
-                // files (a SIGKILLed CLI leaves them behind).
+                // files (a SIGKILLed CLI leaves them behind). That takes the real CLI about
+                // 0.5 s, so it happens after the answer; the slot is freed once it is gone.
                 (permit, _, _) => {
-                    end_gracefully(*proc).await;
-                    drop(permit);
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        end_gracefully(*proc).await;
+                        drop(permit);
+                        if let Some(pool) = shared.pool.as_ref() {
+                            pool.notify();
+                        }
+                    });
                 }
             }
             outcome = Ran::Done(result);

@@ -224,3 +224,47 @@ async fn real_cli_a_text_only_follow_up_ends_the_held_run_at_once() {
     );
     assert_eq!(continued(&s).await, "ccgate_tool_runs_continued_total 0");
 }
+
+/// The end paths of parked processes, measured on the real CLI: a process waiting for its
+/// next turn (kept) exits by itself soon after its stdin closes (well within the 2 s the
+/// graceful end allows before it kills), and so does one waiting inside a client tool call
+/// (held), which then reports the call as interrupted.
+#[tokio::test]
+async fn real_cli_exits_by_itself_soon_after_stdin_closes_when_kept_or_held() {
+    use crate::support_tools::{is_result, is_tools_call, tool, HostOpts, ToolHost};
+    use std::time::Instant;
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let tools = vec![tool(
+        "get_weather",
+        "Weather",
+        json!({"q": {"type": "string"}}),
+    )];
+    // Kept: a turn answered, stdin open.
+    let mut kept = ToolHost::spawn(
+        HostOpts::new(&exe, tools.clone()).env("ANTHROPIC_BASE_URL", &mock.url("ok:hello")),
+    )
+    .await;
+    kept.user(json!("hi")).await;
+    kept.until(Duration::from_secs(30), is_result).await;
+    let t0 = Instant::now();
+    let code = kept.finish(Duration::from_secs(10)).await;
+    let kept_exit = t0.elapsed();
+    // Held: the CLI waits inside a tools/call.
+    let mut held = ToolHost::spawn(HostOpts::new(&exe, tools).env(
+        "ANTHROPIC_BASE_URL",
+        &mock.url("tool_call:mcp__cg__get_weather"),
+    ))
+    .await;
+    held.user(json!("weather?")).await;
+    held.until(Duration::from_secs(30), is_tools_call).await;
+    let t0 = Instant::now();
+    let held_code = held.finish(Duration::from_secs(10)).await;
+    let held_exit = t0.elapsed();
+    println!("real CLI exit after stdin EOF: kept {kept_exit:?} (code {code:?}), held {held_exit:?} (code {held_code:?})");
+    assert!(
+        code.is_some() && kept_exit < Duration::from_secs(2),
+        "kept: {kept_exit:?}"
+    );
+    assert!(held_code.is_some(), "held: exits by itself");
+}
