@@ -386,3 +386,37 @@ async fn tool_results_without_tools_and_without_kept_processes_are_answered_at_o
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn one_keys_flood_of_conversations_leaves_another_keys_kept_process_in_place() {
+    let s = server(vec![], |c| {
+        c.cli.max_concurrent = 8;
+        c.cli.keep_conversations = 3;
+    })
+    .await;
+    let ask = |key: &'static str, n: usize| {
+        let s = &s;
+        async move {
+            let body = json!({"model": "sonnet", "messages": [
+                {"role": "user", "content": format!("hello from {key} {n}")}]});
+            let (status, v) = post(s, key, "/v1/chat/completions", &body).await;
+            assert_eq!(status, 200, "{v}");
+        }
+    };
+    ask("key-b", 0).await;
+    assert!(
+        eventually(Duration::from_secs(5), || s.state.backend.kept_pids().len()
+            == 1)
+        .await
+    );
+    let b_pid = s.state.backend.kept_pids()[0];
+    for n in 0..8 {
+        ask("key-a", n).await;
+    }
+    let kept = s.state.backend.kept_pids();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(
+        kept.contains(&b_pid),
+        "key-b's kept process is still there: {kept:?}"
+    );
+}
