@@ -7,6 +7,14 @@
 //! the first streamed content of the cold request and of the continuation, their ratio
 //! (target with held runs: ≤ 0.5), and the upstream calls per round (target: 2).
 //!
+//! Then a scripted mix of client shapes, each answering a model's two parallel calls the
+//! way that client does (OpenAI Chat: two `tool` messages; Responses: two
+//! `function_call_output` items; Anthropic: one user message, or the results split over
+//! two; Claude Code: the calls echoed with their input normalised; smolagents: a text
+//! observation instead of results), printing the share of the rounds that sent their
+//! results which continued the held run (target: all of them) and whether the text
+//! observations' held runs were ended at once (none left held).
+//!
 //! Run: `cargo bench --bench tools`. The CLI is taken from `CCGATE_REAL_CLAUDE`; without it
 //! the benchmark says so and exits 0. Knob: `TOOLS_BENCH_ROUNDS` (default 5).
 
@@ -43,6 +51,234 @@ async fn stream(client: &reqwest::Client, base: &str, messages: &[Value]) -> (Du
         }
     }
     (first.unwrap_or_else(|| t0.elapsed()), all)
+}
+
+/// POST `body` to `path`, non-streaming: the JSON answer.
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: &Value) -> Value {
+    let r = client
+        .post(format!("{base}{path}"))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200, "request failed");
+    r.json().await.expect("JSON answer")
+}
+
+/// A counter's value from `/metrics`.
+async fn counter(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let m = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The client shapes of the mix.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    OpenAiChat,
+    Responses,
+    AnthropicOneMessage,
+    AnthropicSplit,
+    NormalisedEcho,
+    TextObservation,
+}
+
+const MODEL: &str = "claude-sonnet-4-6";
+
+fn schema() -> Value {
+    json!({"type": "object", "properties": {"q": {"type": "string"}}})
+}
+
+/// One tool round of `shape`: the model's two calls, then the client's follow-up. True if
+/// the follow-up sent the results.
+async fn shape_round(client: &reqwest::Client, base: &str, shape: Shape, i: usize) -> bool {
+    let user = json!({"role": "user", "content": format!("weather and time, {shape:?} {i}?")});
+    let names = ["get_weather", "get_time"];
+    let results = ["sunny", "noon"];
+    match shape {
+        Shape::OpenAiChat => {
+            let tools: Vec<Value> = names
+                .iter()
+                .map(|n| json!({"type": "function", "function": {"name": n, "parameters": schema()}}))
+                .collect();
+            let v = post(
+                client,
+                base,
+                "/v1/chat/completions",
+                &json!({"model": MODEL, "tools": tools, "messages": [user]}),
+            )
+            .await;
+            let calls = v["choices"][0]["message"]["tool_calls"].clone();
+            let mut messages = vec![
+                user,
+                json!({"role": "assistant", "content": null, "tool_calls": calls}),
+            ];
+            for (c, r) in calls.as_array().expect("calls").iter().zip(results) {
+                messages.push(json!({"role": "tool", "tool_call_id": c["id"], "content": r}));
+            }
+            post(
+                client,
+                base,
+                "/v1/chat/completions",
+                &json!({"model": MODEL, "tools": tools, "messages": messages}),
+            )
+            .await;
+            true
+        }
+        Shape::Responses => {
+            let tools: Vec<Value> = names
+                .iter()
+                .map(|n| json!({"type": "function", "name": n, "parameters": schema()}))
+                .collect();
+            let v = post(
+                client,
+                base,
+                "/v1/responses",
+                &json!({"model": MODEL, "tools": tools, "input": [user]}),
+            )
+            .await;
+            let calls: Vec<Value> = v["output"]
+                .as_array()
+                .expect("output")
+                .iter()
+                .filter(|o| o["type"] == "function_call")
+                .cloned()
+                .collect();
+            let mut input = vec![user];
+            for c in &calls {
+                input.push(json!({"type": "function_call", "call_id": c["call_id"],
+                    "name": c["name"], "arguments": c["arguments"]}));
+            }
+            for (c, r) in calls.iter().zip(results) {
+                input.push(
+                    json!({"type": "function_call_output", "call_id": c["call_id"], "output": r}),
+                );
+            }
+            post(
+                client,
+                base,
+                "/v1/responses",
+                &json!({"model": MODEL, "tools": tools, "input": input}),
+            )
+            .await;
+            true
+        }
+        Shape::AnthropicOneMessage
+        | Shape::AnthropicSplit
+        | Shape::NormalisedEcho
+        | Shape::TextObservation => {
+            let tools: Vec<Value> = names
+                .iter()
+                .map(|n| json!({"name": n, "input_schema": schema()}))
+                .collect();
+            let v = post(
+                client,
+                base,
+                "/v1/messages",
+                &json!({"model": MODEL, "max_tokens": 200, "tools": tools, "messages": [user]}),
+            )
+            .await;
+            let mut content: Vec<Value> = v["content"].as_array().expect("content").clone();
+            let calls: Vec<Value> = content
+                .iter()
+                .filter(|b| b["type"] == "tool_use")
+                .cloned()
+                .collect();
+            if let Shape::NormalisedEcho = shape {
+                for b in content.iter_mut().filter(|b| b["type"] == "tool_use") {
+                    b["input"]["replace_all"] = json!(false);
+                }
+            }
+            let result = |c: &Value, r: &str| json!({"type": "tool_result", "tool_use_id": c["id"], "content": r});
+            let mut messages = vec![user];
+            let sent = match shape {
+                Shape::TextObservation => {
+                    messages.push(
+                        json!({"role": "assistant", "content": "Action: get_weather, get_time"}),
+                    );
+                    messages.push(json!({"role": "user", "content": "Observation: sunny; noon"}));
+                    false
+                }
+                Shape::AnthropicSplit => {
+                    messages.push(json!({"role": "assistant", "content": content}));
+                    for (c, r) in calls.iter().zip(results) {
+                        messages.push(json!({"role": "user", "content": [result(c, r)]}));
+                    }
+                    true
+                }
+                _ => {
+                    messages.push(json!({"role": "assistant", "content": content}));
+                    let all: Vec<Value> = calls
+                        .iter()
+                        .zip(results)
+                        .map(|(c, r)| result(c, r))
+                        .collect();
+                    messages.push(json!({"role": "user", "content": all}));
+                    true
+                }
+            };
+            post(
+                client,
+                base,
+                "/v1/messages",
+                &json!({"model": MODEL, "max_tokens": 200, "tools": tools, "messages": messages}),
+            )
+            .await;
+            sent
+        }
+    }
+}
+
+/// The scripted mix: every shape `rounds` times, interleaved.
+async fn client_shape_mix(client: &reqwest::Client, cli: &std::path::Path, rounds: usize) {
+    let mock = mock_api::MockApi::start().await;
+    let s = start_server(
+        cli,
+        &mock.url("tool_call:mcp__cg__get_weather,mcp__cg__get_time"),
+        |c| {
+            c.keep_conversations = 0;
+        },
+    )
+    .await;
+    let shapes = [
+        Shape::OpenAiChat,
+        Shape::Responses,
+        Shape::AnthropicOneMessage,
+        Shape::AnthropicSplit,
+        Shape::NormalisedEcho,
+        Shape::TextObservation,
+    ];
+    let mut sent = 0usize;
+    let started = Instant::now();
+    for i in 0..rounds {
+        for shape in shapes {
+            let before = counter(client, &s.base, "ccgate_tool_runs_continued_total").await;
+            let with_results = shape_round(client, &s.base, shape, i).await;
+            let after = counter(client, &s.base, "ccgate_tool_runs_continued_total").await;
+            sent += usize::from(with_results);
+            if with_results && after <= before {
+                println!("  {shape:?} round {i}: results sent, held run NOT continued");
+            }
+        }
+    }
+    let continued = counter(client, &s.base, "ccgate_tool_runs_continued_total").await;
+    let held = counter(client, &s.base, "ccgate_tool_runs_held").await;
+    println!(
+        "client-shape mix ({} shapes x {rounds} rounds, {:.1} s): {continued} of {sent} rounds that sent their results continued the held run ({:.0} %); held runs left after the text observations: {held}",
+        shapes.len(),
+        started.elapsed().as_secs_f64(),
+        100.0 * continued / sent.max(1) as f64,
+    );
+    let _ = s.stop.send(());
+    let _ = s.task.await;
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -116,5 +352,6 @@ fn main() {
             let _ = s.stop.send(());
             let _ = s.task.await;
         }
+        client_shape_mix(&client, &cli, rounds).await;
     });
 }

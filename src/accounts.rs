@@ -241,6 +241,18 @@ impl Accounts {
         Arc::new(Self::unwrap_build(members, gateway, configured, metrics))
     }
 
+    /// The member whose backend account is named `name` (None: the implicit account),
+    /// for a process that already runs on it (a held run); the first member if none is
+    /// (cannot happen: processes are only spawned for members).
+    pub fn member_of(&self, name: Option<&str>) -> Arc<Member> {
+        self.members
+            .iter()
+            .find(|m| m.account.as_deref().map(Account::name) == name)
+            .or_else(|| self.members.first())
+            .cloned()
+            .expect("at least one account")
+    }
+
     pub fn members(&self) -> &[Arc<Member>] {
         &self.members
     }

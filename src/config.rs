@@ -152,6 +152,10 @@ impl Default for HttpConfig {
     }
 }
 
+/// The longest duration any setting may take (a year): larger ones overflowed
+/// `Instant + Duration` and millisecond arithmetic inside tasks.
+pub const DURATION_MAX: Duration = Duration::from_secs(366 * 86_400);
+
 /// The `cli:` section: how the Claude CLI is run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -197,6 +201,13 @@ pub struct CliConfig {
     pub max_held_runs: usize,
     /// Seconds a held run waits for the client's tool results before it is ended.
     pub tool_hold_timeout: f64,
+    /// Held runs one API key may have at once (unset: `max_held_runs`). When the total is
+    /// reached, the key holding the most gives up its oldest, so one key's abandoned tool
+    /// loops never end another key's held run while that key holds fewer.
+    pub max_held_runs_per_key: Option<usize>,
+    /// Kept conversation processes one API key may have at once (unset:
+    /// `keep_conversations`; the same fairness as `max_held_runs_per_key`).
+    pub keep_conversations_per_key: Option<usize>,
     /// Directory for the private system-prompt files; unset = ccgate's temp dir (TMPDIR).
     pub temp_dir: Option<PathBuf>,
 }
@@ -252,6 +263,8 @@ impl Default for CliConfig {
             conversation_idle_timeout: 300.0,
             max_held_runs: 4,
             tool_hold_timeout: 600.0,
+            max_held_runs_per_key: None,
+            keep_conversations_per_key: None,
             temp_dir: None,
         }
     }
@@ -442,10 +455,11 @@ impl Config {
     pub fn compile(&self) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
         let mut positive = |name: &str, v: f64| match Duration::try_from_secs_f64(v) {
-            Ok(d) if !d.is_zero() => d,
+            Ok(d) if !d.is_zero() && d <= DURATION_MAX => d,
             _ => {
                 problems.push(format!(
-                    "{name} must be a positive number of seconds, got {v}"
+                    "{name} must be a positive number of seconds up to {}, got {v}",
+                    DURATION_MAX.as_secs()
                 ));
                 Duration::ZERO
             }
@@ -462,11 +476,15 @@ impl Config {
         let header_timeout = positive("http.header_timeout", self.http.header_timeout);
         let body_timeout = positive("http.body_timeout", self.http.body_timeout);
         let idle_timeout = positive("http.idle_timeout", self.http.idle_timeout);
-        let mut at_least_zero = |name: &str, v: f64| {
-            Duration::try_from_secs_f64(v).unwrap_or_else(|_| {
-                problems.push(format!("{name} must be a number of seconds >= 0, got {v}"));
+        let mut at_least_zero = |name: &str, v: f64| match Duration::try_from_secs_f64(v) {
+            Ok(d) if d <= DURATION_MAX => d,
+            _ => {
+                problems.push(format!(
+                    "{name} must be a number of seconds from 0 to {}, got {v}",
+                    DURATION_MAX.as_secs()
+                ));
                 Duration::ZERO
-            })
+            }
         };
         let shutdown_timeout = at_least_zero("shutdown_timeout", self.shutdown_timeout);
         let sse_keepalive =
@@ -569,6 +587,8 @@ impl Config {
                 conversation_idle_timeout,
                 max_held_runs: c.max_held_runs,
                 tool_hold_timeout,
+                max_held_runs_per_key: c.max_held_runs_per_key,
+                keep_conversations_per_key: c.keep_conversations_per_key,
                 temp_dir: c.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             },
             cli_workdir: c.workdir.clone(),

@@ -128,6 +128,9 @@ pub enum ConversationError {
     /// A tool call of an assistant turn whose result is missing from the next user turn.
     #[error("tool call `{0}` has no tool result in the user turn after it")]
     MissingToolResult(String),
+    /// A tool-call id longer than [`TOOL_ID_MAX_LEN`].
+    #[error("tool call ids must be at most {TOOL_ID_MAX_LEN} characters long")]
+    ToolIdTooLong,
 }
 
 impl Conversation {
@@ -156,42 +159,63 @@ impl Conversation {
 
     /// Tool calls and results pair up as both APIs demand: the results of an assistant
     /// turn's calls are in the user turn right after it, and no result answers anything
-    /// else. (Consecutive messages of one role are one turn.)
+    /// else. (Consecutive messages of one role are one turn.) Every id is at most
+    /// [`TOOL_ID_MAX_LEN`] long. Linear: the open calls are a set.
     fn validate_tool_pairs(&self) -> Result<(), ConversationError> {
-        let mut calls: Vec<&str> = Vec::new();
+        use std::collections::HashSet;
+        let mut calls: HashSet<&str> = HashSet::new();
+        let mut answered: HashSet<&str> = HashSet::new();
+        // The first call of the current assistant turn left unanswered, in order.
+        let mut order: Vec<&str> = Vec::new();
         let mut prev: Option<Role> = None;
-        let mut answered: Vec<&str> = Vec::new();
+        let unanswered = |order: &[&str], answered: &HashSet<&str>| {
+            order
+                .iter()
+                .find(|c| !answered.contains(*c))
+                .map(|c| ConversationError::MissingToolResult((*c).to_string()))
+        };
         for m in self.turns() {
             if prev != Some(m.role) {
                 // A turn boundary: the previous user turn must have answered every call.
                 if m.role == Role::Assistant && prev == Some(Role::User) {
-                    if let Some(id) = calls.iter().find(|c| !answered.contains(c)) {
-                        return Err(ConversationError::MissingToolResult((*id).to_string()));
+                    if let Some(e) = unanswered(&order, &answered) {
+                        return Err(e);
                     }
                     calls.clear();
+                    order.clear();
                 }
                 if m.role == Role::User {
                     answered.clear();
                 } else {
                     calls.clear();
+                    order.clear();
                 }
                 prev = Some(m.role);
             }
             for b in &m.blocks {
                 match b {
-                    Block::ToolUse { id, .. } if m.role == Role::Assistant => calls.push(id),
+                    Block::ToolUse { id, .. }
+                    | Block::ToolResult {
+                        tool_use_id: id, ..
+                    } if id.len() > TOOL_ID_MAX_LEN => {
+                        return Err(ConversationError::ToolIdTooLong);
+                    }
+                    // (A repeated id is one call.)
+                    Block::ToolUse { id, .. } if m.role == Role::Assistant && calls.insert(id) => {
+                        order.push(id);
+                    }
                     Block::ToolResult { tool_use_id, .. } => {
-                        if !calls.contains(&tool_use_id.as_str()) {
+                        if !calls.contains(tool_use_id.as_str()) {
                             return Err(ConversationError::UnknownToolResult(tool_use_id.clone()));
                         }
-                        answered.push(tool_use_id);
+                        answered.insert(tool_use_id);
                     }
                     _ => {}
                 }
             }
         }
-        match calls.iter().find(|c| !answered.contains(c)) {
-            Some(id) => Err(ConversationError::MissingToolResult((*id).to_string())),
+        match unanswered(&order, &answered) {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -356,6 +380,66 @@ pub struct ToolCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn round(ids: &[String], results: &[String]) -> Conversation {
+        let call = |id: &String| Block::ToolUse {
+            id: id.clone(),
+            name: "t".into(),
+            input: Value::Null,
+        };
+        let result = |id: &String| Block::ToolResult {
+            tool_use_id: id.clone(),
+            content: vec![],
+            is_error: false,
+        };
+        Conversation {
+            system: None,
+            messages: vec![
+                Message::text(Role::User, "q"),
+                Message::new(Role::Assistant, ids.iter().map(call).collect()),
+                // One message per result, as OpenAI clients send them.
+                Message::new(Role::User, vec![]),
+            ]
+            .into_iter()
+            .chain(
+                results
+                    .iter()
+                    .map(|r| Message::new(Role::User, vec![result(r)])),
+            )
+            .collect(),
+        }
+    }
+
+    #[test]
+    fn tool_ids_longer_than_the_bound_are_refused() {
+        let long = "x".repeat(TOOL_ID_MAX_LEN + 1);
+        let c = round(std::slice::from_ref(&long), std::slice::from_ref(&long));
+        assert_eq!(c.validate(), Err(ConversationError::ToolIdTooLong));
+        let ok = "x".repeat(TOOL_ID_MAX_LEN);
+        assert_eq!(
+            round(std::slice::from_ref(&ok), std::slice::from_ref(&ok)).validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn many_parallel_calls_pair_up_and_the_first_unanswered_is_named() {
+        let ids: Vec<String> = (0..20_000).map(|i| format!("toolu_{i}")).collect();
+        let mut results = ids.clone();
+        results.reverse();
+        assert_eq!(round(&ids, &results).validate(), Ok(()));
+        results.retain(|r| r != "toolu_7" && r != "toolu_9");
+        assert_eq!(
+            round(&ids, &results).validate(),
+            Err(ConversationError::MissingToolResult("toolu_7".into()))
+        );
+        let mut extra = ids.clone();
+        extra.push("toolu_other".into());
+        assert_eq!(
+            round(&ids, &extra).validate(),
+            Err(ConversationError::UnknownToolResult("toolu_other".into()))
+        );
+    }
 
     #[test]
     fn a_dialogue_must_end_with_the_user_and_system_messages_do_not_count() {

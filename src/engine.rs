@@ -9,21 +9,29 @@
 //! last reference to it goes (for streams: when the stream ends or the client leaves).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::accounts::{Accounts, Member};
 use crate::backend::present::{present_turns, FingerprintBuilder, PresentError, Turns};
-use crate::backend::{Backend, CliRequest, CliRun, RunOptions, ToolResult, ToolResults};
-use crate::conversation::{Block, Conversation, ToolChoice, ToolError, ToolSet};
+use crate::backend::{Backend, CliRequest, CliRun, Hold, RunOptions, ToolResult, ToolResults};
+use crate::conversation::{Block, Conversation, ToolChoice, ToolSet};
 use crate::health::Health;
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::probe::Prober;
 use crate::protocol::{CliEvent, Success, Usage};
 use crate::rules::{ClientText, FailureFacts, Rules, Verdict};
 use crate::turn::{Step, ThinkingStep, TurnFold};
+
+mod decide;
+mod fields;
+mod record;
+
+pub use fields::{
+    check_model, check_schema, check_stops, TurnFieldError, MODEL_MAX_LEN, SCHEMA_MAX_BYTES,
+    STOP_MAX_BYTES, STOP_MAX_COUNT,
+};
+pub use record::RequestRecord;
 
 /// One turn to run, translated from any API.
 #[derive(Debug, Clone)]
@@ -43,176 +51,6 @@ pub struct TurnRequest {
     /// Whether the client gets the model's thinking (streamed, and as blocks on the
     /// answer); otherwise it is dropped here.
     pub show_thinking: bool,
-}
-
-/// The longest `model` accepted (Bedrock inference-profile ARNs are about 110 characters).
-pub const MODEL_MAX_LEN: usize = 256;
-/// The most stop sequences a request may give (OpenAI's own limit of 4 is its API's).
-pub const STOP_MAX_COUNT: usize = 16;
-/// The longest stop sequence, in bytes.
-pub const STOP_MAX_BYTES: usize = 1024;
-
-/// A turn field every API refuses with a 400 naming it: checked once for all APIs by
-/// [`check_fields`] (each API words the message in its style and names its own field).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TurnFieldError {
-    /// `model`; the text says what is wrong ("must not be empty").
-    #[error("{0}")]
-    Model(String),
-    /// The stop sequences (`stop`, `stop_sequences`).
-    #[error("{0}")]
-    Stop(String),
-    /// The tool definitions or the tool choice.
-    #[error(transparent)]
-    Tools(#[from] ToolError),
-}
-
-/// The largest JSON Schema accepted for structured output, in bytes of compact JSON (it
-/// is a CLI argument: `--json-schema`).
-pub const SCHEMA_MAX_BYTES: usize = 64 * 1024;
-/// How deep a JSON Schema may nest.
-const SCHEMA_MAX_DEPTH: usize = 64;
-
-/// The JSON Schema of a structured-output request, checked the way the CLI checks it
-/// (a JSON object whose schema keywords have the meta-schema's shapes), bounded; its
-/// compact text for `--json-schema`. The error says what is wrong.
-pub fn check_schema(schema: &serde_json::Value) -> Result<String, String> {
-    check_schema_at(schema, "", 0)?;
-    let text = schema.to_string();
-    if text.len() > SCHEMA_MAX_BYTES {
-        return Err(format!(
-            "the schema must be at most {SCHEMA_MAX_BYTES} bytes of JSON"
-        ));
-    }
-    Ok(text)
-}
-
-fn check_schema_at(schema: &serde_json::Value, at: &str, depth: usize) -> Result<(), String> {
-    use serde_json::Value;
-    const TYPES: [&str; 7] = [
-        "string", "number", "integer", "boolean", "object", "array", "null",
-    ];
-    let here = if at.is_empty() { "the schema" } else { at };
-    if depth > SCHEMA_MAX_DEPTH {
-        return Err(format!(
-            "{here} nests deeper than {SCHEMA_MAX_DEPTH} levels"
-        ));
-    }
-    let obj = match schema {
-        Value::Object(o) => o,
-        // `true` / `false` are schemas too, except at the top (the CLI wants an object).
-        Value::Bool(_) if depth > 0 => return Ok(()),
-        _ => return Err(format!("{here} must be a JSON Schema object")),
-    };
-    let sub = |key: &str| format!("{at}.{key}");
-    let type_ok = |t: &Value| t.as_str().is_some_and(|t| TYPES.contains(&t));
-    for (key, v) in obj {
-        let ok = match key.as_str() {
-            "type" => {
-                type_ok(v)
-                    || v.as_array()
-                        .is_some_and(|a| !a.is_empty() && a.iter().all(type_ok))
-            }
-            "required" => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
-            "enum" => v.is_array(),
-            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
-                match v.as_object() {
-                    Some(props) => {
-                        for (name, p) in props {
-                            check_schema_at(p, &format!("{}.{name}", sub(key)), depth + 1)?;
-                        }
-                        true
-                    }
-                    None => false,
-                }
-            }
-            "items" if v.is_array() => {
-                for (i, p) in v.as_array().into_iter().flatten().enumerate() {
-                    check_schema_at(p, &format!("{}[{i}]", sub(key)), depth + 1)?;
-                }
-                true
-            }
-            "anyOf" | "oneOf" | "allOf" | "prefixItems" => match v.as_array() {
-                Some(a) if !a.is_empty() => {
-                    for (i, p) in a.iter().enumerate() {
-                        check_schema_at(p, &format!("{}[{i}]", sub(key)), depth + 1)?;
-                    }
-                    true
-                }
-                _ => false,
-            },
-            "items"
-            | "additionalProperties"
-            | "not"
-            | "contains"
-            | "propertyNames"
-            | "if"
-            | "then"
-            | "else"
-            | "unevaluatedProperties"
-            | "unevaluatedItems"
-            | "additionalItems" => {
-                check_schema_at(v, &sub(key), depth + 1)?;
-                true
-            }
-            "minLength" | "maxLength" | "minItems" | "maxItems" | "minProperties"
-            | "maxProperties" => v.as_u64().is_some(),
-            "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum" | "multipleOf" => {
-                v.is_number()
-            }
-            "pattern" | "format" | "title" | "description" | "$ref" | "$schema" | "$id" => {
-                v.is_string()
-            }
-            _ => true,
-        };
-        if !ok {
-            return Err(format!(
-                "{}: not a valid `{key}`",
-                sub(key).trim_start_matches('.')
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `c` may appear in a model name: what model ids and aliases use (`sonnet`,
-/// `opus[1m]`, `claude-opus-4-1@20250805`, `us.anthropic.claude-…-v1:0`, ARNs with `/`).
-fn model_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/' | '@' | '[' | ']')
-}
-
-/// The model name's rules. A model reaches the CLI's argv, the log line and the CLI's
-/// error texts (which echo it); spaces, control characters and megabytes have no place
-/// in any of them (a NUL used to fail the spawn as a 502).
-pub fn check_model(model: &str) -> Result<(), TurnFieldError> {
-    let problem = if model.is_empty() {
-        "must not be empty".to_string()
-    } else if model.len() > MODEL_MAX_LEN {
-        format!("must be at most {MODEL_MAX_LEN} characters long")
-    } else if let Some(c) = model.chars().find(|c| !model_char(*c)) {
-        format!(
-            "may contain only ASCII letters, digits and `.-_:/@[]` (found U+{:04X})",
-            u32::from(c)
-        )
-    } else {
-        return Ok(());
-    };
-    Err(TurnFieldError::Model(problem))
-}
-
-/// The stop sequences' bounds (count and length; each API checks emptiness its way).
-pub fn check_stops(stops: &[String]) -> Result<(), TurnFieldError> {
-    if stops.len() > STOP_MAX_COUNT {
-        return Err(TurnFieldError::Stop(format!(
-            "takes at most {STOP_MAX_COUNT} sequences"
-        )));
-    }
-    if stops.iter().any(|s| s.len() > STOP_MAX_BYTES) {
-        return Err(TurnFieldError::Stop(format!(
-            "sequences must be at most {STOP_MAX_BYTES} bytes long"
-        )));
-    }
-    Ok(())
 }
 
 impl TurnRequest {
@@ -274,14 +112,14 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine over `accounts` (the implicit one, or the configured ones).
     pub fn new(
         rules: Arc<ArcSwap<Rules>>,
         backend: Backend,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
-        prober: Arc<Prober>,
+        accounts: Arc<Accounts>,
     ) -> Engine {
-        let accounts = Accounts::implicit(health.clone(), prober, metrics.clone());
         Engine {
             rules,
             backend,
@@ -289,12 +127,6 @@ impl Engine {
             metrics,
             accounts,
         }
-    }
-
-    /// This engine with `accounts` instead of the implicit account.
-    pub fn with_accounts(mut self, accounts: Arc<Accounts>) -> Engine {
-        self.accounts = accounts;
-        self
     }
 
     pub fn accounts(&self) -> &Arc<Accounts> {
@@ -368,6 +200,44 @@ impl Engine {
             &req.options,
         )
         .map_err(TurnError::Present)?;
+        let refuse = req.choice() == Some(&ToolChoice::None);
+        let keep = turns.keep.clone();
+        if decide::may_continue_held(tools.is_some(), turns.resume_results) {
+            // The client returns the results of calls a held run waits in: that run goes on,
+            // on the account it runs on. Results the held run cannot take (other calls,
+            // content MCP cannot carry) end it, and a fresh run gets the whole history.
+            let held = self
+                .backend
+                .continue_held(&turns.history_fingerprint, |calls| {
+                    Some(ToolResults {
+                        results: decide::held_results(&req.conversation, calls)?,
+                        keep: Some(keep.clone()),
+                        refuse_calls: refuse,
+                    })
+                });
+            if let Some(run) = held {
+                let account = self.accounts.member_of(run.account_name());
+                record.set_account(account.name());
+                return Ok(TurnRun {
+                    engine: self.clone(),
+                    rules,
+                    record,
+                    run: Some(run),
+                    fold: fold_for(TurnFold::continuation(req.stop.clone()), &req),
+                    ready: VecDeque::new(),
+                    fallback: false,
+                    keep: Some(keep),
+                    req,
+                    account,
+                    failover: false,
+                });
+            }
+        }
+        // A held run of this conversation whose results this request does not carry (text
+        // observations, an edited history, a retry) is not coming back: end it now rather
+        // than at `tool_hold_timeout`.
+        self.backend
+            .end_held_asked(&turns.asked.iter().copied().collect());
         // The account: the conversation's own while it can serve, else the next in turn.
         let sticky = (!turns.history.is_empty()).then_some(&turns.history_fingerprint);
         let account = self
@@ -378,38 +248,6 @@ impl Engine {
                 TurnError::Verdict(Box::new(v))
             })?;
         record.set_account(account.name());
-        let refuse = req.choice() == Some(&ToolChoice::None);
-        let keep = turns.keep.clone();
-        if tools.is_some() && turns.resume_results {
-            // The client returns the results of calls a held run waits in: that run goes on.
-            // Results the held run cannot take (other calls, content MCP cannot carry) end
-            // it, and a fresh run gets the whole history.
-            let held = self.backend.take_held(&turns.history_fingerprint, |calls| {
-                held_results(&req.conversation, calls)
-            });
-            if let Some((run, results)) = held {
-                let sent = run.send_results(ToolResults {
-                    results,
-                    keep: Some(keep.clone()),
-                    refuse_calls: refuse,
-                });
-                if sent {
-                    return Ok(TurnRun {
-                        engine: self.clone(),
-                        rules,
-                        record,
-                        run: Some(run),
-                        fold: fold_for(TurnFold::continuation(req.stop.clone()), &req),
-                        ready: VecDeque::new(),
-                        fallback: false,
-                        keep: Some(keep),
-                        req,
-                        account,
-                        failover: false,
-                    });
-                }
-            }
-        }
         // Earlier turns go to a fresh CLI as a synthesized session; should the CLI refuse
         // it, the transcript of the same conversation answers instead.
         let fallback = !turns.history.is_empty();
@@ -468,33 +306,6 @@ impl Engine {
     }
 }
 
-/// The request's tool results for exactly the `calls` a held run waits in, if its last
-/// message is those results and nothing else, each deliverable through MCP.
-fn held_results(conversation: &Conversation, calls: &[String]) -> Option<Vec<ToolResult>> {
-    let last = conversation.turns().last()?;
-    let mut results = Vec::with_capacity(last.blocks.len());
-    for b in &last.blocks {
-        match b {
-            Block::ToolResult {
-                tool_use_id,
-                content,
-                is_error,
-            } => results.push(ToolResult {
-                tool_use_id: tool_use_id.clone(),
-                content: content.clone(),
-                is_error: *is_error,
-            }),
-            // Text the client adds after its results has no place in a tool result.
-            _ => return None,
-        }
-    }
-    let mut ids: Vec<&str> = results.iter().map(|r| r.tool_use_id.as_str()).collect();
-    let mut want: Vec<&str> = calls.iter().map(String::as_str).collect();
-    ids.sort_unstable();
-    want.sort_unstable();
-    (ids == want && results.iter().all(crate::backend::mcp::deliverable)).then_some(results)
-}
-
 /// The fresh run of `req`, presented as `turns`, on `account`, with the client's tools.
 fn fresh_request(
     req: &TurnRequest,
@@ -512,6 +323,7 @@ fn fresh_request(
     }
     with_tools(&mut cli, req, tools);
     cli.account = account.backend_account();
+    cli.tenant = req.tenant.clone();
     cli
 }
 
@@ -548,20 +360,6 @@ fn choice_note(tools: &ToolSet) -> Option<String> {
         ToolChoice::Named(n) => format!("You must call the tool `{n}` in this answer.{one}"),
     };
     Some(format!("<system-reminder>{note}</system-reminder>"))
-}
-
-/// Whether `answer` satisfies `choice` (an answer stopped at a stop sequence or cut by a
-/// length limit is not held to it).
-fn choice_met(choice: Option<&ToolChoice>, answer: &Success) -> bool {
-    let complete = !matches!(
-        answer.stop_reason.as_deref(),
-        Some("stop_sequence" | "max_tokens" | "max_turns")
-    );
-    match choice {
-        Some(ToolChoice::Required) if complete => !answer.tool_calls.is_empty(),
-        Some(ToolChoice::Named(n)) if complete => answer.tool_calls.iter().any(|c| &c.name == n),
-        _ => true,
-    }
 }
 
 /// `req`'s failure classified deaf to what its client chose (see `rules::client_text`).
@@ -624,9 +422,6 @@ pub struct TurnRun {
     /// on another account (once).
     failover: bool,
 }
-
-/// The kind the rules give a CLI that could not resume a session.
-const SESSION_NOT_FOUND: &str = "session_not_found";
 
 impl TurnRun {
     /// The next step, or None after the last one.
@@ -733,7 +528,7 @@ impl TurnRun {
             return false;
         }
         let verdict = classify_blind(&self.rules, &self.req, facts);
-        if !verdict.account_scoped {
+        if !decide::fails_over(self.failover, self.fold.released_any(), &verdict) {
             return false;
         }
         let Ok(next) = self
@@ -786,13 +581,14 @@ impl TurnRun {
         let Step::Fail(facts) = step else {
             return false;
         };
-        if !std::mem::take(&mut self.fallback) || self.fold.released_any() {
+        let armed = std::mem::take(&mut self.fallback);
+        if !armed || self.fold.released_any() {
             return false;
         }
         // The CLI names the session ccgate wrote; blinding client text here could hide
         // that (a prompt containing "conversation"), and the worst a client's own text can
         // do is cost its own request one more run.
-        if self.rules.classify(facts).kind != SESSION_NOT_FOUND {
+        if !decide::falls_back(armed, self.fold.released_any(), &self.rules.classify(facts)) {
             return false;
         }
         let Ok(mut cli) = CliRequest::for_conversation(
@@ -804,6 +600,7 @@ impl TurnRun {
         };
         with_tools(&mut cli, &self.req, self.req.tools.clone().map(Arc::new));
         cli.account = self.account.backend_account();
+        cli.tenant = self.req.tenant.clone();
         // A transcript run is not kept: no conversation key to hold, keep or remember.
         self.keep = None;
         tracing::warn!(request_id = %self.record.request_id,
@@ -826,7 +623,7 @@ impl TurnRun {
                     s.thinking.clear();
                 }
                 let run = self.run.take();
-                if !choice_met(self.req.choice(), &s) {
+                if !decide::choice_met(self.req.choice(), &s) {
                     drop(run);
                     let facts = FailureFacts {
                         condition: Some(crate::rules::GatewayCondition::ToolChoiceUnmet),
@@ -865,8 +662,13 @@ impl TurnRun {
                         }
                         // The CLI waits inside the calls: hold it for the client's results.
                         let key = keep.after_calls(&s.text, &s.tool_calls);
-                        let ids = s.tool_calls.iter().map(|c| c.id.clone()).collect();
-                        self.engine.backend.hold(key, run, ids);
+                        self.engine.backend.hold(Hold {
+                            key,
+                            asked: keep.current(),
+                            tenant: self.req.tenant.clone(),
+                            run,
+                            calls: s.tool_calls.iter().map(|c| c.id.clone()).collect(),
+                        });
                         // The continuation stays on this account.
                         self.engine.accounts.remember(key, &self.account);
                     }
@@ -889,139 +691,5 @@ impl TurnRun {
                 )))
             }
         }
-    }
-}
-
-/// Outcome fields of the request log line, filled as the request proceeds.
-#[derive(Debug, Default)]
-struct Outcome {
-    method: String,
-    path: String,
-    status: u16,
-    kind: String,
-    model: Option<String>,
-    cli_exit: Option<i32>,
-    cli_signal: Option<i32>,
-    /// The answer was completely delivered (for streams: the last event was produced).
-    finished: bool,
-    /// A stream that had answered 200 ended with an error event.
-    failed_mid_stream: bool,
-    /// The account the request ran on (the last one, after a failover).
-    account: Option<String>,
-}
-
-/// A request's log line and metrics, written once when the last reference is dropped.
-pub struct RequestRecord {
-    metrics: Arc<Metrics>,
-    endpoint: &'static str,
-    pub request_id: String,
-    started: Instant,
-    outcome: Mutex<Outcome>,
-}
-
-impl RequestRecord {
-    fn new(metrics: Arc<Metrics>, endpoint: &'static str, request_id: String) -> RequestRecord {
-        RequestRecord {
-            metrics,
-            endpoint,
-            request_id,
-            started: Instant::now(),
-            outcome: Mutex::new(Outcome::default()),
-        }
-    }
-
-    fn outcome(&self) -> std::sync::MutexGuard<'_, Outcome> {
-        self.outcome.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn endpoint(&self) -> &'static str {
-        self.endpoint
-    }
-
-    /// The request's method and path (logged).
-    pub fn set_target(&self, method: &str, path: &str) {
-        let mut o = self.outcome();
-        o.method = method.to_string();
-        o.path = path.to_string();
-    }
-
-    /// The account the request runs on (logged, counted).
-    pub fn set_account(&self, name: &str) {
-        self.outcome().account = Some(name.to_string());
-    }
-
-    /// The model the request named (logged).
-    pub fn set_model(&self, model: &str) {
-        self.outcome().model = Some(model.to_string());
-    }
-
-    pub fn model(&self) -> Option<String> {
-        self.outcome().model.clone()
-    }
-
-    /// The answer's status and kind (`ok`, a rules kind, or a gateway kind). A complete
-    /// answer (not a stream still running) is also finished.
-    pub fn answered(&self, status: u16, kind: &str, finished: bool) {
-        let mut o = self.outcome();
-        o.status = status;
-        o.kind = kind.to_string();
-        o.finished = finished;
-    }
-
-    /// A stream's successful end.
-    pub fn stream_finished(&self) {
-        self.outcome().finished = true;
-    }
-
-    /// A stream that already answered 200 failed: the client got a 200 and an error event.
-    pub fn stream_failed(&self, kind: &str) {
-        let mut o = self.outcome();
-        o.kind = kind.to_string();
-        o.finished = true;
-        o.failed_mid_stream = true;
-    }
-
-    fn record_exit(&self, facts: &FailureFacts) {
-        let mut o = self.outcome();
-        o.cli_exit = facts.exit_code;
-        o.cli_signal = facts.signal;
-    }
-}
-
-impl Drop for RequestRecord {
-    fn drop(&mut self) {
-        let o = self.outcome();
-        let secs = self.started.elapsed().as_secs_f64();
-        let (status, kind) = if o.status == 0 {
-            (499, "client_disconnected")
-        } else if o.status == 200 && !o.finished {
-            // A stream the client left before its end.
-            (499, o.kind.as_str())
-        } else {
-            (o.status, o.kind.as_str())
-        };
-        self.metrics
-            .count_request(self.endpoint, status, kind, secs);
-        self.metrics
-            .count_account_request(o.account.as_deref(), self.endpoint, status, kind);
-        // Client-chosen strings (request id, path, model) are recorded as `&str` values, which
-        // the text format quotes and escapes (and JSON encodes): printed bare, a `"` in an
-        // `x-request-id` flipped the quoting of the rest of the line, so a model name could
-        // forge fields such as `status=200` for a logfmt parser.
-        tracing::info!(
-            request_id = self.request_id.as_str(),
-            endpoint = self.endpoint,
-            method = o.method.as_str(),
-            path = o.path.as_str(),
-            model = o.model.as_deref().unwrap_or(""),
-            account = o.account.as_deref().unwrap_or(""),
-            status,
-            kind,
-            failed_mid_stream = o.failed_mid_stream,
-            cli_exit = o.cli_exit,
-            cli_signal = o.cli_signal,
-            duration_ms = (secs * 1000.0) as u64,
-            "request"
-        );
     }
 }

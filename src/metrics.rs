@@ -198,9 +198,10 @@ impl Collector for LiveGauges {
             ),
             (
                 "ccgate_tool_runs_evicted",
-                "Held runs ended to stay within cli.max_held_runs (oldest first).",
+                "Held runs ended to stay within cli.max_held_runs / max_held_runs_per_key, or to give a waiting request its slot.",
                 stats.held_evicted_total,
             ),
+
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);

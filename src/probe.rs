@@ -85,6 +85,11 @@ impl Prober {
         self
     }
 
+    /// The name of the account probed (None: the implicit one).
+    fn account_name(&self) -> Option<&str> {
+        self.account.as_deref().map(Account::name)
+    }
+
     /// The health state this prober feeds.
     pub fn health(&self) -> &Arc<Health> {
         &self.health
@@ -98,7 +103,8 @@ impl Prober {
     /// credentials; it refills at once while the gate stays open).
     pub fn suspect_unhealthy(&self, kind: &str) {
         self.health.suspect(kind);
-        self.backend.invalidate_pool();
+        // Only this account's processes: another account's credentials are not suspect.
+        self.backend.invalidate_account(self.account_name());
         self.health.probe_wakeup.notify_one();
     }
 
@@ -106,7 +112,7 @@ impl Prober {
     /// pool (it refills once healthy again).
     fn mark_unhealthy(&self, source: Source, kind: &str, message: &str) {
         self.health.mark_failed(source, kind, message);
-        self.backend.invalidate_pool();
+        self.backend.invalidate_account(self.account_name());
     }
 
     /// Runs one probe now with the current rules' probe settings and records its verdict.

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::kept::{Kept, KeptStore};
+use super::kept::Kept;
+use super::parked::{Evicted, ParkedStore};
 use super::pool::{Idle, Pool};
 use super::request::CliRequest;
 use super::stats::BackendStats;
@@ -26,6 +27,8 @@ pub(super) enum Admission {
     Continue(Box<Kept>),
     /// No free slot, but a kept process: retire the least recently used, take its slot.
     EvictKept(Box<Kept>),
+    /// Waiting for a slot (also after a held run was ended to free one: then beyond
+    /// `queue_size` if need be, as the slot is on its way).
     Queued(QueueTicket),
     Full,
 }
@@ -80,7 +83,7 @@ impl Limiter {
         &self,
         req: &CliRequest,
         pool: Option<&Arc<Pool>>,
-        kept: &KeptStore,
+        parked: &ParkedStore,
     ) -> Admission {
         if req.bypass_queue {
             return Admission::Bypass;
@@ -88,7 +91,7 @@ impl Limiter {
         if let Some(k) = req
             .continue_from
             .as_ref()
-            .and_then(|key| kept.checkout(&key.on_account(req.account_name())))
+            .and_then(|key| parked.checkout_kept(&key.on_account(req.account_name())))
         {
             return Admission::Continue(Box::new(k));
         }
@@ -109,9 +112,15 @@ impl Limiter {
         if let Some(idle) = pool.and_then(|p| p.evict_one()) {
             return Admission::Evict(Box::new(idle));
         }
-        // Nor kept conversations: the least recently used one gives way.
-        if let Some(k) = kept.evict_one() {
-            return Admission::EvictKept(Box::new(k));
+        // Nor kept conversations, nor held tool runs: the oldest kept one gives way, else
+        // the oldest held one.
+        match parked.evict_for_slot() {
+            Some(Evicted::Kept(k)) => return Admission::EvictKept(k),
+            Some(Evicted::Held) => {
+                self.stats.queued.fetch_add(1, Ordering::AcqRel);
+                return Admission::Queued(QueueTicket(Arc::clone(&self.stats)));
+            }
+            None => {}
         }
         if take_queue_place(&self.stats.queued, self.queue_size) {
             Admission::Queued(QueueTicket(Arc::clone(&self.stats)))

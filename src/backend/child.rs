@@ -124,7 +124,7 @@ impl Spawned {
     }
 
     /// Closes stdin after every earlier write, without waiting for that.
-    fn close_stdin_later(&mut self) {
+    pub(super) fn close_stdin_later(&mut self) {
         let stdin = self.stdin.take();
         let earlier = self.stdin_task.take();
         self.stdin_task = Some(tokio::spawn(async move {

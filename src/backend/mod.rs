@@ -21,28 +21,39 @@
 //!   [`PoolHandle::shutdown`]), [`Backend::invalidate_pool`], [`Backend::pool_pids`].
 //!   [`Backend::start`] hands a matching request (model = `prewarm_model`, no system
 //!   prompt, not the probe) an idle process; the run is otherwise identical.
+//! - Parked processes (see `docs/parked-processes.md`): kept conversations and held tool
+//!   runs share one registry (`registry` + `parked`): [`Backend::hold`],
+//!   [`Backend::continue_held`], [`Backend::end_held_asked`], [`Backend::held_pids`],
+//!   [`Backend::kept_pids`], [`Backend::close_kept`]; [`Backend::invalidate_pool`] /
+//!   [`Backend::invalidate_account`] drain pre-warmed and kept processes (all, or one
+//!   account's).
 //! - [`Backend::abort_all`] ends every run and the pool for good (end of the shutdown grace
 //!   period).
 //! - [`cli_args`] / [`user_line`]: exactly how ccgate presents a turn to the CLI (for the
 //!   benchmarks and the real-CLI tests).
 //!
 //! Inside, the dependencies point one way: `run` (the driver task and watch loop) →
-//! `admission` (limiter, wait queue) → `pool` (pre-warmed processes) → `child` (spawn,
-//! process group, reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line,
-//! system-prompt file) → `request` / `stats` / `options`. `crate::protocol` (pure parser,
+//! `admission` (limiter, wait queue, the eviction order) → `parked` (the store of kept and
+//! held processes over the pure `registry`) → `held` / `kept` (each kind and its end path)
+//! → `handle` (`CliRun`) and `pool` (pre-warmed processes) → `child` (spawn, process group,
+//! reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line, system-prompt
+//! file) → `request` / `stats` / `options`. `crate::protocol` (pure parser,
 //! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
 mod admission;
 mod args;
 mod child;
+mod handle;
 mod held;
 mod io;
 mod kept;
 pub mod mcp;
 mod options;
+mod parked;
 mod pool;
 pub mod present;
 mod reaper;
+mod registry;
 mod request;
 mod run;
 mod session;
@@ -50,6 +61,7 @@ mod stats;
 
 pub use crate::protocol::{CliEvent, Success, Usage};
 pub use args::{cli_args, user_line};
+pub use handle::{CliRun, ToolResults};
 pub use io::MAX_LINE_BYTES;
 pub use options::{Effort, RunOptions, Thinking};
 pub use pool::PoolHandle;
@@ -57,24 +69,34 @@ pub use present::SessionTurn;
 pub use reaper::become_subreaper;
 pub use request::ToolResult;
 pub use request::{Account, CliRequest, CliSettings};
-pub use run::{CliRun, ToolResults};
 pub use stats::{BackendStats, PoolMetrics, StatsSnapshot};
 
 use std::sync::Arc;
 
 use crate::shutdown::Shutdown;
 use admission::Limiter;
-use held::HeldStore;
-use kept::KeptStore;
+use parked::ParkedStore;
 use pool::{Pool, PoolDeps};
+use registry::Limits;
 use run::Shared;
+
+/// A run to hold ([`Backend::hold`]).
+pub struct Hold {
+    /// The conversation up to and including the answer with the calls.
+    pub key: present::Fingerprint,
+    /// The conversation up to the user turn that answer answers.
+    pub asked: present::Fingerprint,
+    /// Who the client is (per-tenant caps).
+    pub tenant: String,
+    pub run: CliRun,
+    /// The tool-use ids of the calls.
+    pub calls: Vec<String>,
+}
 
 /// Runs CLI processes. Cheap to clone; clones share the concurrency limiter and stats.
 #[derive(Clone)]
 pub struct Backend {
     shared: Arc<Shared>,
-    /// Runs waiting for the results of their client tool calls.
-    held: Arc<HeldStore>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -108,21 +130,27 @@ impl Backend {
                 },
             ))
         });
+        let kept_cap = settings.keep_conversations.min(limiter.capacity());
+        // At least one slot stays free of held runs, so they cannot starve others.
+        let held_cap = settings
+            .max_held_runs
+            .min(limiter.capacity().saturating_sub(1));
+        let parked = ParkedStore::new(
+            Limits {
+                cap: kept_cap,
+                per_tenant: settings.keep_conversations_per_key.unwrap_or(kept_cap),
+                timeout: settings.conversation_idle_timeout,
+            },
+            Limits {
+                cap: held_cap,
+                per_tenant: settings.max_held_runs_per_key.unwrap_or(held_cap),
+                timeout: settings.tool_hold_timeout,
+            },
+            Arc::clone(&stats),
+        );
         Backend {
-            // At least one slot stays free of held runs, so they cannot starve others.
-            held: Arc::new(HeldStore::new(
-                settings
-                    .max_held_runs
-                    .min(limiter.capacity().saturating_sub(1)),
-                settings.tool_hold_timeout,
-                Arc::clone(&stats),
-            )),
             shared: Arc::new(Shared {
-                kept: Arc::new(KeptStore::new(
-                    settings.keep_conversations.min(limiter.capacity()),
-                    settings.conversation_idle_timeout,
-                    Arc::clone(&stats),
-                )),
+                parked: Arc::new(parked),
                 settings,
                 limiter,
                 stats,
@@ -174,40 +202,73 @@ impl Backend {
             pool.invalidate();
         }
         // Kept conversations too: they hold the same possibly stale state.
-        self.shared.kept.invalidate();
+        self.shared.parked.invalidate(None);
+    }
+
+    /// [`Backend::invalidate_pool`] for one account (None: the implicit one, which is all
+    /// there is then): its idle pre-warmed and kept processes only (an unhealthy suspicion
+    /// about one account's credentials says nothing about another's).
+    pub fn invalidate_account(&self, account: Option<&str>) {
+        if account.is_none() {
+            return self.invalidate_pool();
+        }
+        if let Some(pool) = self.shared.pool.as_ref() {
+            pool.invalidate_account(account);
+        }
+        self.shared.parked.invalidate(Some(account));
     }
 
     /// Ends every kept conversation process and every held run for good (the end of
     /// `serve`); returns once the kept ones are reaped (held runs end in their drivers).
     pub async fn close_kept(&self) {
-        self.held.close();
-        self.shared.kept.close().await;
+        self.shared.parked.close().await;
     }
 
-    /// Holds `run`, whose answer ended with the client's tool calls `calls`, under the
-    /// conversation `key` until the client's results come ([`Backend::take_held`]).
-    pub fn hold(&self, key: present::Fingerprint, run: CliRun, calls: Vec<String>) {
-        self.held.hold(key, run, calls);
+    /// Holds `run`, whose answer ended with the client's tool calls `calls`, for `tenant`
+    /// under the conversation `key` (`asked`: the conversation before that answer) until
+    /// the client's results come ([`Backend::continue_held`]).
+    pub fn hold(&self, held: Hold) {
+        let Hold {
+            key,
+            asked,
+            tenant,
+            run,
+            calls,
+        } = held;
+        self.shared
+            .parked
+            .hold(key, &tenant, held::HeldRun { run, calls, asked });
     }
 
-    /// The run held under `key`, if `accept` takes the tool calls it waits for (and
-    /// returns what continues them); a run whose calls it refuses is ended.
-    pub fn take_held<T>(
+    /// The run held under `key`, continued with what `accept` makes of the tool calls it
+    /// waits for (None: a run whose calls it refuses is ended).
+    pub fn continue_held(
         &self,
         key: &present::Fingerprint,
-        accept: impl FnOnce(&[String]) -> Option<T>,
-    ) -> Option<(CliRun, T)> {
-        self.held.take(key, accept)
+        accept: impl FnOnce(&[String]) -> Option<ToolResults>,
+    ) -> Option<CliRun> {
+        self.shared.parked.continue_held(key, accept)
+    }
+
+    /// Ends the held runs whose conversation, up to the user turn their calls answer, is
+    /// one of `asked`: a request of that conversation went on without their results.
+    pub fn end_held_asked(&self, asked: &std::collections::HashSet<present::Fingerprint>) -> usize {
+        self.shared.parked.end_held_asked(asked)
     }
 
     /// Pids of the held runs' processes (tests).
     pub fn held_pids(&self) -> Vec<u32> {
-        self.held.pids()
+        self.shared.parked.pids(registry::Kind::Held)
+    }
+
+    /// The tenants of the held runs, oldest first (tests).
+    pub fn held_tenants(&self) -> Vec<String> {
+        self.shared.parked.tenants(registry::Kind::Held)
     }
 
     /// Pids of the kept conversation processes, least recently used first (tests).
     pub fn kept_pids(&self) -> Vec<u32> {
-        self.shared.kept.pids()
+        self.shared.parked.pids(registry::Kind::Kept)
     }
 
     /// Ends every run in progress or waiting for a slot (their process groups are killed
@@ -219,8 +280,7 @@ impl Backend {
         if let Some(pool) = self.shared.pool.as_ref() {
             pool.close();
         }
-        self.shared.kept.refuse_new();
-        self.held.close();
+        self.shared.parked.refuse_new();
     }
 
     /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).

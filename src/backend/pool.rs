@@ -226,6 +226,27 @@ impl Pool {
         self.wake.notify_one();
     }
 
+    /// Drains the idle processes of account `name` only (kill + reap in the background);
+    /// the maintainer refills them while that account is ready.
+    pub(super) fn invalidate_account(self: &Arc<Self>, name: Option<&str>) {
+        let drained: Vec<Idle> = {
+            let mut st = self.lock();
+            let (drop, keep): (VecDeque<Idle>, VecDeque<Idle>) = st
+                .idle
+                .drain(..)
+                .partition(|i| name_of(i.account.as_ref()) == name);
+            st.idle = keep;
+            drop.into_iter().collect()
+        };
+        self.deps
+            .stats
+            .pool_drained_total
+            .fetch_add(drained.len() as u64, Ordering::Relaxed);
+        self.retire_in_background(drained);
+        self.publish_idle();
+        self.wake.notify_one();
+    }
+
     /// Stops refilling for good; the maintainer retires the idle processes and ends.
     /// (Shutdown, `Backend::abort_all`, the end of the [`PoolHandle`].)
     pub(super) fn close(&self) {

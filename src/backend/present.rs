@@ -129,6 +129,12 @@ pub struct SessionTurn {
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
+    /// A fingerprint of these bytes (registry tests).
+    #[cfg(test)]
+    pub(super) fn from_bytes(bytes: [u8; 32]) -> Fingerprint {
+        Fingerprint(bytes)
+    }
+
     /// The key of this conversation on account `name` (None: the implicit account, the
     /// fingerprint itself): a kept process is only ever continued on its own account.
     pub(super) fn on_account(self, name: Option<&str>) -> Fingerprint {
@@ -160,7 +166,9 @@ impl FingerprintBuilder {
         let mut b = FingerprintBuilder(sha2::Sha256::new());
         b.field(tenant.as_bytes());
         b.field(model.as_bytes());
-        b.field(system.unwrap_or("\u{0}none").as_bytes());
+        // Absent and present are told apart by a tag, not by a sentinel string a client
+        // could send (a system prompt of "\u0000none" hashed like none at all).
+        b.optional(system);
         // The tools are flags of the process (its MCP server's list): a process offering
         // other tools is another conversation.
         match tools {
@@ -168,7 +176,7 @@ impl FingerprintBuilder {
             Some(t) => {
                 for spec in &t.tools {
                     b.field(spec.name.as_bytes());
-                    b.field(spec.description.as_deref().unwrap_or("\u{0}").as_bytes());
+                    b.optional(spec.description.as_deref());
                     b.field(canonical(&spec.input_schema).to_string().as_bytes());
                 }
                 b.field(b"\0tools end");
@@ -188,12 +196,36 @@ impl FingerprintBuilder {
         self.0.update(bytes);
     }
 
+    /// An optional text: a tag field (absent / present), then the text if present.
+    fn optional(&mut self, text: Option<&str>) {
+        match text {
+            None => self.field(&[0]),
+            Some(t) => {
+                self.field(&[1]);
+                self.field(t.as_bytes());
+            }
+        }
+    }
+
+    /// The fingerprint so far (a conversation up to its last message).
+    pub fn current(&self) -> Fingerprint {
+        self.clone().finish()
+    }
+
     /// Thinking blocks aside: the CLI's own answer is fingerprinted by its text, and a
-    /// client sending its thinking back holds the same conversation.
+    /// client sending its thinking back holds the same conversation. A tool call counts
+    /// by its id and name: the id is what ccgate issued, and clients re-serialise or
+    /// normalise the input they echo (keys reordered, defaulted fields added).
     fn message(&mut self, assistant: bool, content: &[Value]) {
         self.field(if assistant { b"assistant" } else { b"user" });
         for block in content.iter().filter(|b| !is_thinking(b)) {
-            self.field(block.to_string().as_bytes());
+            if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                self.field(b"\0tool_use");
+                self.field(block["id"].as_str().unwrap_or_default().as_bytes());
+                self.field(block["name"].as_str().unwrap_or_default().as_bytes());
+            } else {
+                self.field(block.to_string().as_bytes());
+            }
         }
         self.field(b"\0end");
     }
@@ -272,6 +304,9 @@ pub struct Turns {
     /// The last user message holds tool results: it belongs to the session as well (the
     /// CLI re-runs such an interrupted turn itself), and nothing is written to stdin.
     pub resume_results: bool,
+    /// The fingerprint of the conversation after each of its user turns, the last one
+    /// included: a held run asked at one of them is left behind by this request.
+    pub asked: Vec<Fingerprint>,
 }
 
 fn is_thinking(block: &Value) -> bool {
@@ -371,11 +406,16 @@ pub fn present_turns(
             _ => history.push(t),
         }
     }
+    let mut asked = Vec::with_capacity(history.len() / 2 + 1);
     for t in &history {
         fp.message(t.assistant, &t.content);
+        if !t.assistant {
+            asked.push(fp.current());
+        }
     }
-    let history_fingerprint = fp.clone().finish();
+    let history_fingerprint = fp.current();
     fp.message(false, &last.content);
+    asked.push(fp.current());
     let resume_results = last
         .content
         .iter()
@@ -392,6 +432,7 @@ pub fn present_turns(
             history_fingerprint,
             keep: fp,
             resume_results,
+            asked,
         });
     }
     // The stdin line as for a single message: the text, an `[image N]` / `[document N]`
@@ -420,6 +461,7 @@ pub fn present_turns(
         history_fingerprint,
         keep: fp,
         resume_results: false,
+        asked,
     })
 }
 
@@ -452,6 +494,65 @@ mod tests {
     use super::*;
     use crate::conversation::Message;
     use serde_json::json;
+
+    #[test]
+    fn a_system_prompt_spelling_the_old_sentinel_is_not_no_system_prompt() {
+        let with = |system: Option<&str>| {
+            let c = Conversation {
+                system: system.map(str::to_string),
+                messages: vec![Message::text(Role::User, "hi")],
+            };
+            present_turns(&c, "t", "m", None, &RunOptions::default())
+                .unwrap()
+                .keep
+                .current()
+        };
+        assert_ne!(with(None), with(Some("\u{0}none")));
+    }
+
+    #[test]
+    fn a_tool_call_counts_by_id_and_name_not_by_how_its_input_is_spelled() {
+        let call = |input: Value| Conversation {
+            system: None,
+            messages: vec![
+                Message::text(Role::User, "q"),
+                Message::new(
+                    Role::Assistant,
+                    vec![Block::ToolUse {
+                        id: "toolu_1".into(),
+                        name: "edit".into(),
+                        input,
+                    }],
+                ),
+                Message::new(
+                    Role::User,
+                    vec![Block::ToolResult {
+                        tool_use_id: "toolu_1".into(),
+                        content: vec![Block::Text("ok".into())],
+                        is_error: false,
+                    }],
+                ),
+            ],
+        };
+        let fp = |c: &Conversation| {
+            present_turns(c, "t", "m", None, &RunOptions::default())
+                .unwrap()
+                .history_fingerprint
+        };
+        let a = fp(&call(json!({"path": "a", "old": "x"})));
+        let b = fp(&call(
+            json!({"old": "x", "path": "a", "replace_all": false}),
+        ));
+        assert_eq!(a, b);
+        let mut other = call(json!({}));
+        if let Block::ToolUse { id, .. } = &mut other.messages[1].blocks[0] {
+            *id = "toolu_2".into();
+        }
+        if let Block::ToolResult { tool_use_id, .. } = &mut other.messages[2].blocks[0] {
+            *tool_use_id = "toolu_2".into();
+        }
+        assert_ne!(a, fp(&other), "another call id is another conversation");
+    }
 
     #[test]
     fn one_user_message_is_passed_as_is_and_empty_system_messages_are_dropped() {

@@ -44,6 +44,11 @@ pub struct CliSettings {
     pub max_held_runs: usize,
     /// A held run whose client has not returned its results within this is ended.
     pub tool_hold_timeout: Duration,
+    /// Held runs one tenant (API key) may have at once (None: `max_held_runs`).
+    pub max_held_runs_per_key: Option<usize>,
+    /// Kept conversation processes one tenant may have at once (None:
+    /// `keep_conversations`).
+    pub keep_conversations_per_key: Option<usize>,
     /// Where the private system-prompt files are created (`cli.temp_dir`, default TMPDIR).
     pub temp_dir: PathBuf,
 }
@@ -85,6 +90,9 @@ pub struct CliRequest {
     /// Structured output, effort and thinking: flags of the process (so part of the
     /// kept-process fingerprint, and only default options use the pre-warmed pool).
     pub options: RunOptions,
+    /// Who the client is (a digest of its API key; empty without keys): the owner of the
+    /// process once kept (per-tenant caps).
+    pub tenant: String,
 }
 
 impl CliRequest {
@@ -228,6 +236,8 @@ mod tests {
             conversation_idle_timeout: std::time::Duration::from_secs(1),
             max_held_runs: 0,
             tool_hold_timeout: std::time::Duration::from_secs(1),
+            max_held_runs_per_key: None,
+            keep_conversations_per_key: None,
             temp_dir: std::env::temp_dir(),
         };
         let a = Account::new(

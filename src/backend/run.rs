@@ -11,7 +11,8 @@
 //!    come. stderr is drained concurrently into a ring.
 //! 4. Watchdogs: start (prompt written → first line), inactivity (between lines), total
 //!    (whole run, including the queue wait). When one fires the group is SIGKILLed and
-//!    the facts get `timeout`.
+//!    the facts get `timeout`. They pause only while the run is held (its answer is
+//!    complete and its CLI waits in the client's tool calls: the parked store bounds that).
 //! 5. End: once the leader has exited (noticed without reaping it, so its pid/pgid cannot
 //!    be reused yet), the group is SIGKILLed to remove stragglers, stdout is read to EOF,
 //!    the leader is reaped and `Done` is sent.
@@ -20,17 +21,19 @@
 //!    run the same way, as `ShuttingDown`.
 
 use std::os::unix::process::ExitStatusExt as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use super::admission::{Admission, Limiter};
 use super::child::{spawn_cli, Spawned};
+use super::handle::{CliRun, RunCell, ToolResults};
 use super::io::{ring_to_string, LineMsg};
-use super::kept::{Kept, KeptStore};
+use super::kept::{end_gracefully, Kept};
 use super::mcp;
+use super::parked::ParkedStore;
 use super::pool::{Idle, Pool};
 use super::present::FingerprintBuilder;
 use super::request::{CliRequest, CliSettings, ToolResult};
@@ -46,6 +49,8 @@ const COMMAND_CHANNEL: usize = 4;
 /// How often the driver checks whether the leader exited while stdout is still open
 /// (a straggler may hold the pipe open after the leader has gone).
 const EXIT_PEEK_OPEN: Duration = Duration::from_millis(100);
+/// How often a held run looks whether it is still held (its watchdogs resume once not).
+const HELD_RECHECK: Duration = Duration::from_secs(1);
 /// Upper bound for the exit-check backoff once stdout has reached EOF.
 const EXIT_PEEK_CLOSED_MAX: Duration = Duration::from_millis(20);
 
@@ -56,8 +61,8 @@ pub(super) struct Shared {
     pub(super) stats: Arc<BackendStats>,
     /// The pre-warmed pool (None when `prewarm` is 0).
     pub(super) pool: Option<Arc<Pool>>,
-    /// Conversation processes kept for their next turn.
-    pub(super) kept: Arc<KeptStore>,
+    /// Kept conversation processes and held tool runs.
+    pub(super) parked: Arc<ParkedStore>,
     /// Set once by `Backend::abort_all` (end of the shutdown grace period): every run in
     /// progress or queued ends as `ShuttingDown`, and no new process is spawned.
     pub(super) abort: watch::Sender<bool>,
@@ -69,8 +74,11 @@ impl Shared {
     pub(super) fn start(self: &Arc<Self>, req: CliRequest) -> CliRun {
         let (tx, rx) = mpsc::channel(EVENT_CHANNEL);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL);
-        let cell = Arc::new(RunCell::default());
-        let admission = self.limiter.admit(&req, self.pool.as_ref(), &self.kept);
+        let cell = Arc::new(RunCell {
+            account: req.account.clone(),
+            ..RunCell::default()
+        });
+        let admission = self.limiter.admit(&req, self.pool.as_ref(), &self.parked);
         tokio::spawn(drive(
             Arc::clone(self),
             req,
@@ -86,92 +94,10 @@ impl Shared {
     }
 }
 
-/// One run in progress. Events arrive in order; the last one is always [`CliEvent::Done`].
-/// Dropping it kills the process group (client disconnect).
-#[derive(Debug)]
-pub struct CliRun {
-    cell: Arc<RunCell>,
-    rx: mpsc::Receiver<CliEvent>,
-    cmd: mpsc::Sender<ToolResults>,
-}
-
-/// The client's results for a held run's tool calls.
-#[derive(Debug, Clone)]
-pub struct ToolResults {
-    /// Tool-use id → the result's content blocks and whether it is an error.
-    pub results: Vec<ToolResult>,
-    /// The conversation after these results, to keep the process under once the turn
-    /// is answered (replaces the run's earlier one).
-    pub keep: Option<FingerprintBuilder>,
-    /// From now on answer every new call with an error result (`tool_choice: none`).
-    pub refuse_calls: bool,
-}
-
 /// The driver's ends of a run's channels.
 struct Channels {
     tx: mpsc::Sender<CliEvent>,
     cmd_rx: mpsc::Receiver<ToolResults>,
-}
-
-/// What a [`CliRun`] and its driver task share.
-#[derive(Debug, Default)]
-struct RunCell {
-    pid: OnceLock<u32>,
-    /// The caller ended the run because its answer was complete ([`CliRun::stop`]), so the
-    /// end is not a cancellation.
-    stopped: AtomicBool,
-}
-
-impl RunCell {
-    /// Counts a run whose consumer went away: stopped by its caller, or cancelled.
-    fn count_gone(&self, stats: &BackendStats) {
-        let counter = if self.stopped.load(Ordering::Acquire) {
-            &stats.stopped_total
-        } else {
-            &stats.cancelled_total
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl CliRun {
-    /// The next event; `None` after `Done`.
-    pub async fn recv(&mut self) -> Option<CliEvent> {
-        self.rx.recv().await
-    }
-
-    /// The CLI's pid (also its process-group id), once spawned.
-    pub fn pid(&self) -> Option<u32> {
-        self.cell.pid.get().copied()
-    }
-
-    /// Hands the client's results for the run's held tool calls to the driver, which
-    /// answers the CLI's `tools/call` requests with them. False if the run is gone.
-    pub fn send_results(&self, results: ToolResults) -> bool {
-        self.cmd.try_send(results).is_ok()
-    }
-
-    /// Ends the run because its answer is complete (a stop sequence ended it): the process
-    /// group is killed and reaped as on a drop, but the run counts as stopped, not as a
-    /// cancellation.
-    pub fn stop(self) {
-        self.cell.stopped.store(true, Ordering::Release);
-    }
-
-    /// Consume the run up to its final result, ignoring the intermediate events.
-    /// (If the driver task vanished without `Done`, which should not happen, this reports
-    /// `condition: NoResult`.)
-    pub async fn finish(mut self) -> Result<Success, Box<FailureFacts>> {
-        while let Some(ev) = self.rx.recv().await {
-            if let CliEvent::Done(r) = ev {
-                return r;
-            }
-        }
-        Err(Box::new(FailureFacts {
-            condition: Some(GatewayCondition::NoResult),
-            ..FailureFacts::default()
-        }))
-    }
 }
 
 fn far_future(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
@@ -240,7 +166,7 @@ async fn drive(
         }
         Admission::EvictKept(k) => {
             let Kept { proc, permit, .. } = *k;
-            let _ = proc.reap().await;
+            end_gracefully(proc).await;
             Some(permit)
         }
         Admission::Full => {
@@ -325,12 +251,27 @@ async fn drive(
                     let key = keep
                         .after_answer(&success.text)
                         .on_account(req.account_name());
-                    if let Some(refused) = shared.kept.offer(Kept::new(key, *proc, permit)) {
+                    let kept = Kept {
+                        proc: *proc,
+                        permit,
+                        account: req.account.clone(),
+                    };
+                    if let Some(refused) = shared.parked.offer_kept(key, &req.tenant, kept) {
                         refused.retire().await;
                     }
                 }
-                _ => {
-                    let _ = proc.reap().await;
+                // Not kept: its stdin is closed so the CLI exits by itself and removes its
+                // files (a SIGKILLed CLI leaves them behind). That takes the real CLI about
+                // 0.5 s, so it happens after the answer; the slot is freed once it is gone.
+                (permit, _, _) => {
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        end_gracefully(*proc).await;
+                        drop(permit);
+                        if let Some(pool) = shared.pool.as_ref() {
+                            pool.notify();
+                        }
+                    });
                 }
             }
             outcome = Ran::Done(result);
@@ -434,7 +375,7 @@ async fn run_process(
     };
     // A run that may be kept leaves stdin open: the CLI answers the turn, then waits. So
     // does a run with the client's tools: its MCP server talks on stdin.
-    let keepable = req.keep.is_some() && !req.bypass_queue && shared.kept.enabled();
+    let keepable = req.keep.is_some() && !req.bypass_queue && shared.parked.keeps();
     let tools = req.tools.as_deref();
     let keep_open = keepable || tools.is_some();
     let mut keep = req.keep.clone().filter(|_| keepable);
@@ -444,6 +385,10 @@ async fn run_process(
     }
     if !req.resume_results {
         sp.send_prompt(req, keep_open);
+    } else if !keep_open {
+        // The session ends with the client's results and nothing is written: the CLI
+        // re-runs that turn and, with stdin closed, exits after it.
+        sp.close_stdin_later();
     }
     let ring = sp.stderr_ring();
     // The client's tool calls the CLI waits in, and results that came before their call.
@@ -475,17 +420,17 @@ async fn run_process(
                 TimeoutKind::Start,
             )
         };
-        let (deadline, kind) = if calls.waiting() {
-            // The CLI waits in a tool call for the client (its heartbeats are no sign of
-            // work): the held-run store bounds that wait, not the run's watchdogs.
-            (
-                far_future(tokio::time::Instant::now(), total * 1000),
-                TimeoutKind::Total,
-            )
+        let held = calls.waiting() && cell.held.load(Ordering::Acquire);
+        let (deadline, kind) = if held {
+            // The run is held, its CLI waiting in a tool call for the client (its
+            // heartbeats are no sign of work): the parked store bounds that wait, not the
+            // run's watchdogs. Before it is held (the model may still be streaming) they
+            // all apply.
+            (far_future(tokio::time::Instant::now(), HELD_RECHECK), None)
         } else if total_deadline <= line_deadline {
-            (total_deadline, TimeoutKind::Total)
+            (total_deadline, Some(TimeoutKind::Total))
         } else {
-            (line_deadline, line_kind)
+            (line_deadline, Some(line_kind))
         };
         let peek = if stdout_open {
             EXIT_PEEK_OPEN
@@ -579,11 +524,20 @@ async fn run_process(
                 match acc.last_result_ok() {
                     Some(true) if keep_open && !too_long => break 'watch End::TurnDone,
                     // A failed turn: let the CLI exit, and conclude from its whole run.
-                    Some(_) if keep_open => sp.close_stdin().await,
+                    // (Not awaited: a write still in progress must not stop this loop from
+                    // watching cancellation and the watchdogs.)
+                    Some(_) if keep_open => sp.close_stdin_later(),
                     _ => {}
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => break 'watch End::Timeout(kind),
+            _ = tokio::time::sleep_until(deadline) => {
+                match kind {
+                    // Held, or held since this deadline was set: look again.
+                    _ if calls.waiting() && cell.held.load(Ordering::Acquire) => continue,
+                    Some(kind) => break 'watch End::Timeout(kind),
+                    None => continue,
+                }
+            }
             _ = tokio::time::sleep(peek), if !exited => {
                 if sp.leader_exited() {
                     exited = true;

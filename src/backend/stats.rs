@@ -41,6 +41,7 @@ pub struct BackendStats {
     pub(super) held_continued_total: AtomicU64,
     pub(super) held_expired_total: AtomicU64,
     pub(super) held_evicted_total: AtomicU64,
+    pub(super) held_abandoned_total: AtomicU64,
     pool_metrics: OnceLock<PoolMetrics>,
 }
 
@@ -130,6 +131,9 @@ pub struct StatsSnapshot {
     pub held_expired_total: u64,
     /// Held runs ended for the cap (`cli.max_held_runs`, oldest first).
     pub held_evicted_total: u64,
+    /// Held runs ended because their conversation went on without their results (not
+    /// exported yet: the metrics reference is moving to docs/).
+    pub held_abandoned_total: u64,
 }
 
 impl BackendStats {
@@ -166,6 +170,7 @@ impl BackendStats {
             held_continued_total: self.held_continued_total.load(r),
             held_expired_total: self.held_expired_total.load(r),
             held_evicted_total: self.held_evicted_total.load(r),
+            held_abandoned_total: self.held_abandoned_total.load(r),
         }
     }
 

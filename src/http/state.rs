@@ -68,33 +68,36 @@ impl AppState {
             health.clone(),
             Box::new(move || for_reload.invalidate_pool()),
         ));
-        let prober = Arc::new(Prober::new(
-            rules.clone(),
-            backend.clone(),
-            health.clone(),
-            metrics.clone(),
-        ));
         let responses = Arc::new(ResponseStore::new(
             backend.settings().conversation_idle_timeout,
         ));
-        let mut engine = Engine::new(
-            rules.clone(),
-            backend.clone(),
-            health.clone(),
-            metrics.clone(),
-            prober.clone(),
-        );
-        if !settings.accounts.is_empty() {
-            let accounts = Accounts::from_settings(
+        // The configured accounts, or the implicit one (whose prober is the gateway's); never
+        // both: an implicit `default` next to configured accounts had counters and a
+        // prober of its own that nothing used.
+        let accounts = if settings.accounts.is_empty() {
+            let prober = Arc::new(Prober::new(
+                rules.clone(),
+                backend.clone(),
+                health.clone(),
+                metrics.clone(),
+            ));
+            Accounts::implicit(health.clone(), prober, metrics.clone())
+        } else {
+            Accounts::from_settings(
                 &settings.accounts,
                 rules.clone(),
                 &backend,
                 health.clone(),
                 metrics.clone(),
-            );
-            engine = engine.with_accounts(accounts);
-        }
-        let accounts = engine.accounts().clone();
+            )
+        };
+        let engine = Engine::new(
+            rules.clone(),
+            backend.clone(),
+            health.clone(),
+            metrics.clone(),
+            accounts.clone(),
+        );
         let prober = accounts.members()[0].prober().clone();
         AppState(Arc::new(Services {
             accounts,

@@ -304,3 +304,33 @@ fn serve_refuses_an_invalid_cors_origin() {
         "{err}"
     );
 }
+
+#[test]
+fn durations_too_large_for_the_clock_are_refused_not_a_panic_later() {
+    // 1e12 s fits a Duration but overflowed `Instant + Duration` and `Duration * 1000`
+    // inside the run tasks.
+    let err = settings(
+        None,
+        &Overrides::default(),
+        &env(&[
+            ("CCGATE_CLI__TOOL_HOLD_TIMEOUT", "1000000000000"),
+            ("CCGATE_CLI__TOTAL_TIMEOUT", "1000000000000"),
+            ("CCGATE_SHUTDOWN_TIMEOUT", "1000000000000"),
+        ]),
+    )
+    .unwrap_err();
+    let ConfigError::Invalid(problems) = &err else {
+        panic!("expected Invalid, got {err:?}")
+    };
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems
+        .iter()
+        .all(|p| p.contains("up to") || p.contains("from 0 to")));
+    // A year is still fine.
+    settings(
+        None,
+        &Overrides::default(),
+        &env(&[("CCGATE_CLI__TOOL_HOLD_TIMEOUT", "31536000")]),
+    )
+    .expect("a year");
+}

@@ -35,6 +35,8 @@ pub fn fake_settings(scenario: &str) -> CliSettings {
         conversation_idle_timeout: Duration::from_secs(300),
         max_held_runs: 4,
         tool_hold_timeout: Duration::from_secs(600),
+        max_held_runs_per_key: None,
+        keep_conversations_per_key: None,
         temp_dir: std::env::temp_dir(),
     }
 }

@@ -1,0 +1,146 @@
+//! [`RequestRecord`]: a request's one log line and its metrics, written when the last
+//! reference to it goes (for streams: when the stream ends or the client leaves).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::rules::FailureFacts;
+
+/// Outcome fields of the request log line, filled as the request proceeds.
+#[derive(Debug, Default)]
+struct Outcome {
+    method: String,
+    path: String,
+    status: u16,
+    kind: String,
+    model: Option<String>,
+    cli_exit: Option<i32>,
+    cli_signal: Option<i32>,
+    /// The answer was completely delivered (for streams: the last event was produced).
+    finished: bool,
+    /// A stream that had answered 200 ended with an error event.
+    failed_mid_stream: bool,
+    /// The account the request ran on (the last one, after a failover).
+    account: Option<String>,
+}
+
+/// A request's log line and metrics, written once when the last reference is dropped.
+pub struct RequestRecord {
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
+    pub request_id: String,
+    started: Instant,
+    outcome: Mutex<Outcome>,
+}
+
+impl RequestRecord {
+    pub(super) fn new(
+        metrics: Arc<Metrics>,
+        endpoint: &'static str,
+        request_id: String,
+    ) -> RequestRecord {
+        RequestRecord {
+            metrics,
+            endpoint,
+            request_id,
+            started: Instant::now(),
+            outcome: Mutex::new(Outcome::default()),
+        }
+    }
+
+    fn outcome(&self) -> std::sync::MutexGuard<'_, Outcome> {
+        self.outcome.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn endpoint(&self) -> &'static str {
+        self.endpoint
+    }
+
+    /// The request's method and path (logged).
+    pub fn set_target(&self, method: &str, path: &str) {
+        let mut o = self.outcome();
+        o.method = method.to_string();
+        o.path = path.to_string();
+    }
+
+    /// The account the request runs on (logged, counted).
+    pub fn set_account(&self, name: &str) {
+        self.outcome().account = Some(name.to_string());
+    }
+
+    /// The model the request named (logged).
+    pub fn set_model(&self, model: &str) {
+        self.outcome().model = Some(model.to_string());
+    }
+
+    pub fn model(&self) -> Option<String> {
+        self.outcome().model.clone()
+    }
+
+    /// The answer's status and kind (`ok`, a rules kind, or a gateway kind). A complete
+    /// answer (not a stream still running) is also finished.
+    pub fn answered(&self, status: u16, kind: &str, finished: bool) {
+        let mut o = self.outcome();
+        o.status = status;
+        o.kind = kind.to_string();
+        o.finished = finished;
+    }
+
+    /// A stream's successful end.
+    pub fn stream_finished(&self) {
+        self.outcome().finished = true;
+    }
+
+    /// A stream that already answered 200 failed: the client got a 200 and an error event.
+    pub fn stream_failed(&self, kind: &str) {
+        let mut o = self.outcome();
+        o.kind = kind.to_string();
+        o.finished = true;
+        o.failed_mid_stream = true;
+    }
+
+    pub(super) fn record_exit(&self, facts: &FailureFacts) {
+        let mut o = self.outcome();
+        o.cli_exit = facts.exit_code;
+        o.cli_signal = facts.signal;
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let o = self.outcome();
+        let secs = self.started.elapsed().as_secs_f64();
+        let (status, kind) = if o.status == 0 {
+            (499, "client_disconnected")
+        } else if o.status == 200 && !o.finished {
+            // A stream the client left before its end.
+            (499, o.kind.as_str())
+        } else {
+            (o.status, o.kind.as_str())
+        };
+        self.metrics
+            .count_request(self.endpoint, status, kind, secs);
+        self.metrics
+            .count_account_request(o.account.as_deref(), self.endpoint, status, kind);
+        // Client-chosen strings (request id, path, model) are recorded as `&str` values, which
+        // the text format quotes and escapes (and JSON encodes): printed bare, a `"` in an
+        // `x-request-id` flipped the quoting of the rest of the line, so a model name could
+        // forge fields such as `status=200` for a logfmt parser.
+        tracing::info!(
+            request_id = self.request_id.as_str(),
+            endpoint = self.endpoint,
+            method = o.method.as_str(),
+            path = o.path.as_str(),
+            model = o.model.as_deref().unwrap_or(""),
+            account = o.account.as_deref().unwrap_or(""),
+            status,
+            kind,
+            failed_mid_stream = o.failed_mid_stream,
+            cli_exit = o.cli_exit,
+            cli_signal = o.cli_signal,
+            duration_ms = (secs * 1000.0) as u64,
+            "request"
+        );
+    }
+}
