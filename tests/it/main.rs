@@ -8,6 +8,7 @@ mod config;
 mod conversations;
 mod edge;
 mod fake_tools;
+mod hardening;
 mod harness;
 mod health;
 mod layers;
