@@ -63,3 +63,71 @@ async fn session_files_leave_no_project_directory() {
     let gone = eventually(Duration::from_secs(5), || left().is_empty()).await;
     assert!(gone, "{:?}", left());
 }
+
+/// Sends `n` pipelined raw HTTP/1.1 POSTs on a connection whose receive buffer is small,
+/// and returns the connection without reading anything.
+async fn stalled_posts(
+    s: &TestServer,
+    path: &str,
+    body: &Value,
+    n: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = sock.connect(addr).await.unwrap();
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    for _ in 0..n {
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(body.as_bytes()).await.unwrap();
+    }
+    tcp
+}
+
+#[tokio::test]
+async fn a_stalled_streaming_reader_is_cut_after_the_write_timeout() {
+    let s = TestServer::start(Opts {
+        // Streamed 80 times: 9.6 MB, more than the sockets' buffers (a few MB) hold.
+        env: vec![
+            ("FAKE_CLAUDE_TEXT", vec!["x".repeat(10_000); 12].join(" ")),
+            ("FAKE_CLAUDE_REPEAT", "80".into()),
+        ],
+        tweak: Box::new(|c| {
+            c.http.write_timeout = 1.0;
+            // A finished run would be kept: in_flight then says nothing about cancelling.
+            c.cli.keep_conversations = 0;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    let body = json!({"model": "sonnet", "stream": true,
+        "messages": [{"role": "user", "content": "Say a lot."}]});
+    // Pipelined: hyper answers them one after another, until the socket stays full.
+    const SENT: usize = 1;
+    let mut tcp = stalled_posts(&s, "/v1/chat/completions", &body, SENT).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stats = s.state.backend.stats().snapshot();
+    assert_eq!(stats.in_flight, 0, "the run was cancelled: {stats:?}");
+    assert_eq!(stats.cancelled_total, 1, "{stats:?}");
+    // What the socket still holds ends before the stream's end: the connection was closed.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut got),
+    )
+    .await;
+    assert!(read.is_ok(), "the server closed the connection");
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "{}",
+        &got[..got.len().min(200)]
+    );
+    let done = got.matches("[DONE]").count();
+    assert!(done < SENT, "the streams were cut before their end: {done}");
+}
