@@ -131,3 +131,107 @@ async fn a_stalled_streaming_reader_is_cut_after_the_write_timeout() {
     let done = got.matches("[DONE]").count();
     assert!(done < SENT, "the streams were cut before their end: {done}");
 }
+
+#[tokio::test]
+async fn a_stream_waiting_for_its_first_content_answers_at_the_keepalive_interval() {
+    let s = TestServer::start(Opts {
+        tweak: Box::new(|c| {
+            c.sse_keepalive = 0.3;
+            c.cli.max_concurrent = 1;
+            c.cli.keep_conversations = 0;
+            c.cli.max_held_runs = 0;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    // The only slot is busy for about 2 s: the stream waits in the queue.
+    let busy = json!({"model": "sonnet", "messages": [
+        {"role": "user", "content": "[[scenario:slow]] take your time"}]});
+    let s2 = s.base.clone();
+    let first = tokio::spawn(async move {
+        crate::harness::client()
+            .post(format!("{s2}/v1/chat/completions"))
+            .json(&busy)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let resp = crate::harness::client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&crate::harness::chat_body("hi", true))
+        .send()
+        .await
+        .unwrap();
+    let headers_after = started.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        headers_after < Duration::from_millis(1_000),
+        "headers after {headers_after:?}, not after the queue wait"
+    );
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with(": keep-alive"), "{text}");
+    assert!(text.contains("Hello") && text.contains("[DONE]"), "{text}");
+    assert!(!first.await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failure_after_the_stream_began_is_the_apis_error_event() {
+    let s = TestServer::start(Opts {
+        scenario: "hang",
+        tweak: Box::new(|c| {
+            c.sse_keepalive = 0.3;
+            c.cli.start_timeout = 1.5;
+            c.cli.inactivity_timeout = 1.5;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    let (st, _, text) = post(
+        &s,
+        "/v1/messages",
+        &crate::harness::messages_body("hi", true),
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+    let events = crate::harness::sse_events(&text);
+    assert_eq!(events[0].0.as_deref(), Some("ping"), "{text}");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name.as_deref(), Some("error"), "{text}");
+    assert_eq!(json_of(data)["error"]["type"], "timeout_error", "{text}");
+    let (st, _, text) = post(
+        &s,
+        "/v1/chat/completions",
+        &crate::harness::chat_body("hi", true),
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+    assert!(text.starts_with(": keep-alive"), "{text}");
+    let last = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .last()
+        .unwrap();
+    assert_eq!(json_of(last)["error"]["code"], "timeout", "{text}");
+}
+
+#[tokio::test]
+async fn a_failure_before_the_keepalive_interval_keeps_its_status() {
+    let s = TestServer::start(Opts {
+        scenario: "rate_limit",
+        tweak: Box::new(|c| c.sse_keepalive = 5.0),
+        ..Opts::default()
+    })
+    .await;
+    let (st, _, text) = post(
+        &s,
+        "/v1/messages",
+        &crate::harness::messages_body("hi", true),
+    )
+    .await;
+    assert_eq!(st, 429, "{text}");
+}
