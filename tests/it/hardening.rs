@@ -213,8 +213,8 @@ async fn a_failure_after_the_stream_began_is_the_apis_error_event() {
     assert!(text.starts_with(": keep-alive"), "{text}");
     let last = text
         .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("data: "))
         .unwrap();
     assert_eq!(json_of(last)["error"]["code"], "timeout", "{text}");
 }
