@@ -23,7 +23,7 @@ set -euo pipefail
 
 # level  modules (keep in step with ARCHITECTURE.md)
 LEVELS='
-0 rules protocol conversation turn shutdown clock capture
+0 rules protocol conversation turn shutdown clock capture offload
 1 config backend health probe reload metrics engine response_store accounts
 2 http
 3 app

@@ -134,6 +134,9 @@ pub struct HttpConfig {
     pub body_timeout: f64,
     /// Seconds a keep-alive connection may wait for its next request.
     pub idle_timeout: f64,
+    /// Seconds a response may wait for the client to take its bytes (a socket that stays
+    /// full); beyond it the connection is closed and its run cancelled.
+    pub write_timeout: f64,
     /// Client connections open at once; beyond it a new connection gets a 503 and is closed.
     pub max_connections: usize,
     /// Max bytes of a request head (request line and headers); beyond it a 431.
@@ -146,6 +149,7 @@ impl Default for HttpConfig {
             header_timeout: 10.0,
             body_timeout: 30.0,
             idle_timeout: 60.0,
+            write_timeout: 60.0,
             max_connections: 512,
             max_header_bytes: 64 * 1024,
         }
@@ -363,6 +367,8 @@ pub struct HttpSettings {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a response may wait for the client to take its bytes.
+    pub write_timeout: Duration,
     /// At least 1.
     pub max_connections: usize,
     /// At least 1024.
@@ -476,6 +482,7 @@ impl Config {
         let header_timeout = positive("http.header_timeout", self.http.header_timeout);
         let body_timeout = positive("http.body_timeout", self.http.body_timeout);
         let idle_timeout = positive("http.idle_timeout", self.http.idle_timeout);
+        let write_timeout = positive("http.write_timeout", self.http.write_timeout);
         let mut at_least_zero = |name: &str, v: f64| match Duration::try_from_secs_f64(v) {
             Ok(d) if d <= DURATION_MAX => d,
             _ => {
@@ -565,6 +572,7 @@ impl Config {
                 header_timeout,
                 body_timeout,
                 idle_timeout,
+                write_timeout,
                 max_connections: self.http.max_connections,
                 max_header_bytes: self.http.max_header_bytes,
             },

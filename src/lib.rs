@@ -18,6 +18,7 @@ pub mod engine;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod offload;
 pub mod probe;
 pub mod protocol;
 pub mod reload;

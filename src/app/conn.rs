@@ -12,6 +12,12 @@
 //!   with `HTTP_1_1_REQUIRED`, which h2 clients understand (curl then retries with
 //!   HTTP/1.1); an `Upgrade: h2c` header is ignored, as RFC 9110 allows, and the request
 //!   is served over HTTP/1.1;
+//! - a response whose client takes none of its bytes for `http.write_timeout` (the socket
+//!   stays full: a streaming client that stopped reading) ends the connection, which
+//!   cancels the request's run and frees what it held. What a response has pending is
+//!   bounded by hyper's write buffer (about 400 KiB) and the run's event channel: hyper
+//!   polls the body only while its buffer has room, so a stalled reader stops the CLI's
+//!   output at the pipe instead of piling it up;
 //! - malformed heads are hyper's to answer: 400, 431 (head over `http.max_header_bytes`),
 //!   414, each with an empty body, and the connection closes.
 //!
@@ -204,6 +210,7 @@ async fn serve_one(
     let end = loop {
         let notified = activity.notify.notified();
         let deadline = activity.deadline(&http);
+        let write_deadline = activity.write_deadline(&http);
         tokio::select! {
             r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break End::Hyper(r),
             () = stopping.triggered(), if !stop_seen => {
@@ -220,6 +227,15 @@ async fn serve_one(
                     Some(Expired::Head) => break End::HeadTimeout,
                     Some(Expired::Idle) => break End::Close,
                     None => {}
+                }
+            }
+            () = sleep_until(write_deadline) => {
+                if activity.write_deadline(&http).is_some_and(|d| d <= Instant::now()) {
+                    // Dropping the connection drops the response body: a stream's run is
+                    // cancelled (its CLI ended) and its request and events are freed.
+                    tracing::warn!(write_timeout_s = http.write_timeout.as_secs_f64(),
+                        "client took no response bytes within http.write_timeout; closing the connection");
+                    break End::Close;
                 }
             }
             () = notified => {}
@@ -263,6 +279,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 struct Activity {
     phase: Mutex<Phase>,
     notify: Notify,
+    /// Since when the socket has refused the response's bytes (a write returned
+    /// `Pending` and none succeeded since): a client that stopped reading.
+    write_blocked: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone, Copy)]
@@ -288,7 +307,29 @@ impl Activity {
                 fresh: true,
             }),
             notify: Notify::new(),
+            write_blocked: Mutex::new(None),
         }
+    }
+
+    /// Notes how a write went: `blocked` when the socket took nothing.
+    fn on_write(&self, blocked: bool) {
+        let mut since = self.write_blocked.lock().unwrap_or_else(|e| e.into_inner());
+        match (blocked, since.is_some()) {
+            (true, false) => {
+                *since = Some(Instant::now());
+                drop(since);
+                // The connection's task arms the write deadline.
+                self.notify.notify_one();
+            }
+            (false, true) => *since = None,
+            _ => {}
+        }
+    }
+
+    /// When a stalled write gives up: `write_timeout` after the socket last refused bytes.
+    fn write_deadline(&self, http: &HttpSettings) -> Option<Instant> {
+        let since = *self.write_blocked.lock().unwrap_or_else(|e| e.into_inner());
+        since.map(|t| t + http.write_timeout)
     }
 
     fn phase(&self) -> Phase {
@@ -446,7 +487,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.activity.on_write(r.is_pending());
+        r
     }
 
     fn poll_write_vectored(
@@ -454,7 +498,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.activity.on_write(r.is_pending());
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -23,7 +23,7 @@ use super::args::{cli_args, user_line, write_system_prompt};
 use super::io::{drain_stderr, read_lines, LineMsg, Ring, MAX_LINE_BYTES};
 use super::reaper;
 use super::request::{CliRequest, CliSettings};
-use super::session::{write_session, SessionFile};
+use super::session::{session_dir, write_session, SessionFile};
 use super::stats::{BackendStats, InFlight};
 use crate::rules::{FailureFacts, GatewayCondition, SpawnErrorKind};
 
@@ -219,47 +219,47 @@ pub(super) fn spawn_cli(
 ) -> Result<Spawned, Box<FailureFacts>> {
     let model = req.model.as_deref();
     let history = req.history.as_slice();
-    let system_file = match req.system_prompt.as_deref() {
-        Some(text) => match write_system_prompt(&settings.temp_dir, text) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
-                // The path and the OS error go to the log only: a client learns that the
-                // gateway's temp dir is not writable, not where it is.
-                tracing::error!(dir = %settings.temp_dir.display(), error = %e,
-                    "cannot write the system prompt file (cli.temp_dir / TMPDIR not writable?)");
-                return Err(Box::new(FailureFacts {
-                    condition: Some(GatewayCondition::TmpUnwritable),
-                    ..FailureFacts::default()
-                }));
-            }
-        },
-        None => None,
-    };
     // A missing working directory also fails with ENOENT; say so instead of "not found".
     if let Err(e) = std::fs::metadata(&settings.workdir) {
         stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
         let msg = format!("working directory {}: {e}", settings.workdir.display());
         return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
     }
-    let mut args = cli_args(settings, req, system_file.as_ref().map(|f| f.path()));
-    let session_file = if history.is_empty() {
-        None
-    } else {
-        match write_session(settings, model, history) {
-            Ok(f) => {
-                for a in ["--resume", f.id.as_str(), "--fork-session"] {
-                    args.push(a.into());
-                }
-                Some(f)
-            }
-            Err(e) => {
-                stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
-                let msg = format!("cannot write the session file: {e}");
-                return Err(spawn_error_facts(SpawnErrorKind::Other, msg));
-            }
+    // Files next, off the async workers: a session file holds a whole earlier
+    // conversation (megabytes), a system prompt can be large too.
+    let files = crate::offload::blocking(|| {
+        let system = req
+            .system_prompt
+            .as_deref()
+            .map(|text| write_system_prompt(&settings.temp_dir, text))
+            .transpose()
+            .map_err(|e| ("system prompt file", settings.temp_dir.clone(), e))?;
+        let session = (!history.is_empty())
+            .then(|| write_session(settings, model, history))
+            .transpose()
+            .map_err(|e| ("session file", session_dir(settings), e))?;
+        Ok((system, session))
+    });
+    let (system_file, session_file) = match files {
+        Ok(files) => files,
+        Err((what, dir, e)) => {
+            stats.spawn_errors_total.fetch_add(1, Ordering::Relaxed);
+            // The path and the OS error go to the log only: a client learns that the
+            // gateway cannot write its private files, not where they are.
+            tracing::error!(dir = %dir.display(), error = %e, file = what,
+                "cannot write a run's private file (cli.temp_dir / TMPDIR, or CLAUDE_CONFIG_DIR for sessions, full or read-only?)");
+            return Err(Box::new(FailureFacts {
+                condition: Some(GatewayCondition::TmpUnwritable),
+                ..FailureFacts::default()
+            }));
         }
     };
+    let mut args = cli_args(settings, req, system_file.as_ref().map(|f| f.path()));
+    if let Some(f) = &session_file {
+        for a in ["--resume", f.id.as_str(), "--fork-session"] {
+            args.push(a.into());
+        }
+    }
     // Only a CLI with its tools can start processes that leave its group; without them
     // the run end needs no `/proc` scan (which costs about a millisecond per request).
     let tag = settings.tools.then(reaper::new_tag);

@@ -10,11 +10,43 @@ use crate::conversation::Block;
 use crate::http::errors::ApiError;
 
 /// A message's (or a system prompt's) content: a string or a list of parts.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+///
+/// Deserialized by hand, not as an untagged enum: serde buffers an untagged enum's whole
+/// value as a tree first (about 40 bytes per JSON value), which multiplied the memory of a
+/// body full of small values.
+#[derive(Debug)]
 pub enum Content {
     Text(String),
     Parts(Vec<Part>),
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Content, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Content, E> {
+                Ok(Content::Text(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Content, E> {
+                Ok(Content::Text(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Content, A::Error> {
+                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
+                while let Some(p) = seq.next_element()? {
+                    parts.push(p);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// One content part, with the fields of every part type either API sends.

@@ -25,6 +25,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::conversation::Block;
@@ -65,11 +66,32 @@ pub struct CountRequest {
     #[serde(default)]
     system: Option<Content>,
     #[serde(default)]
-    tools: Option<Vec<Value>>,
+    tools: Option<Vec<CountTool>>,
     #[serde(default)]
-    tool_choice: Option<Value>,
+    tool_choice: Option<ToolChoiceType>,
     #[serde(default)]
-    mcp_servers: Option<Value>,
+    mcp_servers: Option<Box<RawValue>>,
+}
+
+/// A tool definition as counted: its schema is only measured, so it stays raw JSON (a
+/// tree of a megabyte of small values would cost tens of megabytes).
+#[derive(Debug, Deserialize)]
+struct CountTool {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    input_schema: Option<Box<RawValue>>,
+}
+
+/// What the count needs of `tool_choice`: its type.
+#[derive(Debug, Deserialize)]
+struct ToolChoiceType {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +99,13 @@ struct MessageParam {
     role: String,
     content: Content,
 }
+
+/// Counts running at once, in all. A count of a body at the size limit takes tens of
+/// milliseconds of CPU and a few times the body's size in memory; beyond these, requests
+/// wait (their bodies unread) instead of taking every core and megabytes each.
+pub const MAX_CONCURRENT_COUNTS: usize = 2;
+
+static COUNTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_COUNTS);
 
 /// The handler of `POST /v1/messages/count_tokens`.
 pub async fn count_tokens(
@@ -88,14 +117,28 @@ pub async fn count_tokens(
     cx.record
         .set_target(req.method().as_str(), req.uri().path());
     let limit = state.settings.request_body_limit;
-    let body: CountRequest = match parse_body(Bytes::from_request(req, &state).await, limit) {
-        Ok(b) => b,
+    // The permit before the body: a waiting request holds no parsed body. (The semaphore
+    // is never closed.)
+    let Ok(_permit) = COUNTS.acquire().await else {
+        return cx.error(ApiError::invalid("token counting is not available"));
+    };
+    let body = Bytes::from_request(req, &state).await;
+    // Parsing and counting a large body is CPU work: off the async workers.
+    let counted = crate::offload::blocking(|| {
+        let body: CountRequest = parse_body(body, limit)?;
+        let model = crate::engine::check_model(&body.model)
+            .is_ok()
+            .then(|| body.model.clone());
+        Ok::<_, ApiError>((model, count(&body)))
+    });
+    let (model, counted) = match counted {
+        Ok(c) => c,
         Err(e) => return cx.error(e),
     };
-    if crate::engine::check_model(&body.model).is_ok() {
-        cx.record.set_model(&body.model);
+    if let Some(model) = model {
+        cx.record.set_model(&model);
     }
-    match count(&body) {
+    match counted {
         Ok(n) => {
             cx.record.answered(200, "ok", true);
             let mut resp = Json(json!({"input_tokens": n})).into_response();
@@ -122,7 +165,7 @@ fn count(req: &CountRequest) -> Result<u64, ApiError> {
             "messages",
         ));
     }
-    if req.mcp_servers.as_ref().is_some_and(|v| !v.is_null()) {
+    if req.mcp_servers.as_ref().is_some_and(|v| v.get() != "null") {
         return Err(ApiError::invalid_param(
             "mcp_servers: not supported by this gateway",
             "mcp_servers",
@@ -166,8 +209,7 @@ fn tools_tokens(req: &CountRequest) -> Result<u64, ApiError> {
     let forced = req
         .tool_choice
         .as_ref()
-        .and_then(|c| c.get("type"))
-        .and_then(Value::as_str)
+        .and_then(|c| c.kind.as_deref())
         .is_some_and(|t| matches!(t, "any" | "tool"));
     let mut n = if forced {
         TOOLS_PROMPT_FORCED
@@ -175,7 +217,7 @@ fn tools_tokens(req: &CountRequest) -> Result<u64, ApiError> {
         TOOLS_PROMPT_AUTO
     };
     for (i, tool) in tools.iter().enumerate() {
-        let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+        let name = tool.name.as_deref().unwrap_or_default();
         if name.is_empty() {
             return Err(ApiError::invalid_param(
                 format!("tools.{i}.name: Field required"),
@@ -184,19 +226,18 @@ fn tools_tokens(req: &CountRequest) -> Result<u64, ApiError> {
         }
         // Server tools (`web_search_20250305`, …) have a `type` and no schema: the real
         // endpoint refuses them too.
-        let kind = tool.get("type").and_then(Value::as_str).unwrap_or("custom");
+        let kind = tool.kind.as_deref().unwrap_or("custom");
         if kind != "custom" {
             return Err(ApiError::invalid_param(
                 format!("tools.{i}.type: server tool `{kind}` is not supported by this gateway"),
                 &format!("tools[{i}].type"),
             ));
         }
-        let schema = tool.get("input_schema").cloned().unwrap_or(Value::Null);
-        let description = tool.get("description").and_then(Value::as_str);
+        let schema = tool.input_schema.as_deref().map_or("null", RawValue::get);
         n += TOOL_OVERHEAD
             + estimate_text(name)
-            + description.map_or(0, estimate_text)
-            + estimate_text(&schema.to_string());
+            + tool.description.as_deref().map_or(0, estimate_text)
+            + estimate_text(schema);
     }
     Ok(n)
 }

@@ -166,12 +166,23 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
     };
     let id = A::answer_id();
     if A::wants_stream(&body) {
-        if let Err(v) = run.first_content().await {
+        // A failure known before the first byte keeps its real status (SDKs map it to
+        // their exception and retry 429 / 5xx), but a stream is never silent longer than
+        // `sse_keepalive`: a run with no content by then (a queue wait, a slow start) gets
+        // its headers and a keep-alive now, and a later failure is the API's error event.
+        let waited = match state.settings.sse_keepalive {
+            Some(every) => tokio::time::timeout(every, run.first_content()).await.ok(),
+            None => Some(run.first_content().await),
+        };
+        if let Some(Err(v)) = waited {
             return cx.error(ApiError::Verdict(v));
         }
         cx.record.answered(200, "ok", false);
-        let framer = A::framer(body, id, run.prompt_usage());
-        return sse_response(cx, run, framer, state.settings.sse_keepalive);
+        let start = match waited {
+            Some(_) => Start::Open(A::framer(body, id, run.prompt_usage())),
+            None => Start::Waiting(body, id),
+        };
+        return sse_response::<A>(cx, run, start, state.settings.sse_keepalive);
     }
     match run.complete().await {
         Ok(answer) => {
@@ -182,16 +193,34 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
     }
 }
 
-/// The SSE response of a running turn: the framer's opening events, then its events for
-/// each step until the finish or the failure. The body stream owns the run, so a client
-/// that goes away drops it (and the CLI is ended).
-fn sse_response<F: Framer>(
+/// How a stream begins: with its framer (the first content is ready), or still waiting
+/// for it (the request and answer id the framer is made from once it comes).
+enum Start<A: Api> {
+    Open(A::Framer),
+    Waiting(A::Request, String),
+}
+
+/// Where a stream is: its events to send next, then the framer (None while it waits for
+/// the first content, with what makes the framer).
+struct Streaming<A: Api> {
     cx: Cx,
     run: TurnRun,
-    mut framer: F,
+    framer: Option<A::Framer>,
+    waiting: Option<(A::Request, String)>,
+    next: Option<Vec<Event>>,
+}
+
+/// The SSE response of a running turn: the framer's opening events, then its events for
+/// each step until the finish or the failure. A stream that starts before its first
+/// content opens with a keep-alive and then waits for it; a failure there is the API's
+/// error event. The body stream owns the run, so a client that goes away drops it (and
+/// the CLI is ended).
+fn sse_response<A: Api>(
+    cx: Cx,
+    run: TurnRun,
+    start: Start<A>,
     keep_alive: Option<Duration>,
 ) -> Response {
-    let opening = framer.opening();
     let keep_alive = keep_alive.map(|every| {
         // Sent only while the stream is idle that long: proxies with read timeouts
         // (nginx: 60 s) must not cut a stream whose CLI is quiet for a while. Anthropic
@@ -203,30 +232,63 @@ fn sse_response<F: Framer>(
             Flavour::Openai => KeepAlive::new().interval(every).text("keep-alive"),
         }
     });
-    let events = futures_util::stream::unfold(
-        (cx, run, framer, Some(opening)),
-        |(cx, mut run, mut framer, opening)| async move {
-            if let Some(v) = opening {
-                return Some((v, (cx, run, framer, None)));
-            }
-            let events = match run.next().await? {
-                TurnStep::Text(t) => framer.text(t),
-                TurnStep::ToolStart { index, id, name } => framer.tool_start(index, id, name),
-                TurnStep::ToolArgs { index, fragment } => framer.tool_args(index, fragment),
-                TurnStep::Thinking(t) => framer.thinking(t),
-                TurnStep::Finish(s) => {
-                    cx.record.stream_finished();
-                    framer.finish(&s)
+    let state = match start {
+        Start::Open(mut framer) => Streaming::<A> {
+            next: Some(framer.opening()),
+            framer: Some(framer),
+            waiting: None,
+            cx,
+            run,
+        },
+        Start::Waiting(req, id) => Streaming::<A> {
+            next: Some(vec![match cx.flavour {
+                Flavour::Anthropic => Event::default().event("ping").data(r#"{"type":"ping"}"#),
+                Flavour::Openai => Event::default().comment("keep-alive"),
+            }]),
+            framer: None,
+            waiting: Some((req, id)),
+            cx,
+            run,
+        },
+    };
+    let events = futures_util::stream::unfold(state, |mut st| async move {
+        if let Some(v) = st.next.take() {
+            return Some((v, st));
+        }
+        if let Some((req, id)) = st.waiting.take() {
+            let events = match st.run.first_content().await {
+                Ok(()) => {
+                    let mut framer = A::framer(req, id, st.run.prompt_usage());
+                    let opening = framer.opening();
+                    st.framer = Some(framer);
+                    opening
                 }
-                TurnStep::Fail(v) => {
-                    cx.record.stream_failed(&v.kind);
-                    let body = cx.render(&ApiError::Verdict(v)).body;
-                    framer.fail(body)
+                Err(v) => {
+                    st.cx.record.stream_failed(&v.kind);
+                    let body = st.cx.render(&ApiError::Verdict(v)).body;
+                    A::framer(req, id, None).fail(body)
                 }
             };
-            Some((events, (cx, run, framer, None)))
-        },
-    );
+            return Some((events, st));
+        }
+        let framer = st.framer.as_mut()?;
+        let events = match st.run.next().await? {
+            TurnStep::Text(t) => framer.text(t),
+            TurnStep::ToolStart { index, id, name } => framer.tool_start(index, id, name),
+            TurnStep::ToolArgs { index, fragment } => framer.tool_args(index, fragment),
+            TurnStep::Thinking(t) => framer.thinking(t),
+            TurnStep::Finish(s) => {
+                st.cx.record.stream_finished();
+                framer.finish(&s)
+            }
+            TurnStep::Fail(v) => {
+                st.cx.record.stream_failed(&v.kind);
+                let body = st.cx.render(&ApiError::Verdict(v)).body;
+                framer.fail(body)
+            }
+        };
+        Some((events, st))
+    });
     let flat = futures_util::StreamExt::flat_map(events, |v| {
         futures_util::stream::iter(v.into_iter().map(Ok::<_, std::convert::Infallible>))
     });

@@ -9,6 +9,7 @@ mod config;
 mod conversations;
 mod edge;
 mod fake_tools;
+mod hardening;
 mod harness;
 mod health;
 mod held_accounts;

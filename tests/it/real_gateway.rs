@@ -611,6 +611,14 @@ async fn real_cli_fresh_process_resumes_earlier_turns_from_a_synthesized_session
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // Nor is the project directory the session file needed.
+    let dirs: Vec<_> = std::fs::read_dir(home.path().join(".claude/projects"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
 }
 
 /// Bytes and files under `dir`, recursively.

@@ -1,0 +1,237 @@
+//! Hardening (issue 27): files written off the runtime and private, slow readers cut,
+//! streams that answer at once, bounded count_tokens, and the smaller findings.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{eventually, post, Opts, TestServer};
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// A conversation with an earlier exchange: it is presented as a synthesized session file.
+fn with_history() -> Value {
+    json!({"model": "sonnet", "messages": [
+        {"role": "user", "content": "Earlier question"},
+        {"role": "assistant", "content": "Earlier answer"},
+        {"role": "user", "content": "And now?"}]})
+}
+
+#[tokio::test]
+async fn an_unwritable_config_dir_is_tmp_unwritable_without_the_path() {
+    // A config dir whose `projects/` is a regular file: the session file cannot be created,
+    // as when CLAUDE_CONFIG_DIR is full or read-only.
+    let base = tempfile::tempdir().unwrap();
+    let config = base.path().join("secret-config-dir");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("projects"), "x").unwrap();
+    let shown = config.display().to_string();
+    let s = TestServer::start(Opts {
+        env: vec![("CLAUDE_CONFIG_DIR", shown)],
+        ..Opts::default()
+    })
+    .await;
+    let (st, _, text) = post(&s, "/v1/chat/completions", &with_history()).await;
+    assert_eq!(st, 503, "{text}");
+    let v = json_of(&text);
+    assert_eq!(v["error"]["code"], "gateway_tmp_unwritable", "{v}");
+    assert!(!text.contains("secret-config-dir"), "{text}");
+    // Without history no session file is needed: the same gateway answers.
+    let plain = json!({"model": "sonnet", "messages": [{"role": "user", "content": "hi"}]});
+    let (st, _, text) = post(&s, "/v1/chat/completions", &plain).await;
+    assert_eq!(st, 200, "{text}");
+}
+
+#[tokio::test]
+async fn session_files_leave_no_project_directory() {
+    let s = TestServer::start(Opts::default()).await;
+    for _ in 0..2 {
+        let (st, _, text) = post(&s, "/v1/chat/completions", &with_history()).await;
+        assert_eq!(st, 200, "{text}");
+    }
+    let projects = s.claude_config_dir.join("projects");
+    let left = || -> Vec<_> {
+        std::fs::read_dir(&projects)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    let gone = eventually(Duration::from_secs(5), || left().is_empty()).await;
+    assert!(gone, "{:?}", left());
+}
+
+/// Sends `n` pipelined raw HTTP/1.1 POSTs on a connection whose receive buffer is small,
+/// and returns the connection without reading anything.
+async fn stalled_posts(
+    s: &TestServer,
+    path: &str,
+    body: &Value,
+    n: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = sock.connect(addr).await.unwrap();
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    for _ in 0..n {
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(body.as_bytes()).await.unwrap();
+    }
+    tcp
+}
+
+#[tokio::test]
+async fn a_stalled_streaming_reader_is_cut_after_the_write_timeout() {
+    let s = TestServer::start(Opts {
+        // Streamed 80 times: 9.6 MB, more than the sockets' buffers (a few MB) hold.
+        env: vec![
+            ("FAKE_CLAUDE_TEXT", vec!["x".repeat(10_000); 12].join(" ")),
+            ("FAKE_CLAUDE_REPEAT", "80".into()),
+        ],
+        tweak: Box::new(|c| {
+            c.http.write_timeout = 1.0;
+            // A finished run would be kept: in_flight then says nothing about cancelling.
+            c.cli.keep_conversations = 0;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    let body = json!({"model": "sonnet", "stream": true,
+        "messages": [{"role": "user", "content": "Say a lot."}]});
+    // Pipelined: hyper answers them one after another, until the socket stays full.
+    const SENT: usize = 1;
+    let mut tcp = stalled_posts(&s, "/v1/chat/completions", &body, SENT).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stats = s.state.backend.stats().snapshot();
+    assert_eq!(stats.in_flight, 0, "the run was cancelled: {stats:?}");
+    assert_eq!(stats.cancelled_total, 1, "{stats:?}");
+    // What the socket still holds ends before the stream's end: the connection was closed.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut got),
+    )
+    .await;
+    assert!(read.is_ok(), "the server closed the connection");
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "{}",
+        &got[..got.len().min(200)]
+    );
+    let done = got.matches("[DONE]").count();
+    assert!(done < SENT, "the streams were cut before their end: {done}");
+}
+
+#[tokio::test]
+async fn a_stream_waiting_for_its_first_content_answers_at_the_keepalive_interval() {
+    let s = TestServer::start(Opts {
+        tweak: Box::new(|c| {
+            c.sse_keepalive = 0.3;
+            c.cli.max_concurrent = 1;
+            c.cli.keep_conversations = 0;
+            c.cli.max_held_runs = 0;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    // The only slot is busy for about 2 s: the stream waits in the queue.
+    let busy = json!({"model": "sonnet", "messages": [
+        {"role": "user", "content": "[[scenario:slow]] take your time"}]});
+    let s2 = s.base.clone();
+    let first = tokio::spawn(async move {
+        crate::harness::client()
+            .post(format!("{s2}/v1/chat/completions"))
+            .json(&busy)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let resp = crate::harness::client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&crate::harness::chat_body("hi", true))
+        .send()
+        .await
+        .unwrap();
+    let headers_after = started.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        headers_after < Duration::from_millis(1_000),
+        "headers after {headers_after:?}, not after the queue wait"
+    );
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with(": keep-alive"), "{text}");
+    assert!(text.contains("Hello") && text.contains("[DONE]"), "{text}");
+    assert!(!first.await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failure_after_the_stream_began_is_the_apis_error_event() {
+    let s = TestServer::start(Opts {
+        scenario: "hang",
+        tweak: Box::new(|c| {
+            c.sse_keepalive = 0.3;
+            c.cli.start_timeout = 1.5;
+            c.cli.inactivity_timeout = 1.5;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    let (st, _, text) = post(
+        &s,
+        "/v1/messages",
+        &crate::harness::messages_body("hi", true),
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+    let events = crate::harness::sse_events(&text);
+    assert_eq!(events[0].0.as_deref(), Some("ping"), "{text}");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name.as_deref(), Some("error"), "{text}");
+    assert_eq!(json_of(data)["error"]["type"], "timeout_error", "{text}");
+    let (st, _, text) = post(
+        &s,
+        "/v1/chat/completions",
+        &crate::harness::chat_body("hi", true),
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+    assert!(text.starts_with(": keep-alive"), "{text}");
+    let last = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
+    assert_eq!(json_of(last)["error"]["code"], "timeout", "{text}");
+}
+
+#[tokio::test]
+async fn a_failure_before_the_keepalive_interval_keeps_its_status() {
+    let s = TestServer::start(Opts {
+        scenario: "rate_limit",
+        tweak: Box::new(|c| c.sse_keepalive = 5.0),
+        ..Opts::default()
+    })
+    .await;
+    let (st, _, text) = post(
+        &s,
+        "/v1/messages",
+        &crate::harness::messages_body("hi", true),
+    )
+    .await;
+    assert_eq!(st, 429, "{text}");
+}
