@@ -1,0 +1,145 @@
+//! The `response` object (the request's settings echoed), its output items and usage, and
+//! storing the answered conversation for `previous_response_id`.
+
+use serde_json::{json, Value};
+
+use super::request::ResponsesRequest;
+use crate::conversation::{Block, Message, Role};
+use crate::protocol::{Success, Usage};
+use crate::response_store::StoredConversation;
+
+pub(super) fn incomplete(s: &Success) -> bool {
+    matches!(s.stop_reason.as_deref(), Some("max_tokens" | "max_turns"))
+}
+
+pub(super) fn usage(u: &Usage) -> Value {
+    let input = u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens;
+    json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
+        "output_tokens": u.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input + u.output_tokens,
+    })
+}
+
+/// The output item id of the call `call_id` (`fc_…`, derived so both paths agree).
+pub(super) fn function_call_id(call_id: &str) -> String {
+    format!("fc_{}", call_id.strip_prefix("toolu_").unwrap_or(call_id))
+}
+
+/// A `function_call` output item.
+pub(super) fn function_call_output(
+    id: &str,
+    call_id: &str,
+    name: &str,
+    arguments: &str,
+    status: &str,
+) -> Value {
+    json!({"id": id, "type": "function_call", "status": status, "arguments": arguments,
+        "call_id": call_id, "name": name})
+}
+
+/// The assistant message item of an answer.
+pub(super) fn message_item(id: &str, status: &str, text: Option<&str>) -> Value {
+    let content = match text {
+        Some(t) => json!([{"type": "output_text", "text": t, "annotations": [], "logprobs": []}]),
+        None => json!([]),
+    };
+    json!({"id": id, "type": "message", "status": status, "role": "assistant", "content": content})
+}
+
+impl ResponsesRequest {
+    /// The `response` object with this request's settings echoed.
+    pub(super) fn response(&self, id: &str, created_at: u64, status: &str, output: Value) -> Value {
+        json!({
+            "id": id,
+            "object": "response",
+            "created_at": created_at,
+            "status": status,
+            "background": false,
+            "error": null,
+            "incomplete_details": null,
+            "instructions": self.instructions,
+            "max_output_tokens": self.max_output_tokens,
+            "max_tool_calls": null,
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": self.parallel_tool_calls.unwrap_or(true),
+            "previous_response_id": self.previous_response_id,
+            "reasoning": {"effort": null, "summary": null},
+            "service_tier": "default",
+            "store": self.store.unwrap_or(true),
+            "temperature": self.temperature.unwrap_or(1.0),
+            "text": {
+                "format": self.text.as_ref().and_then(|t| t.get("format")).filter(|f| !f.is_null())
+                    .cloned().unwrap_or_else(|| json!({"type": "text"})),
+                "verbosity": "medium",
+            },
+            "tool_choice": self.tool_choice.clone().filter(|c| !c.is_null()).unwrap_or_else(|| "auto".into()),
+            "tools": [],
+            "top_logprobs": 0,
+            "top_p": self.top_p.unwrap_or(1.0),
+            "truncation": "disabled",
+            "usage": null,
+            "user": self.user,
+            "metadata": self.metadata.clone().filter(|m| !m.is_null()).unwrap_or_else(|| json!({})),
+        })
+    }
+
+    /// The finished `response` object of an answer.
+    pub(super) fn finished(
+        &self,
+        id: &str,
+        created_at: u64,
+        msg_id: &str,
+        s: &Success,
+        text: &str,
+    ) -> Value {
+        let (status, details) = if incomplete(s) {
+            ("incomplete", json!({"reason": "max_output_tokens"}))
+        } else {
+            ("completed", Value::Null)
+        };
+        let mut output = Vec::with_capacity(s.tool_calls.len() + 1);
+        if !text.is_empty() || s.tool_calls.is_empty() {
+            output.push(message_item(msg_id, status, Some(text)));
+        }
+        output.extend(s.tool_calls.iter().map(|c| {
+            function_call_output(
+                &function_call_id(&c.id),
+                &c.id,
+                &c.name,
+                &c.input.to_string(),
+                "completed",
+            )
+        }));
+        let mut r = self.response(id, created_at, status, Value::Array(output));
+        r["incomplete_details"] = details;
+        r["usage"] = usage(&s.usage);
+        r
+    }
+
+    /// Stores the answered conversation under `id` (unless `store: false`).
+    pub(super) fn remember(&self, id: &str, text: &str, s: &Success) {
+        let (Some((store, tenant)), Some(c)) = (&self.ctx.store, self.ctx.conversation.get())
+        else {
+            return;
+        };
+        let mut messages = c.messages.clone();
+        let mut blocks = vec![Block::Text(text.to_string())];
+        blocks.extend(s.tool_calls.iter().map(|c| Block::ToolUse {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            input: c.input.clone(),
+        }));
+        messages.push(Message::new(Role::Assistant, blocks));
+        let stored = StoredConversation {
+            model: self.model.clone(),
+            messages,
+        };
+        if !store.put(id, tenant, stored) {
+            tracing::debug!(response_id = id, "conversation too large to store");
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The Responses SSE sequence of a streamed answer: `response.created`,
+//! `response.in_progress`, one output item per message or function call with its deltas
+//! and `done` events, then `response.completed` / `response.incomplete`, or `error` +
+//! `response.failed`; every event with its `sequence_number`.
+
+use axum::response::sse::Event;
+use serde_json::{json, Map, Value};
+
+use super::output::{function_call_id, function_call_output, incomplete, message_item};
+use super::request::ResponsesRequest;
+use crate::http::handler::Framer;
+use crate::http::unix_now;
+use crate::protocol::Success;
+
+/// The Responses API's streaming events.
+pub struct ResponseFramer {
+    req: ResponsesRequest,
+    id: String,
+    msg_id: String,
+    created_at: u64,
+    sequence: u64,
+    /// The text so far (the `done` events repeat it).
+    text: String,
+    /// Output items started so far.
+    items: usize,
+    /// The open item: the message (its text is `text`), or a function call.
+    open: Option<OpenItem>,
+}
+
+/// The output item being streamed.
+enum OpenItem {
+    Message {
+        index: usize,
+    },
+    Call {
+        index: usize,
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+impl ResponseFramer {
+    pub(super) fn new(req: ResponsesRequest, id: String) -> ResponseFramer {
+        ResponseFramer {
+            req,
+            id,
+            msg_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            created_at: unix_now(),
+            sequence: 0,
+            text: String::new(),
+            items: 0,
+            open: None,
+        }
+    }
+
+    /// One event: `type` first, the fields, then its `sequence_number`.
+    fn event(&mut self, kind: &str, fields: Value) -> Event {
+        let mut m = Map::new();
+        m.insert("type".into(), kind.into());
+        if let Value::Object(f) = fields {
+            m.extend(f);
+        }
+        m.insert("sequence_number".into(), self.sequence.into());
+        self.sequence += 1;
+        Event::default()
+            .event(kind)
+            .data(Value::Object(m).to_string())
+    }
+
+    fn part(text: &str) -> Value {
+        json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+    }
+}
+
+impl ResponseFramer {
+    /// Opens the message item (its one text part).
+    fn open_message(&mut self, out: &mut Vec<Event>) -> usize {
+        let index = self.items;
+        self.items += 1;
+        let item = message_item(&self.msg_id, "in_progress", None);
+        let item_id = self.msg_id.clone();
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ));
+        out.push(self.event(
+            "response.content_part.added",
+            json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                   "part": Self::part("")}),
+        ));
+        self.open = Some(OpenItem::Message { index });
+        index
+    }
+
+    /// Closes the open item with its `done` events.
+    fn close(&mut self, out: &mut Vec<Event>, status: &str) {
+        match self.open.take() {
+            None => {}
+            Some(OpenItem::Message { index }) => {
+                let text = self.text.clone();
+                let item_id = self.msg_id.clone();
+                out.push(self.event(
+                    "response.output_text.done",
+                    json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                           "text": text, "logprobs": []}),
+                ));
+                out.push(self.event(
+                    "response.content_part.done",
+                    json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                           "part": Self::part(&text)}),
+                ));
+                let item = message_item(&self.msg_id, status, Some(&text));
+                out.push(self.event(
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                ));
+            }
+            Some(OpenItem::Call {
+                index,
+                id,
+                call_id,
+                name,
+                arguments,
+            }) => {
+                out.push(self.event(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": index, "name": name,
+                           "arguments": arguments}),
+                ));
+                let item = function_call_output(&id, &call_id, &name, &arguments, "completed");
+                out.push(self.event(
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                ));
+            }
+        }
+    }
+}
+
+impl Framer for ResponseFramer {
+    fn opening(&mut self) -> Vec<Event> {
+        let r = self
+            .req
+            .response(&self.id, self.created_at, "in_progress", json!([]));
+        vec![
+            self.event("response.created", json!({"response": r})),
+            self.event("response.in_progress", json!({"response": r})),
+        ]
+    }
+
+    fn text(&mut self, text: String) -> Vec<Event> {
+        let mut out = Vec::new();
+        let index = match self.open {
+            Some(OpenItem::Message { index }) => index,
+            _ => {
+                self.close(&mut out, "completed");
+                self.open_message(&mut out)
+            }
+        };
+        self.text.push_str(&text);
+        let item_id = self.msg_id.clone();
+        out.push(self.event(
+            "response.output_text.delta",
+            json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                   "delta": text, "logprobs": []}),
+        ));
+        out
+    }
+
+    fn tool_start(&mut self, _index: usize, call_id: String, name: String) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.close(&mut out, "completed");
+        let index = self.items;
+        self.items += 1;
+        let id = function_call_id(&call_id);
+        let item = function_call_output(&id, &call_id, &name, "", "in_progress");
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ));
+        self.open = Some(OpenItem::Call {
+            index,
+            id,
+            call_id,
+            name,
+            arguments: String::new(),
+        });
+        out
+    }
+
+    fn tool_args(&mut self, _index: usize, fragment: String) -> Vec<Event> {
+        let Some(OpenItem::Call {
+            index,
+            id,
+            arguments,
+            ..
+        }) = self.open.as_mut()
+        else {
+            return Vec::new();
+        };
+        arguments.push_str(&fragment);
+        let (index, id) = (*index, id.clone());
+        vec![self.event(
+            "response.function_call_arguments.delta",
+            json!({"item_id": id, "output_index": index, "delta": fragment}),
+        )]
+    }
+
+    fn finish(&mut self, s: &Success) -> Vec<Event> {
+        let mut out = Vec::new();
+        let status = if incomplete(s) {
+            "incomplete"
+        } else {
+            "completed"
+        };
+        if self.items == 0 {
+            // An empty answer still has its (empty) message item.
+            self.open_message(&mut out);
+        }
+        self.close(&mut out, status);
+        let text = std::mem::take(&mut self.text);
+        self.req.remember(&self.id, &text, s);
+        let done = self
+            .req
+            .finished(&self.id, self.created_at, &self.msg_id, s, &text);
+        let last = if incomplete(s) {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        out.push(self.event(last, json!({"response": done})));
+        out
+    }
+
+    /// `error` with the error's code, message and param, then `response.failed` with the
+    /// failed response (its `error` has the code and message).
+    fn fail(&mut self, body: Value) -> Vec<Event> {
+        let e = &body["error"];
+        let code = e["code"]
+            .as_str()
+            .or_else(|| e["type"].as_str())
+            .unwrap_or("server_error")
+            .to_string();
+        let message = e["message"]
+            .as_str()
+            .unwrap_or("The request failed.")
+            .to_string();
+        let mut r = self
+            .req
+            .response(&self.id, self.created_at, "failed", json!([]));
+        r["error"] = json!({"code": code, "message": message});
+        vec![
+            self.event(
+                "error",
+                json!({"code": code, "message": message, "param": e["param"].clone()}),
+            ),
+            self.event("response.failed", json!({"response": r})),
+        ]
+    }
+}
