@@ -88,7 +88,11 @@ pub async fn count_tokens(
     cx.record
         .set_target(req.method().as_str(), req.uri().path());
     let limit = state.settings.request_body_limit;
-    let body: CountRequest = match parse_body(Bytes::from_request(req, &state).await, limit) {
+    let body: CountRequest = match parse_body(
+        Bytes::from_request(req, &state).await,
+        limit,
+        Flavour::Anthropic,
+    ) {
         Ok(b) => b,
         Err(e) => return cx.error(e),
     };
@@ -109,7 +113,10 @@ pub async fn count_tokens(
 
 /// Parses a body and estimates its input tokens (pure; used by tests).
 pub fn count_body(body: &[u8]) -> Result<u64, ApiError> {
-    count(&crate::http::extract::parse_json_bytes(body)?)
+    count(&crate::http::extract::parse_json_in(
+        body,
+        Flavour::Anthropic,
+    )?)
 }
 
 /// The estimated input tokens of a request, after the checks `/v1/messages` makes.

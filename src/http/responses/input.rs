@@ -238,15 +238,20 @@ fn input_item(i: usize, item: &Value) -> Result<Option<Message>, ApiError> {
 }
 
 /// The conversation a request asks to continue: the stored one's messages, then `input`;
-/// `instructions` as the system prompt.
+/// `instructions` as the system prompt. With it, where each message came from
+/// (`previous_response_id`, `input`, `input[i]`), to name it in a later error.
 pub(super) fn conversation(
     req: &ResponsesRequest,
     previous: Option<&StoredConversation>,
-) -> Result<Conversation, ApiError> {
+) -> Result<(Conversation, Vec<String>), ApiError> {
     let mut messages = previous.map(|p| p.messages.clone()).unwrap_or_default();
+    let mut sources = vec!["previous_response_id".to_string(); messages.len()];
     match &req.input {
         None => return Err(ApiError::invalid_param("`input` is required", "input")),
-        Some(Input::Text(t)) => messages.push(Message::text(Role::User, t.clone())),
+        Some(Input::Text(t)) => {
+            messages.push(Message::text(Role::User, t.clone()));
+            sources.push("input".into());
+        }
         Some(Input::Items(items)) => {
             if items.is_empty() {
                 return Err(ApiError::invalid_param(
@@ -255,7 +260,10 @@ pub(super) fn conversation(
                 ));
             }
             for (i, item) in items.iter().enumerate() {
-                messages.extend(input_item(i, item)?);
+                if let Some(m) = input_item(i, item)? {
+                    messages.push(m);
+                    sources.push(format!("input[{i}]"));
+                }
             }
         }
     }
@@ -266,5 +274,5 @@ pub(super) fn conversation(
     conversation
         .validate()
         .map_err(|e| ApiError::invalid_param(format!("`input`: {e}"), "input"))?;
-    Ok(conversation)
+    Ok((conversation, sources))
 }

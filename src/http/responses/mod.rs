@@ -36,7 +36,8 @@ use serde_json::Value;
 
 use self::input::conversation;
 use self::params::{refuse_unsupported, run_options, tool_set};
-use crate::engine::TurnRequest;
+use crate::backend::present::PresentError;
+use crate::engine::{TurnError, TurnRequest};
 use crate::http::errors::ApiError;
 use crate::http::handler::Api;
 use crate::http::state::AppState;
@@ -53,7 +54,7 @@ pub struct Responses;
 /// Parses and validates a request body into the turn it asks for (pure; fuzzed). A
 /// `previous_response_id` is not found here (there is no store).
 pub fn parse_request(body: &[u8]) -> Result<TurnRequest, ApiError> {
-    let req: ResponsesRequest = crate::http::extract::parse_json_bytes(body)?;
+    let req: ResponsesRequest = crate::http::extract::parse_json_in(body, Flavour::Openai)?;
     Responses::translate(&req)
 }
 
@@ -103,13 +104,35 @@ impl Api for Responses {
             return Err(ApiError::PreviousResponseNotFound(shown_id(id)));
         }
         let tools = tool_set(req)?;
-        let conversation = conversation(req, req.ctx.previous.as_deref())?;
+        let (conversation, sources) = conversation(req, req.ctx.previous.as_deref())?;
         let _ = req.ctx.conversation.set(conversation.clone());
+        let _ = req.ctx.sources.set(sources);
         let options = run_options(req)?;
         let mut turn = crate::http::handler::turn_request(conversation, &req.model, Vec::new())?;
         turn.tools = tools;
         turn.options = options;
         Ok(turn)
+    }
+
+    /// A conversation the CLI cannot be shown is named by the input item it came from
+    /// (`input[i]`), not by the neutral conversation's message index.
+    fn start_error(req: &ResponsesRequest, e: TurnError) -> ApiError {
+        match e {
+            TurnError::Present(p) => {
+                let param = match &p {
+                    PresentError::Unsupported { message, .. } => req
+                        .ctx
+                        .sources
+                        .get()
+                        .and_then(|s| s.get(*message))
+                        .cloned()
+                        .unwrap_or_else(|| "input".into()),
+                    PresentError::Shape(_) => "input".into(),
+                };
+                ApiError::invalid_param(p.to_string(), &param)
+            }
+            e => e.into(),
+        }
     }
 
     fn answer_id() -> String {

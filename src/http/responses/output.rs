@@ -67,7 +67,7 @@ impl ResponsesRequest {
             "output": output,
             "parallel_tool_calls": self.parallel_tool_calls.unwrap_or(true),
             "previous_response_id": self.previous_response_id,
-            "reasoning": {"effort": null, "summary": null},
+            "reasoning": self.reasoning_echo(),
             "service_tier": "default",
             "store": self.store.unwrap_or(true),
             "temperature": self.temperature.unwrap_or(1.0),
@@ -77,7 +77,7 @@ impl ResponsesRequest {
                 "verbosity": "medium",
             },
             "tool_choice": self.tool_choice.clone().filter(|c| !c.is_null()).unwrap_or_else(|| "auto".into()),
-            "tools": [],
+            "tools": self.tools.clone().unwrap_or_default(),
             "top_logprobs": 0,
             "top_p": self.top_p.unwrap_or(1.0),
             "truncation": "disabled",
@@ -85,6 +85,18 @@ impl ResponsesRequest {
             "user": self.user,
             "metadata": self.metadata.clone().filter(|m| !m.is_null()).unwrap_or_else(|| json!({})),
         })
+    }
+
+    /// `reasoning` as the request gave it (`effort` and `summary`, null when not given).
+    fn reasoning_echo(&self) -> Value {
+        let field = |k: &str| {
+            self.reasoning
+                .as_ref()
+                .and_then(|r| r.get(k))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        json!({"effort": field("effort"), "summary": field("summary")})
     }
 
     /// The finished `response` object of an answer.

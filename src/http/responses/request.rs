@@ -75,4 +75,6 @@ pub(super) struct Ctx {
     pub(super) store: Option<(Arc<ResponseStore>, String)>,
     /// The translated conversation (what is stored with the answer).
     pub(super) conversation: OnceLock<Conversation>,
+    /// Where each message of `conversation` came from (`input[i]`…), for errors.
+    pub(super) sources: OnceLock<Vec<String>>,
 }

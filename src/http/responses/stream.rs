@@ -16,21 +16,29 @@ use crate::protocol::Success;
 pub struct ResponseFramer {
     req: ResponsesRequest,
     id: String,
-    msg_id: String,
     created_at: u64,
     sequence: u64,
-    /// The text so far (the `done` events repeat it).
+    /// The answer's whole text so far (what is stored for `previous_response_id`).
     text: String,
+    /// The output items finished so far, in order (the final `response` lists them as
+    /// they were streamed: text after a call is a message item of its own).
+    done: Vec<Value>,
     /// Output items started so far.
     items: usize,
-    /// The open item: the message (its text is `text`), or a function call.
+    /// The open item: a message (its own id and text, which its `done` events repeat),
+    /// or a function call.
     open: Option<OpenItem>,
+    /// Every event's data, for the unit tests.
+    #[cfg(test)]
+    sent: Vec<Value>,
 }
 
 /// The output item being streamed.
 enum OpenItem {
     Message {
         index: usize,
+        id: String,
+        text: String,
     },
     Call {
         index: usize,
@@ -46,12 +54,14 @@ impl ResponseFramer {
         ResponseFramer {
             req,
             id,
-            msg_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
             created_at: unix_now(),
             sequence: 0,
             text: String::new(),
+            done: Vec::new(),
             items: 0,
             open: None,
+            #[cfg(test)]
+            sent: Vec::new(),
         }
     }
 
@@ -64,6 +74,8 @@ impl ResponseFramer {
         }
         m.insert("sequence_number".into(), self.sequence.into());
         self.sequence += 1;
+        #[cfg(test)]
+        self.sent.push(Value::Object(m.clone()));
         Event::default()
             .event(kind)
             .data(Value::Object(m).to_string())
@@ -75,12 +87,12 @@ impl ResponseFramer {
 }
 
 impl ResponseFramer {
-    /// Opens the message item (its one text part).
+    /// Opens a message item (its one text part), with a new id.
     fn open_message(&mut self, out: &mut Vec<Event>) -> usize {
         let index = self.items;
         self.items += 1;
-        let item = message_item(&self.msg_id, "in_progress", None);
-        let item_id = self.msg_id.clone();
+        let item_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        let item = message_item(&item_id, "in_progress", None);
         out.push(self.event(
             "response.output_item.added",
             json!({"output_index": index, "item": item}),
@@ -90,7 +102,11 @@ impl ResponseFramer {
             json!({"item_id": item_id, "output_index": index, "content_index": 0,
                    "part": Self::part("")}),
         ));
-        self.open = Some(OpenItem::Message { index });
+        self.open = Some(OpenItem::Message {
+            index,
+            id: item_id,
+            text: String::new(),
+        });
         index
     }
 
@@ -98,9 +114,11 @@ impl ResponseFramer {
     fn close(&mut self, out: &mut Vec<Event>, status: &str) {
         match self.open.take() {
             None => {}
-            Some(OpenItem::Message { index }) => {
-                let text = self.text.clone();
-                let item_id = self.msg_id.clone();
+            Some(OpenItem::Message {
+                index,
+                id: item_id,
+                text,
+            }) => {
                 out.push(self.event(
                     "response.output_text.done",
                     json!({"item_id": item_id, "output_index": index, "content_index": 0,
@@ -111,11 +129,12 @@ impl ResponseFramer {
                     json!({"item_id": item_id, "output_index": index, "content_index": 0,
                            "part": Self::part(&text)}),
                 ));
-                let item = message_item(&self.msg_id, status, Some(&text));
+                let item = message_item(&item_id, status, Some(&text));
                 out.push(self.event(
                     "response.output_item.done",
                     json!({"output_index": index, "item": item}),
                 ));
+                self.done.push(item);
             }
             Some(OpenItem::Call {
                 index,
@@ -134,6 +153,7 @@ impl ResponseFramer {
                     "response.output_item.done",
                     json!({"output_index": index, "item": item}),
                 ));
+                self.done.push(item);
             }
         }
     }
@@ -152,15 +172,21 @@ impl Framer for ResponseFramer {
 
     fn text(&mut self, text: String) -> Vec<Event> {
         let mut out = Vec::new();
-        let index = match self.open {
-            Some(OpenItem::Message { index }) => index,
-            _ => {
-                self.close(&mut out, "completed");
-                self.open_message(&mut out)
-            }
-        };
+        if !matches!(self.open, Some(OpenItem::Message { .. })) {
+            self.close(&mut out, "completed");
+            self.open_message(&mut out);
+        }
         self.text.push_str(&text);
-        let item_id = self.msg_id.clone();
+        let Some(OpenItem::Message {
+            index,
+            id,
+            text: item_text,
+        }) = self.open.as_mut()
+        else {
+            return out;
+        };
+        item_text.push_str(&text);
+        let (index, item_id) = (*index, id.clone());
         out.push(self.event(
             "response.output_text.delta",
             json!({"item_id": item_id, "output_index": index, "content_index": 0,
@@ -222,9 +248,8 @@ impl Framer for ResponseFramer {
         self.close(&mut out, status);
         let text = std::mem::take(&mut self.text);
         self.req.remember(&self.id, &text, s);
-        let done = self
-            .req
-            .finished(&self.id, self.created_at, &self.msg_id, s, &text);
+        let mut done = self.req.finished(&self.id, self.created_at, "", s, &text);
+        done["output"] = Value::Array(std::mem::take(&mut self.done));
         let last = if incomplete(s) {
             "response.incomplete"
         } else {
@@ -258,5 +283,67 @@ impl Framer for ResponseFramer {
             ),
             self.event("response.failed", json!({"response": r})),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::ToolCall;
+
+    fn framer() -> ResponseFramer {
+        let req: ResponsesRequest =
+            serde_json::from_value(json!({"model": "sonnet", "input": "hi", "stream": true}))
+                .unwrap();
+        ResponseFramer::new(req, "resp_1".into())
+    }
+
+    #[test]
+    fn text_after_a_call_is_a_new_message_item_with_only_its_own_text() {
+        let mut f = framer();
+        f.opening();
+        f.text("Let me look. ".into());
+        f.tool_start(0, "toolu_1".into(), "get_weather".into());
+        f.tool_args(0, r#"{"city":"Paris"}"#.into());
+        f.text("Asked.".into());
+        let s = Success {
+            text: "Let me look. Asked.".into(),
+            tool_calls: vec![ToolCall {
+                id: "toolu_1".into(),
+                name: "get_weather".into(),
+                input: json!({"city": "Paris"}),
+            }],
+            ..Success::default()
+        };
+        f.finish(&s);
+        let added: Vec<&Value> = f
+            .sent
+            .iter()
+            .filter(|e| e["type"] == "response.output_item.added")
+            .map(|e| &e["item"])
+            .collect();
+        assert_eq!(added.len(), 3, "{:?}", f.sent);
+        assert_ne!(added[0]["id"], added[2]["id"], "a new message item");
+        let texts: Vec<&Value> = f
+            .sent
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.done")
+            .map(|e| &e["text"])
+            .collect();
+        assert_eq!(texts, [&json!("Let me look. "), &json!("Asked.")]);
+        let indexes: Vec<u64> = f
+            .sent
+            .iter()
+            .filter(|e| e["type"] == "response.output_item.done")
+            .map(|e| e["output_index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(indexes, [0, 1, 2]);
+        let done = f.sent.last().unwrap();
+        assert_eq!(done["type"], "response.completed");
+        let output = done["response"]["output"].as_array().unwrap();
+        let kinds: Vec<&str> = output.iter().map(|i| i["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["message", "function_call", "message"]);
+        assert_eq!(output[2]["content"][0]["text"], "Asked.");
+        assert_eq!(output[0]["id"], added[0]["id"]);
     }
 }

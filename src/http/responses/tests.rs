@@ -149,3 +149,35 @@ fn unsupported_fields_are_400s_naming_them() {
     ))
     .unwrap();
 }
+
+#[test]
+fn presentation_errors_name_the_input_item() {
+    use super::{Responses, ResponsesRequest};
+    use crate::backend::present::PresentError;
+    use crate::engine::TurnError;
+    use crate::http::handler::Api;
+    let req: ResponsesRequest = serde_json::from_value(json!({"model": "sonnet", "input": [
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"role": "user", "content": "weather?"},
+        {"type": "function_call", "call_id": "c1", "name": "w", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"}]}))
+    .unwrap();
+    Responses::translate(&req).unwrap();
+    let param = |message| {
+        let e = Responses::start_error(
+            &req,
+            TurnError::Present(PresentError::Unsupported {
+                block: "tool_result",
+                message,
+                index: 0,
+            }),
+        );
+        match e {
+            ApiError::InvalidRequest { param, .. } => param.unwrap_or_default(),
+            e => panic!("{e:?}"),
+        }
+    };
+    // The reasoning item is no message: the third message is `input[3]`.
+    assert_eq!(param(2), "input[3]");
+    assert_eq!(param(1), "input[2]");
+}

@@ -1,0 +1,241 @@
+//! What agent clients send on their defaults (issue 22), against the fake CLI: the
+//! `request-id` header, `service_tier`, the Responses echo of tools and reasoning, type
+//! errors in each API's words, `end_turn` after structured output, `thinking.display:
+//! "updates"`, `tool_reference` blocks, `$schema` declarations. `real_clients.rs` has the
+//! same against the real CLI.
+
+use serde_json::{json, Value};
+
+use crate::harness::{chat_body, messages_body, post, sse_events, Opts, TestServer};
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The argv of every fake CLI run so far.
+fn argv(s: &TestServer) -> Vec<String> {
+    std::fs::read_to_string(&s.log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("ARG:"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn flag_value(s: &TestServer, flag: &str) -> Option<String> {
+    let args = argv(s);
+    args.iter()
+        .rposition(|a| a == flag)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn events(body: &str) -> Vec<Value> {
+    sse_events(body)
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .map(|(_, d)| json_of(d))
+        .collect()
+}
+
+#[tokio::test]
+async fn anthropic_answers_carry_request_id_and_chat_completions_service_tier() {
+    let s = TestServer::start(Opts::default()).await;
+    let (status, headers, body) = post(&s, "/v1/messages", &messages_body("hi", false)).await;
+    assert_eq!(status, 200, "{body}");
+    let id = headers["request-id"].to_str().unwrap();
+    assert!(id.starts_with("req_"), "{id}");
+    assert_eq!(headers["x-request-id"], id);
+    // An error answer too (what the SDKs put in their exceptions).
+    let (status, headers, _) = post(&s, "/v1/messages", &json!({"model": "sonnet"})).await;
+    assert_eq!(status, 400);
+    assert!(headers.contains_key("request-id"));
+
+    let (status, headers, body) = post(&s, "/v1/chat/completions", &chat_body("hi", false)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !headers.contains_key("request-id"),
+        "OpenAI's is x-request-id"
+    );
+    assert_eq!(json_of(&body)["service_tier"], "default");
+    let mut b = chat_body("hi", true);
+    b["stream_options"] = json!({"include_usage": true});
+    let (status, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let chunks = events(&body);
+    assert!(chunks.len() > 2, "{body}");
+    for c in &chunks {
+        assert_eq!(c["service_tier"], "default", "{c}");
+    }
+}
+
+#[tokio::test]
+async fn a_response_echoes_the_requests_tools_and_reasoning() {
+    let s = TestServer::start(Opts::default()).await;
+    let tools = json!([{"type": "function", "name": "get_weather", "description": "Weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let b = json!({"model": "sonnet", "input": "hi", "tools": tools,
+        "reasoning": {"effort": "low"}});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["tools"], tools);
+    assert_eq!(v["reasoning"], json!({"effort": "low", "summary": null}));
+    let mut b = b;
+    b["stream"] = json!(true);
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let ev = events(&body);
+    assert_eq!(ev[0]["response"]["tools"], tools);
+    assert_eq!(ev.last().unwrap()["response"]["reasoning"]["effort"], "low");
+    // Without them: no tools, null reasoning.
+    let (_, _, body) = post(
+        &s,
+        "/v1/responses",
+        &json!({"model": "sonnet", "input": "hi"}),
+    )
+    .await;
+    let v = json_of(&body);
+    assert_eq!(v["tools"], json!([]));
+    assert_eq!(v["reasoning"], json!({"effort": null, "summary": null}));
+}
+
+#[tokio::test]
+async fn a_wrongly_typed_field_is_named_in_the_apis_words() {
+    let s = TestServer::start(Opts::default()).await;
+    let mut b = messages_body("hi", false);
+    b["max_tokens"] = json!("256");
+    let (status, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 400);
+    let v = json_of(&body);
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        v["error"]["message"],
+        "max_tokens: Input should be an integer"
+    );
+    let b = json!({"model": "sonnet", "messages": "hi"});
+    let (status, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(status, 400);
+    let v = json_of(&body);
+    assert_eq!(
+        v["error"]["message"],
+        "Invalid type for 'messages': expected an array, but got a string instead."
+    );
+    assert_eq!(v["error"]["param"], "messages");
+    let (status, _, body) = post(&s, "/v1/responses", &json!({"input": "hi"})).await;
+    assert_eq!(status, 400);
+    let v = json_of(&body);
+    assert_eq!(
+        v["error"]["message"],
+        "Missing required parameter: 'model'."
+    );
+    assert_eq!(v["error"]["param"], "model");
+}
+
+#[tokio::test]
+async fn anthropic_structured_output_ends_with_end_turn() {
+    let s = TestServer::start(Opts::default()).await;
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string"}}});
+    let mut b = messages_body("a json answer", false);
+    b["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
+    let (status, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["stop_reason"], "end_turn", "{v}");
+    assert_eq!(v["content"][0]["type"], "text");
+    b["stream"] = json!(true);
+    let (status, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let delta = events(&body)
+        .into_iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn", "{body}");
+}
+
+#[tokio::test]
+async fn claude_code_thinking_updates_and_tool_references_are_accepted() {
+    let s = TestServer::start(Opts::default()).await;
+    let mut b = messages_body("hi", false);
+    b["thinking"] = json!({"type": "adaptive", "display": "updates"});
+    let (status, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(flag_value(&s, "--thinking").as_deref(), Some("adaptive"));
+    assert!(
+        !argv(&s).iter().any(|a| a == "--thinking-display"),
+        "`updates` is the CLI's own default: no flag"
+    );
+    b["thinking"] = json!({"type": "adaptive", "display": "sometimes"});
+    let (status, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 400, "{body}");
+
+    // After ToolSearch, Claude Code sends the found tool as a tool_reference.
+    let tool = |name: &str| {
+        json!({"name": name, "description": "d", "input_schema": {"type": "object",
+            "properties": {"query": {"type": "string"}}}})
+    };
+    let history = |referenced: &str| {
+        json!([
+            {"role": "user", "content": "edit the notebook"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+                "name": "ToolSearch", "input": {"query": "notebook"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                    {"type": "tool_reference", "tool_name": referenced}]},
+                {"type": "text", "text": "go on"}]}
+        ])
+    };
+    let b = json!({"model": "sonnet", "max_tokens": 256,
+        "tools": [tool("ToolSearch"), tool("NotebookEdit")], "messages": history("NotebookEdit")});
+    let (status, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let mut b = b;
+    b["messages"] = history("Nowhere");
+    let (status, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 400, "{body}");
+    let v = json_of(&body);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages.2.content.0.content.0.tool_name:"),
+        "{v}"
+    );
+    // count_tokens reads the same content.
+    let mut b = b;
+    b["messages"] = history("NotebookEdit");
+    let (status, _, body) = post(&s, "/v1/messages/count_tokens", &b).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn draft_declarations_are_normalised_and_a_refused_schema_is_a_400() {
+    let s = TestServer::start(Opts::default()).await;
+    // zod 4's toJSONSchema output.
+    let schema = json!({"$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object", "properties": {"answer": {"type": "string"}},
+        "required": ["answer"], "additionalProperties": false});
+    let mut b = chat_body("a json answer", false);
+    b["response_format"] = json!({"type": "json_schema",
+        "json_schema": {"name": "a", "schema": schema}});
+    let (status, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = json_of(&flag_value(&s, "--json-schema").unwrap());
+    assert!(sent.get("$schema").is_none(), "{sent}");
+    assert_eq!(sent["properties"], schema["properties"]);
+    // A schema the CLI refuses anyway: a 400 quoting its reason, not a retryable 502.
+    let mut b = messages_body("a json answer", false);
+    b["output_config"] = json!({"format": {"type": "json_schema",
+        "schema": {"type": "object", "prefixItems": [{"type": "string"}]}}});
+    let (status, headers, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(!headers.contains_key("x-should-retry") || headers["x-should-retry"] == "false");
+    let v = json_of(&body);
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("strict mode: unknown keyword: \"prefixItems\""),
+        "{v}"
+    );
+}
