@@ -239,3 +239,93 @@ async fn draft_declarations_are_normalised_and_a_refused_schema_is_a_400() {
         "{v}"
     );
 }
+
+async fn keyed_server() -> TestServer {
+    TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_ECHO", "1".into())],
+        api_keys: vec!["key-a".into(), "key-b".into()],
+        tweak: Box::new(|c| c.cli.conversation_idle_timeout = 300.0),
+        ..Opts::default()
+    })
+    .await
+}
+
+async fn respond(s: &TestServer, key: &str, b: &Value) -> (u16, Value) {
+    let r = crate::harness::client()
+        .post(s.url("/v1/responses"))
+        .bearer_auth(key)
+        .json(b)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn item_references_resolve_among_the_keys_stored_items() {
+    let s = keyed_server().await;
+    let (st, r1) = respond(&s, "key-a", &json!({"model": "sonnet", "input": "first"})).await;
+    assert_eq!(st, 200, "{r1}");
+    let msg_id = r1["output"][0]["id"].as_str().unwrap().to_string();
+    // The Vercel AI SDK's second turn: the earlier answer by reference.
+    let input = json!([
+        {"role": "user", "content": [{"type": "input_text", "text": "first"}]},
+        {"type": "item_reference", "id": msg_id},
+        {"role": "user", "content": [{"type": "input_text", "text": "second"}]}
+    ]);
+    let (st, r2) = respond(&s, "key-a", &json!({"model": "sonnet", "input": input})).await;
+    assert_eq!(st, 200, "{r2}");
+    assert_eq!(r2["output"][0]["content"][0]["text"], "echo: second");
+    let stats = s.state.backend.stats().snapshot();
+    assert_eq!(
+        (stats.spawned_total, stats.kept_hits_total),
+        (1, 1),
+        "the referenced answer is the kept conversation's: {stats:?}"
+    );
+    // Streamed answers are referable too.
+    let mut b = json!({"model": "sonnet", "input": "third", "stream": true});
+    let r = crate::harness::client()
+        .post(s.url("/v1/responses"))
+        .bearer_auth("key-a")
+        .json(&b)
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    let done = events(&body).last().unwrap().clone();
+    let streamed_id = done["response"]["output"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b = json!({"model": "sonnet", "input": [
+        {"role": "user", "content": "third"},
+        {"type": "item_reference", "id": streamed_id},
+        {"role": "user", "content": "fourth"}]});
+    let (st, r4) = respond(&s, "key-a", &b).await;
+    assert_eq!(st, 200, "{r4}");
+
+    // Another key, an unknown id, and an answer not stored: the previous_response_id 400.
+    for (key, id) in [("key-b", msg_id.as_str()), ("key-a", "msg_unknown")] {
+        let b = json!({"model": "sonnet", "input": [
+            {"role": "user", "content": "first"},
+            {"type": "item_reference", "id": id},
+            {"role": "user", "content": "second"}]});
+        let (st, v) = respond(&s, key, &b).await;
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["error"]["code"], "previous_response_not_found", "{v}");
+        assert_eq!(v["error"]["param"], "input[1].id", "{v}");
+    }
+    let (_, r5) = respond(
+        &s,
+        "key-a",
+        &json!({"model": "sonnet", "input": "fifth", "store": false}),
+    )
+    .await;
+    let b = json!({"model": "sonnet", "input": [
+        {"role": "user", "content": "fifth"},
+        {"type": "item_reference", "id": r5["output"][0]["id"]},
+        {"role": "user", "content": "sixth"}]});
+    let (st, v) = respond(&s, "key-a", &b).await;
+    assert_eq!(st, 400, "{v}");
+}

@@ -121,3 +121,37 @@ async fn real_cli_claude_code_thinking_updates_and_tool_references() {
     let text = up["messages"].to_string();
     assert!(text.contains("Tool loaded: NotebookEdit"), "{text}");
 }
+
+#[tokio::test]
+async fn real_cli_item_reference_puts_the_earlier_answer_in_the_models_context() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) =
+        real_server_with(exe, Some(mock.url("ok:Paris%20it%20is")), None, |_| {}).await;
+    let (st, _, body) = post(
+        &s,
+        "/v1/responses",
+        &json!({"model": "sonnet", "input": "where?"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let r1 = json_of(&body);
+    let b = json!({"model": "sonnet", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "where?"}]},
+        {"type": "item_reference", "id": r1["output"][0]["id"]},
+        {"role": "user", "content": [{"type": "input_text", "text": "and then?"}]}]});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let up = mock.message_requests().last().unwrap().body.clone();
+    let messages = up["messages"].to_string();
+    assert!(messages.contains("Paris it is"), "{messages}");
+    assert!(messages.contains("and then?"), "{messages}");
+    let (st, _, body) = post(
+        &s,
+        "/v1/responses",
+        &json!({"model": "sonnet", "input": [{"type": "item_reference", "id": "msg_nope"},
+            {"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+}

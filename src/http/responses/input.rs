@@ -2,6 +2,8 @@
 //! `function_call_output` items as tool-use / tool-result blocks, after the stored
 //! conversation `previous_response_id` names.
 
+use std::collections::HashMap;
+
 use serde_json::{json, Value};
 
 use super::request::{Input, ResponsesRequest};
@@ -170,7 +172,11 @@ fn content_part(part: &Value, at: &str, assistant: bool) -> Result<Value, ApiErr
 }
 
 /// One `input` item as a message (None: an item that is not shown to the model again).
-fn input_item(i: usize, item: &Value) -> Result<Option<Message>, ApiError> {
+fn input_item(
+    i: usize,
+    item: &Value,
+    references: &HashMap<usize, Message>,
+) -> Result<Option<Message>, ApiError> {
     let at = format!("input[{i}]");
     let kind = item
         .get("type")
@@ -182,11 +188,16 @@ fn input_item(i: usize, item: &Value) -> Result<Option<Message>, ApiError> {
         "function_call_output" => return function_call_output_item(&at, item).map(Some),
         // As thinking blocks: accepted, not shown to the model again.
         "reasoning" => return Ok(None),
+        // Resolved by `prepare` among the key's stored responses.
         "item_reference" => {
-            return Err(ApiError::invalid_param(
-                "item references are not supported by this gateway; send the item itself",
-                &format!("{at}.type"),
-            ))
+            return match references.get(&i) {
+                Some(m) => Ok(Some(m.clone())),
+                None => Err(ApiError::StoredNotFound {
+                    what: "Item",
+                    id: super::shown_id(item.get("id").and_then(Value::as_str).unwrap_or("")),
+                    param: format!("{at}.id"),
+                }),
+            }
         }
         k if BUILT_IN_ITEMS.contains(&k) => {
             return Err(ApiError::invalid_param(
@@ -243,6 +254,7 @@ fn input_item(i: usize, item: &Value) -> Result<Option<Message>, ApiError> {
 pub(super) fn conversation(
     req: &ResponsesRequest,
     previous: Option<&StoredConversation>,
+    references: &HashMap<usize, Message>,
 ) -> Result<(Conversation, Vec<String>), ApiError> {
     let mut messages = previous.map(|p| p.messages.clone()).unwrap_or_default();
     let mut sources = vec!["previous_response_id".to_string(); messages.len()];
@@ -260,7 +272,7 @@ pub(super) fn conversation(
                 ));
             }
             for (i, item) in items.iter().enumerate() {
-                if let Some(m) = input_item(i, item)? {
+                if let Some(m) = input_item(i, item, references)? {
                     messages.push(m);
                     sources.push(format!("input[{i}]"));
                 }

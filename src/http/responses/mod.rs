@@ -11,7 +11,9 @@
 //! to the model again, like thinking blocks). `instructions` is the system prompt.
 //! `previous_response_id` continues a stored response ([`crate::response_store`]) of the
 //! same API key: its conversation, then this input. A response is stored unless
-//! `store: false`.
+//! `store: false`; its output items too, so an `item_reference` input item (the Vercel AI
+//! SDK sends earlier answers so) stands for the item it names. An unknown or expired
+//! reference is the same 400 as an unknown `previous_response_id`.
 //!
 //! Function `tools`, `tool_choice` and `parallel_tool_calls` ([`tool_set`]) go through
 //! the client-tools machinery: an answer with calls has `function_call` output items
@@ -45,6 +47,7 @@ use crate::http::unix_now;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
 
+use request::Input;
 pub use request::ResponsesRequest;
 pub use stream::ResponseFramer;
 
@@ -89,6 +92,25 @@ impl Api for Responses {
                 .ok_or_else(|| ApiError::PreviousResponseNotFound(shown_id(id)))?;
             req.ctx.previous = Some(found);
         }
+        // `item_reference` items: output items of this key's stored responses.
+        if let Some(Input::Items(items)) = &req.input {
+            for (i, item) in items.iter().enumerate() {
+                if item.get("type").and_then(Value::as_str) != Some("item_reference") {
+                    continue;
+                }
+                let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+                let found =
+                    state
+                        .responses
+                        .item(id, tenant)
+                        .ok_or_else(|| ApiError::StoredNotFound {
+                            what: "Item",
+                            id: shown_id(id),
+                            param: format!("input[{i}].id"),
+                        })?;
+                req.ctx.references.insert(i, found);
+            }
+        }
         if req.store != Some(false) {
             req.ctx.store = Some((Arc::clone(&state.responses), tenant.to_string()));
         }
@@ -104,7 +126,8 @@ impl Api for Responses {
             return Err(ApiError::PreviousResponseNotFound(shown_id(id)));
         }
         let tools = tool_set(req)?;
-        let (conversation, sources) = conversation(req, req.ctx.previous.as_deref())?;
+        let (conversation, sources) =
+            conversation(req, req.ctx.previous.as_deref(), &req.ctx.references)?;
         let _ = req.ctx.conversation.set(conversation.clone());
         let _ = req.ctx.sources.set(sources);
         let options = run_options(req)?;
@@ -141,9 +164,10 @@ impl Api for Responses {
 
     /// The `response` object; the answer is stored for `previous_response_id` too.
     fn complete_body(req: &ResponsesRequest, id: &str, s: &Success) -> Value {
-        req.remember(id, &s.text, s);
         let msg_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-        req.finished(id, unix_now(), &msg_id, s, &s.text)
+        let r = req.finished(id, unix_now(), &msg_id, s, &s.text);
+        req.remember(id, &s.text, s, &r["output"]);
+        r
     }
 
     fn framer(req: ResponsesRequest, id: String, _prompt_usage: Option<&Usage>) -> ResponseFramer {

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::request::ResponsesRequest;
 use crate::conversation::{Block, Message, Role};
 use crate::protocol::{Success, Usage};
-use crate::response_store::StoredConversation;
+use crate::response_store::{StoredConversation, StoredItem};
 
 pub(super) fn incomplete(s: &Success) -> bool {
     matches!(s.stop_reason.as_deref(), Some("max_tokens" | "max_turns"))
@@ -132,8 +132,9 @@ impl ResponsesRequest {
         r
     }
 
-    /// Stores the answered conversation under `id` (unless `store: false`).
-    pub(super) fn remember(&self, id: &str, text: &str, s: &Success) {
+    /// Stores the answered conversation under `id` (unless `store: false`), with the
+    /// answer's `output` items for `item_reference`.
+    pub(super) fn remember(&self, id: &str, text: &str, s: &Success, output: &Value) {
         let (Some((store, tenant)), Some(c)) = (&self.ctx.store, self.ctx.conversation.get())
         else {
             return;
@@ -146,12 +147,45 @@ impl ResponsesRequest {
             input: c.input.clone(),
         }));
         messages.push(Message::new(Role::Assistant, blocks));
+        let items = output
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(stored_item)
+            .collect();
         let stored = StoredConversation {
             model: self.model.clone(),
             messages,
         };
-        if !store.put(id, tenant, stored) {
+        if !store.put_with_items(id, tenant, stored, items) {
             tracing::debug!(response_id = id, "conversation too large to store");
         }
     }
+}
+
+/// An output item as the message an `item_reference` to it stands for (None: an item
+/// that is not shown to the model again).
+fn stored_item(item: &Value) -> Option<StoredItem> {
+    let id = item.get("id")?.as_str()?.to_string();
+    let message = match item.get("type")?.as_str()? {
+        "message" => {
+            let text: String = item
+                .get("content")?
+                .as_array()?
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            Message::text(Role::Assistant, text)
+        }
+        "function_call" => Message::new(
+            Role::Assistant,
+            vec![Block::ToolUse {
+                id: item.get("call_id")?.as_str()?.to_string(),
+                name: item.get("name")?.as_str()?.to_string(),
+                input: serde_json::from_str(item.get("arguments")?.as_str()?).ok()?,
+            }],
+        ),
+        _ => return None,
+    };
+    Some(StoredItem { id, message })
 }

@@ -1,12 +1,13 @@
 //! The Responses request as parsed: the body's fields and what `prepare` and `translate`
 //! find on the way (the stored conversation, where the answer is stored).
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::conversation::Conversation;
+use crate::conversation::{Conversation, Message};
 use crate::response_store::{ResponseStore, StoredConversation};
 
 #[derive(Deserialize)]
@@ -75,6 +76,8 @@ pub(super) struct Ctx {
     pub(super) store: Option<(Arc<ResponseStore>, String)>,
     /// The translated conversation (what is stored with the answer).
     pub(super) conversation: OnceLock<Conversation>,
+    /// The messages `item_reference` items (by input index) stand for.
+    pub(super) references: HashMap<usize, Message>,
     /// Where each message of `conversation` came from (`input[i]`…), for errors.
     pub(super) sources: OnceLock<Vec<String>>,
 }

@@ -247,9 +247,9 @@ impl Framer for ResponseFramer {
         }
         self.close(&mut out, status);
         let text = std::mem::take(&mut self.text);
-        self.req.remember(&self.id, &text, s);
         let mut done = self.req.finished(&self.id, self.created_at, "", s, &text);
         done["output"] = Value::Array(std::mem::take(&mut self.done));
+        self.req.remember(&self.id, &text, s, &done["output"]);
         let last = if incomplete(s) {
             "response.incomplete"
         } else {

@@ -15,6 +15,7 @@ fn param(r: Result<TurnRequest, ApiError>) -> String {
     match r {
         Err(ApiError::InvalidRequest { param, .. }) => param.unwrap_or_default(),
         Err(ApiError::PreviousResponseNotFound(_)) => "previous_response_id".into(),
+        Err(ApiError::StoredNotFound { param, .. }) => param,
         Err(e) => panic!("{e:?}"),
         Ok(t) => panic!("accepted: {t:?}"),
     }
