@@ -329,3 +329,130 @@ async fn item_references_resolve_among_the_keys_stored_items() {
     let (st, v) = respond(&s, "key-a", &b).await;
     assert_eq!(st, 400, "{v}");
 }
+
+/// A server whose fake CLI calls the first listed tool with `input`.
+async fn tool_server(input: &str) -> TestServer {
+    TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_TOOL_INPUT", input.to_string())],
+        ..Opts::default()
+    })
+    .await
+}
+
+fn spawns(s: &TestServer) -> usize {
+    std::fs::read_to_string(&s.log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("CWD:"))
+        .count()
+}
+
+#[tokio::test]
+async fn codex_namespace_tools_are_flattened_and_calls_carry_their_namespace() {
+    let s = tool_server(r#"{"task":"x"}"#).await;
+    let tools = json!([
+        {"type": "namespace", "name": "multi_agent_v1", "description": "agents", "tools": [
+            {"type": "function", "name": "spawn_agent", "description": "Spawn",
+             "parameters": {"type": "object", "properties": {"task": {"type": "string"}}}}]},
+        {"type": "function", "name": "exec_command", "parameters": {"type": "object",
+            "properties": {"cmd": {"type": "string"}}}}
+    ]);
+    let b = json!({"model": "sonnet", "tools": tools, "input": "[[scenario:tool_call]] go"});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    let call = &v["output"][0];
+    assert_eq!(call["type"], "function_call", "{v}");
+    assert_eq!(call["name"], "spawn_agent");
+    assert_eq!(call["namespace"], "multi_agent_v1");
+    assert_eq!(v["tools"], tools, "echoed as sent");
+    // Continue with the call's output (the whole history, as Codex sends it).
+    let b = json!({"model": "sonnet", "tools": tools, "input": [
+        {"role": "user", "content": "[[scenario:tool_call]] go"},
+        call.clone(),
+        {"type": "function_call_output", "call_id": call["call_id"], "output": "spawned"}]});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_of(&body)["output"][0]["content"][0]["text"],
+        "tool said: spawned"
+    );
+    assert_eq!(spawns(&s), 1, "the held run continued");
+    // A namespace of something else than functions, a hosted tool: 400s naming them.
+    for (tools, param) in [
+        (
+            json!([{"type": "namespace", "name": "n", "tools": [{"type": "web_search"}]}]),
+            "tools[0].tools[0].type",
+        ),
+        (json!([{"type": "file_search"}]), "tools[0].type"),
+    ] {
+        let b = json!({"model": "sonnet", "tools": tools, "input": "hi"});
+        let (status, _, body) = post(&s, "/v1/responses", &b).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(json_of(&body)["error"]["param"], param, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn codex_custom_tools_answer_with_custom_tool_calls_streamed_and_not() {
+    let patch = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch";
+    let s = tool_server(&json!({"input": patch}).to_string()).await;
+    let tools = json!([{"type": "custom", "name": "apply_patch", "description": "Edit files",
+        "format": {"type": "grammar", "syntax": "lark", "definition": "start: begin_patch hunk+ end_patch"}}]);
+    let b = json!({"model": "sonnet", "tools": tools, "input": "[[scenario:tool_call]] patch"});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    let call = v["output"][0].clone();
+    assert_eq!(call["type"], "custom_tool_call", "{v}");
+    assert_eq!(call["name"], "apply_patch");
+    assert_eq!(call["input"], patch);
+    assert!(call["id"].as_str().unwrap().starts_with("ctc_"), "{call}");
+    let b = json!({"model": "sonnet", "tools": tools, "previous_response_id": v["id"],
+        "input": [{"type": "custom_tool_call_output", "call_id": call["call_id"],
+                   "output": "Done!"}]});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_of(&body)["output"][0]["content"][0]["text"],
+        "tool said: Done!"
+    );
+    assert_eq!(spawns(&s), 1, "the held run continued");
+
+    // Streamed: the custom tool's events.
+    let b = json!({"model": "sonnet", "tools": tools, "stream": true,
+        "input": "[[scenario:tool_call]] again"});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let ev = events(&body);
+    let mut kinds: Vec<&str> = ev.iter().filter_map(|e| e["type"].as_str()).collect();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.custom_tool_call_input.delta",
+            "response.custom_tool_call_input.done",
+            "response.output_item.done",
+            "response.completed"
+        ],
+        "{body}"
+    );
+    assert_eq!(ev[2]["item"]["type"], "custom_tool_call");
+    assert_eq!(ev[4]["input"], patch);
+    let done = &ev.last().unwrap()["response"]["output"][0];
+    assert_eq!(done["input"], patch);
+    // A grammar of an unknown syntax is refused by name.
+    let tools = json!([{"type": "custom", "name": "t",
+        "format": {"type": "grammar", "syntax": "ebnf", "definition": "x"}}]);
+    let (status, _, body) = post(
+        &s,
+        "/v1/responses",
+        &json!({"model": "sonnet", "tools": tools, "input": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json_of(&body)["error"]["param"], "tools[0].format.syntax");
+}

@@ -155,3 +155,85 @@ async fn real_cli_item_reference_puts_the_earlier_answer_in_the_models_context()
     .await;
     assert_eq!(st, 400, "{body}");
 }
+
+#[tokio::test]
+async fn real_cli_codex_custom_and_namespace_tools_round_trip() {
+    use crate::mock_api::Answer;
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let patch = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch";
+    mock.script(
+        "codex",
+        vec![
+            Answer::Tools {
+                text: None,
+                calls: vec![("mcp__cg__apply_patch".into(), json!({"input": patch}))],
+            },
+            Answer::EchoResults,
+            Answer::Tools {
+                text: None,
+                calls: vec![("mcp__cg__spawn_agent".into(), json!({"task": "t"}))],
+            },
+            Answer::EchoResults,
+        ],
+    );
+    let (s, _home) = real_server_with(exe, Some(mock.url("script:codex")), None, |_| {}).await;
+    let tools = json!([
+        {"type": "custom", "name": "apply_patch", "description": "Edit files",
+         "format": {"type": "grammar", "syntax": "lark", "definition": "start: \"*** Begin Patch\" hunk+"}},
+        {"type": "namespace", "name": "multi_agent_v1", "description": "agents", "tools": [
+            {"type": "function", "name": "spawn_agent", "description": "Spawn",
+             "parameters": {"type": "object", "properties": {"task": {"type": "string"}}}}]}
+    ]);
+    let b = json!({"model": "sonnet", "tools": tools, "store": false, "stream": true,
+        "input": [{"role": "user", "content": "patch it"}]});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let done: Vec<Value> = sse_events(&body).iter().map(|(_, d)| json_of(d)).collect();
+    let call = done.last().unwrap()["response"]["output"][0].clone();
+    assert_eq!(call["type"], "custom_tool_call", "{body}");
+    assert_eq!(call["input"], patch);
+    // Upstream, the custom tool was offered with its grammar in the description.
+    let up = mock.message_requests()[0].body.clone();
+    let offered = up["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "mcp__cg__apply_patch")
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", up["tools"]));
+    assert!(
+        offered["description"]
+            .as_str()
+            .unwrap()
+            .contains("lark grammar"),
+        "{offered}"
+    );
+    // Codex's next request: the whole history, the call's output last.
+    let b = json!({"model": "sonnet", "tools": tools, "store": false, "input": [
+        {"role": "user", "content": "patch it"},
+        call.clone(),
+        {"type": "custom_tool_call_output", "call_id": call["call_id"], "output": "Done!"}]});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert!(
+        v["output"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("seen: Done!"),
+        "{v}"
+    );
+    assert_eq!(
+        s.state.backend.stats().snapshot().spawned_total,
+        1,
+        "held run continued"
+    );
+    let b = json!({"model": "sonnet", "tools": tools, "input": "spawn one"});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["output"][0]["type"], "function_call", "{v}");
+    assert_eq!(v["output"][0]["namespace"], "multi_agent_v1", "{v}");
+    assert_eq!(v["output"][0]["name"], "spawn_agent", "{v}");
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::request::{Input, ResponsesRequest};
+use super::request::{shown_id, Input, ResponsesRequest};
 use crate::conversation::{Block, Conversation, Message, Role};
 use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
@@ -14,7 +14,7 @@ use crate::response_store::StoredConversation;
 
 /// Built-in tool and item types: refused for good (the CLI's own tools never serve a
 /// client's request).
-const BUILT_IN_ITEMS: [&str; 18] = [
+const BUILT_IN_ITEMS: [&str; 16] = [
     "web_search_call",
     "file_search_call",
     "computer_call",
@@ -31,8 +31,6 @@ const BUILT_IN_ITEMS: [&str; 18] = [
     "mcp_approval_request",
     "mcp_approval_response",
     "mcp_call",
-    "custom_tool_call",
-    "custom_tool_call_output",
 ];
 
 /// A `function_call` item (the model's call, sent back) as a tool-use block.
@@ -71,7 +69,38 @@ fn function_call_item(at: &str, item: &Value) -> Result<Message, ApiError> {
     ))
 }
 
-/// A `function_call_output` item (the client's result) as a tool-result block.
+/// A `custom_tool_call` item (the model's call of a custom tool, sent back) as a tool-use
+/// block whose input is `{"input": …}`, as the tool was offered.
+fn custom_tool_call_item(at: &str, item: &Value) -> Result<Message, ApiError> {
+    let call_id = item
+        .get("call_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let name = item.get("name").and_then(Value::as_str);
+    let (Some(call_id), Some(name)) = (call_id, name) else {
+        return Err(ApiError::invalid_param(
+            "a `custom_tool_call` item needs `call_id` and `name`",
+            at,
+        ));
+    };
+    let Some(input) = item.get("input").and_then(Value::as_str) else {
+        return Err(ApiError::invalid_param(
+            "`input` must be a string",
+            &format!("{at}.input"),
+        ));
+    };
+    Ok(Message::new(
+        Role::Assistant,
+        vec![Block::ToolUse {
+            id: call_id.to_string(),
+            name: name.to_string(),
+            input: json!({"input": input}),
+        }],
+    ))
+}
+
+/// A `function_call_output` or `custom_tool_call_output` item (the client's result) as a
+/// tool-result block.
 fn function_call_output_item(at: &str, item: &Value) -> Result<Message, ApiError> {
     let Some(call_id) = item
         .get("call_id")
@@ -79,7 +108,7 @@ fn function_call_output_item(at: &str, item: &Value) -> Result<Message, ApiError
         .filter(|s| !s.is_empty())
     else {
         return Err(ApiError::invalid_param(
-            "a `function_call_output` item needs `call_id`",
+            "a tool call output item needs `call_id`",
             &format!("{at}.call_id"),
         ));
     };
@@ -185,7 +214,10 @@ fn input_item(
     match kind {
         "message" => {}
         "function_call" => return function_call_item(&at, item).map(Some),
-        "function_call_output" => return function_call_output_item(&at, item).map(Some),
+        "function_call_output" | "custom_tool_call_output" => {
+            return function_call_output_item(&at, item).map(Some)
+        }
+        "custom_tool_call" => return custom_tool_call_item(&at, item).map(Some),
         // As thinking blocks: accepted, not shown to the model again.
         "reasoning" => return Ok(None),
         // Resolved by `prepare` among the key's stored responses.
@@ -194,7 +226,7 @@ fn input_item(
                 Some(m) => Ok(Some(m.clone())),
                 None => Err(ApiError::StoredNotFound {
                     what: "Item",
-                    id: super::shown_id(item.get("id").and_then(Value::as_str).unwrap_or("")),
+                    id: shown_id(item.get("id").and_then(Value::as_str).unwrap_or("")),
                     param: format!("{at}.id"),
                 }),
             }

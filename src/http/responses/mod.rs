@@ -15,14 +15,17 @@
 //! SDK sends earlier answers so) stands for the item it names. An unknown or expired
 //! reference is the same 400 as an unknown `previous_response_id`.
 //!
-//! Function `tools`, `tool_choice` and `parallel_tool_calls` ([`tool_set`]) go through
-//! the client-tools machinery: an answer with calls has `function_call` output items
-//! (streamed with `response.function_call_arguments.delta` / `.done`), and the client's
-//! `function_call_output` items (after its `function_call` items, or after
-//! `previous_response_id`) continue the held run. `text.format` (`json_schema`,
-//! `json_object`) and `reasoning.effort` are run options ([`run_options`]) as in Chat
-//! Completions. Built-in tools and their items, `reasoning.summary`, `background`,
+//! `tools` (function, `namespace` and `custom` tools, [`tools`]), `tool_choice` and
+//! `parallel_tool_calls` go through the client-tools machinery: an answer with calls has
+//! `function_call` output items (with their `namespace`; streamed with
+//! `response.function_call_arguments.delta` / `.done`) or `custom_tool_call` items
+//! (`response.custom_tool_call_input.delta` / `.done`), and the client's
+//! `function_call_output` / `custom_tool_call_output` items (after its call items, or
+//! after `previous_response_id`) continue the held run. `text.format` (`json_schema`,
+//! `json_object`) and `reasoning.effort` are run options ([`params`]) as in Chat
+//! Completions. Hosted tools and their items, `reasoning.summary`, `background`,
 //! `conversation`, `prompt`, logprobs and `truncation: auto` are refused (400 naming the
+//! field).
 
 mod input;
 mod output;
@@ -31,13 +34,15 @@ mod request;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod tools;
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use self::input::conversation;
-use self::params::{refuse_unsupported, run_options, tool_set};
+use self::params::{refuse_unsupported, run_options};
+use self::tools::tool_set;
 use crate::backend::present::PresentError;
 use crate::engine::{TurnError, TurnRequest};
 use crate::http::errors::ApiError;
@@ -47,8 +52,8 @@ use crate::http::unix_now;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
 
-use request::Input;
 pub use request::ResponsesRequest;
+use request::{shown_id, Input};
 pub use stream::ResponseFramer;
 
 /// The Responses API.
@@ -59,15 +64,6 @@ pub struct Responses;
 pub fn parse_request(body: &[u8]) -> Result<TurnRequest, ApiError> {
     let req: ResponsesRequest = crate::http::extract::parse_json_in(body, Flavour::Openai)?;
     Responses::translate(&req)
-}
-
-/// The id as the error may repeat it (client-chosen: short visible ASCII only).
-fn shown_id(id: &str) -> String {
-    if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
-        id.to_string()
-    } else {
-        "(not shown)".to_string()
-    }
 }
 
 impl Api for Responses {

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use super::request::ResponsesRequest;
+use super::tools::ToolKind;
 use crate::conversation::{Block, Message, Role};
 use crate::protocol::{Success, Usage};
 use crate::response_store::{StoredConversation, StoredItem};
@@ -23,21 +24,48 @@ pub(super) fn usage(u: &Usage) -> Value {
     })
 }
 
-/// The output item id of the call `call_id` (`fc_…`, derived so both paths agree).
-pub(super) fn function_call_id(call_id: &str) -> String {
-    format!("fc_{}", call_id.strip_prefix("toolu_").unwrap_or(call_id))
+/// The output item id of the call `call_id` (`fc_…`, `ctc_…` for a custom tool; derived
+/// so both paths agree).
+pub(super) fn call_item_id(call_id: &str, kind: &ToolKind) -> String {
+    let prefix = match kind {
+        ToolKind::Custom => "ctc",
+        ToolKind::Function { .. } => "fc",
+    };
+    format!(
+        "{prefix}_{}",
+        call_id.strip_prefix("toolu_").unwrap_or(call_id)
+    )
 }
 
-/// A `function_call` output item.
-pub(super) fn function_call_output(
-    id: &str,
+/// The output item of a call: a `function_call` (with its `namespace` when the tool came
+/// from one) or a `custom_tool_call` (its `input` is the call's `input` string;
+/// `arguments` is the call's JSON text, empty while streaming).
+pub(super) fn call_item(
+    kind: &ToolKind,
     call_id: &str,
     name: &str,
     arguments: &str,
     status: &str,
 ) -> Value {
-    json!({"id": id, "type": "function_call", "status": status, "arguments": arguments,
-        "call_id": call_id, "name": name})
+    let id = call_item_id(call_id, kind);
+    match kind {
+        ToolKind::Custom => {
+            let input = serde_json::from_str::<Value>(arguments)
+                .ok()
+                .and_then(|v| v.get("input").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_default();
+            json!({"id": id, "type": "custom_tool_call", "status": status, "call_id": call_id,
+                "name": name, "input": input})
+        }
+        ToolKind::Function { namespace } => {
+            let mut item = json!({"id": id, "type": "function_call", "status": status,
+                "arguments": arguments, "call_id": call_id, "name": name});
+            if let Some(ns) = namespace {
+                item["namespace"] = ns.as_str().into();
+            }
+            item
+        }
+    }
 }
 
 /// The assistant message item of an answer.
@@ -118,13 +146,8 @@ impl ResponsesRequest {
             output.push(message_item(msg_id, status, Some(text)));
         }
         output.extend(s.tool_calls.iter().map(|c| {
-            function_call_output(
-                &function_call_id(&c.id),
-                &c.id,
-                &c.name,
-                &c.input.to_string(),
-                "completed",
-            )
+            let kind = self.tool_kind(&c.name);
+            call_item(&kind, &c.id, &c.name, &c.input.to_string(), "completed")
         }));
         let mut r = self.response(id, created_at, status, Value::Array(output));
         r["incomplete_details"] = details;
@@ -183,6 +206,14 @@ fn stored_item(item: &Value) -> Option<StoredItem> {
                 id: item.get("call_id")?.as_str()?.to_string(),
                 name: item.get("name")?.as_str()?.to_string(),
                 input: serde_json::from_str(item.get("arguments")?.as_str()?).ok()?,
+            }],
+        ),
+        "custom_tool_call" => Message::new(
+            Role::Assistant,
+            vec![Block::ToolUse {
+                id: item.get("call_id")?.as_str()?.to_string(),
+                name: item.get("name")?.as_str()?.to_string(),
+                input: json!({"input": item.get("input")?.as_str()?}),
             }],
         ),
         _ => return None,

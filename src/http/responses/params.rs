@@ -1,16 +1,12 @@
-//! The request's settings: `tools` / `tool_choice` / `parallel_tool_calls` as the neutral
-//! tool set, `text` and `reasoning` as run options, and the fields that promise what the
-//! CLI cannot do (refused with a 400 naming them).
+//! The request's settings: `text` and `reasoning` as run options, and the fields that
+//! promise what the CLI cannot do (refused with a 400 naming them).
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::request::ResponsesRequest;
 use crate::backend::RunOptions;
-use crate::conversation::{ToolSet, ToolSpec};
 use crate::http::errors::ApiError;
-use crate::http::openai::{
-    json_schema_format, openai_tool_choice, openai_tool_set, output_format, reasoning_effort,
-};
+use crate::http::openai::{json_schema_format, output_format, reasoning_effort};
 
 fn refuse(param: &str, message: impl Into<String>) -> Result<(), ApiError> {
     Err(ApiError::invalid_param(message, param))
@@ -18,56 +14,6 @@ fn refuse(param: &str, message: impl Into<String>) -> Result<(), ApiError> {
 
 fn present(v: &Option<Value>) -> bool {
     v.as_ref().is_some_and(|v| !v.is_null())
-}
-
-/// `tools`, `tool_choice` and `parallel_tool_calls` as the neutral tool set (None: no
-/// tools). Built-in tools are refused.
-pub(super) fn tool_set(req: &ResponsesRequest) -> Result<Option<ToolSet>, ApiError> {
-    let tools = req.tools.as_deref().unwrap_or_default();
-    let kind = |t: &Value| {
-        t.get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    if let Some(i) = tools.iter().position(|t| kind(t) != "function") {
-        return Err(ApiError::invalid_param(
-            format!(
-                "built-in tool `{}` is not supported by this gateway (only `function` tools can be)",
-                kind(&tools[i])
-            ),
-            &format!("tools[{i}].type"),
-        ));
-    }
-    let choice = openai_tool_choice(
-        req.tool_choice.as_ref(),
-        |c| c.get("name").and_then(Value::as_str),
-        "{\"type\": \"function\", \"name\": …}",
-    )?;
-    let mut specs = Vec::with_capacity(tools.len());
-    for (i, t) in tools.iter().enumerate() {
-        let Some(name) = t.get("name").and_then(Value::as_str) else {
-            return Err(ApiError::invalid_param(
-                "a function tool needs `name`",
-                &format!("tools[{i}].name"),
-            ));
-        };
-        specs.push(ToolSpec {
-            name: name.to_string(),
-            description: t
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            input_schema: t
-                .get("parameters")
-                .filter(|p| !p.is_null())
-                .cloned()
-                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-        });
-    }
-    openai_tool_set(specs, choice, req.parallel_tool_calls, |i, f| {
-        format!("tools[{i}].{f}")
-    })
 }
 
 /// `text` and `reasoning` as run options: `text.format` `json_schema` / `json_object` →

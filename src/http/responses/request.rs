@@ -81,3 +81,12 @@ pub(super) struct Ctx {
     /// Where each message of `conversation` came from (`input[i]`…), for errors.
     pub(super) sources: OnceLock<Vec<String>>,
 }
+
+/// The id as the error may repeat it (client-chosen: short visible ASCII only).
+pub(super) fn shown_id(id: &str) -> String {
+    if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+        id.to_string()
+    } else {
+        "(not shown)".to_string()
+    }
+}

@@ -6,8 +6,9 @@
 use axum::response::sse::Event;
 use serde_json::{json, Map, Value};
 
-use super::output::{function_call_id, function_call_output, incomplete, message_item};
+use super::output::{call_item, call_item_id, incomplete, message_item};
 use super::request::ResponsesRequest;
+use super::tools::ToolKind;
 use crate::http::handler::Framer;
 use crate::http::unix_now;
 use crate::protocol::Success;
@@ -45,6 +46,7 @@ enum OpenItem {
         id: String,
         call_id: String,
         name: String,
+        kind: ToolKind,
         arguments: String,
     },
 }
@@ -141,14 +143,28 @@ impl ResponseFramer {
                 id,
                 call_id,
                 name,
+                kind,
                 arguments,
             }) => {
-                out.push(self.event(
-                    "response.function_call_arguments.done",
-                    json!({"item_id": id, "output_index": index, "name": name,
-                           "arguments": arguments}),
-                ));
-                let item = function_call_output(&id, &call_id, &name, &arguments, "completed");
+                let item = call_item(&kind, &call_id, &name, &arguments, "completed");
+                if kind == ToolKind::Custom {
+                    // The input is a string inside the call's JSON: sent whole at the end.
+                    let input = item["input"].clone();
+                    out.push(self.event(
+                        "response.custom_tool_call_input.delta",
+                        json!({"item_id": id, "output_index": index, "delta": input}),
+                    ));
+                    out.push(self.event(
+                        "response.custom_tool_call_input.done",
+                        json!({"item_id": id, "output_index": index, "input": input}),
+                    ));
+                } else {
+                    out.push(self.event(
+                        "response.function_call_arguments.done",
+                        json!({"item_id": id, "output_index": index, "name": name,
+                               "arguments": arguments}),
+                    ));
+                }
                 out.push(self.event(
                     "response.output_item.done",
                     json!({"output_index": index, "item": item}),
@@ -200,8 +216,9 @@ impl Framer for ResponseFramer {
         self.close(&mut out, "completed");
         let index = self.items;
         self.items += 1;
-        let id = function_call_id(&call_id);
-        let item = function_call_output(&id, &call_id, &name, "", "in_progress");
+        let kind = self.req.tool_kind(&name);
+        let id = call_item_id(&call_id, &kind);
+        let item = call_item(&kind, &call_id, &name, "", "in_progress");
         out.push(self.event(
             "response.output_item.added",
             json!({"output_index": index, "item": item}),
@@ -211,6 +228,7 @@ impl Framer for ResponseFramer {
             id,
             call_id,
             name,
+            kind,
             arguments: String::new(),
         });
         out
@@ -220,6 +238,7 @@ impl Framer for ResponseFramer {
         let Some(OpenItem::Call {
             index,
             id,
+            kind,
             arguments,
             ..
         }) = self.open.as_mut()
@@ -227,6 +246,9 @@ impl Framer for ResponseFramer {
             return Vec::new();
         };
         arguments.push_str(&fragment);
+        if *kind == ToolKind::Custom {
+            return Vec::new();
+        }
         let (index, id) = (*index, id.clone());
         vec![self.event(
             "response.function_call_arguments.delta",
