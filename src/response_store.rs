@@ -5,6 +5,9 @@
 //! one holds exactly it (the same fingerprint: tenant, model, system prompt, messages,
 //! answer) and is presented as a synthesized session otherwise.
 //!
+//! A response's output items (`msg_…`, `fc_…`) are kept with it, found by id for the
+//! Responses API's `item_reference` input items under the same rules.
+//!
 //! Rules:
 //! - **Per tenant.** An id is found only by the tenant (API key digest) it was answered to;
 //!   for any other key it does not exist.
@@ -35,12 +38,22 @@ pub struct StoredConversation {
     pub messages: Vec<Message>,
 }
 
+/// An output item of a stored response (`msg_…`, `fc_…`) as the message it stands for:
+/// what a Responses `item_reference` input item names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredItem {
+    pub id: String,
+    pub message: Message,
+}
+
 struct Entry {
     id: String,
     tenant: String,
     used: Instant,
     bytes: usize,
     conversation: Arc<StoredConversation>,
+    /// The response's output items, found by id with the same tenant scoping and bounds.
+    items: Vec<StoredItem>,
 }
 
 /// The stored responses of one replica.
@@ -78,7 +91,22 @@ impl ResponseStore {
 
     /// Stores `conversation` under `id` for `tenant` (returns false when it is too large).
     pub fn put(&self, id: &str, tenant: &str, conversation: StoredConversation) -> bool {
-        let bytes = conversation_bytes(&conversation);
+        self.put_with_items(id, tenant, conversation, Vec::new())
+    }
+
+    /// [`ResponseStore::put`], with the response's output items (for `item_reference`).
+    pub fn put_with_items(
+        &self,
+        id: &str,
+        tenant: &str,
+        conversation: StoredConversation,
+        items: Vec<StoredItem>,
+    ) -> bool {
+        let item_bytes = conversation_bytes(&StoredConversation {
+            model: String::new(),
+            messages: items.iter().map(|i| i.message.clone()).collect(),
+        }) + items.iter().map(|i| i.id.len()).sum::<usize>();
+        let bytes = conversation_bytes(&conversation) + item_bytes;
         if bytes > self.max_bytes || self.max_entries == 0 {
             return false;
         }
@@ -91,6 +119,7 @@ impl ResponseStore {
             used: Instant::now(),
             bytes,
             conversation: Arc::new(conversation),
+            items,
         });
         while inner.entries.len() > self.max_entries || inner.bytes > self.max_bytes {
             match inner.entries.pop_front() {
@@ -115,6 +144,24 @@ impl ResponseStore {
         let found = Arc::clone(&e.conversation);
         inner.entries.push_back(e);
         Some(found)
+    }
+
+    /// The output item `item_id` of a response stored for `tenant`, if it is still kept
+    /// (its use renews the response).
+    pub fn item(&self, item_id: &str, tenant: &str) -> Option<Message> {
+        let mut inner = self.lock();
+        self.expire(&mut inner);
+        let (i, message) = inner.entries.iter().enumerate().rev().find_map(|(i, e)| {
+            (e.tenant == tenant)
+                .then(|| e.items.iter().find(|it| it.id == item_id))
+                .flatten()
+                .map(|it| (i, it.message.clone()))
+        })?;
+        if let Some(mut e) = inner.entries.remove(i) {
+            e.used = Instant::now();
+            inner.entries.push_back(e);
+        }
+        Some(message)
     }
 
     /// How many responses are stored (tests, debugging).
@@ -186,6 +233,23 @@ mod tests {
         assert_eq!(s.get("resp_1", "a").unwrap().messages.len(), 2);
         assert!(s.get("resp_1", "b").is_none());
         assert!(s.get("resp_2", "a").is_none());
+    }
+
+    #[test]
+    fn output_items_are_found_by_id_for_their_tenant_only() {
+        let s = ResponseStore::new(Duration::from_secs(60));
+        let item = StoredItem {
+            id: "msg_1".into(),
+            message: Message::text(Role::Assistant, "ok"),
+        };
+        assert!(s.put_with_items("resp_1", "a", conv("hi"), vec![item.clone()]));
+        assert_eq!(s.item("msg_1", "a"), Some(item.message.clone()));
+        assert!(s.item("msg_1", "b").is_none());
+        assert!(s.item("msg_2", "a").is_none());
+        let s = ResponseStore::with_bounds(Duration::from_millis(30), 8, 1_000);
+        assert!(s.put_with_items("r", "a", conv("x"), vec![item]));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(s.item("msg_1", "a").is_none(), "expired with its response");
     }
 
     #[test]

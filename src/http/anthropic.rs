@@ -55,7 +55,7 @@ struct MessageParam {
 
 /// Parses and validates a request body into the turn it asks for (pure; fuzzed).
 pub fn parse_request(body: &[u8]) -> Result<TurnRequest, ApiError> {
-    let req: MessagesRequest = crate::http::extract::parse_json_bytes(body)?;
+    let req: MessagesRequest = crate::http::extract::parse_json_in(body, Flavour::Anthropic)?;
     Messages::translate(&req)
 }
 
@@ -233,7 +233,14 @@ fn thinking(
         Some(d) => match d.as_str() {
             Some("summarized") => Some("summarized"),
             Some("omitted") => Some("omitted"),
-            _ => return Err(bad("thinking.display", "must be summarized or omitted")),
+            // What the CLI itself asks the API for (its default): no flag.
+            Some("updates") => None,
+            _ => {
+                return Err(bad(
+                    "thinking.display",
+                    "must be summarized, omitted or updates",
+                ))
+            }
         },
     };
     let mode = match kind {
@@ -304,6 +311,10 @@ fn run_options(req: &MessagesRequest) -> Result<(RunOptions, bool), ApiError> {
 fn stop_reason(s: &Success) -> &str {
     match s.stop_reason.as_deref() {
         Some("max_turns") => "max_tokens",
+        // The CLI's structured output is its own StructuredOutput tool call, so its result
+        // says `tool_use`; the client got text and no tool_use block, which the API ends
+        // with `end_turn` (a tool loop reading `tool_use` would wait for a call).
+        Some("tool_use") if s.tool_calls.is_empty() => "end_turn",
         Some(r @ ("end_turn" | "max_tokens" | "stop_sequence" | "tool_use" | "refusal")) => r,
         _ => "end_turn",
     }
@@ -381,7 +392,22 @@ impl Api for Messages {
                     ))
                 }
             };
-            let blocks = m.content.blocks(&format!("messages[{i}].content"), allow)?;
+            let path = format!("messages[{i}].content");
+            for (at, name) in m.content.tool_references(&path) {
+                let known = tools
+                    .as_ref()
+                    .is_some_and(|t| t.tools.iter().any(|spec| spec.name == name));
+                if !known {
+                    return Err(ApiError::invalid_param(
+                        format!(
+                            "{}: the referenced tool is not among the request's `tools`",
+                            at.replace(['[', ']'], ".")
+                        ),
+                        &at,
+                    ));
+                }
+            }
+            let blocks = m.content.blocks(&path, allow)?;
             messages.push(Message::new(role, blocks));
         }
         let (options, show_thinking) = run_options(req)?;

@@ -84,6 +84,9 @@ pub struct Part {
     signature: Option<String>,
     #[serde(default)]
     data: Option<String>,
+    /// A `tool_reference` part's tool (inside a tool result, after a tool search).
+    #[serde(default)]
+    tool_name: Option<String>,
 }
 
 /// Which parts a place accepts.
@@ -109,6 +112,28 @@ impl Content {
                 .map(|(j, p)| p.block(&format!("{path}[{j}]"), allow))
                 .collect(),
         }
+    }
+
+    /// The tools `tool_reference` parts inside this content's tool results name, with
+    /// their paths (the API checks each is among the request's tools).
+    pub fn tool_references(&self, path: &str) -> Vec<(String, String)> {
+        let Content::Parts(parts) = self else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (j, p) in parts.iter().enumerate() {
+            if let (true, Some(Content::Parts(inner))) =
+                (p.kind == "tool_result", p.content.as_ref())
+            {
+                for (k, r) in inner.iter().enumerate() {
+                    if r.kind == "tool_reference" {
+                        let at = format!("{path}[{j}].content[{k}].tool_name");
+                        out.push((at, r.tool_name.clone().unwrap_or_default()));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The text of text-only content, parts joined with newlines.
@@ -167,7 +192,7 @@ impl Part {
                 tool_use_id: required(&self.tool_use_id, &field(".tool_use_id"))?,
                 content: match &self.content {
                     None => Vec::new(),
-                    Some(c) => c.blocks(&field(".content"), Allow::User)?,
+                    Some(c) => tool_result_blocks(c, &field(".content"))?,
                 },
                 is_error: self.is_error.unwrap_or(false),
             },
@@ -191,6 +216,32 @@ impl Part {
             }
         })
     }
+}
+
+/// A tool result's content: what a user message may hold, and `tool_reference` parts (a
+/// tool search's answer: the named tool is now loaded). Every client tool is offered to
+/// the model from the start, so a reference is told to the model as text.
+fn tool_result_blocks(c: &Content, path: &str) -> Result<Vec<Block>, ApiError> {
+    let Content::Parts(parts) = c else {
+        return c.blocks(path, Allow::User);
+    };
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let at = format!("{path}[{j}]");
+            if p.kind != "tool_reference" {
+                return p.block(&at, Allow::User);
+            }
+            match p.tool_name.as_deref().filter(|n| !n.is_empty()) {
+                Some(name) => Ok(Block::Text(format!("Tool loaded: {name}"))),
+                None => Err(ApiError::invalid_param(
+                    "a `tool_reference` block needs `tool_name`",
+                    &format!("{at}.tool_name"),
+                )),
+            }
+        })
+        .collect()
 }
 
 fn required(v: &Option<String>, path: &str) -> Result<String, ApiError> {

@@ -125,7 +125,7 @@ pub async fn count_tokens(
     let body = Bytes::from_request(req, &state).await;
     // Parsing and counting a large body is CPU work: off the async workers.
     let counted = crate::offload::blocking(|| {
-        let body: CountRequest = parse_body(body, limit)?;
+        let body: CountRequest = parse_body(body, limit, Flavour::Anthropic)?;
         let model = crate::engine::check_model(&body.model)
             .is_ok()
             .then(|| body.model.clone());
@@ -152,7 +152,10 @@ pub async fn count_tokens(
 
 /// Parses a body and estimates its input tokens (pure; used by tests).
 pub fn count_body(body: &[u8]) -> Result<u64, ApiError> {
-    count(&crate::http::extract::parse_json_bytes(body)?)
+    count(&crate::http::extract::parse_json_in(
+        body,
+        Flavour::Anthropic,
+    )?)
 }
 
 /// The estimated input tokens of a request, after the checks `/v1/messages` makes.

@@ -44,6 +44,14 @@ pub enum ApiError {
     /// 400: a Responses `previous_response_id` this replica does not hold for this API
     /// key (never stored, `store: false`, expired, evicted, or another key's).
     PreviousResponseNotFound(String),
+    /// 400: a Responses `item_reference` (or an Anthropic thread) naming what this replica
+    /// does not hold for this API key: the same answer as an unknown
+    /// `previous_response_id`, naming the field (`param`) and the id.
+    StoredNotFound {
+        what: &'static str,
+        id: String,
+        param: String,
+    },
     /// A CLI failure (or the health gate) classified by the rules.
     Verdict(Box<Verdict>),
 }
@@ -76,7 +84,9 @@ impl ApiError {
             ApiError::OriginNotAllowed => "origin_not_allowed",
             ApiError::HostNotAllowed => "host_not_allowed",
             ApiError::BodyTimeout => "body_timeout",
-            ApiError::PreviousResponseNotFound(_) => "previous_response_not_found",
+            ApiError::PreviousResponseNotFound(_) | ApiError::StoredNotFound { .. } => {
+                "previous_response_not_found"
+            }
             ApiError::Verdict(v) => &v.kind,
         }
     }
@@ -243,6 +253,15 @@ impl ApiError {
                     "Previous response with id '{id}' not found. This gateway keeps responses briefly and per replica only; send the full conversation as `input` instead."
                 ),
                 Some("previous_response_id".to_string()),
+            ),
+            ApiError::StoredNotFound { what, id, param } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "previous_response_not_found",
+                format!(
+                    "{what} with id '{id}' not found. This gateway keeps responses briefly and per replica only; send the full conversation as `input` instead."
+                ),
+                Some(param.clone()),
             ),
             ApiError::Verdict(v) => return render_verdict(v, cx),
         };

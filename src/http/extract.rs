@@ -97,12 +97,14 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
     }
 }
 
-/// The body bytes parsed as JSON, every failure mapped to a clear [`ApiError`].
+/// The body bytes parsed as JSON, every failure mapped to a clear [`ApiError`] in
+/// `flavour`'s words.
 pub(crate) fn parse_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
+    flavour: Flavour,
 ) -> Result<T, ApiError> {
-    parse_json_bytes(&read_body(body, limit)?)
+    parse_json_in(&read_body(body, limit)?, flavour)
 }
 
 /// The body bytes, a failure to read them (too large, too late, broken) mapped to a clear
@@ -123,18 +125,189 @@ pub(crate) fn read_body(
     }
 }
 
-/// Parses JSON bytes into `T`, mapping every failure to a 400 [`ApiError`].
+/// Parses JSON bytes into `T`, mapping every failure to a 400 [`ApiError`] (OpenAI's
+/// words for a field of the wrong type).
 pub fn parse_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    parse_json_in(bytes, Flavour::Openai)
+}
+
+/// Parses JSON bytes into `T`; a field of the wrong type or a missing one is a 400 naming
+/// the field (`param`) in the API's own words: OpenAI's "Invalid type for 'max_tokens':
+/// expected an integer, but got a string instead." / "Missing required parameter:
+/// 'model'.", Anthropic's "max_tokens: Input should be a valid integer" / "model: Field
+/// required".
+pub fn parse_json_in<T: DeserializeOwned>(bytes: &[u8], flavour: Flavour) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "the request body is empty; expected a JSON object",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Data => "invalid request",
-            _ => "malformed JSON in request body",
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.classify() != serde_json::error::Category::Data {
+            return ApiError::invalid(format!("malformed JSON in request body: {inner}"));
+        }
+        field_error(&path, &inner.to_string(), flavour)
+    })?;
+    // Trailing characters after the value (what `from_slice` checks).
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("malformed JSON in request body: {e}")))?;
+    Ok(value)
+}
+
+/// A data error of serde at `path` (`.` for the top) in the API's words.
+fn field_error(path: &str, serde_message: &str, flavour: Flavour) -> ApiError {
+    // serde_json ends its messages with the position; the field's path says more.
+    let message = match serde_message.rfind(" at line ") {
+        Some(i) => &serde_message[..i],
+        None => serde_message,
+    };
+    let join = |field: &str| {
+        if path == "." {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        }
+    };
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        let at = join(field);
+        return match flavour {
+            Flavour::Openai => {
+                ApiError::invalid_param(format!("Missing required parameter: '{at}'."), &at)
+            }
+            Flavour::Anthropic => {
+                ApiError::invalid_param(format!("{}: Field required", dotted(&at)), &at)
+            }
         };
-        ApiError::invalid(format!("{what}: {e}"))
+    }
+    let at = if path == "." {
+        String::new()
+    } else {
+        path.to_string()
+    };
+    let (got, expected) = match message.strip_prefix("invalid type: ") {
+        Some(rest) => match rest.split_once(", expected ") {
+            Some((got, expected)) => (Some(got), expected),
+            None => (None, rest),
+        },
+        None => (None, message),
+    };
+    let expected = json_type(expected);
+    let got = got.and_then(|g| json_type(g.split(' ').next().unwrap_or(g)));
+    let text = match (flavour, got, expected) {
+        (Flavour::Openai, Some(got), Some(expected)) if !at.is_empty() => {
+            format!("Invalid type for '{at}': expected {expected}, but got {got} instead.")
+        }
+        (Flavour::Openai, _, _) if !at.is_empty() => {
+            format!("Invalid value for '{at}': {message}.")
+        }
+        (Flavour::Anthropic, _, Some(expected)) if !at.is_empty() => {
+            format!("{}: Input should be {expected}", dotted(&at))
+        }
+        (Flavour::Anthropic, _, _) if !at.is_empty() => format!("{}: {message}", dotted(&at)),
+        _ => format!("invalid request: {message}"),
+    };
+    if at.is_empty() {
+        ApiError::invalid(text)
+    } else {
+        ApiError::invalid_param(text, &at)
+    }
+}
+
+/// `messages[0].content` as Anthropic's errors spell a location: `messages.0.content`.
+fn dotted(path: &str) -> String {
+    path.replace('[', ".").replace(']', "")
+}
+
+/// What serde expected or found, as a JSON type with its article (None: not a type).
+fn json_type(serde: &str) -> Option<&'static str> {
+    Some(match serde {
+        "a string" | "string" | "a borrowed string" | "char" => "a string",
+        "u8" | "u16" | "u32" | "u64" | "u128" | "i8" | "i16" | "i32" | "i64" | "i128" | "usize"
+        | "isize" | "integer" => "an integer",
+        "f32" | "f64" | "floating" | "a number" => "a number",
+        "a boolean" | "boolean" => "a boolean",
+        "a sequence" | "sequence" => "an array",
+        "a map" | "map" => "an object",
+        "null" | "unit" => "null",
+        s if s.starts_with("struct ") => "an object",
+        s if s.starts_with("a sequence") => "an array",
+        _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        model: String,
+        max_tokens: u64,
+        #[serde(default)]
+        messages: Vec<Msg>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Msg {
+        role: String,
+    }
+
+    fn err(body: &str, flavour: Flavour) -> (String, Option<String>) {
+        match parse_json_in::<Body>(body.as_bytes(), flavour) {
+            Err(ApiError::InvalidRequest { message, param }) => (message, param),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn type_errors_are_in_the_apis_own_words_naming_the_field() {
+        let b = r#"{"model": "m", "max_tokens": "5"}"#;
+        assert_eq!(
+            err(b, Flavour::Openai),
+            (
+                "Invalid type for 'max_tokens': expected an integer, but got a string instead."
+                    .into(),
+                Some("max_tokens".into())
+            )
+        );
+        assert_eq!(
+            err(b, Flavour::Anthropic).0,
+            "max_tokens: Input should be an integer"
+        );
+        let b = r#"{"model": "m", "max_tokens": 5, "messages": [{"role": 1}]}"#;
+        assert_eq!(
+            err(b, Flavour::Anthropic),
+            (
+                "messages.0.role: Input should be a string".into(),
+                Some("messages[0].role".into())
+            )
+        );
+        let b = r#"{"max_tokens": 5}"#;
+        assert_eq!(
+            err(b, Flavour::Openai),
+            (
+                "Missing required parameter: 'model'.".into(),
+                Some("model".into())
+            )
+        );
+        assert_eq!(err(b, Flavour::Anthropic).0, "model: Field required");
+        let b = r#"{"model": "m", "max_tokens": 5, "messages": [{}]}"#;
+        assert_eq!(
+            err(b, Flavour::Anthropic).0,
+            "messages.0.role: Field required"
+        );
+        // Malformed JSON and trailing bytes stay what they are.
+        assert!(err("{", Flavour::Openai).0.starts_with("malformed JSON"));
+        assert!(err(r#"{"model": "m", "max_tokens": 5} x"#, Flavour::Openai)
+            .0
+            .starts_with("malformed JSON"));
+    }
 }

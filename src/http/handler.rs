@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::backend::RunOptions;
 use crate::conversation::Conversation;
-use crate::engine::{TurnRequest, TurnRun, TurnStep};
+use crate::engine::{TurnError, TurnRequest, TurnRun, TurnStep};
 use crate::http::errors::ApiError;
 use crate::http::extract::{parse_body, read_body, Cx};
 use crate::http::state::AppState;
@@ -48,6 +48,10 @@ pub trait Api: Send + Sync + Sized + 'static {
     /// the request says (OpenAI: `openai.reasoning_content`).
     fn thinking_by_config(_settings: &crate::config::Settings) -> bool {
         false
+    }
+    /// A turn that could not start, as this API's error (its own field names).
+    fn start_error(_req: &Self::Request, e: TurnError) -> ApiError {
+        e.into()
     }
     /// A new id for the answer (`chatcmpl-…`, `msg_…`).
     fn answer_id() -> String;
@@ -133,7 +137,7 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
                 Err(e) => cx.error(e),
             });
         }
-        match parse_body(body, limit) {
+        match parse_body(body, limit, A::FLAVOUR) {
             Ok(body) => Ok(ApiRequest { cx, body }),
             Err(e) => Err(cx.error(e)),
         }
@@ -162,7 +166,7 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         .await
     {
         Ok(run) => run,
-        Err(e) => return cx.error(e.into()),
+        Err(e) => return cx.error(A::start_error(&body, e)),
     };
     let id = A::answer_id();
     if A::wants_stream(&body) {

@@ -76,8 +76,13 @@ async fn request_id_layer(mut req: Request, next: Next) -> Response {
         .and_then(acceptable_request_id)
         .unwrap_or_else(new_request_id);
     req.extensions_mut().insert(RequestId(id.clone()));
+    // Anthropic's SDKs read `request-id` (what the real API sends), OpenAI's `x-request-id`.
+    let anthropic = flavour_for_request(req.uri().path(), req.headers()) == Flavour::Anthropic;
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
+        if anthropic {
+            resp.headers_mut().insert("request-id", v.clone());
+        }
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
@@ -283,7 +288,10 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers(Any)
-            .expose_headers([axum::http::HeaderName::from_static("x-request-id")]),
+            .expose_headers([
+                axum::http::HeaderName::from_static("x-request-id"),
+                axum::http::HeaderName::from_static("request-id"),
+            ]),
     )
 }
 

@@ -241,7 +241,7 @@ fn tool_calls(i: usize, calls: &[Value]) -> Result<Vec<Block>, ApiError> {
 
 /// Parses and validates a request body into the turn it asks for (pure; fuzzed).
 pub fn parse_request(body: &[u8]) -> Result<TurnRequest, ApiError> {
-    let req: ChatRequest = crate::http::extract::parse_json_bytes(body)?;
+    let req: ChatRequest = crate::http::extract::parse_json_in(body, Flavour::Openai)?;
     ChatCompletions::translate(&req)
 }
 
@@ -557,6 +557,7 @@ impl Api for ChatCompletions {
                 "finish_reason": finish_reason(s),
             }],
             "usage": usage(s),
+            "service_tier": "default",
             "system_fingerprint": null,
         })
     }
@@ -604,7 +605,7 @@ impl ChunkFramer {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Event {
         let v = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model, "system_fingerprint": null,
+            "model": self.model, "service_tier": "default", "system_fingerprint": null,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
         Event::default().data(v.to_string())
@@ -648,7 +649,8 @@ impl Framer for ChunkFramer {
         if self.include_usage {
             let u = json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [], "usage": usage(s),
+                "model": self.model, "service_tier": "default", "system_fingerprint": null,
+                "choices": [], "usage": usage(s),
             });
             v.push(Event::default().data(u.to_string()));
         }

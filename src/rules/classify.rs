@@ -213,7 +213,7 @@ impl Rules {
                     .clone()
                     .unwrap_or_else(|| v.message.clone()),
             ),
-            Placeholder::StderrTail => PValue::Text(v.stderr_tail.clone()),
+            Placeholder::StderrTail => PValue::Text(v.stderr_tail.trim_end().to_string()),
         }
     }
 

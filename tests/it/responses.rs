@@ -443,7 +443,7 @@ async fn count_tokens_answers_an_estimate_in_anthropic_shape() {
     assert_eq!(n, 3 + 3 + 4 + 54, "{text}");
     // Errors are Anthropic's.
     for (b, start) in [
-        (json!({"model": "sonnet"}), "invalid request"),
+        (json!({"model": "sonnet"}), "messages: Field required"),
         (json!({"model": "sonnet", "messages": []}), "messages:"),
         (
             json!({"model": "sonnet", "messages": [{"role": "tool", "content": "x"}]}),

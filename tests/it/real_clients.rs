@@ -1,0 +1,239 @@
+//! What agent clients send on their defaults (issue 22) through the REAL `claude` binary
+//! against the loopback mock Messages API: `end_turn` after structured output, `$schema`
+//! declarations (zod 4's draft 2020-12) and a schema the CLI refuses, `thinking.display:
+//! "updates"`, `tool_reference` blocks. Skipped loudly without `CCGATE_REAL_CLAUDE`.
+
+use serde_json::{json, Value};
+
+use crate::harness::{chat_body, messages_body, post, sse_events};
+use crate::mock_api::MockApi;
+use crate::real_gateway::real_server_with;
+use crate::support_real::real_claude;
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn url_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => c.to_string(),
+            c => format!("%{:02X}", c as u32),
+        })
+        .collect()
+}
+
+const ANSWER: &str = r#"{"answer":"42"}"#;
+
+#[tokio::test]
+async fn real_cli_structured_output_ends_with_end_turn_and_draft_2020_12_is_normalised() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let url = mock.url(&format!("schema:{}", url_escape(ANSWER)));
+    let (s, _home) = real_server_with(exe, Some(url), None, |_| {}).await;
+    // zod 4's output, as LangChain JS sends it: the CLI alone exits 1 on it.
+    let schema = json!({"$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object", "properties": {"answer": {"type": "string"}},
+        "required": ["answer"], "additionalProperties": false});
+    let mut b = messages_body("the answer", false);
+    b["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
+    let (st, headers, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(headers.contains_key("request-id"));
+    let v = json_of(&body);
+    assert_eq!(v["stop_reason"], "end_turn", "{v}");
+    assert_eq!(
+        json_of(v["content"][0]["text"].as_str().unwrap()),
+        json_of(ANSWER)
+    );
+    let up = mock.message_requests()[0].body.clone();
+    let tool = up["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "StructuredOutput")
+        .unwrap_or_else(|| panic!("no StructuredOutput tool: {}", up["tools"]));
+    assert!(tool["input_schema"].get("$schema").is_none(), "{tool}");
+    assert_eq!(tool["input_schema"]["properties"], schema["properties"]);
+
+    // Streamed: the message_delta says end_turn too.
+    b["stream"] = json!(true);
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let delta = sse_events(&body)
+        .iter()
+        .map(|(_, d)| json_of(d))
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn", "{body}");
+
+    // A schema the CLI still refuses (strict mode): a 400 quoting its reason, and no
+    // upstream call.
+    let before = mock.message_requests().len();
+    let mut b = chat_body("the answer", false);
+    b["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "t",
+        "schema": {"type": "object", "prefixItems": [{"type": "string"}]}}});
+    let (st, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(st, 400, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["error"]["code"], "invalid_json_schema", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("strict mode: unknown keyword: \"prefixItems\""),
+        "{message}"
+    );
+    assert_eq!(mock.message_requests().len(), before);
+}
+
+#[tokio::test]
+async fn real_cli_claude_code_thinking_updates_and_tool_references() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(exe, Some(mock.url("ok")), None, |_| {}).await;
+    let mut b = messages_body("hi", false);
+    b["thinking"] = json!({"type": "adaptive", "display": "updates"});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let up = mock.message_requests().last().unwrap().body.clone();
+    assert_eq!(
+        up["thinking"],
+        json!({"type": "adaptive", "display": "updates"}),
+        "what the client asked reaches the model"
+    );
+
+    let tool = |name: &str| {
+        json!({"name": name, "description": "d", "input_schema": {"type": "object",
+            "properties": {"query": {"type": "string"}}}})
+    };
+    let b = json!({"model": "sonnet", "max_tokens": 256,
+    "tools": [tool("ToolSearch"), tool("NotebookEdit")],
+    "messages": [
+        {"role": "user", "content": "edit the notebook"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01A",
+            "name": "ToolSearch", "input": {"query": "notebook"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_01A", "content": [
+                {"type": "tool_reference", "tool_name": "NotebookEdit"}]}]}
+    ]});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let up = mock.message_requests().last().unwrap().body.clone();
+    let text = up["messages"].to_string();
+    assert!(text.contains("Tool loaded: NotebookEdit"), "{text}");
+}
+
+#[tokio::test]
+async fn real_cli_item_reference_puts_the_earlier_answer_in_the_models_context() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) =
+        real_server_with(exe, Some(mock.url("ok:Paris%20it%20is")), None, |_| {}).await;
+    let (st, _, body) = post(
+        &s,
+        "/v1/responses",
+        &json!({"model": "sonnet", "input": "where?"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let r1 = json_of(&body);
+    let b = json!({"model": "sonnet", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "where?"}]},
+        {"type": "item_reference", "id": r1["output"][0]["id"]},
+        {"role": "user", "content": [{"type": "input_text", "text": "and then?"}]}]});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let up = mock.message_requests().last().unwrap().body.clone();
+    let messages = up["messages"].to_string();
+    assert!(messages.contains("Paris it is"), "{messages}");
+    assert!(messages.contains("and then?"), "{messages}");
+    let (st, _, body) = post(
+        &s,
+        "/v1/responses",
+        &json!({"model": "sonnet", "input": [{"type": "item_reference", "id": "msg_nope"},
+            {"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+}
+
+#[tokio::test]
+async fn real_cli_codex_custom_and_namespace_tools_round_trip() {
+    use crate::mock_api::Answer;
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let patch = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch";
+    mock.script(
+        "codex",
+        vec![
+            Answer::Tools {
+                text: None,
+                calls: vec![("mcp__cg__apply_patch".into(), json!({"input": patch}))],
+            },
+            Answer::EchoResults,
+            Answer::Tools {
+                text: None,
+                calls: vec![("mcp__cg__spawn_agent".into(), json!({"task": "t"}))],
+            },
+            Answer::EchoResults,
+        ],
+    );
+    let (s, _home) = real_server_with(exe, Some(mock.url("script:codex")), None, |_| {}).await;
+    let tools = json!([
+        {"type": "custom", "name": "apply_patch", "description": "Edit files",
+         "format": {"type": "grammar", "syntax": "lark", "definition": "start: \"*** Begin Patch\" hunk+"}},
+        {"type": "namespace", "name": "multi_agent_v1", "description": "agents", "tools": [
+            {"type": "function", "name": "spawn_agent", "description": "Spawn",
+             "parameters": {"type": "object", "properties": {"task": {"type": "string"}}}}]}
+    ]);
+    let b = json!({"model": "sonnet", "tools": tools, "store": false, "stream": true,
+        "input": [{"role": "user", "content": "patch it"}]});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let done: Vec<Value> = sse_events(&body).iter().map(|(_, d)| json_of(d)).collect();
+    let call = done.last().unwrap()["response"]["output"][0].clone();
+    assert_eq!(call["type"], "custom_tool_call", "{body}");
+    assert_eq!(call["input"], patch);
+    // Upstream, the custom tool was offered with its grammar in the description.
+    let up = mock.message_requests()[0].body.clone();
+    let offered = up["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "mcp__cg__apply_patch")
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", up["tools"]));
+    assert!(
+        offered["description"]
+            .as_str()
+            .unwrap()
+            .contains("lark grammar"),
+        "{offered}"
+    );
+    // Codex's next request: the whole history, the call's output last.
+    let b = json!({"model": "sonnet", "tools": tools, "store": false, "input": [
+        {"role": "user", "content": "patch it"},
+        call.clone(),
+        {"type": "custom_tool_call_output", "call_id": call["call_id"], "output": "Done!"}]});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert!(
+        v["output"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("seen: Done!"),
+        "{v}"
+    );
+    assert_eq!(
+        s.state.backend.stats().snapshot().spawned_total,
+        1,
+        "held run continued"
+    );
+    let b = json!({"model": "sonnet", "tools": tools, "input": "spawn one"});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["output"][0]["type"], "function_call", "{v}");
+    assert_eq!(v["output"][0]["namespace"], "multi_agent_v1", "{v}");
+    assert_eq!(v["output"][0]["name"], "spawn_agent", "{v}");
+}
