@@ -1,5 +1,6 @@
 //! The one integration-test binary; each area is a module.
 mod accounts;
+mod action_required;
 mod api;
 mod backend;
 mod binary;
@@ -23,6 +24,7 @@ mod real_responses;
 mod real_structured;
 mod real_tool_gateway;
 mod real_tools;
+mod real_typed;
 mod reload;
 mod responses;
 mod router;
