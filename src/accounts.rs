@@ -37,7 +37,7 @@ use crate::rules::{Rules, Verdict, ACCOUNT_ACTION_REQUIRED};
 use crate::shutdown::Shutdown;
 
 /// The name of the implicit account (no `accounts` configured).
-pub const IMPLICIT_NAME: &str = "default";
+pub const IMPLICIT_NAME: &str = crate::probe::IMPLICIT_ACCOUNT;
 /// Conversations whose account is remembered for stickiness.
 pub const STICKY_MAX: usize = 4096;
 

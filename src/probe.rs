@@ -29,6 +29,9 @@ use crate::shutdown::Shutdown;
 /// little behind ours).
 const COOLDOWN_SLACK: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The name of the implicit account (no `accounts` configured); `accounts` uses it too.
+pub const IMPLICIT_ACCOUNT: &str = "default";
+
 /// What the metric and log line name as the reason of an `account_action_required`
 /// verdict: the CLI's typed value that matched (`consumer_terms_accept_on_web`,
 /// `token_revoked`, …), or `text` when a marker or regex did.
@@ -140,7 +143,7 @@ impl Prober {
             let name = self
                 .account
                 .as_ref()
-                .map_or(crate::accounts::IMPLICIT_NAME, |a| a.name());
+                .map_or(IMPLICIT_ACCOUNT, |a| a.name());
             action_required(&self.metrics, name, verdict);
         }
         self.backend.invalidate_pool();

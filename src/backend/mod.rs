@@ -34,6 +34,7 @@
 
 mod admission;
 mod args;
+pub mod capabilities;
 mod child;
 mod held;
 mod io;
