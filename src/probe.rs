@@ -140,10 +140,7 @@ impl Prober {
             .health
             .mark_failed(source, &verdict.kind, &verdict.message);
         if flipped && verdict.kind == ACCOUNT_ACTION_REQUIRED {
-            let name = self
-                .account
-                .as_ref()
-                .map_or(IMPLICIT_ACCOUNT, |a| a.name());
+            let name = self.account.as_ref().map_or(IMPLICIT_ACCOUNT, |a| a.name());
             action_required(&self.metrics, name, verdict);
         }
         self.backend.invalidate_pool();

@@ -7,6 +7,7 @@ mod binary;
 mod cli_cmds;
 mod config;
 mod conversations;
+mod doctor;
 mod edge;
 mod fake_tools;
 mod harness;

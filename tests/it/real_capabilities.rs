@@ -70,3 +70,52 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `ccgate doctor` with the real CLI: ready with an API key (no model call), not ready
+/// without credentials (what `claude auth status` says).
+#[tokio::test]
+async fn real_doctor_reports_login_from_the_cli_without_a_model_call() {
+    let Some(exe) = real_claude() else {
+        return;
+    };
+    let mock = MockApi::start().await;
+    let url = mock.url("ok");
+    let run = |key: Option<&'static str>| {
+        let (exe, url) = (exe.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cmd = assert_cmd::Command::cargo_bin("ccgate").unwrap();
+            cmd.args(["doctor", "--listen", "127.0.0.1:0"])
+                .current_dir(dir.path())
+                .env("CCGATE_CLI__COMMAND", &exe)
+                .env("HOME", dir.path())
+                .env("CLAUDE_CONFIG_DIR", dir.path().join("claude"))
+                .env("ANTHROPIC_BASE_URL", &url)
+                .env_remove("ANTHROPIC_API_KEY")
+                .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+                .env_remove("ANTHROPIC_AUTH_TOKEN");
+            if let Some(k) = key {
+                cmd.env("ANTHROPIC_API_KEY", k);
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        })
+    };
+    let (code, out) = run(Some("test-key")).await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("✓ account default: logged in: api_key"),
+        "{out}"
+    );
+    assert!(out.contains("✓ capabilities:"), "{out}");
+    let (code, out) = run(None).await.unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("✗ account default: logged in: not logged in"),
+        "{out}"
+    );
+    assert!(mock.message_requests().is_empty(), "no model call");
+}
