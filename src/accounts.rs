@@ -33,11 +33,11 @@ use crate::config::AccountSettings;
 use crate::health::{Cooldown, Health, Source};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
-use crate::rules::{Rules, Verdict};
+use crate::rules::{Rules, Verdict, ACCOUNT_ACTION_REQUIRED};
 use crate::shutdown::Shutdown;
 
 /// The name of the implicit account (no `accounts` configured).
-pub const IMPLICIT_NAME: &str = "default";
+pub const IMPLICIT_NAME: &str = crate::probe::IMPLICIT_ACCOUNT;
 /// Conversations whose account is remembered for stickiness.
 pub const STICKY_MAX: usize = 4096;
 
@@ -342,6 +342,9 @@ impl Accounts {
         if verdict.unhealthy {
             member.prober.suspect_unhealthy(&verdict.kind);
         }
+        if verdict.kind == ACCOUNT_ACTION_REQUIRED {
+            self.action_required(member, verdict);
+        }
         if !self.configured {
             return;
         }
@@ -359,6 +362,21 @@ impl Accounts {
             );
             self.metrics.count_cooldown(&member.name);
         }
+    }
+
+    /// The built-in `account_action_required`: not a suspicion but a fact (the CLI's typed
+    /// refusal or the API's own text; a client's text is blinded before classification),
+    /// so the account leaves selection now, not after the probe (woken by the suspicion
+    /// above) agrees; the probe's success brings it back. The implicit account is the
+    /// gateway, so its gate closes and answers with this kind.
+    fn action_required(&self, member: &Member, verdict: &Verdict) {
+        if member
+            .health
+            .mark_failed(Source::Request, &verdict.kind, &verdict.message)
+        {
+            crate::probe::action_required(&self.metrics, &member.name, verdict);
+        }
+        self.refresh(Source::Request);
     }
 
     /// A request on `member` succeeded: a real answer reopens an account its probe had

@@ -29,6 +29,9 @@ enum Command {
     Test(cmd::TestArgs),
     /// Print the rules file's JSON Schema.
     Schema(cmd::SchemaArgs),
+    /// Check whether this host can serve: the CLI and its version, capabilities, each
+    /// account's login and state directory, temp dir, rules, listen address.
+    Doctor(cmd::DoctorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Command::Classify(a) => with_stdio(|out, err| cmd::classify(a, out, err)),
         Command::Test(a) => with_stdio(|out, err| cmd::test(a, out, err)),
         Command::Schema(a) => with_stdio(|out, err| cmd::schema(a, out, err)),
+        Command::Doctor(a) => with_stdio(|out, err| cmd::doctor(a, out, err)),
     };
     std::process::exit(code)
 }

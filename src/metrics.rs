@@ -66,6 +66,12 @@ pub struct AccountLabels {
 type AccountHealths = Arc<std::sync::Mutex<Vec<(String, Arc<Health>)>>>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountReasonLabels {
+    pub account: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -100,6 +106,9 @@ pub struct Metrics {
     pub account_cooldowns: Family<AccountLabels, Counter>,
     /// Requests retried on another account before their first byte, by the account left.
     pub account_failovers: Family<AccountLabels, Counter>,
+    /// Accounts taken out because a person must act on them (`account_action_required`),
+    /// by account and the CLI's reason.
+    pub account_action_required: Family<AccountReasonLabels, Counter>,
     accounts: AccountHealths,
 }
 
@@ -402,11 +411,18 @@ impl Metrics {
             "Requests retried on another account before their first byte, by the account that failed",
             account_failovers.clone(),
         );
+        let account_action_required = Family::<AccountReasonLabels, Counter>::default();
+        registry.register(
+            "ccgate_account_action_required",
+            "Times an account was taken out of service until a person acts on it (kind account_action_required), by account and reason (the CLI's startup_failure_reason or api_error, `text` for a matched text)",
+            account_action_required.clone(),
+        );
         Metrics {
             account_requests,
             account_cli_runs,
             account_cooldowns,
             account_failovers,
+            account_action_required,
             accounts,
             conversation_fallbacks,
             registry,
@@ -464,6 +480,16 @@ impl Metrics {
             drop(self.account_failovers.get_or_create(&labels));
         }
         *self.accounts.lock().unwrap_or_else(|p| p.into_inner()) = accounts;
+    }
+
+    /// An account left service until a person acts on it (`reason`: see the metric's help).
+    pub fn count_action_required(&self, account: &str, reason: &str) {
+        self.account_action_required
+            .get_or_create(&AccountReasonLabels {
+                account: account.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn count_cooldown(&self, account: &str) {

@@ -22,12 +22,42 @@ use crate::backend::{Account, Backend, CliEvent, CliRequest};
 use crate::clock::now_rfc3339;
 use crate::health::{Cooldown, Health, LastProbe, ProbeOutcome, Source};
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::rules::{FailureFacts, GatewayCondition, Rules};
+use crate::rules::{FailureFacts, GatewayCondition, Rules, Verdict, ACCOUNT_ACTION_REQUIRED};
 use crate::shutdown::Shutdown;
 
 /// How long after a cooldown's reset time its probe runs (the upstream's clock may be a
 /// little behind ours).
 const COOLDOWN_SLACK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The name of the implicit account (no `accounts` configured); `accounts` uses it too.
+pub const IMPLICIT_ACCOUNT: &str = "default";
+
+/// What the metric and log line name as the reason of an `account_action_required`
+/// verdict: the CLI's typed value that matched (`consumer_terms_accept_on_web`,
+/// `token_revoked`, …), or `text` when a marker or regex did.
+pub fn action_reason(verdict: &Verdict) -> &str {
+    verdict
+        .matched
+        .as_deref()
+        .and_then(|m| m.split_once('='))
+        .filter(|(field, _)| !matches!(*field, "marker" | "regex"))
+        .map_or("text", |(_, value)| value)
+}
+
+/// A verdict of the built-in kind `account_action_required` took `account` out of
+/// service until a probe succeeds: the operator's log line (with the CLI's remedy, as
+/// redacted in the verdict) and `ccgate_account_action_required_total`.
+pub fn action_required(metrics: &Metrics, account: &str, verdict: &Verdict) {
+    let reason = action_reason(verdict);
+    tracing::error!(
+        account,
+        kind = verdict.kind.as_str(),
+        reason,
+        remedy = verdict.message.as_str(),
+        "a person must act on this account before it can serve again; it is out of service until a probe succeeds"
+    );
+    metrics.count_action_required(account, reason);
+}
 
 /// Runs probes and records verdicts. Shared (`Arc`) by the periodic task and the handlers.
 pub struct Prober {
@@ -109,9 +139,16 @@ impl Prober {
     }
 
     /// The probe's `unhealthy` verdict: closes the health gate and drains the pre-warmed
-    /// pool (it refills once healthy again).
-    fn mark_unhealthy(&self, source: Source, kind: &str, message: &str) {
-        self.health.mark_failed(source, kind, message);
+    /// pool (it refills once healthy again). The built-in `account_action_required` also
+    /// gets its operator log line and metric when it takes the account out.
+    fn mark_unhealthy(&self, source: Source, verdict: &Verdict) {
+        let flipped = self
+            .health
+            .mark_failed(source, &verdict.kind, &verdict.message);
+        if flipped && verdict.kind == ACCOUNT_ACTION_REQUIRED {
+            let name = self.account.as_ref().map_or(IMPLICIT_ACCOUNT, |a| a.name());
+            action_required(&self.metrics, name, verdict);
+        }
         self.backend.invalidate_account(self.account_name());
     }
 
@@ -159,7 +196,7 @@ impl Prober {
                     .flatten();
                 let outcome = if verdict.unhealthy {
                     self.health.clear_cooldown();
-                    self.mark_unhealthy(source, &verdict.kind, &verdict.message);
+                    self.mark_unhealthy(source, &verdict);
                     ProbeOutcome::Unhealthy
                 } else {
                     match cooling {

@@ -176,6 +176,8 @@ pub struct AssistantLine {
     pub api_error_status: Option<u16>,
     pub api_error_type: Option<String>,
     pub api_error: Option<String>,
+    /// `api_error_code` (the upstream's `error.details.error_code`, CLI 2.1.274+).
+    pub api_error_code: Option<String>,
 }
 
 /// The fields of a `result` line.
@@ -188,6 +190,10 @@ pub struct ResultLine {
     pub api_error_status: Option<u16>,
     pub api_error_type: Option<String>,
     pub api_error: Option<String>,
+    /// `api_error_code` (the upstream's `error.details.error_code`, CLI 2.1.274+).
+    pub api_error_code: Option<String>,
+    /// `startup_failure_reason`: why the CLI refused to start (CLI 2.1.274+).
+    pub startup_failure_reason: Option<String>,
     pub terminal_reason: Option<String>,
     pub stop_reason: Option<String>,
     pub usage: Usage,
@@ -396,6 +402,7 @@ impl Line {
                     api_error_status: status(&v, "api_error_status"),
                     api_error_type: s(&v, "api_error_type"),
                     api_error: s(&v, "api_error"),
+                    api_error_code: s(&v, "api_error_code"),
                 })
             }
             "stream_event" => {
@@ -502,6 +509,8 @@ impl Line {
                     api_error_status: status(&v, "api_error_status"),
                     api_error_type: s(&v, "api_error_type"),
                     api_error: s(&v, "api_error"),
+                    api_error_code: s(&v, "api_error_code"),
+                    startup_failure_reason: s(&v, "startup_failure_reason"),
                     terminal_reason: s(&v, "terminal_reason"),
                     stop_reason: s(&v, "stop_reason"),
                     usage,
@@ -641,6 +650,9 @@ impl RunAccumulator {
                 if status.as_deref() == Some("rejected") && resets_at.is_some() {
                     self.facts.rate_limit_resets_at = resets_at;
                 }
+                if status.is_some() {
+                    self.facts.rate_limit_status = status;
+                }
                 vec![]
             }
             Line::BadJson(_) => {
@@ -722,6 +734,7 @@ impl RunAccumulator {
                     f.api_error_status = a.api_error_status.or(f.api_error_status);
                     f.api_error_type = a.api_error_type.or(f.api_error_type.take());
                     f.api_error = a.api_error.or(f.api_error.take());
+                    f.api_error_code = a.api_error_code.or(f.api_error_code.take());
                     vec![]
                 } else {
                     if self.model.is_none() {
@@ -759,6 +772,11 @@ impl RunAccumulator {
                 if r.api_error.is_some() {
                     f.api_error.clone_from(&r.api_error);
                 }
+                if r.api_error_code.is_some() {
+                    f.api_error_code.clone_from(&r.api_error_code);
+                }
+                f.startup_failure_reason
+                    .clone_from(&r.startup_failure_reason);
                 f.terminal_reason.clone_from(&r.terminal_reason);
                 if r.session_id.is_some() && self.session_id.is_none() {
                     self.session_id.clone_from(&r.session_id);

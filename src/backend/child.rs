@@ -348,7 +348,11 @@ pub(super) fn spawn_cli(
     })
 }
 
-fn build_command(settings: &CliSettings, args: Vec<OsString>, tag: Option<&str>) -> Command {
+pub(super) fn build_command(
+    settings: &CliSettings,
+    args: Vec<OsString>,
+    tag: Option<&str>,
+) -> Command {
     let mut cmd = Command::new(&settings.command);
     cmd.args(args)
         .current_dir(&settings.workdir)

@@ -42,6 +42,7 @@
 
 mod admission;
 mod args;
+pub mod capabilities;
 mod child;
 mod handle;
 mod held;

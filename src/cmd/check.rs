@@ -19,7 +19,8 @@ pub struct CheckArgs {
     pub source: RulesSourceArgs,
 }
 
-/// `ccgate check`: prints `PATH: ok (N kinds, M markers)` (exit 0) or every problem (exit 1).
+/// `ccgate check`: prints `PATH: ok (N kinds, M markers)` (exit 0; warnings, such as a
+/// `startup_failure_reason` no tested CLI reports, on stderr) or every problem (exit 1).
 pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let loaded = match &args.file {
         Some(path) => explicit_rules(path),
@@ -31,6 +32,9 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
                 let _ = writeln!(err, "{}", rules_used(&l));
             }
             let r = &l.rules;
+            for w in r.warnings() {
+                let _ = writeln!(err, "{w}");
+            }
             let _ = writeln!(
                 out,
                 "{}: ok ({} kinds, {} markers)",

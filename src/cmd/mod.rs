@@ -1,9 +1,10 @@
-//! The subcommands (`ccgate serve | check | classify | test | schema`) as library
+//! The subcommands (`ccgate serve | check | classify | test | schema | doctor`) as library
 //! functions: each rules subcommand takes its clap args plus stdout/stderr writers and
 //! returns the process exit code, so `main.rs` only dispatches. `serve` runs the gateway.
 
 mod check;
 mod classify;
+mod doctor;
 pub mod log;
 mod schema;
 pub mod serve;
@@ -17,6 +18,7 @@ use crate::reload::{load_rules_file, IfMissing, LoadedRules, RulesSource};
 pub use crate::capture::{classify_json, is_capture, parse_capture, parse_input, Outcome};
 pub use check::{check, CheckArgs};
 pub use classify::{classify, ClassifyArgs};
+pub use doctor::{doctor, run_checks, Check, DoctorArgs, Status};
 pub use schema::{schema, schema_json, SchemaArgs};
 pub use serve::ServeArgs;
 pub use test::{json_contains, run_test_file, test, Expect, TestArgs, TestCase, TestFile};

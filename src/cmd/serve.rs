@@ -144,6 +144,15 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })?;
     let state = crate::AppState::new(settings, rules, backend);
     tracing::info!(listen = %listener.local_addr()?, "ccgate listening");
+    // The CLI's version and capabilities, in the background (about a second; no model
+    // call): logged, a version outside the tested range warned about, and shown in
+    // `/v1/auth/status`.
+    let (cli_report, cli_settings) = (state.cli.clone(), state.backend.settings().clone());
+    tokio::spawn(async move {
+        let report = std::sync::Arc::new(crate::backend::capabilities::check(&cli_settings).await);
+        cli_report.store(Some(report.clone()));
+        report.log();
+    });
     crate::serve(listener, state, stop).await?;
     tracing::info!("ccgate stopped");
     Ok(())

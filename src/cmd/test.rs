@@ -27,7 +27,8 @@ pub struct TestFile {
     pub cases: Vec<TestCase>,
 }
 
-/// One test case: `facts` or `capture`, and what to expect.
+/// One test case: `facts`, or a capture (`capture`, `capture_file` or both), and what to
+/// expect.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
@@ -36,6 +37,11 @@ pub struct TestCase {
     pub facts: Option<FailureFacts>,
     #[serde(default)]
     pub capture: Option<String>,
+    /// A capture file (a real CLI's stdout, e.g. `tests/fixtures/real/*.jsonl`), relative
+    /// to the test file; `capture`, if given too, is appended (its `#exit:` and other
+    /// directives describe how the captured run ended).
+    #[serde(default)]
+    pub capture_file: Option<PathBuf>,
     pub expect: Expect,
 }
 
@@ -80,11 +86,28 @@ pub fn json_contains(actual: &Value, expected: &Value) -> bool {
     }
 }
 
-fn run_case(rules: &Rules, case: &TestCase) -> Result<(), String> {
-    let outcome = match (&case.facts, &case.capture) {
+fn run_case(rules: &Rules, case: &TestCase, dir: &Path) -> Result<(), String> {
+    let file = match &case.capture_file {
+        Some(f) => {
+            let p = dir.join(f);
+            Some(std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let capture = match (file, &case.capture) {
+        (Some(f), Some(c)) => Some(format!("{}\n{c}", f.trim_end())),
+        (Some(f), None) => Some(f),
+        (None, c) => c.clone(),
+    };
+    let outcome = match (&case.facts, capture) {
         (Some(f), None) => Outcome::Failure(Box::new(f.clone())),
-        (None, Some(c)) => parse_capture(c)?,
-        _ => return Err("a case needs exactly one of `facts` or `capture`".into()),
+        (None, Some(c)) => parse_capture(&c)?,
+        _ => {
+            return Err(
+                "a case needs exactly one of `facts` or a capture (`capture` / `capture_file`)"
+                    .into(),
+            )
+        }
     };
     let e = &case.expect;
     let flavour = e.flavour.unwrap_or(Flavour::Openai);
@@ -160,9 +183,10 @@ pub fn run_test_file(path: &Path, out: &mut dyn Write) -> Result<(usize, usize),
             explicit_rules(&p)?.rules
         }
     };
+    let dir = path.parent().unwrap_or(Path::new("."));
     let (mut pass, mut fail) = (0, 0);
     for case in &file.cases {
-        match run_case(&rules, case) {
+        match run_case(&rules, case, dir) {
             Ok(()) => {
                 pass += 1;
                 let _ = writeln!(out, "PASS {}", case.name);

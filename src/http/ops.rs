@@ -56,6 +56,8 @@ fn auth_status_body(state: &AppState) -> Value {
         "cli_health": state.health.snapshot(),
         "accounts": state.accounts.status(),
         "rules": {"sha256": rules.sha256(), "kinds": rules.kinds_count()},
+        // The start-up check's version and capabilities (null until it has run).
+        "cli": state.cli.load().as_ref().map(|r| r.to_json()),
         "probe": {
             "interval_seconds": probe.interval.as_secs_f64(),
             "unhealthy_interval_seconds": probe.unhealthy_interval.as_secs_f64(),

@@ -48,6 +48,9 @@ pub struct Services {
     pub gate: crate::http::gate::GateAnswers,
     /// The accounts (the implicit one without `accounts`).
     pub accounts: Arc<Accounts>,
+    /// The CLI's version and capabilities, once `serve`'s start-up check has run
+    /// (`/v1/auth/status` shows them as `cli`).
+    pub cli: Arc<arc_swap::ArcSwapOption<crate::backend::capabilities::CliReport>>,
 }
 
 impl AppState {
@@ -111,6 +114,7 @@ impl AppState {
             prober,
             responses,
             gate: Default::default(),
+            cli: Default::default(),
         }))
     }
 }

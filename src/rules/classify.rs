@@ -1,9 +1,10 @@
 //! Classification (facts → [`Verdict`]) and rendering (verdict → body / headers).
 //!
 //! Order: kinds in file order, first match wins; within a kind the structured matchers
-//! are checked first (spawn_error, timeout, condition, assistant_error, api_error_status,
-//! api_error_type, api_error, result_subtype, terminal_reason, retry_status, exit_code,
-//! signal), then markers, then regexes, so `Verdict::matched` names the strongest evidence.
+//! are checked first (spawn_error, timeout, condition, startup_failure_reason,
+//! assistant_error, api_error_code, api_error_status, api_error_type, api_error,
+//! result_subtype, terminal_reason, retry_status, rate_limit_status, exit_code, signal),
+//! then markers, then regexes, so `Verdict::matched` names the strongest evidence.
 //! All markers of all kinds live in ONE Aho-Corasick automaton, searched once per text in a
 //! way that never lets an overlapping marker of a later kind hide an early kind's marker
 //! (see `best_marker`).
@@ -18,6 +19,12 @@ use super::{ClientText, FailureFacts, Flavour, Rules, TemplateValues, Verdict};
 fn any_ci(list: &[String], v: Option<&str>) -> Option<String> {
     let v = v?;
     list.iter().find(|x| x.eq_ignore_ascii_case(v)).cloned()
+}
+
+/// Typed identifiers (`startup_failure_reason`, `api_error_code`) compare exactly.
+fn exact(list: &[String], v: Option<&str>) -> Option<String> {
+    let v = v?;
+    list.iter().find(|x| x.as_str() == v).cloned()
 }
 
 fn enum_name<T: serde::Serialize>(v: &T) -> String {
@@ -38,8 +45,17 @@ fn structured(m: &Matcher, f: &FailureFacts) -> Option<String> {
     if let Some(c) = f.condition.filter(|c| m.condition.contains(c)) {
         return Some(format!("condition={}", enum_name(&c)));
     }
+    if let Some(v) = exact(
+        &m.startup_failure_reason,
+        f.startup_failure_reason.as_deref(),
+    ) {
+        return Some(format!("startup_failure_reason={v}"));
+    }
     if let Some(v) = any_ci(&m.assistant_error, f.assistant_error.as_deref()) {
         return Some(format!("assistant_error={v}"));
+    }
+    if let Some(v) = exact(&m.api_error_code, f.api_error_code.as_deref()) {
+        return Some(format!("api_error_code={v}"));
     }
     if let Some(s) = f
         .api_error_status
@@ -61,6 +77,13 @@ fn structured(m: &Matcher, f: &FailureFacts) -> Option<String> {
     }
     if let Some(s) = f.retry_statuses.iter().find(|s| m.retry_status.contains(s)) {
         return Some(format!("retry_status={s}"));
+    }
+    if let Some(s) = m
+        .rate_limit_status
+        .iter()
+        .find(|s| f.rate_limit_status.as_deref() == Some(s.as_str()))
+    {
+        return Some(format!("rate_limit_status={}", s.as_str()));
     }
     if let Some(c) = f.exit_code.filter(|c| m.exit_code.contains(c)) {
         return Some(format!("exit_code={c}"));

@@ -83,6 +83,16 @@ pub struct FailureFacts {
     pub api_error: Option<String>,
     /// `result.terminal_reason` (`api_error`, `max_turns`, `aborted_streaming`, …).
     pub terminal_reason: Option<String>,
+    /// `result.startup_failure_reason` (CLI 2.1.274+): why the CLI refused to start
+    /// (`bypass_root`, `resume_target_not_found`, `consumer_terms_accept_on_web`, …).
+    pub startup_failure_reason: Option<String>,
+    /// `api_error_code` of the synthetic assistant message or the result: the upstream
+    /// error's `error.details.error_code`, which the CLI copies through when it is an
+    /// identifier (`consumer_terms_not_accepted`, …).
+    pub api_error_code: Option<String>,
+    /// `rate_limit_info.status` of the run's last `rate_limit_event` (`allowed`,
+    /// `allowed_warning`, `rejected`).
+    pub rate_limit_status: Option<String>,
     /// `error_status` of every `system/api_retry` event, in order (null ones skipped).
     pub retry_statuses: Vec<u16>,
     /// `error` of every `system/api_retry` event, in order.

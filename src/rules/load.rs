@@ -12,12 +12,24 @@ use regex::{Regex, RegexBuilder};
 use serde_saphyr::{Location, Spanned};
 
 use super::model::{
-    CooldownDef, CooldownKeyword, FallbackDef, KindDef, MatchDef, RulesFile, TemplateNode,
-    TemplatesDef,
+    CooldownDef, CooldownKeyword, FallbackDef, KindDef, MatchDef, RateLimitStatus, RulesFile,
+    TemplateNode, TemplatesDef, STARTUP_FAILURE_REASONS,
 };
 use super::template::{PlaceholderError, Template, TemplateString};
 use super::{ProbeSettings, Rules};
 use crate::rules::facts::{GatewayCondition, SpawnErrorKind, TimeoutKind};
+
+/// Kinds the gateway acts on by name, and what is lost without them (`check` warns).
+pub const BUILT_IN_KINDS: &[(&str, &str)] = &[
+    (
+        super::ACCOUNT_ACTION_REQUIRED,
+        "failures that need a person (updated Consumer Terms, an ended organization sign-in, a revoked login) do not take the account out of selection",
+    ),
+    (
+        super::SESSION_NOT_FOUND,
+        "a conversation the CLI cannot resume fails instead of being answered from a transcript",
+    ),
+];
 
 /// Compiled size limit of one regex (bytes); larger ones are a `check` error.
 pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
@@ -86,6 +98,8 @@ impl fmt::Display for LoadError {
 struct Problems<'a> {
     lines: Vec<&'a str>,
     list: Vec<Problem>,
+    /// Not errors: the file loads, but `ccgate check` shows these.
+    warnings: Vec<Problem>,
 }
 
 impl<'a> Problems<'a> {
@@ -93,7 +107,19 @@ impl<'a> Problems<'a> {
         Problems {
             lines: text.lines().collect(),
             list: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    fn warn(&mut self, loc: Location, message: impl Into<String>) {
+        let (line, column) = (loc.line(), loc.column());
+        let snippet = self.snippet(line, column);
+        self.warnings.push(Problem {
+            line,
+            column,
+            message: message.into(),
+            snippet,
+        });
     }
 
     fn at(&mut self, loc: Location, message: impl Into<String>) {
@@ -148,6 +174,10 @@ pub(crate) struct Matcher {
     pub terminal_reason: Vec<String>,
     pub api_error: Vec<String>,
     pub api_error_type: Vec<String>,
+    /// Identifiers, compared exactly.
+    pub startup_failure_reason: Vec<String>,
+    pub api_error_code: Vec<String>,
+    pub rate_limit_status: Vec<RateLimitStatus>,
     pub api_error_status: Vec<u16>,
     pub retry_status: Vec<u16>,
     pub exit_code: Vec<i32>,
@@ -210,6 +240,7 @@ pub fn load(text: &str, origin: &str) -> Result<Rules, LoadError> {
         if let Some(mut rules) = compiled {
             rules.sha256 = super::sha256_hex(text.as_bytes());
             rules.origin = origin.to_string();
+            rules.warnings = std::mem::take(&mut problems.warnings);
             return Ok(rules);
         }
     }
@@ -378,6 +409,12 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
         }));
     }
 
+    for (name, why) in BUILT_IN_KINDS {
+        if !file.kinds.iter().any(|k| k.name.value == *name) {
+            p.warn(Location::UNKNOWN, format!("no kind `{name}`: {why}"));
+        }
+    }
+
     let fallback = match &file.fallback {
         None => {
             p.list.push(Problem {
@@ -452,6 +489,7 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
     Some(Rules {
         origin: String::new(),
         sha256: String::new(),
+        warnings: Vec::new(),
         probe,
         models: file.models,
         kinds,
@@ -605,6 +643,47 @@ fn http_statuses(p: &mut Problems, field: &str, v: &[Spanned<u16>]) -> Vec<u16> 
         .collect()
 }
 
+/// Whether `s` is an identifier as the CLI writes its codes: `^[a-z][a-z0-9_]{0,63}$`.
+fn is_identifier(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.len() <= 64
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+}
+
+/// A typed matcher's identifiers (compared exactly): anything else could never match, so
+/// it is an error; a `startup_failure_reason` the tested CLIs do not report is a warning
+/// (a newer CLI may add one, and a typo would never match).
+fn identifiers(p: &mut Problems, field: &str, v: &[Spanned<String>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in v {
+        if !is_identifier(&id.value) {
+            p.at(
+                id.referenced,
+                format!(
+                    "match.{field} `{}` is not an identifier (lowercase letters, digits and `_`, starting with a letter, at most 64): the CLI reports no other",
+                    clip(&id.value, 40)
+                ),
+            );
+            continue;
+        }
+        if field == "startup_failure_reason"
+            && !STARTUP_FAILURE_REASONS.contains(&id.value.as_str())
+        {
+            p.warn(
+                id.referenced,
+                format!(
+                    "match.startup_failure_reason `{}` is not a reason the tested CLI versions report (a typo never matches; known: {})",
+                    id.value,
+                    STARTUP_FAILURE_REASONS.join(", ")
+                ),
+            );
+        }
+        out.push(id.value.clone());
+    }
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 fn compile_match(
     p: &mut Problems,
@@ -622,6 +701,9 @@ fn compile_match(
         && d.terminal_reason.is_empty()
         && d.api_error.is_empty()
         && d.api_error_type.is_empty()
+        && d.startup_failure_reason.is_empty()
+        && d.api_error_code.is_empty()
+        && d.rate_limit_status.is_empty()
         && d.api_error_status.is_empty()
         && d.retry_status.is_empty()
         && d.exit_code.is_empty()
@@ -770,6 +852,9 @@ fn compile_match(
         terminal_reason: lower(&d.terminal_reason),
         api_error: lower(&d.api_error),
         api_error_type: lower(&d.api_error_type),
+        startup_failure_reason: identifiers(p, "startup_failure_reason", &d.startup_failure_reason),
+        api_error_code: identifiers(p, "api_error_code", &d.api_error_code),
+        rate_limit_status: d.rate_limit_status.clone(),
         api_error_status: http_statuses(p, "api_error_status", &d.api_error_status),
         retry_status: http_statuses(p, "retry_status", &d.retry_status),
         exit_code: d.exit_code.clone(),

@@ -111,6 +111,13 @@ impl serde::Serialize for Cooldown {
     }
 }
 
+/// The built-in kind of failures that need a person to act on the account (accept updated
+/// Consumer Terms, sign in again): its account leaves selection until a probe succeeds.
+pub const ACCOUNT_ACTION_REQUIRED: &str = "account_action_required";
+/// The built-in kind of a conversation the CLI could not resume: answered from a
+/// transcript instead (the fresh-run fallback).
+pub const SESSION_NOT_FOUND: &str = "session_not_found";
+
 /// The longest cooldown (eight days: a weekly window and then some).
 pub const COOLDOWN_MAX_SECS: u64 = 8 * 86_400;
 /// `until_reset` when the CLI reported no reset and the kind has no `retry_after`.
@@ -233,6 +240,8 @@ pub const EMBEDDED_RULES: &str = include_str!("../../rules/rules.yaml");
 pub struct Rules {
     pub(crate) origin: String,
     pub(crate) sha256: String,
+    /// What `ccgate check` reports without failing (e.g. an unknown startup reason).
+    pub(crate) warnings: Vec<Problem>,
     pub(crate) probe: ProbeSettings,
     pub(crate) models: Vec<String>,
     pub(crate) kinds: Vec<load::CompiledKind>,
@@ -275,6 +284,29 @@ impl Rules {
     /// Models served by `GET /v1/models`.
     pub fn models(&self) -> &[String] {
         &self.models
+    }
+
+    /// Problems that do not stop the file from loading, as `file:line:col: warning: …`
+    /// lines with snippets (`ccgate check` prints them; reloads log them).
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|w| {
+                let at = if w.line == 0 {
+                    format!("{}: warning: {}", self.origin, w.message)
+                } else {
+                    format!(
+                        "{}:{}:{}: warning: {}",
+                        self.origin, w.line, w.column, w.message
+                    )
+                };
+                if w.snippet.is_empty() {
+                    at
+                } else {
+                    format!("{at}\n{}", w.snippet)
+                }
+            })
+            .collect()
     }
 
     /// Hex SHA-256 of the source text.
@@ -328,12 +360,14 @@ impl Rules {
         self.kind(name).map(|k| self.verdict_of(k))
     }
 
-    /// The first kind marked `unhealthy: true`, as a verdict.
+    /// The first kind marked `unhealthy: true`, as a verdict: the answer when the CLI is
+    /// unhealthy for no recorded kind. Not the built-in `account_action_required`, whose
+    /// answer (a person must act) holds only for a failure it matched.
     pub fn first_unhealthy_kind(&self) -> Option<Verdict> {
         self.kinds
             .iter()
             .chain(std::iter::once(&self.fallback))
-            .find(|k| k.unhealthy)
+            .find(|k| k.unhealthy && k.name != ACCOUNT_ACTION_REQUIRED)
             .map(|k| self.verdict_of(k))
     }
 

@@ -187,6 +187,22 @@ pub struct MatchDef {
     /// `result.api_error_type` (`authentication_error`, `overloaded_error`, …).
     #[serde(default)]
     pub api_error_type: Vec<String>,
+    /// `result.startup_failure_reason` (CLI 2.1.274+): why the CLI refused to start
+    /// (`consumer_terms_accept_on_web`, `org_signin_ended`, `resume_target_not_found`,
+    /// `bypass_root`, …). Identifiers (`^[a-z][a-z0-9_]{0,63}$`); `ccgate check` warns
+    /// about a name the tested CLI versions do not report.
+    #[serde(default)]
+    #[schemars(with = "Vec<StartupFailureReasonDef>")]
+    pub startup_failure_reason: Vec<Spanned<String>>,
+    /// `api_error_code` of the synthetic assistant message or the result (CLI 2.1.274+):
+    /// the upstream error's `error.details.error_code`, copied through by the CLI when it
+    /// is an identifier (`^[a-z][a-z0-9_]{0,63}$`).
+    #[serde(default)]
+    #[schemars(with = "Vec<IdentifierDef>")]
+    pub api_error_code: Vec<Spanned<String>>,
+    /// `rate_limit_info.status` of the run's last `rate_limit_event`.
+    #[serde(default)]
+    pub rate_limit_status: Vec<RateLimitStatus>,
     /// Upstream HTTP status the CLI reported (`api_error_status`), 100-599.
     #[serde(default)]
     #[schemars(with = "Vec<u16>")]
@@ -221,6 +237,101 @@ pub struct MatchDef {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub regex: Vec<Spanned<String>>,
+}
+
+/// A `rate_limit_event` status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitStatus {
+    /// Within the window.
+    Allowed,
+    /// Within the window, close to its limit.
+    AllowedWarning,
+    /// The window is exhausted.
+    Rejected,
+}
+
+impl RateLimitStatus {
+    /// The status as the CLI writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitStatus::Allowed => "allowed",
+            RateLimitStatus::AllowedWarning => "allowed_warning",
+            RateLimitStatus::Rejected => "rejected",
+        }
+    }
+}
+
+/// The `startup_failure_reason` values the tested CLI versions report (2.1.332-2.1.336).
+/// Other identifiers are allowed (a newer CLI may add reasons); `ccgate check` warns.
+pub const STARTUP_FAILURE_REASONS: &[&str] = &[
+    "org_pin_api_key_conflict",
+    "provider_not_allowed",
+    "org_verify_failed",
+    "org_pin_mismatch",
+    "managed_settings_invalid",
+    "remote_settings_required_unavailable",
+    "gateway_signin_required",
+    "gateway_access_denied",
+    "proxy_invalid",
+    "temp_dir_unusable",
+    "cwd_unavailable",
+    "shell_tool_missing",
+    "session_held_by_background",
+    "worktree_resume_refused",
+    "worktree_unverified",
+    "cli_version_too_old",
+    "bypass_root",
+    "org_config_required_unavailable",
+    "org_config_refused",
+    "sandbox_required_unavailable",
+    "initialize_not_first",
+    "config_file_invalid",
+    "managed_settings_not_delivered",
+    "initialize_fields_not_delivered",
+    "sideload_flags_disabled",
+    "resume_target_not_found",
+    "consumer_terms_review_in_terminal",
+    "consumer_terms_accept_on_web",
+    "org_signin_ended",
+];
+
+/// Schema of a `startup_failure_reason` entry: an identifier, with the known reasons as
+/// editor suggestions.
+struct StartupFailureReasonDef;
+
+impl JsonSchema for StartupFailureReasonDef {
+    fn schema_name() -> Cow<'static, str> {
+        "StartupFailureReason".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": IDENTIFIER_PATTERN,
+            "description": "A `result.startup_failure_reason` of the CLI.",
+            "examples": STARTUP_FAILURE_REASONS,
+        })
+    }
+}
+
+/// What the CLI copies through as a code: `^[a-z][a-z0-9_]{0,63}$`.
+pub const IDENTIFIER_PATTERN: &str = "^[a-z][a-z0-9_]{0,63}$";
+
+/// Schema of an identifier entry (`api_error_code`).
+struct IdentifierDef;
+
+impl JsonSchema for IdentifierDef {
+    fn schema_name() -> Cow<'static, str> {
+        "Identifier".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": IDENTIFIER_PATTERN,
+        })
+    }
 }
 
 /// Response body templates. Both flavours are required.

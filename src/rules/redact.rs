@@ -29,8 +29,9 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
         Pattern::KeepFirst(re(r"(?i)(\b(?:bearer|basic)\s+)[a-z0-9._~+/=-]{8,}")),
         // Anthropic and OpenAI style keys: `sk-ant-api03-…`, `sk-proj-…`, `sk-…`.
         Pattern::Whole(re(r"\bsk-[A-Za-z0-9_-]{8,}")),
-        // URLs (any scheme), with whatever host, port, path and query they carry.
-        Pattern::Whole(re(r#"(?i)\b[a-z][a-z0-9+.-]*://[^\s"'<>()\[\]{}]+"#)),
+        // URLs (any scheme), with whatever host, port, path and query they carry; only
+        // Anthropic's public remedy pages stay (see `remedy_url`).
+        Pattern::Url(re(r#"(?i)\b[a-z][a-z0-9+.-]*://[^\s"'<>()\[\]{}]+"#)),
         // Bracketed IPv6, with an optional port: `[::1]:8787`.
         Pattern::Whole(re(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\](?::\d{1,5})?")),
         // IPv4, with an optional port.
@@ -56,6 +57,8 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
 enum Pattern {
     /// The whole match is replaced.
     Whole(Regex),
+    /// A URL: replaced unless it is a public remedy page ([`remedy_url`]).
+    Url(Regex),
     /// Group 1 (a name or a scheme word) stays, the rest is replaced.
     KeepFirst(Regex),
     /// `host:port` (group 1 the host, group 2 a `:column` that makes it a source position).
@@ -64,6 +67,31 @@ enum Pattern {
     HexDigit(Regex),
     /// The whole match is replaced if it mixes upper case, lower case and digits.
     Mixed(Regex),
+}
+
+/// Hosts of Anthropic's public pages the CLI names as the fix for a failure that needs
+/// a person (`accept them at https://claude.ai/settings/data-privacy-controls`).
+const REMEDY_HOSTS: &[&str] = &[
+    "claude.ai",
+    "console.anthropic.com",
+    "platform.claude.com",
+    "code.claude.com",
+    "docs.anthropic.com",
+    "support.anthropic.com",
+];
+
+/// Whether `url` is a public remedy page: `https://` one of [`REMEDY_HOSTS`] with a plain
+/// path (no port, credentials, query or fragment, which could carry a secret). Such a URL
+/// is the fix the client's operator needs, and no address of this gateway's upstream.
+fn remedy_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    REMEDY_HOSTS.contains(&host)
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
 }
 
 /// A file name of a script or source file (`cli.js`), whose `:line` is no port.
@@ -89,6 +117,13 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     for p in PATTERNS.iter() {
         let replaced = match p {
             Pattern::Whole(re) => re.replace_all(&out, REDACTED),
+            Pattern::Url(re) => re.replace_all(&out, |c: &Captures| {
+                if remedy_url(&c[0]) {
+                    c[0].to_string()
+                } else {
+                    REDACTED.to_string()
+                }
+            }),
             Pattern::KeepFirst(re) => {
                 re.replace_all(&out, |c: &Captures| format!("{}{REDACTED}", &c[1]))
             }
@@ -221,6 +256,26 @@ mod tests {
         ] {
             assert_eq!(redact(text), text);
             assert!(matches!(redact(text), Cow::Borrowed(_)), "{text}");
+        }
+    }
+
+    #[test]
+    fn public_remedy_pages_stay_and_lookalikes_do_not() {
+        let terms = "API Error: 400 We've updated our Consumer Terms and Privacy Policy. Please review and accept them at https://claude.ai/settings/data-privacy-controls to continue.";
+        assert_eq!(redact(terms), terms);
+        for input in [
+            "see https://claude.ai/settings?token=abc",
+            "see https://claude.ai:8443/x",
+            "see http://claude.ai/x",
+            "see https://user:pw@claude.ai/x",
+            "see https://claude.ai.evil.example/x",
+            "see https://claude.ai/x#frag",
+        ] {
+            let got = redact(input);
+            assert!(
+                got.starts_with("see [redacted]") && !got.contains("claude.ai"),
+                "{input} -> {got}"
+            );
         }
     }
 

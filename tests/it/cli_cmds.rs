@@ -406,3 +406,59 @@ fn check_refuses_a_100k_character_marker_fast() {
         "check took {took:?}"
     );
 }
+
+/// The typed matchers: an entry that is not an identifier could never match (error, with
+/// its line); a `startup_failure_reason` no tested CLI reports loads but `check` warns;
+/// a `rate_limit_status` outside the CLI's three is a typed error; the default rules
+/// name no unknown reason and carry both built-in kinds, so `check` is quiet about them.
+#[test]
+fn check_typed_matchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string("rules/rules.yaml").unwrap();
+    let with = |matcher: &str| {
+        text.replacen(
+            "      condition: [queue_full]",
+            &format!("      condition: [queue_full]\n      {matcher}"),
+            1,
+        )
+    };
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, with("startup_failure_reason: [Consumer-Terms]")).unwrap();
+    let stderr = stderr_of(&ccgate().arg("check").arg(&path).assert().code(1));
+    assert!(
+        stderr.contains("match.startup_failure_reason `Consumer-Terms` is not an identifier"),
+        "{stderr}"
+    );
+    std::fs::write(&path, with("api_error_code: [\"has space\"]")).unwrap();
+    let stderr = stderr_of(&ccgate().arg("check").arg(&path).assert().code(1));
+    assert!(stderr.contains("match.api_error_code"), "{stderr}");
+    std::fs::write(&path, with("rate_limit_status: [exhausted]")).unwrap();
+    let stderr = stderr_of(&ccgate().arg("check").arg(&path).assert().code(1));
+    assert!(stderr.contains("exhausted"), "{stderr}");
+    std::fs::write(
+        &path,
+        with("startup_failure_reason: [consumer_terms_accept_on_wbe]"),
+    )
+    .unwrap();
+    let out = ccgate().arg("check").arg(&path).assert().success();
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("warning: match.startup_failure_reason `consumer_terms_accept_on_wbe` is not a reason the tested CLI versions report"),
+        "{stderr}"
+    );
+    let out = ccgate()
+        .args(["check", "rules/rules.yaml"])
+        .assert()
+        .success();
+    assert!(!stderr_of(&out).contains("warning"), "{}", stderr_of(&out));
+    // A rules file without the built-in kinds loads, with a warning for each.
+    let bare =
+        "kinds: []\nfallback: {name: fb, status: 502, templates: {openai: {}, anthropic: {}}}\n";
+    std::fs::write(&path, bare).unwrap();
+    let stderr = stderr_of(&ccgate().arg("check").arg(&path).assert().success());
+    assert!(
+        stderr.contains("no kind `account_action_required`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no kind `session_not_found`"), "{stderr}");
+}

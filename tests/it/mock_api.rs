@@ -11,6 +11,8 @@
 //! | `slow[:text]`     | same, deltas 300 ms apart                                          |
 //! | `maxtok[:text]`   | like `ok`, but cut off: `stop_reason: max_tokens`                  |
 //! | `auth401` `perm403` `notfound404` `bad400` `rate429` `server500` `overload529` | JSON API error (`rate429` adds `retry-after: 1`) |
+//! | `revoked403` | 403 `permission_error` "OAuth token has been revoked…" (the CLI's `token_revoked`) |
+//! | `terms400` | 400 "We've updated our Consumer Terms…" with `error.details.error_code` [`TERMS_ERROR_CODE`] |
 //! | `hang`            | never sends response headers                                       |
 //! | `stall`           | `message_start` + one delta, then nothing                          |
 //! | `garbage`         | 200 with non-SSE junk                                              |
@@ -297,6 +299,19 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
             "Number of request tokens has exceeded your per-minute rate limit",
         ),
         "server500" => error(n, 500, "api_error", "Internal server error"),
+        "revoked403" => error(
+            n,
+            403,
+            "permission_error",
+            "OAuth token has been revoked. Please obtain a new token.",
+        ),
+        "terms400" => coded_error(
+            n,
+            400,
+            "invalid_request_error",
+            "We've updated our Consumer Terms and Privacy Policy. Please review and accept them at https://claude.ai/settings/data-privacy-controls to continue.",
+            TERMS_ERROR_CODE,
+        ),
         "overload529" => error(n, 529, "overloaded_error", "Overloaded"),
         "hang" => {
             wait_shutdown(st.shutdown).await;
@@ -686,6 +701,20 @@ fn error(n: u64, status: u16, kind: &str, message: &str) -> Response {
     if status == 429 {
         b = b.header("retry-after", "1");
     }
+    with_request_id(b.body(Body::from(body.to_string())), n)
+}
+
+/// The `error.details.error_code` of `terms400`: the mock's own invention (the API's real
+/// code for unanswered Consumer Terms is not known), to follow a code through the CLI.
+pub const TERMS_ERROR_CODE: &str = "mock_consumer_terms_required";
+
+/// An API error whose `error.details.error_code` is `code` (the CLI reports it as
+/// `api_error_code`).
+fn coded_error(n: u64, status: u16, kind: &str, message: &str, code: &str) -> Response {
+    let body = json!({"type": "error", "error": {"type": kind, "message": message, "details": {"error_code": code}}, "request_id": format!("req_mock_{n}")});
+    let b = Response::builder()
+        .status(StatusCode::from_u16(status).expect("mock API: valid status"))
+        .header("content-type", "application/json");
     with_request_id(b.body(Body::from(body.to_string())), n)
 }
 

@@ -627,6 +627,12 @@ fn tree_size(dir: &std::path::Path) -> (u64, usize) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let Ok(m) = e.metadata() else { continue };
+            // `backups/.claude.json.backup.<ms>`: the CLI copies its config there at most
+            // once per interval (time, not requests) and keeps the newest 5 (read from
+            // 2.1.336, which showed one more after a slow run): bounded, not per request.
+            if m.is_dir() && e.file_name() == "backups" {
+                continue;
+            }
             if m.is_dir() {
                 let (b, f) = tree_size(&e.path());
                 bytes += b;

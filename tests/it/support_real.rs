@@ -65,6 +65,24 @@ pub fn real_claude() -> Option<PathBuf> {
     }
 }
 
+/// `claude --version` of `exe` as numbers (`2.1.336 (Claude Code)` → `(2, 1, 336)`).
+pub fn cli_version(exe: &Path) -> (u32, u32, u32) {
+    let out = std::process::Command::new(exe)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{} --version: {e}", exe.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let word = text.split_whitespace().next().unwrap_or("");
+    let mut n = word.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let v = (
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+    );
+    assert!(v != (0, 0, 0), "unparsable `--version`: {text:?}");
+    v
+}
+
 /// Builder for one isolated run of the real CLI.
 #[derive(Debug, Clone)]
 pub struct RealCli {
