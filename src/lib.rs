@@ -16,6 +16,8 @@ pub mod conversation;
 pub mod engine;
 pub mod health;
 pub mod http;
+pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod probe;
 pub mod protocol;
@@ -23,6 +25,7 @@ pub mod reload;
 pub mod response_store;
 pub mod rules;
 pub mod shutdown;
+pub mod store;
 pub mod turn;
 
 pub use app::serve;

@@ -87,6 +87,12 @@ pub async fn count_tokens(
     let cx = Cx::new(&state, Flavour::Anthropic, ENDPOINT, id);
     cx.record
         .set_target(req.method().as_str(), req.uri().path());
+    // A ledger row (no limits: counting spends no model call).
+    let key = req
+        .extensions()
+        .get::<crate::http::keyed::Caller>()
+        .map(|c| c.0.clone());
+    crate::http::keyed::on_finish(&state, &cx, key, None);
     let limit = state.settings.request_body_limit;
     let body: CountRequest = match parse_body(Bytes::from_request(req, &state).await, limit) {
         Ok(b) => b,

@@ -76,6 +76,7 @@ pub fn turn_request(
         tools: None,
         options: RunOptions::default(),
         show_thinking: false,
+        accounts: None,
     })
 }
 
@@ -115,7 +116,11 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
             .map(|r| r.0.clone())
             .unwrap_or_else(crate::http::new_request_id);
         let mut cx = Cx::new(state, A::FLAVOUR, A::ENDPOINT, id);
-        if !state.settings.api_keys.is_empty() {
+        cx.caller = req
+            .extensions()
+            .get::<crate::http::keyed::Caller>()
+            .cloned();
+        if cx.caller.is_some() {
             // The key passed the API key layer; only its digest is kept.
             cx.tenant = crate::http::presented_key(&req)
                 .map(|k| crate::rules::sha256_hex(k.as_bytes()))
@@ -154,6 +159,11 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         Ok(t) => t,
         Err(e) => return cx.error(e),
     };
+    // The key's allow-lists and limits, before anything runs.
+    if let Err(refused) = crate::http::keyed::admit(&state, &cx, cx.caller.as_ref(), &turn.model) {
+        return cx.error(refused);
+    }
+    turn.accounts = cx.caller.as_ref().and_then(|c| c.0.accounts.clone());
     turn.tenant.clone_from(&cx.tenant);
     turn.show_thinking |= A::thinking_by_config(&state.settings);
     let mut run = match state
@@ -169,12 +179,14 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         if let Err(v) = run.first_content().await {
             return cx.error(ApiError::Verdict(v));
         }
+        cx.record.first_content();
         cx.record.answered(200, "ok", false);
         let framer = A::framer(body, id, run.prompt_usage());
         return sse_response(cx, run, framer, state.settings.sse_keepalive);
     }
     match run.complete().await {
         Ok(answer) => {
+            cx.record.set_usage(&answer.usage, answer.model.as_deref());
             cx.record.answered(200, "ok", true);
             Json(A::complete_body(&body, &id, &answer)).into_response()
         }
@@ -215,6 +227,7 @@ fn sse_response<F: Framer>(
                 TurnStep::ToolArgs { index, fragment } => framer.tool_args(index, fragment),
                 TurnStep::Thinking(t) => framer.thinking(t),
                 TurnStep::Finish(s) => {
+                    cx.record.set_usage(&s.usage, s.model.as_deref());
                     cx.record.stream_finished();
                     framer.finish(&s)
                 }

@@ -8,6 +8,7 @@ mod config;
 mod conversations;
 mod edge;
 mod fake_tools;
+mod governance;
 mod harness;
 mod health;
 mod layers;
