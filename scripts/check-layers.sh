@@ -23,8 +23,8 @@ set -euo pipefail
 
 # level  modules (keep in step with ARCHITECTURE.md)
 LEVELS='
-0 rules protocol conversation turn shutdown clock capture offload
-1 config backend health probe reload metrics engine response_store accounts
+0 rules protocol conversation turn shutdown clock capture offload keys
+1 config backend health probe reload metrics engine response_store accounts limits store
 2 http
 3 app
 4 cmd main

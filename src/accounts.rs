@@ -275,7 +275,24 @@ impl Accounts {
         sticky: Option<&Fingerprint>,
         exclude: Option<&Member>,
     ) -> Result<Arc<Member>, Unavailable> {
-        let serving: Vec<&Arc<Member>> = self.members.iter().filter(|m| m.serves(model)).collect();
+        self.select_among(model, sticky, exclude, None)
+    }
+
+    /// [`Accounts::select`] among the accounts named in `allowed` only (a key's
+    /// `accounts:`), when given.
+    pub fn select_among(
+        &self,
+        model: &str,
+        sticky: Option<&Fingerprint>,
+        exclude: Option<&Member>,
+        allowed: Option<&[String]>,
+    ) -> Result<Arc<Member>, Unavailable> {
+        let serving: Vec<&Arc<Member>> = self
+            .members
+            .iter()
+            .filter(|m| m.serves(model))
+            .filter(|m| allowed.is_none_or(|a| a.iter().any(|n| n == m.name())))
+            .collect();
         if serving.is_empty() {
             return Err(Unavailable::NoModel);
         }

@@ -1,6 +1,6 @@
 //! App wiring: [`serve`] runs the HTTP router on a listener together with the background
-//! tasks a serving process owns (the health probe, SIGHUP reloads, the rules file watcher
-//! and the pre-warmed pool's maintainer), all stopped by one shutdown signal and all
+//! tasks a serving process owns (the health probe, SIGHUP reloads, the rules file watcher,
+//! the pre-warmed pool's maintainer, the usage ledger's writer and its retention purge), all stopped by one shutdown signal and all
 //! awaited before it returns. `conn` is the accept loop and the client connections, with
 //! their timeouts and cap.
 
@@ -34,6 +34,17 @@ pub async fn serve(
         state.health.expect_startup_probe();
     }
     let probe = tokio::spawn(state.accounts.clone().run_probes(stopping.clone()));
+    // The usage ledger's writer (until the ledger is flushed below) and retention purge.
+    let writer = state
+        .ledger_writer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .map(|w| tokio::spawn(w.run()));
+    let purge = state
+        .ledger
+        .clone()
+        .map(|l| tokio::spawn(l.purge_loop(state.settings.state.retention_days, stopping.clone())));
     let hup = tokio::spawn(reload::sighup_reloads(
         state.reloader.clone(),
         stopping.clone(),
@@ -51,6 +62,7 @@ pub async fn serve(
         .backend
         .start_pool_for(stopping.clone(), move || accounts.pool_accounts());
     let backend = state.backend.clone();
+    let ledger = state.ledger.clone();
     let grace = state.settings.shutdown_timeout;
     let http_settings = state.settings.http.clone();
     let app = http::router(state);
@@ -92,5 +104,19 @@ pub async fn serve(
     }
     pool.shutdown().await;
     backend.close_kept().await;
+    if let Some(purge) = purge {
+        let _ = purge.await;
+    }
+    // Every request has ended (its row is queued): write them all.
+    if let Some(ledger) = ledger {
+        if writer.is_some() {
+            ledger.flush().await;
+            tracing::info!(
+                written = ledger.written(),
+                dropped = ledger.dropped(),
+                "usage ledger flushed"
+            );
+        }
+    }
     result
 }

@@ -76,6 +76,38 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     /// The `openai:` section: what the Chat Completions API adds beyond OpenAI's shape.
     pub openai: OpenaiConfig,
+    /// The keys file (roles, allow-lists, limits), reloaded with the rules; see
+    /// docs/governance.md. `api_keys` stay valid as client keys beside it.
+    pub keys: Option<PathBuf>,
+    /// The `state:` section: the embedded store of the usage ledger.
+    pub state: StateConfig,
+}
+
+/// The `state:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// The SQLite database file (created with its directory when missing).
+    pub path: PathBuf,
+    /// Days of ledger rows kept (older rows are purged hourly); at least 1.
+    pub retention_days: u32,
+    /// Ledger rows waiting to be written; beyond it rows are dropped and counted
+    /// (`ccgate_ledger_rows_dropped_total`).
+    pub buffer_rows: usize,
+}
+
+/// Where the store lives by default: `state/ccgate.db` under the working directory (the
+/// Docker image and the systemd unit set `/var/lib/ccgate/ccgate.db`).
+pub const DEFAULT_STATE_PATH: &str = "state/ccgate.db";
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: PathBuf::from(DEFAULT_STATE_PATH),
+            retention_days: 90,
+            buffer_rows: 10_000,
+        }
+    }
 }
 
 /// One entry of `accounts:`: a credential the CLI runs with.
@@ -236,6 +268,8 @@ impl Default for Config {
             cli: CliConfig::default(),
             accounts: Vec::new(),
             openai: OpenaiConfig::default(),
+            keys: None,
+            state: StateConfig::default(),
         }
     }
 }
@@ -309,6 +343,10 @@ pub struct Settings {
     pub watch_rules: bool,
     /// When non-empty, `/v1/*` and `/admin/*` require one of these keys (none is empty).
     pub api_keys: Vec<String>,
+    /// The keys file, if any.
+    pub keys: Option<PathBuf>,
+    /// The store's settings.
+    pub state: StateConfig,
     /// Allowed CORS origins, each `*` or `scheme://host[:port]`; CORS is off when empty.
     pub cors_origins: Vec<String>,
     /// Max request body in bytes (at least 1024).
@@ -516,6 +554,7 @@ impl Config {
         }
         if !self.listen.ip().is_loopback()
             && self.api_keys.is_empty()
+            && self.keys.is_none()
             && !self.allow_unauthenticated
         {
             problems.push(format!(
@@ -545,6 +584,15 @@ impl Config {
             }
         }
         check_accounts(&self.accounts, &mut problems);
+        if self.state.retention_days == 0 {
+            problems.push("state.retention_days must be at least 1".into());
+        }
+        if self.state.buffer_rows == 0 {
+            problems.push("state.buffer_rows must be at least 1".into());
+        }
+        if self.state.path.as_os_str().is_empty() {
+            problems.push("state.path must name a file".into());
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -554,6 +602,8 @@ impl Config {
             rules: self.rules.clone(),
             watch_rules: self.watch_rules,
             api_keys: self.api_keys.clone(),
+            keys: self.keys.clone(),
+            state: self.state.clone(),
             cors_origins: self.cors_origins.clone(),
             request_body_limit: self.request_body_limit,
             shutdown_timeout,
@@ -735,6 +785,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "http",
     "cli",
     "accounts",
+    "keys",
+    "state",
 ];
 
 /// `CCGATE_*` variables from the given environment, as a figment provider, plus the names

@@ -31,7 +31,7 @@ pub use fields::{
     check_model, check_schema, check_stops, TurnFieldError, MODEL_MAX_LEN, SCHEMA_MAX_BYTES,
     STOP_MAX_BYTES, STOP_MAX_COUNT,
 };
-pub use record::RequestRecord;
+pub use record::{FinishHook, RequestRecord, RequestSummary};
 
 /// One turn to run, translated from any API.
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub struct TurnRequest {
     /// Whether the client gets the model's thinking (streamed, and as blocks on the
     /// answer); otherwise it is dropped here.
     pub show_thinking: bool,
+    /// The accounts that may serve this request (its API key's `accounts:`); None: any.
+    pub accounts: Option<Vec<String>>,
 }
 
 impl TurnRequest {
@@ -218,6 +220,7 @@ impl Engine {
             if let Some(run) = held {
                 let account = self.accounts.member_of(run.account_name());
                 record.set_account(account.name());
+                record.set_round("held");
                 return Ok(TurnRun {
                     engine: self.clone(),
                     rules,
@@ -242,7 +245,7 @@ impl Engine {
         let sticky = (!turns.history.is_empty()).then_some(&turns.history_fingerprint);
         let account = self
             .accounts
-            .select(&req.model, sticky, None)
+            .select_among(&req.model, sticky, None, req.accounts.as_deref())
             .map_err(|why| {
                 let v = self.accounts.unavailable_verdict(&rules, &why, &req.model);
                 TurnError::Verdict(Box::new(v))
@@ -251,6 +254,7 @@ impl Engine {
         // Earlier turns go to a fresh CLI as a synthesized session; should the CLI refuse
         // it, the transcript of the same conversation answers instead.
         let fallback = !turns.history.is_empty();
+        record.set_round("fresh");
         let cli = fresh_request(&req, turns, tools, &account);
         Ok(TurnRun {
             engine: self.clone(),
@@ -531,11 +535,12 @@ impl TurnRun {
         if !decide::fails_over(self.failover, self.fold.released_any(), &verdict) {
             return false;
         }
-        let Ok(next) = self
-            .engine
-            .accounts
-            .select(&self.req.model, None, Some(&self.account))
-        else {
+        let Ok(next) = self.engine.accounts.select_among(
+            &self.req.model,
+            None,
+            Some(&self.account),
+            self.req.accounts.as_deref(),
+        ) else {
             return false;
         };
         let tools = self.req.tools.clone().map(Arc::new);

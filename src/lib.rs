@@ -17,6 +17,8 @@ pub mod conversation;
 pub mod engine;
 pub mod health;
 pub mod http;
+pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod offload;
 pub mod probe;
@@ -25,6 +27,7 @@ pub mod reload;
 pub mod response_store;
 pub mod rules;
 pub mod shutdown;
+pub mod store;
 pub mod turn;
 
 pub use app::serve;

@@ -27,11 +27,15 @@ enum Command {
     Classify(cmd::ClassifyArgs),
     /// Run rule test files.
     Test(cmd::TestArgs),
-    /// Print the rules file's JSON Schema.
+    /// Print the rules file's (or the keys file's) JSON Schema.
     Schema(cmd::SchemaArgs),
     /// Check whether this host can serve: the CLI and its version, capabilities, each
     /// account's login and state directory, temp dir, rules, listen address.
     Doctor(cmd::DoctorArgs),
+    /// Manage API keys: `keys new NAME [--role admin]`.
+    Keys(cmd::KeysArgs),
+    /// Show the usage ledger: `usage --by key,model --since 24h`.
+    Usage(cmd::UsageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +50,8 @@ fn main() -> anyhow::Result<()> {
         Command::Test(a) => with_stdio(|out, err| cmd::test(a, out, err)),
         Command::Schema(a) => with_stdio(|out, err| cmd::schema(a, out, err)),
         Command::Doctor(a) => with_stdio(|out, err| cmd::doctor(a, out, err)),
+        Command::Keys(a) => with_stdio(|out, err| cmd::keys(a, out, err)),
+        Command::Usage(a) => with_stdio(|out, err| cmd::usage(a, out, err)),
     };
     std::process::exit(code)
 }

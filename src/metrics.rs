@@ -72,6 +72,18 @@ pub struct AccountReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyTokenLabels {
+    pub key: String,
+    /// `input`, `output`, `cache_read` or `cache_creation`.
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -109,6 +121,13 @@ pub struct Metrics {
     /// Accounts taken out because a person must act on them (`account_action_required`),
     /// by account and the CLI's reason.
     pub account_action_required: Family<AccountReasonLabels, Counter>,
+    /// Per API key (label: the key's name, never key material).
+    pub key_requests: Family<KeyLabels, Counter>,
+    pub key_tokens: Family<KeyTokenLabels, Counter>,
+    /// Usage ledger rows dropped because its buffer was full.
+    pub ledger_rows_dropped: Counter,
+    /// Requests refused by a key's limits, by key.
+    pub key_limited: Family<KeyLabels, Counter>,
     accounts: AccountHealths,
 }
 
@@ -417,7 +436,35 @@ impl Metrics {
             "Times an account was taken out of service until a person acts on it (kind account_action_required), by account and reason (the CLI's startup_failure_reason or api_error, `text` for a matched text)",
             account_action_required.clone(),
         );
+        let key_requests = Family::<KeyLabels, Counter>::default();
+        registry.register(
+            "ccgate_key_requests",
+            "API requests answered, by API key name (from the keys file; api_keys[N] for the process config's keys)",
+            key_requests.clone(),
+        );
+        let key_tokens = Family::<KeyTokenLabels, Counter>::default();
+        registry.register(
+            "ccgate_key_tokens",
+            "Tokens the answers' usage reported, by API key name and type (input, output, cache_read, cache_creation)",
+            key_tokens.clone(),
+        );
+        let key_limited = Family::<KeyLabels, Counter>::default();
+        registry.register(
+            "ccgate_key_limited",
+            "Requests refused with 429 by a key's limits, by API key name",
+            key_limited.clone(),
+        );
+        let ledger_rows_dropped = Counter::default();
+        registry.register(
+            "ccgate_ledger_rows_dropped",
+            "Usage ledger rows dropped because the write buffer (state.buffer_rows) was full",
+            ledger_rows_dropped.clone(),
+        );
         Metrics {
+            key_requests,
+            key_tokens,
+            key_limited,
+            ledger_rows_dropped,
             account_requests,
             account_cli_runs,
             account_cooldowns,

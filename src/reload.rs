@@ -2,6 +2,10 @@
 //! [`Reloader::reload`]: read the file, parse and compile off the async workers, and swap
 //! the new rules in atomically — or keep the running rules and record why not.
 //!
+//! The keys file (if configured) is reloaded by the same call, through the one keys
+//! loader ([`crate::keys::load_keys_file`]); a bad keys file keeps the running keys, as a
+//! bad rules file keeps the running rules, and neither blocks the other.
+//!
 //! Invariants: bad rules never replace good ones; identical content (same SHA-256) is not
 //! reloaded; reloads are serialized; each request keeps the snapshot it started with.
 
@@ -13,6 +17,7 @@ use serde::Serialize;
 
 use crate::clock::{now_rfc3339, unix_now};
 use crate::health::Health;
+use crate::keys::KeySet;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::rules::Rules;
 use crate::shutdown::Shutdown;
@@ -52,6 +57,30 @@ pub struct RulesStatus {
     pub markers: usize,
     pub loaded_at: String,
     pub last_attempt: Option<ReloadAttempt>,
+    /// The keys file in force, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeysStatus>,
+}
+
+/// What `/admin/rules` shows of the keys file (never a digest).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeysStatus {
+    pub path: String,
+    /// SHA-256 of the file's text.
+    pub sha256: String,
+    /// Keys in force (the process config's `api_keys` included).
+    pub keys: usize,
+    pub loaded_at: String,
+}
+
+/// The keys file a [`Reloader`] reloads with the rules.
+pub struct KeysReload {
+    pub path: PathBuf,
+    /// The process config's `api_keys`, part of every set.
+    pub api_keys: Vec<String>,
+    /// The configured account names (what `accounts:` may name).
+    pub accounts: Vec<String>,
+    pub keys: Arc<ArcSwap<KeySet>>,
 }
 
 /// Owns reloading the rules file into the shared [`ArcSwap`].
@@ -65,6 +94,7 @@ pub struct Reloader {
     on_swap: Box<dyn Fn() + Send + Sync>,
     status: Mutex<RulesStatus>,
     serial: tokio::sync::Mutex<()>,
+    keys: Option<KeysReload>,
 }
 
 /// Where loaded rules came from.
@@ -220,6 +250,7 @@ impl Reloader {
             markers: current.markers_count(),
             loaded_at: now_rfc3339(),
             last_attempt: None,
+            keys: None,
         };
         Reloader {
             path,
@@ -229,11 +260,65 @@ impl Reloader {
             on_swap,
             status: Mutex::new(status),
             serial: tokio::sync::Mutex::new(()),
+            keys: None,
         }
+    }
+
+    /// Also reloads this keys file (whose current set is already in `keys.keys`).
+    pub fn with_keys(mut self, keys: KeysReload) -> Reloader {
+        let current = keys.keys.load();
+        self.status_lock().keys = Some(KeysStatus {
+            path: keys.path.display().to_string(),
+            sha256: current.sha256().to_string(),
+            keys: current.len(),
+            loaded_at: now_rfc3339(),
+        });
+        drop(current);
+        self.keys = Some(keys);
+        self
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The files a reload reads: the rules file and the keys file, if any.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.path.clone()];
+        if let Some(k) = &self.keys {
+            v.push(k.path.clone());
+        }
+        v
+    }
+
+    /// Reloads the keys file: Ok(changed), or why the running keys stay.
+    async fn reload_keys(&self) -> Result<bool, String> {
+        let Some(k) = &self.keys else {
+            return Ok(false);
+        };
+        let (path, api_keys, accounts) = (k.path.clone(), k.api_keys.clone(), k.accounts.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            crate::keys::load_keys_file(&path, &api_keys, &accounts, unix_now() as i64)
+        });
+        let set = match tokio::time::timeout(RELOAD_TIMEOUT, task).await {
+            Err(_) => {
+                return Err("reading the keys file took too long; keeping the running keys".into())
+            }
+            Ok(Err(e)) => return Err(format!("keys reload task failed: {e}")),
+            Ok(Ok(Err(e))) => return Err(format!("{e}; keeping the running keys")),
+            Ok(Ok(Ok(set))) => set,
+        };
+        if set.sha256() == k.keys.load().sha256() {
+            return Ok(false);
+        }
+        let (sha, count) = (set.sha256().to_string(), set.len());
+        k.keys.store(Arc::new(set));
+        if let Some(st) = self.status_lock().keys.as_mut() {
+            st.sha256 = sha;
+            st.keys = count;
+            st.loaded_at = now_rfc3339();
+        }
+        Ok(true)
     }
 
     fn status_lock(&self) -> std::sync::MutexGuard<'_, RulesStatus> {
@@ -339,6 +424,17 @@ impl Reloader {
                 duration_ms,
             },
         };
+        let mut attempt = attempt;
+        match self.reload_keys().await {
+            Ok(changed) => attempt.changed |= changed,
+            Err(e) => {
+                attempt.ok = false;
+                attempt.error = Some(match attempt.error.take() {
+                    Some(rules_error) => format!("{rules_error}\n{e}"),
+                    None => e,
+                });
+            }
+        }
         let result = match (attempt.ok, attempt.changed) {
             (true, true) => "success",
             (true, false) => "unchanged",
@@ -459,6 +555,22 @@ fn watch_dirs(path: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// [`watch_dirs`] of every file a reload reads, without repeats.
+fn watch_dirs_all(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for d in paths.iter().flat_map(|p| watch_dirs(p)) {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+/// [`watched_names`] of every file a reload reads.
+fn watched_names_all(paths: &[PathBuf]) -> std::collections::HashSet<std::ffi::OsString> {
+    paths.iter().flat_map(|p| watched_names(p)).collect()
+}
+
 /// File names whose events matter: the rules file's own name, the Kubernetes `..data`
 /// link, and the name of the symlink's resolved target.
 fn watched_names(path: &Path) -> std::collections::HashSet<std::ffi::OsString> {
@@ -490,7 +602,7 @@ pub fn spawn_watcher(
     use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let names = Arc::new(Mutex::new(watched_names(reloader.path())));
+    let names = Arc::new(Mutex::new(watched_names_all(&reloader.paths())));
     let names_for_handler = names.clone();
     let handler = move |res: DebounceEventResult| {
         let wanted = names_for_handler
@@ -527,7 +639,7 @@ pub fn spawn_watcher(
             return None;
         }
     };
-    let dirs = watch_dirs(reloader.path());
+    let dirs = watch_dirs_all(&reloader.paths());
     let (mut watching, mut failed) = (0, 0);
     for dir in &dirs {
         if matches!(std::fs::metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
@@ -568,12 +680,12 @@ pub fn spawn_watcher(
             reloader.reload(Trigger::FileChange).await;
             // A symlinked rules file may now point into a new directory (ConfigMap swap).
             if let Ok(mut n) = names.lock() {
-                *n = watched_names(reloader.path());
+                *n = watched_names_all(&reloader.paths());
             }
             let Some(debouncer) = for_task.upgrade() else {
                 break;
             };
-            for dir in watch_dirs(reloader.path()) {
+            for dir in watch_dirs_all(&reloader.paths()) {
                 if !watched.contains(&dir) {
                     if let Ok(mut d) = debouncer.lock() {
                         if d.watch(&dir, RecursiveMode::NonRecursive).is_ok() {

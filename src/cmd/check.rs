@@ -1,13 +1,14 @@
-//! `ccgate check`: validate a rules file, reporting every problem.
+//! `ccgate check`: validate a rules file and the keys file, reporting every problem.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::{explicit_rules, rules_used, serve_rules, RulesSourceArgs};
+use super::{explicit_rules, load_config, rules_used, serve_rules, RulesSourceArgs};
+use crate::config::Overrides;
 use crate::reload::RulesSource;
 
-/// `ccgate check [RULES]`: validate the rules `serve` would load (or the file given),
-/// reporting every problem.
+/// `ccgate check [RULES]`: validate the rules `serve` would load (or the file given), and
+/// the keys file `serve` would load (or `--keys FILE`), reporting every problem.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CheckArgs {
     /// Rules file to check; it must exist. Without it: the file `serve` would load
@@ -17,16 +18,20 @@ pub struct CheckArgs {
     pub file: Option<PathBuf>,
     #[command(flatten)]
     pub source: RulesSourceArgs,
+    /// Keys file to check (default: the config's `keys:` / CCGATE_KEYS, if set).
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
 }
 
-/// `ccgate check`: prints `PATH: ok (N kinds, M markers)` (exit 0; warnings, such as a
-/// `startup_failure_reason` no tested CLI reports, on stderr) or every problem (exit 1).
+/// `ccgate check`: prints `PATH: ok (N kinds, M markers)` (and `PATH: ok (N keys)` for a
+/// keys file) with exit 0 (warnings, such as a `startup_failure_reason` no tested CLI
+/// reports, on stderr), or every problem with exit 1.
 pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let loaded = match &args.file {
         Some(path) => explicit_rules(path),
         None => serve_rules(&args.source),
     };
-    match loaded {
+    let mut code = match loaded {
         Ok(l) => {
             if l.source == RulesSource::Embedded {
                 let _ = writeln!(err, "{}", rules_used(&l));
@@ -48,5 +53,28 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
             let _ = writeln!(err, "{e}");
             1
         }
+    };
+    // The keys file, exactly as `serve` loads it (with the config's api_keys and accounts).
+    let config = load_config(args.source.config.as_deref(), &Overrides::default());
+    let (keys_path, api_keys, accounts) = match &config {
+        Ok(c) => (
+            args.keys.clone().or_else(|| c.config.keys.clone()),
+            c.config.api_keys.clone(),
+            c.config.accounts.iter().map(|a| a.name.clone()).collect(),
+        ),
+        Err(_) => (args.keys.clone(), Vec::new(), Vec::new()),
+    };
+    if let Some(path) = keys_path {
+        let now = crate::clock::unix_now() as i64;
+        match crate::keys::load_keys_file(&path, &api_keys, &accounts, now) {
+            Ok(set) => {
+                let _ = writeln!(out, "{}: ok ({} keys)", path.display(), set.len());
+            }
+            Err(e) => {
+                let _ = writeln!(err, "{e}");
+                code = 1;
+            }
+        }
     }
+    code
 }

@@ -1,14 +1,16 @@
-//! The subcommands (`ccgate serve | check | classify | test | schema | doctor`) as library
-//! functions: each rules subcommand takes its clap args plus stdout/stderr writers and
+//! The subcommands (`ccgate serve | check | classify | test | schema | doctor | keys | usage`)
+//! as library functions: each rules subcommand takes its clap args plus stdout/stderr writers and
 //! returns the process exit code, so `main.rs` only dispatches. `serve` runs the gateway.
 
 mod check;
 mod classify;
 mod doctor;
+mod keys;
 pub mod log;
 mod schema;
 pub mod serve;
 mod test;
+mod usage;
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +21,11 @@ pub use crate::capture::{classify_json, is_capture, parse_capture, parse_input, 
 pub use check::{check, CheckArgs};
 pub use classify::{classify, ClassifyArgs};
 pub use doctor::{doctor, run_checks, Check, DoctorArgs, Status};
-pub use schema::{schema, schema_json, SchemaArgs};
+pub use keys::{keys, KeysArgs, KeysCommand};
+pub use schema::{schema, schema_json, SchemaArgs, SchemaOf};
 pub use serve::ServeArgs;
 pub use test::{json_contains, run_test_file, test, Expect, TestArgs, TestCase, TestFile};
+pub use usage::{usage, UsageArgs};
 
 /// Default rule test files.
 pub const DEFAULT_TESTS_DIR: &str = "rules/tests";

@@ -1,12 +1,24 @@
-//! `ccgate schema`: print the rules file's JSON Schema.
+//! `ccgate schema [rules|keys]`: print the rules file's or the keys file's JSON Schema.
 
 use std::io::Write;
 
 use crate::rules::model::RulesFile;
 
-/// `ccgate schema`: print the rules file's JSON Schema.
+/// Which file's schema.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaOf {
+    #[default]
+    Rules,
+    Keys,
+}
+
+/// `ccgate schema [rules|keys]`: print a file's JSON Schema (default: the rules file's).
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct SchemaArgs {}
+pub struct SchemaArgs {
+    /// The file whose schema to print.
+    #[arg(value_enum, default_value_t = SchemaOf::Rules)]
+    pub of: SchemaOf,
+}
 
 /// The JSON Schema of the rules file, pretty-printed with a trailing newline.
 pub fn schema_json() -> String {
@@ -17,8 +29,12 @@ pub fn schema_json() -> String {
 }
 
 /// `ccgate schema`.
-pub fn schema(_args: &SchemaArgs, out: &mut dyn Write, _err: &mut dyn Write) -> i32 {
-    match out.write_all(schema_json().as_bytes()) {
+pub fn schema(args: &SchemaArgs, out: &mut dyn Write, _err: &mut dyn Write) -> i32 {
+    let text = match args.of {
+        SchemaOf::Rules => schema_json(),
+        SchemaOf::Keys => crate::keys::schema_json(),
+    };
+    match out.write_all(text.as_bytes()) {
         Ok(()) => 0,
         Err(_) => 1,
     }

@@ -40,6 +40,10 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("keys: {0}")]
+    Keys(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The settings from the real environment with the documented precedence, and the
@@ -142,7 +146,10 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let state = crate::AppState::new(settings, rules, backend);
+    let store = crate::store::Store::open_sqlite(&settings.state.path).await?;
+    tracing::info!(path = %settings.state.path.display(), "state store open");
+    let state =
+        crate::AppState::build(settings, rules, backend, Some(store)).map_err(ServeError::Keys)?;
     tracing::info!(listen = %listener.local_addr()?, "ccgate listening");
     // The CLI's version and capabilities, in the background (about a second; no model
     // call): logged, a version outside the tested range warned about, and shown in

@@ -116,6 +116,12 @@ pub async fn count_tokens(
     let cx = Cx::new(&state, Flavour::Anthropic, ENDPOINT, id);
     cx.record
         .set_target(req.method().as_str(), req.uri().path());
+    // A ledger row (no limits: counting spends no model call).
+    let key = req
+        .extensions()
+        .get::<crate::http::keyed::Caller>()
+        .map(|c| c.0.clone());
+    crate::http::keyed::on_finish(&state, &cx, key, None);
     let limit = state.settings.request_body_limit;
     // The permit before the body: a waiting request holds no parsed body. (The semaphore
     // is never closed.)

@@ -52,6 +52,17 @@ pub enum ApiError {
         id: String,
         param: String,
     },
+    /// 401: the API key matched a key of the keys file whose `expires` has passed.
+    KeyExpired,
+    /// 403: the key may not do this (`admin_key_required`, `model_not_allowed`).
+    Forbidden { code: &'static str, message: String },
+    /// 429: one of the key's limits (`limit`: its name) refuses the request for
+    /// `retry_after` seconds.
+    RateLimited {
+        limit: &'static str,
+        message: String,
+        retry_after: u64,
+    },
     /// A CLI failure (or the health gate) classified by the rules.
     Verdict(Box<Verdict>),
 }
@@ -87,13 +98,20 @@ impl ApiError {
             ApiError::PreviousResponseNotFound(_) | ApiError::StoredNotFound { .. } => {
                 "previous_response_not_found"
             }
+            ApiError::KeyExpired => "key_expired",
+            ApiError::Forbidden { code, .. } => code,
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Verdict(v) => &v.kind,
         }
     }
 }
 
 /// The kinds of gateway-side errors (never a rules kind's name).
-pub const GATEWAY_KINDS: [&str; 11] = [
+pub const GATEWAY_KINDS: [&str; 15] = [
+    "key_expired",
+    "admin_key_required",
+    "model_not_allowed",
+    "rate_limited",
     "bad_request",
     "body_too_large",
     "unauthorized",
@@ -263,6 +281,31 @@ impl ApiError {
                 ),
                 Some(param.clone()),
             ),
+            ApiError::KeyExpired => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "key_expired",
+                "This API key has expired (its operator can issue a new one).".to_string(),
+                None,
+            ),
+            ApiError::Forbidden { code, message } => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                *code,
+                message.clone(),
+                None,
+            ),
+            ApiError::RateLimited { limit, message, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                match cx.flavour {
+                    Flavour::Anthropic => "rate_limit_error",
+                    Flavour::Openai if limit.starts_with("tokens") => "tokens",
+                    Flavour::Openai => "requests",
+                },
+                "rate_limit_exceeded",
+                message.clone(),
+                None,
+            ),
             ApiError::Verdict(v) => return render_verdict(v, cx),
         };
         let body = match cx.flavour {
@@ -279,6 +322,9 @@ impl ApiError {
         // The rest of a late body is never read: the connection cannot be reused.
         let headers = match self {
             ApiError::BodyTimeout => vec![("connection".to_string(), "close".to_string())],
+            ApiError::RateLimited { retry_after, .. } => {
+                vec![("retry-after".to_string(), retry_after.to_string())]
+            }
             _ => Vec::new(),
         };
         RenderedError {

@@ -19,6 +19,11 @@ use crate::http::state::AppState;
 use crate::http::{flavour_for_request, RequestId};
 use crate::rules::{Flavour, Rules};
 
+/// The key a request presented (absent when the gateway has no keys); put on the request
+/// by the key layer (`http::keyed`).
+#[derive(Clone, Debug)]
+pub struct Caller(pub Arc<crate::keys::Key>);
+
 /// One API request's context: its flavour, id, rules snapshot and record.
 #[derive(Clone)]
 pub struct Cx {
@@ -29,6 +34,8 @@ pub struct Cx {
     pub record: Arc<RequestRecord>,
     /// A digest of the client's API key (empty when ccgate has no keys).
     pub tenant: String,
+    /// The client's key (None when ccgate has no keys).
+    pub caller: Option<Caller>,
     health: Arc<Health>,
 }
 
@@ -45,6 +52,7 @@ impl Cx {
             request_id,
             rules: state.engine.rules(),
             tenant: String::new(),
+            caller: None,
             health: Arc::clone(state.engine.health()),
         }
     }

@@ -80,6 +80,7 @@ pub fn turn_request(
         tools: None,
         options: RunOptions::default(),
         show_thinking: false,
+        accounts: None,
     })
 }
 
@@ -119,7 +120,11 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
             .map(|r| r.0.clone())
             .unwrap_or_else(crate::http::new_request_id);
         let mut cx = Cx::new(state, A::FLAVOUR, A::ENDPOINT, id);
-        if !state.settings.api_keys.is_empty() {
+        cx.caller = req
+            .extensions()
+            .get::<crate::http::keyed::Caller>()
+            .cloned();
+        if cx.caller.is_some() {
             // The key passed the API key layer; only its digest is kept.
             cx.tenant = crate::http::presented_key(&req)
                 .map(|k| crate::rules::sha256_hex(k.as_bytes()))
@@ -158,6 +163,11 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         Ok(t) => t,
         Err(e) => return cx.error(e),
     };
+    // The key's allow-lists and limits, before anything runs.
+    if let Err(refused) = crate::http::keyed::admit(&state, &cx, cx.caller.as_ref(), &turn.model) {
+        return cx.error(refused);
+    }
+    turn.accounts = cx.caller.as_ref().and_then(|c| c.0.accounts.clone());
     turn.tenant.clone_from(&cx.tenant);
     turn.show_thinking |= A::thinking_by_config(&state.settings);
     let mut run = match state
@@ -181,6 +191,10 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         if let Some(Err(v)) = waited {
             return cx.error(ApiError::Verdict(v));
         }
+        cx.record.streaming();
+        if waited.is_some() {
+            cx.record.first_content();
+        }
         cx.record.answered(200, "ok", false);
         let start = match waited {
             Some(_) => Start::Open(A::framer(body, id, run.prompt_usage())),
@@ -190,6 +204,7 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
     }
     match run.complete().await {
         Ok(answer) => {
+            cx.record.set_usage(&answer.usage, answer.model.as_deref());
             cx.record.answered(200, "ok", true);
             Json(A::complete_body(&body, &id, &answer)).into_response()
         }
@@ -262,6 +277,7 @@ fn sse_response<A: Api>(
         if let Some((req, id)) = st.waiting.take() {
             let events = match st.run.first_content().await {
                 Ok(()) => {
+                    st.cx.record.first_content();
                     let mut framer = A::framer(req, id, st.run.prompt_usage());
                     let opening = framer.opening();
                     st.framer = Some(framer);
@@ -282,6 +298,7 @@ fn sse_response<A: Api>(
             TurnStep::ToolArgs { index, fragment } => framer.tool_args(index, fragment),
             TurnStep::Thinking(t) => framer.thinking(t),
             TurnStep::Finish(s) => {
+                st.cx.record.set_usage(&s.usage, s.model.as_deref());
                 st.cx.record.stream_finished();
                 framer.finish(&s)
             }

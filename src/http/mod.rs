@@ -14,6 +14,7 @@ pub mod errors;
 pub mod extract;
 pub mod gate;
 pub mod handler;
+pub mod keyed;
 pub mod openai;
 pub mod ops;
 pub mod responses;
@@ -134,17 +135,6 @@ pub(crate) fn static_error_for(
     static_error(state, flavour, request_id, err)
 }
 
-/// Constant-time comparison of the presented key with every configured key.
-fn key_ok(state: &AppState, presented: Option<&str>) -> bool {
-    use subtle::ConstantTimeEq;
-    let Some(p) = presented else { return false };
-    let mut ok = subtle::Choice::from(0);
-    for k in &state.settings.api_keys {
-        ok |= k.as_bytes().ct_eq(p.as_bytes());
-    }
-    ok.into()
-}
-
 /// The API key a request presents (`x-api-key`, or `Authorization: Bearer`).
 pub(crate) fn presented_key(req: &Request) -> Option<&str> {
     let h = req.headers();
@@ -154,22 +144,6 @@ pub(crate) fn presented_key(req: &Request) -> Option<&str> {
     let auth = h.get("authorization")?.to_str().ok()?;
     let (scheme, rest) = auth.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-}
-
-/// The API key check, then the JSON-only POST check ([`edge::json_post_refusal`]).
-async fn api_key_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.settings.api_keys.is_empty() || key_ok(&state, presented_key(&req)) {
-        if let Some(refused) = edge::json_post_refusal(&state, &req) {
-            return refused;
-        }
-        return next.run(req).await;
-    }
-    let id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(new_request_id);
-    static_error_for(&state, &req, &id, ApiError::Unauthorized)
 }
 
 /// Unknown endpoints are answered, logged and counted (`endpoint="unknown"`), so operators
@@ -235,6 +209,14 @@ pub fn router(state: AppState) -> Router {
             get(ops::admin_rules).fallback(method_not_allowed),
         )
         .route(
+            "/admin/usage",
+            get(ops::admin_usage).fallback(method_not_allowed),
+        )
+        .route(
+            "/admin/keys",
+            get(ops::admin_keys).fallback(method_not_allowed),
+        )
+        .route(
             "/admin/overview",
             get(admin::overview).fallback(method_not_allowed),
         )
@@ -242,7 +224,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/classify",
             post(admin::classify).fallback(method_not_allowed),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), api_key_layer));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            keyed::key_layer,
+        ));
     let open = Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))

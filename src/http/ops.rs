@@ -1,5 +1,6 @@
 //! Operator endpoints: `/v1/models`, `/v1/models/{id}`, `/health`, `/ready`, `/v1/auth/status`, `/metrics`,
-//! and the admin actions `/admin/probe`, `/admin/reload`, `/admin/rules`.
+//! and the admin endpoints `/admin/probe`, `/admin/reload`, `/admin/rules`, `/admin/usage`,
+//! `/admin/keys`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -130,4 +131,121 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// The query of `GET /admin/usage`.
+#[derive(Debug, serde::Deserialize)]
+pub struct UsageParams {
+    #[serde(default)]
+    group_by: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+fn admin_error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        Json(json!({"error": {"type": "invalid_request_error", "message": message}})),
+    )
+        .into_response()
+}
+
+/// `GET /admin/usage?group_by=key,model,account,api,day|hour&from=…&to=…&format=csv`: the
+/// usage ledger summed per group (`from` / `to`: RFC 3339, a date, Unix seconds, or a span
+/// back from now such as `24h`; default: everything kept).
+pub async fn admin_usage(
+    State(state): State<AppState>,
+    axum::extract::Query(p): axum::extract::Query<UsageParams>,
+) -> Response {
+    use crate::store::{parse_group_by, parse_time, usage_csv};
+    let Some(ledger) = &state.ledger else {
+        return admin_error(
+            StatusCode::NOT_FOUND,
+            "this gateway runs without a state store".into(),
+        );
+    };
+    let now = crate::clock::unix_now() as i64;
+    let group_by = match parse_group_by(p.group_by.as_deref().unwrap_or("key")) {
+        Ok(g) => g,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, e),
+    };
+    let time = |v: &Option<String>, default: i64, name: &str| {
+        match v {
+        None => Ok(default),
+        Some(s) => parse_time(s, now).ok_or_else(|| {
+            format!("{name}: `{s}` is not a time (RFC 3339, YYYY-MM-DD, Unix seconds, or a span such as 24h)")
+        }),
+    }
+    };
+    let (from, to) = match (time(&p.from, 0, "from"), time(&p.to, now + 1, "to")) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return admin_error(StatusCode::BAD_REQUEST, e),
+    };
+    let csv = match p.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return admin_error(
+                StatusCode::BAD_REQUEST,
+                format!("format: `{other}` is not json or csv"),
+            )
+        }
+    };
+    // Read what this gateway has answered so far.
+    ledger.flush().await;
+    match ledger.store().usage(&group_by, from, to).await {
+        Ok(rows) if csv => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            usage_csv(&group_by, &rows),
+        )
+            .into_response(),
+        Ok(rows) => Json(json!({
+            "from": crate::clock::rfc3339_of_unix(from.max(0) as u64),
+            "to": crate::clock::rfc3339_of_unix(to.max(0) as u64),
+            "group_by": group_by.iter().map(|g| g.name()).collect::<Vec<_>>(),
+            "rows": rows,
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "usage query failed");
+            admin_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the usage ledger cannot be read right now".into(),
+            )
+        }
+    }
+}
+
+/// `GET /admin/keys`: the keys in force (names, roles, allow-lists, limits, expiry, what
+/// each used of its limits now); never a key or a digest.
+pub async fn admin_keys(State(state): State<AppState>) -> Json<Value> {
+    let keys = state.keys.load();
+    let now = crate::clock::unix_now() as i64;
+    let list: Vec<Value> = keys
+        .keys()
+        .iter()
+        .map(|k| {
+            let (in_flight, requests_minute, tokens_minute, tokens_day) =
+                state.limiter.usage(&k.name, now);
+            json!({
+                "name": k.name,
+                "role": k.role,
+                "models": k.models,
+                "accounts": k.accounts,
+                "limits": k.limits,
+                "expires": k.expires.map(|e| crate::clock::rfc3339_of_unix(e.max(0) as u64)),
+                "usage": {
+                    "in_flight": in_flight,
+                    "requests_this_minute": requests_minute,
+                    "tokens_this_minute": tokens_minute,
+                    "tokens_today": tokens_day,
+                },
+            })
+        })
+        .collect();
+    Json(json!({"source": keys.source(), "sha256": keys.sha256(), "keys": list}))
 }

@@ -94,16 +94,16 @@ impl fmt::Display for LoadError {
     }
 }
 
-/// Collects problems with snippets taken from the source text.
-struct Problems<'a> {
+/// Collects problems with snippets taken from the source text (also for the keys file).
+pub(crate) struct Problems<'a> {
     lines: Vec<&'a str>,
-    list: Vec<Problem>,
+    pub(crate) list: Vec<Problem>,
     /// Not errors: the file loads, but `ccgate check` shows these.
     warnings: Vec<Problem>,
 }
 
 impl<'a> Problems<'a> {
-    fn new(text: &'a str) -> Self {
+    pub(crate) fn new(text: &'a str) -> Self {
         Problems {
             lines: text.lines().collect(),
             list: Vec::new(),
@@ -122,7 +122,7 @@ impl<'a> Problems<'a> {
         });
     }
 
-    fn at(&mut self, loc: Location, message: impl Into<String>) {
+    pub(crate) fn at(&mut self, loc: Location, message: impl Into<String>) {
         let (line, column) = (loc.line(), loc.column());
         let snippet = self.snippet(line, column);
         self.list.push(Problem {
@@ -282,7 +282,7 @@ struct Counts {
     regexes: usize,
 }
 
-fn strip_position_suffix(msg: &str) -> String {
+pub(crate) fn strip_position_suffix(msg: &str) -> String {
     let first = msg.lines().next().unwrap_or(msg).trim();
     // e.g. "unknown field `x`, expected ... at line 3 column 5"
     match first.rfind(" at line ") {

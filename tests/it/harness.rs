@@ -23,6 +23,10 @@ pub struct Opts {
     pub env: Vec<(&'static str, String)>,
     pub tweak: Box<dyn FnOnce(&mut Config) + Send>,
     pub watch_rules: bool,
+    /// The keys file's text (written to `keys.yaml` and configured as `keys:`).
+    pub keys_yaml: Option<String>,
+    /// The usage ledger's database (default: a fresh one in the test's directory).
+    pub state_path: Option<PathBuf>,
 }
 
 impl Default for Opts {
@@ -34,6 +38,8 @@ impl Default for Opts {
             env: Vec::new(),
             tweak: Box::new(|_| {}),
             watch_rules: false,
+            keys_yaml: None,
+            state_path: None,
         }
     }
 }
@@ -50,6 +56,8 @@ pub struct TestServer {
     pub log_file: PathBuf,
     /// The fake CLI's `CLAUDE_CONFIG_DIR` (synthesized sessions go under `projects/`).
     pub claude_config_dir: PathBuf,
+    /// The keys file (written only with `Opts::keys_yaml`).
+    pub keys_path: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -95,13 +103,22 @@ impl TestServer {
         let workdir = dir.path().join("work");
         std::fs::create_dir_all(&workdir).expect("workdir");
 
+        let keys_path = dir.path().join("keys.yaml");
+        if let Some(k) = &opts.keys_yaml {
+            std::fs::write(&keys_path, k).expect("write keys");
+        }
+        let state_path = opts
+            .state_path
+            .unwrap_or_else(|| dir.path().join("state/ccgate.db"));
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             rules: rules_path.clone(),
             watch_rules: opts.watch_rules,
             api_keys: opts.api_keys,
+            keys: opts.keys_yaml.is_some().then(|| keys_path.clone()),
             ..Config::default()
         };
+        config.state.path = state_path;
         config.cli.command = fake_cli();
         config.cli.workdir = Some(workdir.clone());
         config.cli.start_timeout = 5.0;
@@ -134,7 +151,10 @@ impl TestServer {
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let state = AppState::new(settings, rules, backend);
+        let store = ccgate::store::Store::open_sqlite(&settings.state.path)
+            .await
+            .expect("state store");
+        let state = AppState::build(settings, rules, backend, Some(store)).expect("state");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(ccgate::serve(listener, state.clone(), async move {
             let _ = rx.await;
@@ -147,6 +167,7 @@ impl TestServer {
             rules_path,
             log_file,
             claude_config_dir,
+            keys_path,
             stop: Some(tx),
             task: Some(task),
         }

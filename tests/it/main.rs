@@ -13,6 +13,7 @@ mod doctor;
 mod edge;
 mod fake_tools;
 mod hardening;
+mod governance;
 mod harness;
 mod health;
 mod held_accounts;

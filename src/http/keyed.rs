@@ -1,0 +1,222 @@
+//! Who is calling: the API key layer (401 for a missing, wrong or expired key; 403 for a
+//! client key on `/admin/*` whenever any key exists), the per-key limits checked before
+//! anything runs (429 with `retry-after`), the rate-limit headers on every answer to a key
+//! with limits, and what a finished request leaves behind (the ledger row, the per-key
+//! counters, the tokens counted against the key's limits).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::engine::RequestSummary;
+use crate::http::errors::ApiError;
+pub use crate::http::extract::Caller;
+use crate::http::extract::Cx;
+use crate::http::state::AppState;
+use crate::http::{new_request_id, presented_key, static_error_for, RequestId};
+use crate::keys::{Key, Lookup, Role};
+use crate::limits::Permit;
+use crate::metrics::{KeyLabels, KeyTokenLabels};
+use crate::store::LedgerRow;
+
+fn now() -> i64 {
+    crate::clock::unix_now() as i64
+}
+
+/// The API key check, the admin role check, then the JSON-only POST check
+/// ([`super::edge::json_post_refusal`]); afterwards the rate-limit headers of a key with
+/// limits.
+pub async fn key_layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let keys = state.keys.load();
+    let lookup = keys.lookup(presented_key(&req), now());
+    let refuse = |state: &AppState, req: &Request, err: ApiError| {
+        let id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(new_request_id);
+        static_error_for(state, req, &id, err)
+    };
+    let caller = match lookup {
+        Lookup::Open => None,
+        Lookup::Unknown => return refuse(&state, &req, ApiError::Unauthorized),
+        Lookup::Expired(_) => return refuse(&state, &req, ApiError::KeyExpired),
+        Lookup::Found(k) => Some(k),
+    };
+    drop(keys);
+    if req.uri().path().starts_with("/admin/") {
+        if let Some(k) = &caller {
+            if k.role != Role::Admin {
+                return refuse(
+                    &state,
+                    &req,
+                    ApiError::Forbidden {
+                        code: "admin_key_required",
+                        message: "The /admin endpoints need a key with role admin.".into(),
+                    },
+                );
+            }
+        }
+    }
+    if let Some(refused) = super::edge::json_post_refusal(&state, &req) {
+        return refused;
+    }
+    let limited = caller.clone().filter(|k| k.limits.any());
+    if let Some(k) = caller {
+        req.extensions_mut().insert(Caller(k));
+    }
+    let mut resp = next.run(req).await;
+    if let Some(k) = limited {
+        add_rate_limit_headers(&state, &k, &mut resp);
+    }
+    resp
+}
+
+/// OpenAI's `x-ratelimit-*` and Anthropic's `anthropic-ratelimit-*` headers of `key`.
+fn add_rate_limit_headers(state: &AppState, key: &Key, resp: &mut Response) {
+    let now = now();
+    let budget = state.limiter.budget(&key.name, &key.limits, now);
+    let reset_at =
+        |secs: u64| crate::clock::rfc3339_of_unix(now as u64 + secs).replace("+00:00", "Z");
+    let mut set = |name: &str, value: String| {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    };
+    for (what, b) in [("requests", budget.requests), ("tokens", budget.tokens)] {
+        let Some((limit, remaining, reset)) = b else {
+            continue;
+        };
+        set(&format!("x-ratelimit-limit-{what}"), limit.to_string());
+        set(
+            &format!("x-ratelimit-remaining-{what}"),
+            remaining.to_string(),
+        );
+        set(&format!("x-ratelimit-reset-{what}"), format!("{reset}s"));
+        set(
+            &format!("anthropic-ratelimit-{what}-limit"),
+            limit.to_string(),
+        );
+        set(
+            &format!("anthropic-ratelimit-{what}-remaining"),
+            remaining.to_string(),
+        );
+        set(
+            &format!("anthropic-ratelimit-{what}-reset"),
+            reset_at(reset),
+        );
+    }
+}
+
+/// For an API request: the key's model allow-list and limits, checked before anything
+/// runs; then the hook that records the finished request. `model` is the model asked for
+/// (after aliases). Err is the refusal to answer with.
+pub fn admit(
+    state: &AppState,
+    cx: &Cx,
+    caller: Option<&Caller>,
+    model: &str,
+) -> Result<(), ApiError> {
+    let key = caller.map(|c| Arc::clone(&c.0));
+    let mut permit: Option<Permit> = None;
+    if let Some(k) = &key {
+        if !model.is_empty() && !k.allows_model(model) {
+            return Err(ApiError::Forbidden {
+                code: "model_not_allowed",
+                message: format!("This API key may not use the model `{model}`."),
+            });
+        }
+        match state.limiter.admit(k, now()) {
+            Ok(p) => permit = p,
+            Err(r) => {
+                state
+                    .metrics
+                    .key_limited
+                    .get_or_create(&KeyLabels {
+                        key: k.name.clone(),
+                    })
+                    .inc();
+                return Err(ApiError::RateLimited {
+                    limit: r.limit,
+                    message: r.message,
+                    retry_after: r.retry_after,
+                });
+            }
+        }
+    }
+    on_finish(state, cx, key, permit);
+    Ok(())
+}
+
+/// Records the request when it ends: ledger row, per-key counters, tokens against the
+/// key's limits; the concurrency permit is given back then.
+pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>, permit: Option<Permit>) {
+    let ledger = state.ledger.clone();
+    let limiter = Arc::clone(&state.limiter);
+    let metrics = Arc::clone(&state.metrics);
+    cx.record.on_finish(Box::new(move |s: &RequestSummary| {
+        drop(permit);
+        let u = &s.usage;
+        let total = u.input_tokens
+            + u.output_tokens
+            + u.cache_read_input_tokens
+            + u.cache_creation_input_tokens;
+        let name = key.as_ref().map(|k| k.name.clone()).unwrap_or_default();
+        if let Some(k) = &key {
+            limiter.add_tokens(&k.name, total, now());
+            metrics
+                .key_requests
+                .get_or_create(&KeyLabels {
+                    key: k.name.clone(),
+                })
+                .inc();
+            for (t, n) in [
+                ("input", u.input_tokens),
+                ("output", u.output_tokens),
+                ("cache_read", u.cache_read_input_tokens),
+                ("cache_creation", u.cache_creation_input_tokens),
+            ] {
+                if n > 0 {
+                    metrics
+                        .key_tokens
+                        .get_or_create(&KeyTokenLabels {
+                            key: k.name.clone(),
+                            r#type: t.to_string(),
+                        })
+                        .inc_by(n);
+                }
+            }
+        }
+        if let Some(ledger) = &ledger {
+            let dropped_before = ledger.dropped();
+            ledger.record(LedgerRow {
+                at: now(),
+                request_id: s.request_id.clone(),
+                key: name,
+                model: s.model.clone().unwrap_or_default(),
+                served_model: s.served_model.clone().unwrap_or_default(),
+                account: s.account.clone().unwrap_or_default(),
+                api: s.endpoint.to_string(),
+                streamed: s.streamed,
+                status: s.status,
+                kind: s.kind.clone(),
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cache_read_tokens: u.cache_read_input_tokens,
+                cache_creation_tokens: u.cache_creation_input_tokens,
+                duration_ms: (s.duration_secs * 1000.0) as u64,
+                ttft_ms: s.first_token_secs.map(|t| (t * 1000.0) as u64),
+                round: s.round.map(str::to_string),
+            });
+            if ledger.dropped() > dropped_before {
+                metrics.ledger_rows_dropped.inc();
+            }
+        }
+    }));
+}

@@ -1,0 +1,736 @@
+//! The state store: the usage ledger in an embedded SQLite database (`state.path`).
+//!
+//! One interface ([`Store`]), one schema and one set of queries, run through sqlx's `Any`
+//! driver: the SQL is portable (`$N` parameters, `BIGINT` and `TEXT` columns, integer
+//! time buckets, `CAST(SUM(…) AS BIGINT)`), so PostgreSQL is one more driver feature and
+//! URL, not a second code path. No compile-time-checked macros: building needs no
+//! database.
+//!
+//! Versioned migrations run at open, each in a transaction; a database whose schema is
+//! newer than this build knows is refused. Rows are written off the request path:
+//! [`Ledger::record`] only queues (a bounded buffer; rows beyond it are dropped and
+//! counted), a writer task inserts them in batches, and [`Ledger::flush`] writes what is
+//! queued at shutdown. A purge loop deletes rows older than `state.retention_days`, until
+//! the shutdown signal.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::shutdown::Shutdown;
+
+/// The schema versions, in order; each a list of statements run in one transaction.
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE usage_ledger (
+            at BIGINT NOT NULL,
+            request_id TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            model TEXT NOT NULL,
+            served_model TEXT NOT NULL,
+            account TEXT NOT NULL,
+            api TEXT NOT NULL,
+            streamed BIGINT NOT NULL,
+            status BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_creation_tokens BIGINT NOT NULL,
+            duration_ms BIGINT NOT NULL,
+            ttft_ms BIGINT,
+            round TEXT
+        )",
+        "CREATE INDEX usage_ledger_at ON usage_ledger (at)",
+    ],
+)];
+
+/// The newest schema version this build knows.
+pub fn schema_version() -> i64 {
+    MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
+}
+
+/// Rows inserted per transaction at most.
+const BATCH_ROWS: usize = 500;
+/// How often old rows are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Why the store could not be opened or queried.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {what}: {source}")]
+    Sql {
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("state store {url}: its schema version {found} is newer than this ccgate knows ({known}); run a newer ccgate or another state.path")]
+    TooNew { url: String, found: i64, known: i64 },
+    #[error("state store: cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Sql { what, source }
+}
+
+/// One ledger row: one API request. No prompt, no key material (`key` is the key's name).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LedgerRow {
+    /// Unix seconds when the request ended.
+    pub at: i64,
+    pub request_id: String,
+    pub key: String,
+    pub model: String,
+    pub served_model: String,
+    pub account: String,
+    /// The endpoint label (`chat_completions`, `messages`, `responses`, …).
+    pub api: String,
+    pub streamed: bool,
+    pub status: u16,
+    pub kind: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_creation_tokens: u64,
+    pub duration_ms: u64,
+    pub ttft_ms: Option<u64>,
+    /// `held` or `fresh`.
+    pub round: Option<String>,
+}
+
+/// A grouping of [`Store::usage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Key,
+    Model,
+    Account,
+    Api,
+    Day,
+    Hour,
+}
+
+impl GroupBy {
+    /// Parses `key`, `model`, `account`, `api`, `day`, `hour`.
+    pub fn parse(s: &str) -> Option<GroupBy> {
+        Some(match s.trim() {
+            "key" => GroupBy::Key,
+            "model" => GroupBy::Model,
+            "account" => GroupBy::Account,
+            "api" => GroupBy::Api,
+            "day" => GroupBy::Day,
+            "hour" => GroupBy::Hour,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key",
+            GroupBy::Model => "model",
+            GroupBy::Account => "account",
+            GroupBy::Api => "api",
+            GroupBy::Day => "day",
+            GroupBy::Hour => "hour",
+        }
+    }
+
+    /// The SQL expression (fixed text: nothing a client sent).
+    fn expr(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key_name",
+            GroupBy::Model => "model",
+            GroupBy::Account => "account",
+            GroupBy::Api => "api",
+            GroupBy::Day => "(at / 86400) * 86400",
+            GroupBy::Hour => "(at / 3600) * 3600",
+        }
+    }
+
+    fn is_time(self) -> bool {
+        matches!(self, GroupBy::Day | GroupBy::Hour)
+    }
+}
+
+/// One row of [`Store::usage`]: the grouped fields, then the sums.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRow {
+    /// The grouped fields in the order asked (`day` / `hour` as RFC 3339 times).
+    #[serde(flatten)]
+    pub group: serde_json::Map<String, serde_json::Value>,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_creation_tokens: u64,
+    /// Requests answered with a status of 400 or more (client disconnects included).
+    pub errors: u64,
+}
+
+/// The store.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    url: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating it and its directory when missing) the SQLite database at `path`
+    /// and brings its schema up to date.
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Store::open(&url).await
+    }
+
+    /// Opens the database at `url` and runs the migrations it lacks.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            // SQLite has one writer: one connection for the writer task and one for reads.
+            .max_connections(if sqlite { 2 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        use sqlx::Executor;
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA synchronous=NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout=5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(sql(format!("{}: open", redact_url(url))))?;
+        let store = Store {
+            pool,
+            url: redact_url(url),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS ccgate_schema (version BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await
+            .map_err(sql("create ccgate_schema"))?;
+        let found = self.version().await?;
+        let known = schema_version();
+        if found > known {
+            return Err(StoreError::TooNew {
+                url: self.url.clone(),
+                found,
+                known,
+            });
+        }
+        for (version, statements) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+            let mut tx = self.pool.begin().await.map_err(sql("migrate"))?;
+            for s in *statements {
+                sqlx::query(s)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql(format!("migration {version}")))?;
+            }
+            sqlx::query("INSERT INTO ccgate_schema (version) VALUES ($1)")
+                .bind(*version)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql(format!("migration {version}")))?;
+            tx.commit()
+                .await
+                .map_err(sql(format!("migration {version}")))?;
+            tracing::info!(version, store = %self.url, "state store schema migrated");
+        }
+        Ok(())
+    }
+
+    /// The schema version of the database.
+    pub async fn version(&self) -> Result<i64, StoreError> {
+        let row =
+            sqlx::query("SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM ccgate_schema")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(sql("read the schema version"))?;
+        row.try_get::<i64, _>(0)
+            .map_err(sql("read the schema version"))
+    }
+
+    /// Inserts rows in one transaction.
+    pub async fn insert(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(sql("write the ledger"))?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO usage_ledger (at, request_id, key_name, model, served_model, account, api, \
+                 streamed, status, kind, input_tokens, output_tokens, cache_read_tokens, \
+                 cache_creation_tokens, duration_ms, ttft_ms, round) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(r.at)
+            .bind(&r.request_id)
+            .bind(&r.key)
+            .bind(&r.model)
+            .bind(&r.served_model)
+            .bind(&r.account)
+            .bind(&r.api)
+            .bind(i64::from(r.streamed))
+            .bind(i64::from(r.status))
+            .bind(&r.kind)
+            .bind(as_i64(r.input_tokens))
+            .bind(as_i64(r.output_tokens))
+            .bind(as_i64(r.cache_read_tokens))
+            .bind(as_i64(r.cache_creation_tokens))
+            .bind(as_i64(r.duration_ms))
+            .bind(r.ttft_ms.map(as_i64))
+            .bind(r.round.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(sql("write the ledger"))?;
+        }
+        tx.commit().await.map_err(sql("write the ledger"))
+    }
+
+    /// Deletes rows that ended before `before` (Unix seconds); returns how many.
+    pub async fn purge(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM usage_ledger WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(sql("purge the ledger"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Usage from `from` (inclusive) to `to` (exclusive, Unix seconds), grouped.
+    pub async fn usage(
+        &self,
+        group_by: &[GroupBy],
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let cols: Vec<&str> = group_by.iter().map(|g| g.expr()).collect();
+        let mut q = String::from("SELECT ");
+        for c in &cols {
+            q.push_str(c);
+            q.push_str(", ");
+        }
+        q.push_str(
+            "CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), \
+             CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), \
+             CAST(SUM(cache_creation_tokens) AS BIGINT), \
+             CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) \
+             FROM usage_ledger WHERE at >= $1 AND at < $2",
+        );
+        if !cols.is_empty() {
+            let list = cols.join(", ");
+            q.push_str(&format!(" GROUP BY {list} ORDER BY {list}"));
+        }
+        let rows: Vec<AnyRow> = sqlx::query(&q)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql("read the ledger"))?;
+        let n = group_by.len();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let get = |i: usize| -> Result<u64, StoreError> {
+                let v: Option<i64> = row.try_get(i).map_err(sql("read the ledger"))?;
+                Ok(v.unwrap_or(0).max(0) as u64)
+            };
+            let requests = get(n)?;
+            if requests == 0 {
+                // No group by and no rows: one all-NULL aggregate row.
+                continue;
+            }
+            let mut group = serde_json::Map::new();
+            for (i, g) in group_by.iter().enumerate() {
+                let v = if g.is_time() {
+                    let t: i64 = row.try_get(i).map_err(sql("read the ledger"))?;
+                    serde_json::Value::String(crate::clock::rfc3339_of_unix(t.max(0) as u64))
+                } else {
+                    let s: String = row.try_get(i).map_err(sql("read the ledger"))?;
+                    serde_json::Value::String(s)
+                };
+                group.insert(g.name().to_string(), v);
+            }
+            out.push(UsageRow {
+                group,
+                requests,
+                input_tokens: get(n + 1)?,
+                output_tokens: get(n + 2)?,
+                cache_read_tokens: get(n + 3)?,
+                cache_creation_tokens: get(n + 4)?,
+                errors: get(n + 5)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Closes the pool (after the writer's last batch).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A time for a usage query: RFC 3339 (`2026-12-01T00:00:00Z`), a date (`2026-12-01`,
+/// midnight UTC), Unix seconds, or a span back from `now` (`90m`, `24h`, `7d`).
+pub fn parse_time(s: &str, now: i64) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    if let Some(span) = parse_span(s) {
+        return Some(now - span);
+    }
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Some(t.unix_timestamp());
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &fmt)
+        .ok()
+        .map(|d| d.midnight().assume_utc().unix_timestamp())
+}
+
+/// `90s`, `30m`, `24h`, `7d`, `2w` in seconds.
+pub fn parse_span(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let unit = s.chars().last()?;
+    let n: i64 = s[..s.len() - unit.len_utf8()].parse().ok()?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return None,
+    };
+    (n >= 0).then(|| n.saturating_mul(mult))
+}
+
+/// Parses `key,model,day` into groupings (each at most once), or names the bad one.
+pub fn parse_group_by(s: &str) -> Result<Vec<GroupBy>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let g = GroupBy::parse(part).ok_or_else(|| {
+            format!("unknown group_by `{part}`; use key, model, account, api, day or hour")
+        })?;
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    if out.contains(&GroupBy::Day) && out.contains(&GroupBy::Hour) {
+        return Err("group_by takes day or hour, not both".into());
+    }
+    Ok(out)
+}
+
+/// Usage rows as CSV: the grouped fields, then the sums.
+pub fn usage_csv(group_by: &[GroupBy], rows: &[UsageRow]) -> String {
+    let mut out = String::new();
+    for g in group_by {
+        out.push_str(g.name());
+        out.push(',');
+    }
+    out.push_str(
+        "requests,input_tokens,output_tokens,cache_read_tokens,cache_creation_tokens,errors\n",
+    );
+    for r in rows {
+        for g in group_by {
+            let v = r.group.get(g.name()).and_then(|v| v.as_str()).unwrap_or("");
+            out.push_str(&csv_field(v));
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            r.requests,
+            r.input_tokens,
+            r.output_tokens,
+            r.cache_read_tokens,
+            r.cache_creation_tokens,
+            r.errors
+        ));
+    }
+    out
+}
+
+/// A CSV field, quoted when needed; a leading `= + - @` is prefixed with `'` so a
+/// spreadsheet does not run a model name as a formula.
+fn csv_field(v: &str) -> String {
+    let v = if v.starts_with(['=', '+', '-', '@']) {
+        format!("'{v}")
+    } else {
+        v.to_string()
+    };
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v
+    }
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A URL without its password (`postgres://user:secret@host` → `postgres://user:…@host`).
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:…{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+enum Msg {
+    Row(Box<LedgerRow>),
+    /// Write what is queued, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The request path's handle on the ledger: queues rows for the writer task.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Msg>,
+    store: Store,
+    dropped: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The writer task of a [`Ledger`]: run it (e.g. `tokio::spawn(writer.run())`).
+pub struct LedgerWriter {
+    rx: mpsc::Receiver<Msg>,
+    store: Store,
+    written: Arc<AtomicU64>,
+}
+
+impl Ledger {
+    /// A ledger over `store` holding at most `buffer` queued rows, and its writer.
+    pub fn new(store: Store, buffer: usize) -> (Ledger, LedgerWriter) {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let written = Arc::new(AtomicU64::new(0));
+        (
+            Ledger {
+                tx,
+                store: store.clone(),
+                dropped: Arc::new(AtomicU64::new(0)),
+                written: Arc::clone(&written),
+            },
+            LedgerWriter { rx, store, written },
+        )
+    }
+
+    /// Queues a row; when the buffer is full it is dropped and counted.
+    pub fn record(&self, row: LedgerRow) {
+        if self.tx.try_send(Msg::Row(Box::new(row))).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "usage ledger buffer full: rows dropped");
+            }
+        }
+    }
+
+    /// Rows dropped because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Rows written.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Waits until every row queued before this call is written (at shutdown, after the
+    /// last request ended; and in tests).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// The retention purge: every hour, rows older than `days` go, until `shutdown`.
+    pub async fn purge_loop(self, days: u32, shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(PURGE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let before = crate::clock::unix_now() as i64 - i64::from(days) * 86_400;
+                    match self.store.purge(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(rows = n, days, "usage ledger: old rows purged"),
+                        Err(e) => tracing::warn!(error = %e, "usage ledger purge failed"),
+                    }
+                }
+                () = shutdown.triggered() => break,
+            }
+        }
+    }
+}
+
+impl LedgerWriter {
+    /// Writes queued rows in batches until every [`Ledger`] handle is gone.
+    pub async fn run(mut self) {
+        let mut batch: Vec<LedgerRow> = Vec::with_capacity(BATCH_ROWS);
+        while let Some(first) = self.rx.recv().await {
+            let mut close = None;
+            let mut msg = Some(first);
+            while let Some(m) = msg.take() {
+                match m {
+                    Msg::Row(r) => batch.push(*r),
+                    Msg::Flush(done) => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() >= BATCH_ROWS {
+                    self.write(&mut batch).await;
+                }
+                msg = self.rx.try_recv().ok();
+            }
+            self.write(&mut batch).await;
+            if let Some(done) = close {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    async fn write(&self, batch: &mut Vec<LedgerRow>) {
+        if batch.is_empty() {
+            return;
+        }
+        // A failed batch is retried once, then given up (and said so): a broken disk must
+        // not grow the memory held.
+        for attempt in 0..2 {
+            match self.store.insert(batch).await {
+                Ok(()) => {
+                    self.written
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.clear();
+                    return;
+                }
+                Err(e) if attempt == 0 => {
+                    tracing::warn!(error = %e, rows = batch.len(), "usage ledger write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, rows = batch.len(), "usage ledger write failed; rows lost");
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_groupings() {
+        assert_eq!(parse_time("24h", 100_000), Some(100_000 - 86_400));
+        assert_eq!(parse_time("1700000000", 0), Some(1_700_000_000));
+        assert_eq!(parse_time("2026-12-01", 0), Some(1_796_083_200));
+        assert_eq!(parse_time("2026-12-01T00:00:00Z", 0), Some(1_796_083_200));
+        assert_eq!(parse_time("soon", 0), None);
+        assert_eq!(
+            parse_group_by("key, model,key").unwrap(),
+            vec![GroupBy::Key, GroupBy::Model]
+        );
+        assert!(parse_group_by("key;drop").is_err());
+        assert!(parse_group_by("day,hour").is_err());
+    }
+
+    #[tokio::test]
+    async fn ledger_rows_survive_reopening_and_sum_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ccgate.db");
+        let store = Store::open_sqlite(&path).await.unwrap();
+        let (ledger, writer) = Ledger::new(store.clone(), 16);
+        let task = tokio::spawn(writer.run());
+        for (key, tokens) in [("a", 10), ("a", 5), ("b", 7)] {
+            ledger.record(LedgerRow {
+                at: 1_000,
+                key: key.into(),
+                model: "sonnet".into(),
+                api: "messages".into(),
+                status: 200,
+                input_tokens: tokens,
+                output_tokens: 1,
+                ..LedgerRow::default()
+            });
+        }
+        ledger.flush().await;
+        drop(ledger);
+        task.await.unwrap();
+        store.close().await;
+        let store = Store::open_sqlite(&path).await.unwrap();
+        assert_eq!(store.version().await.unwrap(), schema_version());
+        let rows = store.usage(&[GroupBy::Key], 0, 2_000).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].group["key"], "a");
+        assert_eq!((rows[0].requests, rows[0].input_tokens), (2, 15));
+        assert_eq!(rows[1].input_tokens, 7);
+        let csv = usage_csv(&[GroupBy::Key], &rows);
+        assert!(csv.starts_with("key,requests,"), "{csv}");
+        assert!(store.usage(&[], 2_000, 3_000).await.unwrap().is_empty());
+        // A schema newer than known is refused.
+        sqlx::query("INSERT INTO ccgate_schema (version) VALUES (999)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.close().await;
+        let e = Store::open_sqlite(&path).await.unwrap_err().to_string();
+        assert!(e.contains("schema version 999 is newer"), "{e}");
+    }
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/x"),
+            "postgres://u:…@db:5432/x"
+        );
+        assert_eq!(redact_url("sqlite:///a/b.db"), "sqlite:///a/b.db");
+    }
+}
