@@ -233,6 +233,8 @@ mod tests {
             conversation_idle_timeout: d,
             max_held_runs: 0,
             tool_hold_timeout: d,
+            max_held_runs_per_key: None,
+            keep_conversations_per_key: None,
             temp_dir: std::env::temp_dir(),
         }
     }
