@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Drives the operator page (GET /admin/) in Debian's headless Chromium: a ccgate on the fake
-# CLI with an admin key, a few API requests, then tests/browser/check_admin_page.py
+# CLI with a keys file (an admin key and a client key) and a usage ledger, a few API
+# requests with the client key, then tests/browser/check_admin_page.py
 # (selenium through /usr/bin/chromedriver; nothing downloads a browser or a driver).
 # Screenshots go to ${CARGO_TARGET_DIR:-target}/browser/.
 #
@@ -26,9 +27,23 @@ cleanup() {
 }
 trap cleanup EXIT
 admin_key="admin-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
+client_key="client-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
+sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+cat >"$work/keys.yaml" <<KEYS
+keys:
+  - name: ops
+    sha256: "$(sha "$admin_key")"
+    role: admin
+  - name: app
+    sha256: "$(sha "$client_key")"
+    limits:
+      requests_per_minute: 100
+KEYS
+FAKE_CLAUDE_SCENARIO_FILE="$work/scenario" \
 CCGATE_LISTEN="127.0.0.1:$port" \
 CCGATE_WATCH_RULES=false \
-CCGATE_API_KEYS="[$admin_key]" \
+CCGATE_KEYS="$work/keys.yaml" \
+CCGATE_STATE__PATH="$work/state/ccgate.db" \
 CCGATE_CLI__COMMAND="$PWD/tests/fake-claude" \
 CCGATE_RULES=/nonexistent/use-embedded.yaml \
   "$bin" serve 2>"$work/log" &
@@ -38,20 +53,31 @@ for _ in $(seq 1 100); do
   python3 -c "import urllib.request; urllib.request.urlopen('$base/health', timeout=1)" 2>/dev/null && break
   sleep 0.1
 done
-# A few requests for the usage chart to count.
-made=3
-for i in $(seq 1 "$made"); do
-  python3 - "$base" "$admin_key" "$i" <<'PY'
-import json, sys, urllib.request
-base, key, i = sys.argv[1:4]
+# A few requests with the client key for the usage chart to count: three answered, then
+# one the (fake) CLI fails with 529 overloaded (503 on the OpenAI endpoint) for the
+# failures section.
+call() {
+  python3 - "$base" "$client_key" "$1" <<'PY'
+import json, sys, urllib.error, urllib.request
+base, key, want = sys.argv[1:4]
 req = urllib.request.Request(base + "/v1/chat/completions", method="POST",
-    data=json.dumps({"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": f"hello {i}"}]}).encode(),
+    data=json.dumps({"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "hello"}]}).encode(),
     headers={"content-type": "application/json", "authorization": "Bearer " + key})
-assert urllib.request.urlopen(req, timeout=30).status == 200
+try:
+    status = urllib.request.urlopen(req, timeout=30).status
+except urllib.error.HTTPError as e:
+    status = e.code
+assert status == int(want), f"status {status}, wanted {want}"
 PY
-done
+}
+: >"$work/scenario"
+for _ in 1 2 3; do call 200; done
+echo overloaded >"$work/scenario"
+call 503
+: >"$work/scenario"
+made=4
 rc=0
 SE_OFFLINE=true "$venv/bin/python" tests/browser/check_admin_page.py \
-  "$base" "$admin_key" "" "$made" "$target/browser" || rc=$?
+  "$base" "$admin_key" "$client_key" "$made" "$target/browser" || rc=$?
 if [ "$rc" != 0 ]; then echo "--- ccgate log ---"; tail -40 "$work/log"; fi
 exit "$rc"

@@ -10,9 +10,11 @@
 //! own script, style and same-origin fetches.
 //!
 //! The JSON endpoints (behind the key check with the other `/admin/*` routes):
-//! `GET /admin/overview` (gateway and account health, live processes, the rules in force)
-//! and `POST /admin/classify` (the classify playground: the same parser and verdict
-//! document as `ccgate classify`, for both API shapes).
+//! `GET /admin/overview` (gateway and account health, live processes, the rules in force),
+//! `GET /admin/failures` (failed requests per kind over time and the latest ones, from the
+//! usage ledger) and `POST /admin/classify` (the classify playground: the same parser and
+//! verdict document as `ccgate classify`, for both API shapes). Usage and keys come from
+//! `GET /admin/usage` and `GET /admin/keys` (`ops`).
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -97,8 +99,13 @@ pub async fn overview(State(state): State<AppState>) -> Json<Value> {
             "held": stats.held_runs,
             "spawned_total": stats.spawned_total,
         },
-        // The page's optional sections, each backed by an admin endpoint of its own.
-        "sections": {"usage": false, "failures": false, "keys": false},
+        // The page's optional sections, each backed by an admin endpoint of its own: usage
+        // and failures read the usage ledger, keys the keys in force.
+        "sections": {
+            "usage": state.ledger.is_some(),
+            "failures": state.ledger.is_some(),
+            "keys": !state.keys.load().is_empty(),
+        },
         "rules": {
             "sha256": rules.sha256(),
             "reload": state.reloader.status(),
@@ -155,4 +162,81 @@ pub async fn classify(
         "anthropic": classify_json(&rules, &outcome, Flavour::Anthropic),
     }))
     .into_response()
+}
+
+/// The query of `GET /admin/failures`.
+#[derive(Debug, Deserialize)]
+pub struct FailuresParams {
+    #[serde(default)]
+    bucket: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// The most failed requests `GET /admin/failures` lists.
+const FAILURES_LIMIT_MAX: u32 = 200;
+
+/// `GET /admin/failures?bucket=hour|day&from=…&to=…&limit=N`: failed requests (status 400
+/// or more) per kind and bucket over the range, and the `limit` (default 20, at most 200)
+/// latest ones: time, request id, key name, API, model, account, kind, status.
+pub async fn failures(
+    State(state): State<AppState>,
+    axum::extract::Query(p): axum::extract::Query<FailuresParams>,
+) -> Response {
+    use crate::http::ops::admin_error;
+    use crate::store::{parse_range, GroupBy};
+    let Some(ledger) = &state.ledger else {
+        return admin_error(
+            StatusCode::NOT_FOUND,
+            "this gateway runs without a state store".into(),
+        );
+    };
+    let bucket = match p.bucket.as_deref().unwrap_or("hour") {
+        "hour" => GroupBy::Hour,
+        "day" => GroupBy::Day,
+        other => {
+            return admin_error(
+                StatusCode::BAD_REQUEST,
+                format!("bucket: `{other}` is not hour or day"),
+            )
+        }
+    };
+    let limit = p.limit.unwrap_or(20);
+    if limit > FAILURES_LIMIT_MAX {
+        return admin_error(
+            StatusCode::BAD_REQUEST,
+            format!("limit: at most {FAILURES_LIMIT_MAX}"),
+        );
+    }
+    let now = crate::clock::unix_now() as i64;
+    let (from, to) = match parse_range(p.from.as_deref(), p.to.as_deref(), now) {
+        Ok(r) => r,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, e),
+    };
+    ledger.flush().await;
+    let store = ledger.store();
+    match tokio::try_join!(
+        store.failures(bucket, from, to),
+        store.latest_failures(limit)
+    ) {
+        Ok((by_kind, latest)) => Json(json!({
+            "bucket": bucket.name(),
+            "from": crate::clock::rfc3339_of_unix(from.max(0) as u64),
+            "to": crate::clock::rfc3339_of_unix(to.max(0) as u64),
+            "by_kind": by_kind,
+            "latest": latest,
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "failures query failed");
+            admin_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the usage ledger cannot be read right now".into(),
+            )
+        }
+    }
 }

@@ -224,6 +224,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/classify",
             post(admin::classify).fallback(method_not_allowed),
         )
+        .route(
+            "/admin/failures",
+            get(admin::failures).fallback(method_not_allowed),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             keyed::key_layer,

@@ -146,7 +146,7 @@ pub struct UsageParams {
     format: Option<String>,
 }
 
-fn admin_error(status: StatusCode, message: String) -> Response {
+pub(crate) fn admin_error(status: StatusCode, message: String) -> Response {
     (
         status,
         Json(json!({"error": {"type": "invalid_request_error", "message": message}})),
@@ -161,7 +161,7 @@ pub async fn admin_usage(
     State(state): State<AppState>,
     axum::extract::Query(p): axum::extract::Query<UsageParams>,
 ) -> Response {
-    use crate::store::{parse_group_by, parse_time, usage_csv};
+    use crate::store::{parse_group_by, parse_range, usage_csv};
     let Some(ledger) = &state.ledger else {
         return admin_error(
             StatusCode::NOT_FOUND,
@@ -173,17 +173,9 @@ pub async fn admin_usage(
         Ok(g) => g,
         Err(e) => return admin_error(StatusCode::BAD_REQUEST, e),
     };
-    let time = |v: &Option<String>, default: i64, name: &str| {
-        match v {
-        None => Ok(default),
-        Some(s) => parse_time(s, now).ok_or_else(|| {
-            format!("{name}: `{s}` is not a time (RFC 3339, YYYY-MM-DD, Unix seconds, or a span such as 24h)")
-        }),
-    }
-    };
-    let (from, to) = match (time(&p.from, 0, "from"), time(&p.to, now + 1, "to")) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(e), _) | (_, Err(e)) => return admin_error(StatusCode::BAD_REQUEST, e),
+    let (from, to) = match parse_range(p.from.as_deref(), p.to.as_deref(), now) {
+        Ok(r) => r,
+        Err(e) => return admin_error(StatusCode::BAD_REQUEST, e),
     };
     let csv = match p.format.as_deref() {
         None | Some("json") => false,

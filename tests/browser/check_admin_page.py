@@ -7,8 +7,9 @@ system's, and Selenium Manager is never asked).
 Checks, each an assertion that can fail:
 - an anonymous browser sees the sign-in form and no data;
 - a client key is refused with "not an admin key", and no data appears;
-- the admin key shows the gateway, the accounts and the rules, and the usage chart counts
-  the requests the caller made (when the gateway has a usage ledger);
+- the admin key shows the gateway, the accounts and the rules; the usage chart and table
+  count the requests the caller made; the failures section lists the failed one by kind;
+  the keys section shows the keys with their roles and limits (and no key material);
 - the classify playground classifies an overloaded API error for both APIs;
 - the page refreshes itself without a reload;
 - no console errors (the negative sign-in runs in its own browser, as Chromium logs a
@@ -125,7 +126,18 @@ try:
         check("admin: the usage table counts them too",
               sum(int(v.replace(",", "")) for v in rows.values()) == MADE, rows)
     else:
-        print("note: this gateway has no usage ledger; the usage chart is not shown")
+        check("admin: the usage section is shown", False, "no usage ledger on this gateway")
+    check("admin: the failures section is shown", visible(d, "#failures-card"))
+    WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#failures-table tbody tr"))
+    kinds_failed = [r.find_elements(By.TAG_NAME, "td")[3].text for r in d.find_elements(By.CSS_SELECTOR, "#failures-table tbody tr")]
+    check("admin: the latest failed request is listed with its kind", kinds_failed[:1] == ["overloaded"], kinds_failed)
+    check("admin: the failures chart shows it",
+          any(r.get_attribute("data-series") == "overloaded" for r in d.find_elements(By.CSS_SELECTOR, "#failures-chart rect")))
+    check("admin: the keys section is shown", visible(d, "#keys-card"))
+    keys = {r.get_attribute("data-key"): r.text for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr")}
+    check("admin: keys listed with roles", "admin" in keys.get("ops", "") and "client" in keys.get("app", ""), keys)
+    check("admin: a key's limit shown against its use", "requests_per_minute:" in keys.get("app", "") and "/ 100" in keys.get("app", ""), keys)
+    check("admin: no key material on the page", CLIENT_KEY not in d.page_source and ADMIN_KEY not in d.page_source)
 
     # Refreshes itself: the "updated" time changes without a reload.
     before = d.find_element(By.ID, "refreshed").text

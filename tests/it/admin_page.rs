@@ -7,9 +7,15 @@ use serde_json::{json, Value};
 
 use crate::harness::{chat_body, client, Opts, TestServer};
 
+/// `k-admin` (role admin) and `k-client` (a client key) in a keys file.
 async fn keyed_server() -> TestServer {
+    let digest = |k: &str| ccgate::rules::sha256_hex(k.as_bytes());
     TestServer::start(Opts {
-        api_keys: vec!["k-admin".into()],
+        keys_yaml: Some(format!(
+            "keys:\n  - name: ops\n    sha256: \"{}\"\n    role: admin\n  - name: app\n    sha256: \"{}\"\n",
+            digest("k-admin"),
+            digest("k-client")
+        )),
         ..Opts::default()
     })
     .await
@@ -78,10 +84,27 @@ async fn overview_needs_the_key_and_shows_health_processes_accounts_and_rules() 
     assert_eq!(r.status(), 401);
     let v: Value = r.json().await.unwrap();
     assert!(v.get("accounts").is_none() && v.get("rules").is_none());
+    // A client key: 403, and no data either.
+    for path in [
+        "/admin/overview",
+        "/admin/failures",
+        "/admin/usage",
+        "/admin/keys",
+    ] {
+        let r = client()
+            .get(s.url(path))
+            .bearer_auth("k-client")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "admin_key_required", "{path}: {v}");
+    }
     // One answered request, then the overview with the key.
     let r = client()
         .post(s.url("/v1/chat/completions"))
-        .bearer_auth("k-admin")
+        .bearer_auth("k-client")
         .json(&chat_body("hi", false))
         .send()
         .await
@@ -106,6 +129,11 @@ async fn overview_needs_the_key_and_shows_health_processes_accounts_and_rules() 
         .any(|k| k["name"] == "auth_failure" && k["status"] == 401));
     assert_eq!(kinds.last().unwrap()["fallback"], true);
     assert_eq!(v["rules"]["sha256"].as_str().unwrap().len(), 64);
+    // This gateway has a ledger and keys: the page shows those sections.
+    assert_eq!(
+        v["sections"],
+        json!({"usage": true, "failures": true, "keys": true})
+    );
     s.shutdown().await;
 }
 
@@ -169,7 +197,7 @@ async fn the_classify_playground_gives_each_apis_verdict_for_facts_and_captures(
         assert_eq!(status, 400, "{bad}: {v}");
         assert!(v["error"]["message"].is_string(), "{v}");
     }
-    // Without the key: 401, and no verdict.
+    // Without the key: 401; with a client key: 403; no verdict either way.
     let r = client()
         .post(s.url("/admin/classify"))
         .json(&json!({"facts": {"exit_code": 1}}))
@@ -177,6 +205,14 @@ async fn the_classify_playground_gives_each_apis_verdict_for_facts_and_captures(
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    let r = client()
+        .post(s.url("/admin/classify"))
+        .bearer_auth("k-client")
+        .json(&json!({"facts": {"exit_code": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     s.shutdown().await;
 }
 
@@ -211,5 +247,69 @@ async fn a_cross_site_page_cannot_post_to_the_playground() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn failures_come_per_kind_and_latest_first_from_the_ledger() {
+    let s = keyed_server().await;
+    // Two answered requests, then one failure the CLI reports (529 overloaded).
+    for _ in 0..2 {
+        let r = client()
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth("k-client")
+            .json(&chat_body("hi", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    s.set_scenario("overloaded");
+    let r = client()
+        .post(s.url("/v1/messages"))
+        .bearer_auth("k-client")
+        .json(&crate::harness::messages_body("hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 529);
+    let failed_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let get = |q: &'static str| {
+        let url = s.url(q);
+        async move {
+            let r = client()
+                .get(url)
+                .bearer_auth("k-admin")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, v) = get("/admin/failures?bucket=hour&from=1h").await;
+    assert_eq!(status, 200, "{v}");
+    let by_kind = v["by_kind"].as_array().unwrap();
+    assert_eq!(by_kind.len(), 1, "{v}");
+    assert_eq!(by_kind[0]["kind"], "overloaded");
+    assert_eq!(by_kind[0]["count"], 1);
+    let latest = &v["latest"][0];
+    assert_eq!(latest["request_id"], failed_id.as_str());
+    assert_eq!(latest["key"], "app");
+    assert_eq!(latest["status"], 529);
+    assert_eq!(latest["api"], "messages");
+    // The answered ones are not failures; usage counts all three.
+    let (_, u) = get("/admin/usage?group_by=key&from=1h").await;
+    assert_eq!(u["rows"][0]["requests"], 3, "{u}");
+    assert_eq!(u["rows"][0]["errors"], 1, "{u}");
+    // Bad queries: 400 with a message.
+    for q in [
+        "/admin/failures?bucket=week",
+        "/admin/failures?limit=100000",
+        "/admin/failures?from=yesterday-ish",
+    ] {
+        let (status, v) = get(q).await;
+        assert_eq!(status, 400, "{q}: {v}");
+        assert!(v["error"]["message"].is_string(), "{q}: {v}");
+    }
     s.shutdown().await;
 }

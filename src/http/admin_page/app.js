@@ -280,11 +280,16 @@
       el("td", {}, fmtTime(r.time)), el("td", { class: "mono small" }, r.request_id || "–"), el("td", {}, r.key || "–"),
       el("td", { class: "mono" }, r.kind), el("td", { class: "num" }, r.status))));
   }
+  // Which `usage` counter of GET /admin/keys each limit is measured against.
+  const USAGE_OF_LIMIT = {
+    concurrent: "in_flight", requests_per_minute: "requests_this_minute",
+    tokens_per_minute: "tokens_this_minute", tokens_per_day: "tokens_today",
+  };
   async function refreshKeys() {
     const k = await api("/admin/keys");
     $("keys-table").tBodies[0].replaceChildren(...k.keys.map((key) => {
       const limits = Object.entries(key.limits || {}).map(([n, v]) => {
-        const used = key.usage && key.usage[n];
+        const used = key.usage && key.usage[USAGE_OF_LIMIT[n]];
         return el("span", { class: "tag" }, used !== undefined ? `${n}: ${fmtNum(used)} / ${fmtNum(v)}` : `${n}: ${fmtNum(v)}`);
       });
       return el("tr", { "data-key": key.name }, el("td", {}, el("strong", {}, key.name)), el("td", {}, key.role),
