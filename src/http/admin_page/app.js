@@ -239,14 +239,24 @@
     const s = String(b);
     return s.length >= 16 ? s.slice(5, s.includes("T") ? 16 : 10).replace("T", " ") : s;
   }
-  // Rows [{bucket, group, value}] → sorted buckets and one series per group.
-  function pivot(rows) {
-    const buckets = [...new Set(rows.map((r) => r.bucket))].sort();
+  // Rows [{bucket, group, value}] → every bucket of the range (empty ones too, so the
+  // time axis is even) and one series per group. Buckets are keyed by their start time.
+  function pivot(rows, bucket) {
+    const step = bucket === "day" ? 86400 : 3600;
+    const { hours } = range();
+    const now = Math.floor(Date.now() / 1000);
+    const last = now - (now % step);
+    const first = last - Math.ceil((hours * 3600) / step) * step;
+    const starts = [];
+    for (let s = first; s <= last; s += step) starts.push(s);
+    const at = (b) => Math.floor(Date.parse(b) / 1000);
     const groups = [...new Set(rows.map((r) => r.group))].sort();
     const series = groups.map((g) => ({
-      name: g, values: buckets.map((b) => rows.filter((r) => r.bucket === b && r.group === g).reduce((s, r) => s + r.value, 0)),
+      name: g,
+      values: starts.map((s) => rows.filter((r) => r.group === g && at(r.bucket) === s).reduce((sum, r) => sum + r.value, 0)),
     }));
-    return { buckets, series };
+    const labels = starts.map((s) => new Date(s * 1000).toISOString().replace(".000Z", "Z"));
+    return { buckets: labels, series };
   }
 
   // ---- usage, failures, keys (sections the overview lists) -------------------------------
@@ -263,7 +273,7 @@
     const q = (g) => `/admin/usage?group_by=${g}&from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`;
     const [series, totals] = await Promise.all([api(q(`${dim},${bucket}`)), api(q(dim))]);
     const rows = series.rows.map((r) => ({ bucket: r[bucket], group: String(r[dim] ?? "–"), value: r.requests }));
-    const { buckets, series: s } = pivot(rows);
+    const { buckets, series: s } = pivot(rows, bucket);
     barChart($("usage-chart"), buckets, s, `requests by ${dim} per ${bucket}`);
     $("usage-table").tBodies[0].replaceChildren(...totals.rows.map((r) => el("tr", { "data-group": r[dim] ?? "–" },
       el("td", {}, String(r[dim] ?? "–")), el("td", { class: "num", "data-col": "requests" }, fmtNum(r.requests)),
@@ -274,7 +284,7 @@
     const bucket = $("usage-bucket").value;
     const { from, to } = range();
     const f = await api(`/admin/failures?bucket=${bucket}&from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`);
-    const { buckets, series } = pivot(f.by_kind.map((r) => ({ bucket: r.bucket, group: r.kind, value: r.count })));
+    const { buckets, series } = pivot(f.by_kind.map((r) => ({ bucket: r.bucket, group: r.kind, value: r.count })), bucket);
     barChart($("failures-chart"), buckets, series, `failures by kind per ${bucket}`);
     $("failures-table").tBodies[0].replaceChildren(...f.latest.map((r) => el("tr", {},
       el("td", {}, fmtTime(r.time)), el("td", { class: "mono small" }, r.request_id || "–"), el("td", {}, r.key || "–"),
