@@ -22,6 +22,7 @@ mod real_accounts;
 mod real_capabilities;
 mod real_cli;
 mod real_gateway;
+mod real_late_settings;
 mod real_responses;
 mod real_structured;
 mod real_tool_gateway;
