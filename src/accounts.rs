@@ -381,12 +381,16 @@ impl Accounts {
         }
     }
 
-    /// The built-in `account_action_required`: not a suspicion but a fact (the CLI's typed
-    /// refusal or the API's own text; a client's text is blinded before classification),
-    /// so the account leaves selection now, not after the probe (woken by the suspicion
-    /// above) agrees; the probe's success brings it back. The implicit account is the
-    /// gateway, so its gate closes and answers with this kind.
+    /// The built-in `account_action_required` matched by a typed field the CLI set itself
+    /// (`startup_failure_reason`, `api_error`): not a suspicion but a fact no client's text
+    /// can produce, so the account leaves selection now, not after the probe (woken by the
+    /// suspicion above) agrees; the probe's success brings it back. The implicit account is
+    /// the gateway, so its gate closes and answers with this kind. Matched by a text only,
+    /// it stays a suspicion the probe decides, as every other kind.
     fn action_required(&self, member: &Member, verdict: &Verdict) {
+        if crate::probe::action_reason(verdict) == "text" {
+            return;
+        }
         if member
             .health
             .mark_failed(Source::Request, &verdict.kind, &verdict.message)

@@ -389,6 +389,9 @@ impl Reloader {
                     rules.kinds_count(),
                     rules.markers_count(),
                 );
+                for w in rules.warnings() {
+                    tracing::warn!(warning = %w, "rules loaded with a warning (see `ccgate check`)");
+                }
                 self.rules.store(Arc::new(rules));
                 let mut st = self.status_lock();
                 st.sha256 = sha;

@@ -152,10 +152,17 @@ impl CliReport {
     }
 }
 
-/// `claude --version` under `settings` (its command, environment and working directory).
-pub async fn version(settings: &CliSettings) -> Result<Version, String> {
+/// Runs `claude <args>` under `settings` (its command, environment and working
+/// directory; stdin closed) to completion within `timeout`: a subcommand that answers
+/// without a session (`--version`, `auth status`).
+pub async fn run_subcommand(
+    settings: &CliSettings,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<std::process::Output, String> {
+    let what = format!("`{} {}`", settings.command.display(), args.join(" "));
     let mut cmd = tokio::process::Command::new(&settings.command);
-    cmd.arg("--version")
+    cmd.args(args)
         .env_remove("CLAUDECODE")
         .envs(settings.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
@@ -163,15 +170,15 @@ pub async fn version(settings: &CliSettings) -> Result<Version, String> {
     if settings.workdir.is_dir() {
         cmd.current_dir(&settings.workdir);
     }
-    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+    tokio::time::timeout(timeout, cmd.output())
         .await
-        .map_err(|_| {
-            format!(
-                "`{} --version` did not answer within 10 s",
-                settings.command.display()
-            )
-        })?
-        .map_err(|e| format!("cannot run {}: {e}", settings.command.display()))?;
+        .map_err(|_| format!("{what} did not answer within {} s", timeout.as_secs()))?
+        .map_err(|e| format!("cannot run {}: {e}", settings.command.display()))
+}
+
+/// `claude --version` under `settings`.
+pub async fn version(settings: &CliSettings) -> Result<Version, String> {
+    let out = run_subcommand(settings, &["--version"], Duration::from_secs(10)).await?;
     let text = String::from_utf8_lossy(&out.stdout);
     Version::parse(&text).ok_or_else(|| {
         format!(

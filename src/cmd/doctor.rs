@@ -294,19 +294,9 @@ async fn account_checks(name: &str, cli: &CliSettings, found: bool, checks: &mut
 
 /// `claude auth status --json` under `cli`'s environment.
 async fn auth_status(cli: &CliSettings) -> Result<Value, String> {
-    let mut cmd = tokio::process::Command::new(&cli.command);
-    cmd.args(["auth", "status", "--json"])
-        .env_remove("CLAUDECODE")
-        .envs(cli.env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    if cli.workdir.is_dir() {
-        cmd.current_dir(&cli.workdir);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(15), cmd.output())
-        .await
-        .map_err(|_| "`claude auth status` did not answer within 15 s".to_string())?
-        .map_err(|e| format!("cannot run `claude auth status`: {e}"))?;
+    let out =
+        capabilities::run_subcommand(cli, &["auth", "status", "--json"], Duration::from_secs(15))
+            .await?;
     serde_json::from_slice(&out.stdout).map_err(|_| {
         format!(
             "`claude auth status --json` printed no JSON (exit {:?})",

@@ -129,6 +129,9 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     let rules = loaded.rules;
     tracing::info!(path = %settings.rules.display(), source = loaded.source.as_str(),
         kinds = rules.kinds_count(), sha256 = rules.sha256(), "rules loaded");
+    for w in rules.warnings() {
+        tracing::warn!(warning = %w, "rules loaded with a warning (see `ccgate check`)");
+    }
     // The CLI writes per-project state under its cwd; by default give it a private,
     // empty directory that disappears with the process.
     let (workdir, _tmp) = match &settings.cli_workdir {

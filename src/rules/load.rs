@@ -112,25 +112,23 @@ impl<'a> Problems<'a> {
     }
 
     fn warn(&mut self, loc: Location, message: impl Into<String>) {
+        let p = self.problem(loc, message.into());
+        self.warnings.push(p);
+    }
+
+    fn problem(&self, loc: Location, message: String) -> Problem {
         let (line, column) = (loc.line(), loc.column());
-        let snippet = self.snippet(line, column);
-        self.warnings.push(Problem {
+        Problem {
             line,
             column,
-            message: message.into(),
-            snippet,
-        });
+            message,
+            snippet: self.snippet(line, column),
+        }
     }
 
     pub(crate) fn at(&mut self, loc: Location, message: impl Into<String>) {
-        let (line, column) = (loc.line(), loc.column());
-        let snippet = self.snippet(line, column);
-        self.list.push(Problem {
-            line,
-            column,
-            message: message.into(),
-            snippet,
-        });
+        let p = self.problem(loc, message.into());
+        self.list.push(p);
     }
 
     fn snippet(&self, line: u64, column: u64) -> String {

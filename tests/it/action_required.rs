@@ -161,3 +161,46 @@ async fn with_several_accounts_the_request_fails_over_and_only_that_account_leav
     members.probe_all(ccgate::health::Source::Probe).await;
     assert!(members.members()[0].health().is_ok());
 }
+
+/// Matched by a text only (2.1.332's revoked token), the verdict answers the request but is
+/// a suspicion: the account stays in until the probe (the operator's prompt) finds it too,
+/// which then takes it out with the operator's log line and metric.
+#[tokio::test]
+async fn a_text_match_is_a_suspicion_until_the_probe_agrees() {
+    let s = TestServer::start(Opts::default()).await;
+    s.set_scenario("token_revoked");
+    let (st, _, body) = post(&s, "/v1/chat/completions", &chat_body("Hi", false)).await;
+    assert_eq!(st, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "account_action_required", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("OAuth token revoked")),
+        "{v}"
+    );
+    let status = get_json(&s, "/v1/auth/status").await;
+    assert_eq!(
+        status["cli_health"]["ok"], true,
+        "a suspicion only: {status}"
+    );
+    assert_eq!(
+        status["cli_health"]["suspected"]["kind"], "account_action_required",
+        "{status}"
+    );
+    let metrics = get_text(&s, "/metrics").await;
+    assert!(metric_line(&metrics, "default").is_none(), "{metrics}");
+    // The probe (probes are off here: run by hand) agrees: out, counted with reason `text`.
+    let probe = post_empty_json(&s, "/admin/probe").await;
+    assert_eq!(probe["cli_health"]["ok"], false, "{probe}");
+    assert_eq!(
+        probe["cli_health"]["error_kind"], "account_action_required",
+        "{probe}"
+    );
+    let metrics = get_text(&s, "/metrics").await;
+    let line = metric_line(&metrics, "default").expect("the metric");
+    assert!(
+        line.contains("reason=\"text\"") && line.ends_with(" 1"),
+        "{line}"
+    );
+}

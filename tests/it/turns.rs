@@ -89,7 +89,11 @@ async fn after_a_reload_the_gate_never_answers_with_another_kinds_template() {
     );
     // New rules: not being logged in no longer closes the gate; billing does.
     let rules = default_rules_with_probe(0.0, 0.0, 5.0)
-        .replacen("    unhealthy: true\n", "", 1)
+        .replacen(
+            "    status: 401\n    unhealthy: true\n",
+            "    status: 401\n",
+            1,
+        )
         .replacen(
             "  - name: billing\n",
             "  - name: billing\n    unhealthy: true\n",
