@@ -257,22 +257,30 @@ async fn client_shape_mix(client: &reqwest::Client, cli: &std::path::Path, round
         Shape::TextObservation,
     ];
     let mut sent = 0usize;
+    let mut orphaned = 0.0;
     let started = Instant::now();
     for i in 0..rounds {
         for shape in shapes {
             let before = counter(client, &s.base, "ccgate_tool_runs_continued_total").await;
+            let held_before = counter(client, &s.base, "ccgate_tool_runs_held").await;
             let with_results = shape_round(client, &s.base, shape, i).await;
             let after = counter(client, &s.base, "ccgate_tool_runs_continued_total").await;
+            let held_after = counter(client, &s.base, "ccgate_tool_runs_held").await;
             sent += usize::from(with_results);
             if with_results && after <= before {
                 println!("  {shape:?} round {i}: results sent, held run NOT continued");
             }
+            if !with_results {
+                // The follow-up's own answer is a new call (held); the round's first
+                // held run should be gone: +1, not +2.
+                orphaned += (held_after - held_before - 1.0).max(0.0);
+            }
         }
     }
     let continued = counter(client, &s.base, "ccgate_tool_runs_continued_total").await;
-    let held = counter(client, &s.base, "ccgate_tool_runs_held").await;
+    let held = orphaned;
     println!(
-        "client-shape mix ({} shapes x {rounds} rounds, {:.1} s): {continued} of {sent} rounds that sent their results continued the held run ({:.0} %); held runs left after the text observations: {held}",
+        "client-shape mix ({} shapes x {rounds} rounds, {:.1} s): {continued} of {sent} rounds that sent their results continued the held run ({:.0} %); held runs the text observations left behind: {held}",
         shapes.len(),
         started.elapsed().as_secs_f64(),
         100.0 * continued / sent.max(1) as f64,

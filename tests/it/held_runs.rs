@@ -420,3 +420,56 @@ async fn one_keys_flood_of_conversations_leaves_another_keys_kept_process_in_pla
         "key-b's kept process is still there: {kept:?}"
     );
 }
+
+/// Processes that ended by themselves after their stdin closed (the fake logs it; a
+/// SIGKILLed one cannot).
+fn graceful_exits(s: &TestServer) -> usize {
+    std::fs::read_to_string(&s.log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("STDIN_EOF_EXIT"))
+        .count()
+}
+
+#[tokio::test]
+async fn an_evicted_kept_process_and_an_unkept_tool_run_end_by_closing_stdin_not_sigkill() {
+    let s = server(vec![], |c| {
+        c.cli.max_concurrent = 1;
+        c.cli.keep_conversations = 1;
+    })
+    .await;
+    let ask = |text: &'static str| {
+        let s = &s;
+        async move {
+            let body = json!({"model": "sonnet", "messages": [{"role": "user", "content": text}]});
+            let (status, v) = post(s, "key-a", "/v1/chat/completions", &body).await;
+            assert_eq!(status, 200, "{v}");
+        }
+    };
+    ask("first conversation").await;
+    assert_eq!(s.state.backend.kept_pids().len(), 1);
+    // The only slot is the kept process's: the next conversation ends it first.
+    ask("second conversation").await;
+    assert!(
+        eventually(Duration::from_secs(5), || graceful_exits(&s) == 1).await,
+        "the evicted kept process exited by itself: {}",
+        std::fs::read_to_string(&s.log_file).unwrap_or_default()
+    );
+
+    // Without kept processes a tool run's final answer is not kept: it ends the same way.
+    let s = server(vec![], |c| c.cli.keep_conversations = 0).await;
+    let user = json!({"role": "user", "content": "[[scenario:tool_call]] weather?"});
+    let body = json!({"model": "sonnet", "tools": openai_tools(), "messages": [user]});
+    let (status, v) = post(&s, "key-a", "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let call = v["choices"][0]["message"]["tool_calls"][0].clone();
+    let body = json!({"model": "sonnet", "tools": openai_tools(), "messages": [user,
+        {"role": "assistant", "content": null, "tool_calls": [call.clone()]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]});
+    let (status, v) = post(&s, "key-a", "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        eventually(Duration::from_secs(5), || graceful_exits(&s) == 1).await,
+        "the un-kept tool run exited by itself"
+    );
+}
