@@ -203,7 +203,7 @@ impl Collector for LiveGauges {
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
         }
-        let counters: [(&str, &str, u64); 5] = [
+        let counters: [(&str, &str, u64); 6] = [
             (
                 "ccgate_conversations_continued",
                 "Requests answered by the kept CLI process holding their earlier turns.",
@@ -229,7 +229,11 @@ impl Collector for LiveGauges {
                 "Held runs ended to stay within cli.max_held_runs / max_held_runs_per_key, or to give a waiting request its slot.",
                 stats.held_evicted_total,
             ),
-
+            (
+                "ccgate_tool_runs_abandoned",
+                "Held runs ended because a request of their conversation came without the calls' results (text observations, an edited history).",
+                stats.held_abandoned_total,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
