@@ -456,3 +456,69 @@ async fn codex_custom_tools_answer_with_custom_tool_calls_streamed_and_not() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(json_of(&body)["error"]["param"], "tools[0].format.syntax");
 }
+
+#[tokio::test]
+async fn reasoning_summaries_and_encrypted_content_carry_the_thinking_across_turns() {
+    let s = TestServer::start(Opts {
+        scenario: "thinking",
+        ..Opts::default()
+    })
+    .await;
+    // Codex CLI's defaults.
+    let b = json!({"model": "sonnet", "input": "2+2?", "store": false,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "include": ["reasoning.encrypted_content"]});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    let out = v["output"].as_array().unwrap();
+    assert_eq!(out[0]["type"], "reasoning", "{v}");
+    assert_eq!(
+        out[0]["summary"],
+        json!([{"type": "summary_text", "text": "Let me think. 2+2 is 4."}])
+    );
+    let encrypted = out[0]["encrypted_content"].as_str().unwrap();
+    assert!(!encrypted.is_empty());
+    assert_eq!(out[1]["type"], "message");
+
+    // Streamed: the reasoning item's summary events, then the message.
+    let mut b2 = b.clone();
+    b2["stream"] = json!(true);
+    let (status, _, body) = post(&s, "/v1/responses", &b2).await;
+    assert_eq!(status, 200, "{body}");
+    let ev = events(&body);
+    let mut kinds: Vec<&str> = ev.iter().filter_map(|e| e["type"].as_str()).collect();
+    kinds.dedup();
+    assert_eq!(
+        &kinds[..8],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.output_item.done",
+        ],
+        "{body}"
+    );
+    let done = &ev.last().unwrap()["response"]["output"];
+    assert_eq!(done[0]["type"], "reasoning");
+    assert_eq!(done[0]["encrypted_content"], encrypted);
+    assert_eq!(done[1]["type"], "message");
+
+    // The next turn returns the reasoning item: the model gets its thinking block back
+    // (the kept conversation continues, or the session carries the signed block).
+    let b3 = json!({"model": "sonnet", "store": false, "input": [
+        {"role": "user", "content": "2+2?"}, out[0].clone(), out[1].clone(),
+        {"role": "user", "content": "[[scenario:success]] and 3+3?"}],
+        "include": ["reasoning.encrypted_content"]});
+    let (status, _, body) = post(&s, "/v1/responses", &b3).await;
+    assert_eq!(status, 200, "{body}");
+    // summary none, no include: no reasoning items.
+    let b4 = json!({"model": "sonnet", "input": "x", "reasoning": {"summary": "none"}});
+    let (status, _, body) = post(&s, "/v1/responses", &b4).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["output"][0]["type"], "message");
+}
