@@ -248,11 +248,7 @@ async fn real_cli_reasoning_items_bring_the_signed_thinking_back_next_turn() {
         "include": ["reasoning.encrypted_content"]});
     let (st, _, body) = post(&s, "/v1/responses", &b).await;
     assert_eq!(st, 200, "{body}");
-    let last = sse_events(&body)
-        .iter()
-        .map(|(_, d)| json_of(d))
-        .last()
-        .unwrap();
+    let last = json_of(&sse_events(&body).last().unwrap().1);
     let out = last["response"]["output"].as_array().unwrap().clone();
     assert_eq!(out[0]["type"], "reasoning", "{last}");
     assert!(
