@@ -410,6 +410,18 @@ impl Api for Messages {
             let blocks = m.content.blocks(&path, allow)?;
             messages.push(Message::new(role, blocks));
         }
+        if messages.last().is_some_and(|m| m.role == Role::Assistant) {
+            // Prefill: the API would continue that text. The CLI takes only user turns
+            // on stdin and answers each with a new assistant message; it cannot continue
+            // a partial one (docs/clients.md).
+            let last = messages.len() - 1;
+            return Err(ApiError::invalid_param(
+                format!(
+                    "messages.{last}: a final assistant message (prefill) is not supported by this gateway: the Claude CLI cannot continue a partial assistant turn; end with a user message"
+                ),
+                &format!("messages[{last}]"),
+            ));
+        }
         let (options, show_thinking) = run_options(req)?;
         let mut turn = crate::http::handler::turn_request(
             Conversation { system, messages },

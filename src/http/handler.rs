@@ -83,6 +83,23 @@ pub fn turn_request(
     })
 }
 
+/// What an OpenAI-shaped conversation that ends with an assistant message gets as its next
+/// user turn: the OpenAI APIs answer after such a message (LangGraph's structured-output
+/// call sends one), while the CLI answers only a user turn.
+pub const CONTINUE_AFTER_ASSISTANT: &str = "Continue.";
+
+/// Appends [`CONTINUE_AFTER_ASSISTANT`] as a user turn when `messages` ends with an
+/// assistant message without tool calls (one with calls still needs their results).
+pub fn continue_after_assistant(messages: &mut Vec<crate::conversation::Message>) {
+    use crate::conversation::{Block, Message, Role};
+    let ends_with_answer = messages.last().is_some_and(|m| {
+        m.role == Role::Assistant && !m.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }))
+    });
+    if ends_with_answer {
+        messages.push(Message::text(Role::User, CONTINUE_AFTER_ASSISTANT));
+    }
+}
+
 /// An API's SSE events for a streamed answer.
 pub trait Framer: Send + 'static {
     /// The events before the first text.

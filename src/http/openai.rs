@@ -525,6 +525,7 @@ impl Api for ChatCompletions {
             }
             messages.push(Message::new(role, blocks));
         }
+        crate::http::handler::continue_after_assistant(&mut messages);
         let conversation = Conversation {
             system: None,
             messages,

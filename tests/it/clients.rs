@@ -522,3 +522,57 @@ async fn reasoning_summaries_and_encrypted_content_carry_the_thinking_across_tur
     assert_eq!(status, 200, "{body}");
     assert_eq!(json_of(&body)["output"][0]["type"], "message");
 }
+
+/// The user lines the fake CLI got on stdin, as text.
+fn stdin_texts(s: &TestServer) -> Vec<String> {
+    std::fs::read_to_string(&s.log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("STDIN:"))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "user")
+        .map(|v| v["message"]["content"].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_trailing_assistant_message_is_answered_on_openai_and_refused_as_prefill_on_anthropic() {
+    let s = TestServer::start(Opts::default()).await;
+    // LangGraph's structured-output call: the whole state, an assistant answer last.
+    let b = json!({"model": "sonnet", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "It is sunny."}]});
+    let (status, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        stdin_texts(&s).last().unwrap().contains("Continue."),
+        "{:?}",
+        stdin_texts(&s)
+    );
+    let b = json!({"model": "sonnet", "input": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "It is sunny."}]});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    // An assistant turn with calls still needs their results.
+    let b = json!({"model": "sonnet", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "w", "arguments": "{}"}}]}]});
+    let (status, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(status, 400, "{body}");
+    // Anthropic: prefill is refused clearly, naming the message.
+    let b = json!({"model": "sonnet", "max_tokens": 64, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "It is"}]});
+    let (status, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 400, "{body}");
+    let v = json_of(&body);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages.1: a final assistant message (prefill)"),
+        "{v}"
+    );
+}

@@ -285,3 +285,19 @@ async fn real_cli_reasoning_items_bring_the_signed_thinking_back_next_turn() {
     let (st, _, body) = post(&s, "/v1/responses", &b).await;
     assert_eq!(st, 200, "{body}");
 }
+
+#[tokio::test]
+async fn real_cli_answers_after_a_trailing_assistant_message_on_openai() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(exe, Some(mock.url("ok")), None, |_| {}).await;
+    let b = json!({"model": "sonnet", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "It is sunny."}]});
+    let (st, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let up = mock.message_requests().last().unwrap().body.clone();
+    let messages = up["messages"].to_string();
+    assert!(messages.contains("It is sunny."), "{messages}");
+    assert!(messages.contains("Continue."), "{messages}");
+}

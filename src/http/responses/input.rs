@@ -314,6 +314,10 @@ pub(super) fn conversation(
             }
         }
     }
+    if messages.last().is_some_and(|m| m.role == Role::Assistant) {
+        crate::http::handler::continue_after_assistant(&mut messages);
+        sources.push("input".into());
+    }
     let conversation = Conversation {
         system: req.instructions.clone().filter(|s| !s.is_empty()),
         messages,
