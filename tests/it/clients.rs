@@ -576,3 +576,118 @@ async fn a_trailing_assistant_message_is_answered_on_openai_and_refused_as_prefi
         "{v}"
     );
 }
+
+async fn post_keyed(s: &TestServer, key: &str, path: &str, b: &Value) -> (u16, Value) {
+    let r = crate::harness::client()
+        .post(s.url(path))
+        .bearer_auth(key)
+        .header("anthropic-beta", "message-threads-2026-08-12")
+        .json(b)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn anthropic_threads_create_then_continue_with_the_history() {
+    let s = keyed_server().await;
+    let b = json!({"model": "sonnet", "max_tokens": 64, "system": "be brief",
+        "thread": {"type": "create"}, "messages": [{"role": "user", "content": "first"}]});
+    let (st, v1) = post_keyed(&s, "key-a", "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{v1}");
+    // thread().send(): only the new turn, no system.
+    let b = json!({"model": "sonnet", "max_tokens": 64,
+        "thread": {"type": "continue", "previous_message_id": v1["id"]},
+        "messages": [{"role": "user", "content": "second"}]});
+    let (st, v2) = post_keyed(&s, "key-a", "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{v2}");
+    assert_eq!(v2["content"][0]["text"], "echo: second");
+    let stats = s.state.backend.stats().snapshot();
+    assert_eq!(
+        (stats.spawned_total, stats.kept_hits_total),
+        (1, 1),
+        "the whole thread (system prompt included) is the kept conversation: {stats:?}"
+    );
+    // Streamed continue, then a third turn from the streamed answer's id.
+    let mut b = json!({"model": "sonnet", "max_tokens": 64, "stream": true,
+        "thread": {"type": "continue", "previous_message_id": v2["id"]},
+        "messages": [{"role": "user", "content": "third"}]});
+    let r = crate::harness::client()
+        .post(s.url("/v1/messages"))
+        .bearer_auth("key-a")
+        .json(&b)
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    let id3 = events(&body)[0]["message"]["id"].clone();
+    b["stream"] = json!(false);
+    b["thread"]["previous_message_id"] = id3;
+    b["messages"] = json!([{"role": "user", "content": "fourth"}]);
+    let (st, v4) = post_keyed(&s, "key-a", "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{v4}");
+    assert_eq!(s.state.backend.stats().snapshot().kept_hits_total, 3);
+
+    // Unknown, another key's: thread_not_found, in the shape the SDKs recover from.
+    for key in ["key-b", "key-a"] {
+        let id = if key == "key-b" {
+            v1["id"].clone()
+        } else {
+            json!("msg_nope")
+        };
+        let b = json!({"model": "sonnet", "max_tokens": 64,
+            "thread": {"type": "continue", "previous_message_id": id},
+            "messages": [{"role": "user", "content": "x"}]});
+        let (st, v) = post_keyed(&s, key, "/v1/messages", &b).await;
+        assert_eq!(st, 404, "{v}");
+        assert_eq!(v["error"]["type"], "not_found_error", "{v}");
+        assert_eq!(
+            v["error"]["details"]["error_code"], "thread_not_found",
+            "{v}"
+        );
+    }
+    let b = json!({"model": "sonnet", "max_tokens": 64, "thread": {"type": "fork"},
+        "messages": [{"role": "user", "content": "x"}]});
+    let (st, v) = post_keyed(&s, "key-a", "/v1/messages", &b).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(
+        v["error"]["details"]["error_code"], "thread_unsupported_request",
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn the_sdk_tool_runner_shape_continues_the_held_run_through_a_thread() {
+    let s = TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_TOOL_INPUT", r#"{"city":"Paris"}"#.into())],
+        ..Opts::default()
+    })
+    .await;
+    let tools = json!([{"name": "get_weather", "description": "Weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let b = json!({"model": "sonnet", "max_tokens": 256, "tools": tools,
+        "thread": {"type": "create"},
+        "messages": [{"role": "user", "content": "[[scenario:tool_call]] weather?"}]});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    let call = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap()
+        .clone();
+    // The runner's next request: only the tool result, the thread's tools not repeated.
+    let b = json!({"model": "sonnet", "max_tokens": 256,
+        "thread": {"type": "continue", "previous_message_id": v["id"]},
+        "messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call["id"], "content": "sunny"}]}]});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json_of(&body)["content"][0]["text"], "tool said: sunny");
+    assert_eq!(spawns(&s), 1, "the held run continued");
+}

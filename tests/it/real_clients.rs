@@ -301,3 +301,32 @@ async fn real_cli_answers_after_a_trailing_assistant_message_on_openai() {
     assert!(messages.contains("It is sunny."), "{messages}");
     assert!(messages.contains("Continue."), "{messages}");
 }
+
+#[tokio::test]
+async fn real_cli_thread_continue_gives_the_model_the_whole_thread() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) =
+        real_server_with(exe, Some(mock.url("ok:Noted%20the%20code")), None, |_| {}).await;
+    let b = json!({"model": "sonnet", "max_tokens": 64, "system": "Remember codes.",
+        "thread": {"type": "create"},
+        "messages": [{"role": "user", "content": "The code is 4711."}]});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let id = json_of(&body)["id"].clone();
+    let b = json!({"model": "sonnet", "max_tokens": 64,
+        "thread": {"type": "continue", "previous_message_id": id},
+        "messages": [{"role": "user", "content": "What was the code?"}]});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let up = mock.message_requests().last().unwrap().body.clone();
+    let messages = up["messages"].to_string();
+    assert!(messages.contains("The code is 4711."), "{messages}");
+    assert!(messages.contains("Noted the code"), "{messages}");
+    assert!(messages.contains("What was the code?"), "{messages}");
+    assert!(
+        up["system"].to_string().contains("Remember codes."),
+        "{}",
+        up["system"]
+    );
+}

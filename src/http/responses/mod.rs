@@ -54,8 +54,9 @@ use crate::http::unix_now;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
 
+pub(crate) use request::shown_id;
+use request::Input;
 pub use request::ResponsesRequest;
-use request::{shown_id, Input};
 pub use stream::ResponseFramer;
 
 /// The Responses API.
