@@ -201,7 +201,7 @@ fn json_schema_format(format: &Value, field: &str) -> Result<String, ApiError> {
     let schema = obj
         .get("schema")
         .ok_or_else(|| bad(field, "`schema` is required"))?;
-    crate::engine::check_schema(schema).map_err(|e| bad(&format!("{field}.schema"), e))
+    crate::http::handler::schema_for_cli(schema).map_err(|e| bad(&format!("{field}.schema"), e))
 }
 
 /// `output_config.effort` → `--effort` (the CLI's levels are the API's).
