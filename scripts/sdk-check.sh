@@ -114,3 +114,15 @@ fi
 if ! "$venv/bin/python" tests/sdk/check_tools.py "http://127.0.0.1:$tools_port" "$tools_tmp/requests"; then
   echo "--- ccgate (real CLI) log ---"; tail -50 "$tools_log"; exit 1
 fi
+
+# ---- the Anthropic SDK's Threads beta and tool runner on their defaults (tests/sdk/check_threads.py),
+# through the real-CLI ccgate above. The SDK with threads (anthropic >= 2.17) lives in its own venv.
+threads_venv="${CCGATE_SDK_THREADS_VENV:-${HOME}/.cache/ccgate/sdk-threads-venv}"
+if [ ! -x "$threads_venv/bin/python" ]; then
+  python3 -m venv "$threads_venv"
+fi
+"$threads_venv/bin/python" -c 'import anthropic, sys; sys.exit(0 if int(anthropic.__version__.split(".")[0]) >= 2 else 1)' 2>/dev/null \
+  || "$threads_venv/bin/pip" install --quiet --disable-pip-version-check 'anthropic>=2.17,<3'
+if ! "$threads_venv/bin/python" tests/sdk/check_threads.py "http://127.0.0.1:$tools_port" "$tools_tmp/requests"; then
+  echo "--- ccgate (real CLI) log ---"; tail -50 "$tools_log"; exit 1
+fi

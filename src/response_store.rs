@@ -5,6 +5,10 @@
 //! one holds exactly it (the same fingerprint: tenant, model, system prompt, messages,
 //! answer) and is presented as a synthesized session otherwise.
 //!
+//! The Anthropic Threads beta lives here too: a thread's conversation (its system prompt
+//! as a leading system message, and its tools) under its last answer's id, found only as
+//! a thread (never as a Responses id).
+//!
 //! A response's output items (`msg_…`, `fc_…`) are kept with it, found by id for the
 //! Responses API's `item_reference` input items under the same rules.
 //!
@@ -54,6 +58,9 @@ struct Entry {
     conversation: Arc<StoredConversation>,
     /// The response's output items, found by id with the same tenant scoping and bounds.
     items: Vec<StoredItem>,
+    /// An Anthropic thread's last answer (not a Responses response): the thread's tools
+    /// (the request's `tools` JSON), which a `continue` does not repeat.
+    thread: Option<Option<serde_json::Value>>,
 }
 
 /// The stored responses of one replica.
@@ -107,20 +114,68 @@ impl ResponseStore {
             messages: items.iter().map(|i| i.message.clone()).collect(),
         }) + items.iter().map(|i| i.id.len()).sum::<usize>();
         let bytes = conversation_bytes(&conversation) + item_bytes;
-        if bytes > self.max_bytes || self.max_entries == 0 {
-            return false;
-        }
-        let mut inner = self.lock();
-        self.expire(&mut inner);
-        inner.bytes += bytes;
-        inner.entries.push_back(Entry {
+        self.insert(Entry {
             id: id.to_string(),
             tenant: tenant.to_string(),
             used: Instant::now(),
             bytes,
             conversation: Arc::new(conversation),
             items,
-        });
+            thread: None,
+        })
+    }
+
+    /// Stores an Anthropic thread's conversation under its last answer's id (what the
+    /// next `continue` names as `previous_message_id`), with the thread's `tools`.
+    pub fn put_thread(
+        &self,
+        id: &str,
+        tenant: &str,
+        conversation: StoredConversation,
+        tools: Option<serde_json::Value>,
+    ) -> bool {
+        let bytes =
+            conversation_bytes(&conversation) + tools.as_ref().map_or(0, |t| t.to_string().len());
+        self.insert(Entry {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            used: Instant::now(),
+            bytes,
+            conversation: Arc::new(conversation),
+            items: Vec::new(),
+            thread: Some(tools),
+        })
+    }
+
+    /// The thread stored under `id` for `tenant` (its conversation and tools), if it is
+    /// still kept (its use renews it).
+    pub fn get_thread(
+        &self,
+        id: &str,
+        tenant: &str,
+    ) -> Option<(Arc<StoredConversation>, Option<serde_json::Value>)> {
+        let mut inner = self.lock();
+        self.expire(&mut inner);
+        let i = inner
+            .entries
+            .iter()
+            .position(|e| e.id == id && e.tenant == tenant && e.thread.is_some())?;
+        let mut e = inner.entries.remove(i)?;
+        e.used = Instant::now();
+        let found = (Arc::clone(&e.conversation), e.thread.clone().flatten());
+        inner.entries.push_back(e);
+        Some(found)
+    }
+
+    fn insert(&self, entry: Entry) -> bool {
+        let bytes = entry.bytes;
+        if bytes > self.max_bytes || self.max_entries == 0 {
+            return false;
+        }
+        let mut inner = self.lock();
+        self.expire(&mut inner);
+        inner.bytes += bytes;
+        inner.entries.push_back(entry);
         while inner.entries.len() > self.max_entries || inner.bytes > self.max_bytes {
             match inner.entries.pop_front() {
                 Some(e) => inner.bytes -= e.bytes,
@@ -138,7 +193,7 @@ impl ResponseStore {
         let i = inner
             .entries
             .iter()
-            .position(|e| e.id == id && e.tenant == tenant)?;
+            .position(|e| e.id == id && e.tenant == tenant && e.thread.is_none())?;
         let mut e = inner.entries.remove(i)?;
         e.used = Instant::now();
         let found = Arc::clone(&e.conversation);
@@ -233,6 +288,19 @@ mod tests {
         assert_eq!(s.get("resp_1", "a").unwrap().messages.len(), 2);
         assert!(s.get("resp_1", "b").is_none());
         assert!(s.get("resp_2", "a").is_none());
+    }
+
+    #[test]
+    fn threads_are_found_as_threads_for_their_tenant_only() {
+        let s = ResponseStore::new(Duration::from_secs(60));
+        let tools = serde_json::json!([{"name": "t"}]);
+        assert!(s.put_thread("msg_1", "a", conv("hi"), Some(tools.clone())));
+        let (c, t) = s.get_thread("msg_1", "a").unwrap();
+        assert_eq!((c.messages.len(), t), (2, Some(tools)));
+        assert!(s.get_thread("msg_1", "b").is_none());
+        assert!(s.get("msg_1", "a").is_none(), "not a Responses id");
+        assert!(s.put("resp_1", "a", conv("hi")));
+        assert!(s.get_thread("resp_1", "a").is_none(), "not a thread");
     }
 
     #[test]

@@ -36,48 +36,13 @@ const SCHEMA_MAX_DEPTH: usize = 64;
 /// compact text for `--json-schema`. The error says what is wrong.
 pub fn check_schema(schema: &serde_json::Value) -> Result<String, String> {
     check_schema_at(schema, "", 0)?;
-    let text = without_draft_declarations(schema).to_string();
+    let text = schema.to_string();
     if text.len() > SCHEMA_MAX_BYTES {
         return Err(format!(
             "the schema must be at most {SCHEMA_MAX_BYTES} bytes of JSON"
         ));
     }
     Ok(text)
-}
-
-/// The schema without its `$schema` declarations (at the top and in `$defs` /
-/// `definitions`): the CLI validates schemas as draft-07 and refuses any other declared
-/// draft ("no schema with key or ref …", exit 1), while the keywords clients use mean the
-/// same there (zod 4 declares draft 2020-12 on every schema).
-fn without_draft_declarations(
-    schema: &serde_json::Value,
-) -> std::borrow::Cow<'_, serde_json::Value> {
-    use serde_json::Value;
-    let declares = |v: &Value| v.get("$schema").is_some_and(Value::is_string);
-    let nested = |v: &Value| {
-        ["$defs", "definitions"].iter().any(|k| {
-            v.get(*k)
-                .and_then(Value::as_object)
-                .is_some_and(|d| d.values().any(declares))
-        })
-    };
-    if !declares(schema) && !nested(schema) {
-        return std::borrow::Cow::Borrowed(schema);
-    }
-    let mut out = schema.clone();
-    if let Some(o) = out.as_object_mut() {
-        o.remove("$schema");
-        for k in ["$defs", "definitions"] {
-            if let Some(defs) = o.get_mut(k).and_then(Value::as_object_mut) {
-                for d in defs.values_mut().filter_map(Value::as_object_mut) {
-                    if d.get("$schema").is_some_and(Value::is_string) {
-                        d.remove("$schema");
-                    }
-                }
-            }
-        }
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 fn check_schema_at(schema: &serde_json::Value, at: &str, depth: usize) -> Result<(), String> {

@@ -13,6 +13,8 @@ use crate::engine::TurnRequest;
 use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
 use crate::http::handler::{Api, Framer};
+use crate::http::state::AppState;
+use crate::http::threads::ThreadCtx;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
 use crate::turn::ThinkingStep;
@@ -45,6 +47,11 @@ pub struct MessagesRequest {
     mcp_servers: Option<Value>,
     #[serde(default)]
     container: Option<Value>,
+    /// The Threads beta ([`crate::http::threads`]).
+    #[serde(default)]
+    thread: Option<Value>,
+    #[serde(skip)]
+    ctx: ThreadCtx,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +114,13 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
             }
         }),
     };
-    let defs = req.tools.as_deref().unwrap_or_default();
+    // A thread's `continue` takes the thread's tools unless it repeats them.
+    let stored = req.ctx.previous.as_ref().and_then(|(_, t)| t.as_ref());
+    let defs = match (&req.tools, stored) {
+        (Some(t), _) => t.as_slice(),
+        (None, Some(Value::Array(t))) => t.as_slice(),
+        _ => &[],
+    };
     let mut tools = Vec::with_capacity(defs.len());
     for (i, t) in defs.iter().enumerate() {
         match t.get("type").and_then(Value::as_str) {
@@ -188,7 +201,7 @@ fn json_schema_format(format: &Value, field: &str) -> Result<String, ApiError> {
     let schema = obj
         .get("schema")
         .ok_or_else(|| bad(field, "`schema` is required"))?;
-    crate::engine::check_schema(schema).map_err(|e| bad(&format!("{field}.schema"), e))
+    crate::http::handler::schema_for_cli(schema).map_err(|e| bad(&format!("{field}.schema"), e))
 }
 
 /// `output_config.effort` → `--effort` (the CLI's levels are the API's).
@@ -343,6 +356,10 @@ impl Api for Messages {
         req.stream.unwrap_or(false)
     }
 
+    fn prepare(req: &mut MessagesRequest, state: &AppState, tenant: &str) -> Result<(), ApiError> {
+        crate::http::threads::prepare(req.thread.as_ref(), &mut req.ctx, state, tenant)
+    }
+
     fn translate(req: &MessagesRequest) -> Result<TurnRequest, ApiError> {
         if req.messages.is_empty() {
             return Err(ApiError::invalid_param(
@@ -410,12 +427,28 @@ impl Api for Messages {
             let blocks = m.content.blocks(&path, allow)?;
             messages.push(Message::new(role, blocks));
         }
+        if messages.last().is_some_and(|m| m.role == Role::Assistant) {
+            // Prefill: the API would continue that text. The CLI takes only user turns
+            // on stdin and answers each with a new assistant message; it cannot continue
+            // a partial one (docs/clients.md).
+            let last = messages.len() - 1;
+            return Err(ApiError::invalid_param(
+                format!(
+                    "messages.{last}: a final assistant message (prefill) is not supported by this gateway: the Claude CLI cannot continue a partial assistant turn; end with a user message"
+                ),
+                &format!("messages[{last}]"),
+            ));
+        }
+        let messages = crate::http::threads::continued(&req.ctx, messages);
         let (options, show_thinking) = run_options(req)?;
-        let mut turn = crate::http::handler::turn_request(
-            Conversation { system, messages },
-            &req.model,
-            stop,
-        )?;
+        let conversation = Conversation { system, messages };
+        let _ = req.ctx.conversation.set(conversation.clone());
+        let _ = req.ctx.tools.set(match (&req.tools, &req.ctx.previous) {
+            (Some(t), _) => Some(Value::Array(t.clone())),
+            (None, Some((_, t))) => t.clone(),
+            (None, None) => None,
+        });
+        let mut turn = crate::http::handler::turn_request(conversation, &req.model, stop)?;
         turn.tools = tools;
         turn.options = options;
         turn.show_thinking = show_thinking;
@@ -427,6 +460,7 @@ impl Api for Messages {
     }
 
     fn complete_body(req: &MessagesRequest, id: &str, s: &Success) -> Value {
+        crate::http::threads::remember(&req.ctx, &req.model, id, s);
         // The thinking blocks (only on answers that show them) before the text.
         let mut content: Vec<Value> = s
             .thinking
@@ -455,6 +489,7 @@ impl Api for Messages {
         MessageFramer {
             id,
             model: req.model,
+            thread: req.ctx,
             prompt_usage: prompt_usage.cloned(),
             lazy,
             blocks: 0,
@@ -487,6 +522,8 @@ fn event(name: &str, data: Value) -> Event {
 pub struct MessageFramer {
     id: String,
     model: String,
+    /// The request's thread: the answered thread is stored at the finish.
+    thread: ThreadCtx,
     prompt_usage: Option<Usage>,
     /// Thinking is shown: the opening `ping` follows `message_start` and blocks open as
     /// their content arrives; otherwise the first block is followed by the `ping`, as the
@@ -644,6 +681,7 @@ impl Framer for MessageFramer {
     }
 
     fn finish(&mut self, s: &Success) -> Vec<Event> {
+        crate::http::threads::remember(&self.thread, &self.model, &self.id, s);
         let mut out = Vec::new();
         if !self.answered {
             // An empty answer still has its (empty) text block.

@@ -63,6 +63,10 @@ pub enum ApiError {
         message: String,
         retry_after: u64,
     },
+    /// Anthropic Threads: `thread_not_found` (404: no stored thread for
+    /// `previous_message_id`) or `thread_unsupported_request` (400), with
+    /// `error.details.error_code`, which the SDKs read to resend the full history.
+    Thread { code: &'static str, message: String },
     /// A CLI failure (or the health gate) classified by the rules.
     Verdict(Box<Verdict>),
 }
@@ -101,6 +105,10 @@ impl ApiError {
             ApiError::KeyExpired => "key_expired",
             ApiError::Forbidden { code, .. } => code,
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Thread { code, .. } if *code == "thread_not_found" => {
+                "previous_response_not_found"
+            }
+            ApiError::Thread { .. } => "bad_request",
             ApiError::Verdict(v) => &v.kind,
         }
     }
@@ -306,9 +314,23 @@ impl ApiError {
                 message.clone(),
                 None,
             ),
+            ApiError::Thread { code, message } => (
+                if *code == "thread_not_found" {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                match (cx.flavour, *code) {
+                    (Flavour::Anthropic, "thread_not_found") => "not_found_error",
+                    _ => "invalid_request_error",
+                },
+                *code,
+                message.clone(),
+                Some("thread".to_string()),
+            ),
             ApiError::Verdict(v) => return render_verdict(v, cx),
         };
-        let body = match cx.flavour {
+        let mut body = match cx.flavour {
             Flavour::Openai => json!({"error": {
                 "message": message, "type": etype, "param": param, "code": code,
                 "request_id": cx.request_id,
@@ -319,6 +341,9 @@ impl ApiError {
                 "request_id": cx.request_id,
             }),
         };
+        if let ApiError::Thread { code, .. } = self {
+            body["error"]["details"] = json!({"error_code": code});
+        }
         // The rest of a late body is never read: the connection cannot be reused.
         let headers = match self {
             ApiError::BodyTimeout => vec![("connection".to_string(), "close".to_string())],

@@ -211,6 +211,9 @@ fn field_error(path: &str, serde_message: &str, flavour: Flavour) -> ApiError {
         (Flavour::Openai, Some(got), Some(expected)) if !at.is_empty() => {
             format!("Invalid type for '{at}': expected {expected}, but got {got} instead.")
         }
+        (Flavour::Openai, None, Some(expected)) if !at.is_empty() => {
+            format!("Invalid type for '{at}': expected {expected}.")
+        }
         (Flavour::Openai, _, _) if !at.is_empty() => {
             format!("Invalid value for '{at}': {message}.")
         }
@@ -245,6 +248,11 @@ fn json_type(serde: &str) -> Option<&'static str> {
         "null" | "unit" => "null",
         s if s.starts_with("struct ") => "an object",
         s if s.starts_with("a sequence") => "an array",
+        // Every untagged enum of the request types is a string or a list (content, input,
+        // stop).
+        s if s.starts_with("data did not match any variant of untagged enum") => {
+            "a string or an array"
+        }
         _ => return None,
     })
 }
@@ -307,6 +315,25 @@ mod tests {
             )
         );
         assert_eq!(err(b, Flavour::Anthropic).0, "model: Field required");
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        #[serde(untagged)]
+        enum Content {
+            Text(String),
+            Parts(Vec<String>),
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct WithContent {
+            content: Content,
+        }
+        match parse_json_in::<WithContent>(br#"{"content": 5}"#, Flavour::Openai) {
+            Err(ApiError::InvalidRequest { message, .. }) => assert_eq!(
+                message,
+                "Invalid type for 'content': expected a string or an array."
+            ),
+            other => panic!("{other:?}"),
+        }
         let b = r#"{"model": "m", "max_tokens": 5, "messages": [{}]}"#;
         assert_eq!(
             err(b, Flavour::Anthropic).0,

@@ -84,6 +84,64 @@ pub fn turn_request(
     })
 }
 
+/// A structured-output schema as `--json-schema` takes it: its draft declarations removed
+/// (see below), then checked and bounded ([`crate::engine::check_schema`]).
+pub fn schema_for_cli(schema: &serde_json::Value) -> Result<String, String> {
+    crate::engine::check_schema(&without_draft_declarations(schema))
+}
+
+/// The schema without its `$schema` declarations (at the top and in `$defs` /
+/// `definitions`): the CLI validates schemas as draft-07 and refuses any other declared
+/// draft ("no schema with key or ref …", exit 1), while the keywords clients use mean the
+/// same there (zod 4 declares draft 2020-12 on every schema).
+fn without_draft_declarations(
+    schema: &serde_json::Value,
+) -> std::borrow::Cow<'_, serde_json::Value> {
+    use serde_json::Value;
+    let declares = |v: &Value| v.get("$schema").is_some_and(Value::is_string);
+    let nested = |v: &Value| {
+        ["$defs", "definitions"].iter().any(|k| {
+            v.get(*k)
+                .and_then(Value::as_object)
+                .is_some_and(|d| d.values().any(declares))
+        })
+    };
+    if !declares(schema) && !nested(schema) {
+        return std::borrow::Cow::Borrowed(schema);
+    }
+    let mut out = schema.clone();
+    if let Some(o) = out.as_object_mut() {
+        o.remove("$schema");
+        for k in ["$defs", "definitions"] {
+            if let Some(defs) = o.get_mut(k).and_then(Value::as_object_mut) {
+                for d in defs.values_mut().filter_map(Value::as_object_mut) {
+                    if d.get("$schema").is_some_and(Value::is_string) {
+                        d.remove("$schema");
+                    }
+                }
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// What an OpenAI-shaped conversation that ends with an assistant message gets as its next
+/// user turn: the OpenAI APIs answer after such a message (LangGraph's structured-output
+/// call sends one), while the CLI answers only a user turn.
+pub const CONTINUE_AFTER_ASSISTANT: &str = "Continue.";
+
+/// Appends [`CONTINUE_AFTER_ASSISTANT`] as a user turn when `messages` ends with an
+/// assistant message without tool calls (one with calls still needs their results).
+pub fn continue_after_assistant(messages: &mut Vec<crate::conversation::Message>) {
+    use crate::conversation::{Block, Message, Role};
+    let ends_with_answer = messages.last().is_some_and(|m| {
+        m.role == Role::Assistant && !m.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }))
+    });
+    if ends_with_answer {
+        messages.push(Message::text(Role::User, CONTINUE_AFTER_ASSISTANT));
+    }
+}
+
 /// An API's SSE events for a streamed answer.
 pub trait Framer: Send + 'static {
     /// The events before the first text.

@@ -19,6 +19,7 @@ pub mod openai;
 pub mod ops;
 pub mod responses;
 pub mod state;
+pub mod threads;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;

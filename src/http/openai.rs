@@ -359,7 +359,7 @@ pub(crate) fn json_schema_format(
     }
     match js.get("schema").filter(|s| !s.is_null()) {
         None => Ok(ANY_OBJECT.to_string()),
-        Some(schema) => crate::engine::check_schema(schema).or_else(|e| {
+        Some(schema) => crate::http::handler::schema_for_cli(schema).or_else(|e| {
             bad(
                 &format!("{prefix}.schema"),
                 format!("`{prefix}.schema`: {e}"),
@@ -525,6 +525,7 @@ impl Api for ChatCompletions {
             }
             messages.push(Message::new(role, blocks));
         }
+        crate::http::handler::continue_after_assistant(&mut messages);
         let conversation = Conversation {
             system: None,
             messages,

@@ -456,3 +456,238 @@ async fn codex_custom_tools_answer_with_custom_tool_calls_streamed_and_not() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(json_of(&body)["error"]["param"], "tools[0].format.syntax");
 }
+
+#[tokio::test]
+async fn reasoning_summaries_and_encrypted_content_carry_the_thinking_across_turns() {
+    let s = TestServer::start(Opts {
+        scenario: "thinking",
+        ..Opts::default()
+    })
+    .await;
+    // Codex CLI's defaults.
+    let b = json!({"model": "sonnet", "input": "2+2?", "store": false,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "include": ["reasoning.encrypted_content"]});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    let out = v["output"].as_array().unwrap();
+    assert_eq!(out[0]["type"], "reasoning", "{v}");
+    assert_eq!(
+        out[0]["summary"],
+        json!([{"type": "summary_text", "text": "Let me think. 2+2 is 4."}])
+    );
+    let encrypted = out[0]["encrypted_content"].as_str().unwrap();
+    assert!(!encrypted.is_empty());
+    assert_eq!(out[1]["type"], "message");
+
+    // Streamed: the reasoning item's summary events, then the message.
+    let mut b2 = b.clone();
+    b2["stream"] = json!(true);
+    let (status, _, body) = post(&s, "/v1/responses", &b2).await;
+    assert_eq!(status, 200, "{body}");
+    let ev = events(&body);
+    let mut kinds: Vec<&str> = ev.iter().filter_map(|e| e["type"].as_str()).collect();
+    kinds.dedup();
+    assert_eq!(
+        &kinds[..8],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.output_item.done",
+        ],
+        "{body}"
+    );
+    let done = &ev.last().unwrap()["response"]["output"];
+    assert_eq!(done[0]["type"], "reasoning");
+    assert_eq!(done[0]["encrypted_content"], encrypted);
+    assert_eq!(done[1]["type"], "message");
+
+    // The next turn returns the reasoning item: the model gets its thinking block back
+    // (the kept conversation continues, or the session carries the signed block).
+    let b3 = json!({"model": "sonnet", "store": false, "input": [
+        {"role": "user", "content": "2+2?"}, out[0].clone(), out[1].clone(),
+        {"role": "user", "content": "[[scenario:success]] and 3+3?"}],
+        "include": ["reasoning.encrypted_content"]});
+    let (status, _, body) = post(&s, "/v1/responses", &b3).await;
+    assert_eq!(status, 200, "{body}");
+    // summary none, no include: no reasoning items.
+    let b4 = json!({"model": "sonnet", "input": "x", "reasoning": {"summary": "none"}});
+    let (status, _, body) = post(&s, "/v1/responses", &b4).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["output"][0]["type"], "message");
+}
+
+/// The user lines the fake CLI got on stdin, as text.
+fn stdin_texts(s: &TestServer) -> Vec<String> {
+    std::fs::read_to_string(&s.log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("STDIN:"))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "user")
+        .map(|v| v["message"]["content"].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_trailing_assistant_message_is_answered_on_openai_and_refused_as_prefill_on_anthropic() {
+    let s = TestServer::start(Opts::default()).await;
+    // LangGraph's structured-output call: the whole state, an assistant answer last.
+    let b = json!({"model": "sonnet", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "It is sunny."}]});
+    let (status, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        stdin_texts(&s).last().unwrap().contains("Continue."),
+        "{:?}",
+        stdin_texts(&s)
+    );
+    let b = json!({"model": "sonnet", "input": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "It is sunny."}]});
+    let (status, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(status, 200, "{body}");
+    // An assistant turn with calls still needs their results.
+    let b = json!({"model": "sonnet", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "w", "arguments": "{}"}}]}]});
+    let (status, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(status, 400, "{body}");
+    // Anthropic: prefill is refused clearly, naming the message.
+    let b = json!({"model": "sonnet", "max_tokens": 64, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "It is"}]});
+    let (status, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(status, 400, "{body}");
+    let v = json_of(&body);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages.1: a final assistant message (prefill)"),
+        "{v}"
+    );
+}
+
+async fn post_keyed(s: &TestServer, key: &str, path: &str, b: &Value) -> (u16, Value) {
+    let r = crate::harness::client()
+        .post(s.url(path))
+        .bearer_auth(key)
+        .header("anthropic-beta", "message-threads-2026-08-12")
+        .json(b)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn anthropic_threads_create_then_continue_with_the_history() {
+    let s = keyed_server().await;
+    let b = json!({"model": "sonnet", "max_tokens": 64, "system": "be brief",
+        "thread": {"type": "create"}, "messages": [{"role": "user", "content": "first"}]});
+    let (st, v1) = post_keyed(&s, "key-a", "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{v1}");
+    // thread().send(): only the new turn, no system.
+    let b = json!({"model": "sonnet", "max_tokens": 64,
+        "thread": {"type": "continue", "previous_message_id": v1["id"]},
+        "messages": [{"role": "user", "content": "second"}]});
+    let (st, v2) = post_keyed(&s, "key-a", "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{v2}");
+    assert_eq!(v2["content"][0]["text"], "echo: second");
+    let stats = s.state.backend.stats().snapshot();
+    assert_eq!(
+        (stats.spawned_total, stats.kept_hits_total),
+        (1, 1),
+        "the whole thread (system prompt included) is the kept conversation: {stats:?}"
+    );
+    // Streamed continue, then a third turn from the streamed answer's id.
+    let mut b = json!({"model": "sonnet", "max_tokens": 64, "stream": true,
+        "thread": {"type": "continue", "previous_message_id": v2["id"]},
+        "messages": [{"role": "user", "content": "third"}]});
+    let r = crate::harness::client()
+        .post(s.url("/v1/messages"))
+        .bearer_auth("key-a")
+        .json(&b)
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    let id3 = events(&body)[0]["message"]["id"].clone();
+    b["stream"] = json!(false);
+    b["thread"]["previous_message_id"] = id3;
+    b["messages"] = json!([{"role": "user", "content": "fourth"}]);
+    let (st, v4) = post_keyed(&s, "key-a", "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{v4}");
+    assert_eq!(s.state.backend.stats().snapshot().kept_hits_total, 3);
+
+    // Unknown, another key's: thread_not_found, in the shape the SDKs recover from.
+    for key in ["key-b", "key-a"] {
+        let id = if key == "key-b" {
+            v1["id"].clone()
+        } else {
+            json!("msg_nope")
+        };
+        let b = json!({"model": "sonnet", "max_tokens": 64,
+            "thread": {"type": "continue", "previous_message_id": id},
+            "messages": [{"role": "user", "content": "x"}]});
+        let (st, v) = post_keyed(&s, key, "/v1/messages", &b).await;
+        assert_eq!(st, 404, "{v}");
+        assert_eq!(v["error"]["type"], "not_found_error", "{v}");
+        assert_eq!(
+            v["error"]["details"]["error_code"], "thread_not_found",
+            "{v}"
+        );
+    }
+    let b = json!({"model": "sonnet", "max_tokens": 64, "thread": {"type": "fork"},
+        "messages": [{"role": "user", "content": "x"}]});
+    let (st, v) = post_keyed(&s, "key-a", "/v1/messages", &b).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(
+        v["error"]["details"]["error_code"], "thread_unsupported_request",
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn the_sdk_tool_runner_shape_continues_the_held_run_through_a_thread() {
+    let s = TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_TOOL_INPUT", r#"{"city":"Paris"}"#.into())],
+        ..Opts::default()
+    })
+    .await;
+    let tools = json!([{"name": "get_weather", "description": "Weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let b = json!({"model": "sonnet", "max_tokens": 256, "tools": tools,
+        "thread": {"type": "create"},
+        "messages": [{"role": "user", "content": "[[scenario:tool_call]] weather?"}]});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    let call = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap()
+        .clone();
+    // The runner's next request: only the tool result, the thread's tools not repeated.
+    let b = json!({"model": "sonnet", "max_tokens": 256,
+        "thread": {"type": "continue", "previous_message_id": v["id"]},
+        "messages": [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call["id"], "content": "sunny"}]}]});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(json_of(&body)["content"][0]["text"], "tool said: sunny");
+    assert_eq!(spawns(&s), 1, "the held run continued");
+}

@@ -237,3 +237,96 @@ async fn real_cli_codex_custom_and_namespace_tools_round_trip() {
     assert_eq!(v["output"][0]["namespace"], "multi_agent_v1", "{v}");
     assert_eq!(v["output"][0]["name"], "spawn_agent", "{v}");
 }
+
+#[tokio::test]
+async fn real_cli_reasoning_items_bring_the_signed_thinking_back_next_turn() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(exe, Some(mock.url("thinking")), None, |_| {}).await;
+    let b = json!({"model": "sonnet", "input": "2+2?", "store": false, "stream": true,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "include": ["reasoning.encrypted_content"]});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let last = json_of(&sse_events(&body).last().unwrap().1);
+    let out = last["response"]["output"].as_array().unwrap().clone();
+    assert_eq!(out[0]["type"], "reasoning", "{last}");
+    assert!(
+        !out[0]["summary"][0]["text"].as_str().unwrap().is_empty(),
+        "{last}"
+    );
+    let message = out.iter().find(|i| i["type"] == "message").unwrap().clone();
+    // Codex's next turn: the whole history, the reasoning item returned as it came.
+    let b = json!({"model": "sonnet", "store": false, "input": [
+        {"role": "user", "content": "2+2?"}, out[0].clone(), message,
+        {"role": "user", "content": "and 3+3?"}],
+        "include": ["reasoning.encrypted_content"]});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let up = mock.message_requests().last().unwrap().body.clone();
+    let messages = up["messages"].as_array().unwrap();
+    let assistant = messages
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .unwrap_or_else(|| panic!("{up}"));
+    // The signed block is accepted and written into the session; for a completed turn the
+    // CLI (like the API) leaves earlier turns' thinking out upstream: the turn's text stays.
+    assert_eq!(
+        assistant["content"].as_array().unwrap().last().unwrap()["type"],
+        "text",
+        "{assistant}"
+    );
+    // A reasoning item that is not ccgate's is accepted and dropped, as before.
+    let b = json!({"model": "sonnet", "input": [
+        {"role": "user", "content": "2+2?"},
+        {"type": "reasoning", "id": "rs_x", "summary": [], "encrypted_content": "gAAAA"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "and 3+3?"}]});
+    let (st, _, body) = post(&s, "/v1/responses", &b).await;
+    assert_eq!(st, 200, "{body}");
+}
+
+#[tokio::test]
+async fn real_cli_answers_after_a_trailing_assistant_message_on_openai() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(exe, Some(mock.url("ok")), None, |_| {}).await;
+    let b = json!({"model": "sonnet", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "It is sunny."}]});
+    let (st, _, body) = post(&s, "/v1/chat/completions", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let up = mock.message_requests().last().unwrap().body.clone();
+    let messages = up["messages"].to_string();
+    assert!(messages.contains("It is sunny."), "{messages}");
+    assert!(messages.contains("Continue."), "{messages}");
+}
+
+#[tokio::test]
+async fn real_cli_thread_continue_gives_the_model_the_whole_thread() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) =
+        real_server_with(exe, Some(mock.url("ok:Noted%20the%20code")), None, |_| {}).await;
+    let b = json!({"model": "sonnet", "max_tokens": 64, "system": "Remember codes.",
+        "thread": {"type": "create"},
+        "messages": [{"role": "user", "content": "The code is 4711."}]});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let id = json_of(&body)["id"].clone();
+    let b = json!({"model": "sonnet", "max_tokens": 64,
+        "thread": {"type": "continue", "previous_message_id": id},
+        "messages": [{"role": "user", "content": "What was the code?"}]});
+    let (st, _, body) = post(&s, "/v1/messages", &b).await;
+    assert_eq!(st, 200, "{body}");
+    let up = mock.message_requests().last().unwrap().body.clone();
+    let messages = up["messages"].to_string();
+    assert!(messages.contains("The code is 4711."), "{messages}");
+    assert!(messages.contains("Noted the code"), "{messages}");
+    assert!(messages.contains("What was the code?"), "{messages}");
+    assert!(
+        up["system"].to_string().contains("Remember codes."),
+        "{}",
+        up["system"]
+    );
+}

@@ -216,7 +216,7 @@ async fn bad_requests_get_api_shaped_errors() {
         ),
         (
             "/v1/chat/completions",
-            r#"{"model":"x","messages":[{"role":"assistant","content":"a"}]}"#,
+            r#"{"model":"x","messages":[{"role":"tool","content":"a"}]}"#,
         ),
         (
             "/v1/chat/completions",

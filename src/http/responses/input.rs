@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
+use super::reasoning::reasoning_input;
 use super::request::{shown_id, Input, ResponsesRequest};
 use crate::conversation::{Block, Conversation, Message, Role};
 use crate::http::content::{Allow, Content};
@@ -218,11 +219,13 @@ fn input_item(
             return function_call_output_item(&at, item).map(Some)
         }
         "custom_tool_call" => return custom_tool_call_item(&at, item).map(Some),
-        // As thinking blocks: accepted, not shown to the model again.
-        "reasoning" => return Ok(None),
+        // A thinking block again when it carries ccgate's `encrypted_content`; otherwise
+        // accepted and not shown to the model again.
+        "reasoning" => return Ok(reasoning_input(item)),
         // Resolved by `prepare` among the key's stored responses.
         "item_reference" => {
             return match references.get(&i) {
+                Some(m) if m.blocks.is_empty() => Ok(None),
                 Some(m) => Ok(Some(m.clone())),
                 None => Err(ApiError::StoredNotFound {
                     what: "Item",
@@ -310,6 +313,10 @@ pub(super) fn conversation(
                 }
             }
         }
+    }
+    if messages.last().is_some_and(|m| m.role == Role::Assistant) {
+        crate::http::handler::continue_after_assistant(&mut messages);
+        sources.push("input".into());
     }
     let conversation = Conversation {
         system: req.instructions.clone().filter(|s| !s.is_empty()),

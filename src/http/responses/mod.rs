@@ -23,13 +23,15 @@
 //! `function_call_output` / `custom_tool_call_output` items (after its call items, or
 //! after `previous_response_id`) continue the held run. `text.format` (`json_schema`,
 //! `json_object`) and `reasoning.effort` are run options ([`params`]) as in Chat
-//! Completions. Hosted tools and their items, `reasoning.summary`, `background`,
+//! Completions. `reasoning.summary` and `include: ["reasoning.encrypted_content"]` give
+//! `reasoning` items ([`reasoning`]). Hosted tools and their items, `background`,
 //! `conversation`, `prompt`, logprobs and `truncation: auto` are refused (400 naming the
 //! field).
 
 mod input;
 mod output;
 mod params;
+mod reasoning;
 mod request;
 mod stream;
 #[cfg(test)]
@@ -52,8 +54,9 @@ use crate::http::unix_now;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
 
+pub(crate) use request::shown_id;
+use request::Input;
 pub use request::ResponsesRequest;
-use request::{shown_id, Input};
 pub use stream::ResponseFramer;
 
 /// The Responses API.
@@ -130,6 +133,7 @@ impl Api for Responses {
         let mut turn = crate::http::handler::turn_request(conversation, &req.model, Vec::new())?;
         turn.tools = tools;
         turn.options = options;
+        turn.show_thinking = req.shows_reasoning();
         Ok(turn)
     }
 

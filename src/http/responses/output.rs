@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::reasoning::reasoning_id;
 use super::request::ResponsesRequest;
 use super::tools::ToolKind;
 use crate::conversation::{Block, Message, Role};
@@ -141,7 +142,14 @@ impl ResponsesRequest {
         } else {
             ("completed", Value::Null)
         };
-        let mut output = Vec::with_capacity(s.tool_calls.len() + 1);
+        let mut output = Vec::with_capacity(s.tool_calls.len() + s.thinking.len() + 1);
+        if self.shows_reasoning() {
+            output.extend(
+                s.thinking
+                    .iter()
+                    .map(|t| self.reasoning_item(&reasoning_id(), &t.thinking, &t.signature)),
+            );
+        }
         if !text.is_empty() || s.tool_calls.is_empty() {
             output.push(message_item(msg_id, status, Some(text)));
         }
@@ -208,6 +216,9 @@ fn stored_item(item: &Value) -> Option<StoredItem> {
                 input: serde_json::from_str(item.get("arguments")?.as_str()?).ok()?,
             }],
         ),
+        // Without ccgate's encrypted_content: stands for nothing the model sees again.
+        "reasoning" => super::reasoning::reasoning_input(item)
+            .unwrap_or_else(|| Message::new(Role::Assistant, Vec::new())),
         "custom_tool_call" => Message::new(
             Role::Assistant,
             vec![Block::ToolUse {

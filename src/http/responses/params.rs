@@ -43,12 +43,15 @@ pub(super) fn run_options(req: &ResponsesRequest) -> Result<RunOptions, ApiError
         }
     }
     if let Some(r) = req.reasoning.as_ref().filter(|r| !r.is_null()) {
+        // Summaries are the model's thinking ([`super::reasoning`]).
         for field in ["summary", "generate_summary"] {
-            if r.get(field).is_some_and(|v| !v.is_null()) {
-                refuse(
-                    &format!("reasoning.{field}"),
-                    format!("`reasoning.{field}`: the Claude CLI gives no reasoning summaries"),
-                )?;
+            if let Some(v) = r.get(field).filter(|v| !v.is_null()) {
+                if !matches!(v.as_str(), Some("auto" | "concise" | "detailed" | "none")) {
+                    refuse(
+                        &format!("reasoning.{field}"),
+                        format!("`reasoning.{field}` must be one of auto, concise, detailed, none"),
+                    )?;
+                }
             }
         }
         if let Some(e) = r.get("effort").filter(|e| !e.is_null()) {

@@ -83,7 +83,7 @@ pub(super) struct Ctx {
 }
 
 /// The id as the error may repeat it (client-chosen: short visible ASCII only).
-pub(super) fn shown_id(id: &str) -> String {
+pub(crate) fn shown_id(id: &str) -> String {
     if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
         id.to_string()
     } else {

@@ -7,11 +7,13 @@ use axum::response::sse::Event;
 use serde_json::{json, Map, Value};
 
 use super::output::{call_item, call_item_id, incomplete, message_item};
+use super::reasoning::reasoning_id;
 use super::request::ResponsesRequest;
 use super::tools::ToolKind;
 use crate::http::handler::Framer;
 use crate::http::unix_now;
 use crate::protocol::Success;
+use crate::turn::ThinkingStep;
 
 /// The Responses API's streaming events.
 pub struct ResponseFramer {
@@ -36,6 +38,13 @@ pub struct ResponseFramer {
 
 /// The output item being streamed.
 enum OpenItem {
+    /// A reasoning item (one thinking block): its text and signature so far.
+    Reasoning {
+        index: usize,
+        id: String,
+        text: String,
+        signature: String,
+    },
     Message {
         index: usize,
         id: String,
@@ -112,10 +121,62 @@ impl ResponseFramer {
         index
     }
 
+    /// Opens a reasoning item (and its summary part when summaries are asked for).
+    fn open_reasoning(&mut self, out: &mut Vec<Event>) {
+        self.close(out, "completed");
+        let index = self.items;
+        self.items += 1;
+        let id = reasoning_id();
+        let mut item = self.req.reasoning_item(&id, "", "");
+        item.as_object_mut().map(|o| o.remove("encrypted_content"));
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ));
+        if self.req.summaries() {
+            out.push(self.event(
+                "response.reasoning_summary_part.added",
+                json!({"item_id": id, "output_index": index, "summary_index": 0,
+                       "part": {"type": "summary_text", "text": ""}}),
+            ));
+        }
+        self.open = Some(OpenItem::Reasoning {
+            index,
+            id,
+            text: String::new(),
+            signature: String::new(),
+        });
+    }
+
     /// Closes the open item with its `done` events.
     fn close(&mut self, out: &mut Vec<Event>, status: &str) {
         match self.open.take() {
             None => {}
+            Some(OpenItem::Reasoning {
+                index,
+                id,
+                text,
+                signature,
+            }) => {
+                if self.req.summaries() {
+                    out.push(self.event(
+                        "response.reasoning_summary_text.done",
+                        json!({"item_id": id, "output_index": index, "summary_index": 0,
+                               "text": text}),
+                    ));
+                    out.push(self.event(
+                        "response.reasoning_summary_part.done",
+                        json!({"item_id": id, "output_index": index, "summary_index": 0,
+                               "part": {"type": "summary_text", "text": text}}),
+                    ));
+                }
+                let item = self.req.reasoning_item(&id, &text, &signature);
+                out.push(self.event(
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item}),
+                ));
+                self.done.push(item);
+            }
             Some(OpenItem::Message {
                 index,
                 id: item_id,
@@ -211,6 +272,41 @@ impl Framer for ResponseFramer {
         out
     }
 
+    /// Reached only when the request asks for reasoning items.
+    fn thinking(&mut self, step: ThinkingStep) -> Vec<Event> {
+        let mut out = Vec::new();
+        match step {
+            ThinkingStep::Start => self.open_reasoning(&mut out),
+            ThinkingStep::Text(t) => {
+                if !matches!(self.open, Some(OpenItem::Reasoning { .. })) {
+                    self.open_reasoning(&mut out);
+                }
+                let summaries = self.req.summaries();
+                let Some(OpenItem::Reasoning {
+                    index, id, text, ..
+                }) = self.open.as_mut()
+                else {
+                    return out;
+                };
+                text.push_str(&t);
+                let (index, id) = (*index, id.clone());
+                if summaries {
+                    out.push(self.event(
+                        "response.reasoning_summary_text.delta",
+                        json!({"item_id": id, "output_index": index, "summary_index": 0,
+                               "delta": t}),
+                    ));
+                }
+            }
+            ThinkingStep::Signature(sig) => {
+                if let Some(OpenItem::Reasoning { signature, .. }) = self.open.as_mut() {
+                    signature.push_str(&sig);
+                }
+            }
+        }
+        out
+    }
+
     fn tool_start(&mut self, _index: usize, call_id: String, name: String) -> Vec<Event> {
         let mut out = Vec::new();
         self.close(&mut out, "completed");
@@ -263,8 +359,14 @@ impl Framer for ResponseFramer {
         } else {
             "completed"
         };
-        if self.items == 0 {
+        if !self.done.iter().any(|i| i["type"] != "reasoning")
+            && !matches!(
+                self.open,
+                Some(OpenItem::Message { .. } | OpenItem::Call { .. })
+            )
+        {
             // An empty answer still has its (empty) message item.
+            self.close(&mut out, "completed");
             self.open_message(&mut out);
         }
         self.close(&mut out, status);
