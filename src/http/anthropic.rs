@@ -156,7 +156,8 @@ fn tool_error(e: &ToolError) -> ApiError {
         ToolError::UnknownChoice(_) | ToolError::ChoiceWithoutTools => "tool_choice".into(),
         ToolError::TooMany | ToolError::ToolsTooLarge => "tools".into(),
     };
-    ApiError::invalid_param(format!("{}: {e}", param.replace(['[', ']'], ".")), &param)
+    // The Anthropic rendering puts the dotted path in front (`tools.0.input_schema: …`).
+    ApiError::invalid_param(e.to_string(), &param)
 }
 
 fn bad(field: &str, message: impl Into<String>) -> ApiError {

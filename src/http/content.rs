@@ -158,10 +158,17 @@ impl Part {
             "tool_use" => Block::ToolUse {
                 id: required(&self.id, &field(".id"))?,
                 name: required(&self.name, &field(".name"))?,
-                input: self
-                    .input
-                    .clone()
-                    .unwrap_or(Value::Object(Default::default())),
+                input: match &self.input {
+                    None => Value::Object(Default::default()),
+                    Some(v @ Value::Object(_)) => v.clone(),
+                    // As the Messages API: a tool's input is always an object.
+                    Some(_) => {
+                        return Err(ApiError::invalid_param(
+                            "Input should be a valid dictionary",
+                            &field(".input"),
+                        ))
+                    }
+                },
             },
             "tool_result" => Block::ToolResult {
                 tool_use_id: required(&self.tool_use_id, &field(".tool_use_id"))?,

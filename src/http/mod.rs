@@ -5,6 +5,7 @@
 //! operator endpoints; every error goes through `errors`.
 
 pub mod anthropic;
+pub mod bounded;
 pub mod content;
 pub mod count_tokens;
 pub mod edge;

@@ -82,7 +82,7 @@ pub struct ResponsesRequest {
     top_logprobs: Option<u64>,
     #[serde(default)]
     truncation: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::metadata")]
     metadata: Option<Value>,
     #[serde(default)]
     temperature: Option<f64>,
