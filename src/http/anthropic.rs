@@ -29,21 +29,21 @@ pub struct MessagesRequest {
     system: Option<Content>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
     tools: Option<Vec<Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     tool_choice: Option<Value>,
     #[serde(default)]
     stop_sequences: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     output_config: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     output_format: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     thinking: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     mcp_servers: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     container: Option<Value>,
 }
 

@@ -56,11 +56,11 @@ pub struct Part {
     kind: String,
     #[serde(default)]
     text: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     source: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     image_url: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     file: Option<Value>,
     #[serde(default)]
     title: Option<String>,
@@ -70,7 +70,7 @@ pub struct Part {
     id: Option<String>,
     #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     input: Option<Value>,
     #[serde(default)]
     tool_use_id: Option<String>,

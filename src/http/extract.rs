@@ -130,7 +130,10 @@ pub fn parse_json_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
             "the request body is empty; expected a JSON object",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    crate::http::bounded::with_tree_budget(crate::http::bounded::MAX_TREE_VALUES, || {
+        serde_json::from_slice(bytes)
+    })
+    .map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Data => "invalid request",
             _ => "malformed JSON in request body",

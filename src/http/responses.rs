@@ -62,19 +62,19 @@ pub struct ResponsesRequest {
     store: Option<bool>,
     #[serde(default)]
     previous_response_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
     tools: Option<Vec<Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     tool_choice: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     text: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     reasoning: Option<Value>,
     #[serde(default)]
     background: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     conversation: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     prompt: Option<Value>,
     #[serde(default)]
     include: Option<Vec<String>>,
