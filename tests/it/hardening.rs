@@ -315,3 +315,27 @@ fn a_fifo_as_the_rules_file_is_refused_without_blocking() {
     let e = got.expect("a FIFO is an error");
     assert!(e.contains("not a regular file"), "{e}");
 }
+
+#[tokio::test]
+async fn most_of_a_megabyte_of_small_values_is_refused_before_it_becomes_a_tree() {
+    let s = TestServer::start(Opts::default()).await;
+    let zeros = format!("[{}]", vec!["0"; 400_000].join(","));
+    let raw = format!(
+        r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"hi"}},{{"role":"assistant","content":[{{"type":"tool_use","id":"toolu_1","name":"t","input":{{"x":{zeros}}}}}]}},{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}}]}}]}}"#
+    );
+    let r = crate::harness::client()
+        .post(s.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("more than 32768 JSON values"), "{text}");
+    // The same values as one string cost what their bytes cost: accepted.
+    let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [
+        {"role": "user", "content": zeros}]});
+    let (st, _, text) = post(&s, "/v1/messages", &body).await;
+    assert_eq!(st, 200, "{}", &text[..text.len().min(300)]);
+}
