@@ -360,13 +360,16 @@ impl Engine {
         // costs nothing more (the presentation hashes and copies the conversation).
         self.gate(&rules).await.map_err(TurnError::Verdict)?;
         let tools = req.tools.clone().map(Arc::new);
-        let turns = present_turns(
-            &req.conversation,
-            &req.tenant,
-            &req.model,
-            tools.as_deref(),
-            &req.options,
-        )
+        // Presenting and hashing a long conversation is CPU work: off the async workers.
+        let turns = crate::offload::blocking(|| {
+            present_turns(
+                &req.conversation,
+                &req.tenant,
+                &req.model,
+                tools.as_deref(),
+                &req.options,
+            )
+        })
         .map_err(TurnError::Present)?;
         // The account: the conversation's own while it can serve, else the next in turn.
         let sticky = (!turns.history.is_empty()).then_some(&turns.history_fingerprint);
