@@ -30,6 +30,13 @@
 #   bogus_model spaces       model "sonnet status=200 kind=ok"                   400
 #   slowloris headers        headers trickled, one line a second                 closed or 408 in 60 s
 #   slowloris body           Content-Length 100000, body trickled a byte a second closed or 408 in 60 s
+#   array_heavy              ~800 KB of [0,0,…] in a tool schema / tool_use input 400
+#   stalled_reader           a ~10 MB stream ([[scenario:flood]]) never read       cut after http.write_timeout
+#
+# SOAK_STALLED_READERS (default 2) connections at a time request a large stream and stop
+# reading; ccgate runs with http.write_timeout=5 and must close each after it (the run is
+# cancelled, its memory freed: the RSS trend covers it). The array_heavy requests must be
+# refused before their values become trees (http::bounded), so RSS stays flat with them.
 #
 # (The defences are 415 / 403 for cross-site POSTs, 400 for bad model names and header /
 # body read timeouts; override the expectations here while trying other builds.)
@@ -90,6 +97,7 @@ CCGATE_CLI__COMMAND=$ROOT/tests/fake-claude \
     CCGATE_RULES=$RULES \
     CCGATE_CLI__MAX_CONCURRENT=8 \
     CCGATE_CLI__CONVERSATION_IDLE_TIMEOUT=2 \
+    CCGATE_HTTP__WRITE_TIMEOUT=5 \
     CCGATE_LOG_LEVEL=info \
     "$BIN" serve 2>"$LOG" &
 PID=$!
@@ -121,6 +129,7 @@ STATUS=0
     --hostile-clients "$SOAK_HOSTILE_CLIENTS" --slowloris-conns "$SOAK_SLOWLORIS_CONNS" \
     --expect-cross-site "$SOAK_EXPECT_CROSS_SITE" --expect-bogus-model "$SOAK_EXPECT_BOGUS_MODEL" \
     --slowloris-close-secs "$SOAK_SLOWLORIS_CLOSE_SECS" \
+    --stalled-readers "${SOAK_STALLED_READERS:-2}" --stalled-wait-secs 10 \
     --rss-warmup-secs "${SOAK_RSS_WARMUP_SECS:-60}" || STATUS=$?
 
 echo

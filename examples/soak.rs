@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use futures_util::StreamExt as _;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The fake CLI's default reply.
 const REPLY: &str = "Hello from the fake CLI.";
@@ -94,6 +94,12 @@ struct Args {
     /// Seconds within which the server must close a slowloris connection (or answer 408).
     #[arg(long, default_value_t = 60)]
     slowloris_close_secs: u64,
+    /// Connections that request a large stream and stop reading (issue 27).
+    #[arg(long, default_value_t = 2)]
+    stalled_readers: usize,
+    /// Seconds a stalled reader reads nothing (more than ccgate's http.write_timeout).
+    #[arg(long, default_value_t = 10)]
+    stalled_wait_secs: u64,
 }
 
 /// The hostile requests, by category label: what is sent. Which statuses count as
@@ -114,7 +120,24 @@ const HOSTILE: &[(&str, &str)] = &[
     ("bogus_model nul", "model \"son\\u0000net\""),
     ("bogus_model 100k", "model of 100,000 characters"),
     ("bogus_model spaces", "model \"sonnet status=200 kind=ok\""),
+    (
+        "array_heavy",
+        "~800 KB of [0,0,…] in a tool schema (OpenAI) / tool_use input (Anthropic): 400",
+    ),
 ];
+
+/// The `array_heavy` body: 400,000 small values where ccgate would hold a tree.
+fn array_heavy(api: Api, n: u64) -> String {
+    let zeros = format!("[{}]", vec!["0"; 400_000].join(","));
+    match api {
+        Api::OpenAi => format!(
+            r#"{{"model":"sonnet","messages":[{{"role":"user","content":"soak array {n}"}}],"tools":[{{"type":"function","function":{{"name":"t","parameters":{{"type":"object","properties":{{"x":{{"enum":{zeros}}}}}}}}}}}]}}"#
+        ),
+        Api::Anthropic => format!(
+            r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"soak array {n}"}},{{"role":"assistant","content":[{{"type":"tool_use","id":"toolu_1","name":"t","input":{{"x":{zeros}}}}}]}},{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}}]}}]}}"#
+        ),
+    }
+}
 
 /// The request of the `i`-th hostile category, for `api`.
 fn hostile_request(
@@ -139,6 +162,10 @@ fn hostile_request(
             .header("origin", evil)
             .body(b.to_string()),
         "cross_site origin" => client.post(url).header("origin", evil).json(&b),
+        "array_heavy" => client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(array_heavy(api, n)),
         name => {
             b["model"] = match name {
                 "bogus_model auth_text" => {
@@ -218,6 +245,57 @@ async fn slowloris(addr: &str, body: bool, limit: Duration, deadline: Instant) -
                 }
             }
         }
+    }
+}
+
+/// One stalled reader: a streaming request for the fake CLI's `flood` scenario on a
+/// connection with a 4 KiB receive buffer, nothing read for `wait`; then what the socket
+/// still holds is drained. Ok(0) when the stream was cut (no `[DONE]`, the connection
+/// closed), Bad when it ran to its end or stayed open.
+async fn stalled_reader(addr: &str, n: u64, wait: Duration) -> Outcome {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+        return Outcome::Bad(format!("bad address {addr}"));
+    };
+    let sock = match tokio::net::TcpSocket::new_v4() {
+        Ok(s) => s,
+        Err(e) => return Outcome::Bad(format!("socket: {e}")),
+    };
+    let _ = sock.set_recv_buffer_size(4096);
+    let mut s = match sock.connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Bad(format!("connect: {e}")),
+    };
+    let body = json!({"model": "sonnet", "stream": true, "messages": [
+        {"role": "user", "content": format!("soak stalled {n} [[scenario:flood]]")}]})
+    .to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if let Err(e) = s.write_all(head.as_bytes()).await {
+        return Outcome::Bad(format!("write: {e}"));
+    }
+    tokio::time::sleep(wait).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    match drained {
+        Err(_) => Outcome::Bad("still open 30 s after the stall".into()),
+        Ok(()) if text.contains("[DONE]") => Outcome::Bad("the stream was not cut".into()),
+        Ok(()) if !text.starts_with("HTTP/1.1 200") => {
+            Outcome::Bad(format!("answered {:?}", text.lines().next().unwrap_or("")))
+        }
+        Ok(()) => Outcome::Ok(0),
     }
 }
 
@@ -808,6 +886,7 @@ async fn main() -> anyhow::Result<()> {
             base.clone(),
         );
         let (cross_ok, model_ok) = (cross_ok.clone(), model_ok.clone());
+        let array_ok = vec![400u16];
         clients.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -826,6 +905,8 @@ async fn main() -> anyhow::Result<()> {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let want = if HOSTILE[i].0.starts_with("cross_site") {
                     &cross_ok
+                } else if HOSTILE[i].0 == "array_heavy" {
+                    &array_ok
                 } else {
                     &model_ok
                 };
@@ -868,6 +949,25 @@ async fn main() -> anyhow::Result<()> {
                     if body { "body" } else { "headers" }
                 );
                 tally.lock().expect("tally").add(cat, round, outcome);
+            }
+        }));
+    }
+
+    // Stalled readers: a streamed answer of ~10 MB whose client reads nothing; the server
+    // must close the connection after http.write_timeout (the soak sets 5 s).
+    for c in 0..args.stalled_readers {
+        let (stop, tally, addr) = (stop.clone(), hostile_tally.clone(), addr.clone());
+        let wait = Duration::from_secs(args.stalled_wait_secs.max(1));
+        clients.push(tokio::spawn(async move {
+            for round in 0..1_000_000u64 {
+                if stop.load(Ordering::Relaxed) || Instant::now() + wait >= deadline {
+                    break;
+                }
+                let outcome = stalled_reader(&addr, c as u64 * 1_000_000 + round, wait).await;
+                tally
+                    .lock()
+                    .expect("tally")
+                    .add("hostile stalled_reader".into(), round, outcome);
             }
         }));
     }

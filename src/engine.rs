@@ -194,13 +194,16 @@ impl Engine {
         // costs nothing more (the presentation hashes and copies the conversation).
         self.gate(&rules).await.map_err(TurnError::Verdict)?;
         let tools = req.tools.clone().map(Arc::new);
-        let turns = present_turns(
-            &req.conversation,
-            &req.tenant,
-            &req.model,
-            tools.as_deref(),
-            &req.options,
-        )
+        // Presenting and hashing a long conversation is CPU work: off the async workers.
+        let turns = crate::offload::blocking(|| {
+            present_turns(
+                &req.conversation,
+                &req.tenant,
+                &req.model,
+                tools.as_deref(),
+                &req.options,
+            )
+        })
         .map_err(TurnError::Present)?;
         let refuse = req.choice() == Some(&ToolChoice::None);
         let keep = turns.keep.clone();

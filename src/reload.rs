@@ -204,8 +204,23 @@ fn read_capped(path: &Path) -> std::io::Result<Option<String>> {
     use std::io::Read;
     let cap = crate::rules::load::MAX_RULES_BYTES;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1))
+    // Opened without blocking and refused unless it is a regular file: opening a FIFO for
+    // reading blocks until a writer comes, and each reload attempt would leave one more
+    // blocked thread behind.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(path)?
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    file.take(u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1))
         .read_to_end(&mut bytes)?;
     if bytes.len() > cap {
         return Ok(None);

@@ -15,10 +15,14 @@
 //! Rules:
 //! - **Per tenant.** An id is found only by the tenant (API key digest) it was answered to;
 //!   for any other key it does not exist.
-//! - **Bounded, per replica.** At most [`MAX_ENTRIES`] responses and [`MAX_BYTES`] of
-//!   conversation in all (a conversation larger than that is not stored), least recently
-//!   used first; an entry unused for the idle timeout (`cli.conversation_idle_timeout`,
+//! - **Bounded by cost, per replica.** At most [`MAX_ENTRIES`] responses and [`MAX_BYTES`]
+//!   of memory in all, counted as what the entries really hold ([`conversation_bytes`]:
+//!   JSON trees at their node cost, not their text's length); a conversation larger than
+//!   that is not stored. An entry unused for the idle timeout (`cli.conversation_idle_timeout`,
 //!   as kept processes) is gone. Nothing survives a restart, and replicas share nothing.
+//! - **Fair between tenants.** When the store is full, the entry evicted is the least
+//!   recently used one of the tenant holding the most: one key's flood evicts its own
+//!   responses, never another key's while it holds more than that key.
 //! - Entries hold full copies: a chain of follow-ups costs its conversations' sizes, and
 //!   the byte bound evicts the oldest links first.
 
@@ -76,6 +80,20 @@ struct Inner {
     /// Least recently used first.
     entries: VecDeque<Entry>,
     bytes: usize,
+}
+
+impl Inner {
+    /// The entry to evict: the least recently used one of the tenant holding the most
+    /// (entries when the count bound is exceeded, else bytes). A key that floods the store
+    /// evicts its own responses before anyone else's.
+    fn fullest_tenants_oldest(&self, by_count: bool) -> Option<usize> {
+        let mut held: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for e in &self.entries {
+            *held.entry(e.tenant.as_str()).or_default() += if by_count { 1 } else { e.bytes };
+        }
+        let fullest = held.into_iter().max_by_key(|(_, n)| *n)?.0;
+        self.entries.iter().position(|e| e.tenant == fullest)
+    }
 }
 
 impl ResponseStore {
@@ -177,8 +195,13 @@ impl ResponseStore {
         inner.bytes += bytes;
         inner.entries.push_back(entry);
         while inner.entries.len() > self.max_entries || inner.bytes > self.max_bytes {
-            match inner.entries.pop_front() {
-                Some(e) => inner.bytes -= e.bytes,
+            let by_count = inner.entries.len() > self.max_entries;
+            match inner.fullest_tenants_oldest(by_count) {
+                Some(i) => {
+                    if let Some(e) = inner.entries.remove(i) {
+                        inner.bytes -= e.bytes;
+                    }
+                }
                 None => break,
             }
         }
@@ -241,28 +264,49 @@ impl ResponseStore {
     }
 }
 
-/// The bytes a conversation holds (its texts, attachments and tool JSON), plus a little per
-/// block.
+/// What one JSON value costs in memory as a tree (`serde_json::Value` with
+/// `preserve_order`), before its string bytes.
+const VALUE_COST: usize = std::mem::size_of::<serde_json::Value>();
+
+/// What a JSON tree costs in memory: each value's node, strings' and keys' bytes, an
+/// object entry's index slot. (A megabyte of `[0,0,…]` is about 40 MB as a tree, not 1 MB.)
+pub fn value_cost(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    VALUE_COST
+        + match v {
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(value_cost).sum(),
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| k.len() + 3 * std::mem::size_of::<usize>() + value_cost(v))
+                .sum(),
+        }
+}
+
+/// The memory a stored conversation holds: its texts, attachments and tool JSON as the
+/// trees they are, plus a little per block and message.
 pub fn conversation_bytes(c: &StoredConversation) -> usize {
     fn block(b: &Block) -> usize {
-        32 + match b {
-            Block::Text(t) => t.len(),
-            Block::Image(v) | Block::Document(v) => v.to_string().len(),
-            Block::ToolUse { id, name, input } => id.len() + name.len() + input.to_string().len(),
-            Block::ToolResult {
-                tool_use_id,
-                content,
-                ..
-            } => tool_use_id.len() + content.iter().map(block).sum::<usize>(),
-            Block::Thinking {
-                text, signature, ..
-            } => text.len() + signature.as_ref().map_or(0, String::len),
-        }
+        std::mem::size_of::<Block>()
+            + match b {
+                Block::Text(t) => t.len(),
+                Block::Image(v) | Block::Document(v) => value_cost(v),
+                Block::ToolUse { id, name, input } => id.len() + name.len() + value_cost(input),
+                Block::ToolResult {
+                    tool_use_id,
+                    content,
+                    ..
+                } => tool_use_id.len() + content.iter().map(block).sum::<usize>(),
+                Block::Thinking {
+                    text, signature, ..
+                } => text.len() + signature.as_ref().map_or(0, String::len),
+            }
     }
     c.model.len()
         + c.messages
             .iter()
-            .map(|m| 16 + m.blocks.iter().map(block).sum::<usize>())
+            .map(|m| std::mem::size_of::<Message>() + m.blocks.iter().map(block).sum::<usize>())
             .sum::<usize>()
 }
 
@@ -321,8 +365,50 @@ mod tests {
     }
 
     #[test]
+    fn one_tenants_flood_evicts_its_own_responses_first() {
+        let s = ResponseStore::with_bounds(Duration::from_secs(60), 8, 1 << 20);
+        assert!(s.put("b1", "b", conv("keep me")));
+        for i in 0..1_030 {
+            assert!(s.put(&format!("a{i}"), "a", conv("cheap")));
+        }
+        assert_eq!(s.len(), 8);
+        assert!(s.get("b1", "b").is_some(), "the other key's response stays");
+        assert!(s.get("a1029", "a").is_some());
+        assert!(s.get("a0", "a").is_none());
+        // By bytes too: a tenant's big conversations push out its own older ones.
+        let s = ResponseStore::with_bounds(Duration::from_secs(60), 100, 4_000);
+        assert!(s.put("b1", "b", conv("small")));
+        for i in 0..10 {
+            assert!(s.put(&format!("a{i}"), "a", conv(&"y".repeat(900))));
+        }
+        assert!(s.get("b1", "b").is_some());
+        assert!(s.get("a9", "a").is_some());
+    }
+
+    #[test]
+    fn trees_count_at_their_node_cost() {
+        let arrays = StoredConversation {
+            model: "sonnet".into(),
+            messages: vec![Message::new(
+                Role::Assistant,
+                vec![Block::ToolUse {
+                    id: "t".into(),
+                    name: "n".into(),
+                    input: serde_json::json!({"x": vec![0; 10_000]}),
+                }],
+            )],
+        };
+        // 20 KB of JSON text, but ten thousand values.
+        assert!(
+            conversation_bytes(&arrays) > 10_000 * VALUE_COST,
+            "{}",
+            conversation_bytes(&arrays)
+        );
+    }
+
+    #[test]
     fn bounded_by_count_bytes_and_idle_time() {
-        let s = ResponseStore::with_bounds(Duration::from_secs(60), 2, 1_000);
+        let s = ResponseStore::with_bounds(Duration::from_secs(60), 2, 2_000);
         for id in ["r1", "r2", "r3"] {
             assert!(s.put(id, "", conv("x")));
         }
@@ -333,11 +419,11 @@ mod tests {
         );
         // r2 is used, so r3 goes when a big one comes in.
         assert!(s.get("r2", "").is_some());
-        assert!(s.put("big", "", conv(&"y".repeat(800))));
+        assert!(s.put("big", "", conv(&"y".repeat(1_200))));
         assert!(s.get("r3", "").is_none());
         assert!(s.get("big", "").is_some());
         assert!(
-            !s.put("huge", "", conv(&"z".repeat(2_000))),
+            !s.put("huge", "", conv(&"z".repeat(3_000))),
             "over the byte bound"
         );
         let s = ResponseStore::with_bounds(Duration::from_millis(30), 8, 1_000);

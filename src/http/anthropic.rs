@@ -31,21 +31,21 @@ pub struct MessagesRequest {
     system: Option<Content>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
     tools: Option<Vec<Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     tool_choice: Option<Value>,
     #[serde(default)]
     stop_sequences: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     output_config: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     output_format: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     thinking: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     mcp_servers: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     container: Option<Value>,
     /// The Threads beta ([`crate::http::threads`]).
     #[serde(default)]
@@ -169,7 +169,8 @@ fn tool_error(e: &ToolError) -> ApiError {
         ToolError::UnknownChoice(_) | ToolError::ChoiceWithoutTools => "tool_choice".into(),
         ToolError::TooMany | ToolError::ToolsTooLarge => "tools".into(),
     };
-    ApiError::invalid_param(format!("{}: {e}", param.replace(['[', ']'], ".")), &param)
+    // The Anthropic rendering puts the dotted path in front (`tools.0.input_schema: …`).
+    ApiError::invalid_param(e.to_string(), &param)
 }
 
 fn bad(field: &str, message: impl Into<String>) -> ApiError {

@@ -56,11 +56,11 @@ pub struct Part {
     kind: String,
     #[serde(default)]
     text: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     source: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     image_url: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     file: Option<Value>,
     #[serde(default)]
     title: Option<String>,
@@ -70,7 +70,7 @@ pub struct Part {
     id: Option<String>,
     #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     input: Option<Value>,
     #[serde(default)]
     tool_use_id: Option<String>,
@@ -183,10 +183,17 @@ impl Part {
             "tool_use" => Block::ToolUse {
                 id: required(&self.id, &field(".id"))?,
                 name: required(&self.name, &field(".name"))?,
-                input: self
-                    .input
-                    .clone()
-                    .unwrap_or(Value::Object(Default::default())),
+                input: match &self.input {
+                    None => Value::Object(Default::default()),
+                    Some(v @ Value::Object(_)) => v.clone(),
+                    // As the Messages API: a tool's input is always an object.
+                    Some(_) => {
+                        return Err(ApiError::invalid_param(
+                            "Input should be a valid dictionary",
+                            &field(".input"),
+                        ))
+                    }
+                },
             },
             "tool_result" => Block::ToolResult {
                 tool_use_id: required(&self.tool_use_id, &field(".tool_use_id"))?,

@@ -151,7 +151,11 @@ pub fn parse_json_in<T: DeserializeOwned>(bytes: &[u8], flavour: Flavour) -> Res
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+    // Client JSON kept as trees counts against a budget of values while it is parsed.
+    let value: T = crate::http::bounded::with_tree_budget(crate::http::bounded::MAX_TREE_VALUES, || {
+        serde_path_to_error::deserialize(&mut *de)
+    })
+    .map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.classify() != serde_json::error::Category::Data {

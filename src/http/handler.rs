@@ -200,7 +200,8 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
                 Err(e) => cx.error(e),
             });
         }
-        match parse_body(body, limit, A::FLAVOUR) {
+        // A body at the size limit takes milliseconds to parse: off the async workers.
+        match crate::offload::blocking(|| parse_body(body, limit, A::FLAVOUR)) {
             Ok(body) => Ok(ApiRequest { cx, body }),
             Err(e) => Err(cx.error(e)),
         }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod anthropic;
+pub mod bounded;
 pub mod content;
 pub mod count_tokens;
 pub mod edge;

@@ -31,27 +31,27 @@ pub struct ChatRequest {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     n: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
     tools: Option<Vec<Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     tool_choice: Option<Value>,
     #[serde(default)]
     parallel_tool_calls: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
     functions: Option<Vec<Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     response_format: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     reasoning_effort: Option<Value>,
     #[serde(default)]
     logprobs: Option<bool>,
     #[serde(default)]
     modalities: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     audio: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     prediction: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     web_search_options: Option<Value>,
     #[serde(default)]
     stop: Option<Stop>,
@@ -77,7 +77,7 @@ struct ChatMessage {
     #[serde(default)]
     content: Option<Content>,
     /// An assistant message's calls.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
     tool_calls: Option<Vec<Value>>,
     /// A `tool` message's call.
     #[serde(default)]

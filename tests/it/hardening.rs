@@ -235,3 +235,107 @@ async fn a_failure_before_the_keepalive_interval_keeps_its_status() {
     .await;
     assert_eq!(st, 429, "{text}");
 }
+
+#[tokio::test]
+async fn anthropic_tool_errors_name_the_field_once() {
+    let s = TestServer::start(Opts::default()).await;
+    let body = json!({"model": "sonnet", "max_tokens": 10,
+        "tools": [{"name": "t", "input_schema": {"type": "string"}}],
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (st, _, text) = post(&s, "/v1/messages", &body).await;
+    assert_eq!(st, 400, "{text}");
+    let message = json_of(&text)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("tools.0.input_schema: the input schema must be"),
+        "{message}"
+    );
+    assert_eq!(message.matches("input_schema").count(), 1, "{message}");
+}
+
+#[tokio::test]
+async fn anthropic_tool_use_input_must_be_an_object() {
+    let s = TestServer::start(Opts::default()).await;
+    let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "t", "input": [1, 2]}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}]}]});
+    let (st, _, text) = post(&s, "/v1/messages", &body).await;
+    assert_eq!(st, 400, "{text}");
+    let message = json_of(&text)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        message,
+        "messages.1.content.0.input: Input should be a valid dictionary"
+    );
+}
+
+#[tokio::test]
+async fn responses_metadata_is_at_most_16_string_pairs() {
+    let s = TestServer::start(Opts::default()).await;
+    let mut metadata = serde_json::Map::new();
+    for i in 0..17 {
+        metadata.insert(format!("k{i}"), json!("v"));
+    }
+    let body = json!({"model": "sonnet", "input": "hi", "metadata": metadata});
+    let (st, _, text) = post(&s, "/v1/responses", &body).await;
+    assert_eq!(st, 400, "{text}");
+    assert!(text.contains("at most 16"), "{text}");
+    let body = json!({"model": "sonnet", "input": "hi", "metadata": {"a": [0, 0]}});
+    let (st, _, text) = post(&s, "/v1/responses", &body).await;
+    assert_eq!(st, 400, "{text}");
+    let body = json!({"model": "sonnet", "input": "hi", "metadata": {"a": "b"}});
+    let (st, _, text) = post(&s, "/v1/responses", &body).await;
+    assert_eq!(st, 200, "{text}");
+    assert_eq!(json_of(&text)["metadata"], json!({"a": "b"}));
+}
+
+#[test]
+fn a_fifo_as_the_rules_file_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("rules.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let r = ccgate::reload::load_rules_file(&path, ccgate::reload::IfMissing::Fail);
+        let _ = tx.send(r.err().map(|e| e.to_string()));
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("loading a FIFO returned instead of blocking");
+    let e = got.expect("a FIFO is an error");
+    assert!(e.contains("not a regular file"), "{e}");
+}
+
+#[tokio::test]
+async fn most_of_a_megabyte_of_small_values_is_refused_before_it_becomes_a_tree() {
+    let s = TestServer::start(Opts::default()).await;
+    let zeros = format!("[{}]", vec!["0"; 400_000].join(","));
+    let raw = format!(
+        r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"hi"}},{{"role":"assistant","content":[{{"type":"tool_use","id":"toolu_1","name":"t","input":{{"x":{zeros}}}}}]}},{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}}]}}]}}"#
+    );
+    let r = crate::harness::client()
+        .post(s.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("more than 32768 JSON values"), "{text}");
+    // The same values as one string cost what their bytes cost: accepted.
+    let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [
+        {"role": "user", "content": zeros}]});
+    let (st, _, text) = post(&s, "/v1/messages", &body).await;
+    assert_eq!(st, 200, "{}", &text[..text.len().min(300)]);
+}

@@ -25,19 +25,19 @@ pub struct ResponsesRequest {
     pub(super) store: Option<bool>,
     #[serde(default)]
     pub(super) previous_response_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
     pub(super) tools: Option<Vec<Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     pub(super) tool_choice: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     pub(super) text: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     pub(super) reasoning: Option<Value>,
     #[serde(default)]
     pub(super) background: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     pub(super) conversation: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     pub(super) prompt: Option<Value>,
     #[serde(default)]
     pub(super) include: Option<Vec<String>>,
@@ -45,7 +45,7 @@ pub struct ResponsesRequest {
     pub(super) top_logprobs: Option<u64>,
     #[serde(default)]
     pub(super) truncation: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::bounded::metadata")]
     pub(super) metadata: Option<Value>,
     #[serde(default)]
     pub(super) temperature: Option<f64>,

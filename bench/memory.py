@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""bench/memory.py: peak RSS and /health latency under the heaviest allowed bodies (issue 27).
+
+Starts ccgate (CCGATE_BIN, default $CARGO_TARGET_DIR/release/ccgate) on 127.0.0.1:0 with the
+fake CLI (cli.max_concurrent 4, queue 32), then measures, each case on a fresh process:
+
+  arrays-tools    8 concurrent Chat Completions requests, each with a tool whose schema
+                  holds ~1 MiB of [0,0,...] (an `enum`)
+  arrays-history  8 concurrent Messages requests, each with an earlier tool_use whose
+                  input holds ~1 MiB of [0,0,...] (presented as a session file)
+  arrays-at-budget  8 concurrent Messages requests whose tool_use input holds 32,000
+                  values, just under the request's budget of tree values (accepted)
+  count-tokens    8 concurrent count_tokens requests with the same history
+  turns-30k       /health latency (max of 20 GETs every 50 ms) while two requests of
+                  30,000 short turns (~1 MiB each) are presented
+
+Prints the peak RSS rise (VmHWM after - VmRSS before) per case and the /health maximum.
+Targets (issue 27): rise < 100 MB for 8 array-heavy requests; /health < 0.5 s.
+"""
+import concurrent.futures as cf
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+BIN = os.environ.get("CCGATE_BIN", os.path.join(TARGET, "release", "ccgate"))
+MIB = 1 << 20
+
+
+def status(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def start(tmp):
+    log = open(os.path.join(tmp, "ccgate.log"), "w+")
+    env = {k: v for k, v in os.environ.items() if k != "CCGATE_BIN"}
+    env.update({
+        "CCGATE_CLI__COMMAND": os.path.join(ROOT, "tests", "fake-claude"),
+        "CCGATE_LISTEN": "127.0.0.1:0",
+        "CCGATE_RULES": os.path.join(ROOT, "rules", "rules.yaml"),
+        "CCGATE_CLI__MAX_CONCURRENT": "4",
+        "CCGATE_CLI__QUEUE_SIZE": "32",
+        "CCGATE_REQUEST_BODY_LIMIT": str(4 * MIB),
+        "CCGATE_LOG_LEVEL": "info",
+        "CLAUDE_CONFIG_DIR": os.path.join(tmp, "claude"),
+    })
+    p = subprocess.Popen([BIN, "serve"], cwd=tmp, env=env, stderr=log, stdout=log)
+    for _ in range(200):
+        time.sleep(0.05)
+        log.seek(0)
+        m = re.search(r"listen=(127\.0\.0\.1:\d+)", log.read())
+        if m:
+            return p, "http://" + m.group(1)
+    p.kill()
+    sys.exit("ccgate did not start: " + open(log.name).read()[-2000:])
+
+
+def post(base, path, body, timeout=120):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data,
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code
+
+
+def zeros(nbytes):
+    return "[" + ",".join(["0"] * (nbytes // 2)) + "]"
+
+
+def arrays_tools():
+    schema = '{"type":"object","properties":{"x":{"enum":%s}}}' % zeros(MIB)
+    body = ('{"model":"sonnet","messages":[{"role":"user","content":"hi"}],'
+            '"tools":[{"type":"function","function":{"name":"t","parameters":%s}}]}' % schema)
+    return "/v1/chat/completions", body.encode()
+
+
+def arrays_history(path="/v1/messages"):
+    body = ('{"model":"sonnet","max_tokens":10,"messages":['
+            '{"role":"user","content":"hi"},'
+            '{"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"t","input":{"x":%s}}]},'
+            '{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}]}]}'
+            % zeros(MIB))
+    return path, body.encode()
+
+
+def arrays_at_budget():
+    # Just under the request's budget of tree values (http::bounded::MAX_TREE_VALUES).
+    body = ('{"model":"sonnet","max_tokens":10,"messages":['
+            '{"role":"user","content":"hi"},'
+            '{"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"t","input":{"x":%s}}]},'
+            '{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}]}]}'
+            % zeros(2 * 32000))
+    return "/v1/messages", body.encode()
+
+
+def turns_30k():
+    msgs = []
+    for i in range(30000):
+        msgs.append({"role": "user" if i % 2 == 0 else "assistant", "content": "t%d" % i})
+    msgs.append({"role": "user", "content": "last"})
+    return "/v1/messages", json.dumps({"model": "sonnet", "max_tokens": 10, "messages": msgs}).encode()
+
+
+def peak_case(name, path_body, n=8):
+    with tempfile.TemporaryDirectory() as tmp:
+        p, base = start(tmp)
+        try:
+            # Warm up: one small request, so the rise is the bodies' cost.
+            post(base, "/v1/messages", {"model": "sonnet", "max_tokens": 5,
+                                        "messages": [{"role": "user", "content": "hi"}]})
+            time.sleep(0.3)
+            before = status(p.pid, "VmRSS")
+            path, body = path_body
+            t0 = time.time()
+            with cf.ThreadPoolExecutor(n) as ex:
+                codes = list(ex.map(lambda _: post(base, path, body), range(n)))
+            took = time.time() - t0
+            peak = status(p.pid, "VmHWM")
+            print(f"{name:16s} statuses {sorted(set(codes))}  rss before {before / MIB:7.1f} MiB  "
+                  f"peak rise {(peak - before) / MIB:7.1f} MiB  ({took:.1f} s)")
+            return peak - before
+        finally:
+            p.terminate()
+            p.wait(10)
+
+
+def health_case():
+    with tempfile.TemporaryDirectory() as tmp:
+        p, base = start(tmp)
+        try:
+            path, body = turns_30k()
+            lat = []
+            with cf.ThreadPoolExecutor(4) as ex:
+                futs = [ex.submit(post, base, path, body) for _ in range(2)]
+                for _ in range(40):
+                    t0 = time.time()
+                    urllib.request.urlopen(base + "/health", timeout=30).read()
+                    lat.append(time.time() - t0)
+                    if all(f.done() for f in futs):
+                        break
+                    time.sleep(0.05)
+                codes = [f.result() for f in futs]
+            print(f"{'turns-30k':16s} statuses {sorted(set(codes))}  /health max {max(lat) * 1000:.0f} ms "
+                  f"over {len(lat)} GETs")
+        finally:
+            p.terminate()
+            p.wait(10)
+
+
+if __name__ == "__main__":
+    print(f"binary: {BIN}")
+    cases = sys.argv[1:] or ["arrays-tools", "arrays-history", "arrays-at-budget",
+                             "count-tokens", "turns-30k"]
+    for c in cases:
+        if c == "arrays-tools":
+            peak_case(c, arrays_tools())
+        elif c == "arrays-history":
+            peak_case(c, arrays_history())
+        elif c == "arrays-at-budget":
+            peak_case(c, arrays_at_budget())
+        elif c == "count-tokens":
+            peak_case(c, arrays_history("/v1/messages/count_tokens"))
+        elif c == "turns-30k":
+            health_case()

@@ -1,0 +1,235 @@
+//! Request fields the APIs bound, checked while they are parsed (so an oversized value is
+//! refused before it is ever held as a tree).
+//!
+//! **Trees by cost.** Client JSON kept as a [`Value`] tree (tool schemas, tool inputs,
+//! content sources, option objects) costs about 80 bytes per JSON value, and the tree is
+//! copied on its way to the CLI (request, conversation, presentation): a megabyte of
+//! `[0,0,…]` was 35–220 MB of heap per request. Such fields are read as raw JSON first
+//! ([`tree`], [`trees`]), their values counted against the request's budget
+//! ([`MAX_TREE_VALUES`], set by [`with_tree_budget`] around the body's parse), and only
+//! then parsed. A request over the budget is a 400 before any tree is built.
+
+use std::cell::Cell;
+
+use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
+use serde::Deserialize as _;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// The most JSON values a request may hold in its tree-shaped fields together (tool
+/// schemas, tool calls' inputs, sources, option objects): about 2.5 MB per copy of the
+/// trees. Text, messages and other typed fields do not count.
+pub const MAX_TREE_VALUES: usize = 32_768;
+
+thread_local! {
+    /// The values the request being parsed on this thread may still hold as trees (None:
+    /// not inside [`with_tree_budget`], no bound).
+    static BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Runs a request body's parse with a budget of `values` tree values.
+pub fn with_tree_budget<R>(values: usize, parse: impl FnOnce() -> R) -> R {
+    let before = BUDGET.with(|b| b.replace(Some(values)));
+    let r = parse();
+    BUDGET.with(|b| b.set(before));
+    r
+}
+
+/// The JSON values in `raw` (each scalar, array and object entry): brackets and commas
+/// outside strings, plus one.
+pub fn count_values(raw: &str) -> usize {
+    let (mut n, mut in_string, mut escaped) = (1usize, false, false);
+    for &c in raw.as_bytes() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'[' | b'{' | b',' => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+fn charge<E: serde::de::Error>(raw: &RawValue) -> Result<(), E> {
+    BUDGET.with(|b| match b.get() {
+        None => Ok(()),
+        Some(left) => {
+            let n = count_values(raw.get());
+            if n > left {
+                b.set(Some(0));
+                Err(E::custom(format!(
+                    "the request holds more than {MAX_TREE_VALUES} JSON values in tool schemas, tool inputs and other structured fields"
+                )))
+            } else {
+                b.set(Some(left - n));
+                Ok(())
+            }
+        }
+    })
+}
+
+/// An optional tree-shaped field, charged to the request's budget before it is parsed.
+/// Use with `#[serde(default, deserialize_with = "…")]` on an `Option<Value>` field.
+pub fn tree<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    let Some(raw) = Option::<Box<RawValue>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    charge(&raw)?;
+    match serde_json::from_str::<Value>(raw.get()).map_err(D::Error::custom)? {
+        Value::Null => Ok(None),
+        v => Ok(Some(v)),
+    }
+}
+
+/// An optional list of tree-shaped values (`tools`), charged as [`tree`].
+pub fn trees<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Value>>, D::Error> {
+    let Some(raw) = Option::<Box<RawValue>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    charge(&raw)?;
+    serde_json::from_str(raw.get()).map_err(D::Error::custom)
+}
+
+/// The most `metadata` pairs (OpenAI: 16).
+pub const METADATA_MAX_PAIRS: usize = 16;
+/// The longest `metadata` key, in characters (OpenAI: 64).
+pub const METADATA_KEY_MAX_CHARS: usize = 64;
+/// The longest `metadata` value, in characters (OpenAI: 512).
+pub const METADATA_VALUE_MAX_CHARS: usize = 512;
+
+/// `metadata` (OpenAI Responses and Chat Completions): null, or an object of at most 16
+/// string pairs, keys up to 64 and values up to 512 characters. Use with
+/// `#[serde(default, deserialize_with = "…")]` on an `Option<Value>` field.
+pub fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    struct Visit;
+    impl<'de> Visitor<'de> for Visit {
+        type Value = Option<Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "`metadata`: an object of at most {METADATA_MAX_PAIRS} string key-value pairs"
+            )
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<Value>, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<Value>, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Option<Value>, D2::Error> {
+            d.deserialize_any(Visit)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.len() == METADATA_MAX_PAIRS {
+                    return Err(A::Error::custom(format!(
+                        "`metadata` may have at most {METADATA_MAX_PAIRS} key-value pairs"
+                    )));
+                }
+                if key.chars().count() > METADATA_KEY_MAX_CHARS {
+                    return Err(A::Error::custom(format!(
+                        "`metadata` keys may be at most {METADATA_KEY_MAX_CHARS} characters"
+                    )));
+                }
+                let value: String = map
+                    .next_value()
+                    .map_err(|_| A::Error::custom(format!("`metadata.{key}` must be a string")))?;
+                if value.chars().count() > METADATA_VALUE_MAX_CHARS {
+                    return Err(A::Error::custom(format!(
+                        "`metadata` values may be at most {METADATA_VALUE_MAX_CHARS} characters"
+                    )));
+                }
+                out.insert(key, Value::String(value));
+            }
+            Ok(Some(Value::Object(out)))
+        }
+    }
+    d.deserialize_option(Visit)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Trees {
+        #[serde(default, deserialize_with = "super::tree")]
+        a: Option<serde_json::Value>,
+        #[serde(default, deserialize_with = "super::trees")]
+        b: Option<Vec<serde_json::Value>>,
+    }
+
+    #[test]
+    fn values_are_counted_outside_strings() {
+        assert_eq!(super::count_values("0"), 1);
+        assert_eq!(super::count_values("[0,0,0]"), 4);
+        assert_eq!(super::count_values(r#"{"a":"x,[{","b":[1]}"#), 4);
+        assert_eq!(super::count_values(r#""a\"b,""#), 1);
+    }
+
+    #[test]
+    fn trees_share_the_request_budget() {
+        let parse = |s: &str| serde_json::from_str::<Trees>(s).map_err(|e| e.to_string());
+        let r = super::with_tree_budget(10, || parse(r#"{"a":[1,2,3],"b":[{"x":1},{"y":2}]}"#));
+        let r = r.unwrap();
+        assert_eq!(r.a, Some(serde_json::json!([1, 2, 3])));
+        assert_eq!(r.b.unwrap().len(), 2);
+        let e = super::with_tree_budget(5, || parse(r#"{"a":[1,2,3],"b":[{"x":1},{"y":2}]}"#))
+            .err()
+            .unwrap();
+        assert!(e.contains("more than"), "{e}");
+        // Outside a budget (a tree parsed from a tree) nothing is bounded.
+        let big = format!("{{\"a\":[{}]}}", vec!["0"; 100].join(","));
+        assert!(parse(&big).is_ok());
+        assert_eq!(parse(r#"{"a":null}"#).unwrap().a, None);
+    }
+
+    #[derive(Deserialize)]
+    struct Req {
+        #[serde(default, deserialize_with = "super::metadata")]
+        metadata: Option<serde_json::Value>,
+    }
+
+    fn parse(s: &str) -> Result<Option<serde_json::Value>, String> {
+        serde_json::from_str::<Req>(s)
+            .map(|r| r.metadata)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn metadata_is_at_most_16_string_pairs() {
+        assert_eq!(parse("{}").unwrap(), None);
+        assert_eq!(parse(r#"{"metadata":null}"#).unwrap(), None);
+        assert_eq!(
+            parse(r#"{"metadata":{"a":"b"}}"#).unwrap(),
+            Some(serde_json::json!({"a": "b"}))
+        );
+        let pairs: Vec<String> = (0..17).map(|i| format!("\"k{i}\":\"v\"")).collect();
+        let e = parse(&format!("{{\"metadata\":{{{}}}}}", pairs.join(","))).unwrap_err();
+        assert!(e.contains("at most 16"), "{e}");
+        let e = parse(r#"{"metadata":{"a":[0,0,0]}}"#).unwrap_err();
+        assert!(e.contains("`metadata.a` must be a string"), "{e}");
+        let e = parse(&format!(
+            "{{\"metadata\":{{\"{}\":\"v\"}}}}",
+            "k".repeat(65)
+        ))
+        .unwrap_err();
+        assert!(e.contains("keys may be at most 64"), "{e}");
+        let e = parse(&format!(
+            "{{\"metadata\":{{\"k\":\"{}\"}}}}",
+            "v".repeat(513)
+        ))
+        .unwrap_err();
+        assert!(e.contains("values may be at most 512"), "{e}");
+        assert!(parse(r#"{"metadata":[1]}"#).is_err());
+    }
+}
