@@ -159,6 +159,12 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         Ok(t) => t,
         Err(e) => return cx.error(e),
     };
+    // A model alias of the rules names the model the CLI runs (the ledger and the answer
+    // keep the name asked for).
+    let resolved = cx.rules.resolve_model(&turn.model);
+    if resolved != turn.model {
+        turn.model = resolved.to_string();
+    }
     // The key's allow-lists and limits, before anything runs.
     if let Err(refused) = crate::http::keyed::admit(&state, &cx, cx.caller.as_ref(), &turn.model) {
         return cx.error(refused);
