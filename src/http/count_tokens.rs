@@ -92,7 +92,7 @@ pub async fn count_tokens(
         .extensions()
         .get::<crate::http::keyed::Caller>()
         .map(|c| c.0.clone());
-    crate::http::keyed::on_finish(&state, &cx, key, None);
+    crate::http::keyed::on_finish(&state, &cx, key);
     let limit = state.settings.request_body_limit;
     let body: CountRequest = match parse_body(Bytes::from_request(req, &state).await, limit) {
         Ok(b) => b,

@@ -120,6 +120,8 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
             .extensions()
             .get::<crate::http::keyed::Caller>()
             .cloned();
+        // The ledger row and per-key counters, whatever answers (the closed gate too).
+        crate::http::keyed::on_finish(state, &cx, cx.caller.as_ref().map(|c| c.0.clone()));
         if cx.caller.is_some() {
             // The key passed the API key layer; only its digest is kept.
             cx.tenant = crate::http::presented_key(&req)

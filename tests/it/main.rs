@@ -24,6 +24,7 @@ mod real_responses;
 mod real_structured;
 mod real_tool_gateway;
 mod real_tools;
+mod real_windows;
 mod reload;
 mod responses;
 mod router;
