@@ -80,6 +80,7 @@ RUN groupadd --system --gid 10001 ccgate \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/ccgate \
         --create-home --shell /usr/sbin/nologin ccgate \
  && install -d -o 10001 -g 10001 -m 0700 /home/ccgate/.claude \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/ccgate \
  && install -d -m 0755 /etc/ccgate
 
 COPY --from=build /usr/local/bin/ccgate /usr/local/bin/ccgate
@@ -94,9 +95,11 @@ ENV HOME=/home/ccgate \
     DISABLE_AUTOUPDATER=1 \
     DISABLE_TELEMETRY=1 \
     CCGATE_LISTEN=0.0.0.0:8000 \
-    CCGATE_RULES=/etc/ccgate/rules.yaml
+    CCGATE_RULES=/etc/ccgate/rules.yaml \
+    CCGATE_STATE__PATH=/var/lib/ccgate/ccgate.db
 
-VOLUME ["/home/ccgate/.claude"]
+# The CLI's login, and ccgate's state store (the usage ledger).
+VOLUME ["/home/ccgate/.claude", "/var/lib/ccgate"]
 WORKDIR /home/ccgate
 # Numeric, so Kubernetes runAsNonRoot can verify it.
 USER 10001:10001

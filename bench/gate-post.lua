@@ -4,6 +4,11 @@ wrk.method = "POST"
 wrk.path = "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model":"sonnet","messages":[{"role":"user","content":"hello"}]}'
+-- BENCH_KEYS: the key of the bench's keys file.
+local auth = os.getenv("BENCH_AUTH")
+if auth then
+  wrk.headers["Authorization"] = auth
+end
 
 local threads = {}
 

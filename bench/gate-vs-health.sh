@@ -12,7 +12,9 @@
 # the machine is shared, so look at every round and the median), BENCH_SECS (default 10), BENCH_CONNS (default 32),
 # BENCH_LOG (where ccgate's stderr goes, default a file in the temp dir; /dev/null is the
 # cheapest sink), BENCH_LOG_FORMAT (text or json, default text), BENCH_BIN (a ccgate
-# binary to measure instead of building this checkout, e.g. an older build), CARGO_TARGET_DIR.
+# binary to measure instead of building this checkout, e.g. an older build), BENCH_KEYS
+# (set: a keys file with one key with limits, which the gated POST carries; the usage
+# ledger is on in any case for a build with issue 23), CARGO_TARGET_DIR.
 # Needs wrk (Debian: apt-get install -y wrk).
 set -eu
 
@@ -56,6 +58,13 @@ echo "== load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 echo "== starting ccgate (fake CLI logged out; log: $LOG, format $FORMAT)"
 # From the temp dir so no config/ccgate.yaml applies; the listen address is found with ss
 # (the log may go to /dev/null).
+if [ -n "${BENCH_KEYS:-}" ]; then
+    printf 'keys:\n  - name: bench\n    sha256: "%s"\n    limits:\n      requests_per_minute: 1000000000\n' \
+        "$(printf %s bench-key | sha256sum | cut -d' ' -f1)" >"$TMP/keys.yaml"
+    CCGATE_KEYS=$TMP/keys.yaml
+    BENCH_AUTH="Bearer bench-key"
+    export CCGATE_KEYS BENCH_AUTH
+fi
 cd "$TMP"
 CCGATE_CLI__COMMAND=$ROOT/tests/fake-claude \
     FAKE_CLAUDE_SCENARIO=not_logged_in \
@@ -90,6 +99,7 @@ until curl -s "$URL/metrics" | grep -q '^ccgate_cli_health_ok 0$'; do
     sleep 0.1
 done
 code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+    -H "Authorization: ${BENCH_AUTH:-none}" \
     -d '{"model":"sonnet","messages":[{"role":"user","content":"hello"}]}' "$URL/v1/chat/completions")
 [ "$code" = 401 ] || { echo "gated POST answered $code, not 401" >&2; exit 1; }
 echo "ccgate pid $PID on $URL: gate closed (401)"

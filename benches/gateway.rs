@@ -17,7 +17,9 @@
 //! = 32) for a fixed time each and counts errors (any non-200 or malformed body).
 //!
 //! Knobs (environment): `BENCH_N` (sequential samples per mode, default 200),
-//! `BENCH_SECS` (seconds per concurrency level, default 5).
+//! `BENCH_SECS` (seconds per concurrency level, default 5), `BENCH_GOVERNANCE` (default 1:
+//! the requests carry a key of a keys file with limits, and every request is a row of the
+//! usage ledger in a SQLite store; 0: no keys, no store, as before issue 23).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -72,7 +74,15 @@ struct Gateway {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-async fn start_gateway(dir: &Path, cli: &Path, workdir: &Path) -> anyhow::Result<Gateway> {
+/// The key the requests carry with `BENCH_GOVERNANCE` on.
+const BENCH_KEY: &str = "bench-key";
+
+async fn start_gateway(
+    dir: &Path,
+    cli: &Path,
+    workdir: &Path,
+    governance: bool,
+) -> anyhow::Result<Gateway> {
     let rules_text = rules_without_probe();
     let rules_path = dir.join("rules.yaml");
     std::fs::write(&rules_path, &rules_text)?;
@@ -97,11 +107,28 @@ async fn start_gateway(dir: &Path, cli: &Path, workdir: &Path) -> anyhow::Result
         .cli
         .env
         .insert("FAKE_CLAUDE_SCENARIO".into(), "success".into());
+    if governance {
+        let keys = dir.join("keys.yaml");
+        std::fs::write(
+            &keys,
+            format!(
+                "keys:\n  - name: bench\n    sha256: \"{}\"\n    limits:\n      requests_per_minute: 1000000000\n      tokens_per_day: 1000000000000\n",
+                ccgate::rules::sha256_hex(BENCH_KEY.as_bytes())
+            ),
+        )?;
+        config.keys = Some(keys);
+        config.state.path = dir.join("state/ccgate.db");
+    }
     let settings = config.compile()?;
     let backend = Backend::new(settings.cli_settings(workdir.to_path_buf()));
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let state = AppState::new(settings, rules, backend);
+    let store = if governance {
+        Some(ccgate::store::Store::open_sqlite(&settings.state.path).await?)
+    } else {
+        None
+    };
+    let state = AppState::build(settings, rules, backend, store).map_err(anyhow::Error::msg)?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(ccgate::serve(listener, state, async move {
         let _ = rx.await;
@@ -290,16 +317,26 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let workdir = dir.path().join("work");
     std::fs::create_dir_all(&workdir)?;
-    let mut gw = start_gateway(dir.path(), &cli, &workdir).await?;
+    let governance = env_num("BENCH_GOVERNANCE", 1) != 0;
+    let mut gw = start_gateway(dir.path(), &cli, &workdir, governance).await?;
     let url = format!("{}/v1/chat/completions", gw.base);
+    let mut headers = reqwest::header::HeaderMap::new();
+    if governance {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {BENCH_KEY}"))?,
+        );
+    }
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
         .build()?;
 
     println!(
-        "ccgate gateway benchmark: fake CLI {}, {n} sequential samples per mode, {secs} s per concurrency level",
-        cli.display()
+        "ccgate gateway benchmark: fake CLI {}, {n} sequential samples per mode, {secs} s per concurrency level, keys with limits and the usage ledger {}",
+        cli.display(),
+        if governance { "on" } else { "off (BENCH_GOVERNANCE=0)" }
     );
     let direct_run = DirectRun::new(&workdir);
     // Warm-up: page cache, connection pool, allocator.

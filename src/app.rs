@@ -1,7 +1,8 @@
 //! App wiring: [`serve`] runs the HTTP router on a listener together with the background
 //! tasks a serving process owns (the health probe, SIGHUP reloads, the rules file watcher,
-//! the pre-warmed pool's maintainer, the usage ledger's writer and its retention purge), all stopped by one shutdown signal and all
-//! awaited before it returns. `conn` is the accept loop and the client connections, with
+//! the pre-warmed pool's maintainer, the usage ledger's writer and its retention purge),
+//! all stopped by one shutdown signal and awaited before it returns (the ledger's writer
+//! is flushed after the last request ended). `conn` is the accept loop and the client connections, with
 //! their timeouts and cap.
 
 mod conn;

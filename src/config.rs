@@ -42,7 +42,8 @@ pub struct Config {
     pub rules: PathBuf,
     /// Reload the rules when the file changes (SIGHUP always reloads).
     pub watch_rules: bool,
-    /// When non-empty, `/v1/*` and `/admin/*` require one of these keys.
+    /// Client keys: when any key exists (here or in `keys`), `/v1/*` requires one
+    /// (`/admin/*` an admin key of the keys file).
     pub api_keys: Vec<String>,
     /// Needed to bind a non-loopback address without `api_keys`.
     pub allow_unauthenticated: bool,

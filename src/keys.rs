@@ -85,7 +85,8 @@ pub struct LimitsDef {
     #[serde(default)]
     #[schemars(with = "Option<u64>")]
     pub tokens_per_day: Option<Spanned<i64>>,
-    /// Share (0 < share ≤ 1) of its account's 5-hour plan window this key may use.
+    /// Share (0 < share ≤ 1) of its account's 5-hour plan window this key may use. Not
+    /// supported yet: refused by the loader (it needs the accounts' plan windows).
     #[serde(default)]
     #[schemars(with = "Option<f64>")]
     pub window_share: Option<Spanned<f64>>,
@@ -535,7 +536,13 @@ fn compile_limits(l: LimitsDef, p: &mut Problems) -> Limits {
     let tokens_per_day = count("tokens_per_day", l.tokens_per_day);
     let window_share = l.window_share.and_then(|s| {
         if s.value.is_finite() && s.value > 0.0 && s.value <= 1.0 {
-            Some(s.value)
+            // Refused rather than accepted and ignored: it needs the accounts' plan
+            // windows (`get_usage`), which this build does not read yet.
+            p.at(
+                s.referenced,
+                "limits.window_share is not supported yet (it needs the accounts' plan windows); leave it out",
+            );
+            None
         } else {
             p.at(
                 s.referenced,
@@ -608,7 +615,7 @@ mod tests {
     #[test]
     fn loads_and_looks_up_in_constant_time() {
         let text = format!(
-            "keys:\n  - name: alice\n    sha256: \"{}\"\n    role: client\n    models: [Sonnet]\n    limits:\n      concurrent: 2\n      window_share: 0.25\n    expires: 2099-01-01T00:00:00Z\n  - name: root\n    sha256: {}\n    role: admin\n",
+            "keys:\n  - name: alice\n    sha256: \"{}\"\n    role: client\n    models: [Sonnet]\n    limits:\n      concurrent: 2\n    expires: 2099-01-01T00:00:00Z\n  - name: root\n    sha256: {}\n    role: admin\n",
             digest_of("alice-key"),
             digest_of("root-key")
         );
@@ -678,6 +685,19 @@ mod tests {
         .to_string();
         assert!(
             e.contains("unknown account `nobody` (known: seat-1)"),
+            "{e}"
+        );
+        let e = compile_keys(
+            &format!("keys:\n  - name: a\n    sha256: {d}\n    limits:\n      window_share: 0.5\n"),
+            "k.yaml",
+            &[],
+            &[],
+            NOW,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("k.yaml:5:21: limits.window_share is not supported yet"),
             "{e}"
         );
     }

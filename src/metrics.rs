@@ -124,8 +124,9 @@ pub struct Metrics {
     /// Per API key (label: the key's name, never key material).
     pub key_requests: Family<KeyLabels, Counter>,
     pub key_tokens: Family<KeyTokenLabels, Counter>,
-    /// Usage ledger rows dropped because its buffer was full.
-    pub ledger_rows_dropped: Counter,
+    /// Usage ledger rows dropped because its buffer was full (no series until the first
+    /// drop: the label set is empty).
+    pub ledger_rows_dropped: Family<Vec<(String, String)>, Counter>,
     /// Requests refused by a key's limits, by key.
     pub key_limited: Family<KeyLabels, Counter>,
     accounts: AccountHealths,
@@ -458,7 +459,7 @@ impl Metrics {
             "Requests refused with 429 by a key's limits, by API key name",
             key_limited.clone(),
         );
-        let ledger_rows_dropped = Counter::default();
+        let ledger_rows_dropped = Family::<Vec<(String, String)>, Counter>::default();
         registry.register(
             "ccgate_ledger_rows_dropped",
             "Usage ledger rows dropped because the write buffer (state.buffer_rows) was full",
@@ -541,6 +542,11 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// One usage ledger row dropped (the buffer was full).
+    pub fn count_ledger_drop(&self) {
+        self.ledger_rows_dropped.get_or_create(&Vec::new()).inc();
     }
 
     pub fn count_cooldown(&self, account: &str) {

@@ -121,7 +121,7 @@ pub async fn count_tokens(
         .extensions()
         .get::<crate::http::keyed::Caller>()
         .map(|c| c.0.clone());
-    crate::http::keyed::on_finish(&state, &cx, key, None);
+    crate::http::keyed::on_finish(&state, &cx, key);
     let limit = state.settings.request_body_limit;
     // The permit before the body: a waiting request holds no parsed body. (The semaphore
     // is never closed.)

@@ -182,6 +182,8 @@ impl<A: Api> FromRequest<AppState> for ApiRequest<A> {
             .extensions()
             .get::<crate::http::keyed::Caller>()
             .cloned();
+        // The ledger row and per-key counters, whatever answers (the closed gate too).
+        crate::http::keyed::on_finish(state, &cx, cx.caller.as_ref().map(|c| c.0.clone()));
         if cx.caller.is_some() {
             // The key passed the API key layer; only its digest is kept.
             cx.tenant = crate::http::presented_key(&req)
@@ -222,6 +224,12 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         Ok(t) => t,
         Err(e) => return cx.error(e),
     };
+    // A model alias of the rules names the model the CLI runs (the ledger and the answer
+    // keep the name asked for).
+    let resolved = cx.rules.resolve_model(&turn.model);
+    if resolved != turn.model {
+        turn.model = resolved.to_string();
+    }
     // The key's allow-lists and limits, before anything runs.
     if let Err(refused) = crate::http::keyed::admit(&state, &cx, cx.caller.as_ref(), &turn.model) {
         return cx.error(refused);

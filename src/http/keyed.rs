@@ -18,7 +18,6 @@ use crate::http::extract::Cx;
 use crate::http::state::AppState;
 use crate::http::{new_request_id, presented_key, static_error_for, RequestId};
 use crate::keys::{Key, Lookup, Role};
-use crate::limits::Permit;
 use crate::metrics::{KeyLabels, KeyTokenLabels};
 use crate::store::LedgerRow;
 
@@ -115,53 +114,53 @@ fn add_rate_limit_headers(state: &AppState, key: &Key, resp: &mut Response) {
 }
 
 /// For an API request: the key's model allow-list and limits, checked before anything
-/// runs; then the hook that records the finished request. `model` is the model asked for
-/// (after aliases). Err is the refusal to answer with.
+/// runs. `model` is the model the CLI would run (after aliases). Err is the refusal to
+/// answer with; a concurrency slot taken is given back when the request ends.
 pub fn admit(
     state: &AppState,
     cx: &Cx,
     caller: Option<&Caller>,
     model: &str,
 ) -> Result<(), ApiError> {
-    let key = caller.map(|c| Arc::clone(&c.0));
-    let mut permit: Option<Permit> = None;
-    if let Some(k) = &key {
-        if !model.is_empty() && !k.allows_model(model) {
-            return Err(ApiError::Forbidden {
-                code: "model_not_allowed",
-                message: format!("This API key may not use the model `{model}`."),
-            });
+    let Some(Caller(k)) = caller else {
+        return Ok(());
+    };
+    if !model.is_empty() && !k.allows_model(model) {
+        return Err(ApiError::Forbidden {
+            code: "model_not_allowed",
+            message: format!("This API key may not use the model `{model}`."),
+        });
+    }
+    match state.limiter.admit(k, now()) {
+        Ok(Some(permit)) => {
+            cx.record.on_finish(Box::new(move |_| drop(permit)));
+            Ok(())
         }
-        match state.limiter.admit(k, now()) {
-            Ok(p) => permit = p,
-            Err(r) => {
-                state
-                    .metrics
-                    .key_limited
-                    .get_or_create(&KeyLabels {
-                        key: k.name.clone(),
-                    })
-                    .inc();
-                return Err(ApiError::RateLimited {
-                    limit: r.limit,
-                    message: r.message,
-                    retry_after: r.retry_after,
-                });
-            }
+        Ok(None) => Ok(()),
+        Err(r) => {
+            state
+                .metrics
+                .key_limited
+                .get_or_create(&KeyLabels {
+                    key: k.name.clone(),
+                })
+                .inc();
+            Err(ApiError::RateLimited {
+                limit: r.limit,
+                message: r.message,
+                retry_after: r.retry_after,
+            })
         }
     }
-    on_finish(state, cx, key, permit);
-    Ok(())
 }
 
-/// Records the request when it ends: ledger row, per-key counters, tokens against the
-/// key's limits; the concurrency permit is given back then.
-pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>, permit: Option<Permit>) {
+/// Records the request when it ends, whatever answered it (the health gate included):
+/// ledger row, per-key counters, tokens against the key's limits.
+pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>) {
     let ledger = state.ledger.clone();
     let limiter = Arc::clone(&state.limiter);
     let metrics = Arc::clone(&state.metrics);
     cx.record.on_finish(Box::new(move |s: &RequestSummary| {
-        drop(permit);
         let u = &s.usage;
         let total = u.input_tokens
             + u.output_tokens
@@ -215,7 +214,7 @@ pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>, permit: Optio
                 round: s.round.map(str::to_string),
             });
             if ledger.dropped() > dropped_before {
-                metrics.ledger_rows_dropped.inc();
+                metrics.count_ledger_drop();
             }
         }
     }));

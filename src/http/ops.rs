@@ -21,11 +21,17 @@ fn model_object(id: &str) -> Value {
            "type": "model", "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
 }
 
+/// `GET /v1/models`: the rules' models, then their aliases (each with `alias_for`).
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
     let rules = state.rules.load();
-    let data: Vec<Value> = rules.models().iter().map(|m| model_object(m)).collect();
-    let first = rules.models().first().cloned();
-    let last = rules.models().last().cloned();
+    let mut data: Vec<Value> = rules.models().iter().map(|m| model_object(m)).collect();
+    for (alias, target) in rules.aliases() {
+        let mut m = model_object(alias);
+        m["alias_for"] = json!(target);
+        data.push(m);
+    }
+    let first = data.first().map(|m| m["id"].clone());
+    let last = data.last().map(|m| m["id"].clone());
     Json(json!({"object": "list", "data": data, "has_more": false,
                 "first_id": first, "last_id": last}))
 }
@@ -40,6 +46,15 @@ pub async fn model(
     let rules = state.rules.load();
     if rules.models().contains(&id) {
         return Json(model_object(&id)).into_response();
+    }
+    if let Some((alias, target)) = rules
+        .aliases()
+        .iter()
+        .find(|(a, _)| a.eq_ignore_ascii_case(&id))
+    {
+        let mut m = model_object(alias);
+        m["alias_for"] = json!(target);
+        return Json(m).into_response();
     }
     let flavour = flavour_for_request("/v1/models", &headers);
     crate::http::static_error(&state, flavour, &request_id, ApiError::UnknownModel(id))

@@ -483,6 +483,7 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
         }
     };
 
+    let aliases = compile_aliases(file.aliases.as_ref(), &file.models, p);
     let fallback = fallback?;
     Some(Rules {
         origin: String::new(),
@@ -490,11 +491,75 @@ fn compile(file: RulesFile, p: &mut Problems) -> Option<Rules> {
         warnings: Vec::new(),
         probe,
         models: file.models,
+        aliases,
         kinds,
         fallback,
         markers: automaton,
         markers_count,
     })
+}
+
+/// Most model aliases.
+pub const MAX_ALIASES: usize = 1000;
+
+/// Checks `aliases:`: an alias is a valid model name, never a real model id (one of
+/// `models`, or a `claude-…` id), unique regardless of case, and its target is no alias.
+fn compile_aliases(
+    def: Option<&Spanned<BTreeMap<String, String>>>,
+    models: &[String],
+    p: &mut Problems,
+) -> Vec<(String, String)> {
+    let Some(def) = def else {
+        return Vec::new();
+    };
+    let at = def.referenced;
+    if def.value.len() > MAX_ALIASES {
+        p.at(at, format!("more than {MAX_ALIASES} aliases"));
+        return Vec::new();
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (alias, target) in &def.value {
+        let lower = alias.trim().to_ascii_lowercase();
+        let (alias_s, target_s) = (clip(alias, 80), clip(target, 80));
+        if lower.is_empty() || alias.len() > 256 || alias.chars().any(char::is_control) {
+            p.at(
+                at,
+                format!("alias `{alias_s}` must be 1-256 characters without controls"),
+            );
+        } else if models.iter().any(|m| m.eq_ignore_ascii_case(&lower))
+            || lower.starts_with("claude-")
+        {
+            p.at(
+                at,
+                format!(
+                    "alias `{alias_s}` shadows a real model id; an alias needs a name of its own"
+                ),
+            );
+        } else if out.iter().any(|(a, _)| *a == lower) {
+            p.at(
+                at,
+                format!("alias `{alias_s}` is given twice (aliases ignore case)"),
+            );
+        } else if target.trim().is_empty() || target.len() > 256 {
+            p.at(
+                at,
+                format!("alias `{alias_s}`: its target must be a model name (1-256 characters)"),
+            );
+        } else if def
+            .value
+            .keys()
+            .any(|a| a.eq_ignore_ascii_case(target.trim()))
+        {
+            p.at(
+                at,
+                format!("alias `{alias_s}` points to another alias (`{target_s}`); name the model"),
+            );
+        } else {
+            out.push((lower, target.trim().to_string()));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The fields a kind and the fallback share (serde's `deny_unknown_fields` does not work

@@ -244,6 +244,8 @@ pub struct Rules {
     pub(crate) warnings: Vec<Problem>,
     pub(crate) probe: ProbeSettings,
     pub(crate) models: Vec<String>,
+    /// (alias lower-cased, target), sorted by alias.
+    pub(crate) aliases: Vec<(String, String)>,
     pub(crate) kinds: Vec<load::CompiledKind>,
     pub(crate) fallback: load::CompiledKind,
     pub(crate) markers: Option<load::MarkerIndex>,
@@ -307,6 +309,26 @@ impl Rules {
                 }
             })
             .collect()
+    }
+
+    /// The model aliases: (alias, target), sorted by alias.
+    pub fn aliases(&self) -> &[(String, String)] {
+        &self.aliases
+    }
+
+    /// The model the CLI runs for `model`: an alias's target (case-insensitive), else
+    /// `model` itself.
+    pub fn resolve_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.aliases
+            .binary_search_by(|(a, _)| a.as_str().cmp(model))
+            .ok()
+            .or_else(|| {
+                let lower = model.to_ascii_lowercase();
+                self.aliases
+                    .binary_search_by(|(a, _)| a.as_str().cmp(lower.as_str()))
+                    .ok()
+            })
+            .map_or(model, |i| self.aliases[i].1.as_str())
     }
 
     /// Hex SHA-256 of the source text.

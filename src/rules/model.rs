@@ -27,6 +27,11 @@ pub struct RulesFile {
     /// Model ids served by `GET /v1/models`.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Model aliases: a name clients send (e.g. `gpt-4o`) → the model the CLI runs (e.g.
+    /// `sonnet`). Listed by `GET /v1/models`; an alias never shadows a real model id.
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub aliases: Option<Spanned<BTreeMap<String, String>>>,
     /// Failure kinds, in match order: the first kind with any matching matcher wins.
     #[serde(default)]
     pub kinds: Vec<KindDef>,

@@ -520,3 +520,83 @@ fn check_schema_and_keys_new() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn model_aliases_run_their_target_and_are_listed() {
+    let rules = crate::harness::default_rules_with_probe(0.0, 0.0, 5.0)
+        + "\naliases:\n  gpt-4o: sonnet\n  GPT-4o-mini: haiku\n";
+    let s = TestServer::start(Opts {
+        rules_yaml: Some(rules),
+        keys_yaml: Some(keys_yaml("")),
+        ..Opts::default()
+    })
+    .await;
+    let mut body = chat_body("hi", false);
+    body["model"] = json!("gpt-4o");
+    let (st, _, v) = call(&s, "/v1/chat/completions", "bob-key", &body).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["model"], "gpt-4o", "the answer names the model asked for");
+    let log = std::fs::read_to_string(&s.log_file).unwrap();
+    assert!(log.contains("ARG:--model=sonnet"), "{log}");
+    assert!(!log.contains("ARG:gpt-4o"), "{log}");
+    // alice may use sonnet: an alias of it is sonnet too.
+    let (st, _, v) = call(&s, "/v1/chat/completions", "alice-key", &body).await;
+    assert_eq!(st, 200, "{v}");
+    body["model"] = json!("gpt-4o-mini");
+    let (st, _, v) = call(&s, "/v1/chat/completions", "alice-key", &body).await;
+    assert_eq!(st, 403, "haiku is not alice's: {v}");
+    // Listed, and retrievable.
+    let (_, text) = get(&s, "/v1/models", "bob-key").await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["sonnet", "opus", "haiku", "gpt-4o", "gpt-4o-mini"]);
+    assert_eq!(v["data"][4]["alias_for"], "haiku");
+    let (st, text) = get(&s, "/v1/models/gpt-4o", "bob-key").await;
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains("\"alias_for\":\"sonnet\""), "{text}");
+    // The ledger keeps the name asked for.
+    let (_, text) = get(&s, "/admin/usage?group_by=model", "root-key").await;
+    assert!(text.contains("\"model\":\"gpt-4o\""), "{text}");
+}
+
+#[test]
+fn aliases_never_shadow_real_models() {
+    let base = crate::harness::default_rules_with_probe(0.0, 0.0, 5.0);
+    for (aliases, want) in [
+        ("  sonnet: opus\n", "alias `sonnet` shadows a real model id"),
+        (
+            "  claude-sonnet-4-5: opus\n",
+            "alias `claude-sonnet-4-5` shadows a real model id",
+        ),
+        (
+            "  a: b\n  b: sonnet\n",
+            "alias `a` points to another alias (`b`)",
+        ),
+        ("  X: sonnet\n  x: opus\n", "is given twice"),
+    ] {
+        let text = format!("{base}\naliases:\n{aliases}");
+        let e = ccgate::rules::Rules::from_yaml(&text, "r.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{aliases}: {e}");
+        assert!(e.contains("r.yaml:"), "{e}");
+    }
+}
+
+#[test]
+fn committed_keys_schema_is_current() {
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schema/keys.schema.json"
+    ))
+    .unwrap();
+    assert!(
+        committed == ccgate::keys::schema_json(),
+        "schema/keys.schema.json is stale: run `cargo run -- schema keys > schema/keys.schema.json`"
+    );
+}

@@ -27,6 +27,7 @@
 //! ([`tool_use_id`]). [`RecordedRequest::tool_results`] gives the `tool_result` blocks a
 //! request carried, so a test can assert that a client's result reached the model as a
 //! real tool result.
+//! | `unified:<5h>,<7d>[,<overage status>[,in_use]]` | like `ok`, with the unified rate-limit headers of an allowed subscription request (utilizations 0-1; the 5-hour window resets in an hour, the 7-day one in three days) |
 //! | `usage429:<epoch s>` | until then a subscription usage limit: 429 with the unified rate-limit headers (`anthropic-ratelimit-unified-status: rejected`, reset = the epoch); from then on like `ok` |
 //!
 //! Every request (any path, any method) is recorded; anything other than
@@ -259,6 +260,27 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
         Some(_) => ("ok", DEFAULT_TEXT),
         None => (name, text),
     };
+    // ---- an answer with the unified rate-limit headers of a subscription
+    if name == "unified" {
+        let headers = unified_headers(text, now);
+        let mut resp = if stream {
+            sse(
+                n,
+                st.shutdown,
+                sse_frames(n, &model, DEFAULT_TEXT, "end_turn"),
+                ms(0),
+                End::Close,
+            )
+        } else {
+            message_json(n, &model, DEFAULT_TEXT, "end_turn")
+        };
+        for (k, v) in headers {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.headers_mut().insert(k, v);
+            }
+        }
+        return resp;
+    }
     // ---- structured output and thinking scenarios
     if let Some(blocks) = structured_or_thinking(name, text, &body) {
         let stop = if matches!(blocks.first(), Some(MockBlock::Tool(..))) {
@@ -691,6 +713,47 @@ fn usage_limit(n: u64, reset: u64) -> Response {
         b = b.header(k, v);
     }
     with_request_id(b.body(Body::from(body.to_string())), n)
+}
+
+/// The unified rate-limit headers of an allowed subscription request. `spec` is
+/// `<5h utilization>,<7d utilization>[,<overage status>[,in_use]]` (utilization 0-1); the
+/// 5-hour window resets in an hour, the 7-day one in three days.
+fn unified_headers(spec: &str, now: u64) -> Vec<(&'static str, String)> {
+    let mut parts = spec.split(',');
+    let five = parts.next().unwrap_or("0").to_string();
+    let seven = parts.next().unwrap_or("0").to_string();
+    let overage = parts.next().unwrap_or("allowed").to_string();
+    let in_use = parts.next() == Some("in_use");
+    let (r5, r7) = ((now + 3600).to_string(), (now + 3 * 86_400).to_string());
+    let mut h = vec![
+        ("anthropic-ratelimit-unified-status", "allowed".to_string()),
+        ("anthropic-ratelimit-unified-reset", r5.clone()),
+        (
+            "anthropic-ratelimit-unified-representative-claim",
+            "five_hour".to_string(),
+        ),
+        (
+            "anthropic-ratelimit-unified-5h-status",
+            "allowed".to_string(),
+        ),
+        ("anthropic-ratelimit-unified-5h-reset", r5),
+        ("anthropic-ratelimit-unified-5h-utilization", five),
+        (
+            "anthropic-ratelimit-unified-7d-status",
+            "allowed".to_string(),
+        ),
+        ("anthropic-ratelimit-unified-7d-reset", r7.clone()),
+        ("anthropic-ratelimit-unified-7d-utilization", seven),
+        ("anthropic-ratelimit-unified-overage-status", overage),
+        ("anthropic-ratelimit-unified-overage-reset", r7),
+    ];
+    if in_use {
+        h.push((
+            "anthropic-ratelimit-unified-overage-in-use",
+            "true".to_string(),
+        ));
+    }
+    h
 }
 
 fn error(n: u64, status: u16, kind: &str, message: &str) -> Response {
