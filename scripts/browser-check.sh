@@ -40,6 +40,7 @@ keys:
       requests_per_minute: 100
 KEYS
 FAKE_CLAUDE_SCENARIO_FILE="$work/scenario" \
+FAKE_CLAUDE_WINDOWS="0.42,0.1" \
 CCGATE_LISTEN="127.0.0.1:$port" \
 CCGATE_WATCH_RULES=false \
 CCGATE_KEYS="$work/keys.yaml" \

@@ -149,7 +149,8 @@ need(re.search(r"^HEALTHCHECK .*", d, re.M) and "/health" in d, "HEALTHCHECK on 
 need(re.search(r'^CMD \["ccgate", "serve"\]$', d, re.M), 'CMD ["ccgate", "serve"]')
 need(re.search(r"^EXPOSE 8000$", d, re.M), "EXPOSE 8000")
 need("CCGATE_LISTEN=0.0.0.0:8000" in d and "CCGATE_RULES=/etc/ccgate/rules.yaml" in d, "ENV CCGATE_LISTEN / CCGATE_RULES")
-need("CLAUDE_CONFIG_DIR=/home/ccgate/.claude" in d and 'VOLUME ["/home/ccgate/.claude"]' in d, "CLAUDE_CONFIG_DIR volume")
+need("CLAUDE_CONFIG_DIR=/home/ccgate/.claude" in d and re.search(r'^VOLUME \[.*"/home/ccgate/\.claude".*\]$', d, re.M), "CLAUDE_CONFIG_DIR volume")
+need("CCGATE_STATE__PATH=/var/lib/ccgate/ccgate.db" in d and re.search(r'^VOLUME \[.*"/var/lib/ccgate".*\]$', d, re.M), "state store volume")
 for src in re.findall(r"^COPY (?!--from)(\S+) \S+$", d, re.M):
     if src != "." and not os.path.exists(src):
         warns.append(f"COPY source {src} does not exist yet: `docker build` fails until it does")

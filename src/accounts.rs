@@ -33,6 +33,7 @@ use crate::config::AccountSettings;
 use crate::health::{Cooldown, Health, Source};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
+use crate::protocol::PlanWindows;
 use crate::rules::{Rules, Verdict, ACCOUNT_ACTION_REQUIRED};
 use crate::shutdown::Shutdown;
 
@@ -50,6 +51,8 @@ pub struct Member {
     health: Arc<Health>,
     prober: Arc<Prober>,
     index: usize,
+    /// The plan's usage windows its last answer reported, and when.
+    windows: Mutex<Option<(PlanWindows, u64)>>,
 }
 
 impl std::fmt::Debug for Member {
@@ -107,7 +110,35 @@ impl Member {
             "suspected": h.suspected,
             "models": self.models,
             "weight": self.weight,
+            "windows": self.windows_status(),
         })
+    }
+
+    /// `windows` of the status: `{five_hour: {utilization (percent), resets_at (RFC 3339),
+    /// resets_at_unix}, …, extra_usage_in_use, observed_at}`, or null before any answer
+    /// reported them.
+    fn windows_status(&self) -> Value {
+        let seen = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((w, at)) = seen.as_ref() else {
+            return Value::Null;
+        };
+        let mut out = serde_json::Map::new();
+        for win in &w.windows {
+            out.insert(
+                win.name.clone(),
+                json!({
+                    "utilization": (win.utilization * 1000.0).round() / 10.0,
+                    "resets_at": win.resets_at.map(crate::clock::rfc3339_of_unix),
+                    "resets_at_unix": win.resets_at,
+                }),
+            );
+        }
+        out.insert("extra_usage_in_use".into(), json!(w.extra_usage_in_use));
+        out.insert(
+            "observed_at".into(),
+            json!(crate::clock::rfc3339_of_unix(*at)),
+        );
+        Value::Object(out)
     }
 }
 
@@ -159,6 +190,7 @@ impl Accounts {
             health: health.clone(),
             prober,
             index: 0,
+            windows: Default::default(),
         });
         Self::build(vec![member], health, false, metrics)
     }
@@ -200,6 +232,7 @@ impl Accounts {
                         health,
                         prober: Arc::new(prober),
                         index,
+                        windows: Default::default(),
                     })
                 })
                 .collect();
@@ -402,6 +435,15 @@ impl Accounts {
 
     /// A request on `member` succeeded: a real answer reopens an account its probe had
     /// closed (recovery need not wait for the next probe).
+    /// What an answer on `member` reported of its plan's usage windows (the CLI's
+    /// `rate_limit_event`); kept for the status until the next answer reports them.
+    pub fn observe_windows(&self, member: &Member, windows: Option<&PlanWindows>) {
+        if let Some(w) = windows {
+            *member.windows.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((w.clone(), crate::clock::unix_now()));
+        }
+    }
+
     pub fn succeeded(&self, member: &Member) {
         if !member.health.is_ok() {
             member.health.mark_ok(Source::Request);

@@ -788,6 +788,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "accounts",
     "keys",
     "state",
+    "openai",
 ];
 
 /// `CCGATE_*` variables from the given environment, as a figment provider, plus the names

@@ -682,6 +682,9 @@ impl TurnRun {
                     }
                 }
                 self.engine.succeeded(&self.account);
+                self.engine
+                    .accounts
+                    .observe_windows(&self.account, s.plan_windows.as_ref());
                 if let Some(key) = keep.filter(|_| s.tool_calls.is_empty()) {
                     let answered = key.after_answer(&s.text);
                     self.engine.accounts.remember(answered, &self.account);

@@ -57,6 +57,80 @@ pub struct Success {
     pub structured_output: Option<Value>,
     /// The top-level thinking blocks of the answer, in order.
     pub thinking: Vec<ThinkingBlock>,
+    /// The plan's usage windows the run's last `rate_limit_event` reported.
+    pub plan_windows: Option<PlanWindows>,
+}
+
+/// The subscription's usage windows as the CLI reports them after an answer (its
+/// `rate_limit_event`: `unifiedWindows`, or one `rateLimitType` window): each window's
+/// utilization (0–1) and reset, and whether the request was billed as extra usage.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PlanWindows {
+    pub windows: Vec<PlanWindow>,
+    /// `overageInUse` / `isUsingOverage`: billed beyond the plan.
+    pub extra_usage_in_use: Option<bool>,
+}
+
+/// One usage window (`five_hour`, `seven_day`, `seven_day_opus`, …).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PlanWindow {
+    pub name: String,
+    /// 0–1.
+    pub utilization: f64,
+    /// Unix seconds.
+    pub resets_at: Option<u64>,
+}
+
+/// The most windows kept from one event (the CLI reports two to five).
+const PLAN_WINDOWS_MAX: usize = 8;
+
+impl PlanWindows {
+    /// The windows of a `rate_limit_info` object, if it reports any.
+    fn of(info: &Value) -> Option<PlanWindows> {
+        let window = |name: &str, w: &Value| -> Option<PlanWindow> {
+            let ok_name = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let utilization = w.get("utilization").and_then(Value::as_f64)?;
+            (ok_name && utilization.is_finite()).then(|| PlanWindow {
+                name: name.to_string(),
+                utilization: utilization.clamp(0.0, 1.0),
+                resets_at: w.get("resetsAt").and_then(Value::as_u64).map(unix_seconds),
+            })
+        };
+        let mut windows: Vec<PlanWindow> =
+            match info.get("unifiedWindows").and_then(Value::as_object) {
+                Some(all) => all
+                    .iter()
+                    .filter_map(|(name, w)| window(name, w))
+                    .take(PLAN_WINDOWS_MAX)
+                    .collect(),
+                None => info
+                    .get("rateLimitType")
+                    .and_then(Value::as_str)
+                    .and_then(|name| window(name, info))
+                    .into_iter()
+                    .collect(),
+            };
+        windows.sort_by(|a, b| a.name.cmp(&b.name));
+        let extra_usage_in_use = info
+            .get("overageInUse")
+            .or_else(|| info.get("isUsingOverage"))
+            .and_then(Value::as_bool);
+        (!windows.is_empty() || extra_usage_in_use.is_some()).then_some(PlanWindows {
+            windows,
+            extra_usage_in_use,
+        })
+    }
+}
+
+/// Seconds from a CLI time that may be in milliseconds (a value this large can only be).
+fn unix_seconds(t: u64) -> u64 {
+    if t > 100_000_000_000 {
+        t / 1000
+    } else {
+        t
+    }
 }
 
 /// What the CLI puts before the name of a client tool (offered through ccgate's
@@ -296,6 +370,7 @@ pub enum Line {
         status: Option<String>,
         /// `rate_limit_info.resetsAt`, Unix seconds (milliseconds are converted).
         resets_at: Option<u64>,
+        windows: Option<PlanWindows>,
     },
     /// Any other valid JSON object (tolerated and ignored).
     Other,
@@ -569,8 +644,8 @@ impl Line {
                     resets_at: info
                         .and_then(|i| i.get("resetsAt"))
                         .and_then(Value::as_u64)
-                        // Seconds today; a value this large can only be milliseconds.
-                        .map(|t| if t > 100_000_000_000 { t / 1000 } else { t }),
+                        .map(unix_seconds),
+                    windows: info.and_then(PlanWindows::of),
                 }
             }
             _ => Line::Other,
@@ -590,6 +665,8 @@ pub struct RunAccumulator {
     structured_block: Option<u64>,
     /// The ids of the top-level `StructuredOutput` calls so far (bounded by the turns).
     structured_ids: Vec<String>,
+    /// The last `rate_limit_event`'s usage windows.
+    plan_windows: Option<PlanWindows>,
 }
 
 impl RunAccumulator {
@@ -644,7 +721,14 @@ impl RunAccumulator {
             | Line::ThinkingDelta { .. }
             | Line::SignatureDelta { .. }
             | Line::ToolErrors { .. } => vec![],
-            Line::RateLimit { status, resets_at } => {
+            Line::RateLimit {
+                status,
+                resets_at,
+                windows,
+            } => {
+                if windows.is_some() {
+                    self.plan_windows = windows;
+                }
                 // Only a rejection's reset time says when a retry can succeed; the
                 // `allowed*` events describe a window that has not run out.
                 if status.as_deref() == Some("rejected") && resets_at.is_some() {
@@ -813,6 +897,7 @@ impl RunAccumulator {
                     tool_calls: Vec::new(),
                     structured_output: r.structured_output.clone(),
                     thinking: Vec::new(),
+                    plan_windows: self.plan_windows.clone(),
                 });
             }
         }

@@ -199,3 +199,41 @@ fn a_watchdog_after_a_success_result_changes_nothing_but_an_oversized_line_voids
     assert_eq!(f.result_subtype.as_deref(), Some("success"));
     assert_eq!(f.stderr_tail, "tail", "the stderr tail is kept");
 }
+
+#[test]
+fn rate_limit_events_report_the_plans_windows_on_the_success() {
+    // The shape CLI 2.1.332 writes for the unified rate-limit headers (tests/it/real_windows.rs).
+    let mut acc = RunAccumulator::new();
+    acc.push_line(r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed","unifiedWindows":{"seven_day":{"utilization":0.1,"resetsAt":1796674549},"five_hour":{"utilization":0.42,"resetsAt":1796418949000}},"overageStatus":"allowed","overageInUse":true},"session_id":"s"}"#);
+    acc.push_line(
+        r#"{"type":"result","subtype":"success","is_error":false,"result":"ok","session_id":"s"}"#,
+    );
+    let s = acc.conclude(RunEnd::default()).unwrap();
+    let w = s.plan_windows.expect("windows");
+    let names: Vec<&str> = w.windows.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["five_hour", "seven_day"]);
+    assert_eq!(w.windows[0].utilization, 0.42);
+    // Milliseconds are converted to seconds.
+    assert_eq!(w.windows[0].resets_at, Some(1_796_418_949));
+    assert_eq!(w.extra_usage_in_use, Some(true));
+    // One `rateLimitType` window (no unifiedWindows); odd names and values are dropped.
+    let mut acc = RunAccumulator::new();
+    acc.push_line(r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed_warning","rateLimitType":"seven_day_opus","utilization":1.7,"resetsAt":5,"isUsingOverage":false}}"#);
+    acc.push_line(r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed","unifiedWindows":{"bad name":{"utilization":0.5},"x":{"utilization":"high"}}}}"#);
+    acc.push_line(r#"{"type":"result","subtype":"success","is_error":false,"result":"ok"}"#);
+    let w = acc
+        .conclude(RunEnd::default())
+        .unwrap()
+        .plan_windows
+        .unwrap();
+    assert_eq!(w.windows.len(), 1, "{w:?}");
+    assert_eq!(
+        (w.windows[0].name.as_str(), w.windows[0].utilization),
+        ("seven_day_opus", 1.0)
+    );
+    assert_eq!(w.extra_usage_in_use, Some(false));
+    // No event: no windows.
+    let mut acc = RunAccumulator::new();
+    acc.push_line(r#"{"type":"result","subtype":"success","is_error":false,"result":"ok"}"#);
+    assert_eq!(acc.conclude(RunEnd::default()).unwrap().plan_windows, None);
+}

@@ -7,7 +7,8 @@ system's, and Selenium Manager is never asked).
 Checks, each an assertion that can fail:
 - an anonymous browser sees the sign-in form and no data;
 - a client key is refused with "not an admin key", and no data appears;
-- the admin key shows the gateway, the accounts and the rules; the usage chart and table
+- the admin key shows the gateway, the accounts with their plan windows (bars, reset
+  countdowns) and the rules; the usage chart and table
   count the requests the caller made; the failures section lists the failed one by kind;
   the keys section shows the keys with their roles and limits (and no key material);
 - the classify playground classifies an overloaded API error for both APIs;
@@ -111,6 +112,15 @@ try:
     check("admin: accounts listed", len(accounts) >= 1, accounts)
     check("admin: gateway ready", d.find_element(By.ID, "gateway-pill").text == "ready",
           d.find_element(By.ID, "gateway-pill").text)
+    # Plan windows (the fake CLI reports 42 % / 10 % after each answer): bars and countdowns.
+    WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#accounts .window"))
+    wins = {w.get_attribute("data-window"): w.text for w in d.find_elements(By.CSS_SELECTOR, "#accounts .window")}
+    check("admin: plan windows with utilization and reset countdown",
+          "42%" in wins.get("five_hour", "") and "resets in" in wins.get("five_hour", "")
+          and "10%" in wins.get("seven_day", ""), wins)
+    bar = d.find_element(By.CSS_SELECTOR, "#accounts .window[data-window=five_hour] .bar > span")
+    check("admin: the 5-hour bar is 42 % full", bar.get_attribute("style").replace(" ", "") == "width:42%;",
+          bar.get_attribute("style"))
     kinds = [r.get_attribute("data-kind") for r in d.find_elements(By.CSS_SELECTOR, "#rules tbody tr")]
     check("admin: rules in force listed", "auth_failure" in kinds and "overloaded" in kinds, kinds)
     check("admin: the key stays in this tab's session storage",

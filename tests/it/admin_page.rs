@@ -313,3 +313,51 @@ async fn failures_come_per_kind_and_latest_first_from_the_ledger() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn plan_windows_an_answer_reported_show_in_the_status_and_the_overview() {
+    let s = TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_WINDOWS", "0.42,0.1,in_use".into())],
+        ..Opts::default()
+    })
+    .await;
+    // Before any answer: no window data.
+    let v: Value = client()
+        .get(s.url("/v1/auth/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["accounts"][0]["windows"].is_null(), "{v}");
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for path in ["/v1/auth/status", "/admin/overview"] {
+        let v: Value = client()
+            .get(s.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let w = &v["accounts"][0]["windows"];
+        assert_eq!(w["five_hour"]["utilization"], 42.0, "{path}: {w}");
+        assert_eq!(w["seven_day"]["utilization"], 10.0, "{path}: {w}");
+        let reset = w["five_hour"]["resets_at_unix"].as_u64().unwrap();
+        let now = ccgate::clock::unix_now();
+        assert!(reset > now && reset <= now + 3600, "{path}: {w}");
+        assert!(w["five_hour"]["resets_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("20"));
+        assert_eq!(w["extra_usage_in_use"], true, "{path}: {w}");
+    }
+    s.shutdown().await;
+}

@@ -50,6 +50,8 @@ fn env_overrides_file_and_flags_override_env() {
             ("CCGATE_CLI__MAX_CONCURRENT", "7"),
             ("CCGATE_API_KEYS", "[k1,k2]"),
             ("CCGATE_CLI__ENV__MY_VAR", "Value"),
+            ("CCGATE_OPENAI__REASONING_CONTENT", "true"),
+            ("CCGATE_STATE__RETENTION_DAYS", "7"),
             ("CCGATE_PORT", "tcp://10.0.0.1:8000"),
             ("CCGATE_SERVICE_HOST", "10.0.0.1"),
         ]),
@@ -61,6 +63,9 @@ fn env_overrides_file_and_flags_override_env() {
     assert_eq!(c.cli.max_concurrent, 7);
     assert_eq!(c.api_keys, vec!["k1", "k2"]);
     assert!(c.cli.env.contains(&("MY_VAR".into(), "Value".into())));
+    // Every top-level section takes its environment variables.
+    assert!(c.openai_reasoning_content);
+    assert_eq!(c.state.retention_days, 7);
     assert_eq!(
         loaded.ignored_env,
         vec!["CCGATE_PORT", "CCGATE_SERVICE_HOST"]

@@ -266,3 +266,35 @@ async fn real_cli_every_account_at_its_limit_is_a_429_counting_down_to_the_earli
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "usage_limit_reached", "{v}");
 }
+
+#[tokio::test]
+async fn real_cli_answers_report_the_plans_windows_in_the_status() {
+    let Some(exe) = real_claude() else { return };
+    if inherited_credentials() {
+        return;
+    }
+    let mock = MockApi::start().await;
+    let home = tempfile::tempdir().unwrap();
+    // The unified rate-limit headers of a subscription at 42 % of its 5-hour window and
+    // 10 % of its 7-day window, billed as extra usage.
+    let url = mock.url("unified:0.42,0.1,allowed,in_use");
+    let s = real_accounts_server(
+        exe,
+        vec![subscription_account("seat", url, home.path())],
+        0.0,
+        home.path(),
+    )
+    .await;
+    let (status, _, body) = post(&s, "/v1/chat/completions", &chat_body("hi", false)).await;
+    assert_eq!(status, 200, "{body}");
+    let v = get_json(&s, "/v1/auth/status").await;
+    let w = &v["accounts"][0]["windows"];
+    assert_eq!(w["five_hour"]["utilization"], 42.0, "{v}");
+    assert_eq!(w["seven_day"]["utilization"], 10.0, "{v}");
+    assert!(
+        w["five_hour"]["resets_at_unix"].as_u64().unwrap() > unix_now(),
+        "{w}"
+    );
+    assert_eq!(w["extra_usage_in_use"], true, "{w}");
+    s.shutdown().await;
+}

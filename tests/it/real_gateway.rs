@@ -698,8 +698,10 @@ async fn real_cli_state_directory_does_not_grow_per_request() {
     })
     .await;
     eprintln!("CLAUDE_CONFIG_DIR without DISABLE_TELEMETRY: after 3 requests {old1:?}, after 8 {old5:?} (bytes, files)");
+    // One file of slack: the CLI also rotates config backups on a timer (at most 5 kept),
+    // which can land between the two counts; growth per request would be 5 more files.
     assert!(
-        after5.1 <= after1.1 && after5.0 <= after1.0 + 16 * 1024,
+        after5.1 <= after1.1 + 1 && after5.0 <= after1.0 + 16 * 1024,
         "the CLI state directory grows per request: after 3 {after1:?}, after 8 {after5:?}"
     );
 }

@@ -150,10 +150,10 @@
   }
 
   function windowsOf(a) {
-    // `windows`: [{window, utilization (0-100), resets_at}] or {name: {utilization, resets_at}}.
+    // `windows`: {five_hour: {utilization (percent), resets_at, resets_at_unix}, …,
+    // extra_usage_in_use, observed_at} from the account's last answer, or null.
     const w = a.windows;
     if (!w) return [];
-    if (Array.isArray(w)) return w.map((x) => ({ name: x.window || x.name, ...x }));
     return Object.entries(w).filter(([, v]) => v && typeof v === "object").map(([name, v]) => ({ name, ...v }));
   }
   function renderAccounts(accounts, now) {
@@ -168,7 +168,7 @@
       const wins = windowsOf(a);
       const winCell = wins.length ? wins.map((w) => {
         const u = Math.max(0, Math.min(100, Number(w.utilization) || 0));
-        const resets = w.resets_at ? (typeof w.resets_at === "number" ? w.resets_at : Date.parse(w.resets_at) / 1000) : null;
+        const resets = w.resets_at_unix || (w.resets_at ? Date.parse(w.resets_at) / 1000 : null);
         const bar = el("div", { class: "bar" + (u >= 90 ? " high" : u >= 70 ? " mid" : "") }, el("span"));
         bar.firstChild.style.width = u + "%";
         return el("div", { class: "window", "data-window": w.name },
@@ -176,6 +176,7 @@
             el("span", { class: "muted" }, resets ? "resets in " + fmtIn(resets - now) : "")),
           bar);
       }) : [el("span", { class: "muted small" }, "no window data yet")];
+      if (a.windows && a.windows.extra_usage_in_use) winCell.push(pill("extra usage in use", "warn"));
       return el("tr", { "data-account": a.name }, el("td", {}, el("strong", {}, a.name)),
         el("td", {}, state, detail), el("td", {}, probe), el("td", {}, winCell));
     });
