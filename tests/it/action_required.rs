@@ -17,12 +17,18 @@ use ccgate::config::AccountConfig;
 
 const REMEDY_URL: &str = "https://claude.ai/settings/data-privacy-controls";
 
-/// Runs of the fake CLI so far that were requests (the probe asks "Reply with OK.").
+/// Runs of the fake CLI so far that were requests: their user lines on stdin, not the
+/// probe's ("Reply with the single word OK.", which the verdict's suspicion may wake at
+/// any time under load).
 fn request_runs(s: &TestServer) -> usize {
     std::fs::read_to_string(&s.log_file)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.starts_with("ARG:-p") || l.starts_with("ARG:--print"))
+        .filter(|l| {
+            l.starts_with("STDIN:")
+                && l.contains(r#""type":"user""#)
+                && !l.contains("single word OK")
+        })
         .count()
 }
 
