@@ -324,6 +324,16 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// The rows of a ledger query whose `$1` / `$2` are `from` and `to` (Unix seconds).
+    async fn rows_between(&self, q: &str, from: i64, to: i64) -> Result<Vec<AnyRow>, StoreError> {
+        sqlx::query(q)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql("read the ledger"))
+    }
+
     /// Usage from `from` (inclusive) to `to` (exclusive, Unix seconds), grouped.
     pub async fn usage(
         &self,
@@ -348,12 +358,7 @@ impl Store {
             let list = cols.join(", ");
             q.push_str(&format!(" GROUP BY {list} ORDER BY {list}"));
         }
-        let rows: Vec<AnyRow> = sqlx::query(&q)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(sql("read the ledger"))?;
+        let rows = self.rows_between(&q, from, to).await?;
         let n = group_by.len();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -719,12 +724,7 @@ impl Store {
             "SELECT {b}, kind, CAST(COUNT(*) AS BIGINT) FROM usage_ledger \
              WHERE at >= $1 AND at < $2 AND status >= 400 GROUP BY {b}, kind ORDER BY {b}, kind"
         );
-        let rows: Vec<AnyRow> = sqlx::query(&q)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(sql("read the ledger"))?;
+        let rows = self.rows_between(&q, from, to).await?;
         rows.iter()
             .map(|row| {
                 let t: i64 = row.try_get(0).map_err(sql("read the ledger"))?;

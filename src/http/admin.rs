@@ -187,13 +187,10 @@ pub async fn failures(
     State(state): State<AppState>,
     axum::extract::Query(p): axum::extract::Query<FailuresParams>,
 ) -> Response {
-    use crate::http::ops::admin_error;
+    use crate::http::ops::{admin_error, no_store};
     use crate::store::{parse_range, GroupBy};
     let Some(ledger) = &state.ledger else {
-        return admin_error(
-            StatusCode::NOT_FOUND,
-            "this gateway runs without a state store".into(),
-        );
+        return no_store();
     };
     let bucket = match p.bucket.as_deref().unwrap_or("hour") {
         "hour" => GroupBy::Hour,

@@ -161,6 +161,14 @@ pub struct UsageParams {
     format: Option<String>,
 }
 
+/// What an admin query of the usage ledger gets on a gateway without a state store.
+pub(crate) fn no_store() -> Response {
+    admin_error(
+        StatusCode::NOT_FOUND,
+        "this gateway runs without a state store".into(),
+    )
+}
+
 pub(crate) fn admin_error(status: StatusCode, message: String) -> Response {
     (
         status,
@@ -178,10 +186,7 @@ pub async fn admin_usage(
 ) -> Response {
     use crate::store::{parse_group_by, parse_range, usage_csv};
     let Some(ledger) = &state.ledger else {
-        return admin_error(
-            StatusCode::NOT_FOUND,
-            "this gateway runs without a state store".into(),
-        );
+        return no_store();
     };
     let now = crate::clock::unix_now() as i64;
     let group_by = match parse_group_by(p.group_by.as_deref().unwrap_or("key")) {
