@@ -85,7 +85,7 @@ pub async fn overview(State(state): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "now": crate::clock::unix_now(),
         "gateway": {
-            "ready": state.health.gate().is_none() && state.accounts.any_usable(),
+            "ready": crate::http::ops::not_ready_reason(&state).is_none(),
             "cli_health": state.health.snapshot(),
         },
         "accounts": state.accounts.status(),

@@ -93,24 +93,29 @@ pub async fn auth_status(State(state): State<AppState>) -> Json<Value> {
 /// `/ready` is open (probes carry no key), so the messages, rules version and probe
 /// settings are for the authenticated `/v1/auth/status`.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    match state.health.gate() {
-        // Configured accounts all cooling down: none can serve until the first reset.
-        None if !state.accounts.any_usable() => {
-            let reason = state.accounts.earliest_cooldown().map(|c| c.kind);
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "not_ready",
-                            "reason": reason.as_deref().unwrap_or("no_account")})),
-            )
-                .into_response()
-        }
+    match not_ready_reason(&state) {
         None => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
-        Some(h) => (
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready",
-                        "reason": h.error_kind.as_deref().unwrap_or("cli_unhealthy")})),
+            Json(json!({"status": "not_ready", "reason": reason})),
         )
             .into_response(),
+    }
+}
+
+/// Why the gateway cannot serve now (None: it can): the closed gate's kind, or, with the
+/// gate open, the kind of the earliest cooldown when every configured account is out.
+/// `/ready` and the operator page's overview say the same.
+pub(crate) fn not_ready_reason(state: &AppState) -> Option<String> {
+    match state.health.gate() {
+        Some(h) => Some(h.error_kind.unwrap_or_else(|| "cli_unhealthy".into())),
+        None if !state.accounts.any_usable() => Some(
+            state
+                .accounts
+                .earliest_cooldown()
+                .map_or_else(|| "no_account".into(), |c| c.kind),
+        ),
+        None => None,
     }
 }
 
