@@ -175,7 +175,7 @@
           el("div", { class: "label" }, el("span", {}, `${w.name} ${u.toFixed(0)}%`),
             el("span", { class: "muted" }, resets ? "resets in " + fmtIn(resets - now) : "")),
           bar);
-      }) : [el("span", { class: "muted small" }, "no window data yet")];
+      }) : [el("span", { class: "muted small" }, "none reported yet (a subscription reports them with each answer)")];
       if (a.windows && a.windows.extra_usage_in_use) winCell.push(pill("extra usage in use", "warn"));
       return el("tr", { "data-account": a.name }, el("td", {}, el("strong", {}, a.name)),
         el("td", {}, state, detail), el("td", {}, probe), el("td", {}, winCell));
@@ -206,13 +206,15 @@
   function barChart(target, buckets, series, label) {
     const W = 900, H = 220, L = 44, B = 26, T = 8;
     const totals = buckets.map((_, i) => series.reduce((s, x) => s + (x.values[i] || 0), 0));
-    const max = Math.max(1, ...totals);
+    // Whole-number ticks: four steps of a whole size that covers the tallest bar.
+    const tick = Math.max(1, Math.ceil(Math.max(...totals, 0) / 4));
+    const max = tick * 4;
     const bw = (W - L - 8) / Math.max(1, buckets.length);
     const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": label, preserveAspectRatio: "none" });
     for (let g = 0; g <= 4; g++) {
       const y = T + (H - T - B) * (1 - g / 4);
       chart.append(svg("line", { x1: L, x2: W, y1: y, y2: y, stroke: "#e3e6ec" }));
-      chart.append(svg("text", { x: L - 6, y: y + 3, "text-anchor": "end" }, Math.round(max * g / 4)));
+      chart.append(svg("text", { x: L - 6, y: y + 3, "text-anchor": "end" }, tick * g));
     }
     buckets.forEach((b, i) => {
       let y = H - B;
@@ -227,7 +229,8 @@
         chart.append(r);
       });
       const every = Math.ceil(buckets.length / 8);
-      if (i % every === 0) chart.append(svg("text", { x: L + i * bw + bw / 2, y: H - 8, "text-anchor": "middle" }, shortBucket(b)));
+      // Labels stay inside the chart: the last ones end at its right edge.
+      if (i % every === 0) chart.append(svg("text", { x: Math.min(L + i * bw + bw / 2, W - 34), y: H - 8, "text-anchor": "middle" }, shortBucket(b)));
     });
     const legend = el("div", { class: "legend" }, series.map((s, si) => {
       const sw = el("i");
