@@ -492,7 +492,8 @@ async fn real_cli_stall_goes_silent() {
     let mock = MockApi::start().await;
     let out = RealCli::new(&exe)
         .base_url(&mock.url("stall"))
-        .timeout(Duration::from_secs(3))
+        // Long enough for a cold CLI on a loaded 2-core runner to print its first words.
+        .timeout(Duration::from_secs(8))
         .run()
         .await;
     eprintln!("[real_cli] stall: {}", out.summary());

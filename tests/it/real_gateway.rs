@@ -222,19 +222,17 @@ async fn real_cli_without_credentials_answers_401_right_after_start() {
     assert_eq!(vb["error"]["type"], "authentication_error");
     eprintln!("real CLI, no credentials: both endpoints answered 401 {elapsed:?} after start");
     assert!(
-        elapsed < Duration::from_secs(8),
-        "401s took {elapsed:?}: more than one cold CLI run"
+        elapsed < Duration::from_secs(20),
+        "401s took {elapsed:?}: they waited for more than the first probe"
     );
     // And the gate holds: the next request is answered without a CLI run.
     assert!(eventually(Duration::from_secs(5), || !s.state.health.is_ok()).await);
-    let t = Instant::now();
+    // Answered by the gate: no CLI process is spawned for it (a count, not a clock, so a
+    // loaded runner cannot make it flaky).
+    let spawned = s.state.backend.stats().snapshot().spawned_total;
     let (st, _, _) = post(&s, "/v1/chat/completions", &chat_body("Hello", false)).await;
     assert_eq!(st, 401);
-    assert!(
-        t.elapsed() < Duration::from_millis(100),
-        "gate answer took {:?}",
-        t.elapsed()
-    );
+    assert_eq!(s.state.backend.stats().snapshot().spawned_total, spawned);
     let st: Value = get_json(&s, "/v1/auth/status").await;
     assert_eq!(st["cli_health"]["error_kind"], "auth_failure");
     assert_eq!(
