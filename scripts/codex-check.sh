@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the pinned Codex CLI (npm @openai/codex, Responses API only) through ccgate -> the REAL
 # Claude CLI ($CCGATE_REAL_CLAUDE) -> the loopback Messages API mock tests/sdk/mock_messages.py.
-# Codex's configuration is its default except the provider and `web_search = "disabled"`
-# (ccgate does not serve web search yet; docs/clients.md). Checks:
+# Codex's configuration is its default except the provider (its `web_search` tool is the
+# CLI's WebSearch; docs/clients.md). Checks:
 #   - a plain answer (its namespace tools, reasoning summary and encrypted-content include
 #     are accepted);
 #   - a tool loop: the model (the mock) calls one of Codex's function tools, Codex runs it and
@@ -50,7 +50,6 @@ done
 cat >"$tmp/codex/config.toml" <<TOML
 model = "sonnet"
 model_provider = "ccgate"
-web_search = "disabled"
 
 [model_providers.ccgate]
 name = "ccgate"

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod responses;
 pub mod state;
 pub mod threads;
+pub mod web;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;

@@ -36,6 +36,7 @@ mod real_structured;
 mod real_tool_gateway;
 mod real_tools;
 mod real_typed;
+mod real_web;
 mod real_windows;
 mod reload;
 mod responses;
