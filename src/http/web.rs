@@ -16,8 +16,11 @@ use crate::backend::{RunOptions, WebTools};
 use crate::http::errors::ApiError;
 use crate::http::state::AppState;
 
+/// A 400 naming `param` (`tools[0].max_uses`); the message starts with its dotted form,
+/// as Anthropic's do (`tools.0.max_uses: …`).
 fn bad(param: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError::invalid_param(format!("{param}: {message}"), param)
+    let dotted = param.replace('[', ".").replace(']', "");
+    ApiError::invalid_param(format!("{dotted}: {message}"), param)
 }
 
 fn present(obj: &serde_json::Map<String, Value>, key: &str) -> bool {

@@ -356,10 +356,14 @@ async fn web_tools_off_or_unkeepable_promises_are_refused_by_name() {
     for (body, says, param) in &cases {
         let (st, _, text) = post(&s, "/v1/messages", body).await;
         assert_eq!(st, 400, "{text}");
-        assert!(
-            text.contains(says) && text.contains(param),
-            "{param}: {text}"
-        );
+        // Anthropic's messages start with the field's dotted path.
+        let message = json_of(&text)["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let dotted = param.replace('[', ".").replace(']', "");
+        assert!(message.contains(says), "{param}: {text}");
+        assert!(message.starts_with(&format!("{dotted}: ")), "{text}");
     }
     let (st, _, text) = post(
         &s,
