@@ -638,21 +638,6 @@ impl Line {
                 }
             }
             "user" => {
-                let ids = v
-                    .get("message")
-                    .and_then(|m| m.get("content"))
-                    .and_then(Value::as_array)
-                    .map(|blocks| {
-                        blocks
-                            .iter()
-                            .filter(|b| {
-                                b.get("type").and_then(Value::as_str) == Some("tool_result")
-                            })
-                            .filter(|b| b.get("is_error").and_then(Value::as_bool) == Some(true))
-                            .filter_map(|b| s(b, "tool_use_id"))
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 let results: Vec<&Value> = v
                     .get("message")
                     .and_then(|m| m.get("content"))
@@ -666,6 +651,11 @@ impl Line {
                             .collect()
                     })
                     .unwrap_or_default();
+                let ids = results
+                    .iter()
+                    .filter(|b| b.get("is_error").and_then(Value::as_bool) == Some(true))
+                    .filter_map(|b| s(b, "tool_use_id"))
+                    .collect();
                 let single = match results.as_slice() {
                     [one] => s(one, "tool_use_id").map(|id| ToolOutcome {
                         id,
