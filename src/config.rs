@@ -77,6 +77,8 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     /// The `openai:` section: what the Chat Completions API adds beyond OpenAI's shape.
     pub openai: OpenaiConfig,
+    /// The `web:` section: whether requests may use the CLI's web search and web fetch.
+    pub web: WebConfig,
     /// The keys file (roles, allow-lists, limits), reloaded with the rules; see
     /// docs/governance.md. `api_keys` stay valid as client keys beside it.
     pub keys: Option<PathBuf>,
@@ -154,6 +156,30 @@ pub struct OpenaiConfig {
     /// Give Chat Completions clients the model's thinking as `reasoning_content` (stream
     /// deltas and a message field; not part of the OpenAI API). Off: no thinking at all.
     pub reasoning_content: bool,
+}
+
+/// The `web:` section: the CLI's own web tools, served for requests that ask for web
+/// search (Anthropic `web_search_*`, Responses `web_search`, Chat `web_search_options`) or
+/// web fetch (Anthropic `web_fetch_*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Web search: the CLI asks the Messages API to search (it runs on Anthropic's side;
+    /// this host fetches nothing). Off: such requests get a 400 naming `web.search`.
+    pub search: bool,
+    /// Web fetch: the CLI fetches a URL the model picks, from this host, through
+    /// ccgate's egress proxy (no loopback, private or link-local address). Off by
+    /// default: such requests get a 400 naming `web.fetch`.
+    pub fetch: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            search: true,
+            fetch: false,
+        }
+    }
 }
 
 /// The `http:` section: how long a client connection may take and how many may be open.
@@ -269,6 +295,7 @@ impl Default for Config {
             cli: CliConfig::default(),
             accounts: Vec::new(),
             openai: OpenaiConfig::default(),
+            web: WebConfig::default(),
             keys: None,
             state: StateConfig::default(),
         }
@@ -370,6 +397,8 @@ pub struct Settings {
     pub accounts: Vec<AccountSettings>,
     /// `openai.reasoning_content`: Chat Completions answers carry the model's thinking.
     pub openai_reasoning_content: bool,
+    /// `web.search` / `web.fetch`: which of the CLI's web tools requests may enable.
+    pub web: WebConfig,
 }
 
 /// One configured account, checked.
@@ -665,6 +694,7 @@ impl Config {
                 })
                 .collect(),
             openai_reasoning_content: self.openai.reasoning_content,
+            web: self.web.clone(),
         })
     }
 }
@@ -789,6 +819,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "keys",
     "state",
     "openai",
+    "web",
 ];
 
 /// `CCGATE_*` variables from the given environment, as a figment provider, plus the names

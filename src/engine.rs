@@ -402,6 +402,8 @@ pub enum TurnStep {
     },
     /// The model's thinking (only for requests that show it).
     Thinking(ThinkingStep),
+    /// One of the CLI's web searches or fetches completed.
+    Web(Box<crate::protocol::WebCall>),
     Finish(Box<Success>),
     /// The run failed (classified); nothing follows.
     Fail(Box<Verdict>),
@@ -498,6 +500,7 @@ impl TurnRun {
         while let Some(step) = self.next().await {
             match step {
                 TurnStep::Text(_)
+                | TurnStep::Web(_)
                 | TurnStep::Thinking(_)
                 | TurnStep::ToolStart { .. }
                 | TurnStep::ToolArgs { .. } => {}
@@ -626,9 +629,17 @@ impl TurnRun {
             Step::ToolStart { index, id, name } => TurnStep::ToolStart { index, id, name },
             Step::ToolArgs { index, fragment } => TurnStep::ToolArgs { index, fragment },
             Step::Thinking(t) => TurnStep::Thinking(t),
+            Step::Web(c) => TurnStep::Web(c),
             Step::Finish(mut s) => {
                 if !self.req.show_thinking {
                     s.thinking.clear();
+                }
+                for call in &s.web {
+                    let n = match call.kind {
+                        crate::protocol::WebKind::Search => call.searches,
+                        crate::protocol::WebKind::Fetch => u64::from(call.error.is_none()),
+                    };
+                    self.engine.metrics.count_web_calls(call.kind.label(), n);
                 }
                 let run = self.run.take();
                 if !decide::choice_met(self.req.choice(), &s) {

@@ -34,6 +34,11 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    pub tool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: String,
 }
@@ -129,6 +134,12 @@ pub struct Metrics {
     pub ledger_rows_dropped: Family<Vec<(String, String)>, Counter>,
     /// Requests refused by a key's limits, by key.
     pub key_limited: Family<KeyLabels, Counter>,
+    /// Runs with the CLI's web tools, by tool (`search`, `fetch`).
+    pub web_runs: Family<ToolLabels, Counter>,
+    /// Web searches and fetches the answers reported, by tool.
+    pub web_calls: Family<ToolLabels, Counter>,
+    /// The egress proxy of fetching runs: tunnels opened and refused.
+    pub egress: crate::backend::egress::EgressStats,
     accounts: AccountHealths,
 }
 
@@ -465,7 +476,38 @@ impl Metrics {
             "Usage ledger rows dropped because the write buffer (state.buffer_rows) was full",
             ledger_rows_dropped.clone(),
         );
+        let web_runs = Family::<ToolLabels, Counter>::default();
+        registry.register(
+            "ccgate_web_runs",
+            "CLI runs with the CLI's web tools enabled, by tool (search, fetch)",
+            web_runs.clone(),
+        );
+        let web_calls = Family::<ToolLabels, Counter>::default();
+        registry.register(
+            "ccgate_web_calls",
+            "Web searches and web fetches the CLI made for answers, by tool (search, fetch)",
+            web_calls.clone(),
+        );
+        for tool in ["search", "fetch"] {
+            let l = ToolLabels { tool: tool.into() };
+            drop(web_runs.get_or_create(&l));
+            drop(web_calls.get_or_create(&l));
+        }
+        let egress = crate::backend::egress::EgressStats::default();
+        registry.register(
+            "ccgate_web_fetch_tunnels",
+            "Connections of web-fetching runs the egress proxy opened to public addresses",
+            egress.tunnels.clone(),
+        );
+        registry.register(
+            "ccgate_web_fetch_refused",
+            "Connections of web-fetching runs the egress proxy refused: the destination resolved to a loopback, private, link-local or other non-public address",
+            egress.refused.clone(),
+        );
         Metrics {
+            web_runs,
+            web_calls,
+            egress,
             key_requests,
             key_tokens,
             key_limited,
@@ -545,6 +587,22 @@ impl Metrics {
     }
 
     /// One usage ledger row dropped (the buffer was full).
+    /// A run with the CLI's web tools (`search`, `fetch`).
+    pub fn count_web_run(&self, tool: &str) {
+        self.web_runs
+            .get_or_create(&ToolLabels { tool: tool.into() })
+            .inc();
+    }
+
+    /// Searches and fetches an answer reported.
+    pub fn count_web_calls(&self, tool: &str, n: u64) {
+        if n > 0 {
+            self.web_calls
+                .get_or_create(&ToolLabels { tool: tool.into() })
+                .inc_by(n);
+        }
+    }
+
     pub fn count_ledger_drop(&self) {
         self.ledger_rows_dropped.get_or_create(&Vec::new()).inc();
     }

@@ -11,6 +11,9 @@ use serde_json::Value;
 
 use crate::rules::{FailureFacts, GatewayCondition, TimeoutKind};
 
+pub mod web;
+pub use web::{WebCall, WebKind, WebSource};
+
 /// Token counts from the CLI's `result.usage` (or a `message_start`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
@@ -59,6 +62,8 @@ pub struct Success {
     pub thinking: Vec<ThinkingBlock>,
     /// The plan's usage windows the run's last `rate_limit_event` reported.
     pub plan_windows: Option<PlanWindows>,
+    /// The CLI's web searches and fetches of this answer, in order. Set by the turn fold.
+    pub web: Vec<WebCall>,
 }
 
 /// The subscription's usage windows as the CLI reports them after an answer (its
@@ -193,9 +198,24 @@ pub enum CliEvent {
     SignatureDelta(String),
     /// A complete top-level thinking block (from the assistant message).
     AssistantThinking(ThinkingBlock),
+    /// The result of one of the CLI's own top-level tool calls (its `user` line): the
+    /// turn fold keeps those of WebSearch / WebFetch ([`WebCall`]).
+    ToolOutcome(ToolOutcome),
     /// Final event: success, or the failure facts (including timeouts, spawn errors,
     /// queue full, no result).
     Done(Result<Success, Box<FailureFacts>>),
+}
+
+/// One tool result of a CLI `user` line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutcome {
+    pub id: String,
+    pub is_error: bool,
+    /// The `tool_result` block's `content` (what the model sees).
+    pub content: Value,
+    /// The line's `tool_use_result`: the tool's structured output (WebSearch:
+    /// `{query, results: [{tool_use_id, content: [{title, url}]} | text…], searchCount}`).
+    pub detail: Value,
 }
 
 /// A control-channel line of the CLI.
@@ -363,6 +383,9 @@ pub enum Line {
     ToolErrors {
         ids: Vec<String>,
         top_level: bool,
+        /// The line's one tool result, with the CLI's structured `tool_use_result`
+        /// (None when the line holds several or none).
+        single: Option<ToolOutcome>,
     },
     Result(ResultLine),
     /// `rate_limit_event` (a warning such as `allowed_warning` is not a failure).
@@ -615,7 +638,7 @@ impl Line {
                 }
             }
             "user" => {
-                let ids = v
+                let results: Vec<&Value> = v
                     .get("message")
                     .and_then(|m| m.get("content"))
                     .and_then(Value::as_array)
@@ -625,14 +648,27 @@ impl Line {
                             .filter(|b| {
                                 b.get("type").and_then(Value::as_str) == Some("tool_result")
                             })
-                            .filter(|b| b.get("is_error").and_then(Value::as_bool) == Some(true))
-                            .filter_map(|b| s(b, "tool_use_id"))
                             .collect()
                     })
                     .unwrap_or_default();
+                let ids = results
+                    .iter()
+                    .filter(|b| b.get("is_error").and_then(Value::as_bool) == Some(true))
+                    .filter_map(|b| s(b, "tool_use_id"))
+                    .collect();
+                let single = match results.as_slice() {
+                    [one] => s(one, "tool_use_id").map(|id| ToolOutcome {
+                        id,
+                        is_error: one.get("is_error").and_then(Value::as_bool) == Some(true),
+                        content: one.get("content").cloned().unwrap_or(Value::Null),
+                        detail: v.get("tool_use_result").cloned().unwrap_or(Value::Null),
+                    }),
+                    _ => None,
+                };
                 Line::ToolErrors {
                     ids,
                     top_level: top_level(&v),
+                    single,
                 }
             }
             "rate_limit_event" => {
@@ -713,9 +749,15 @@ impl RunAccumulator {
             Line::ToolErrors {
                 ids,
                 top_level: true,
+                ..
             } if ids.iter().any(|id| self.structured_ids.contains(id)) => {
                 vec![CliEvent::StructuredRejected]
             }
+            Line::ToolErrors {
+                top_level: true,
+                single: Some(outcome),
+                ..
+            } => vec![CliEvent::ToolOutcome(outcome)],
             Line::BlockStart { .. }
             | Line::JsonDelta { .. }
             | Line::ThinkingDelta { .. }
@@ -898,6 +940,7 @@ impl RunAccumulator {
                     structured_output: r.structured_output.clone(),
                     thinking: Vec::new(),
                     plan_windows: self.plan_windows.clone(),
+                    web: Vec::new(),
                 });
             }
         }

@@ -24,7 +24,10 @@
 //!   and its complete blocks on the [`Success`].
 
 use crate::conversation::ToolCall;
-use crate::protocol::{CliEvent, Success, ThinkingBlock, Usage, CLIENT_TOOL_PREFIX};
+use crate::protocol::web::MAX_WEB_CALLS;
+use crate::protocol::{
+    CliEvent, Success, ThinkingBlock, Usage, WebCall, WebKind, CLIENT_TOOL_PREFIX,
+};
 use crate::rules::{FailureFacts, GatewayCondition};
 
 /// What the caller does next.
@@ -43,6 +46,8 @@ pub enum Step {
     ToolArgs { index: usize, fragment: String },
     /// The model's thinking as it streams (before the text it leads to).
     Thinking(ThinkingStep),
+    /// One of the CLI's web searches or fetches completed (after the text before it).
+    Web(Box<WebCall>),
     /// The answer is complete. `text` is the whole answer (the CLI's authoritative result,
     /// cut at a stop sequence; or what was released before the cut).
     Finish(Box<Success>),
@@ -119,6 +124,10 @@ pub struct TurnFold {
     structured: bool,
     /// Complete top-level thinking blocks.
     thinking: Vec<ThinkingBlock>,
+    /// The CLI's web tool calls waiting for their results: id, kind, input.
+    web_pending: Vec<(String, WebKind, serde_json::Value)>,
+    /// The CLI's completed web calls.
+    web: Vec<WebCall>,
 }
 
 impl TurnFold {
@@ -142,6 +151,8 @@ impl TurnFold {
             ignore_calls: false,
             structured: false,
             thinking: Vec::new(),
+            web_pending: Vec::new(),
+            web: Vec::new(),
         }
     }
 
@@ -250,6 +261,12 @@ impl TurnFold {
             }
             CliEvent::AssistantToolUse { id, name, input } => {
                 self.streaming = None;
+                if let Some(kind) = WebKind::of_tool(&name) {
+                    if self.web_pending.len() + self.web.len() < MAX_WEB_CALLS {
+                        self.web_pending.push((id, kind, input));
+                    }
+                    return out;
+                }
                 if let Some(name) = self.client_tool(&id, &name) {
                     if let Phase::Abandoned { .. } = self.phase {
                         // The retry's complete block: the client must not have seen a
@@ -296,6 +313,22 @@ impl TurnFold {
                 }
             }
             CliEvent::Control(_) => {}
+            CliEvent::ToolOutcome(outcome) => {
+                if let Some(at) = self
+                    .web_pending
+                    .iter()
+                    .position(|(id, ..)| *id == outcome.id)
+                {
+                    let (id, kind, input) = self.web_pending.remove(at);
+                    let call = WebCall::from_outcome(id, kind, &input, &outcome);
+                    // The text before the call is complete (held-back text goes out now).
+                    let (rest, _) = self.stops.finish();
+                    self.release(rest, &mut out);
+                    self.stops = StopFilter::new(self.stops.sequences().to_vec());
+                    self.web.push(call.clone());
+                    out.push(Step::Web(Box::new(call)));
+                }
+            }
             CliEvent::TextDelta(_) | CliEvent::AssistantText(_) if self.structured => {}
             CliEvent::StructuredDelta(json) => match self.phase {
                 _ if !self.structured => {}
@@ -374,6 +407,7 @@ impl TurnFold {
             usage,
             tool_calls: std::mem::take(&mut self.calls),
             thinking: std::mem::take(&mut self.thinking),
+            web: std::mem::take(&mut self.web),
             ..Success::default()
         })));
     }
@@ -433,6 +467,7 @@ impl TurnFold {
 
     fn succeed(&mut self, mut success: Success, out: &mut Vec<Step>) {
         success.thinking = std::mem::take(&mut self.thinking);
+        success.web = std::mem::take(&mut self.web);
         if self.structured {
             if success.structured_output.is_none() {
                 let facts = FailureFacts {
@@ -512,6 +547,7 @@ impl TurnFold {
                 out.push(Step::Finish(Box::new(Success {
                     text,
                     stop_reason: Some(stop.into()),
+                    web: std::mem::take(&mut self.web),
                     ..Success::default()
                 })));
                 return;

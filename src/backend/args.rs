@@ -27,24 +27,32 @@ pub fn cli_args(
     .iter()
     .map(OsString::from)
     .collect();
-    if !settings.tools {
+    let web = req
+        .options
+        .web
+        .as_ref()
+        .map(|w| w.names())
+        .unwrap_or_default();
+    if !web.is_empty() {
+        // The request's web tools and none other of the CLI's (its operator's `cli.tools`
+        // aside): only these are offered and pre-approved.
+        args.push("--tools".into());
+        args.push(web.join(",").into());
+    } else if !settings.tools {
         args.push("--tools".into());
         args.push("".into());
     }
+    let mut allowed: Vec<String> = web.iter().map(|s| s.to_string()).collect();
     if let Some(tools) = req.tools.as_deref() {
         // The client's tools, and only them: through the run's in-process MCP server,
         // each pre-approved (no permission prompt can appear).
         args.push("--strict-mcp-config".into());
         args.push("--mcp-config".into());
         args.push(super::mcp::mcp_config().into());
-        if !tools.tools.is_empty() {
-            let allowed: Vec<String> = tools
-                .tools
-                .iter()
-                .map(|t| super::mcp::model_name(&t.name))
-                .collect();
-            args.push(format!("--allowedTools={}", allowed.join(",")).into());
-        }
+        allowed.extend(tools.tools.iter().map(|t| super::mcp::model_name(&t.name)));
+    }
+    if !allowed.is_empty() {
+        args.push(format!("--allowedTools={}", allowed.join(",")).into());
     }
     if let Some(model) = req.model.as_deref().filter(|m| !m.is_empty()) {
         // Equals form: a value starting with `--` stays the value of --model.

@@ -273,6 +273,16 @@ pub(super) fn spawn_cli(
             .saturating_add(60_000);
         cmd.env("MCP_TOOL_TIMEOUT", ms.to_string());
     }
+    if req.options.web.is_some() {
+        let base = settings
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "ANTHROPIC_BASE_URL")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("ANTHROPIC_BASE_URL").ok());
+        cmd.envs(req.options.env(base.as_deref()));
+    }
     if req.resume_results {
         // The session ends with the client's tool results: the CLI re-runs that
         // interrupted turn from them (no stdin line; one model call).

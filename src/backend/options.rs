@@ -1,6 +1,7 @@
 //! The per-request process flags beyond the model and the system prompt: structured
 //! output (`--json-schema`), effort (`--effort`) and thinking (`--thinking`,
-//! `--max-thinking-tokens`, `--thinking-display`).
+//! `--max-thinking-tokens`, `--thinking-display`), and the CLI's web tools a request
+//! enables for its run ([`WebTools`]).
 
 /// The CLI's `--effort` levels (what `claude --help` and the CLI's own check accept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +44,40 @@ pub struct RunOptions {
     pub thinking: Option<Thinking>,
     /// `--thinking-display` (`summarized` / `omitted`).
     pub thinking_display: Option<&'static str>,
+    /// The CLI's WebSearch / WebFetch for this run (and none of its other tools).
+    pub web: Option<WebTools>,
+}
+
+/// The CLI's own web tools a request enables for its run: `--tools` names exactly them,
+/// `--allowedTools` pre-approves them, and the environment bounds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct WebTools {
+    /// `WebSearch`: the CLI asks the Messages API to search (Anthropic's side).
+    pub search: bool,
+    /// `WebFetch`: the CLI fetches the URL itself, from this host.
+    pub fetch: bool,
+    /// At most this many WebSearch calls in the run
+    /// (`CLAUDE_CODE_MAX_WEB_SEARCHES_PER_SESSION`; each call may run several searches
+    /// on the API's side).
+    pub max_searches: Option<u32>,
+    /// The egress proxy every connection of a fetching run goes through (`http://…`):
+    /// it refuses loopback, private and link-local destinations. A fetching run without
+    /// one is never started.
+    pub fetch_proxy: Option<String>,
+}
+
+impl WebTools {
+    /// The CLI tool names, in a fixed order (`--tools`, `--allowedTools`).
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.search {
+            out.push("WebSearch");
+        }
+        if self.fetch {
+            out.push("WebFetch");
+        }
+        out
+    }
 }
 
 impl RunOptions {
@@ -72,7 +107,115 @@ impl RunOptions {
         out
     }
 
+    /// The environment these options add to the run's process. `api_base` is the
+    /// run's `ANTHROPIC_BASE_URL` (None: the CLI's default): the API is reached directly
+    /// (`NO_PROXY`), everything else through the fetch proxy.
+    pub fn env(&self, api_base: Option<&str>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let Some(web) = &self.web else {
+            return out;
+        };
+        if let Some(n) = web.max_searches.filter(|_| web.search) {
+            out.push((
+                "CLAUDE_CODE_MAX_WEB_SEARCHES_PER_SESSION".to_string(),
+                n.to_string(),
+            ));
+        }
+        if !web.fetch {
+            out.push(("CLAUDE_CODE_DISABLE_WEB_FETCH".to_string(), "1".to_string()));
+        }
+        if let Some(proxy) = web.fetch_proxy.as_deref().filter(|_| web.fetch) {
+            for k in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+                out.push((k.to_string(), proxy.to_string()));
+            }
+            let direct = api_base
+                .and_then(api_host_port)
+                .unwrap_or_else(|| "api.anthropic.com".to_string());
+            for k in ["NO_PROXY", "no_proxy"] {
+                out.push((k.to_string(), direct.clone()));
+            }
+        }
+        out
+    }
+
     pub fn is_default(&self) -> bool {
         *self == RunOptions::default()
+    }
+}
+
+/// `host:port` of a base URL (`http://127.0.0.1:8080/x` → `127.0.0.1:8080`; the scheme's
+/// port when none is given), for `NO_PROXY`.
+fn api_host_port(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.contains(':'),
+    };
+    if has_port {
+        Some(authority.to_string())
+    } else {
+        let port = if scheme.eq_ignore_ascii_case("http") {
+            80
+        } else {
+            443
+        };
+        Some(format!("{authority}:{port}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_env_bounds_searches_and_routes_fetches_through_the_proxy() {
+        let o = RunOptions {
+            web: Some(WebTools {
+                search: true,
+                fetch: true,
+                max_searches: Some(2),
+                fetch_proxy: Some("http://127.0.0.1:9".into()),
+            }),
+            ..RunOptions::default()
+        };
+        let env = o.env(Some("http://127.0.0.1:8080/s/ok"));
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("CLAUDE_CODE_MAX_WEB_SEARCHES_PER_SESSION"), Some("2"));
+        assert_eq!(get("HTTPS_PROXY"), Some("http://127.0.0.1:9"));
+        assert_eq!(get("NO_PROXY"), Some("127.0.0.1:8080"));
+        assert_eq!(get("CLAUDE_CODE_DISABLE_WEB_FETCH"), None);
+        assert_eq!(
+            o.env(None)
+                .iter()
+                .find(|(n, _)| n == "NO_PROXY")
+                .map(|(_, v)| v.as_str()),
+            Some("api.anthropic.com")
+        );
+        let search_only = RunOptions {
+            web: Some(WebTools {
+                search: true,
+                ..WebTools::default()
+            }),
+            ..RunOptions::default()
+        };
+        let env = search_only.env(None);
+        assert!(env.iter().all(|(k, _)| !k.ends_with("PROXY")), "{env:?}");
+        assert!(env
+            .iter()
+            .any(|(k, v)| k == "CLAUDE_CODE_DISABLE_WEB_FETCH" && v == "1"));
+        assert!(RunOptions::default().env(None).is_empty());
+        assert_eq!(
+            api_host_port("https://api.example.com/v1").as_deref(),
+            Some("api.example.com:443")
+        );
+        assert_eq!(
+            api_host_port("http://[::1]:81").as_deref(),
+            Some("[::1]:81")
+        );
     }
 }

@@ -187,6 +187,15 @@ impl FingerprintBuilder {
             b.field(flag.as_bytes());
         }
         b.field(b"\0flags");
+        // The web tools and their environment (a process keeps both).
+        for (k, v) in options.env(None) {
+            b.field(k.as_bytes());
+            b.field(v.as_bytes());
+        }
+        if let Some(web) = &options.web {
+            b.field(web.names().join(",").as_bytes());
+        }
+        b.field(b"\0web");
         b
     }
 

@@ -15,7 +15,7 @@ use crate::http::errors::ApiError;
 use crate::http::handler::{Api, Framer};
 use crate::http::state::AppState;
 use crate::http::threads::ThreadCtx;
-use crate::protocol::{Success, Usage};
+use crate::protocol::{Success, Usage, WebCall, WebKind};
 use crate::rules::Flavour;
 use crate::turn::ThinkingStep;
 
@@ -122,9 +122,13 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
         _ => &[],
     };
     let mut tools = Vec::with_capacity(defs.len());
+    let mut web = crate::backend::WebTools::default();
     for (i, t) in defs.iter().enumerate() {
+        // (`web` is collected again by `web_tools`; here web tools are only skipped.)
         match t.get("type").and_then(Value::as_str) {
             None | Some("custom") => {}
+            // Web search / fetch: the CLI's own tools for this run (`run_options`).
+            Some(_) if crate::http::web::anthropic_tool(t, i, &mut web)? => continue,
             Some(other) => {
                 return Err(ApiError::invalid_param(
                     format!(
@@ -156,6 +160,21 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
         });
     }
     ToolSet::checked(tools, choice, parallel).map_err(|e| tool_error(&e))
+}
+
+/// The web tools among the request's (or its thread's) `tools`.
+fn web_tools(req: &MessagesRequest) -> Result<Option<crate::backend::WebTools>, ApiError> {
+    let stored = req.ctx.previous.as_ref().and_then(|(_, t)| t.as_ref());
+    let defs = match (&req.tools, stored) {
+        (Some(t), _) => t.as_slice(),
+        (None, Some(Value::Array(t))) => t.as_slice(),
+        _ => &[],
+    };
+    let mut web = crate::backend::WebTools::default();
+    for (i, t) in defs.iter().enumerate() {
+        crate::http::web::anthropic_tool(t, i, &mut web)?;
+    }
+    Ok((web != crate::backend::WebTools::default()).then_some(web))
 }
 
 /// A tool definition's problem, naming the field in Anthropic's terms.
@@ -319,6 +338,7 @@ fn run_options(req: &MessagesRequest) -> Result<(RunOptions, bool), ApiError> {
         options.thinking_display = display;
         show = shown;
     }
+    options.web = web_tools(req)?;
     Ok((options, show))
 }
 
@@ -341,6 +361,91 @@ fn usage_json(u: &Usage) -> Value {
         "cache_creation_input_tokens": u.cache_creation_input_tokens,
         "cache_read_input_tokens": u.cache_read_input_tokens,
     })
+}
+
+/// The usage with `server_tool_use` when the answer used the web tools.
+fn answer_usage(s: &Success) -> Value {
+    let mut usage = usage_json(&s.usage);
+    if !s.web.is_empty() {
+        let (mut searches, mut fetches) = (0, 0);
+        for c in &s.web {
+            match c.kind {
+                WebKind::Search => searches += c.searches,
+                WebKind::Fetch => fetches += u64::from(c.error.is_none()),
+            }
+        }
+        usage["server_tool_use"] =
+            json!({"web_search_requests": searches, "web_fetch_requests": fetches});
+    }
+    usage
+}
+
+/// The server tool id of one of the CLI's web calls (`toolu_X` → `srvtoolu_X`).
+fn server_tool_id(call: &WebCall) -> String {
+    format!(
+        "srvtoolu_{}",
+        call.id.strip_prefix("toolu_").unwrap_or(&call.id)
+    )
+}
+
+/// A web call as the API reports a server tool: its `server_tool_use` block (input
+/// empty: the streamed form sends it as a delta) and its input, then its result block.
+fn web_blocks(call: &WebCall) -> (Value, Value, Value) {
+    let id = server_tool_id(call);
+    let (name, input) = match call.kind {
+        WebKind::Search => ("web_search", json!({"query": call.query})),
+        WebKind::Fetch => ("web_fetch", json!({"url": call.query})),
+    };
+    let result = match (call.kind, &call.error) {
+        (WebKind::Search, None) => json!({
+            "type": "web_search_tool_result", "tool_use_id": id,
+            "content": call.sources.iter().map(|s| json!({
+                "type": "web_search_result", "url": s.url, "title": s.title,
+                "encrypted_content": "", "page_age": null,
+            })).collect::<Vec<_>>(),
+        }),
+        (WebKind::Search, Some(e)) => json!({
+            "type": "web_search_tool_result", "tool_use_id": id,
+            "content": {"type": "web_search_tool_result_error", "error_code":
+                if e.contains("budget") { "max_uses_exceeded" } else { "unavailable" }},
+        }),
+        (WebKind::Fetch, None) => json!({
+            "type": "web_fetch_tool_result", "tool_use_id": id,
+            "content": {"type": "web_fetch_result", "url": call.query, "retrieved_at": null,
+                "content": {"type": "document", "title": null, "source": {
+                    "type": "text", "media_type": "text/plain",
+                    "data": call.text.as_deref().unwrap_or("")}}},
+        }),
+        (WebKind::Fetch, Some(_)) => json!({
+            "type": "web_fetch_tool_result", "tool_use_id": id,
+            "content": {"type": "web_fetch_tool_error", "error_code": "url_not_accessible"},
+        }),
+    };
+    (
+        json!({"type": "server_tool_use", "id": id, "name": name, "input": {}}),
+        input,
+        result,
+    )
+}
+
+/// The text block of an answer, with `citations` where it links the searches' sources.
+fn text_block(text: &str, web: &[WebCall]) -> Value {
+    let cites: Vec<Value> = crate::protocol::web::citations(text, web)
+        .iter()
+        .filter(|c| {
+            web.iter()
+                .any(|w| w.kind == WebKind::Search && w.sources.contains(c.source))
+        })
+        .map(|c| {
+            json!({"type": "web_search_result_location", "url": c.source.url,
+                   "title": c.source.title, "encrypted_index": "", "cited_text": c.cited_text})
+        })
+        .collect();
+    if cites.is_empty() {
+        json!({"type": "text", "text": text})
+    } else {
+        json!({"type": "text", "text": text, "citations": cites})
+    }
 }
 
 impl Api for Messages {
@@ -468,6 +573,12 @@ impl Api for Messages {
             .iter()
             .map(|t| json!({"type": "thinking", "thinking": t.thinking, "signature": t.signature}))
             .collect();
+        for call in &s.web {
+            let (mut start, input, result) = web_blocks(call);
+            start["input"] = input;
+            content.push(start);
+            content.push(result);
+        }
         if let Value::Array(blocks) = content_json(s) {
             content.extend(blocks);
         }
@@ -479,7 +590,7 @@ impl Api for Messages {
             "content": content,
             "stop_reason": stop_reason(s),
             "stop_sequence": s.stop_sequence,
-            "usage": usage_json(&s.usage),
+            "usage": answer_usage(s),
         })
     }
 
@@ -505,7 +616,7 @@ impl Api for Messages {
 fn content_json(s: &Success) -> Value {
     let mut content = Vec::with_capacity(s.tool_calls.len() + 1);
     if !s.text.is_empty() || s.tool_calls.is_empty() {
-        content.push(json!({"type": "text", "text": s.text}));
+        content.push(text_block(&s.text, &s.web));
     }
     content.extend(
         s.tool_calls
@@ -681,6 +792,19 @@ impl Framer for MessageFramer {
         }
     }
 
+    fn web(&mut self, call: &WebCall) -> Vec<Event> {
+        let mut out = Vec::new();
+        let (start, input, result) = web_blocks(call);
+        let index = self.start(start, BlockOpen::ToolUse, &mut out);
+        out.push(Self::delta(
+            index,
+            json!({"type": "input_json_delta", "partial_json": input.to_string()}),
+        ));
+        self.start(result, BlockOpen::ToolUse, &mut out);
+        self.close(&mut out);
+        out
+    }
+
     fn finish(&mut self, s: &Success) -> Vec<Event> {
         crate::http::threads::remember(&self.thread, &self.model, &self.id, s);
         let mut out = Vec::new();
@@ -697,7 +821,7 @@ impl Framer for MessageFramer {
             "message_delta",
             json!({"type": "message_delta",
                    "delta": {"stop_reason": stop_reason(s), "stop_sequence": s.stop_sequence},
-                   "usage": usage_json(&s.usage)}),
+                   "usage": answer_usage(s)}),
         ));
         out.push(event("message_stop", json!({"type": "message_stop"})));
         out

@@ -155,6 +155,11 @@ pub trait Framer: Send + 'static {
     fn thinking(&mut self, _step: ThinkingStep) -> Vec<Event> {
         Vec::new()
     }
+    /// One of the CLI's web searches or fetches completed (between the text before it
+    /// and the text after it).
+    fn web(&mut self, _call: &crate::protocol::WebCall) -> Vec<Event> {
+        Vec::new()
+    }
     /// The last events of a complete answer.
     fn finish(&mut self, answer: &Success) -> Vec<Event>;
     /// The last events of a stream that failed after it began (`body` is the rendered
@@ -224,6 +229,7 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         Ok(t) => t,
         Err(e) => return cx.error(e),
     };
+
     // A model alias of the rules names the model the CLI runs (the ledger and the answer
     // keep the name asked for).
     let resolved = cx.rules.resolve_model(&turn.model);
@@ -237,6 +243,9 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
     turn.accounts = cx.caller.as_ref().and_then(|c| c.0.accounts.clone());
     turn.tenant.clone_from(&cx.tenant);
     turn.show_thinking |= A::thinking_by_config(&state.settings);
+    if let Err(e) = crate::http::web::admit(&state, &mut turn.options) {
+        return cx.error(e);
+    }
     let mut run = match state
         .engine
         .start(Arc::clone(&cx.rules), Arc::clone(&cx.record), turn)
@@ -364,6 +373,7 @@ fn sse_response<A: Api>(
             TurnStep::ToolStart { index, id, name } => framer.tool_start(index, id, name),
             TurnStep::ToolArgs { index, fragment } => framer.tool_args(index, fragment),
             TurnStep::Thinking(t) => framer.thinking(t),
+            TurnStep::Web(c) => framer.web(&c),
             TurnStep::Finish(s) => {
                 st.cx.record.set_usage(&s.usage, s.model.as_deref());
                 st.cx.record.stream_finished();

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod responses;
 pub mod state;
 pub mod threads;
+pub mod web;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -170,6 +171,10 @@ async fn method_not_allowed(
     static_error_for(&state, &req, &id, ApiError::MethodNotAllowed)
 }
 
+async fn hello() -> axum::http::StatusCode {
+    axum::http::StatusCode::OK
+}
+
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
@@ -238,6 +243,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        // Claude Code as a client sends `HEAD /api/hello` to its base URL at start (a
+        // connectivity check; measured on 2.1.332): answered like the API does, not 404.
+        .route("/api/hello", get(hello))
         // The operator page and its assets hold no data: the page asks for the admin key.
         .route("/admin", get(admin::page_redirect))
         .route("/admin/", get(admin::page))

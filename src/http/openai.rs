@@ -272,11 +272,7 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
             "only the `text` modality is supported by this gateway",
         );
     }
-    for (field, value) in [
-        ("audio", &req.audio),
-        ("prediction", &req.prediction),
-        ("web_search_options", &req.web_search_options),
-    ] {
+    for (field, value) in [("audio", &req.audio), ("prediction", &req.prediction)] {
         if value.as_ref().is_some_and(|v| !v.is_null()) {
             return refuse(
                 field,
@@ -394,6 +390,9 @@ fn run_options(req: &ChatRequest) -> Result<RunOptions, ApiError> {
     }
     if let Some(e) = req.reasoning_effort.as_ref().filter(|e| !e.is_null()) {
         options.effort = Some(reasoning_effort(e, "reasoning_effort")?);
+    }
+    if let Some(w) = req.web_search_options.as_ref().filter(|w| !w.is_null()) {
+        options.web = Some(crate::http::web::chat_options(w)?);
     }
     Ok(options)
 }
@@ -572,7 +571,13 @@ impl Api for ChatCompletions {
                 .as_ref()
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+            searching: req
+                .web_search_options
+                .as_ref()
+                .is_some_and(|w| !w.is_null()),
             model: req.model,
+            text: String::new(),
+            web: Vec::new(),
         }
     }
 }
@@ -591,7 +596,23 @@ fn message(s: &Success) -> Value {
         let thinking: Vec<&str> = s.thinking.iter().map(|t| t.thinking.as_str()).collect();
         m["reasoning_content"] = Value::String(thinking.join("\n\n"));
     }
+    if !s.web.is_empty() {
+        m["annotations"] = chat_annotations(&s.text, &s.web);
+    }
     m
+}
+
+/// `url_citation` annotations: where `text` links the web searches' sources.
+fn chat_annotations(text: &str, web: &[crate::protocol::WebCall]) -> Value {
+    use crate::protocol::web::{char_index, citations};
+    citations(text, web)
+        .iter()
+        .map(|c| {
+            json!({"type": "url_citation", "url_citation": {
+                "start_index": char_index(text, c.start), "end_index": char_index(text, c.end),
+                "url": c.source.url, "title": c.source.title}})
+        })
+        .collect()
 }
 
 /// `chat.completion.chunk` events.
@@ -600,6 +621,12 @@ pub struct ChunkFramer {
     created: u64,
     model: String,
     include_usage: bool,
+    /// The request enabled web search: the streamed text is kept (the annotations at
+    /// the end point into it).
+    searching: bool,
+    text: String,
+    /// The CLI's web calls so far.
+    web: Vec<crate::protocol::WebCall>,
 }
 
 impl ChunkFramer {
@@ -619,7 +646,15 @@ impl Framer for ChunkFramer {
     }
 
     fn text(&mut self, text: String) -> Vec<Event> {
+        if self.searching {
+            self.text.push_str(&text);
+        }
         vec![self.chunk(json!({"content": text}), None)]
+    }
+
+    fn web(&mut self, call: &crate::protocol::WebCall) -> Vec<Event> {
+        self.web.push(call.clone());
+        Vec::new()
     }
 
     fn tool_start(&mut self, index: usize, id: String, name: String) -> Vec<Event> {
@@ -646,7 +681,14 @@ impl Framer for ChunkFramer {
     }
 
     fn finish(&mut self, s: &Success) -> Vec<Event> {
-        let mut v = vec![self.chunk(json!({}), Some(finish_reason(s)))];
+        let mut v = Vec::new();
+        if !self.web.is_empty() {
+            let notes = chat_annotations(&self.text, &self.web);
+            if notes.as_array().is_some_and(|a| !a.is_empty()) {
+                v.push(self.chunk(json!({"annotations": notes}), None));
+            }
+        }
+        v.push(self.chunk(json!({}), Some(finish_reason(s))));
         if self.include_usage {
             let u = json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created,

@@ -62,6 +62,8 @@ pub struct Services {
     pub ledger: Option<Ledger>,
     /// The ledger's writer, until `serve` starts it.
     pub ledger_writer: std::sync::Mutex<Option<LedgerWriter>>,
+    /// The egress proxy of web-fetching runs (only with `web.fetch: true`).
+    pub egress: Option<crate::backend::egress::EgressProxy>,
 }
 
 impl AppState {
@@ -154,7 +156,16 @@ impl AppState {
             }
             None => (None, None),
         };
+        let egress = if settings.web.fetch {
+            Some(
+                crate::backend::egress::EgressProxy::start(metrics.egress.clone())
+                    .map_err(|e| format!("web.fetch: cannot start the egress proxy: {e}"))?,
+            )
+        } else {
+            None
+        };
         Ok(AppState(Arc::new(Services {
+            egress,
             keys,
             limiter: Arc::new(Limiter::default()),
             ledger,

@@ -5,6 +5,9 @@ use crate::protocol::{RunAccumulator, RunEnd};
 const SUCCESS_PARTIAL: &str = include_str!("../../tests/fixtures/success_partial.jsonl");
 const ABANDONED: &str = include_str!("../../tests/fixtures/abandoned.jsonl");
 const MAX_TURNS: &str = include_str!("../../tests/fixtures/max_turns.jsonl");
+/// The real CLI 2.1.332's WebSearch (`--tools WebSearch`, partial messages) against a mock
+/// that emulates the API's server-side search and echoes the tool result.
+const WEB_SEARCH: &str = include_str!("../../tests/fixtures/web_search.jsonl");
 
 /// The events of a captured run, ending with its conclusion (exit 0).
 fn events_of(capture: &str) -> Vec<CliEvent> {
@@ -369,4 +372,33 @@ fn the_earliest_stop_wins_and_ties_go_to_the_first_listed() {
     // A partial match at the end is released by finish.
     let (out, stop, _) = filter_in_pieces(&stops(&["STOP"]), "a ST", 2);
     assert_eq!((out.as_str(), stop), ("a ST", None));
+}
+
+#[test]
+fn a_web_search_of_the_cli_is_a_step_between_the_texts_and_on_the_answer() {
+    let (steps, _) = fold(&[], events_of(WEB_SEARCH));
+    let at = steps
+        .iter()
+        .position(|s| matches!(s, Step::Web(_)))
+        .expect("a web step");
+    let Step::Web(call) = &steps[at] else {
+        unreachable!()
+    };
+    assert_eq!(call.kind, WebKind::Search);
+    assert_eq!(call.query, "rust");
+    assert_eq!(call.searches, 1);
+    let urls: Vec<&str> = call.sources.iter().map(|s| s.url.as_str()).collect();
+    assert_eq!(
+        urls,
+        [
+            "https://www.rust-lang.org/",
+            "https://doc.rust-lang.org/book/"
+        ]
+    );
+    // The answer's text comes after the search (it reports the results).
+    assert!(!steps[..at].iter().any(|s| matches!(s, Step::Text(_))));
+    assert!(texts(&steps[at..]).starts_with("seen: "));
+    let done = finish(&steps);
+    assert_eq!(done.web.len(), 1);
+    assert!(done.tool_calls.is_empty(), "WebSearch is not a client call");
 }

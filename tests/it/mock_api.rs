@@ -21,6 +21,8 @@
 //! | `tool_call:<names>[:<text>]` | a model tool call: optional text, then one `tool_use` per comma-separated name (two names = parallel calls), input `{"q":"x"}`, `stop_reason: tool_use`; a request whose last user message holds `tool_result` blocks gets [`Answer::EchoResults`] instead |
 //! | `script:<name>`   | the answers registered with [`MockApi::script`], one per request in order (the last repeats) |
 //! | `schema[:json]`   | when the request offers the `StructuredOutput` tool (`--json-schema`) and no tool result came back yet: a call of it with the JSON as input (`input_json_delta` fragments); otherwise text |
+//! | `web_search[:query]` | the real API's server-side search, emulated: a request offering the `web_search_20250305` server tool (the CLI's WebSearch asks so) gets `server_tool_use` + `web_search_tool_result` (two results, [`WEB_RESULTS`]) + text, `usage.server_tool_use.web_search_requests: 1`; a request offering the CLI's `WebSearch` tool gets a call of it with `{"query": <query>}` (default `rust`); a request with tool results [`Answer::EchoResults`] (`web_search:twice`: a second call after the first result) |
+//! | `web_fetch:<url>` | a request offering the CLI's `WebFetch` tool gets a call of it with `{"url": <url>, "prompt": "Summarize"}`; a request with tool results [`Answer::EchoResults`]; any other the default text (the CLI's summarizing side query) |
 //! | `thinking[:text]` | a thinking block (`thinking_delta`s, `signature_delta` `sig_mock`) before the text; 5 of the 9 output tokens are thinking |
 //!
 //! Tool calls come in SSE (as the CLI asks) and JSON, with ids `toolu_01…`
@@ -47,6 +49,12 @@ use axum::Router;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
+
+/// The results of the `web_search` scenario's emulated search: (title, url).
+pub const WEB_RESULTS: [(&str, &str); 2] = [
+    ("Rust Programming Language", "https://www.rust-lang.org/"),
+    ("The Rust Book", "https://doc.rust-lang.org/book/"),
+];
 
 /// Text answered by `ok` / `slow` when the scenario carries no `:text` suffix.
 pub const DEFAULT_TEXT: &str = "Hello from the mock API.";
@@ -371,6 +379,46 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
                     },
                     None => Answer::Text(DEFAULT_TEXT.into()),
                 }
+            };
+            answer_response(n, st.shutdown, &model, &body, &answer, stream)
+        }
+        "web_search" | "web_fetch" => {
+            let offers = |pred: &dyn Fn(&Value) -> bool| {
+                body["tools"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(pred))
+            };
+            if name == "web_search"
+                && offers(&|t| t["type"].as_str().is_some_and(|k| k.starts_with("web_search_")))
+            {
+                let asked = body.to_string();
+                let query = asked
+                    .split("query: ")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("rust")
+                    .to_owned();
+                return web_search_answer(n, st.shutdown, &model, &query, stream);
+            }
+            let tool = if name == "web_search" { "WebSearch" } else { "WebFetch" };
+            // `web_search:twice`: a second search after the first one's results.
+            let results = body["messages"].to_string().matches("\"tool_result\"").count();
+            let again = name == "web_search" && text == "twice" && results == 1;
+            let answer = if !last_user_tool_results(&body).is_empty() && !again {
+                Answer::EchoResults
+            } else if offers(&|t| t["name"] == tool) {
+                let query = if text == DEFAULT_TEXT { "rust" } else { text };
+                let input = if name == "web_search" {
+                    json!({"query": query})
+                } else {
+                    json!({"url": text, "prompt": "Summarize"})
+                };
+                Answer::Tools {
+                    text: None,
+                    calls: vec![(tool.to_owned(), input)],
+                }
+            } else {
+                Answer::Text(DEFAULT_TEXT.into())
             };
             answer_response(n, st.shutdown, &model, &body, &answer, stream)
         }
@@ -936,6 +984,91 @@ fn answer_response(
                 "usage": {"output_tokens": 5}}),
     ));
     frames.push(frame("message_stop", &json!({"type": "message_stop"})));
+    sse(n, shutdown, frames, Duration::ZERO, End::Close)
+}
+
+/// The API's server-side web search, emulated: `server_tool_use`, its
+/// `web_search_tool_result` ([`WEB_RESULTS`]) and a text, as SSE or JSON.
+fn web_search_answer(
+    n: u64,
+    shutdown: watch::Receiver<bool>,
+    model: &str,
+    query: &str,
+    stream: bool,
+) -> Response {
+    let id = format!("srvtoolu_01mock{n}");
+    let results: Vec<Value> = WEB_RESULTS
+        .iter()
+        .map(|(title, url)| {
+            json!({"type": "web_search_result", "title": title, "url": url,
+                   "encrypted_content": "mock", "page_age": null})
+        })
+        .collect();
+    let result = json!({"type": "web_search_tool_result", "tool_use_id": id, "content": results});
+    let summary = format!("Rust is a language ({query}).");
+    let usage = json!({"input_tokens": 12, "output_tokens": 9,
+        "server_tool_use": {"web_search_requests": 1}});
+    if !stream {
+        let msg = json!({
+            "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant", "model": model,
+            "content": [
+                {"type": "server_tool_use", "id": id, "name": "web_search", "input": {"query": query}},
+                result, {"type": "text", "text": summary}],
+            "stop_reason": "end_turn", "stop_sequence": null, "usage": usage});
+        return with_request_id(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(msg.to_string())),
+            n,
+        );
+    }
+    let block = |i: usize, b: Value| {
+        frame(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": i, "content_block": b}),
+        )
+    };
+    let stop = |i: usize| {
+        frame(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": i}),
+        )
+    };
+    let delta = |i: usize, d: Value| {
+        frame(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": i, "delta": d}),
+        )
+    };
+    let frames = vec![
+        frame(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": format!("msg_mock_{n}"), "type": "message", "role": "assistant",
+                "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        ),
+        block(
+            0,
+            json!({"type": "server_tool_use", "id": id, "name": "web_search", "input": {}}),
+        ),
+        delta(
+            0,
+            json!({"type": "input_json_delta", "partial_json": json!({"query": query}).to_string()}),
+        ),
+        stop(0),
+        block(1, result),
+        stop(1),
+        block(2, json!({"type": "text", "text": ""})),
+        delta(2, json!({"type": "text_delta", "text": summary})),
+        stop(2),
+        frame(
+            "message_delta",
+            &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                    "usage": usage}),
+        ),
+        frame("message_stop", &json!({"type": "message_stop"})),
+    ];
     sse(n, shutdown, frames, Duration::ZERO, End::Close)
 }
 

@@ -330,3 +330,69 @@ async fn real_cli_thread_continue_gives_the_model_the_whole_thread() {
         up["system"]
     );
 }
+
+/// Claude Code itself as a client: the real CLI with `ANTHROPIC_BASE_URL` at ccgate (which
+/// runs the real CLI against the mock), `-p` with stream-json output on its default tools
+/// (ToolSearch, Edit … offered, deferred tools, `context_management`, its system message),
+/// then `-c` continuing that session. No request of either run is refused.
+#[tokio::test]
+async fn real_cli_claude_code_as_a_client_p_then_c_is_never_refused() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(exe.clone(), Some(mock.url("ok")), None, |_| {}).await;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (config, home, cwd) = (
+        tmp.path().join("config"),
+        tmp.path().join("home"),
+        tmp.path().join("work"),
+    );
+    for d in [&config, &home, &cwd] {
+        std::fs::create_dir(d).expect("dir");
+    }
+    let run = |extra: &'static [&'static str], prompt: &'static str| {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(["-p", "--output-format", "stream-json", "--verbose"])
+            .args(extra)
+            .arg(prompt)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("CLAUDE_CONFIG_DIR", &config)
+            .env("ANTHROPIC_BASE_URL", s.url(""))
+            .env("ANTHROPIC_API_KEY", "client-key")
+            .env("CLAUDE_CODE_MAX_RETRIES", "0")
+            .current_dir(&cwd)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        async move {
+            let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
+                .await
+                .expect("the client CLI ends (hang guard)")
+                .expect("run the client CLI");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    for (extra, prompt) in [(&[][..], "Say hello"), (&["-c"][..], "And again")] {
+        let out = run(extra, prompt).await;
+        let result: Value = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["type"] == "result")
+            .unwrap_or_else(|| panic!("no result: {out}"));
+        assert_eq!(result["is_error"], false, "{prompt}: {out}");
+        assert_eq!(result["result"], crate::mock_api::DEFAULT_TEXT, "{out}");
+    }
+    let metrics = crate::harness::get_text(&s, "/metrics").await;
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ccgate_requests_total{") && !l.contains("status=\"200\""))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(refused.is_empty(), "ccgate refused: {refused:?}");
+    // The second run carried the first turn (the `-c` history reached the model).
+    let last = mock.message_requests().last().unwrap().body.to_string();
+    assert!(
+        last.contains("Say hello") && last.contains("And again"),
+        "{last}"
+    );
+}

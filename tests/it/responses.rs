@@ -239,8 +239,12 @@ async fn bad_inputs_are_400s_in_openai_shape() {
             "tools[0].name",
         ),
         (
-            json!({"model": "sonnet", "input": "hi", "tools": [{"type": "web_search_preview"}]}),
+            json!({"model": "sonnet", "input": "hi", "tools": [{"type": "code_interpreter"}]}),
             "tools[0].type",
+        ),
+        (
+            json!({"model": "sonnet", "input": "hi", "tools": [{"type": "web_search_preview", "search_context_size": "high"}]}),
+            "tools[0].search_context_size",
         ),
         (
             json!({"model": "sonnet", "input": "hi", "text": {"format": {"type": "xml"}}}),

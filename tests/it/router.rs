@@ -120,8 +120,8 @@ async fn fields_promising_what_ccgate_cannot_do_are_refused_naming_the_field() {
         ),
         (
             "/v1/chat/completions",
-            chat(json!({"web_search_options": {}})),
-            "web_search_options",
+            chat(json!({"web_search_options": {"search_context_size": "low"}})),
+            "web_search_options.search_context_size",
         ),
         (
             "/v1/messages",

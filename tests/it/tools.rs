@@ -413,9 +413,15 @@ async fn bad_tool_definitions_and_unpaired_results_are_400s_in_each_shape() {
         ),
         (
             "/v1/messages",
-            json!({"model": "m", "max_tokens": 5, "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            json!({"model": "m", "max_tokens": 5, "tools": [{"type": "code_execution_20250825", "name": "code_execution"}],
                 "messages": [{"role": "user", "content": "x"}]}),
             "tools[0].type",
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "m", "max_tokens": 5, "tools": [{"type": "web_search_20250305", "name": "web_search", "blocked_domains": ["a.com"]}],
+                "messages": [{"role": "user", "content": "x"}]}),
+            "tools[0].blocked_domains",
         ),
         (
             "/v1/messages",

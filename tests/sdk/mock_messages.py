@@ -5,6 +5,10 @@ Writes each POST /v1/messages body to OUTDIR/req-<n>.json (n from 1, in arrival 
 answers, streaming (SSE) or not, as the model would:
 - the last user message holds tool_result blocks: text "seen: <r1> | <r2>", each result's text
   ("error: " first when is_error, " [image]" per image block);
+- else the request offers `StructuredOutput` (--json-schema): a call of it whose input fills the
+  schema's properties (as below);
+- else a client tool named `…apply_patch` is offered and the messages hold "[[patch]]": a call of
+  it adding hello.txt (PATCH);
 - else the first user text holds "[[tools:single]]" / "[[tools:parallel]]": one tool_use of the
   first offered client tool (a name starting with "mcp__") / one each of the first two
   (stop_reason tool_use); inputs fill each schema property: city "Paris", tz "CET", else "x";
@@ -56,11 +60,24 @@ def result_text(r):
     return ("error: " + t) if r.get("is_error") else t
 
 
+PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+hello from ccgate\n*** End Patch\n"
+
+
 def plan(body):
     """(blocks, stop_reason) for one request."""
     results = tool_results(body)
     if results:
         return [{"type": "text", "text": "seen: " + " | ".join(result_text(r) for r in results)}], "end_turn"
+    offered = body.get("tools", [])
+    structured = next((t for t in offered if t.get("name") == "StructuredOutput"), None)
+    if structured:
+        props = (structured.get("input_schema") or {}).get("properties") or {}
+        return [{"type": "tool_use", "id": f"toolu_01Mock{count[0]:06d}xSoAbCdEfGh",
+                 "name": "StructuredOutput", "input": {k: SAMPLES.get(k, "x") for k in props}}], "tool_use"
+    patch_tool = next((t for t in offered if str(t.get("name", "")).endswith("apply_patch")), None)
+    if patch_tool and "[[patch]]" in json.dumps(body.get("messages", [])):
+        return [{"type": "tool_use", "id": f"toolu_01Mock{count[0]:06d}xPaAbCdEfGh",
+                 "name": patch_tool["name"], "input": {"input": PATCH}}], "tool_use"
     first = next((m for m in body.get("messages", []) if m.get("role") == "user"), {})
     text = " ".join(user_texts(first))
     tools = [t for t in body.get("tools", []) if str(t.get("name", "")).startswith("mcp__")]

@@ -15,8 +15,7 @@ use crate::response_store::StoredConversation;
 
 /// Built-in tool and item types: refused for good (the CLI's own tools never serve a
 /// client's request).
-const BUILT_IN_ITEMS: [&str; 16] = [
-    "web_search_call",
+const BUILT_IN_ITEMS: [&str; 15] = [
     "file_search_call",
     "computer_call",
     "computer_call_output",
@@ -222,6 +221,9 @@ fn input_item(
         // A thinking block again when it carries ccgate's `encrypted_content`; otherwise
         // accepted and not shown to the model again.
         "reasoning" => return Ok(reasoning_input(item)),
+        // An earlier answer's web search (served by the CLI's WebSearch): its findings are
+        // in the answer text after it; not shown to the model again.
+        "web_search_call" => return Ok(None),
         // Resolved by `prepare` among the key's stored responses.
         "item_reference" => {
             return match references.get(&i) {

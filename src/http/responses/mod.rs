@@ -129,7 +129,8 @@ impl Api for Responses {
             conversation(req, req.ctx.previous.as_deref(), &req.ctx.references)?;
         let _ = req.ctx.conversation.set(conversation.clone());
         let _ = req.ctx.sources.set(sources);
-        let options = run_options(req)?;
+        let mut options = run_options(req)?;
+        options.web = tools::web_tools(req)?;
         let mut turn = crate::http::handler::turn_request(conversation, &req.model, Vec::new())?;
         turn.tools = tools;
         turn.options = options;

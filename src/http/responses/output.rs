@@ -7,7 +7,7 @@ use super::reasoning::reasoning_id;
 use super::request::ResponsesRequest;
 use super::tools::ToolKind;
 use crate::conversation::{Block, Message, Role};
-use crate::protocol::{Success, Usage};
+use crate::protocol::{Success, Usage, WebCall, WebKind};
 use crate::response_store::{StoredConversation, StoredItem};
 
 pub(super) fn incomplete(s: &Success) -> bool {
@@ -67,6 +67,43 @@ pub(super) fn call_item(
             item
         }
     }
+}
+
+/// The output item of one of the CLI's web searches (`web_search_call`; its id derived
+/// from the CLI's tool-use id).
+pub(super) fn web_item(call: &WebCall) -> Value {
+    let id = format!("ws_{}", call.id.strip_prefix("toolu_").unwrap_or(&call.id));
+    let status = if call.error.is_some() {
+        "failed"
+    } else {
+        "completed"
+    };
+    let sources: Vec<Value> = call
+        .sources
+        .iter()
+        .map(|s| json!({"type": "url", "url": s.url}))
+        .collect();
+    let action = match call.kind {
+        WebKind::Search => json!({"type": "search", "query": call.query, "sources": sources}),
+        WebKind::Fetch => json!({"type": "open_page", "url": call.query}),
+    };
+    json!({"id": id, "type": "web_search_call", "status": status, "action": action})
+}
+
+/// The `url_citation` annotations of `text`: where it links the searches' sources
+/// (character offsets, as OpenAI counts).
+pub(super) fn annotations(text: &str, web: &[WebCall]) -> Value {
+    use crate::protocol::web::{char_index, citations};
+    Value::Array(
+        citations(text, web)
+            .iter()
+            .map(|c| {
+                json!({"type": "url_citation", "start_index": char_index(text, c.start),
+                    "end_index": char_index(text, c.end), "url": c.source.url,
+                    "title": c.source.title})
+            })
+            .collect(),
+    )
 }
 
 /// The assistant message item of an answer.
@@ -150,8 +187,11 @@ impl ResponsesRequest {
                     .map(|t| self.reasoning_item(&reasoning_id(), &t.thinking, &t.signature)),
             );
         }
+        output.extend(s.web.iter().map(web_item));
         if !text.is_empty() || s.tool_calls.is_empty() {
-            output.push(message_item(msg_id, status, Some(text)));
+            let mut item = message_item(msg_id, status, Some(text));
+            item["content"][0]["annotations"] = annotations(text, &s.web);
+            output.push(item);
         }
         output.extend(s.tool_calls.iter().map(|c| {
             let kind = self.tool_kind(&c.name);

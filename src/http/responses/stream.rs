@@ -6,7 +6,7 @@
 use axum::response::sse::Event;
 use serde_json::{json, Map, Value};
 
-use super::output::{call_item, call_item_id, incomplete, message_item};
+use super::output::{annotations, call_item, call_item_id, incomplete, message_item, web_item};
 use super::reasoning::reasoning_id;
 use super::request::ResponsesRequest;
 use super::tools::ToolKind;
@@ -31,6 +31,8 @@ pub struct ResponseFramer {
     /// The open item: a message (its own id and text, which its `done` events repeat),
     /// or a function call.
     open: Option<OpenItem>,
+    /// The CLI's web calls so far (the messages after them cite their sources).
+    web: Vec<crate::protocol::WebCall>,
     /// Every event's data, for the unit tests.
     #[cfg(test)]
     sent: Vec<Value>,
@@ -71,6 +73,7 @@ impl ResponseFramer {
             done: Vec::new(),
             items: 0,
             open: None,
+            web: Vec::new(),
             #[cfg(test)]
             sent: Vec::new(),
         }
@@ -182,6 +185,14 @@ impl ResponseFramer {
                 id: item_id,
                 text,
             }) => {
+                let notes = annotations(&text, &self.web);
+                for (n, note) in notes.as_array().into_iter().flatten().enumerate() {
+                    out.push(self.event(
+                        "response.output_text.annotation.added",
+                        json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                               "annotation_index": n, "annotation": note}),
+                    ));
+                }
                 out.push(self.event(
                     "response.output_text.done",
                     json!({"item_id": item_id, "output_index": index, "content_index": 0,
@@ -192,7 +203,8 @@ impl ResponseFramer {
                     json!({"item_id": item_id, "output_index": index, "content_index": 0,
                            "part": Self::part(&text)}),
                 ));
-                let item = message_item(&item_id, status, Some(&text));
+                let mut item = message_item(&item_id, status, Some(&text));
+                item["content"][0]["annotations"] = notes;
                 out.push(self.event(
                     "response.output_item.done",
                     json!({"output_index": index, "item": item}),
@@ -350,6 +362,34 @@ impl Framer for ResponseFramer {
             "response.function_call_arguments.delta",
             json!({"item_id": id, "output_index": index, "delta": fragment}),
         )]
+    }
+
+    fn web(&mut self, call: &crate::protocol::WebCall) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.close(&mut out, "completed");
+        let index = self.items;
+        self.items += 1;
+        let item = web_item(call);
+        let id = item["id"].clone();
+        let mut started = item.clone();
+        started["status"] = "in_progress".into();
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": started}),
+        ));
+        for phase in ["in_progress", "searching", "completed"] {
+            out.push(self.event(
+                &format!("response.web_search_call.{phase}"),
+                json!({"item_id": id, "output_index": index}),
+            ));
+        }
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        ));
+        self.done.push(item);
+        self.web.push(call.clone());
+        out
     }
 
     fn finish(&mut self, s: &Success) -> Vec<Event> {

@@ -45,6 +45,38 @@ fn text_format_and_reasoning_effort_become_run_options() {
 }
 
 #[test]
+fn web_search_is_the_clis_web_search_and_its_items_come_back() {
+    // As Codex CLI sends it, next to a function tool; an earlier answer's
+    // `web_search_call` item in the history is accepted and not shown to the model.
+    let t = turn(json!({"model": "sonnet",
+        "tools": [{"type": "web_search", "external_web_access": false},
+                  {"type": "function", "name": "f", "parameters": {"type": "object"}}],
+        "input": [{"role": "user", "content": "q"},
+                  {"type": "web_search_call", "id": "ws_1", "status": "completed",
+                   "action": {"type": "search", "query": "rust"}},
+                  {"role": "assistant", "content": "answer"},
+                  {"role": "user", "content": "more"}]}))
+    .unwrap();
+    let web = t.options.web.as_ref().expect("web tools");
+    assert!(web.search && !web.fetch);
+    assert_eq!(web.max_searches, None);
+    let names: Vec<&str> = t
+        .tools
+        .as_ref()
+        .unwrap()
+        .tools
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["f"]);
+    assert_eq!(t.conversation.messages.len(), 3);
+    let t =
+        turn(json!({"model": "sonnet", "input": "hi", "tools": [{"type": "web_search_preview"}]}))
+            .unwrap();
+    assert!(t.options.web.is_some() && t.tools.is_none());
+}
+
+#[test]
 fn string_and_item_input_with_instructions() {
     let t = turn(json!({"model": "sonnet", "input": "hi", "instructions": "be brief"})).unwrap();
     assert_eq!(t.conversation.system.as_deref(), Some("be brief"));
@@ -85,7 +117,14 @@ fn unsupported_fields_are_400s_naming_them() {
             json!({"tools": [{"type": "function", "name": "f"}, {"type": "file_search"}]}),
             "tools[1].type",
         ),
-        (json!({"tools": [{"type": "web_search"}]}), "tools[0].type"),
+        (
+            json!({"tools": [{"type": "code_interpreter"}]}),
+            "tools[0].type",
+        ),
+        (
+            json!({"tools": [{"type": "web_search", "user_location": {"type": "approximate"}}]}),
+            "tools[0].user_location",
+        ),
         (json!({"tool_choice": "required"}), "tool_choice"),
         (
             json!({"text": {"format": {"type": "json_schema", "schema": {}}}}),
@@ -112,7 +151,7 @@ fn unsupported_fields_are_400s_naming_them() {
             "input",
         ),
         (
-            json!({"input": [{"type": "web_search_call", "id": "w"}]}),
+            json!({"input": [{"type": "file_search_call", "id": "w"}]}),
             "input[0].type",
         ),
         (

@@ -9,7 +9,9 @@
 //!   `grammar`, lark or regex) in its description; a call of one is a `custom_tool_call`
 //!   item with that `input`, and the client's `custom_tool_call_output` is its result.
 //!
-//! Hosted tools (`web_search`, `file_search`, …) are refused with a 400 naming them.
+//! The hosted `web_search` tool (and `web_search_preview`) is the CLI's own WebSearch for
+//! the run ([`web_tools`], `http::web`); other hosted tools (`file_search`, …) are refused
+//! with a 400 naming them.
 
 use serde_json::{json, Value};
 
@@ -180,6 +182,7 @@ pub(super) fn tool_set(req: &ResponsesRequest) -> Result<Option<ToolSet>, ApiErr
                 }
                 continue;
             }
+            _ if crate::http::web::responses_tool(t, i, &mut Default::default())? => continue,
             other => {
                 return Err(ApiError::invalid_param(
                     format!(
@@ -197,4 +200,15 @@ pub(super) fn tool_set(req: &ResponsesRequest) -> Result<Option<ToolSet>, ApiErr
             None => format!("tools[{i}].{f}"),
         }
     })
+}
+
+/// The hosted web search among `tools` as the run's web tools (None: not asked).
+pub(super) fn web_tools(
+    req: &ResponsesRequest,
+) -> Result<Option<crate::backend::WebTools>, ApiError> {
+    let mut web = crate::backend::WebTools::default();
+    for (i, t) in req.tools.as_deref().unwrap_or_default().iter().enumerate() {
+        crate::http::web::responses_tool(t, i, &mut web)?;
+    }
+    Ok(web.search.then_some(web))
 }
