@@ -17,6 +17,7 @@ use crate::http::state::AppState;
 use crate::http::threads::ThreadCtx;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
+use crate::http::bounded::ToolDef;
 use crate::turn::ThinkingStep;
 
 /// The Messages API.
@@ -31,8 +32,8 @@ pub struct MessagesRequest {
     system: Option<Content>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
-    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tools: Option<Vec<ToolDef>>,
     #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     tool_choice: Option<Value>,
     #[serde(default)]
@@ -116,9 +117,13 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
     };
     // A thread's `continue` takes the thread's tools unless it repeats them.
     let stored = req.ctx.previous.as_ref().and_then(|(_, t)| t.as_ref());
+    let stored_defs: Vec<ToolDef>;
     let defs = match (&req.tools, stored) {
         (Some(t), _) => t.as_slice(),
-        (None, Some(Value::Array(t))) => t.as_slice(),
+        (None, Some(Value::Array(t))) => {
+            stored_defs = t.iter().map(ToolDef::from_value).collect();
+            stored_defs.as_slice()
+        }
         _ => &[],
     };
     let mut tools = Vec::with_capacity(defs.len());
@@ -140,7 +145,7 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
                 &format!("tools[{i}].name"),
             ));
         };
-        let Some(input_schema) = t.get("input_schema").filter(|s| !s.is_null()) else {
+        let Some(input_schema) = t.schema() else {
             return Err(ApiError::invalid_param(
                 format!("tools.{i}.input_schema: Field required"),
                 &format!("tools[{i}].input_schema"),
@@ -445,7 +450,9 @@ impl Api for Messages {
         let conversation = Conversation { system, messages };
         let _ = req.ctx.conversation.set(conversation.clone());
         let _ = req.ctx.tools.set(match (&req.tools, &req.ctx.previous) {
-            (Some(t), _) => Some(Value::Array(t.clone())),
+            // Kept only for a thread that is stored (a tree of the definitions).
+            (Some(_), _) if !req.ctx.stores() => None,
+            (Some(t), _) => Some(Value::Array(t.iter().map(ToolDef::to_value).collect())),
             (None, Some((_, t))) => t.clone(),
             (None, None) => None,
         });

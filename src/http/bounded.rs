@@ -16,6 +16,8 @@ use serde::Deserialize as _;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::conversation::RawJson;
+
 /// The most JSON values a request may hold in its tree-shaped fields together (tool
 /// schemas, tool calls' inputs, sources, option objects): about 2.5 MB per copy of the
 /// trees. Text, messages and other typed fields do not count.
@@ -58,6 +60,12 @@ pub fn count_values(raw: &str) -> usize {
     n
 }
 
+fn over_budget<E: serde::de::Error>() -> E {
+    E::custom(format!(
+        "the request holds more than {MAX_TREE_VALUES} JSON values in structured fields (tool definitions, Responses input items, option objects)"
+    ))
+}
+
 fn charge<E: serde::de::Error>(raw: &RawValue) -> Result<(), E> {
     BUDGET.with(|b| match b.get() {
         None => Ok(()),
@@ -65,9 +73,7 @@ fn charge<E: serde::de::Error>(raw: &RawValue) -> Result<(), E> {
             let n = count_values(raw.get());
             if n > left {
                 b.set(Some(0));
-                Err(E::custom(format!(
-                    "the request holds more than {MAX_TREE_VALUES} JSON values in tool schemas, tool inputs and other structured fields"
-                )))
+                Err(over_budget())
             } else {
                 b.set(Some(left - n));
                 Ok(())
@@ -89,13 +95,179 @@ pub fn tree<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> 
     }
 }
 
-/// An optional list of tree-shaped values (`tools`), charged as [`tree`].
+/// One element of a list kept as trees (a Responses `input` item), charged as [`tree`].
+pub fn item<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    charge(&raw)?;
+    serde_json::from_str(raw.get()).map_err(D::Error::custom)
+}
+
+/// An optional list of tree-shaped values, charged as [`tree`].
 pub fn trees<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Value>>, D::Error> {
     let Some(raw) = Option::<Box<RawValue>>::deserialize(d)? else {
         return Ok(None);
     };
     charge(&raw)?;
     serde_json::from_str(raw.get()).map_err(D::Error::custom)
+}
+
+/// A tool definition as a client sends it (Anthropic, Chat Completions, Responses): its
+/// fields as a small tree, charged to the request's budget, except its input schema
+/// (`input_schema`, `parameters`, or Chat Completions' `function.parameters`), which is
+/// kept as the client sent it ([`RawJson`]): a schema is only passed on to the CLI and
+/// hashed, and may be large (an `enum` of thousands of values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDef {
+    /// The definition without its schema (an object).
+    fields: Map<String, Value>,
+    /// The schema and where it was (None: absent or null).
+    schema: Option<(SchemaAt, RawJson)>,
+}
+
+/// Where a tool definition's schema is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaAt {
+    /// A top-level key (`input_schema`, `parameters`).
+    Top(&'static str),
+    /// `function.parameters`.
+    Function,
+}
+
+/// The keys whose value is a schema, kept raw.
+fn schema_key(key: &str) -> Option<&'static str> {
+    match key {
+        "input_schema" => Some("input_schema"),
+        "parameters" => Some("parameters"),
+        _ => None,
+    }
+}
+
+impl ToolDef {
+    /// A field of the definition (never its schema).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.get(key)
+    }
+
+    /// The input schema (`input_schema`, `parameters` or `function.parameters`), if given
+    /// and not null.
+    pub fn schema(&self) -> Option<&RawJson> {
+        self.schema.as_ref().map(|(_, s)| s)
+    }
+
+    /// The whole definition as a tree (an echo of the request, a stored thread's tools).
+    pub fn to_value(&self) -> Value {
+        let mut v = Value::Object(self.fields.clone());
+        match &self.schema {
+            None => {}
+            Some((SchemaAt::Top(k), s)) => v[*k] = s.to_value(),
+            Some((SchemaAt::Function, s)) => {
+                if let Some(f) = v.get_mut("function").and_then(Value::as_object_mut) {
+                    f.insert("parameters".into(), s.to_value());
+                }
+            }
+        }
+        v
+    }
+
+    /// A definition from a tree (a stored thread's tools).
+    pub fn from_value(v: &Value) -> ToolDef {
+        serde_json::from_str(&v.to_string()).unwrap_or_else(|_| ToolDef {
+            fields: Map::new(),
+            schema: None,
+        })
+    }
+}
+
+/// The fields of a tool definition's object (or of its `function`), each charged and
+/// parsed but the schema; returns the fields and the schema with its key.
+fn tool_fields<'de, A: MapAccess<'de>>(
+    mut map: A,
+    nested: bool,
+) -> Result<(Map<String, Value>, Option<(SchemaAt, RawJson)>), A::Error> {
+    let mut fields = Map::new();
+    let mut schema = None;
+    while let Some(key) = map.next_key::<String>()? {
+        if let Some(k) = schema_key(&key).filter(|k| !nested || *k == "parameters") {
+            let raw: RawJson = map.next_value()?;
+            let at = if nested {
+                SchemaAt::Function
+            } else {
+                SchemaAt::Top(k)
+            };
+            schema = (raw.get() != "null").then_some((at, raw));
+            continue;
+        }
+        if key == "function" && !nested {
+            let (f, s) = map.next_value::<FunctionFields>()?.0;
+            if s.is_some() {
+                schema = s;
+            }
+            fields.insert(key, f);
+            continue;
+        }
+        let raw: Box<RawValue> = map.next_value()?;
+        charge(&raw)?;
+        fields.insert(
+            key,
+            serde_json::from_str(raw.get()).map_err(A::Error::custom)?,
+        );
+    }
+    Ok((fields, schema))
+}
+
+/// Chat Completions' `function` object: its fields as a tree, its `parameters` raw.
+struct FunctionFields((Value, Option<(SchemaAt, RawJson)>));
+
+impl<'de> serde::Deserialize<'de> for FunctionFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<FunctionFields, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = FunctionFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a function object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FunctionFields, A::Error> {
+                let (fields, schema) = tool_fields(map, true)?;
+                Ok(FunctionFields((Value::Object(fields), schema)))
+            }
+        }
+        // Anything but an object is kept as it is (the API's check names it).
+        let raw = Box::<RawValue>::deserialize(d)?;
+        if raw.get().starts_with('{') {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            de.deserialize_map(Visit).map_err(D::Error::custom)
+        } else {
+            charge(&raw)?;
+            let v = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+            Ok(FunctionFields((v, None)))
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ToolDef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ToolDef, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = ToolDef;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a tool definition (an object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ToolDef, A::Error> {
+                let (fields, schema) = tool_fields(map, false)?;
+                Ok(ToolDef { fields, schema })
+            }
+        }
+        // Each definition counts as one value of the budget, its fields as theirs.
+        BUDGET.with(|b| match b.get() {
+            Some(0) => Err(over_budget()),
+            Some(left) => {
+                b.set(Some(left - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        })?;
+        d.deserialize_map(Visit)
+    }
 }
 
 /// The most `metadata` pairs (OpenAI: 16).

@@ -90,6 +90,13 @@ pub fn prepare(
 
 /// The stored thread's messages (its system prompt as a leading system message), then
 /// the request's; None without a `continue`.
+impl ThreadCtx {
+    /// The answered thread will be stored (the request has a `thread`).
+    pub fn stores(&self) -> bool {
+        self.store.is_some()
+    }
+}
+
 pub fn continued(ctx: &ThreadCtx, mut messages: Vec<Message>) -> Vec<Message> {
     match &ctx.previous {
         None => messages,
@@ -126,7 +133,7 @@ pub fn remember(ctx: &ThreadCtx, model: &str, id: &str, s: &Success) {
     blocks.extend(s.tool_calls.iter().map(|c| Block::ToolUse {
         id: c.id.clone(),
         name: c.name.clone(),
-        input: c.input.clone(),
+        input: crate::conversation::RawJson::from_value(&c.input),
     }));
     messages.push(Message::new(Role::Assistant, blocks));
     let stored = StoredConversation {
