@@ -10,8 +10,8 @@
 //! The message types are rmcp's (the official MCP SDK, without its transports).
 
 use rmcp::model::{
-    CallToolResult, ContentBlock as Content, Implementation, InitializeResult,
-    ProtocolVersion, ServerCapabilities, ToolsCapability,
+    CallToolResult, ContentBlock as Content, Implementation, InitializeResult, ProtocolVersion,
+    ServerCapabilities, ToolsCapability,
 };
 use serde_json::{json, Value};
 

@@ -300,7 +300,10 @@ impl FingerprintBuilder {
     /// The fingerprint after the CLI's own answer `text` (what a client sends back).
     pub fn after_answer(&self, text: &str) -> Fingerprint {
         let mut b = self.clone();
-        b.message(true, &[serde_json::json!({"type": "text", "text": text}).into()]);
+        b.message(
+            true,
+            &[serde_json::json!({"type": "text", "text": text}).into()],
+        );
         b.finish()
     }
 
@@ -313,7 +316,11 @@ impl FingerprintBuilder {
             content.push(serde_json::json!({"type": "text", "text": text}).into());
         }
         // A call counts by its id and name only (its input is not hashed).
-        content.extend(calls.iter().map(|c| tool_use_block(&c.id, &c.name, &RawJson::empty_object())));
+        content.extend(
+            calls
+                .iter()
+                .map(|c| tool_use_block(&c.id, &c.name, &RawJson::empty_object())),
+        );
         b.message(true, &content);
         b.finish()
     }
@@ -382,8 +389,7 @@ fn api_blocks(m: &Message) -> Result<Vec<SessionBlock>, (&'static str, usize)> {
                 signature: Some(sig),
                 ..
             } if m.role == Role::Assistant && !sig.is_empty() => out.push(
-                serde_json::json!({"type": "thinking", "thinking": text, "signature": sig})
-                    .into(),
+                serde_json::json!({"type": "thinking", "thinking": text, "signature": sig}).into(),
             ),
             Block::Thinking { .. } => {}
             Block::ToolUse { id, name, input } => out.push(tool_use_block(id, name, input)),
@@ -464,10 +470,7 @@ pub fn present_turns(
     let history_fingerprint = fp.current();
     fp.message(false, &last.content);
     asked.push(fp.current());
-    let resume_results = last
-        .content
-        .iter()
-        .any(|b| b.kind() == Some("tool_result"));
+    let resume_results = last.content.iter().any(|b| b.kind() == Some("tool_result"));
     if resume_results {
         // The results answer the calls of the session's last assistant turn: they end
         // the session, and the CLI re-runs the interrupted turn from them.

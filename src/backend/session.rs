@@ -274,7 +274,10 @@ mod tests {
         assert_eq!(lines[1]["sessionId"], a.id.as_str());
         assert_eq!(lines[1]["message"]["role"], "assistant");
         assert_eq!(lines[1]["message"]["model"], "sonnet");
-        assert_eq!(lines[1]["message"]["stop_sequence"], serde_json::Value::Null);
+        assert_eq!(
+            lines[1]["message"]["stop_sequence"],
+            serde_json::Value::Null
+        );
         assert_eq!(lines[1]["message"]["usage"]["output_tokens"], 0);
         assert_eq!(lines[1]["userType"], "external");
         let dir = a.path.parent().unwrap().to_path_buf();

@@ -45,8 +45,7 @@ impl RawJson {
 
     /// `text` validated (no tree is built) and kept.
     pub fn parse(text: &str) -> Result<RawJson, RawJsonError> {
-        let raw: Box<RawValue> =
-            serde_json::from_str(text).map_err(|_| RawJsonError::Invalid)?;
+        let raw: Box<RawValue> = serde_json::from_str(text).map_err(|_| RawJsonError::Invalid)?;
         RawJson::from_raw(raw)
     }
 
@@ -374,7 +373,13 @@ mod tests {
         assert_eq!(raw.top_str("n"), None);
         assert_eq!(raw.top("n").map(RawValue::get), Some("1"));
         assert_eq!(raw.top("missing").map(RawValue::get), None);
-        assert_eq!(RawJson::parse("[1]").unwrap().top("type").map(RawValue::get), None);
+        assert_eq!(
+            RawJson::parse("[1]")
+                .unwrap()
+                .top("type")
+                .map(RawValue::get),
+            None
+        );
         assert!(raw.is_object());
         assert!(!RawJson::parse(r#""{""#).unwrap().is_object());
     }

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::backend::{Effort, RunOptions, Thinking};
 use crate::conversation::{Conversation, Message, Role, ToolChoice, ToolError, ToolSet, ToolSpec};
 use crate::engine::TurnRequest;
+use crate::http::bounded::ToolDef;
 use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
 use crate::http::handler::{Api, Framer};
@@ -17,7 +18,6 @@ use crate::http::state::AppState;
 use crate::http::threads::ThreadCtx;
 use crate::protocol::{Success, Usage};
 use crate::rules::Flavour;
-use crate::http::bounded::ToolDef;
 use crate::turn::ThinkingStep;
 
 /// The Messages API.

@@ -1,13 +1,14 @@
 //! Request fields the APIs bound, checked while they are parsed (so an oversized value is
 //! refused before it is ever held as a tree).
 //!
-//! **Trees by cost.** Client JSON kept as a [`Value`] tree (tool schemas, tool inputs,
-//! content sources, option objects) costs about 80 bytes per JSON value, and the tree is
-//! copied on its way to the CLI (request, conversation, presentation): a megabyte of
-//! `[0,0,…]` was 35–220 MB of heap per request. Such fields are read as raw JSON first
-//! ([`tree`], [`trees`]), their values counted against the request's budget
-//! ([`MAX_TREE_VALUES`], set by [`with_tree_budget`] around the body's parse), and only
-//! then parsed. A request over the budget is a 400 before any tree is built.
+//! **Trees by cost.** Client JSON kept as a [`Value`] tree costs about 80 bytes per JSON
+//! value. What ccgate only passes on is not a tree at all: tool schemas ([`ToolDef`]) and
+//! tool calls' inputs are kept as text ([`RawJson`]). What must be a tree (a tool
+//! definition's other fields, tool choices, Responses `input` items, option objects) is
+//! read as raw JSON first ([`tree`], [`trees`], [`item`]), its values counted against the
+//! request's budget ([`MAX_TREE_VALUES`], set by [`with_tree_budget`] around the body's
+//! parse), and only then parsed. A request over the budget is a 400 before any tree is
+//! built; depth is bounded by serde_json's limit (128), as for [`RawJson`].
 
 use std::cell::Cell;
 
@@ -19,8 +20,9 @@ use serde_json::{Map, Value};
 use crate::conversation::RawJson;
 
 /// The most JSON values a request may hold in its tree-shaped fields together (tool
-/// schemas, tool calls' inputs, sources, option objects): about 2.5 MB per copy of the
-/// trees. Text, messages and other typed fields do not count.
+/// definitions but their schemas, tool choices, Responses input items, option objects):
+/// about 2.5 MB per copy of the trees. Text, messages, content parts, tool schemas and
+/// tool inputs do not count.
 pub const MAX_TREE_VALUES: usize = 32_768;
 
 thread_local! {
@@ -121,8 +123,11 @@ pub struct ToolDef {
     /// The definition without its schema (an object).
     fields: Map<String, Value>,
     /// The schema and where it was (None: absent or null).
-    schema: Option<(SchemaAt, RawJson)>,
+    schema: Schema,
 }
+
+/// A tool definition's schema and where it was.
+type Schema = Option<(SchemaAt, RawJson)>;
 
 /// Where a tool definition's schema is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +188,7 @@ impl ToolDef {
 fn tool_fields<'de, A: MapAccess<'de>>(
     mut map: A,
     nested: bool,
-) -> Result<(Map<String, Value>, Option<(SchemaAt, RawJson)>), A::Error> {
+) -> Result<(Map<String, Value>, Schema), A::Error> {
     let mut fields = Map::new();
     let mut schema = None;
     while let Some(key) = map.next_key::<String>()? {
@@ -216,7 +221,7 @@ fn tool_fields<'de, A: MapAccess<'de>>(
 }
 
 /// Chat Completions' `function` object: its fields as a tree, its `parameters` raw.
-struct FunctionFields((Value, Option<(SchemaAt, RawJson)>));
+struct FunctionFields((Value, Schema));
 
 impl<'de> serde::Deserialize<'de> for FunctionFields {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<FunctionFields, D::Error> {

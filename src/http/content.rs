@@ -207,7 +207,10 @@ impl<'de> Deserialize<'de> for Strings {
                 }
                 Ok(out)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strings, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Strings, A::Error> {
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(Strings::default())
             }
@@ -445,10 +448,7 @@ fn str_field<'a>(v: Option<&'a Strings>, key: &str) -> &'a str {
 }
 
 /// An Anthropic `image` block's `source` (`base64` or `url`), validated.
-fn anthropic_image(
-    source: Option<&Strings>,
-    path: &str,
-) -> Result<serde_json::Value, ApiError> {
+fn anthropic_image(source: Option<&Strings>, path: &str) -> Result<serde_json::Value, ApiError> {
     let source = match str_field(source, "type") {
         "base64" => base64_source(
             str_field(source, "media_type"),
@@ -520,10 +520,7 @@ fn openai_image(image_url: Option<&Strings>, path: &str) -> Result<serde_json::V
 
 /// An OpenAI `file` part with inline `file_data` (a base64 PDF data: URL); uploaded
 /// `file_id`s do not exist here.
-fn openai_file(
-    file: Option<&Strings>,
-    path: &str,
-) -> Result<serde_json::Value, ApiError> {
+fn openai_file(file: Option<&Strings>, path: &str) -> Result<serde_json::Value, ApiError> {
     if !str_field(file, "file_id").is_empty() {
         return Err(ApiError::invalid_param(
             "`file_id` is not supported (there is no file store); send the file inline as `file_data`",

@@ -341,14 +341,27 @@ async fn megabyte_arrays_in_tool_inputs_and_schemas_are_served_as_text() {
     );
     let (st, text) = post_raw(&s, "/v1/messages", history).await;
     assert_eq!(st, 200, "{}", head(&text));
-    let schema = format!(r#"{{"type":"object","properties":{{"x":{{"enum":{zeros}}}}}}}"#);
+    // Sixteen tools whose schemas hold 30,000 values each (~60 KB, under the 64 KiB a
+    // tool definition may have): ~1 MiB of arrays in tools.
+    let small = format!("[{}]", vec!["0"; 30_000].join(","));
+    let schema = format!(r#"{{"type":"object","properties":{{"x":{{"enum":{small}}}}}}}"#);
+    let chat_tools: Vec<String> = (0..16)
+        .map(|i| {
+            format!(r#"{{"type":"function","function":{{"name":"t{i}","parameters":{schema}}}}}"#)
+        })
+        .collect();
     let chat = format!(
-        r#"{{"model":"sonnet","messages":[{{"role":"user","content":"hi"}}],"tools":[{{"type":"function","function":{{"name":"t","parameters":{schema}}}}}]}}"#
+        r#"{{"model":"sonnet","messages":[{{"role":"user","content":"hi"}}],"tools":[{}]}}"#,
+        chat_tools.join(",")
     );
     let (st, text) = post_raw(&s, "/v1/chat/completions", chat).await;
     assert_eq!(st, 200, "{}", head(&text));
+    let tools: Vec<String> = (0..16)
+        .map(|i| format!(r#"{{"name":"t{i}","input_schema":{schema}}}"#))
+        .collect();
     let messages = format!(
-        r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"hi"}}],"tools":[{{"name":"t","input_schema":{schema}}}]}}"#
+        r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"hi"}}],"tools":[{}]}}"#,
+        tools.join(",")
     );
     let (st, text) = post_raw(&s, "/v1/messages", messages).await;
     assert_eq!(st, 200, "{}", head(&text));
@@ -379,14 +392,22 @@ async fn what_stays_a_tree_is_charged_responses_input_items_too() {
     );
     let (st, text) = post_raw(&s, "/v1/responses", raw).await;
     assert_eq!(st, 400, "{}", head(&text));
-    assert!(text.contains("more than 32768 JSON values"), "{}", head(&text));
+    assert!(
+        text.contains("more than 32768 JSON values"),
+        "{}",
+        head(&text)
+    );
     // As do option objects, and a tool definition's other fields.
     let raw = format!(
         r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"hi"}}],"tools":[{{"name":"t","input_schema":{{"type":"object"}},"x":{zeros}}}]}}"#
     );
     let (st, text) = post_raw(&s, "/v1/messages", raw).await;
     assert_eq!(st, 400, "{}", head(&text));
-    assert!(text.contains("more than 32768 JSON values"), "{}", head(&text));
+    assert!(
+        text.contains("more than 32768 JSON values"),
+        "{}",
+        head(&text)
+    );
     // The same values as one string cost what their bytes cost: accepted.
     let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [
         {"role": "user", "content": zeros}]});
@@ -425,7 +446,8 @@ async fn a_long_agent_history_is_not_refused() {
         let args = json!({"path": format!("src/f{i}.rs"), "lines": lines}).to_string();
         messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
             {"id": id, "type": "function", "function": {"name": "edit", "arguments": args}}]}));
-        messages.push(json!({"role": "tool", "tool_call_id": id, "content": format!("edited {i}")}));
+        messages
+            .push(json!({"role": "tool", "tool_call_id": id, "content": format!("edited {i}")}));
     }
     let tools = json!([{"type": "function", "function": {"name": "edit", "parameters": {
         "type": "object", "properties": {"path": {"type": "string"}}}}}]);
@@ -440,8 +462,10 @@ async fn a_long_agent_history_is_not_refused() {
     for i in 0..ROUNDS {
         let id = format!("call_{i}");
         input.push(json!({"type": "reasoning", "id": format!("rs_{i}"), "summary": []}));
-        input.push(json!({"type": "function_call", "call_id": id, "name": "edit",
-            "arguments": json!({"path": format!("src/f{i}.rs"), "lines": lines}).to_string()}));
+        input.push(
+            json!({"type": "function_call", "call_id": id, "name": "edit",
+            "arguments": json!({"path": format!("src/f{i}.rs"), "lines": lines}).to_string()}),
+        );
         input.push(json!({"type": "function_call_output", "call_id": id,
             "output": format!("edited {i}")}));
     }

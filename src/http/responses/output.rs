@@ -213,7 +213,8 @@ fn stored_item(item: &Value) -> Option<StoredItem> {
             vec![Block::ToolUse {
                 id: item.get("call_id")?.as_str()?.to_string(),
                 name: item.get("name")?.as_str()?.to_string(),
-                input: crate::conversation::RawJson::parse(item.get("arguments")?.as_str()?).ok()?,
+                input: crate::conversation::RawJson::parse(item.get("arguments")?.as_str()?)
+                    .ok()?,
             }],
         ),
         // Without ccgate's encrypted_content: stands for nothing the model sees again.

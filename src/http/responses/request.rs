@@ -89,7 +89,10 @@ impl<'de> Deserialize<'de> for Input {
             fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Input, E> {
                 Ok(Input::Text(s))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Input, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Input, A::Error> {
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
                 while let Some(Item(v)) = seq.next_element()? {
                     items.push(v);
