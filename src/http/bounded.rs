@@ -69,10 +69,14 @@ fn over_budget<E: serde::de::Error>() -> E {
 }
 
 fn charge<E: serde::de::Error>(raw: &RawValue) -> Result<(), E> {
+    charge_text(raw.get())
+}
+
+fn charge_text<E: serde::de::Error>(raw: &str) -> Result<(), E> {
     BUDGET.with(|b| match b.get() {
         None => Ok(()),
         Some(left) => {
-            let n = count_values(raw.get());
+            let n = count_values(raw);
             if n > left {
                 b.set(Some(0));
                 Err(over_budget())
@@ -181,6 +185,16 @@ impl ToolDef {
             schema: None,
         })
     }
+}
+
+/// Tool definitions whose schemas become trees after all (Responses echoes its `tools` in
+/// every `response` object): their schemas are charged to the budget as well.
+pub fn echoed_tools<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<ToolDef>>, D::Error> {
+    let defs = Option::<Vec<ToolDef>>::deserialize(d)?;
+    for s in defs.iter().flatten().filter_map(ToolDef::schema) {
+        charge_text(s.get())?;
+    }
+    Ok(defs)
 }
 
 /// The fields of a tool definition's object (or of its `function`), each charged and

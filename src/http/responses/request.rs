@@ -25,7 +25,8 @@ pub struct ResponsesRequest {
     pub(super) store: Option<bool>,
     #[serde(default)]
     pub(super) previous_response_id: Option<String>,
-    #[serde(default)]
+    /// Echoed in every `response` object (a tree): their schemas are charged too.
+    #[serde(default, deserialize_with = "crate::http::bounded::echoed_tools")]
     pub(super) tools: Option<Vec<crate::http::bounded::ToolDef>>,
     #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     pub(super) tool_choice: Option<Value>,
