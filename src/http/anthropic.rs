@@ -8,7 +8,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::backend::{Effort, RunOptions, Thinking};
-use crate::conversation::{Conversation, Message, Role, ToolChoice, ToolError, ToolSet, ToolSpec};
+use crate::conversation::{
+    Conversation, Message, RawJson, Role, ToolChoice, ToolError, ToolSet, ToolSpec,
+};
 use crate::engine::TurnRequest;
 use crate::http::bounded::ToolDef;
 use crate::http::content::{Allow, Content};
@@ -120,8 +122,9 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
     let stored_defs: Vec<ToolDef>;
     let defs = match (&req.tools, stored) {
         (Some(t), _) => t.as_slice(),
-        (None, Some(Value::Array(t))) => {
-            stored_defs = t.iter().map(ToolDef::from_value).collect();
+        (None, Some(t)) => {
+            // What this gateway stored from an earlier request's `tools`.
+            stored_defs = serde_json::from_str(t.get()).unwrap_or_default();
             stored_defs.as_slice()
         }
         _ => &[],
@@ -452,7 +455,9 @@ impl Api for Messages {
         let _ = req.ctx.tools.set(match (&req.tools, &req.ctx.previous) {
             // Kept only for a thread that is stored (a tree of the definitions).
             (Some(_), _) if !req.ctx.stores() => None,
-            (Some(t), _) => Some(Value::Array(t.iter().map(ToolDef::to_value).collect())),
+            (Some(t), _) => serde_json::value::to_raw_value(t)
+                .ok()
+                .and_then(|r| RawJson::from_raw(r).ok()),
             (None, Some((_, t))) => t.clone(),
             (None, None) => None,
         });

@@ -177,13 +177,36 @@ impl ToolDef {
         }
         v
     }
+}
 
-    /// A definition from a tree (a stored thread's tools).
-    pub fn from_value(v: &Value) -> ToolDef {
-        serde_json::from_str(&v.to_string()).unwrap_or_else(|_| ToolDef {
-            fields: Map::new(),
-            schema: None,
-        })
+/// Written back as it was read, the schema as its text (a stored thread's tools).
+impl serde::Serialize for ToolDef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in &self.fields {
+            match (&self.schema, k.as_str(), v) {
+                (Some((SchemaAt::Function, schema)), "function", Value::Object(f)) => {
+                    struct Function<'a>(&'a Map<String, Value>, &'a RawJson);
+                    impl serde::Serialize for Function<'_> {
+                        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                            let mut m = s.serialize_map(None)?;
+                            for (k, v) in self.0 {
+                                m.serialize_entry(k, v)?;
+                            }
+                            m.serialize_entry("parameters", self.1)?;
+                            m.end()
+                        }
+                    }
+                    m.serialize_entry(k, &Function(f, schema))?;
+                }
+                _ => m.serialize_entry(k, v)?,
+            }
+        }
+        if let Some((SchemaAt::Top(k), schema)) = &self.schema {
+            m.serialize_entry(k, schema)?;
+        }
+        m.end()
     }
 }
 
@@ -382,6 +405,34 @@ mod tests {
         let big = format!("{{\"a\":[{}]}}", vec!["0"; 100].join(","));
         assert!(parse(&big).is_ok());
         assert_eq!(parse(r#"{"a":null}"#).unwrap().a, None);
+    }
+
+    #[test]
+    fn tool_definitions_keep_their_schema_as_text_and_write_it_back() {
+        use crate::http::bounded::ToolDef;
+        for text in [
+            r#"{"type":"function","function":{"name":"t","parameters":{"type":"object","x":[1,2]}}}"#,
+            r#"{"name":"t","description":"d","input_schema":{"type":"object"}}"#,
+            r#"{"type":"function","name":"t","parameters":{"type":"object"},"strict":true}"#,
+            r#"{"name":"t"}"#,
+        ] {
+            let def: ToolDef = serde_json::from_str(text).unwrap();
+            let tree: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(def.to_value(), tree, "{text}");
+            let again: serde_json::Value =
+                serde_json::from_str(&serde_json::to_string(&def).unwrap()).unwrap();
+            assert_eq!(again, tree, "{text}");
+            assert!(def.get("parameters").is_none() && def.get("input_schema").is_none());
+        }
+        let def: ToolDef = serde_json::from_str(r#"{"name":"t","input_schema":null}"#).unwrap();
+        assert!(def.schema().is_none());
+        // The schema is not charged; the other fields are.
+        let big = format!("[{}]", vec!["0"; 100].join(","));
+        let text = format!(r#"{{"name":"t","input_schema":{{"x":{big}}}}}"#);
+        let def = super::with_tree_budget(10, || serde_json::from_str::<ToolDef>(&text)).unwrap();
+        assert!(def.schema().unwrap().get().contains("0,0"));
+        let text = format!(r#"{{"name":"t","input_schema":{{}},"x":{big}}}"#);
+        assert!(super::with_tree_budget(10, || serde_json::from_str::<ToolDef>(&text)).is_err());
     }
 
     #[derive(Deserialize)]
