@@ -355,6 +355,31 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_is_listed_as_the_client_wrote_it() {
+        let schema = r#"{ "type": "object", "properties": { "x": { "enum": [0, 0, 0] } } }"#;
+        let t = ToolSet {
+            tools: vec![ToolSpec {
+                name: "t".into(),
+                description: None,
+                input_schema: crate::conversation::RawJson::parse(schema).unwrap(),
+            }],
+            choice: ToolChoice::Auto,
+            parallel: true,
+        };
+        let Action::Reply(line) = answer("r", &mcp(1, "tools/list", json!({})), Some(&t)) else {
+            panic!("not a reply")
+        };
+        assert!(
+            line.contains(&format!(r#""inputSchema":{schema}"#)),
+            "{line}"
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let listed = &v["response"]["response"]["mcp_response"]["result"]["tools"][0];
+        assert_eq!(listed["name"], "t");
+        assert!(listed.get("description").is_none(), "{listed}");
+    }
+
+    #[test]
     fn a_call_is_held_only_for_a_known_tool_with_a_tool_use_id() {
         let t = tools();
         let call = mcp(

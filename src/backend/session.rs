@@ -292,6 +292,28 @@ mod tests {
     }
 
     #[test]
+    fn a_tool_call_input_is_written_as_the_client_sent_it() {
+        let config = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let s = settings(config.path(), work.path());
+        let input = r#"{ "x" : [0, 0, 0], "b": 1, "a": 2 }"#;
+        let mut t = turns();
+        t[1].content.push(SessionBlock::ToolUse {
+            id: "toolu_1".into(),
+            name: "mcp__cg__t".into(),
+            input: crate::conversation::RawJson::parse(input).unwrap(),
+        });
+        let f = write_session(&s, None, &t).unwrap();
+        let text = std::fs::read_to_string(&f.path).unwrap();
+        assert!(
+            text.contains(&format!(
+                r#"{{"type":"tool_use","id":"toolu_1","name":"mcp__cg__t","input":{input}}}"#
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn an_unwritable_config_dir_is_an_error_and_leaves_nothing() {
         let config = tempfile::tempdir().unwrap();
         let work = tempfile::tempdir().unwrap();
