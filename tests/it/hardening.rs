@@ -112,14 +112,16 @@ async fn a_stalled_streaming_reader_is_cut_after_the_write_timeout() {
     let mut tcp = stalled_posts(&s, "/v1/chat/completions", &body, SENT).await;
     // The cut comes a second after the socket fills; how soon it fills depends on the
     // machine's load, so wait for the counts (a generous hang guard), not a fixed time.
-    let cancelled = eventually(Duration::from_secs(60), || {
+    // On a loaded machine the run's own stall timeout (its output not taken while the
+    // socket is full) may end it first: either way it ends, and the connection is cut
+    // (checked below: only the write timeout closes it).
+    let ended = eventually(Duration::from_secs(60), || {
         let stats = s.state.backend.stats().snapshot();
-        stats.in_flight == 0 && stats.cancelled_total == 1
+        stats.in_flight == 0 && stats.cancelled_total + stats.timeouts_total == 1
     })
     .await;
     let stats = s.state.backend.stats().snapshot();
-    assert!(cancelled, "the run was cancelled: {stats:?}");
-    assert_eq!(stats.cancelled_total, 1, "{stats:?}");
+    assert!(ended, "the run was ended: {stats:?}");
     // What the socket still holds ends before the stream's end: the connection was closed.
     let mut got = Vec::new();
     let read = tokio::time::timeout(
