@@ -4,12 +4,14 @@
 Starts ccgate (CCGATE_BIN, default $CARGO_TARGET_DIR/release/ccgate) on 127.0.0.1:0 with the
 fake CLI (cli.max_concurrent 4, queue 32), then measures, each case on a fresh process:
 
-  arrays-tools    8 concurrent Chat Completions requests, each with a tool whose schema
-                  holds ~1 MiB of [0,0,...] (an `enum`)
+  arrays-tools    8 concurrent Chat Completions requests, each with 16 tools whose schemas
+                  hold ~60 KB of [0,0,...] each (an `enum`; ~1 MiB per request)
   arrays-history  8 concurrent Messages requests, each with an earlier tool_use whose
                   input holds ~1 MiB of [0,0,...] (presented as a session file)
-  arrays-at-budget  8 concurrent Messages requests whose tool_use input holds 32,000
+  arrays-at-budget  8 concurrent Responses requests whose input item holds 32,000
                   values, just under the request's budget of tree values (accepted)
+  arrays-items    8 concurrent Responses requests, each with ~1 MiB of [0,0,...] inside an
+                  input item (charged to the budget: refused before any tree)
   count-tokens    8 concurrent count_tokens requests with the same history
   turns-30k       /health latency (max of 20 GETs every 50 ms) while two requests of
                   30,000 short turns (~1 MiB each) are presented
@@ -83,9 +85,12 @@ def zeros(nbytes):
 
 
 def arrays_tools():
-    schema = '{"type":"object","properties":{"x":{"enum":%s}}}' % zeros(MIB)
+    # 16 tools of ~60 KB each (a tool definition may have 64 KiB; all together 1 MiB).
+    schema = '{"type":"object","properties":{"x":{"enum":%s}}}' % zeros(60000)
+    tools = ",".join('{"type":"function","function":{"name":"t%d","parameters":%s}}' % (i, schema)
+                     for i in range(16))
     body = ('{"model":"sonnet","messages":[{"role":"user","content":"hi"}],'
-            '"tools":[{"type":"function","function":{"name":"t","parameters":%s}}]}' % schema)
+            '"tools":[%s]}' % tools)
     return "/v1/chat/completions", body.encode()
 
 
@@ -99,13 +104,18 @@ def arrays_history(path="/v1/messages"):
 
 
 def arrays_at_budget():
-    # Just under the request's budget of tree values (http::bounded::MAX_TREE_VALUES).
-    body = ('{"model":"sonnet","max_tokens":10,"messages":['
-            '{"role":"user","content":"hi"},'
-            '{"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"t","input":{"x":%s}}]},'
-            '{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}]}]}'
-            % zeros(2 * 32000))
-    return "/v1/messages", body.encode()
+    # What is still a tree: a Responses input item holding just under the request's budget
+    # of tree values (http::bounded::MAX_TREE_VALUES).
+    body = ('{"model":"sonnet","store":false,"input":['
+            '{"type":"message","role":"user","content":"hi","x":%s}]}' % zeros(2 * 32000))
+    return "/v1/responses", body.encode()
+
+
+def arrays_items():
+    # ~1 MiB of [0,0,...] inside a Responses input item (a tree: charged, refused).
+    body = ('{"model":"sonnet","store":false,"input":['
+            '{"type":"message","role":"user","content":"hi","x":%s}]}' % zeros(MIB))
+    return "/v1/responses", body.encode()
 
 
 def turns_30k():
@@ -164,13 +174,15 @@ def health_case():
 
 if __name__ == "__main__":
     print(f"binary: {BIN}")
-    cases = sys.argv[1:] or ["arrays-tools", "arrays-history", "arrays-at-budget",
+    cases = sys.argv[1:] or ["arrays-tools", "arrays-history", "arrays-items", "arrays-at-budget",
                              "count-tokens", "turns-30k"]
     for c in cases:
         if c == "arrays-tools":
             peak_case(c, arrays_tools())
         elif c == "arrays-history":
             peak_case(c, arrays_history())
+        elif c == "arrays-items":
+            peak_case(c, arrays_items())
         elif c == "arrays-at-budget":
             peak_case(c, arrays_at_budget())
         elif c == "count-tokens":

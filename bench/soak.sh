@@ -30,13 +30,13 @@
 #   bogus_model spaces       model "sonnet status=200 kind=ok"                   400
 #   slowloris headers        headers trickled, one line a second                 closed or 408 in 60 s
 #   slowloris body           Content-Length 100000, body trickled a byte a second closed or 408 in 60 s
-#   array_heavy              ~800 KB of [0,0,…] in a tool schema / tool_use input 400
+#   array_heavy              ~1 MiB of [0,0,…] in tool schemas / a tool_use input 200
 #   stalled_reader           a ~10 MB stream ([[scenario:flood]]) never read       cut after http.write_timeout
 #
 # SOAK_STALLED_READERS (default 2) connections at a time request a large stream and stop
 # reading; ccgate runs with http.write_timeout=5 and must close each after it (the run is
-# cancelled, its memory freed: the RSS trend covers it). The array_heavy requests must be
-# refused before their values become trees (http::bounded), so RSS stays flat with them.
+# cancelled, its memory freed: the RSS trend covers it). The array_heavy requests are served
+# with their arrays kept as text, never trees (conversation::RawJson), so RSS stays flat.
 #
 # (The defences are 415 / 403 for cross-site POSTs, 400 for bad model names and header /
 # body read timeouts; override the expectations here while trying other builds.)

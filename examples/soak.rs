@@ -122,17 +122,25 @@ const HOSTILE: &[(&str, &str)] = &[
     ("bogus_model spaces", "model \"sonnet status=200 kind=ok\""),
     (
         "array_heavy",
-        "~800 KB of [0,0,…] in a tool schema (OpenAI) / tool_use input (Anthropic): 400",
+        "~1 MiB of [0,0,…] in 16 tool schemas (OpenAI) / ~800 KB in a tool_use input (Anthropic): 200, kept as text",
     ),
 ];
 
-/// The `array_heavy` body: 400,000 small values where ccgate would hold a tree.
+/// The `array_heavy` body: ~400,000 small values in JSON ccgate passes on as text.
 fn array_heavy(api: Api, n: u64) -> String {
     let zeros = format!("[{}]", vec!["0"; 400_000].join(","));
     match api {
-        Api::OpenAi => format!(
-            r#"{{"model":"sonnet","messages":[{{"role":"user","content":"soak array {n}"}}],"tools":[{{"type":"function","function":{{"name":"t","parameters":{{"type":"object","properties":{{"x":{{"enum":{zeros}}}}}}}}}}}]}}"#
-        ),
+        Api::OpenAi => {
+            // 16 tools of ~60 KB each (a tool definition may have 64 KiB).
+            let small = format!("[{}]", vec!["0"; 30_000].join(","));
+            let tools: Vec<String> = (0..16)
+                .map(|i| format!(r#"{{"type":"function","function":{{"name":"t{i}","parameters":{{"type":"object","properties":{{"x":{{"enum":{small}}}}}}}}}}}"#))
+                .collect();
+            format!(
+                r#"{{"model":"sonnet","messages":[{{"role":"user","content":"soak array {n}"}}],"tools":[{}]}}"#,
+                tools.join(",")
+            )
+        }
         Api::Anthropic => format!(
             r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"soak array {n}"}},{{"role":"assistant","content":[{{"type":"tool_use","id":"toolu_1","name":"t","input":{{"x":{zeros}}}}}]}},{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}}]}}]}}"#
         ),
@@ -886,7 +894,7 @@ async fn main() -> anyhow::Result<()> {
             base.clone(),
         );
         let (cross_ok, model_ok) = (cross_ok.clone(), model_ok.clone());
-        let array_ok = vec![400u16];
+        let array_ok = vec![200u16];
         clients.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))

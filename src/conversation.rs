@@ -12,6 +12,9 @@
 
 use serde_json::Value;
 
+mod raw;
+pub use raw::{RawJson, RawJsonError, RAW_MAX_DEPTH};
+
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -38,11 +41,11 @@ pub enum Block {
     Image(Value),
     /// An Anthropic `document` content block, validated.
     Document(Value),
-    /// A tool call the model made.
+    /// A tool call the model made; its input (an object) as the client sent it.
     ToolUse {
         id: String,
         name: String,
-        input: Value,
+        input: RawJson,
     },
     /// The result of a tool call, as the client returned it.
     ToolResult {
@@ -227,8 +230,8 @@ impl Conversation {
 pub struct ToolSpec {
     pub name: String,
     pub description: Option<String>,
-    /// A JSON Schema object (`{"type":"object",…}`).
-    pub input_schema: Value,
+    /// A JSON Schema object (`{"type":"object",…}`), as the client sent it.
+    pub input_schema: RawJson,
 }
 
 /// Whether and which tool the model must call.
@@ -338,14 +341,14 @@ impl ToolSet {
             }
             let schema_ok = t.input_schema.is_object()
                 && t.input_schema
-                    .get("type")
-                    .is_none_or(|ty| ty.as_str() == Some("object"));
+                    .top("type")
+                    .is_none_or(|ty| ty.get() == r#""object""#);
             if !schema_ok {
                 return Err(ToolError::BadSchema { index });
             }
             let size = t.name.len()
                 + t.description.as_deref().map_or(0, str::len)
-                + t.input_schema.to_string().len();
+                + t.input_schema.compact_len();
             if size > TOOL_MAX_BYTES {
                 return Err(ToolError::ToolTooLarge { index });
             }
@@ -385,7 +388,7 @@ mod tests {
         let call = |id: &String| Block::ToolUse {
             id: id.clone(),
             name: "t".into(),
-            input: Value::Null,
+            input: RawJson::empty_object(),
         };
         let result = |id: &String| Block::ToolResult {
             tool_use_id: id.clone(),

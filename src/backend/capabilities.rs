@@ -248,11 +248,11 @@ async fn capabilities(settings: &CliSettings) -> Result<Capabilities, (Capabilit
     let history = [
         SessionTurn {
             assistant: false,
-            content: vec![json!({"type": "text", "text": "ccgate capability check"})],
+            content: vec![json!({"type": "text", "text": "ccgate capability check"}).into()],
         },
         SessionTurn {
             assistant: true,
-            content: vec![json!({"type": "text", "text": "OK"})],
+            content: vec![json!({"type": "text", "text": "OK"}).into()],
         },
     ];
     let session = super::session::write_session(settings, None, &history)

@@ -10,10 +10,10 @@
 //! The message types are rmcp's (the official MCP SDK, without its transports).
 
 use rmcp::model::{
-    CallToolResult, ContentBlock as Content, Implementation, InitializeResult, ListToolsResult,
-    ProtocolVersion, ServerCapabilities, Tool, ToolsCapability,
+    CallToolResult, ContentBlock as Content, Implementation, InitializeResult, ProtocolVersion,
+    ServerCapabilities, ToolsCapability,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::request::ToolResult;
 use crate::conversation::{Block, ToolSet};
@@ -98,26 +98,73 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-/// The `tools/list` result for the client's tools.
-fn list_tools(tools: &ToolSet) -> Value {
-    let tools: Vec<Tool> = tools
-        .tools
-        .iter()
-        .map(|t| {
-            let schema: Map<String, Value> =
-                t.input_schema.as_object().cloned().unwrap_or_default();
-            let mut tool = Tool::new(
-                t.name.clone(),
-                t.description.clone().unwrap_or_default(),
-                schema,
-            );
-            if t.description.is_none() {
-                tool.description = None;
-            }
-            tool
-        })
-        .collect();
-    to_value(&ListToolsResult::with_all_items(tools))
+/// The `tools/list` reply for the client's tools: each schema written as the client sent
+/// it (rmcp's `Tool` holds a schema as a tree, a copy of every value of it per run).
+fn list_tools_reply(request_id: &str, id: &Value, tools: &ToolSet) -> String {
+    use crate::conversation::RawJson;
+    use serde::Serialize;
+    #[derive(Serialize)]
+    struct Line<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        response: Success<'a>,
+    }
+    #[derive(Serialize)]
+    struct Success<'a> {
+        subtype: &'static str,
+        request_id: &'a str,
+        response: Mcp<'a>,
+    }
+    #[derive(Serialize)]
+    struct Mcp<'a> {
+        mcp_response: Rpc<'a>,
+    }
+    #[derive(Serialize)]
+    struct Rpc<'a> {
+        jsonrpc: &'static str,
+        id: &'a Value,
+        result: List<'a>,
+    }
+    #[derive(Serialize)]
+    struct List<'a> {
+        tools: Vec<Listed<'a>>,
+    }
+    /// As rmcp's `Tool` is written (`name`, `description` when given, `inputSchema`).
+    #[derive(Serialize)]
+    struct Listed<'a> {
+        name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        description: Option<&'a str>,
+        #[serde(rename = "inputSchema")]
+        input_schema: &'a RawJson,
+    }
+    let line = Line {
+        kind: "control_response",
+        response: Success {
+            subtype: "success",
+            request_id,
+            response: Mcp {
+                mcp_response: Rpc {
+                    jsonrpc: "2.0",
+                    id,
+                    result: List {
+                        tools: tools
+                            .tools
+                            .iter()
+                            .map(|t| Listed {
+                                name: &t.name,
+                                description: t.description.as_deref(),
+                                input_schema: &t.input_schema,
+                            })
+                            .collect(),
+                    },
+                },
+            },
+        },
+    };
+    let mut s = serde_json::to_string(&line).unwrap_or_default();
+    s.push('\n');
+    s
 }
 
 fn initialize_result(params: Option<&Value>) -> Value {
@@ -164,7 +211,7 @@ pub(super) fn answer(request_id: &str, request: &Value, tools: Option<&ToolSet>)
             request_id,
             json!({"mcp_response": {"jsonrpc": "2.0", "result": {}}}),
         )),
-        "tools/list" => Action::Reply(mcp_reply(request_id, &id, list_tools(tools))),
+        "tools/list" => Action::Reply(list_tools_reply(request_id, &id, tools)),
         "ping" => Action::Reply(mcp_reply(request_id, &id, json!({}))),
         "tools/call" => {
             let params = msg.get("params");
@@ -260,7 +307,9 @@ mod tests {
             tools: vec![ToolSpec {
                 name: "get_weather".into(),
                 description: Some("Weather".into()),
-                input_schema: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                input_schema: crate::conversation::RawJson::from_value(
+                    &json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                ),
             }],
             choice: ToolChoice::Auto,
             parallel: true,
@@ -303,6 +352,31 @@ mod tests {
             "string"
         );
         assert_eq!(list["response"]["response"]["mcp_response"]["id"], 1);
+    }
+
+    #[test]
+    fn a_schema_is_listed_as_the_client_wrote_it() {
+        let schema = r#"{ "type": "object", "properties": { "x": { "enum": [0, 0, 0] } } }"#;
+        let t = ToolSet {
+            tools: vec![ToolSpec {
+                name: "t".into(),
+                description: None,
+                input_schema: crate::conversation::RawJson::parse(schema).unwrap(),
+            }],
+            choice: ToolChoice::Auto,
+            parallel: true,
+        };
+        let Action::Reply(line) = answer("r", &mcp(1, "tools/list", json!({})), Some(&t)) else {
+            panic!("not a reply")
+        };
+        assert!(
+            line.contains(&format!(r#""inputSchema":{schema}"#)),
+            "{line}"
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let listed = &v["response"]["response"]["mcp_response"]["result"]["tools"][0];
+        assert_eq!(listed["name"], "t");
+        assert!(listed.get("description").is_none(), "{listed}");
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub use handle::{CliRun, ToolResults};
 pub use io::MAX_LINE_BYTES;
 pub use options::{Effort, RunOptions, Thinking, WebTools};
 pub use pool::PoolHandle;
-pub use present::SessionTurn;
+pub use present::{SessionBlock, SessionTurn};
 pub use reaper::become_subreaper;
 pub use request::ToolResult;
 pub use request::{Account, CliRequest, CliSettings};

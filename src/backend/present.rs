@@ -23,7 +23,9 @@ use serde_json::Value;
 use sha2::Digest as _;
 
 use super::options::RunOptions;
-use crate::conversation::{Block, Conversation, ConversationError, Message, Role, ToolSet};
+use crate::conversation::{
+    Block, Conversation, ConversationError, Message, RawJson, Role, ToolSet,
+};
 use crate::protocol::CLIENT_TOOL_PREFIX;
 
 /// What is written to the CLI for one conversation.
@@ -119,7 +121,71 @@ pub fn present(conversation: &Conversation) -> Result<Presented, PresentError> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionTurn {
     pub assistant: bool,
-    pub content: Vec<Value>,
+    pub content: Vec<SessionBlock>,
+}
+
+/// One content block of a session turn in the Messages API's shape: a block ccgate built
+/// (text, image, document, thinking, tool result), or a client tool call, whose input is
+/// written as the client sent it (shared, never a tree).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionBlock {
+    Json(Value),
+    ToolUse {
+        id: String,
+        /// The CLI's name for the tool (with its MCP prefix).
+        name: String,
+        input: RawJson,
+    },
+}
+
+impl SessionBlock {
+    /// The block's `type`.
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            SessionBlock::Json(v) => v.get("type").and_then(Value::as_str),
+            SessionBlock::ToolUse { .. } => Some("tool_use"),
+        }
+    }
+
+    /// A block ccgate built, as a tree (a tool call's input parsed: only for a call
+    /// nested where no call belongs).
+    fn into_value(self) -> Value {
+        match self {
+            SessionBlock::Json(v) => v,
+            SessionBlock::ToolUse { id, name, input } => serde_json::json!({
+                "type": "tool_use", "id": id, "name": name, "input": input.to_value(),
+            }),
+        }
+    }
+}
+
+impl From<Value> for SessionBlock {
+    fn from(v: Value) -> SessionBlock {
+        SessionBlock::Json(v)
+    }
+}
+
+impl serde::Serialize for SessionBlock {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct ToolUse<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            id: &'a str,
+            name: &'a str,
+            input: &'a RawJson,
+        }
+        match self {
+            SessionBlock::Json(v) => v.serialize(s),
+            SessionBlock::ToolUse { id, name, input } => ToolUse {
+                kind: "tool_use",
+                id,
+                name,
+                input,
+            }
+            .serialize(s),
+        }
+    }
 }
 
 /// A conversation's identity for continuing it in a kept CLI process: a SHA-256 over the
@@ -177,7 +243,7 @@ impl FingerprintBuilder {
                 for spec in &t.tools {
                     b.field(spec.name.as_bytes());
                     b.optional(spec.description.as_deref());
-                    b.field(canonical(&spec.input_schema).to_string().as_bytes());
+                    b.field(spec.input_schema.canonical().as_bytes());
                 }
                 b.field(b"\0tools end");
             }
@@ -225,15 +291,16 @@ impl FingerprintBuilder {
     /// client sending its thinking back holds the same conversation. A tool call counts
     /// by its id and name: the id is what ccgate issued, and clients re-serialise or
     /// normalise the input they echo (keys reordered, defaulted fields added).
-    fn message(&mut self, assistant: bool, content: &[Value]) {
+    fn message(&mut self, assistant: bool, content: &[SessionBlock]) {
         self.field(if assistant { b"assistant" } else { b"user" });
         for block in content.iter().filter(|b| !is_thinking(b)) {
-            if block.get("type").and_then(Value::as_str) == Some("tool_use") {
-                self.field(b"\0tool_use");
-                self.field(block["id"].as_str().unwrap_or_default().as_bytes());
-                self.field(block["name"].as_str().unwrap_or_default().as_bytes());
-            } else {
-                self.field(block.to_string().as_bytes());
+            match block {
+                SessionBlock::ToolUse { id, name, .. } => {
+                    self.field(b"\0tool_use");
+                    self.field(id.as_bytes());
+                    self.field(name.as_bytes());
+                }
+                SessionBlock::Json(v) => self.field(v.to_string().as_bytes()),
             }
         }
         self.field(b"\0end");
@@ -242,7 +309,10 @@ impl FingerprintBuilder {
     /// The fingerprint after the CLI's own answer `text` (what a client sends back).
     pub fn after_answer(&self, text: &str) -> Fingerprint {
         let mut b = self.clone();
-        b.message(true, &[serde_json::json!({"type": "text", "text": text})]);
+        b.message(
+            true,
+            &[serde_json::json!({"type": "text", "text": text}).into()],
+        );
         b.finish()
     }
 
@@ -252,12 +322,13 @@ impl FingerprintBuilder {
         let mut b = self.clone();
         let mut content = Vec::with_capacity(calls.len() + 1);
         if !text.is_empty() {
-            content.push(serde_json::json!({"type": "text", "text": text}));
+            content.push(serde_json::json!({"type": "text", "text": text}).into());
         }
+        // A call counts by its id and name only (its input is not hashed).
         content.extend(
             calls
                 .iter()
-                .map(|c| tool_use_block(&c.id, &c.name, &c.input)),
+                .map(|c| tool_use_block(&c.id, &c.name, &RawJson::empty_object())),
         );
         b.message(true, &content);
         b.finish()
@@ -268,32 +339,14 @@ impl FingerprintBuilder {
     }
 }
 
-/// `v` with every object's keys in order, so two spellings of one JSON value (a client
-/// echoing a call's arguments) hash alike.
-fn canonical(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            Value::Object(
-                keys.into_iter()
-                    .map(|k| (k.clone(), canonical(&m[k])))
-                    .collect(),
-            )
-        }
-        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
-        other => other.clone(),
+/// A client tool call as the model made it (the CLI's name for the tool), its input as
+/// the client sent it.
+fn tool_use_block(id: &str, name: &str, input: &RawJson) -> SessionBlock {
+    SessionBlock::ToolUse {
+        id: id.to_string(),
+        name: format!("{CLIENT_TOOL_PREFIX}{name}"),
+        input: input.clone(),
     }
-}
-
-/// A client tool call as the model made it (the CLI's name for the tool).
-fn tool_use_block(id: &str, name: &str, input: &Value) -> Value {
-    serde_json::json!({
-        "type": "tool_use",
-        "id": id,
-        "name": format!("{CLIENT_TOOL_PREFIX}{name}"),
-        "input": canonical(input),
-    })
 }
 
 /// A conversation presented as real turns.
@@ -318,37 +371,35 @@ pub struct Turns {
     pub asked: Vec<Fingerprint>,
 }
 
-fn is_thinking(block: &Value) -> bool {
-    matches!(
-        block.get("type").and_then(Value::as_str),
-        Some("thinking" | "redacted_thinking")
-    )
+fn is_thinking(block: &SessionBlock) -> bool {
+    matches!(block.kind(), Some("thinking" | "redacted_thinking"))
 }
 
 /// A message's content blocks as the Messages API takes them (text, image, document, the
 /// client's tool calls and results, and an assistant's signed thinking blocks, which the
 /// model gets back as it wrote them); unsigned thinking (which the API refuses) and empty
 /// text blocks are left out.
-fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
-    let mut out = Vec::with_capacity(m.blocks.len());
+fn api_blocks(m: &Message) -> Result<Vec<SessionBlock>, (&'static str, usize)> {
+    let mut out: Vec<SessionBlock> = Vec::with_capacity(m.blocks.len());
     for (j, b) in m.blocks.iter().enumerate() {
         match b {
             Block::Text(t) if t.is_empty() => {}
-            Block::Text(t) => out.push(serde_json::json!({"type": "text", "text": t})),
-            Block::Image(v) | Block::Document(v) => out.push(v.clone()),
+            Block::Text(t) => out.push(serde_json::json!({"type": "text", "text": t}).into()),
+            Block::Image(v) | Block::Document(v) => out.push(v.clone().into()),
             Block::Thinking {
                 text,
                 redacted: true,
                 ..
             } if m.role == Role::Assistant => {
-                out.push(serde_json::json!({"type": "redacted_thinking", "data": text}))
+                out.push(serde_json::json!({"type": "redacted_thinking", "data": text}).into())
             }
             Block::Thinking {
                 text,
                 signature: Some(sig),
                 ..
-            } if m.role == Role::Assistant && !sig.is_empty() => out
-                .push(serde_json::json!({"type": "thinking", "thinking": text, "signature": sig})),
+            } if m.role == Role::Assistant && !sig.is_empty() => out.push(
+                serde_json::json!({"type": "thinking", "thinking": text, "signature": sig}).into(),
+            ),
             Block::Thinking { .. } => {}
             Block::ToolUse { id, name, input } => out.push(tool_use_block(id, name, input)),
             Block::ToolResult {
@@ -356,8 +407,11 @@ fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
                 content,
                 is_error,
             } => {
-                let inner = api_blocks(&Message::new(Role::User, content.clone()))
-                    .map_err(|_| (b.type_name(), j))?;
+                let inner: Vec<Value> = api_blocks(&Message::new(Role::User, content.clone()))
+                    .map_err(|_| (b.type_name(), j))?
+                    .into_iter()
+                    .map(SessionBlock::into_value)
+                    .collect();
                 let mut block = serde_json::json!({
                     "type": "tool_result",
                     "tool_use_id": tool_use_id,
@@ -366,7 +420,7 @@ fn api_blocks(m: &Message) -> Result<Vec<Value>, (&'static str, usize)> {
                 if *is_error {
                     block["is_error"] = Value::Bool(true);
                 }
-                out.push(block);
+                out.push(block.into());
             }
         }
     }
@@ -425,10 +479,7 @@ pub fn present_turns(
     let history_fingerprint = fp.current();
     fp.message(false, &last.content);
     asked.push(fp.current());
-    let resume_results = last
-        .content
-        .iter()
-        .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"));
+    let resume_results = last.content.iter().any(|b| b.kind() == Some("tool_result"));
     if resume_results {
         // The results answer the calls of the session's last assistant turn: they end
         // the session, and the CLI re-runs the interrupted turn from them.
@@ -448,7 +499,7 @@ pub fn present_turns(
     // marker where each attachment stood, the attachments after it.
     let mut prompt = Vec::new();
     let mut attachments: Vec<Value> = Vec::new();
-    for block in last.content {
+    for block in last.content.into_iter().map(SessionBlock::into_value) {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => prompt.push(block["text"].as_str().unwrap_or_default().to_string()),
             kind => {
@@ -522,6 +573,7 @@ mod tests {
     #[test]
     fn a_tool_call_counts_by_id_and_name_not_by_how_its_input_is_spelled() {
         let call = |input: Value| Conversation {
+            // (the input as a client spells it)
             system: None,
             messages: vec![
                 Message::text(Role::User, "q"),
@@ -530,7 +582,7 @@ mod tests {
                     vec![Block::ToolUse {
                         id: "toolu_1".into(),
                         name: "edit".into(),
-                        input,
+                        input: RawJson::from_value(&input),
                     }],
                 ),
                 Message::new(
@@ -671,8 +723,9 @@ mod tests {
         assert_eq!(
             turns.history[1].content,
             vec![
-                serde_json::json!({"type": "thinking", "thinking": "hm", "signature": "sig"}),
-                serde_json::json!({"type": "text", "text": "a"})
+                serde_json::json!({"type": "thinking", "thinking": "hm", "signature": "sig"})
+                    .into(),
+                serde_json::json!({"type": "text", "text": "a"}).into()
             ]
         );
     }
@@ -688,7 +741,7 @@ mod tests {
                     vec![Block::ToolUse {
                         id: "toolu_1".into(),
                         name: "f".into(),
-                        input: serde_json::json!({}),
+                        input: RawJson::empty_object(),
                     }],
                 ),
                 Message::new(

@@ -18,9 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::Serialize;
-use serde_json::Value;
 
-use super::present::SessionTurn;
+use super::present::{SessionBlock, SessionTurn};
 use super::request::CliSettings;
 
 /// The CLI version the entries claim (the pinned CLI's; it accepts its own format).
@@ -100,7 +99,7 @@ struct Entry<'a> {
 enum EntryMessage<'a> {
     User {
         role: &'static str,
-        content: &'a [Value],
+        content: &'a [SessionBlock],
     },
     Assistant {
         id: String,
@@ -108,7 +107,7 @@ enum EntryMessage<'a> {
         kind: &'static str,
         role: &'static str,
         model: &'a str,
-        content: &'a [Value],
+        content: &'a [SessionBlock],
         stop_reason: &'static str,
         stop_sequence: Option<()>,
         usage: ZeroUsage,
@@ -240,7 +239,7 @@ mod tests {
     }
 
     fn turns() -> Vec<SessionTurn> {
-        let text = |t: &str| vec![serde_json::json!({"type": "text", "text": t})];
+        let text = |t: &str| vec![serde_json::json!({"type": "text", "text": t}).into()];
         vec![
             SessionTurn {
                 assistant: false,
@@ -263,19 +262,22 @@ mod tests {
         let mode = std::fs::metadata(&a.path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "whatever the umask");
         let text = std::fs::read_to_string(&a.path).unwrap();
-        let lines: Vec<Value> = text
+        let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["parentUuid"], Value::Null);
+        assert_eq!(lines[0]["parentUuid"], serde_json::Value::Null);
         assert_eq!(lines[0]["type"], "user");
         assert_eq!(lines[0]["message"]["content"][0]["text"], "hi");
         assert_eq!(lines[1]["parentUuid"], lines[0]["uuid"]);
         assert_eq!(lines[1]["sessionId"], a.id.as_str());
         assert_eq!(lines[1]["message"]["role"], "assistant");
         assert_eq!(lines[1]["message"]["model"], "sonnet");
-        assert_eq!(lines[1]["message"]["stop_sequence"], Value::Null);
+        assert_eq!(
+            lines[1]["message"]["stop_sequence"],
+            serde_json::Value::Null
+        );
         assert_eq!(lines[1]["message"]["usage"]["output_tokens"], 0);
         assert_eq!(lines[1]["userType"], "external");
         let dir = a.path.parent().unwrap().to_path_buf();
@@ -287,6 +289,28 @@ mod tests {
             "the last session file takes its directory along"
         );
         assert!(config.path().join("projects").is_dir());
+    }
+
+    #[test]
+    fn a_tool_call_input_is_written_as_the_client_sent_it() {
+        let config = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let s = settings(config.path(), work.path());
+        let input = r#"{ "x" : [0, 0, 0], "b": 1, "a": 2 }"#;
+        let mut t = turns();
+        t[1].content.push(SessionBlock::ToolUse {
+            id: "toolu_1".into(),
+            name: "mcp__cg__t".into(),
+            input: crate::conversation::RawJson::parse(input).unwrap(),
+        });
+        let f = write_session(&s, None, &t).unwrap();
+        let text = std::fs::read_to_string(&f.path).unwrap();
+        assert!(
+            text.contains(&format!(
+                r#"{{"type":"tool_use","id":"toolu_1","name":"mcp__cg__t","input":{input}}}"#
+            )),
+            "{text}"
+        );
     }
 
     #[test]

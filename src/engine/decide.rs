@@ -98,7 +98,7 @@ mod tests {
         let call = |id: &str| Block::ToolUse {
             id: id.into(),
             name: "t".into(),
-            input: serde_json::json!({}),
+            input: crate::conversation::RawJson::empty_object(),
         };
         let mut messages = vec![
             Message::text(Role::User, "q"),

@@ -8,8 +8,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::backend::{Effort, RunOptions, Thinking};
-use crate::conversation::{Conversation, Message, Role, ToolChoice, ToolError, ToolSet, ToolSpec};
+use crate::conversation::{
+    Conversation, Message, RawJson, Role, ToolChoice, ToolError, ToolSet, ToolSpec,
+};
 use crate::engine::TurnRequest;
+use crate::http::bounded::ToolDef;
 use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
 use crate::http::handler::{Api, Framer};
@@ -31,8 +34,8 @@ pub struct MessagesRequest {
     system: Option<Content>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
-    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tools: Option<Vec<ToolDef>>,
     #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     tool_choice: Option<Value>,
     #[serde(default)]
@@ -116,9 +119,14 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
     };
     // A thread's `continue` takes the thread's tools unless it repeats them.
     let stored = req.ctx.previous.as_ref().and_then(|(_, t)| t.as_ref());
+    let stored_defs: Vec<ToolDef>;
     let defs = match (&req.tools, stored) {
         (Some(t), _) => t.as_slice(),
-        (None, Some(Value::Array(t))) => t.as_slice(),
+        (None, Some(t)) => {
+            // What this gateway stored from an earlier request's `tools`.
+            stored_defs = serde_json::from_str(t.get()).unwrap_or_default();
+            stored_defs.as_slice()
+        }
         _ => &[],
     };
     let mut tools = Vec::with_capacity(defs.len());
@@ -144,7 +152,7 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
                 &format!("tools[{i}].name"),
             ));
         };
-        let Some(input_schema) = t.get("input_schema").filter(|s| !s.is_null()) else {
+        let Some(input_schema) = t.schema() else {
             return Err(ApiError::invalid_param(
                 format!("tools.{i}.input_schema: Field required"),
                 &format!("tools[{i}].input_schema"),
@@ -550,7 +558,11 @@ impl Api for Messages {
         let conversation = Conversation { system, messages };
         let _ = req.ctx.conversation.set(conversation.clone());
         let _ = req.ctx.tools.set(match (&req.tools, &req.ctx.previous) {
-            (Some(t), _) => Some(Value::Array(t.clone())),
+            // Kept only for a thread that is stored (a tree of the definitions).
+            (Some(_), _) if !req.ctx.stores() => None,
+            (Some(t), _) => serde_json::value::to_raw_value(t)
+                .ok()
+                .and_then(|r| RawJson::from_raw(r).ok()),
             (None, Some((_, t))) => t.clone(),
             (None, None) => None,
         });

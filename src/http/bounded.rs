@@ -1,13 +1,14 @@
 //! Request fields the APIs bound, checked while they are parsed (so an oversized value is
 //! refused before it is ever held as a tree).
 //!
-//! **Trees by cost.** Client JSON kept as a [`Value`] tree (tool schemas, tool inputs,
-//! content sources, option objects) costs about 80 bytes per JSON value, and the tree is
-//! copied on its way to the CLI (request, conversation, presentation): a megabyte of
-//! `[0,0,…]` was 35–220 MB of heap per request. Such fields are read as raw JSON first
-//! ([`tree`], [`trees`]), their values counted against the request's budget
-//! ([`MAX_TREE_VALUES`], set by [`with_tree_budget`] around the body's parse), and only
-//! then parsed. A request over the budget is a 400 before any tree is built.
+//! **Trees by cost.** Client JSON kept as a [`Value`] tree costs about 80 bytes per JSON
+//! value. What ccgate only passes on is not a tree at all: tool schemas ([`ToolDef`]) and
+//! tool calls' inputs are kept as text ([`RawJson`]). What must be a tree (a tool
+//! definition's other fields, tool choices, Responses `input` items, option objects) is
+//! read as raw JSON first ([`tree`], [`trees`], [`item`]), its values counted against the
+//! request's budget ([`MAX_TREE_VALUES`], set by [`with_tree_budget`] around the body's
+//! parse), and only then parsed. A request over the budget is a 400 before any tree is
+//! built; depth is bounded by serde_json's limit (128), as for [`RawJson`].
 
 use std::cell::Cell;
 
@@ -16,9 +17,12 @@ use serde::Deserialize as _;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::conversation::RawJson;
+
 /// The most JSON values a request may hold in its tree-shaped fields together (tool
-/// schemas, tool calls' inputs, sources, option objects): about 2.5 MB per copy of the
-/// trees. Text, messages and other typed fields do not count.
+/// definitions but their schemas, tool choices, Responses input items, option objects):
+/// about 2.5 MB per copy of the trees. Text, messages, content parts, tool schemas and
+/// tool inputs do not count.
 pub const MAX_TREE_VALUES: usize = 32_768;
 
 thread_local! {
@@ -58,16 +62,24 @@ pub fn count_values(raw: &str) -> usize {
     n
 }
 
+fn over_budget<E: serde::de::Error>() -> E {
+    E::custom(format!(
+        "the request holds more than {MAX_TREE_VALUES} JSON values in structured fields (tool definitions, Responses input items, option objects)"
+    ))
+}
+
 fn charge<E: serde::de::Error>(raw: &RawValue) -> Result<(), E> {
+    charge_text(raw.get())
+}
+
+fn charge_text<E: serde::de::Error>(raw: &str) -> Result<(), E> {
     BUDGET.with(|b| match b.get() {
         None => Ok(()),
         Some(left) => {
-            let n = count_values(raw.get());
+            let n = count_values(raw);
             if n > left {
                 b.set(Some(0));
-                Err(E::custom(format!(
-                    "the request holds more than {MAX_TREE_VALUES} JSON values in tool schemas, tool inputs and other structured fields"
-                )))
+                Err(over_budget())
             } else {
                 b.set(Some(left - n));
                 Ok(())
@@ -89,13 +101,215 @@ pub fn tree<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> 
     }
 }
 
-/// An optional list of tree-shaped values (`tools`), charged as [`tree`].
+/// One element of a list kept as trees (a Responses `input` item), charged as [`tree`].
+pub fn item<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    charge(&raw)?;
+    serde_json::from_str(raw.get()).map_err(D::Error::custom)
+}
+
+/// An optional list of tree-shaped values, charged as [`tree`].
 pub fn trees<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Value>>, D::Error> {
     let Some(raw) = Option::<Box<RawValue>>::deserialize(d)? else {
         return Ok(None);
     };
     charge(&raw)?;
     serde_json::from_str(raw.get()).map_err(D::Error::custom)
+}
+
+/// A tool definition as a client sends it (Anthropic, Chat Completions, Responses): its
+/// fields as a small tree, charged to the request's budget, except its input schema
+/// (`input_schema`, `parameters`, or Chat Completions' `function.parameters`), which is
+/// kept as the client sent it ([`RawJson`]): a schema is only passed on to the CLI and
+/// hashed, and may be large (an `enum` of thousands of values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDef {
+    /// The definition without its schema (an object).
+    fields: Map<String, Value>,
+    /// The schema and where it was (None: absent or null).
+    schema: Schema,
+}
+
+/// A tool definition's schema and where it was.
+type Schema = Option<(SchemaAt, RawJson)>;
+
+/// Where a tool definition's schema is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaAt {
+    /// A top-level key (`input_schema`, `parameters`).
+    Top(&'static str),
+    /// `function.parameters`.
+    Function,
+}
+
+/// The keys whose value is a schema, kept raw.
+fn schema_key(key: &str) -> Option<&'static str> {
+    match key {
+        "input_schema" => Some("input_schema"),
+        "parameters" => Some("parameters"),
+        _ => None,
+    }
+}
+
+impl ToolDef {
+    /// A field of the definition (never its schema).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.get(key)
+    }
+
+    /// The input schema (`input_schema`, `parameters` or `function.parameters`), if given
+    /// and not null.
+    pub fn schema(&self) -> Option<&RawJson> {
+        self.schema.as_ref().map(|(_, s)| s)
+    }
+
+    /// The whole definition as a tree (an echo of the request, a stored thread's tools).
+    pub fn to_value(&self) -> Value {
+        let mut v = Value::Object(self.fields.clone());
+        match &self.schema {
+            None => {}
+            Some((SchemaAt::Top(k), s)) => v[*k] = s.to_value(),
+            Some((SchemaAt::Function, s)) => {
+                if let Some(f) = v.get_mut("function").and_then(Value::as_object_mut) {
+                    f.insert("parameters".into(), s.to_value());
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Written back as it was read, the schema as its text (a stored thread's tools).
+impl serde::Serialize for ToolDef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in &self.fields {
+            match (&self.schema, k.as_str(), v) {
+                (Some((SchemaAt::Function, schema)), "function", Value::Object(f)) => {
+                    struct Function<'a>(&'a Map<String, Value>, &'a RawJson);
+                    impl serde::Serialize for Function<'_> {
+                        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                            let mut m = s.serialize_map(None)?;
+                            for (k, v) in self.0 {
+                                m.serialize_entry(k, v)?;
+                            }
+                            m.serialize_entry("parameters", self.1)?;
+                            m.end()
+                        }
+                    }
+                    m.serialize_entry(k, &Function(f, schema))?;
+                }
+                _ => m.serialize_entry(k, v)?,
+            }
+        }
+        if let Some((SchemaAt::Top(k), schema)) = &self.schema {
+            m.serialize_entry(k, schema)?;
+        }
+        m.end()
+    }
+}
+
+/// Tool definitions whose schemas become trees after all (Responses echoes its `tools` in
+/// every `response` object): their schemas are charged to the budget as well.
+pub fn echoed_tools<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<ToolDef>>, D::Error> {
+    let defs = Option::<Vec<ToolDef>>::deserialize(d)?;
+    for s in defs.iter().flatten().filter_map(ToolDef::schema) {
+        charge_text(s.get())?;
+    }
+    Ok(defs)
+}
+
+/// The fields of a tool definition's object (or of its `function`), each charged and
+/// parsed but the schema; returns the fields and the schema with its key.
+fn tool_fields<'de, A: MapAccess<'de>>(
+    mut map: A,
+    nested: bool,
+) -> Result<(Map<String, Value>, Schema), A::Error> {
+    let mut fields = Map::new();
+    let mut schema = None;
+    while let Some(key) = map.next_key::<String>()? {
+        if let Some(k) = schema_key(&key).filter(|k| !nested || *k == "parameters") {
+            let raw: RawJson = map.next_value()?;
+            let at = if nested {
+                SchemaAt::Function
+            } else {
+                SchemaAt::Top(k)
+            };
+            schema = (raw.get() != "null").then_some((at, raw));
+            continue;
+        }
+        if key == "function" && !nested {
+            let (f, s) = map.next_value::<FunctionFields>()?.0;
+            if s.is_some() {
+                schema = s;
+            }
+            fields.insert(key, f);
+            continue;
+        }
+        let raw: Box<RawValue> = map.next_value()?;
+        charge(&raw)?;
+        fields.insert(
+            key,
+            serde_json::from_str(raw.get()).map_err(A::Error::custom)?,
+        );
+    }
+    Ok((fields, schema))
+}
+
+/// Chat Completions' `function` object: its fields as a tree, its `parameters` raw.
+struct FunctionFields((Value, Schema));
+
+impl<'de> serde::Deserialize<'de> for FunctionFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<FunctionFields, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = FunctionFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a function object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FunctionFields, A::Error> {
+                let (fields, schema) = tool_fields(map, true)?;
+                Ok(FunctionFields((Value::Object(fields), schema)))
+            }
+        }
+        // Anything but an object is kept as it is (the API's check names it).
+        let raw = Box::<RawValue>::deserialize(d)?;
+        if raw.get().starts_with('{') {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            de.deserialize_map(Visit).map_err(D::Error::custom)
+        } else {
+            charge(&raw)?;
+            let v = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+            Ok(FunctionFields((v, None)))
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ToolDef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ToolDef, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = ToolDef;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a tool definition (an object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ToolDef, A::Error> {
+                let (fields, schema) = tool_fields(map, false)?;
+                Ok(ToolDef { fields, schema })
+            }
+        }
+        // Each definition counts as one value of the budget, its fields as theirs.
+        BUDGET.with(|b| match b.get() {
+            Some(0) => Err(over_budget()),
+            Some(left) => {
+                b.set(Some(left - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        })?;
+        d.deserialize_map(Visit)
+    }
 }
 
 /// The most `metadata` pairs (OpenAI: 16).
@@ -191,6 +405,34 @@ mod tests {
         let big = format!("{{\"a\":[{}]}}", vec!["0"; 100].join(","));
         assert!(parse(&big).is_ok());
         assert_eq!(parse(r#"{"a":null}"#).unwrap().a, None);
+    }
+
+    #[test]
+    fn tool_definitions_keep_their_schema_as_text_and_write_it_back() {
+        use crate::http::bounded::ToolDef;
+        for text in [
+            r#"{"type":"function","function":{"name":"t","parameters":{"type":"object","x":[1,2]}}}"#,
+            r#"{"name":"t","description":"d","input_schema":{"type":"object"}}"#,
+            r#"{"type":"function","name":"t","parameters":{"type":"object"},"strict":true}"#,
+            r#"{"name":"t"}"#,
+        ] {
+            let def: ToolDef = serde_json::from_str(text).unwrap();
+            let tree: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(def.to_value(), tree, "{text}");
+            let again: serde_json::Value =
+                serde_json::from_str(&serde_json::to_string(&def).unwrap()).unwrap();
+            assert_eq!(again, tree, "{text}");
+            assert!(def.get("parameters").is_none() && def.get("input_schema").is_none());
+        }
+        let def: ToolDef = serde_json::from_str(r#"{"name":"t","input_schema":null}"#).unwrap();
+        assert!(def.schema().is_none());
+        // The schema is not charged; the other fields are.
+        let big = format!("[{}]", vec!["0"; 100].join(","));
+        let text = format!(r#"{{"name":"t","input_schema":{{"x":{big}}}}}"#);
+        let def = super::with_tree_budget(10, || serde_json::from_str::<ToolDef>(&text)).unwrap();
+        assert!(def.schema().unwrap().get().contains("0,0"));
+        let text = format!(r#"{{"name":"t","input_schema":{{}},"x":{big}}}"#);
+        assert!(super::with_tree_budget(10, || serde_json::from_str::<ToolDef>(&text)).is_err());
     }
 
     #[derive(Deserialize)]

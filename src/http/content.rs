@@ -4,9 +4,8 @@
 //! `file`). Images and documents are validated into the Messages API's block shape here.
 
 use serde::Deserialize;
-use serde_json::Value;
 
-use crate::conversation::Block;
+use crate::conversation::{Block, RawJson};
 use crate::http::errors::ApiError;
 
 /// A message's (or a system prompt's) content: a string or a list of parts.
@@ -56,12 +55,12 @@ pub struct Part {
     kind: String,
     #[serde(default)]
     text: Option<String>,
-    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
-    source: Option<Value>,
-    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
-    image_url: Option<Value>,
-    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
-    file: Option<Value>,
+    #[serde(default)]
+    source: Option<Strings>,
+    #[serde(default)]
+    image_url: Option<Strings>,
+    #[serde(default)]
+    file: Option<Strings>,
     #[serde(default)]
     title: Option<String>,
     #[serde(default)]
@@ -70,8 +69,9 @@ pub struct Part {
     id: Option<String>,
     #[serde(default)]
     name: Option<String>,
-    #[serde(default, deserialize_with = "crate::http::bounded::tree")]
-    input: Option<Value>,
+    /// A `tool_use` part's input, kept as the client sent it (never a tree).
+    #[serde(default)]
+    input: Option<RawJson>,
     #[serde(default)]
     tool_use_id: Option<String>,
     #[serde(default)]
@@ -87,6 +87,148 @@ pub struct Part {
     /// A `tool_reference` part's tool (inside a tool result, after a tool search).
     #[serde(default)]
     tool_name: Option<String>,
+}
+
+/// The string fields of an attachment's object (`source`, `image_url`, `file`) that
+/// ccgate reads; anything else in it is skipped while parsing, never held. A bare string
+/// (the older `image_url: "…"`) is its `url`.
+#[derive(Debug, Default)]
+struct Strings {
+    kind: Option<String>,
+    media_type: Option<String>,
+    data: Option<String>,
+    url: Option<String>,
+    file_id: Option<String>,
+    file_data: Option<String>,
+    filename: Option<String>,
+}
+
+impl Strings {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "type" => self.kind.as_deref(),
+            "media_type" => self.media_type.as_deref(),
+            "data" => self.data.as_deref(),
+            "url" => self.url.as_deref(),
+            "file_id" => self.file_id.as_deref(),
+            "file_data" => self.file_data.as_deref(),
+            "filename" => self.filename.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Strings, D::Error> {
+        struct Visit;
+        /// A value kept only when it is a string.
+        struct MaybeString(Option<String>);
+        impl<'de> Deserialize<'de> for MaybeString {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MaybeString, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = MaybeString;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("any JSON value")
+                    }
+                    fn visit_str<E>(self, s: &str) -> Result<MaybeString, E> {
+                        Ok(MaybeString(Some(s.to_owned())))
+                    }
+                    fn visit_string<E>(self, s: String) -> Result<MaybeString, E> {
+                        Ok(MaybeString(Some(s)))
+                    }
+                    fn visit_bool<E>(self, _: bool) -> Result<MaybeString, E> {
+                        Ok(MaybeString(None))
+                    }
+                    fn visit_i64<E>(self, _: i64) -> Result<MaybeString, E> {
+                        Ok(MaybeString(None))
+                    }
+                    fn visit_u64<E>(self, _: u64) -> Result<MaybeString, E> {
+                        Ok(MaybeString(None))
+                    }
+                    fn visit_f64<E>(self, _: f64) -> Result<MaybeString, E> {
+                        Ok(MaybeString(None))
+                    }
+                    fn visit_unit<E>(self) -> Result<MaybeString, E> {
+                        Ok(MaybeString(None))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut seq: A,
+                    ) -> Result<MaybeString, A::Error> {
+                        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                        Ok(MaybeString(None))
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<MaybeString, A::Error> {
+                        while map
+                            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                            .is_some()
+                        {}
+                        Ok(MaybeString(None))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Strings;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object or a string")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Strings, E> {
+                Ok(Strings {
+                    url: Some(s.to_owned()),
+                    ..Strings::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Strings, A::Error> {
+                let mut out = Strings::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "type" => &mut out.kind,
+                        "media_type" => &mut out.media_type,
+                        "data" => &mut out.data,
+                        "url" => &mut out.url,
+                        "file_id" => &mut out.file_id,
+                        "file_data" => &mut out.file_data,
+                        "filename" => &mut out.filename,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value::<MaybeString>()?.0;
+                }
+                Ok(out)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Strings, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Strings::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Strings, E> {
+                Ok(Strings::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Strings, E> {
+                Ok(Strings::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Strings, E> {
+                Ok(Strings::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Strings, E> {
+                Ok(Strings::default())
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// Which parts a place accepts.
@@ -184,8 +326,8 @@ impl Part {
                 id: required(&self.id, &field(".id"))?,
                 name: required(&self.name, &field(".name"))?,
                 input: match &self.input {
-                    None => Value::Object(Default::default()),
-                    Some(v @ Value::Object(_)) => v.clone(),
+                    None => RawJson::empty_object(),
+                    Some(v) if v.is_object() => v.clone(),
                     // As the Messages API: a tool's input is always an object.
                     Some(_) => {
                         return Err(ApiError::invalid_param(
@@ -301,17 +443,12 @@ fn url_source(url: &str, path: &str) -> Result<serde_json::Value, ApiError> {
     Ok(serde_json::json!({"type": "url", "url": url}))
 }
 
-fn str_field<'a>(v: Option<&'a serde_json::Value>, key: &str) -> &'a str {
-    v.and_then(|s| s.get(key))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
+fn str_field<'a>(v: Option<&'a Strings>, key: &str) -> &'a str {
+    v.and_then(|s| s.get(key)).unwrap_or_default()
 }
 
 /// An Anthropic `image` block's `source` (`base64` or `url`), validated.
-fn anthropic_image(
-    source: Option<&serde_json::Value>,
-    path: &str,
-) -> Result<serde_json::Value, ApiError> {
+fn anthropic_image(source: Option<&Strings>, path: &str) -> Result<serde_json::Value, ApiError> {
     let source = match str_field(source, "type") {
         "base64" => base64_source(
             str_field(source, "media_type"),
@@ -344,7 +481,6 @@ fn anthropic_document(b: &Part, path: &str) -> Result<serde_json::Value, ApiErro
         "text" => {
             let data = source
                 .and_then(|s| s.get("data"))
-                .and_then(|v| v.as_str())
                 .ok_or_else(|| ApiError::invalid_param("text document needs `data`", path))?;
             serde_json::json!({"type": "text", "media_type": "text/plain", "data": data})
         }
@@ -367,15 +503,9 @@ fn anthropic_document(b: &Part, path: &str) -> Result<serde_json::Value, ApiErro
 }
 
 /// An OpenAI `image_url` part: a `data:<type>;base64,<data>` URL or an http(s) URL.
-fn openai_image(
-    image_url: Option<&serde_json::Value>,
-    path: &str,
-) -> Result<serde_json::Value, ApiError> {
+fn openai_image(image_url: Option<&Strings>, path: &str) -> Result<serde_json::Value, ApiError> {
     // Both `{"url": "…"}` and the older bare string.
-    let url = image_url
-        .and_then(|v| v.get("url").or(Some(v)))
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
+    let url = str_field(image_url, "url");
     let source = match url.strip_prefix("data:") {
         Some(rest) => {
             let (media_type, data) = rest
@@ -390,10 +520,7 @@ fn openai_image(
 
 /// An OpenAI `file` part with inline `file_data` (a base64 PDF data: URL); uploaded
 /// `file_id`s do not exist here.
-fn openai_file(
-    file: Option<&serde_json::Value>,
-    path: &str,
-) -> Result<serde_json::Value, ApiError> {
+fn openai_file(file: Option<&Strings>, path: &str) -> Result<serde_json::Value, ApiError> {
     if !str_field(file, "file_id").is_empty() {
         return Err(ApiError::invalid_param(
             "`file_id` is not supported (there is no file store); send the file inline as `file_data`",

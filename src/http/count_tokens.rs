@@ -257,7 +257,7 @@ fn block_tokens(b: &Block, path: &str) -> Result<u64, ApiError> {
         Block::Image(v) => image_tokens(v, path)?,
         Block::Document(v) => document_tokens(v, path)?,
         Block::ToolUse { name, input, .. } => {
-            TOOL_OVERHEAD + estimate_text(name) + estimate_text(&input.to_string())
+            TOOL_OVERHEAD + estimate_text(name) + estimate_text(input.get())
         }
         Block::ToolResult { content, .. } => {
             let mut n = TOOL_OVERHEAD;

@@ -7,9 +7,10 @@ use serde_json::{json, Value};
 
 use crate::backend::{Effort, RunOptions};
 use crate::conversation::{
-    Block, Conversation, Message, Role, ToolChoice, ToolError, ToolSet, ToolSpec,
+    Block, Conversation, Message, RawJson, Role, ToolChoice, ToolError, ToolSet, ToolSpec,
 };
 use crate::engine::TurnRequest;
+use crate::http::bounded::ToolDef;
 use crate::http::content::{Allow, Content};
 use crate::http::errors::ApiError;
 use crate::http::handler::{Api, Framer};
@@ -31,8 +32,8 @@ pub struct ChatRequest {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     n: Option<u64>,
-    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
-    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tools: Option<Vec<ToolDef>>,
     #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     tool_choice: Option<Value>,
     #[serde(default)]
@@ -77,11 +78,39 @@ struct ChatMessage {
     #[serde(default)]
     content: Option<Content>,
     /// An assistant message's calls.
-    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
-    tool_calls: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallParam>>,
     /// A `tool` message's call.
     #[serde(default)]
     tool_call_id: Option<String>,
+}
+
+/// One of an assistant message's `tool_calls`, as sent back: its `arguments` (a string of
+/// JSON) kept as text, never a tree.
+#[derive(Debug, Deserialize)]
+struct ToolCallParam {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionCallParam>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionCallParam {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+/// A tool call's `arguments` (a string of JSON, empty for none) as the call's input: a
+/// JSON object, validated and kept as text (None: not an object).
+pub(crate) fn call_arguments(args: Option<&str>) -> Option<RawJson> {
+    let args = args.unwrap_or("{}");
+    let args = if args.trim().is_empty() { "{}" } else { args };
+    RawJson::parse(args).ok().filter(RawJson::is_object)
 }
 
 /// An OpenAI `tool_choice` (Chat Completions and Responses alike): `auto`, `none`,
@@ -175,11 +204,7 @@ fn tool_set(req: &ChatRequest) -> Result<Option<ToolSet>, ApiError> {
             .and_then(Value::as_str)
             .map(str::to_string);
         // A function without parameters takes none.
-        let input_schema = f
-            .and_then(|f| f.get("parameters"))
-            .filter(|p| !p.is_null())
-            .cloned()
-            .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        let input_schema = t.schema().cloned().unwrap_or_else(no_parameters);
         tools.push(ToolSpec {
             name: name.to_string(),
             description,
@@ -191,45 +216,37 @@ fn tool_set(req: &ChatRequest) -> Result<Option<ToolSet>, ApiError> {
     })
 }
 
+/// The schema of a function without parameters.
+pub(crate) fn no_parameters() -> RawJson {
+    RawJson::parse(r#"{"type":"object","properties":{}}"#).expect("a valid schema")
+}
+
 /// An assistant message's `tool_calls` as tool-use blocks.
-fn tool_calls(i: usize, calls: &[Value]) -> Result<Vec<Block>, ApiError> {
+fn tool_calls(i: usize, calls: &[ToolCallParam]) -> Result<Vec<Block>, ApiError> {
     let mut out = Vec::with_capacity(calls.len());
     for (j, c) in calls.iter().enumerate() {
         let at = format!("messages[{i}].tool_calls[{j}]");
-        let id = c
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
-        let name = c.pointer("/function/name").and_then(Value::as_str);
+        let id = c.id.as_deref().filter(|s| !s.is_empty());
+        let name = c.function.as_ref().and_then(|f| f.name.as_deref());
         let (Some(id), Some(name)) = (id, name) else {
             return Err(ApiError::invalid_param(
                 "a tool call needs `id` and `function.name`",
                 &at,
             ));
         };
-        if c.get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t != "function")
-        {
+        if c.kind.as_deref().is_some_and(|t| t != "function") {
             return Err(ApiError::invalid_param(
                 "only `function` tool calls are supported",
                 &format!("{at}.type"),
             ));
         }
-        let args = c
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("{}");
-        let input: Value =
-            match serde_json::from_str(if args.trim().is_empty() { "{}" } else { args }) {
-                Ok(v @ Value::Object(_)) => v,
-                _ => {
-                    return Err(ApiError::invalid_param(
-                        "`function.arguments` must be a JSON object",
-                        &format!("{at}.function.arguments"),
-                    ))
-                }
-            };
+        let args = c.function.as_ref().and_then(|f| f.arguments.as_deref());
+        let Some(input) = call_arguments(args) else {
+            return Err(ApiError::invalid_param(
+                "`function.arguments` must be a JSON object",
+                &format!("{at}.function.arguments"),
+            ));
+        };
         out.push(Block::ToolUse {
             id: id.to_string(),
             name: name.to_string(),

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
-use crate::conversation::{Block, Conversation, Message, Role};
+use crate::conversation::{Block, Conversation, Message, RawJson, Role};
 use crate::http::errors::ApiError;
 use crate::http::state::AppState;
 use crate::protocol::Success;
@@ -27,13 +27,13 @@ use crate::response_store::{ResponseStore, StoredConversation};
 #[derive(Default)]
 pub struct ThreadCtx {
     /// The stored thread `continue` names: its conversation and tools.
-    pub previous: Option<(Arc<StoredConversation>, Option<Value>)>,
+    pub previous: Option<(Arc<StoredConversation>, Option<RawJson>)>,
     /// Where the answered thread is stored (a `thread` was given), for which tenant.
     store: Option<(Arc<ResponseStore>, String)>,
     /// The whole conversation the answer continues (set by `translate`).
     pub conversation: OnceLock<Conversation>,
-    /// The thread's tools (the request's or the stored ones).
-    pub tools: OnceLock<Option<Value>>,
+    /// The thread's tools (the request's or the stored ones), as JSON text.
+    pub tools: OnceLock<Option<RawJson>>,
 }
 
 impl std::fmt::Debug for ThreadCtx {
@@ -90,6 +90,13 @@ pub fn prepare(
 
 /// The stored thread's messages (its system prompt as a leading system message), then
 /// the request's; None without a `continue`.
+impl ThreadCtx {
+    /// The answered thread will be stored (the request has a `thread`).
+    pub fn stores(&self) -> bool {
+        self.store.is_some()
+    }
+}
+
 pub fn continued(ctx: &ThreadCtx, mut messages: Vec<Message>) -> Vec<Message> {
     match &ctx.previous {
         None => messages,
@@ -126,7 +133,7 @@ pub fn remember(ctx: &ThreadCtx, model: &str, id: &str, s: &Success) {
     blocks.extend(s.tool_calls.iter().map(|c| Block::ToolUse {
         id: c.id.clone(),
         name: c.name.clone(),
-        input: c.input.clone(),
+        input: crate::conversation::RawJson::from_value(&c.input),
     }));
     messages.push(Message::new(Role::Assistant, blocks));
     let stored = StoredConversation {

@@ -46,18 +46,13 @@ fn function_call_item(at: &str, item: &Value) -> Result<Message, ApiError> {
             at,
         ));
     };
-    let args = item
-        .get("arguments")
-        .and_then(Value::as_str)
-        .unwrap_or("{}");
-    let input = match serde_json::from_str(if args.trim().is_empty() { "{}" } else { args }) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return Err(ApiError::invalid_param(
-                "`arguments` must be a JSON object",
-                &format!("{at}.arguments"),
-            ))
-        }
+    let Some(input) =
+        crate::http::openai::call_arguments(item.get("arguments").and_then(Value::as_str))
+    else {
+        return Err(ApiError::invalid_param(
+            "`arguments` must be a JSON object",
+            &format!("{at}.arguments"),
+        ));
     };
     Ok(Message::new(
         Role::Assistant,
@@ -94,7 +89,7 @@ fn custom_tool_call_item(at: &str, item: &Value) -> Result<Message, ApiError> {
         vec![Block::ToolUse {
             id: call_id.to_string(),
             name: name.to_string(),
-            input: json!({"input": input}),
+            input: crate::conversation::RawJson::from_value(&json!({"input": input})),
         }],
     ))
 }

@@ -143,7 +143,7 @@ impl ResponsesRequest {
                 "verbosity": "medium",
             },
             "tool_choice": self.tool_choice.clone().filter(|c| !c.is_null()).unwrap_or_else(|| "auto".into()),
-            "tools": self.tools.clone().unwrap_or_default(),
+            "tools": self.tools.iter().flatten().map(crate::http::bounded::ToolDef::to_value).collect::<Vec<_>>(),
             "top_logprobs": 0,
             "top_p": self.top_p.unwrap_or(1.0),
             "truncation": "disabled",
@@ -215,7 +215,7 @@ impl ResponsesRequest {
         blocks.extend(s.tool_calls.iter().map(|c| Block::ToolUse {
             id: c.id.clone(),
             name: c.name.clone(),
-            input: c.input.clone(),
+            input: crate::conversation::RawJson::from_value(&c.input),
         }));
         messages.push(Message::new(Role::Assistant, blocks));
         let items = output
@@ -253,7 +253,8 @@ fn stored_item(item: &Value) -> Option<StoredItem> {
             vec![Block::ToolUse {
                 id: item.get("call_id")?.as_str()?.to_string(),
                 name: item.get("name")?.as_str()?.to_string(),
-                input: serde_json::from_str(item.get("arguments")?.as_str()?).ok()?,
+                input: crate::conversation::RawJson::parse(item.get("arguments")?.as_str()?)
+                    .ok()?,
             }],
         ),
         // Without ccgate's encrypted_content: stands for nothing the model sees again.
@@ -264,7 +265,9 @@ fn stored_item(item: &Value) -> Option<StoredItem> {
             vec![Block::ToolUse {
                 id: item.get("call_id")?.as_str()?.to_string(),
                 name: item.get("name")?.as_str()?.to_string(),
-                input: json!({"input": item.get("input")?.as_str()?}),
+                input: crate::conversation::RawJson::from_value(
+                    &json!({"input": item.get("input")?.as_str()?}),
+                ),
             }],
         ),
         _ => return None,

@@ -25,8 +25,9 @@ pub struct ResponsesRequest {
     pub(super) store: Option<bool>,
     #[serde(default)]
     pub(super) previous_response_id: Option<String>,
-    #[serde(default, deserialize_with = "crate::http::bounded::trees")]
-    pub(super) tools: Option<Vec<Value>>,
+    /// Echoed in every `response` object (a tree): their schemas are charged too.
+    #[serde(default, deserialize_with = "crate::http::bounded::echoed_tools")]
+    pub(super) tools: Option<Vec<crate::http::bounded::ToolDef>>,
     #[serde(default, deserialize_with = "crate::http::bounded::tree")]
     pub(super) tool_choice: Option<Value>,
     #[serde(default, deserialize_with = "crate::http::bounded::tree")]
@@ -60,12 +61,48 @@ pub struct ResponsesRequest {
     pub(super) ctx: Ctx,
 }
 
-/// `input`: a string (one user message) or a list of items.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// `input`: a string (one user message) or a list of items, each charged to the
+/// request's budget of tree values before it is parsed ([`crate::http::bounded::item`]).
+/// Read by hand: an untagged enum would buffer the whole list as a tree first.
 pub(super) enum Input {
     Text(String),
     Items(Vec<Value>),
+}
+
+impl<'de> Deserialize<'de> for Input {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Input, D::Error> {
+        struct Visit;
+        /// One item, charged.
+        struct Item(Value);
+        impl<'de> Deserialize<'de> for Item {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Item, D::Error> {
+                crate::http::bounded::item(d).map(Item)
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Input;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of input items")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Input, E> {
+                Ok(Input::Text(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Input, E> {
+                Ok(Input::Text(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Input, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
+                while let Some(Item(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(Input::Items(items))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 #[derive(Default)]

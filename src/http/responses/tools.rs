@@ -16,9 +16,10 @@
 use serde_json::{json, Value};
 
 use super::request::ResponsesRequest;
-use crate::conversation::{ToolSet, ToolSpec};
+use crate::conversation::{RawJson, ToolSet, ToolSpec};
+use crate::http::bounded::ToolDef;
 use crate::http::errors::ApiError;
-use crate::http::openai::{openai_tool_choice, openai_tool_set};
+use crate::http::openai::{no_parameters, openai_tool_choice, openai_tool_set};
 
 /// The most bytes of a custom tool's grammar given to the model.
 const GRAMMAR_MAX_BYTES: usize = 32 * 1024;
@@ -34,11 +35,15 @@ fn kind(t: &Value) -> &str {
     t.get("type").and_then(Value::as_str).unwrap_or("")
 }
 
+fn def_kind(t: &ToolDef) -> &str {
+    t.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
 impl ResponsesRequest {
     /// The kind of the client tool `name` (a plain function when the request has none).
     pub(super) fn tool_kind(&self, name: &str) -> ToolKind {
         for t in self.tools.iter().flatten() {
-            match kind(t) {
+            match def_kind(t) {
                 "custom" if t.get("name").and_then(Value::as_str) == Some(name) => {
                     return ToolKind::Custom
                 }
@@ -61,9 +66,15 @@ impl ResponsesRequest {
     }
 }
 
-/// A function tool definition at `at` as a tool spec.
-fn function_spec(t: &Value, at: &str) -> Result<ToolSpec, ApiError> {
-    let Some(name) = t.get("name").and_then(Value::as_str) else {
+/// A function tool definition at `at` as a tool spec: its `name`, `description` and
+/// schema (`parameters`).
+fn function_spec(
+    name: Option<&Value>,
+    description: Option<&Value>,
+    schema: Option<RawJson>,
+    at: &str,
+) -> Result<ToolSpec, ApiError> {
+    let Some(name) = name.and_then(Value::as_str) else {
         return Err(ApiError::invalid_param(
             "a function tool needs `name`",
             &format!("{at}.name"),
@@ -71,20 +82,13 @@ fn function_spec(t: &Value, at: &str) -> Result<ToolSpec, ApiError> {
     };
     Ok(ToolSpec {
         name: name.to_string(),
-        description: t
-            .get("description")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        input_schema: t
-            .get("parameters")
-            .filter(|p| !p.is_null())
-            .cloned()
-            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        description: description.and_then(Value::as_str).map(str::to_string),
+        input_schema: schema.unwrap_or_else(no_parameters),
     })
 }
 
 /// A custom tool definition at `at` as a tool spec with one string parameter `input`.
-fn custom_spec(t: &Value, at: &str) -> Result<ToolSpec, ApiError> {
+fn custom_spec(t: &ToolDef, at: &str) -> Result<ToolSpec, ApiError> {
     let Some(name) = t.get("name").and_then(Value::as_str) else {
         return Err(ApiError::invalid_param(
             "a custom tool needs `name`",
@@ -138,10 +142,10 @@ fn custom_spec(t: &Value, at: &str) -> Result<ToolSpec, ApiError> {
     Ok(ToolSpec {
         name: name.to_string(),
         description: (!description.is_empty()).then_some(description),
-        input_schema: json!({"type": "object",
+        input_schema: RawJson::from_value(&json!({"type": "object",
             "properties": {"input": {"type": "string",
                 "description": "The tool's whole free-text input."}},
-            "required": ["input"], "additionalProperties": false}),
+            "required": ["input"], "additionalProperties": false})),
     })
 }
 
@@ -159,8 +163,13 @@ pub(super) fn tool_set(req: &ResponsesRequest) -> Result<Option<ToolSet>, ApiErr
     let mut specs = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
         let at = format!("tools[{i}]");
-        match kind(t) {
-            "function" => specs.push(function_spec(t, &at)?),
+        match def_kind(t) {
+            "function" => specs.push(function_spec(
+                t.get("name"),
+                t.get("description"),
+                t.schema().cloned(),
+                &at,
+            )?),
             "custom" => specs.push(custom_spec(t, &at)?),
             "namespace" => {
                 let Some(inner) = t.get("tools").and_then(Value::as_array) else {
@@ -177,7 +186,16 @@ pub(super) fn tool_set(req: &ResponsesRequest) -> Result<Option<ToolSet>, ApiErr
                             &format!("{at}.type"),
                         ));
                     }
-                    specs.push(function_spec(f, &at)?);
+                    let schema = f
+                        .get("parameters")
+                        .filter(|p| !p.is_null())
+                        .map(RawJson::from_value);
+                    specs.push(function_spec(
+                        f.get("name"),
+                        f.get("description"),
+                        schema,
+                        &at,
+                    )?);
                     paths.push(at);
                 }
                 continue;
