@@ -29,13 +29,17 @@ use serde_json::{json, Value};
 
 use crate::backend::present::Fingerprint;
 use crate::backend::{Account, Backend};
-use crate::config::AccountSettings;
+use crate::config::{AccountSettings, ExtraUsage};
 use crate::health::{Cooldown, Health, Source};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::protocol::PlanWindows;
 use crate::rules::{Rules, Verdict, ACCOUNT_ACTION_REQUIRED};
 use crate::shutdown::Shutdown;
+
+/// The kind of the extra-usage guard's cooldown: a usage limit (429, retry after the
+/// reset), with a message that names extra usage.
+pub const EXTRA_USAGE_KIND: &str = "usage_limit";
 
 /// The name of the implicit account (no `accounts` configured).
 pub const IMPLICIT_NAME: &str = crate::probe::IMPLICIT_ACCOUNT;
@@ -51,9 +55,41 @@ pub struct Member {
     health: Arc<Health>,
     prober: Arc<Prober>,
     index: usize,
-    /// The plan's usage windows its last answer reported, and when.
-    windows: Mutex<Option<(PlanWindows, u64)>>,
+    /// The plan's usage windows last reported (an answer or `get_usage`).
+    windows: Mutex<Option<WindowsSeen>>,
+    /// What the last `get_usage` said (None: not asked yet).
+    usage_read: Mutex<Option<UsageRead>>,
+    /// `extra_usage:` (the implicit account: the default, `refuse`).
+    extra_usage: ExtraUsage,
 }
+
+/// Plan windows as last reported.
+#[derive(Debug, Clone)]
+struct WindowsSeen {
+    windows: PlanWindows,
+    /// Unix seconds.
+    at: u64,
+    /// `answer` (the stream's `rate_limit_event`) or `get_usage` (the scheduled read).
+    source: &'static str,
+}
+
+/// The outcome of the last scheduled `get_usage` read of an account.
+#[derive(Debug, Clone)]
+struct UsageRead {
+    at: u64,
+    /// `rate_limits_available` (None: the read failed).
+    available: Option<bool>,
+    subscription_type: Option<String>,
+    /// Why the read failed (no secrets: the CLI's stderr is not read).
+    error: Option<String>,
+}
+
+/// Accounts whose headroom is within this much (0-1) of the best are equals for the
+/// weighted least-recently-used pick.
+pub const HEADROOM_SLACK: f64 = 0.10;
+/// A login that answered `rate_limits_available: false` is asked again only after this
+/// many refresh intervals (a login may change).
+const UNAVAILABLE_BACKOFF: u32 = 12;
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,6 +115,32 @@ impl Member {
 
     pub fn prober(&self) -> &Arc<Prober> {
         &self.prober
+    }
+
+    /// What is left of its plan (0-1): one minus the higher utilization of its 5-hour
+    /// and 7-day windows as last reported; None before any report.
+    pub fn headroom(&self) -> Option<f64> {
+        let seen = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let used = seen
+            .as_ref()?
+            .windows
+            .windows
+            .iter()
+            .filter(|w| w.name == "five_hour" || w.name == "seven_day")
+            .map(|w| w.utilization)
+            .fold(None, |m: Option<f64>, u| Some(m.map_or(u, |m| m.max(u))))?;
+        Some((1.0 - used).clamp(0.0, 1.0))
+    }
+
+    /// The 5-hour window as last reported: (utilization 0-1, reset in Unix seconds).
+    pub fn five_hour(&self) -> Option<(f64, Option<u64>)> {
+        let seen = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        seen.as_ref()?
+            .windows
+            .windows
+            .iter()
+            .find(|w| w.name == "five_hour")
+            .map(|w| (w.utilization, w.resets_at))
     }
 
     fn serves(&self, model: &str) -> bool {
@@ -111,7 +173,29 @@ impl Member {
             "models": self.models,
             "weight": self.weight,
             "windows": self.windows_status(),
+            "extra_usage": self.extra_usage,
         })
+    }
+
+    /// The account's entry in `GET /admin/accounts`: its status plus where its windows
+    /// came from, the last `get_usage` read and its headroom.
+    fn admin_status(&self) -> Value {
+        let mut v = self.status();
+        let read = self
+            .usage_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        v["headroom"] = json!(self.headroom().map(|h| (h * 1000.0).round() / 1000.0));
+        v["get_usage"] = read.map_or(Value::Null, |r| {
+            json!({
+                "read_at": crate::clock::rfc3339_of_unix(r.at),
+                "rate_limits_available": r.available,
+                "subscription_type": r.subscription_type,
+                "error": r.error,
+            })
+        });
+        v
     }
 
     /// `windows` of the status: `{five_hour: {utilization (percent), resets_at (RFC 3339),
@@ -119,7 +203,12 @@ impl Member {
     /// reported them.
     fn windows_status(&self) -> Value {
         let seen = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((w, at)) = seen.as_ref() else {
+        let Some(WindowsSeen {
+            windows: w,
+            at,
+            source,
+        }) = seen.as_ref()
+        else {
             return Value::Null;
         };
         let mut out = serde_json::Map::new();
@@ -138,6 +227,7 @@ impl Member {
             "observed_at".into(),
             json!(crate::clock::rfc3339_of_unix(*at)),
         );
+        out.insert("source".into(), json!(source));
         Value::Object(out)
     }
 }
@@ -191,6 +281,8 @@ impl Accounts {
             prober,
             index: 0,
             windows: Default::default(),
+            usage_read: Default::default(),
+            extra_usage: ExtraUsage::default(),
         });
         Self::build(vec![member], health, false, metrics)
     }
@@ -233,6 +325,8 @@ impl Accounts {
                         prober: Arc::new(prober),
                         index,
                         windows: Default::default(),
+                        usage_read: Default::default(),
+                        extra_usage: a.extra_usage,
                     })
                 })
                 .collect();
@@ -340,22 +434,32 @@ impl Accounts {
                 .iter()
                 .filter_map(|m| m.health.cooldown())
                 .min_by_key(|c| c.until_unix);
-            // The implicit account always runs (as without accounts); so does a request
-            // none of whose accounts cools down while the gate let it through (a reload
-            // changed what is unhealthy): the run decides.
-            if exclude.is_none() && (!self.configured || earliest.is_none()) {
+            // A request none of whose accounts cools down while the gate let it through
+            // (a reload changed what is unhealthy) runs: the run decides. The implicit
+            // account cools down only by the extra-usage guard.
+            if exclude.is_none() && earliest.is_none() {
                 if let Some(m) = candidates.first() {
                     return Ok(Arc::clone(m));
                 }
             }
             return Err(Unavailable::AllOut(earliest));
         }
+        // Among otherwise equal accounts, the ones with the most headroom in their plan
+        // windows (within HEADROOM_SLACK of the best; unknown counts as equal).
+        let headroom: Vec<Option<f64>> = usable.iter().map(|m| m.headroom()).collect();
+        let best = headroom.iter().flatten().copied().fold(f64::NAN, f64::max);
+        let roomy: Vec<&Arc<Member>> = usable
+            .iter()
+            .zip(&headroom)
+            .filter(|(_, h)| best.is_nan() || h.is_none_or(|h| h >= best - HEADROOM_SLACK))
+            .map(|(m, _)| *m)
+            .collect();
         let mut sel = self.lock();
         let chosen = sticky
             .and_then(|fp| sel.sticky.get(fp).copied())
             .and_then(|i| usable.iter().find(|m| m.index == i).copied())
             .unwrap_or_else(|| {
-                usable
+                roomy
                     .iter()
                     .copied()
                     .min_by(|a, b| sel.pass[a.index].total_cmp(&sel.pass[b.index]))
@@ -439,9 +543,153 @@ impl Accounts {
     /// `rate_limit_event`); kept for the status until the next answer reports them.
     pub fn observe_windows(&self, member: &Member, windows: Option<&PlanWindows>) {
         if let Some(w) = windows {
-            *member.windows.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((w.clone(), crate::clock::unix_now()));
+            self.keep_windows(member, w, "answer");
+            if w.extra_usage_in_use == Some(true) {
+                self.extra_usage_in_use(member, w);
+            }
         }
+    }
+
+    fn keep_windows(&self, member: &Member, w: &PlanWindows, source: &'static str) {
+        let mut seen = member.windows.lock().unwrap_or_else(|p| p.into_inner());
+        // A read without the extra-usage state keeps the one an answer reported.
+        let mut w = w.clone();
+        if w.extra_usage_in_use.is_none() {
+            w.extra_usage_in_use = seen.as_ref().and_then(|s| s.windows.extra_usage_in_use);
+        }
+        self.metrics.set_windows(&member.name, &w);
+        *seen = Some(WindowsSeen {
+            windows: w,
+            at: crate::clock::unix_now(),
+            source,
+        });
+    }
+
+    /// The extra-usage guard: an answer on `member` was billed beyond its plan. With
+    /// `extra_usage: refuse` the account cools down until the exhausted window resets
+    /// (the latest reset of the windows at their limit, else the 5-hour one, else an
+    /// hour), so no further request spends money on it; the cooldown's message says why
+    /// (in the answer of every request it refuses and in `/v1/auth/status`).
+    fn extra_usage_in_use(&self, member: &Member, w: &PlanWindows) {
+        if member.extra_usage == ExtraUsage::Allow {
+            return;
+        }
+        let now = crate::clock::unix_now();
+        let full = w
+            .windows
+            .iter()
+            .filter(|x| x.utilization >= 0.999)
+            .filter_map(|x| x.resets_at)
+            .max();
+        let five = w
+            .windows
+            .iter()
+            .find(|x| x.name == "five_hour")
+            .and_then(|x| x.resets_at);
+        let until = full.or(five).filter(|t| *t > now).unwrap_or(now + 3600);
+        let until_text = crate::clock::rfc3339_of_unix(until);
+        let message = format!(
+            "The account {} is billing requests as extra usage beyond its plan; ccgate refuses extra usage for it (accounts[].extra_usage: refuse) until its usage window resets at {until_text}.",
+            member.name
+        );
+        let c = Cooldown::new(Source::Request, EXTRA_USAGE_KIND, &message, until);
+        if member.health.set_cooldown(c) {
+            tracing::warn!(
+                account = member.name.as_str(),
+                until = until_text.as_str(),
+                "extra usage in use: account cooling down until its window resets (extra_usage: refuse)"
+            );
+            self.metrics.count_cooldown(&member.name);
+        }
+    }
+
+    /// Reads every account's plan windows through `get_usage` every `every` until
+    /// `shutdown` (one read at a time, never a model call). An account an answer reported
+    /// on within the last half interval is skipped (its windows are fresh); a login that
+    /// answered `rate_limits_available: false` (an environment token, an API key) is
+    /// asked again only every [`UNAVAILABLE_BACKOFF`] intervals, its windows then come
+    /// from the answers' `rate_limit_event` only.
+    pub async fn run_window_refresh(
+        self: Arc<Self>,
+        backend: Backend,
+        every: std::time::Duration,
+        shutdown: Shutdown,
+    ) {
+        let mut round: u32 = 0;
+        loop {
+            for m in &self.members {
+                if shutdown.is_triggered() {
+                    return;
+                }
+                if !self.due(m, every, round) {
+                    continue;
+                }
+                tokio::select! {
+                    () = shutdown.triggered() => return,
+                    read = backend.read_windows(m.account.as_deref()) => self.read_done(m, read),
+                }
+            }
+            round = round.wrapping_add(1);
+            tokio::select! {
+                () = shutdown.triggered() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    fn due(&self, m: &Member, every: std::time::Duration, round: u32) -> bool {
+        let now = crate::clock::unix_now();
+        let fresh = m
+            .windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|s| {
+                s.source == "answer" && now.saturating_sub(s.at) < every.as_secs() / 2
+            });
+        let unavailable = m
+            .usage_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|r| r.available == Some(false));
+        !fresh && (!unavailable || round % UNAVAILABLE_BACKOFF == 0)
+    }
+
+    fn read_done(&self, m: &Member, read: Result<crate::backend::usage::UsageReport, String>) {
+        let at = crate::clock::unix_now();
+        let entry = match read {
+            Ok(r) => {
+                if let Some(w) = r.windows.as_ref() {
+                    self.keep_windows(m, w, "get_usage");
+                }
+                UsageRead {
+                    at,
+                    available: Some(r.available),
+                    subscription_type: r.subscription_type,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                tracing::debug!(
+                    account = m.name.as_str(),
+                    error = e.as_str(),
+                    "get_usage read failed"
+                );
+                UsageRead {
+                    at,
+                    available: None,
+                    subscription_type: None,
+                    error: Some(e),
+                }
+            }
+        };
+        *m.usage_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(entry);
+    }
+
+    /// `GET /admin/accounts`.
+    pub fn admin_status(&self) -> Value {
+        Value::Array(self.members.iter().map(|m| m.admin_status()).collect())
     }
 
     pub fn succeeded(&self, member: &Member) {

@@ -35,6 +35,14 @@ pub async fn serve(
         state.health.expect_startup_probe();
     }
     let probe = tokio::spawn(state.accounts.clone().run_probes(stopping.clone()));
+    // The accounts' plan windows through get_usage, on a schedule (no model call).
+    let windows = state.settings.windows_refresh.map(|every| {
+        tokio::spawn(state.accounts.clone().run_window_refresh(
+            state.backend.clone(),
+            every,
+            stopping.clone(),
+        ))
+    });
     // The usage ledger's writer (until the ledger is flushed below) and retention purge.
     let writer = state
         .ledger_writer
@@ -102,6 +110,9 @@ pub async fn serve(
     }
     if let Some(watch) = watch {
         watch.stop().await;
+    }
+    if let Some(windows) = windows {
+        let _ = windows.await;
     }
     pool.shutdown().await;
     backend.close_kept().await;

@@ -132,6 +132,20 @@ pub struct AccountConfig {
     /// default 1).
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// What to do when the CLI reports that this account's requests are billed as extra
+    /// usage beyond its plan: `refuse` (default: the account cools down until its window
+    /// resets) or `allow` (keep spending).
+    #[serde(default)]
+    pub extra_usage: ExtraUsage,
+}
+
+/// `accounts[].extra_usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtraUsage {
+    #[default]
+    Refuse,
+    Allow,
 }
 
 fn default_weight() -> u32 {
@@ -145,6 +159,7 @@ impl std::fmt::Debug for AccountConfig {
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("models", &self.models)
             .field("weight", &self.weight)
+            .field("extra_usage", &self.extra_usage)
             .finish()
     }
 }
@@ -273,6 +288,9 @@ pub struct CliConfig {
     pub keep_conversations_per_key: Option<usize>,
     /// Directory for the private system-prompt files; unset = ccgate's temp dir (TMPDIR).
     pub temp_dir: Option<PathBuf>,
+    /// Seconds between reads of each account's plan windows through the CLI's `get_usage`
+    /// control request (a short-lived process, no model call; one read at a time); 0 = off.
+    pub windows_refresh: f64,
 }
 
 impl Default for Config {
@@ -332,6 +350,7 @@ impl Default for CliConfig {
             max_held_runs_per_key: None,
             keep_conversations_per_key: None,
             temp_dir: None,
+            windows_refresh: 300.0,
         }
     }
 }
@@ -399,6 +418,8 @@ pub struct Settings {
     pub openai_reasoning_content: bool,
     /// `web.search` / `web.fetch`: which of the CLI's web tools requests may enable.
     pub web: WebConfig,
+    /// `cli.windows_refresh`; None = off.
+    pub windows_refresh: Option<Duration>,
 }
 
 /// One configured account, checked.
@@ -411,6 +432,7 @@ pub struct AccountSettings {
     pub models: Option<Vec<String>>,
     /// 1-1000.
     pub weight: u32,
+    pub extra_usage: ExtraUsage,
 }
 
 impl std::fmt::Debug for AccountSettings {
@@ -564,6 +586,11 @@ impl Config {
         let shutdown_timeout = at_least_zero("shutdown_timeout", self.shutdown_timeout);
         let sse_keepalive =
             Some(at_least_zero("sse_keepalive", self.sse_keepalive)).filter(|d| !d.is_zero());
+        let windows_refresh = Some(at_least_zero(
+            "cli.windows_refresh",
+            self.cli.windows_refresh,
+        ))
+        .filter(|d| !d.is_zero());
         if self.cli.max_concurrent == 0 {
             problems.push("cli.max_concurrent must be at least 1".into());
         }
@@ -691,10 +718,12 @@ impl Config {
                         .as_ref()
                         .map(|m| m.iter().map(|m| m.to_ascii_lowercase()).collect()),
                     weight: a.weight,
+                    extra_usage: a.extra_usage,
                 })
                 .collect(),
             openai_reasoning_content: self.openai.reasoning_content,
             web: self.web.clone(),
+            windows_refresh,
         })
     }
 }

@@ -85,8 +85,9 @@ pub struct LimitsDef {
     #[serde(default)]
     #[schemars(with = "Option<u64>")]
     pub tokens_per_day: Option<Spanned<i64>>,
-    /// Share (0 < share ≤ 1) of its account's 5-hour plan window this key may use. Not
-    /// supported yet: refused by the loader (it needs the accounts' plan windows).
+    /// Share (0 < share ≤ 1) of its account's 5-hour plan window this key may use: its
+    /// part of the tokens ccgate saw on the account in the window times the window's
+    /// utilization (docs/governance.md says how exact that is).
     #[serde(default)]
     #[schemars(with = "Option<f64>")]
     pub window_share: Option<Spanned<f64>>,
@@ -536,13 +537,7 @@ fn compile_limits(l: LimitsDef, p: &mut Problems) -> Limits {
     let tokens_per_day = count("tokens_per_day", l.tokens_per_day);
     let window_share = l.window_share.and_then(|s| {
         if s.value.is_finite() && s.value > 0.0 && s.value <= 1.0 {
-            // Refused rather than accepted and ignored: it needs the accounts' plan
-            // windows (`get_usage`), which this build does not read yet.
-            p.at(
-                s.referenced,
-                "limits.window_share is not supported yet (it needs the accounts' plan windows); leave it out",
-            );
-            None
+            Some(s.value)
         } else {
             p.at(
                 s.referenced,
@@ -687,19 +682,15 @@ mod tests {
             e.contains("unknown account `nobody` (known: seat-1)"),
             "{e}"
         );
-        let e = compile_keys(
+        let set = compile_keys(
             &format!("keys:\n  - name: a\n    sha256: {d}\n    limits:\n      window_share: 0.5\n"),
             "k.yaml",
             &[],
             &[],
             NOW,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("k.yaml:5:21: limits.window_share is not supported yet"),
-            "{e}"
-        );
+        .unwrap();
+        assert_eq!(set.keys()[0].limits.window_share, Some(0.5));
     }
 
     #[test]

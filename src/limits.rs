@@ -44,12 +44,42 @@ impl Counters {
 #[derive(Debug, Default)]
 pub struct Limiter {
     keys: Mutex<HashMap<String, Counters>>,
+    /// Per account: the tokens its answers reported in its current 5-hour window, in all
+    /// and per key (`limits.window_share`).
+    windows: Mutex<HashMap<String, WindowTally>>,
+}
+
+/// The tokens of one account's current 5-hour window.
+#[derive(Debug, Default)]
+struct WindowTally {
+    /// The window's reset (Unix seconds) the counts are for.
+    resets_at: u64,
+    total: u64,
+    keys: HashMap<String, u64>,
+}
+
+/// Accounts whose 5-hour window are tallied (bounded like the accounts themselves).
+const WINDOW_ACCOUNTS_MAX: usize = 256;
+/// Keys tallied per account window.
+const WINDOW_KEYS_MAX: usize = 4096;
+/// Resets this close (seconds) are the same window (the CLI's clock may round).
+const SAME_WINDOW_SLACK: u64 = 120;
+
+/// One account's 5-hour window as last reported, for [`Limiter::window_share_refusal`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountWindow {
+    pub account: String,
+    /// 0-1.
+    pub utilization: f64,
+    /// Unix seconds.
+    pub resets_at: Option<u64>,
 }
 
 /// Why a request was refused: which limit, and when to retry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    /// `concurrent`, `requests_per_minute`, `tokens_per_minute` or `tokens_per_day`.
+    /// `concurrent`, `requests_per_minute`, `tokens_per_minute`, `tokens_per_day` or
+    /// `window_share`.
     pub limit: &'static str,
     pub message: String,
     /// Seconds until the limit has room again (at least 1).
@@ -160,6 +190,82 @@ impl Limiter {
         c.tokens_day = c.tokens_day.saturating_add(tokens);
     }
 
+    /// Counts `tokens` of an answer on `account` (of `key`, None: no key) against the
+    /// account's 5-hour window that resets at `resets_at`; a new reset starts a new
+    /// window.
+    pub fn add_window_tokens(&self, account: &str, key: Option<&str>, tokens: u64, resets_at: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let mut all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if !all.contains_key(account) && all.len() >= WINDOW_ACCOUNTS_MAX {
+            return;
+        }
+        let t = all.entry(account.to_string()).or_default();
+        if t.resets_at.abs_diff(resets_at) > SAME_WINDOW_SLACK {
+            *t = WindowTally {
+                resets_at,
+                ..WindowTally::default()
+            };
+        }
+        t.total = t.total.saturating_add(tokens);
+        if let Some(key) = key {
+            if t.keys.contains_key(key) || t.keys.len() < WINDOW_KEYS_MAX {
+                let n = t.keys.entry(key.to_string()).or_default();
+                *n = n.saturating_add(tokens);
+            }
+        }
+    }
+
+    /// The share (0-1) of `account`'s 5-hour window `key` used: its part of the tokens
+    /// ccgate saw on the account in the window times the window's utilization.
+    pub fn window_share(&self, key: &str, window: &AccountWindow, now: u64) -> f64 {
+        let all = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = all.get(&window.account) else {
+            return 0.0;
+        };
+        let current = window
+            .resets_at
+            .is_none_or(|r| r > now && t.resets_at.abs_diff(r) <= SAME_WINDOW_SLACK);
+        if !current || t.total == 0 {
+            return 0.0;
+        }
+        let mine = t.keys.get(key).copied().unwrap_or(0);
+        mine as f64 / t.total as f64 * window.utilization
+    }
+
+    /// `limits.window_share`: refused when `key` has used its share of the 5-hour window
+    /// of every account it may run on (`windows`, the ones that reported a window);
+    /// `retry_after` counts down to the earliest of those windows' resets.
+    pub fn window_share_refusal(
+        &self,
+        key: &Key,
+        windows: &[AccountWindow],
+        now: u64,
+    ) -> Option<Refusal> {
+        let share = key.limits.window_share?;
+        if windows.is_empty() {
+            return None;
+        }
+        let mut earliest: Option<u64> = None;
+        for w in windows {
+            if self.window_share(&key.name, w, now) < share {
+                return None;
+            }
+            if let Some(r) = w.resets_at {
+                earliest = Some(earliest.map_or(r, |e| e.min(r)));
+            }
+        }
+        Some(Refusal {
+            limit: "window_share",
+            message: format!(
+                "This key's share of its account's 5-hour usage window ({}%) is used up.",
+                (share * 1000.0).round() / 10.0
+            ),
+            retry_after: earliest.map_or(3600, |r| r.saturating_sub(now).max(1)),
+        })
+    }
+
     /// What is left of `key`'s limits at `now`, for the rate-limit headers.
     pub fn budget(&self, key: &str, limits: &Limits, now: i64) -> Budget {
         let mut keys = self.lock();
@@ -239,6 +345,49 @@ mod tests {
         let b = l.budget("k", &k.limits, later);
         assert_eq!(b.requests, Some((2, 1, 50)));
         assert_eq!(b.tokens.map(|t| (t.0, t.1)), Some((150, 30)));
+    }
+
+    #[test]
+    fn window_share_is_the_keys_part_of_the_tokens_times_the_utilization() {
+        let l = Arc::new(Limiter::default());
+        let k = key(Limits {
+            window_share: Some(0.25),
+            ..Limits::default()
+        });
+        let now = 1_800_000_000;
+        let reset = now + 3600;
+        let w = |u: f64| AccountWindow {
+            account: "seat".into(),
+            utilization: u,
+            resets_at: Some(reset),
+        };
+        // Nothing seen yet: 0.
+        assert_eq!(l.window_share("k", &w(0.9), now), 0.0);
+        l.add_window_tokens("seat", Some("k"), 300, reset);
+        l.add_window_tokens("seat", Some("other"), 600, reset + 30);
+        l.add_window_tokens("seat", None, 100, reset);
+        // 300 of 1000 tokens at 60 %: 18 % of the window.
+        assert!((l.window_share("k", &w(0.6), now) - 0.18).abs() < 1e-9);
+        assert_eq!(l.window_share_refusal(&k, &[w(0.6)], now), None);
+        // At 90 %: 27 % ≥ 25 %: refused until the window resets.
+        let r = l.window_share_refusal(&k, &[w(0.9)], now).unwrap();
+        assert_eq!((r.limit, r.retry_after), ("window_share", 3600));
+        // A second account where the key is under its share: admitted.
+        let other = AccountWindow {
+            account: "seat2".into(),
+            utilization: 0.9,
+            resets_at: Some(reset),
+        };
+        assert_eq!(l.window_share_refusal(&k, &[w(0.9), other], now), None);
+        // A new window (another reset) starts from zero.
+        l.add_window_tokens("seat", Some("other"), 10, reset + 18_000);
+        let next = AccountWindow {
+            resets_at: Some(reset + 18_000),
+            ..w(0.9)
+        };
+        assert_eq!(l.window_share("k", &next, now), 0.0);
+        // No window reported: nothing to enforce.
+        assert_eq!(l.window_share_refusal(&k, &[], now), None);
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub struct AccountReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountWindowLabels {
+    pub account: String,
+    pub window: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyLabels {
     pub key: String,
 }
@@ -126,6 +132,10 @@ pub struct Metrics {
     /// Accounts taken out because a person must act on them (`account_action_required`),
     /// by account and the CLI's reason.
     pub account_action_required: Family<AccountReasonLabels, Counter>,
+    /// The plan's usage windows per account (0-1) and their resets (Unix seconds), as
+    /// last reported (an answer's `rate_limit_event` or the scheduled `get_usage`).
+    pub account_window_utilization: Family<AccountWindowLabels, Gauge<f64, AtomicU64>>,
+    pub account_window_resets_at: Family<AccountWindowLabels, Gauge<f64, AtomicU64>>,
     /// Per API key (label: the key's name, never key material).
     pub key_requests: Family<KeyLabels, Counter>,
     pub key_tokens: Family<KeyTokenLabels, Counter>,
@@ -452,6 +462,20 @@ impl Metrics {
             "Times an account was taken out of service until a person acts on it (kind account_action_required), by account and reason (the CLI's startup_failure_reason or api_error, `text` for a matched text)",
             account_action_required.clone(),
         );
+        let account_window_utilization =
+            Family::<AccountWindowLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "ccgate_account_window_utilization",
+            "Utilization (0-1) of each plan usage window of an account (five_hour, seven_day, ...), as its last answer or the scheduled get_usage reported it",
+            account_window_utilization.clone(),
+        );
+        let account_window_resets_at =
+            Family::<AccountWindowLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "ccgate_account_window_resets_at_seconds",
+            "When each plan usage window of an account resets (Unix seconds)",
+            account_window_resets_at.clone(),
+        );
         let key_requests = Family::<KeyLabels, Counter>::default();
         registry.register(
             "ccgate_key_requests",
@@ -517,6 +541,8 @@ impl Metrics {
             account_cooldowns,
             account_failovers,
             account_action_required,
+            account_window_utilization,
+            account_window_resets_at,
             accounts,
             conversation_fallbacks,
             registry,
@@ -584,6 +610,25 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// An account's plan windows as reported (the gauges keep the last value of a window
+    /// no longer reported).
+    pub fn set_windows(&self, account: &str, windows: &crate::protocol::PlanWindows) {
+        for w in &windows.windows {
+            let labels = AccountWindowLabels {
+                account: account.into(),
+                window: w.name.clone(),
+            };
+            self.account_window_utilization
+                .get_or_create(&labels)
+                .set(w.utilization);
+            if let Some(at) = w.resets_at {
+                self.account_window_resets_at
+                    .get_or_create(&labels)
+                    .set(at as f64);
+            }
+        }
     }
 
     /// One usage ledger row dropped (the buffer was full).

@@ -58,6 +58,9 @@ pub fn schema_version() -> i64 {
 
 /// Rows inserted per transaction at most.
 const BATCH_ROWS: usize = 500;
+/// Rows per INSERT statement (17 parameters each: far below SQLite's and PostgreSQL's
+/// parameter limits).
+const INSERT_ROWS: usize = 50;
 /// How often old rows are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -280,36 +283,50 @@ impl Store {
             .map_err(sql("read the schema version"))
     }
 
-    /// Inserts rows in one transaction.
+    /// Inserts rows in one transaction, [`INSERT_ROWS`] rows per statement: each statement
+    /// is a round trip to SQLite's worker thread (two thread wake-ups), so one per row
+    /// cost more than the insert itself.
     pub async fn insert(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
+        const COLUMNS: usize = 17;
         let mut tx = self.pool.begin().await.map_err(sql("write the ledger"))?;
-        for r in rows {
-            sqlx::query(
+        for chunk in rows.chunks(INSERT_ROWS) {
+            let mut text = String::from(
                 "INSERT INTO usage_ledger (at, request_id, key_name, model, served_model, account, api, \
                  streamed, status, kind, input_tokens, output_tokens, cache_read_tokens, \
-                 cache_creation_tokens, duration_ms, ttft_ms, round) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-            )
-            .bind(r.at)
-            .bind(&r.request_id)
-            .bind(&r.key)
-            .bind(&r.model)
-            .bind(&r.served_model)
-            .bind(&r.account)
-            .bind(&r.api)
-            .bind(i64::from(r.streamed))
-            .bind(i64::from(r.status))
-            .bind(&r.kind)
-            .bind(as_i64(r.input_tokens))
-            .bind(as_i64(r.output_tokens))
-            .bind(as_i64(r.cache_read_tokens))
-            .bind(as_i64(r.cache_creation_tokens))
-            .bind(as_i64(r.duration_ms))
-            .bind(r.ttft_ms.map(as_i64))
-            .bind(r.round.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("write the ledger"))?;
+                 cache_creation_tokens, duration_ms, ttft_ms, round) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                text.push_str(if i == 0 { "(" } else { ", (" });
+                for c in 0..COLUMNS {
+                    if c > 0 {
+                        text.push_str(", ");
+                    }
+                    text.push_str(&format!("${}", i * COLUMNS + c + 1));
+                }
+                text.push(')');
+            }
+            let mut q = sqlx::query(&text);
+            for r in chunk {
+                q = q
+                    .bind(r.at)
+                    .bind(&r.request_id)
+                    .bind(&r.key)
+                    .bind(&r.model)
+                    .bind(&r.served_model)
+                    .bind(&r.account)
+                    .bind(&r.api)
+                    .bind(i64::from(r.streamed))
+                    .bind(i64::from(r.status))
+                    .bind(&r.kind)
+                    .bind(as_i64(r.input_tokens))
+                    .bind(as_i64(r.output_tokens))
+                    .bind(as_i64(r.cache_read_tokens))
+                    .bind(as_i64(r.cache_creation_tokens))
+                    .bind(as_i64(r.duration_ms))
+                    .bind(r.ttft_ms.map(as_i64))
+                    .bind(r.round.clone());
+            }
+            q.execute(&mut *tx).await.map_err(sql("write the ledger"))?;
         }
         tx.commit().await.map_err(sql("write the ledger"))
     }
@@ -530,16 +547,35 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// What the request path asks of the writer besides rows (rows go through [`Pending`]).
 enum Msg {
-    Row(Box<LedgerRow>),
     /// Write what is queued, then answer.
     Flush(oneshot::Sender<()>),
+}
+
+/// How long the writer lets rows gather after the first one of a batch arrives.
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// Rows queued by the request path. A push takes a short lock and wakes the writer only
+/// when the queue was empty, so under load the writer (and the database's worker thread
+/// behind it) wakes once per [`BATCH_WINDOW`], not once per request.
+struct Pending {
+    rows: std::sync::Mutex<Vec<LedgerRow>>,
+    cap: usize,
+    wake: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn take(&self) -> Vec<LedgerRow> {
+        std::mem::take(&mut *self.rows.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// The request path's handle on the ledger: queues rows for the writer task.
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Msg>,
+    pending: Arc<Pending>,
     store: Store,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
@@ -556,6 +592,7 @@ impl std::fmt::Debug for Ledger {
 /// The writer task of a [`Ledger`]: run it (e.g. `tokio::spawn(writer.run())`).
 pub struct LedgerWriter {
     rx: mpsc::Receiver<Msg>,
+    pending: Arc<Pending>,
     store: Store,
     written: Arc<AtomicU64>,
 }
@@ -563,25 +600,49 @@ pub struct LedgerWriter {
 impl Ledger {
     /// A ledger over `store` holding at most `buffer` queued rows, and its writer.
     pub fn new(store: Store, buffer: usize) -> (Ledger, LedgerWriter) {
-        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let (tx, rx) = mpsc::channel(16);
         let written = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(Pending {
+            rows: std::sync::Mutex::new(Vec::new()),
+            cap: buffer.max(1),
+            wake: tokio::sync::Notify::new(),
+        });
         (
             Ledger {
                 tx,
+                pending: Arc::clone(&pending),
                 store: store.clone(),
                 dropped: Arc::new(AtomicU64::new(0)),
                 written: Arc::clone(&written),
             },
-            LedgerWriter { rx, store, written },
+            LedgerWriter {
+                rx,
+                pending,
+                store,
+                written,
+            },
         )
     }
 
     /// Queues a row; when the buffer is full it is dropped and counted.
     pub fn record(&self, row: LedgerRow) {
-        if self.tx.try_send(Msg::Row(Box::new(row))).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "usage ledger buffer full: rows dropped");
+        let first = {
+            let mut rows = self.pending.rows.lock().unwrap_or_else(|p| p.into_inner());
+            if rows.len() >= self.pending.cap {
+                None
+            } else {
+                rows.push(row);
+                Some(rows.len() == 1)
+            }
+        };
+        match first {
+            Some(true) => self.pending.wake.notify_one(),
+            Some(false) => {}
+            None => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(dropped = n, "usage ledger buffer full: rows dropped");
+                }
             }
         }
     }
@@ -629,29 +690,41 @@ impl Ledger {
 }
 
 impl LedgerWriter {
-    /// Writes queued rows in batches until every [`Ledger`] handle is gone.
+    /// Writes queued rows in batches until every [`Ledger`] handle is gone: a batch
+    /// [`BATCH_WINDOW`] after its first row, or at once for a flush.
     pub async fn run(mut self) {
-        let mut batch: Vec<LedgerRow> = Vec::with_capacity(BATCH_ROWS);
-        while let Some(first) = self.rx.recv().await {
-            let mut close = None;
-            let mut msg = Some(first);
-            while let Some(m) = msg.take() {
-                match m {
-                    Msg::Row(r) => batch.push(*r),
-                    Msg::Flush(done) => {
-                        close = Some(done);
-                        break;
-                    }
+        enum Next {
+            Flush(oneshot::Sender<()>),
+            Closed,
+            Batch,
+        }
+        let of = |m: Option<Msg>| m.map_or(Next::Closed, |Msg::Flush(done)| Next::Flush(done));
+        loop {
+            let next = tokio::select! {
+                m = self.rx.recv() => of(m),
+                // Let the batch gather, unless a flush (or the end) comes first.
+                () = self.pending.wake.notified() => tokio::select! {
+                    m = self.rx.recv() => of(m),
+                    () = tokio::time::sleep(BATCH_WINDOW) => Next::Batch,
+                },
+            };
+            self.write_pending().await;
+            match next {
+                Next::Flush(done) => {
+                    let _ = done.send(());
                 }
-                if batch.len() >= BATCH_ROWS {
-                    self.write(&mut batch).await;
-                }
-                msg = self.rx.try_recv().ok();
+                Next::Closed => return,
+                Next::Batch => {}
             }
-            self.write(&mut batch).await;
-            if let Some(done) = close {
-                let _ = done.send(());
-            }
+        }
+    }
+
+    async fn write_pending(&self) {
+        let mut rows = self.pending.take();
+        while !rows.is_empty() {
+            let rest = rows.split_off(rows.len().min(BATCH_ROWS));
+            self.write(&mut rows).await;
+            rows = rest;
         }
     }
 
@@ -787,6 +860,38 @@ mod tests {
         );
         assert!(parse_group_by("key;drop").is_err());
         assert!(parse_group_by("day,hour").is_err());
+    }
+
+    #[tokio::test]
+    async fn rows_queue_without_waking_the_writer_per_row_and_a_full_buffer_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("q.db")).await.unwrap();
+        let (ledger, writer) = Ledger::new(store.clone(), 2);
+        let task = tokio::spawn(writer.run());
+        // No await in between: the writer (same thread) cannot take rows meanwhile.
+        for i in 0..3 {
+            ledger.record(LedgerRow {
+                at: 1_000 + i,
+                key: "k".into(),
+                status: 401,
+                ..LedgerRow::default()
+            });
+        }
+        assert_eq!(ledger.dropped(), 1);
+        ledger.flush().await;
+        assert_eq!(ledger.written(), 2);
+        // After a write the buffer has room again.
+        ledger.record(LedgerRow {
+            at: 1_010,
+            key: "k".into(),
+            ..LedgerRow::default()
+        });
+        ledger.flush().await;
+        assert_eq!((ledger.written(), ledger.dropped()), (3, 1));
+        drop(ledger);
+        task.await.unwrap();
+        let rows = store.usage(&[GroupBy::Key], 0, 2_000).await.unwrap();
+        assert_eq!(rows[0].requests, 3);
     }
 
     #[tokio::test]

@@ -60,6 +60,7 @@ mod request;
 mod run;
 mod session;
 mod stats;
+pub mod usage;
 
 pub use crate::protocol::{CliEvent, Success, Usage};
 pub use args::{cli_args, user_line};
@@ -192,6 +193,15 @@ impl Backend {
     }
 
     /// An account whose processes get `env` on top of the configured CLI environment.
+    /// Reads the plan windows of `account` (None: the implicit one) through `get_usage`
+    /// (no model call; see [`usage`]).
+    pub async fn read_windows(
+        &self,
+        account: Option<&Account>,
+    ) -> Result<usage::UsageReport, String> {
+        usage::read_windows(&self.shared.settings, account).await
+    }
+
     pub fn account(&self, name: &str, env: &[(String, String)]) -> Arc<Account> {
         Arc::new(Account::new(&self.shared.settings, name, env))
     }

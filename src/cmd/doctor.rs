@@ -8,8 +8,9 @@
 //! makes no model call, so a revoked or expired login still shows as logged in; the
 //! start-up probe finds those), its state directory (writable, its size) and the CLI's
 //! working directory; the temp dir; the rules file (as `check`); the listen address (free).
-//! Checks of state that other parts of ccgate add (keys file, state store) go in
-//! [`extra_checks`].
+//! Per account also its plan windows (the CLI's `get_usage`, no model call; never a
+//! failure). Then the keys file (the loader `serve` uses) and the state store (opened as
+//! `serve` opens it, and writable) in [`extra_checks`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -162,9 +163,12 @@ pub async fn run_checks(args: &DoctorArgs) -> Vec<Check> {
         let mut account = cli.clone();
         account.env.extend(env);
         account_checks(&name, &account, found, &mut checks).await;
+        if found {
+            checks.push(windows_check(&name, &account).await);
+        }
     }
     checks.push(rules_check(&args.serve));
-    checks.extend(extra_checks(&settings));
+    checks.extend(extra_checks(&settings).await);
     checks.push(listen_check(&settings).await);
     checks
 }
@@ -447,10 +451,141 @@ fn rules_check(args: &ServeArgs) -> Check {
     }
 }
 
-/// Checks of state other parts of ccgate keep (a keys file, the state store): each adds
-/// its line here, loading what `serve` loads the way `serve` loads it. None yet.
-fn extra_checks(_settings: &Settings) -> Vec<Check> {
-    Vec::new()
+/// Checks of state other parts of ccgate keep: the keys file (loaded by the loader
+/// `serve`, reloads and `check` use) and the state store (opened as `serve` opens it,
+/// then its file and directory written to).
+async fn extra_checks(settings: &Settings) -> Vec<Check> {
+    vec![
+        keys_check(settings),
+        state_check(&settings.state.path).await,
+    ]
+}
+
+/// The keys file, as `serve` loads it.
+fn keys_check(settings: &Settings) -> Check {
+    let Some(path) = &settings.keys else {
+        return Check::ok(
+            "keys",
+            format!(
+                "no keys file; {} api_keys (client keys)",
+                settings.api_keys.len()
+            ),
+        );
+    };
+    let accounts: Vec<String> = settings.accounts.iter().map(|a| a.name.clone()).collect();
+    let now = crate::clock::unix_now() as i64;
+    match crate::keys::load_keys_file(path, &settings.api_keys, &accounts, now) {
+        Ok(set) => {
+            let admins = set
+                .keys()
+                .iter()
+                .filter(|k| k.role == crate::keys::Role::Admin)
+                .count();
+            Check::ok(
+                "keys",
+                format!(
+                    "{}: {} keys ({admins} admin)",
+                    path.display(),
+                    set.keys().len()
+                ),
+            )
+        }
+        Err(e) => Check::fail(
+            "keys",
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid")
+                .to_string(),
+            "run `ccgate check --keys FILE` for every problem and fix the keys file",
+        ),
+    }
+}
+
+/// The state store: opened (created when missing, migrated) as `serve` opens it, and its
+/// database file and directory writable (SQLite writes a journal beside the file).
+async fn state_check(path: &Path) -> Check {
+    let name = "state store (state.path)";
+    let remedy = "make state.path (CCGATE_STATE__PATH) a writable file in a writable directory for the user ccgate runs as";
+    let opened = match crate::store::Store::open_sqlite(path).await {
+        Ok(store) => {
+            let version = store.version().await;
+            store.close().await;
+            version
+        }
+        Err(e) => Err(e),
+    };
+    let version = match opened {
+        Ok(v) => v,
+        Err(e) => return Check::fail(name, format!("{}: {e}", path.display()), remedy),
+    };
+    let file = std::fs::OpenOptions::new().append(true).open(path);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let probe = tempfile::Builder::new()
+        .prefix(".ccgate-doctor-")
+        .tempfile_in(dir);
+    match (file, probe) {
+        (Ok(_), Ok(_)) => Check::ok(
+            name,
+            format!(
+                "{} (SQLite, schema version {version}, writable)",
+                path.display()
+            ),
+        ),
+        (Err(e), _) => Check::fail(
+            name,
+            format!("{} is not writable: {e}", path.display()),
+            remedy,
+        ),
+        (_, Err(e)) => Check::fail(
+            name,
+            format!("{} is not writable: {e}", dir.display()),
+            remedy,
+        ),
+    }
+}
+
+/// The account's plan windows through the CLI's `get_usage` (one process, no model call).
+/// Never a failure: serving works without them.
+async fn windows_check(name: &str, cli: &CliSettings) -> Check {
+    let label = format!("account {name}: plan windows");
+    match crate::backend::usage::read_windows(cli, None).await {
+        Ok(r) => match (r.available, r.windows) {
+            (true, Some(w)) => {
+                let shown: Vec<String> = w
+                    .windows
+                    .iter()
+                    .map(|w| {
+                        let reset = w
+                            .resets_at
+                            .map(|t| format!(", resets {}", crate::clock::rfc3339_of_unix(t)))
+                            .unwrap_or_default();
+                        format!("{} {:.0} %{reset}", w.name, w.utilization * 100.0)
+                    })
+                    .collect();
+                Check::ok(label, format!("{} (get_usage, no model call)", shown.join("; ")))
+            }
+            (true, None) => Check::ok(
+                label,
+                format!(
+                    "reported by the {} plan, no numbers now (the claude.ai usage endpoint did not answer); answers will bring them",
+                    r.subscription_type.as_deref().unwrap_or("subscription")
+                ),
+            ),
+            (false, _) => Check::ok(
+                label,
+                "not available through get_usage for this login (an environment token, an API key): ccgate reads them from the answers",
+            ),
+        },
+        Err(e) => Check::warn(
+            label,
+            e,
+            "serving does not need them; see docs/accounts.md#plan-windows",
+        ),
+    }
 }
 
 /// The listen address is free (bound and released at once).

@@ -307,7 +307,7 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 match cx.flavour {
                     Flavour::Anthropic => "rate_limit_error",
-                    Flavour::Openai if limit.starts_with("tokens") => "tokens",
+                    Flavour::Openai if limit.starts_with("tokens") || *limit == "window_share" => "tokens",
                     Flavour::Openai => "requests",
                 },
                 "rate_limit_exceeded",

@@ -18,6 +18,7 @@ use crate::http::extract::Cx;
 use crate::http::state::AppState;
 use crate::http::{new_request_id, presented_key, static_error_for, RequestId};
 use crate::keys::{Key, Lookup, Role};
+use crate::limits::AccountWindow;
 use crate::metrics::{KeyLabels, KeyTokenLabels};
 use crate::store::LedgerRow;
 
@@ -131,7 +132,14 @@ pub fn admit(
             message: format!("This API key may not use the model `{model}`."),
         });
     }
-    match state.limiter.admit(k, now()) {
+    let refused = match k.limits.window_share {
+        Some(_) => state
+            .limiter
+            .window_share_refusal(k, &key_windows(state, k), now() as u64)
+            .map(Err),
+        None => None,
+    };
+    match refused.unwrap_or_else(|| state.limiter.admit(k, now())) {
         Ok(Some(permit)) => {
             cx.record.on_finish(Box::new(move |_| drop(permit)));
             Ok(())
@@ -154,18 +162,59 @@ pub fn admit(
     }
 }
 
+/// The 5-hour windows of the accounts `k` may run on (its `accounts:`, else all) that
+/// reported one.
+fn key_windows(state: &AppState, k: &Key) -> Vec<AccountWindow> {
+    state
+        .accounts
+        .members()
+        .iter()
+        .filter(|m| {
+            k.accounts
+                .as_ref()
+                .is_none_or(|a| a.iter().any(|n| n == m.name()))
+        })
+        .filter_map(|m| {
+            m.five_hour().map(|(utilization, resets_at)| AccountWindow {
+                account: m.name().to_string(),
+                utilization,
+                resets_at,
+            })
+        })
+        .collect()
+}
+
 /// Records the request when it ends, whatever answered it (the health gate included):
 /// ledger row, per-key counters, tokens against the key's limits.
 pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>) {
     let ledger = state.ledger.clone();
     let limiter = Arc::clone(&state.limiter);
     let metrics = Arc::clone(&state.metrics);
+    let accounts = Arc::clone(&state.accounts);
     cx.record.on_finish(Box::new(move |s: &RequestSummary| {
         let u = &s.usage;
         let total = u.input_tokens
             + u.output_tokens
             + u.cache_read_input_tokens
             + u.cache_creation_input_tokens;
+        // Every answer's tokens count towards its account's 5-hour window (the
+        // denominator of every key's `window_share`).
+        if let Some(account) = s.account.as_deref().filter(|_| total > 0) {
+            let reset = accounts
+                .members()
+                .iter()
+                .find(|m| m.name() == account)
+                .and_then(|m| m.five_hour())
+                .and_then(|(_, r)| r);
+            if let Some(reset) = reset {
+                limiter.add_window_tokens(
+                    account,
+                    key.as_ref().map(|k| k.name.as_str()),
+                    total,
+                    reset,
+                );
+            }
+        }
         let name = key.as_ref().map(|k| k.name.clone()).unwrap_or_default();
         if let Some(k) = &key {
             limiter.add_tokens(&k.name, total, now());

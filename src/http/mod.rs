@@ -224,6 +224,10 @@ pub fn router(state: AppState) -> Router {
             get(ops::admin_keys).fallback(method_not_allowed),
         )
         .route(
+            "/admin/accounts",
+            get(ops::admin_accounts).fallback(method_not_allowed),
+        )
+        .route(
             "/admin/overview",
             get(admin::overview).fallback(method_not_allowed),
         )

@@ -1,6 +1,6 @@
 //! Operator endpoints: `/v1/models`, `/v1/models/{id}`, `/health`, `/ready`, `/v1/auth/status`, `/metrics`,
 //! and the admin endpoints `/admin/probe`, `/admin/reload`, `/admin/rules`, `/admin/usage`,
-//! `/admin/keys`.
+//! `/admin/keys`, `/admin/accounts`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -235,6 +235,16 @@ pub async fn admin_usage(
             )
         }
     }
+}
+
+/// `GET /admin/accounts`: every account's health, cooldown, plan windows (with their
+/// source and the last `get_usage` read), headroom and `extra_usage` policy; no secrets.
+pub async fn admin_accounts(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "configured": state.accounts.is_configured(),
+        "windows_refresh_seconds": state.settings.windows_refresh.map(|d| d.as_secs_f64()),
+        "accounts": state.accounts.admin_status(),
+    }))
 }
 
 /// `GET /admin/keys`: the keys in force (names, roles, allow-lists, limits, expiry, what

@@ -24,6 +24,7 @@ fn account(name: &str, env: &[(&str, String)]) -> AccountConfig {
             .collect(),
         models: None,
         weight: 1,
+        extra_usage: Default::default(),
     }
 }
 

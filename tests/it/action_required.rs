@@ -105,6 +105,7 @@ async fn with_several_accounts_the_request_fails_over_and_only_that_account_leav
         .collect(),
         models: None,
         weight: 1,
+        extra_usage: Default::default(),
     };
     let accounts = vec![
         account(

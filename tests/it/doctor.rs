@@ -53,7 +53,10 @@ fn a_working_host_is_ready() {
         "temp dir",
         "account default: logged in:",
         "account default: state dir:",
+        "account default: plan windows:",
         "rules:",
+        "keys:",
+        "state store (state.path):",
         "listen:",
     ] {
         assert!(line(&out, name).starts_with('✓'), "{name}:\n{out}");
@@ -68,6 +71,78 @@ fn a_working_host_is_ready() {
     );
     assert!(out.contains("ready to serve"), "{out}");
     assert!(!out.contains('✗'), "{out}");
+    // The fake CLI's get_usage answers as for an environment token.
+    assert!(
+        line(&out, "account default: plan windows:").contains("not available through get_usage"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "keys:").contains("no keys file; 0 api_keys"),
+        "{out}"
+    );
+    assert!(
+        line(&out, "state store (state.path):").contains("schema version"),
+        "{out}"
+    );
+    assert!(dir.path().join("state/ccgate.db").is_file(), "{out}");
+}
+
+#[test]
+fn plan_windows_keys_file_and_state_store_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("claude")).unwrap();
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(
+        &keys,
+        format!(
+            "keys:\n  - name: ops\n    sha256: {}\n    role: admin\n  - name: app\n    sha256: {}\n",
+            ccgate::rules::sha256_hex(b"a"),
+            ccgate::rules::sha256_hex(b"b")
+        ),
+    )
+    .unwrap();
+    // A login whose get_usage reports its windows; a valid keys file.
+    let a = doctor(dir.path())
+        .env("FAKE_CLAUDE_USAGE", "42,10")
+        .env("CCGATE_KEYS", &keys)
+        .assert()
+        .code(0);
+    let out = stdout(&a);
+    let l = line(&out, "account default: plan windows:");
+    assert!(
+        l.starts_with('✓') && l.contains("five_hour 42 %") && l.contains("seven_day 10 %"),
+        "{out}"
+    );
+    assert!(line(&out, "keys:").contains("2 keys (1 admin)"), "{out}");
+    // A broken keys file (a malformed digest) is not ready, with its line:column.
+    std::fs::write(&keys, "keys:\n  - name: ops\n    sha256: abc\n").unwrap();
+    let a = doctor(dir.path())
+        .env("CCGATE_KEYS", &keys)
+        .assert()
+        .code(1);
+    let out = stdout(&a);
+    let l = line(&out, "keys:");
+    assert!(l.starts_with('✗') && l.contains("keys.yaml:3:"), "{out}");
+    assert!(out.contains("ccgate check"), "{out}");
+    // A state store that cannot be created (under a regular file).
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let a = doctor(dir.path())
+        .env("CCGATE_STATE__PATH", file.join("ccgate.db"))
+        .assert()
+        .code(1);
+    let out = stdout(&a);
+    let l = line(&out, "state store (state.path):");
+    assert!(l.starts_with('✗'), "{out}");
+    assert!(out.contains("CCGATE_STATE__PATH"), "{out}");
+    // A database file that is not SQLite.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, "not a database, not at all, definitely not").unwrap();
+    let a = doctor(dir.path())
+        .env("CCGATE_STATE__PATH", &junk)
+        .assert()
+        .code(1);
+    assert!(line(&stdout(&a), "state store (state.path):").starts_with('✗'));
 }
 
 #[test]

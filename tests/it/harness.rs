@@ -124,6 +124,8 @@ impl TestServer {
         config.cli.start_timeout = 5.0;
         config.cli.inactivity_timeout = 5.0;
         config.cli.total_timeout = 20.0;
+        // No scheduled get_usage reads (each spawns a CLI): tests that want them opt in.
+        config.cli.windows_refresh = 0.0;
         config
             .cli
             .env

@@ -25,6 +25,7 @@ fn account(name: &str, env: &[(&str, String)]) -> AccountConfig {
         env: all.into_iter().collect(),
         models: None,
         weight: 1,
+        extra_usage: Default::default(),
     }
 }
 

@@ -38,11 +38,16 @@ fn key_account(name: &str, url: String, home: &std::path::Path) -> AccountConfig
         .into(),
         models: None,
         weight: 1,
+        extra_usage: Default::default(),
     }
 }
 
 /// A subscription account (OAuth token, no API key) against the mock scenario at `url`.
-fn subscription_account(name: &str, url: String, home: &std::path::Path) -> AccountConfig {
+pub(crate) fn subscription_account(
+    name: &str,
+    url: String,
+    home: &std::path::Path,
+) -> AccountConfig {
     AccountConfig {
         name: name.into(),
         env: [
@@ -59,15 +64,27 @@ fn subscription_account(name: &str, url: String, home: &std::path::Path) -> Acco
         .into(),
         models: None,
         weight: 1,
+        extra_usage: Default::default(),
     }
 }
 
 /// A gateway over the real CLI with `accounts`; no credentials outside them.
-async fn real_accounts_server(
+pub(crate) async fn real_accounts_server(
     exe: std::path::PathBuf,
     accounts: Vec<AccountConfig>,
     probe_interval: f64,
     home: &std::path::Path,
+) -> TestServer {
+    real_accounts_server_with(exe, accounts, probe_interval, home, 0.0).await
+}
+
+/// [`real_accounts_server`] with `cli.windows_refresh` set to `windows_refresh`.
+pub(crate) async fn real_accounts_server_with(
+    exe: std::path::PathBuf,
+    accounts: Vec<AccountConfig>,
+    probe_interval: f64,
+    home: &std::path::Path,
+    windows_refresh: f64,
 ) -> TestServer {
     let home = home.to_path_buf();
     TestServer::start(Opts {
@@ -83,13 +100,14 @@ async fn real_accounts_server(
             env.insert("DISABLE_AUTOUPDATER".into(), "1".into());
             env.insert("API_TIMEOUT_MS".into(), "20000".into());
             c.accounts = accounts;
+            c.cli.windows_refresh = windows_refresh;
         }),
         ..Opts::default()
     })
     .await
 }
 
-fn inherited_credentials() -> bool {
+pub(crate) fn inherited_credentials() -> bool {
     let set = std::env::var_os("ANTHROPIC_API_KEY").is_some()
         || std::env::var_os("ANTHROPIC_AUTH_TOKEN").is_some()
         || std::env::var_os("CLAUDE_CODE_OAUTH_TOKEN").is_some();
@@ -297,5 +315,25 @@ async fn real_cli_answers_report_the_plans_windows_in_the_status() {
         "{w}"
     );
     assert_eq!(w["extra_usage_in_use"], true, "{w}");
+    // The extra-usage guard (`extra_usage: refuse`, the default): the account cools down
+    // until its 5-hour window resets, and the next request is refused with the reason
+    // without reaching the API.
+    let seat = &v["accounts"][0];
+    assert_eq!(
+        seat["cooldown"]["until"], w["five_hour"]["resets_at"],
+        "{v}"
+    );
+    let calls = mock.message_requests().len();
+    let (status, headers, body) =
+        post(&s, "/v1/chat/completions", &chat_body("again", false)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("extra usage"), "{body}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((3000..=3600).contains(&retry), "retry-after {retry}");
+    assert_eq!(
+        mock.message_requests().len(),
+        calls,
+        "no model call while refused"
+    );
     s.shutdown().await;
 }
