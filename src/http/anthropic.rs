@@ -118,17 +118,7 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
         }),
     };
     // A thread's `continue` takes the thread's tools unless it repeats them.
-    let stored = req.ctx.previous.as_ref().and_then(|(_, t)| t.as_ref());
-    let stored_defs: Vec<ToolDef>;
-    let defs = match (&req.tools, stored) {
-        (Some(t), _) => t.as_slice(),
-        (None, Some(t)) => {
-            // What this gateway stored from an earlier request's `tools`.
-            stored_defs = serde_json::from_str(t.get()).unwrap_or_default();
-            stored_defs.as_slice()
-        }
-        _ => &[],
-    };
+    let defs = tool_defs(req);
     let mut tools = Vec::with_capacity(defs.len());
     let mut web = crate::backend::WebTools::default();
     for (i, t) in defs.iter().enumerate() {
@@ -170,14 +160,22 @@ fn tool_set(req: &MessagesRequest) -> Result<Option<ToolSet>, ApiError> {
     ToolSet::checked(tools, choice, parallel).map_err(|e| tool_error(&e))
 }
 
+/// The request's `tools`, or its thread's stored ones when a `continue` does not repeat
+/// them (what this gateway stored from an earlier request's `tools`).
+fn tool_defs(req: &MessagesRequest) -> std::borrow::Cow<'_, [ToolDef]> {
+    let stored = req.ctx.previous.as_ref().and_then(|(_, t)| t.as_ref());
+    match (&req.tools, stored) {
+        (Some(t), _) => std::borrow::Cow::Borrowed(t.as_slice()),
+        (None, Some(t)) => {
+            std::borrow::Cow::Owned(serde_json::from_str(t.get()).unwrap_or_default())
+        }
+        _ => std::borrow::Cow::Borrowed(&[]),
+    }
+}
+
 /// The web tools among the request's (or its thread's) `tools`.
 fn web_tools(req: &MessagesRequest) -> Result<Option<crate::backend::WebTools>, ApiError> {
-    let stored = req.ctx.previous.as_ref().and_then(|(_, t)| t.as_ref());
-    let defs = match (&req.tools, stored) {
-        (Some(t), _) => t.as_slice(),
-        (None, Some(Value::Array(t))) => t.as_slice(),
-        _ => &[],
-    };
+    let defs = tool_defs(req);
     let mut web = crate::backend::WebTools::default();
     for (i, t) in defs.iter().enumerate() {
         crate::http::web::anthropic_tool(t, i, &mut web)?;

@@ -157,6 +157,11 @@ impl ToolDef {
         self.fields.get(key)
     }
 
+    /// The definition's fields but its schema (a hosted tool's settings).
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.fields
+    }
+
     /// The input schema (`input_schema`, `parameters` or `function.parameters`), if given
     /// and not null.
     pub fn schema(&self) -> Option<&RawJson> {

@@ -13,6 +13,7 @@
 use serde_json::Value;
 
 use crate::backend::{RunOptions, WebTools};
+use crate::http::bounded::ToolDef;
 use crate::http::errors::ApiError;
 use crate::http::state::AppState;
 
@@ -68,12 +69,10 @@ const LOCATION_WHY: &str = "the CLI's web search has no user location";
 
 /// An Anthropic server tool (`web_search_20250305`, `web_fetch_20250910`, …): Ok(true)
 /// when it is a web tool (added to `web`), Ok(false) for any other type.
-pub fn anthropic_tool(t: &Value, i: usize, web: &mut WebTools) -> Result<bool, ApiError> {
+pub fn anthropic_tool(t: &ToolDef, i: usize, web: &mut WebTools) -> Result<bool, ApiError> {
     let kind = t.get("type").and_then(Value::as_str).unwrap_or("");
     let at = format!("tools[{i}]");
-    let Some(obj) = t.as_object() else {
-        return Ok(false);
-    };
+    let obj = t.fields();
     if kind.starts_with("web_search_") {
         if obj.get("name").and_then(Value::as_str) != Some("web_search") {
             return Err(bad(&format!("{at}.name"), "must be `web_search`"));
@@ -123,7 +122,7 @@ pub fn anthropic_tool(t: &Value, i: usize, web: &mut WebTools) -> Result<bool, A
 
 /// A Responses hosted tool: Ok(true) when it is web search (`web_search`,
 /// `web_search_preview` and their dated forms), added to `web`.
-pub fn responses_tool(t: &Value, i: usize, web: &mut WebTools) -> Result<bool, ApiError> {
+pub fn responses_tool(t: &ToolDef, i: usize, web: &mut WebTools) -> Result<bool, ApiError> {
     let kind = t.get("type").and_then(Value::as_str).unwrap_or("");
     if !(kind == "web_search"
         || kind == "web_search_preview"
@@ -133,9 +132,7 @@ pub fn responses_tool(t: &Value, i: usize, web: &mut WebTools) -> Result<bool, A
         return Ok(false);
     }
     let at = format!("tools[{i}]");
-    let Some(obj) = t.as_object() else {
-        return Ok(false);
-    };
+    let obj = t.fields();
     refuse_keys(
         obj,
         &at,
