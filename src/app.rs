@@ -111,12 +111,20 @@ pub async fn serve(
     // Every request has ended (its row is queued): write them all.
     if let Some(ledger) = ledger {
         if writer.is_some() {
-            ledger.flush().await;
-            tracing::info!(
-                written = ledger.written(),
-                dropped = ledger.dropped(),
-                "usage ledger flushed"
-            );
+            if ledger.flush().await {
+                tracing::info!(
+                    written = ledger.written(),
+                    dropped = ledger.dropped(),
+                    "usage ledger flushed"
+                );
+            } else {
+                tracing::error!(
+                    written = ledger.written(),
+                    dropped = ledger.dropped(),
+                    lost = ledger.pending(),
+                    "usage ledger: the store did not take the last rows before shutdown"
+                );
+            }
         }
     }
     result

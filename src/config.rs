@@ -85,7 +85,7 @@ pub struct Config {
 }
 
 /// The `state:` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     /// The SQLite database file (created with its directory when missing).
@@ -95,6 +95,48 @@ pub struct StateConfig {
     /// Ledger rows waiting to be written; beyond it rows are dropped and counted
     /// (`ccgate_ledger_rows_dropped_total`).
     pub buffer_rows: usize,
+    /// `postgres://user:password@host:port/db`: the shared store of several replicas
+    /// (docs/scaling.md). When set, `path` is not used.
+    pub url: Option<String>,
+    /// Connections the pool opens at most (PostgreSQL; SQLite uses two): 1 to 100.
+    pub max_connections: u32,
+    /// Seconds a statement may run before the server cancels it (PostgreSQL), and the
+    /// longest a request waits for the store before it goes on without it.
+    pub statement_timeout: f64,
+    /// Seconds to open a connection or wait for a free one.
+    pub connect_timeout: f64,
+}
+
+impl StateConfig {
+    /// Where and how to open the store: PostgreSQL at `url` when set, else the SQLite
+    /// file at `path`.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        let mut o = match &self.url {
+            Some(url) => crate::store::StoreOptions::url(url),
+            None => crate::store::StoreOptions::sqlite(&self.path),
+        };
+        if self.url.is_some() {
+            o.max_connections = self.max_connections;
+        }
+        o.statement_timeout = Duration::from_secs_f64(self.statement_timeout);
+        o.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
+        o
+    }
+}
+
+/// Without the URL's password.
+impl std::fmt::Debug for StateConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateConfig")
+            .field("path", &self.path)
+            .field("retention_days", &self.retention_days)
+            .field("buffer_rows", &self.buffer_rows)
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("max_connections", &self.max_connections)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 /// Where the store lives by default: `state/ccgate.db` under the working directory (the
@@ -107,6 +149,10 @@ impl Default for StateConfig {
             path: PathBuf::from(DEFAULT_STATE_PATH),
             retention_days: 90,
             buffer_rows: 10_000,
+            url: None,
+            max_connections: 8,
+            statement_timeout: 2.0,
+            connect_timeout: 2.0,
         }
     }
 }
@@ -593,6 +639,25 @@ impl Config {
         }
         if self.state.path.as_os_str().is_empty() {
             problems.push("state.path must name a file".into());
+        }
+        if let Some(url) = &self.state.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                problems.push(
+                    "state.url must be a postgres:// URL (leave it unset for the embedded SQLite store at state.path)"
+                        .into(),
+                );
+            }
+        }
+        if !(1..=100).contains(&self.state.max_connections) {
+            problems.push("state.max_connections must be 1 to 100".into());
+        }
+        for (name, v) in [
+            ("statement_timeout", self.state.statement_timeout),
+            ("connect_timeout", self.state.connect_timeout),
+        ] {
+            if !(v.is_finite() && (0.05..=300.0).contains(&v)) {
+                problems.push(format!("state.{name} must be 0.05 to 300 seconds"));
+            }
         }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));

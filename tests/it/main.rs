@@ -38,6 +38,7 @@ mod real_tools;
 mod real_typed;
 mod real_windows;
 mod reload;
+mod replicas;
 mod responses;
 mod router;
 mod rules;

@@ -1,0 +1,301 @@
+//! Several replicas on one state store: two servers in this process on the same
+//! PostgreSQL database (`CCGATE_TEST_POSTGRES_URL`, set by .ci/run from
+//! scripts/pg-scratch.sh; the PostgreSQL tests skip without it, like the real-CLI tests
+//! without CCGATE_REAL_CLAUDE) or on the same SQLite file (the embedded default).
+//!
+//! An outage is a loopback proxy in front of PostgreSQL that refuses and cuts every
+//! connection for 10 s: other tests share the scratch cluster, so it is not stopped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{client, messages_body, Opts, TestServer};
+
+/// A fresh database of the scratch cluster, or None (test skipped) without one.
+async fn pg_database() -> Option<String> {
+    let admin = std::env::var("CCGATE_TEST_POSTGRES_URL").ok()?;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "ccgate_it_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    sqlx::any::install_default_drivers();
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(&admin)
+        .await
+        .expect("CCGATE_TEST_POSTGRES_URL reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let _ = conn.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
+    Some(format!("{base}/{name}"))
+}
+
+fn skip(what: &str) {
+    eprintln!("skipped {what}: CCGATE_TEST_POSTGRES_URL is not set");
+}
+
+fn digest(key: &str) -> String {
+    ccgate::rules::sha256_hex(key.as_bytes())
+}
+
+/// alice: client, 3 requests a minute; root: admin.
+fn keys_yaml() -> String {
+    format!(
+        "keys:\n  - name: alice\n    sha256: \"{}\"\n    limits:\n      requests_per_minute: 3\n  - name: bob\n    sha256: \"{}\"\n  - name: root\n    sha256: \"{}\"\n    role: admin\n",
+        digest("alice-key"),
+        digest("bob-key"),
+        digest("root-key"),
+    )
+}
+
+/// Where the replicas keep their state.
+#[derive(Clone)]
+enum Shared {
+    Postgres(String),
+    Sqlite(std::path::PathBuf),
+}
+
+async fn replica(shared: &Shared) -> TestServer {
+    let shared = shared.clone();
+    TestServer::start(Opts {
+        keys_yaml: Some(keys_yaml()),
+        state_path: match &shared {
+            Shared::Sqlite(p) => Some(p.clone()),
+            Shared::Postgres(_) => None,
+        },
+        tweak: Box::new(move |c| {
+            if let Shared::Postgres(url) = shared {
+                c.state.url = Some(url);
+            }
+        }),
+        ..Opts::default()
+    })
+    .await
+}
+
+async fn post(s: &TestServer, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    let r = client()
+        .post(s.url(path))
+        .header("x-api-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn usage(s: &TestServer) -> Value {
+    let r = client()
+        .get(s.url("/admin/usage?group_by=key,api&from=1h"))
+        .header("x-api-key", "root-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Waits until the replica's ledger holds no row (hang guard only).
+async fn drained(s: &TestServer) {
+    let ledger = s.state.ledger.as_ref().expect("a ledger");
+    for _ in 0..600 {
+        if ledger.pending() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("ledger rows still pending: {}", ledger.pending());
+}
+
+async fn usage_is_the_same_on_both(shared: Shared) {
+    let (a, b) = (replica(&shared).await, replica(&shared).await);
+    for (s, n) in [(&a, 3), (&b, 2)] {
+        for _ in 0..n {
+            let (st, v) = post(s, "/v1/messages", "bob-key", &messages_body("hi", false)).await;
+            assert_eq!(st, 200, "{v}");
+        }
+    }
+    // Each admin read writes its own replica's queue first.
+    usage(&a).await;
+    usage(&b).await;
+    let (ua, ub) = (usage(&a).await, usage(&b).await);
+    assert_eq!(ua, ub);
+    let rows = ua["rows"].as_array().unwrap();
+    let bob = rows.iter().find(|r| r["key"] == "bob").expect("bob's row");
+    assert_eq!(bob["requests"], 5, "{ua}");
+    assert!(bob["input_tokens"].as_u64().unwrap() > 0, "{ua}");
+}
+
+#[tokio::test]
+async fn usage_is_the_same_on_both_replicas_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("usage_is_the_same_on_both_replicas_on_postgres");
+    };
+    usage_is_the_same_on_both(Shared::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn usage_is_the_same_on_both_replicas_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    usage_is_the_same_on_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
+}
+
+#[tokio::test]
+async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused() {
+    let Some(url) = pg_database().await else {
+        return skip("migrate_once");
+    };
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { ccgate::store::Store::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().expect("every replica opens"));
+    }
+    let known = ccgate::store::schema_version();
+    for s in &stores {
+        assert_eq!(s.version().await.unwrap(), known);
+        assert!(s.is_shared());
+    }
+    sqlx::any::install_default_drivers();
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM ccgate_schema")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, known, "each version recorded once");
+    sqlx::query("INSERT INTO ccgate_schema (version) VALUES (999)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let e = ccgate::store::Store::open(&url)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("schema version 999 is newer"), "{e}");
+}
+
+/// A loopback TCP proxy that can refuse and cut every connection (an outage).
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (d, l) = (Arc::clone(&down), Arc::clone(&links));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: connection closed at once
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                l.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, down, links }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for t in self.links.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// `postgres://user@host:port/db` → (`host:port`, the URL through `127.0.0.1:proxy`).
+fn through_proxy(url: &str, proxy_port: u16) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (auth_host, db) = rest.split_once('/').unwrap();
+    let (auth, host) = match auth_host.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h.to_string()),
+        None => (String::new(), auth_host.to_string()),
+    };
+    (
+        host,
+        format!("{scheme}://{auth}127.0.0.1:{proxy_port}/{db}"),
+    )
+}
+
+#[tokio::test]
+async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledger_row() {
+    let Some(url) = pg_database().await else {
+        return skip("outage");
+    };
+    let (upstream, _) = through_proxy(&url, 0);
+    let proxy = Proxy::start(upstream).await;
+    let (_, via) = through_proxy(&url, proxy.port);
+    let s = replica(&Shared::Postgres(via)).await;
+    let send = |n: usize| {
+        let s = &s;
+        async move {
+            for _ in 0..n {
+                let (st, v) = post(s, "/v1/messages", "bob-key", &messages_body("hi", false)).await;
+                assert_eq!(st, 200, "{v}");
+            }
+        }
+    };
+    send(3).await;
+    drained(&s).await;
+    // 10 s without PostgreSQL, under traffic.
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    let mut during = 0u64;
+    while cut_at.elapsed() < Duration::from_secs(10) {
+        send(1).await;
+        during += 1;
+    }
+    assert!(during > 0);
+    let ledger = s.state.ledger.as_ref().unwrap();
+    assert!(ledger.pending() > 0, "rows wait for the store");
+    proxy.restore();
+    send(2).await;
+    drained(&s).await;
+    assert_eq!(ledger.dropped(), 0);
+    let v = usage(&s).await;
+    let bob = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "bob")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(bob["requests"], 3 + during + 2, "{v}");
+    s.shutdown().await;
+}
