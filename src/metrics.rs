@@ -129,6 +129,9 @@ pub struct Metrics {
     pub ledger_rows_dropped: Family<Vec<(String, String)>, Counter>,
     /// Requests refused by a key's limits, by key.
     pub key_limited: Family<KeyLabels, Counter>,
+    /// Limit checks decided by this replica alone because the shared store did not
+    /// answer in time (no series until the first).
+    pub limits_local_fallback: Family<Vec<(String, String)>, Counter>,
     accounts: AccountHealths,
 }
 
@@ -465,10 +468,17 @@ impl Metrics {
             "Usage ledger rows dropped because the write buffer (state.buffer_rows) was full",
             ledger_rows_dropped.clone(),
         );
+        let limits_local_fallback = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "ccgate_limits_local_fallback",
+            "Key limit checks and counts this replica did alone because the state store (state.url) did not answer within state.statement_timeout",
+            limits_local_fallback.clone(),
+        );
         Metrics {
             key_requests,
             key_tokens,
             key_limited,
+            limits_local_fallback,
             ledger_rows_dropped,
             account_requests,
             account_cli_runs,
@@ -542,6 +552,11 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// One limit check or count done by this replica alone (the store did not answer).
+    pub fn count_limits_fallback(&self) {
+        self.limits_local_fallback.get_or_create(&Vec::new()).inc();
     }
 
     /// One usage ledger row dropped (the buffer was full).

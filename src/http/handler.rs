@@ -234,6 +234,9 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
     if let Err(refused) = crate::http::keyed::admit(&state, &cx, cx.caller.as_ref(), &turn.model) {
         return cx.error(refused);
     }
+    if let Err(refused) = crate::http::keyed::admit_shared(&state, &cx).await {
+        return cx.error(refused);
+    }
     turn.accounts = cx.caller.as_ref().and_then(|c| c.0.accounts.clone());
     turn.tenant.clone_from(&cx.tenant);
     turn.show_thinking |= A::thinking_by_config(&state.settings);

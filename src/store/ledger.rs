@@ -464,6 +464,10 @@ impl Ledger {
                         Ok(n) => tracing::info!(rows = n, days, "usage ledger: old rows purged"),
                         Err(e) => tracing::warn!(error = %e, "usage ledger purge failed"),
                     }
+                    let now = crate::clock::unix_now() as i64;
+                    if let Err(e) = self.store.purge_counters(now).await {
+                        tracing::warn!(error = %e, "key counters purge failed");
+                    }
                 }
                 () = shutdown.triggered() => break,
             }

@@ -4,8 +4,10 @@
 //! PostgreSQL run.
 
 /// (version, the file's text), in order.
-pub(super) const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/0001_usage_ledger.sql"))];
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_usage_ledger.sql")),
+    (2, include_str!("migrations/0002_key_counters.sql")),
+];
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {

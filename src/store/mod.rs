@@ -15,7 +15,9 @@
 //! refused.
 //!
 //! - [`ledger`]: the usage ledger (batched writes, grouped reads).
+//! - [`counters`]: per-key limit counters and concurrency leases, shared by replicas.
 
+pub mod counters;
 pub mod ledger;
 mod migrations;
 
@@ -24,6 +26,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection, Row};
 
+pub use counters::{Admission, KeyLimits, KeyUsage};
 pub use ledger::{
     parse_group_by, parse_range, parse_span, parse_time, usage_csv, FailedRequest, FailureBucket,
     GroupBy, Ledger, LedgerRow, LedgerWriter, UsageRow,
@@ -204,6 +207,18 @@ impl Store {
         self.statement_timeout
     }
 
+    /// `fut` (a store call) bounded by the statement timeout.
+    pub async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.statement_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout { what: what.into() }),
+        }
+    }
+
     /// Runs the migrations the database lacks. On PostgreSQL on a connection of its own
     /// holding an advisory lock (released when it closes, also when this process dies),
     /// so replicas starting together wait for each other and the second finds the work
@@ -333,6 +348,10 @@ mod tests {
         let versions: Vec<i64> = migrations::MIGRATIONS.iter().map(|m| m.0).collect();
         let expected: Vec<i64> = (1..=versions.len() as i64).collect();
         assert_eq!(versions, expected);
+        // Every file is listed (a new file left out would never run).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations");
+        let files = std::fs::read_dir(dir).unwrap().count();
+        assert_eq!(files, versions.len());
         let first = migrations::statements(migrations::MIGRATIONS[0].1);
         assert_eq!(first.len(), 2, "{first:?}");
         assert!(

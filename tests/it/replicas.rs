@@ -282,6 +282,14 @@ async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledg
         during += 1;
     }
     assert!(during > 0);
+    // A key with limits is served too, under this replica's counters alone.
+    let (st, v) = post(&s, "/v1/messages", "alice-key", &messages_body("hi", false)).await;
+    assert_eq!(st, 200, "{v}");
+    let metrics = crate::harness::get_text(&s, "/metrics").await;
+    assert!(
+        metrics.contains("ccgate_limits_local_fallback_total"),
+        "{metrics}"
+    );
     let ledger = s.state.ledger.as_ref().unwrap();
     assert!(ledger.pending() > 0, "rows wait for the store");
     proxy.restore();
@@ -298,4 +306,42 @@ async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledg
         .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(bob["requests"], 3 + during + 2, "{v}");
     s.shutdown().await;
+}
+
+async fn a_keys_limit_holds_across_both(shared: Shared) {
+    let (a, b) = (replica(&shared).await, replica(&shared).await);
+    // alice may send 3 requests a minute in all. A try that straddles a minute's end
+    // (the windows are UTC minutes) proves nothing and is made again.
+    for _ in 0..3 {
+        let minute = ccgate::clock::unix_now() / 60;
+        let mut statuses = Vec::new();
+        for s in [&a, &b, &a, &b, &a, &b] {
+            let (st, v) = post(s, "/v1/messages", "alice-key", &messages_body("hi", false)).await;
+            assert!(st == 200 || st == 429, "{st} {v}");
+            if st == 429 {
+                assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+            }
+            statuses.push(st);
+        }
+        if ccgate::clock::unix_now() / 60 != minute {
+            continue;
+        }
+        assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+        return;
+    }
+    panic!("three tries each straddled a minute's end");
+}
+
+#[tokio::test]
+async fn a_keys_limit_holds_across_both_replicas_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_keys_limit_holds_across_both_replicas_on_postgres");
+    };
+    a_keys_limit_holds_across_both(Shared::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn a_keys_limit_holds_across_both_replicas_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_keys_limit_holds_across_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
 }
