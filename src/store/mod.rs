@@ -16,10 +16,12 @@
 //!
 //! - [`ledger`]: the usage ledger (batched writes, grouped reads).
 //! - [`counters`]: per-key limit counters and concurrency leases, shared by replicas.
+//! - [`responses`]: stored responses and threads, shared by replicas.
 
 pub mod counters;
 pub mod ledger;
 mod migrations;
+pub mod responses;
 
 use std::time::Duration;
 
@@ -32,6 +34,7 @@ pub use ledger::{
     GroupBy, Ledger, LedgerRow, LedgerWriter, UsageRow,
 };
 pub use migrations::schema_version;
+pub use responses::{StoredBounds, StoredRow};
 
 /// The key of the PostgreSQL advisory lock held while migrating (any fixed number: it
 /// names ccgate's migration among the database's other advisory-lock users).

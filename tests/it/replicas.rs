@@ -70,6 +70,7 @@ async fn replica(shared: &Shared) -> TestServer {
     let shared = shared.clone();
     TestServer::start(Opts {
         keys_yaml: Some(keys_yaml()),
+        env: vec![("FAKE_CLAUDE_ECHO", "1".into())],
         state_path: match &shared {
             Shared::Sqlite(p) => Some(p.clone()),
             Shared::Postgres(_) => None,
@@ -261,7 +262,17 @@ async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledg
     let (upstream, _) = through_proxy(&url, 0);
     let proxy = Proxy::start(upstream).await;
     let (_, via) = through_proxy(&url, proxy.port);
-    let s = replica(&Shared::Postgres(via)).await;
+    let s = replica(&Shared::Postgres(via.clone())).await;
+    let other = replica(&Shared::Postgres(via)).await;
+    let (st, answered) = post(
+        &s,
+        "/v1/responses",
+        "bob-key",
+        &serde_json::json!({"model": "sonnet", "input": "before the outage"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{answered}");
+    written(&s).await;
     let send = |n: usize| {
         let s = &s;
         async move {
@@ -282,6 +293,25 @@ async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledg
         during += 1;
     }
     assert!(during > 0);
+    // A stored response the other replica cannot reach: the client is told to send the
+    // full input.
+    let (st, v) = post(
+        &other,
+        "/v1/responses",
+        "bob-key",
+        &serde_json::json!({"model": "sonnet", "input": "after",
+                            "previous_response_id": answered["id"]}),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "previous_response_not_found", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send the full conversation"),
+        "{v}"
+    );
     // A key with limits is served too, under this replica's counters alone.
     let (st, v) = post(&s, "/v1/messages", "alice-key", &messages_body("hi", false)).await;
     assert_eq!(st, 200, "{v}");
@@ -301,7 +331,7 @@ async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledg
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["key"] == "bob")
+        .find(|r| r["key"] == "bob" && r["api"] == "messages")
         .cloned()
         .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(bob["requests"], 3 + during + 2, "{v}");
@@ -344,4 +374,81 @@ async fn a_keys_limit_holds_across_both_replicas_on_postgres() {
 async fn a_keys_limit_holds_across_both_replicas_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     a_keys_limit_holds_across_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
+}
+
+/// Waits until the replica's stored responses are written to the shared store (hang guard
+/// only): its client could otherwise be quicker than its background write.
+async fn written(s: &TestServer) {
+    for _ in 0..600 {
+        if s.state.responses.pending_writes() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("stored responses still being written");
+}
+
+fn output_text(v: &Value) -> String {
+    v["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string()
+}
+
+async fn a_follow_up_continues_on_the_other_replica(shared: Shared) {
+    let (a, b) = (replica(&shared).await, replica(&shared).await);
+    let (st, r1) = post(
+        &a,
+        "/v1/responses",
+        "bob-key",
+        &serde_json::json!({"model": "sonnet", "input": "first-turn-marker"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r1}");
+    written(&a).await;
+    // Another key does not find it on either replica.
+    let follow = serde_json::json!({"model": "sonnet", "input": "second",
+                                    "previous_response_id": r1["id"]});
+    let (st, v) = post(&b, "/v1/responses", "alice-key", &follow).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "previous_response_not_found", "{v}");
+    // The owner's follow-up on the other replica runs from the stored conversation.
+    let (st, r2) = post(&b, "/v1/responses", "bob-key", &follow).await;
+    assert_eq!(st, 200, "{r2}");
+    assert_eq!(output_text(&r2), "echo: second");
+    assert_eq!(r2["previous_response_id"], r1["id"]);
+    // Its CLI ran fresh, resuming the first turn from a synthesized session.
+    let log = std::fs::read_to_string(&b.log_file).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("RESUME_LINE:") && l.contains("first-turn-marker")),
+        "{log}"
+    );
+    // And an output item of A's answer is found on B by `item_reference`.
+    written(&b).await;
+    let item = r1["output"][0]["id"].as_str().unwrap().to_string();
+    let (st, r3) = post(
+        &b,
+        "/v1/responses",
+        "bob-key",
+        &serde_json::json!({"model": "sonnet", "input": [
+            {"type": "item_reference", "id": item},
+            {"role": "user", "content": "third"}]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r3}");
+}
+
+#[tokio::test]
+async fn a_responses_follow_up_continues_on_the_other_replica_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_responses_follow_up_continues_on_the_other_replica_on_postgres");
+    };
+    a_follow_up_continues_on_the_other_replica(Shared::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn a_responses_follow_up_continues_on_the_other_replica_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_follow_up_continues_on_the_other_replica(Shared::Sqlite(dir.path().join("shared.db"))).await;
 }
