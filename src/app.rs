@@ -46,6 +46,13 @@ pub async fn serve(
         .ledger
         .clone()
         .map(|l| tokio::spawn(l.purge_loop(state.settings.state.retention_days, stopping.clone())));
+    // Cooldowns other replicas found (a no-op without a state store or accounts).
+    let cooldowns = tokio::spawn(
+        state
+            .accounts
+            .clone()
+            .poll_shared_cooldowns(state.settings.state.poll_interval(), stopping.clone()),
+    );
     let hup = tokio::spawn(reload::sighup_reloads(
         state.reloader.clone(),
         stopping.clone(),
@@ -95,7 +102,11 @@ pub async fn serve(
     };
     // Also when the server ended by itself: its background tasks end with it.
     trigger.trigger();
-    for (name, task) in [("probe", probe), ("SIGHUP listener", hup)] {
+    for (name, task) in [
+        ("probe", probe),
+        ("SIGHUP listener", hup),
+        ("shared cooldowns", cooldowns),
+    ] {
         if let Err(e) = task.await {
             tracing::warn!(task = name, error = %e, "background task failed");
         }

@@ -105,9 +105,16 @@ pub struct StateConfig {
     pub statement_timeout: f64,
     /// Seconds to open a connection or wait for a free one.
     pub connect_timeout: f64,
+    /// Seconds between two reads of the account cooldowns other replicas shared.
+    pub poll_interval: f64,
 }
 
 impl StateConfig {
+    /// How often the account cooldowns other replicas shared are read.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.poll_interval.clamp(0.05, 300.0))
+    }
+
     /// Where and how to open the store: PostgreSQL at `url` when set, else the SQLite
     /// file at `path`.
     pub fn store_options(&self) -> crate::store::StoreOptions {
@@ -135,6 +142,7 @@ impl std::fmt::Debug for StateConfig {
             .field("max_connections", &self.max_connections)
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("poll_interval", &self.poll_interval)
             .finish()
     }
 }
@@ -153,6 +161,7 @@ impl Default for StateConfig {
             max_connections: 8,
             statement_timeout: 2.0,
             connect_timeout: 2.0,
+            poll_interval: 1.0,
         }
     }
 }
@@ -654,6 +663,7 @@ impl Config {
         for (name, v) in [
             ("statement_timeout", self.state.statement_timeout),
             ("connect_timeout", self.state.connect_timeout),
+            ("poll_interval", self.state.poll_interval),
         ] {
             if !(v.is_finite() && (0.05..=300.0).contains(&v)) {
                 problems.push(format!("state.{name} must be 0.05 to 300 seconds"));

@@ -149,6 +149,7 @@ impl AppState {
         let prober = accounts.members()[0].prober().clone();
         if let Some(store) = &store {
             responses.attach_store(store.clone());
+            accounts.attach_store(store.clone());
         }
         let (ledger, ledger_writer) = match store {
             Some(store) => {

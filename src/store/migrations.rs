@@ -8,6 +8,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_usage_ledger.sql")),
     (2, include_str!("migrations/0002_key_counters.sql")),
     (3, include_str!("migrations/0003_stored_responses.sql")),
+    (4, include_str!("migrations/0004_account_cooldowns.sql")),
 ];
 
 /// The newest schema version this build knows.

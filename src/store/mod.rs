@@ -17,7 +17,9 @@
 //! - [`ledger`]: the usage ledger (batched writes, grouped reads).
 //! - [`counters`]: per-key limit counters and concurrency leases, shared by replicas.
 //! - [`responses`]: stored responses and threads, shared by replicas.
+//! - [`cooldowns`]: account cooldowns, shared by replicas.
 
+pub mod cooldowns;
 pub mod counters;
 pub mod ledger;
 mod migrations;
@@ -28,6 +30,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection, Row};
 
+pub use cooldowns::SharedCooldown;
 pub use counters::{Admission, KeyLimits, KeyUsage};
 pub use ledger::{
     parse_group_by, parse_range, parse_span, parse_time, usage_csv, FailedRequest, FailureBucket,

@@ -452,3 +452,100 @@ async fn a_responses_follow_up_continues_on_the_other_replica_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     a_follow_up_continues_on_the_other_replica(Shared::Sqlite(dir.path().join("shared.db"))).await;
 }
+
+/// A replica with accounts `a` (its CLI answers with a usage limit until an hour from
+/// now) and `b` (it answers), periodic probes off.
+async fn replica_with_accounts(shared: &Shared) -> TestServer {
+    let shared = shared.clone();
+    let reset = (ccgate::clock::unix_now() + 3600).to_string();
+    let account = |name: &str, scenario: &str| ccgate::config::AccountConfig {
+        name: name.into(),
+        env: [
+            ("FAKE_CLAUDE_SCENARIO".to_string(), scenario.to_string()),
+            ("FAKE_CLAUDE_TEXT".to_string(), format!("from {name}")),
+            ("FAKE_CLAUDE_USAGE_RESET_AT".to_string(), reset.clone()),
+        ]
+        .into_iter()
+        .collect(),
+        models: None,
+        weight: 1,
+    };
+    let accounts = vec![account("a", "usage_limit"), account("b", "success")];
+    TestServer::start(Opts {
+        rules_yaml: Some(crate::harness::default_rules_with_probe(0.0, 1.0, 5.0)),
+        state_path: match &shared {
+            Shared::Sqlite(p) => Some(p.clone()),
+            Shared::Postgres(_) => None,
+        },
+        tweak: Box::new(move |c| {
+            c.accounts = accounts;
+            c.state.poll_interval = 0.1;
+            if let Shared::Postgres(url) = shared {
+                c.state.url = Some(url);
+            }
+        }),
+        ..Opts::default()
+    })
+    .await
+}
+
+/// Request runs so far (probes excluded).
+fn runs(s: &TestServer) -> usize {
+    std::fs::read_to_string(&s.log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("STDIN:") && !l.contains("Reply with OK."))
+        .count()
+}
+
+async fn a_cooldown_is_seen_by_both(shared: Shared) {
+    let (x, y) = (
+        replica_with_accounts(&shared).await,
+        replica_with_accounts(&shared).await,
+    );
+    let chat = crate::harness::chat_body("hi", false);
+    // x tries `a`, gets the usage limit, cools it down and answers from `b`.
+    let r = client()
+        .post(x.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("from b"));
+    assert_eq!(runs(&x), 2, "one run on a, one on b");
+    // y learns it without a request of its own (hang guard only).
+    let a_on_y = y.state.accounts.members()[0].health().clone();
+    for _ in 0..600 {
+        if a_on_y.cooldown().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = a_on_y.cooldown().expect("y sees a's cooldown");
+    assert_eq!(c.kind, "usage_limit");
+    // y's request goes straight to `b`: `a` is not tried again.
+    let r = client()
+        .post(y.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("from b"));
+    assert_eq!(runs(&y), 1, "y never ran a request on a");
+}
+
+#[tokio::test]
+async fn a_cooldown_is_seen_by_both_replicas_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_cooldown_is_seen_by_both_replicas_on_postgres");
+    };
+    a_cooldown_is_seen_by_both(Shared::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn a_cooldown_is_seen_by_both_replicas_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_cooldown_is_seen_by_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
+}
