@@ -520,6 +520,45 @@ pub struct LoadedConfig {
 }
 
 impl Config {
+    /// With a shared state store (`state.url`), each account that logs in through a
+    /// config directory rather than a long-lived credential: replicas sharing it would
+    /// each refresh its single-use OAuth refresh token and log the others out
+    /// (docs/scaling.md). `process_env` answers for the implicit account's variables.
+    pub fn shared_login_warnings(&self, process_env: &dyn Fn(&str) -> bool) -> Vec<String> {
+        if self.state.url.is_none() {
+            return Vec::new();
+        }
+        const CREDENTIALS: [&str; 3] = [
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+        ];
+        let has = |env: &std::collections::BTreeMap<String, String>, outer: bool| {
+            CREDENTIALS.iter().any(|k| {
+                env.contains_key(*k) || self.cli.env.contains_key(*k) || (outer && process_env(k))
+            })
+        };
+        let advice = "its OAuth refresh token is single-use, so replicas sharing it log each other out; give it a long-lived token (`claude setup-token` -> CLAUDE_CODE_OAUTH_TOKEN in its env)";
+        if self.accounts.is_empty() {
+            if has(&std::collections::BTreeMap::new(), true) {
+                return Vec::new();
+            }
+            return vec![format!(
+                "warning: state.url is set (several replicas) and the CLI logs in through its config directory: {advice}"
+            )];
+        }
+        self.accounts
+            .iter()
+            .filter(|a| !has(&a.env, true))
+            .map(|a| {
+                format!(
+                    "warning: state.url is set (several replicas) and account `{}` logs in through a config directory: {advice}",
+                    a.name
+                )
+            })
+            .collect()
+    }
+
     /// Load with the documented precedence. `explicit` is `--config FILE` (must exist).
     /// `env` is the environment to read `CCGATE_*` from (injectable for tests). Only the
     /// shape is checked here (keys, types); [`Config::compile`] checks the values.

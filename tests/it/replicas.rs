@@ -549,3 +549,41 @@ async fn a_cooldown_is_seen_by_both_replicas_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     a_cooldown_is_seen_by_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
 }
+
+#[test]
+fn check_warns_of_config_directory_logins_when_state_is_shared() {
+    let account = |name: &str, env: &[(&str, &str)]| ccgate::config::AccountConfig {
+        name: name.into(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        models: None,
+        weight: 1,
+    };
+    let mut c = ccgate::config::Config {
+        accounts: vec![
+            account("seat", &[("CLAUDE_CONFIG_DIR", "/d/seat")]),
+            account("token", &[("CLAUDE_CODE_OAUTH_TOKEN", "t")]),
+        ],
+        ..Default::default()
+    };
+    let no_env = |_: &str| false;
+    assert!(
+        c.shared_login_warnings(&no_env).is_empty(),
+        "one replica: no warning"
+    );
+    c.state.url = Some("postgres://db/x".into());
+    let w = c.shared_login_warnings(&no_env);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("`seat`") && w[0].contains("claude setup-token"),
+        "{w:?}"
+    );
+    // The implicit account: the process environment's token counts.
+    c.accounts.clear();
+    assert_eq!(c.shared_login_warnings(&no_env).len(), 1);
+    assert!(c
+        .shared_login_warnings(&|k| k == "CLAUDE_CODE_OAUTH_TOKEN")
+        .is_empty());
+}
