@@ -171,7 +171,7 @@ pub struct Accounts {
     selection: Mutex<Selection>,
     metrics: Arc<Metrics>,
     /// The state store cooldowns are shared through (`shared`).
-    shared: std::sync::OnceLock<crate::store::Store>,
+    shared: std::sync::OnceLock<shared::SharedCooldowns>,
 }
 
 impl std::fmt::Debug for Accounts {

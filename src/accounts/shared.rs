@@ -4,7 +4,8 @@
 //! A store that does not answer leaves each replica with its own verdicts, as without
 //! a store.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::health::{Cooldown, Source};
@@ -13,20 +14,48 @@ use crate::store::{SharedCooldown, Store};
 
 use super::{Accounts, Member};
 
+/// The store cooldowns are shared through, and the latest reset this replica already
+/// applied or published per account: a stored cooldown is applied once, so one this
+/// replica's probe ended early is not imposed again by the next poll.
+pub(super) struct SharedCooldowns {
+    store: Store,
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl SharedCooldowns {
+    /// Records `until` for `account`; false when it was seen already.
+    fn first_sight(&self, account: &str, until: u64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(account) {
+            Some(&s) if s >= until => false,
+            _ => {
+                // Bounded: one entry per configured account name.
+                seen.insert(account.to_string(), until);
+                true
+            }
+        }
+    }
+}
+
 impl Accounts {
     /// Shares cooldowns through `store` (once; later calls are ignored).
     pub fn attach_store(&self, store: Store) {
-        let _ = self.shared.set(store);
+        let _ = self.shared.set(SharedCooldowns {
+            store,
+            seen: Mutex::default(),
+        });
     }
 
     /// Writes `c` (just set on `member`) for the other replicas, in the background.
     pub(super) fn publish_cooldown(&self, member: &Member, c: &Cooldown) {
-        let Some(store) = self.shared.get().cloned() else {
+        let Some(sharing) = self.shared.get() else {
             return;
         };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        sharing.first_sight(&member.name, c.until_unix);
+        let store = sharing.store.clone();
         let shared = SharedCooldown {
             account: member.name.clone(),
             until: c.until_unix,
@@ -46,9 +75,10 @@ impl Accounts {
 
     /// Applies the cooldowns other replicas shared, every `every`, until `shutdown`.
     pub async fn poll_shared_cooldowns(self: Arc<Self>, every: Duration, shutdown: Shutdown) {
-        let Some(store) = self.shared.get().cloned() else {
+        let Some(sharing) = self.shared.get() else {
             return;
         };
+        let store = sharing.store.clone();
         if !self.configured {
             return;
         }
@@ -74,6 +104,9 @@ impl Accounts {
                 let Some(member) = self.members.iter().find(|m| m.name == c.account) else {
                     continue;
                 };
+                if !sharing.first_sight(&c.account, c.until) {
+                    continue;
+                }
                 if member
                     .health
                     .cooldown()
