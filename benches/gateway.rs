@@ -19,7 +19,9 @@
 //! Knobs (environment): `BENCH_N` (sequential samples per mode, default 200),
 //! `BENCH_SECS` (seconds per concurrency level, default 5), `BENCH_GOVERNANCE` (default 1:
 //! the requests carry a key of a keys file with limits, and every request is a row of the
-//! usage ledger in a SQLite store; 0: no keys, no store, as before issue 23).
+//! usage ledger in a SQLite store; 0: no keys, no store, as before issue 23),
+//! `BENCH_STATE_URL` (with governance: the store on this PostgreSQL URL, `state.url`,
+//! instead of SQLite: the key's limits are then checked against the shared counters).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -118,13 +120,14 @@ async fn start_gateway(
         )?;
         config.keys = Some(keys);
         config.state.path = dir.join("state/ccgate.db");
+        config.state.url = std::env::var("BENCH_STATE_URL").ok();
     }
     let settings = config.compile()?;
     let backend = Backend::new(settings.cli_settings(workdir.to_path_buf()));
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let base = format!("http://{}", listener.local_addr()?);
     let store = if governance {
-        Some(ccgate::store::Store::open_sqlite(&settings.state.path).await?)
+        Some(ccgate::store::Store::open_with(settings.state.store_options()).await?)
     } else {
         None
     };
@@ -336,7 +339,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "ccgate gateway benchmark: fake CLI {}, {n} sequential samples per mode, {secs} s per concurrency level, keys with limits and the usage ledger {}",
         cli.display(),
-        if governance { "on" } else { "off (BENCH_GOVERNANCE=0)" }
+        match (governance, std::env::var("BENCH_STATE_URL").is_ok()) {
+            (false, _) => "off (BENCH_GOVERNANCE=0)",
+            (true, false) => "on (SQLite)",
+            (true, true) => "on (PostgreSQL, BENCH_STATE_URL)",
+        }
     );
     let direct_run = DirectRun::new(&workdir);
     // Warm-up: page cache, connection pool, allocator.

@@ -309,6 +309,34 @@ if errors: sys.exit(1)
 print("ok: compose structure")
 PY
 
+step "deploy/replicas: two replicas, PostgreSQL and nginx (docs/scaling.md)"
+python - <<'PY' || failures=$((failures + 1))
+import os, re, sys, yaml
+c = yaml.safe_load(open("deploy/replicas/docker-compose.yaml", encoding="utf-8"))
+errors = []
+def need(cond, m):
+    if not cond: errors.append(m)
+svcs = c.get("services", {})
+need(set(svcs) == {"ccgate-1", "ccgate-2", "postgres", "nginx"}, "services ccgate-1, ccgate-2, postgres, nginx")
+for name in ("ccgate-1", "ccgate-2"):
+    s = svcs.get(name, {})
+    env = s.get("environment", {})
+    need(str(env.get("CCGATE_STATE__URL", "")).startswith("postgres://"), f"{name}: CCGATE_STATE__URL postgres://")
+    need("ports" not in s, f"{name}: reached through nginx only")
+    need(s.get("depends_on", {}).get("postgres", {}).get("condition") == "service_healthy", f"{name}: waits for postgres")
+    ctx = s.get("build", {}).get("context", "?")
+    need(os.path.exists(os.path.join("deploy/replicas", ctx, "Dockerfile")), f"{name}: build context has the Dockerfile")
+need(svcs.get("nginx", {}).get("ports") == ["127.0.0.1:8000:8000"], "nginx on host loopback 8000")
+need("healthcheck" in svcs.get("postgres", {}), "postgres healthcheck")
+conf = open("deploy/replicas/nginx.conf", encoding="utf-8").read()
+need(all(f"server {n}:8000" in conf for n in ("ccgate-1", "ccgate-2")), "nginx upstream names both replicas")
+need(re.search(r"#\s*hash \$ccgate_client_key consistent;", conf) is not None, "nginx: the affinity option (hash on the API key)")
+need("proxy_buffering off" in conf, "nginx: streams unbuffered")
+for e in errors: print("FAIL:", e)
+if errors: sys.exit(1)
+print("ok: replicas compose and nginx")
+PY
+
 # --- Prometheus alerts, Grafana dashboard -------------------------------------
 if ! command -v promtool >/dev/null && command -v apt-get >/dev/null; then
   step "installing promtool (Debian package prometheus)"

@@ -22,6 +22,7 @@
 //! A run carries its account as one `Arc<Member>`; its backend identity
 //! ([`Member::backend_account`]) decides its processes (kept, pre-warmed, spawned).
 
+mod shared;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -259,6 +260,8 @@ pub struct Accounts {
     configured: bool,
     selection: Mutex<Selection>,
     metrics: Arc<Metrics>,
+    /// The state store cooldowns are shared through (`shared`).
+    shared: std::sync::OnceLock<shared::SharedCooldowns>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -351,6 +354,7 @@ impl Accounts {
             members,
             gateway,
             configured,
+            shared: std::sync::OnceLock::new(),
             selection: Mutex::new(Selection {
                 pass: vec![0.0; n],
                 ..Selection::default()
@@ -507,6 +511,7 @@ impl Accounts {
         };
         let c = Cooldown::new(Source::Request, &verdict.kind, &verdict.message, until);
         let until_text = c.until.clone();
+        self.publish_cooldown(member, &c);
         if member.health.set_cooldown(c) {
             tracing::warn!(
                 account = member.name.as_str(),

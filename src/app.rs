@@ -54,6 +54,13 @@ pub async fn serve(
         .ledger
         .clone()
         .map(|l| tokio::spawn(l.purge_loop(state.settings.state.retention_days, stopping.clone())));
+    // Cooldowns other replicas found (a no-op without a state store or accounts).
+    let cooldowns = tokio::spawn(
+        state
+            .accounts
+            .clone()
+            .poll_shared_cooldowns(state.settings.state.poll_interval(), stopping.clone()),
+    );
     let hup = tokio::spawn(reload::sighup_reloads(
         state.reloader.clone(),
         stopping.clone(),
@@ -103,7 +110,11 @@ pub async fn serve(
     };
     // Also when the server ended by itself: its background tasks end with it.
     trigger.trigger();
-    for (name, task) in [("probe", probe), ("SIGHUP listener", hup)] {
+    for (name, task) in [
+        ("probe", probe),
+        ("SIGHUP listener", hup),
+        ("shared cooldowns", cooldowns),
+    ] {
         if let Err(e) = task.await {
             tracing::warn!(task = name, error = %e, "background task failed");
         }
@@ -122,12 +133,20 @@ pub async fn serve(
     // Every request has ended (its row is queued): write them all.
     if let Some(ledger) = ledger {
         if writer.is_some() {
-            ledger.flush().await;
-            tracing::info!(
-                written = ledger.written(),
-                dropped = ledger.dropped(),
-                "usage ledger flushed"
-            );
+            if ledger.flush().await {
+                tracing::info!(
+                    written = ledger.written(),
+                    dropped = ledger.dropped(),
+                    "usage ledger flushed"
+                );
+            } else {
+                tracing::error!(
+                    written = ledger.written(),
+                    dropped = ledger.dropped(),
+                    lost = ledger.pending(),
+                    "usage ledger: the store did not take the last rows before shutdown"
+                );
+            }
         }
     }
     result

@@ -87,7 +87,7 @@ pub struct Config {
 }
 
 /// The `state:` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     /// The SQLite database file (created with its directory when missing).
@@ -97,6 +97,56 @@ pub struct StateConfig {
     /// Ledger rows waiting to be written; beyond it rows are dropped and counted
     /// (`ccgate_ledger_rows_dropped_total`).
     pub buffer_rows: usize,
+    /// `postgres://user:password@host:port/db`: the shared store of several replicas
+    /// (docs/scaling.md). When set, `path` is not used.
+    pub url: Option<String>,
+    /// Connections the pool opens at most (PostgreSQL; SQLite uses two): 1 to 100.
+    pub max_connections: u32,
+    /// Seconds a statement may run before the server cancels it (PostgreSQL), and the
+    /// longest a request waits for the store before it goes on without it.
+    pub statement_timeout: f64,
+    /// Seconds to open a connection or wait for a free one.
+    pub connect_timeout: f64,
+    /// Seconds between two reads of the account cooldowns other replicas shared.
+    pub poll_interval: f64,
+}
+
+impl StateConfig {
+    /// How often the account cooldowns other replicas shared are read.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.poll_interval.clamp(0.05, 300.0))
+    }
+
+    /// Where and how to open the store: PostgreSQL at `url` when set, else the SQLite
+    /// file at `path`.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        let mut o = match &self.url {
+            Some(url) => crate::store::StoreOptions::url(url),
+            None => crate::store::StoreOptions::sqlite(&self.path),
+        };
+        if self.url.is_some() {
+            o.max_connections = self.max_connections;
+        }
+        o.statement_timeout = Duration::from_secs_f64(self.statement_timeout);
+        o.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
+        o
+    }
+}
+
+/// Without the URL's password.
+impl std::fmt::Debug for StateConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateConfig")
+            .field("path", &self.path)
+            .field("retention_days", &self.retention_days)
+            .field("buffer_rows", &self.buffer_rows)
+            .field("url", &self.url.as_deref().map(crate::store::redact_url))
+            .field("max_connections", &self.max_connections)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
 }
 
 /// Where the store lives by default: `state/ccgate.db` under the working directory (the
@@ -109,6 +159,11 @@ impl Default for StateConfig {
             path: PathBuf::from(DEFAULT_STATE_PATH),
             retention_days: 90,
             buffer_rows: 10_000,
+            url: None,
+            max_connections: 8,
+            statement_timeout: 2.0,
+            connect_timeout: 2.0,
+            poll_interval: 1.0,
         }
     }
 }
@@ -516,6 +571,45 @@ pub struct LoadedConfig {
 }
 
 impl Config {
+    /// With a shared state store (`state.url`), each account that logs in through a
+    /// config directory rather than a long-lived credential: replicas sharing it would
+    /// each refresh its single-use OAuth refresh token and log the others out
+    /// (docs/scaling.md). `process_env` answers for the implicit account's variables.
+    pub fn shared_login_warnings(&self, process_env: &dyn Fn(&str) -> bool) -> Vec<String> {
+        if self.state.url.is_none() {
+            return Vec::new();
+        }
+        const CREDENTIALS: [&str; 3] = [
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+        ];
+        let has = |env: &std::collections::BTreeMap<String, String>, outer: bool| {
+            CREDENTIALS.iter().any(|k| {
+                env.contains_key(*k) || self.cli.env.contains_key(*k) || (outer && process_env(k))
+            })
+        };
+        let advice = "its OAuth refresh token is single-use, so replicas sharing it log each other out; give it a long-lived token (`claude setup-token` -> CLAUDE_CODE_OAUTH_TOKEN in its env)";
+        if self.accounts.is_empty() {
+            if has(&std::collections::BTreeMap::new(), true) {
+                return Vec::new();
+            }
+            return vec![format!(
+                "warning: state.url is set (several replicas) and the CLI logs in through its config directory: {advice}"
+            )];
+        }
+        self.accounts
+            .iter()
+            .filter(|a| !has(&a.env, true))
+            .map(|a| {
+                format!(
+                    "warning: state.url is set (several replicas) and account `{}` logs in through a config directory: {advice}",
+                    a.name
+                )
+            })
+            .collect()
+    }
+
     /// Load with the documented precedence. `explicit` is `--config FILE` (must exist).
     /// `env` is the environment to read `CCGATE_*` from (injectable for tests). Only the
     /// shape is checked here (keys, types); [`Config::compile`] checks the values.
@@ -649,6 +743,26 @@ impl Config {
         }
         if self.state.path.as_os_str().is_empty() {
             problems.push("state.path must name a file".into());
+        }
+        if let Some(url) = &self.state.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                problems.push(
+                    "state.url must be a postgres:// URL (leave it unset for the embedded SQLite store at state.path)"
+                        .into(),
+                );
+            }
+        }
+        if !(1..=100).contains(&self.state.max_connections) {
+            problems.push("state.max_connections must be 1 to 100".into());
+        }
+        for (name, v) in [
+            ("statement_timeout", self.state.statement_timeout),
+            ("connect_timeout", self.state.connect_timeout),
+            ("poll_interval", self.state.poll_interval),
+        ] {
+            if !(v.is_finite() && (0.05..=300.0).contains(&v)) {
+                problems.push(format!("state.{name} must be 0.05 to 300 seconds"));
+            }
         }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));

@@ -5,7 +5,9 @@
 //! Windows are fixed (each UTC minute, each UTC day), so a key's remaining budget and its
 //! reset time are plain numbers for the rate-limit headers clients read. Counters live in
 //! this process; they are kept per key name, so a reload that changes a key's limits keeps
-//! what it already used.
+//! what it already used. With a state store the cluster's counters (`store::counters`)
+//! decide as well, and [`Limiter::observe`] takes their numbers in; these counters alone
+//! decide when the store does not answer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -288,6 +290,25 @@ impl Limiter {
             (m, d) => m.or(d),
         };
         Budget { requests, tokens }
+    }
+
+    /// Takes in what the shared store counted for `key` across replicas at `now` (each
+    /// counter becomes the larger of the two), so the rate-limit headers show the
+    /// cluster's numbers and a fallback to this replica alone starts from them.
+    pub fn observe(
+        &self,
+        key: &str,
+        requests_minute: u64,
+        tokens_minute: u64,
+        tokens_day: u64,
+        now: i64,
+    ) {
+        let mut keys = self.lock();
+        let c = keys.entry(key.to_string()).or_default();
+        c.roll(now);
+        c.requests_minute = c.requests_minute.max(requests_minute);
+        c.tokens_minute = c.tokens_minute.max(tokens_minute);
+        c.tokens_day = c.tokens_day.max(tokens_day);
     }
 
     /// In-flight requests, requests and tokens this minute, tokens today of `key`.

@@ -150,6 +150,9 @@ pub struct Metrics {
     pub web_calls: Family<ToolLabels, Counter>,
     /// The egress proxy of fetching runs: tunnels opened and refused.
     pub egress: crate::backend::egress::EgressStats,
+    /// Limit checks decided by this replica alone because the shared store did not
+    /// answer in time (no series until the first).
+    pub limits_local_fallback: Family<Vec<(String, String)>, Counter>,
     accounts: AccountHealths,
 }
 
@@ -528,6 +531,12 @@ impl Metrics {
             "Connections of web-fetching runs the egress proxy refused: the destination resolved to a loopback, private, link-local or other non-public address",
             egress.refused.clone(),
         );
+        let limits_local_fallback = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "ccgate_limits_local_fallback",
+            "Key limit checks and counts this replica did alone because the state store (state.url) did not answer within state.statement_timeout",
+            limits_local_fallback.clone(),
+        );
         Metrics {
             web_runs,
             web_calls,
@@ -535,6 +544,7 @@ impl Metrics {
             key_requests,
             key_tokens,
             key_limited,
+            limits_local_fallback,
             ledger_rows_dropped,
             account_requests,
             account_cli_runs,
@@ -631,7 +641,11 @@ impl Metrics {
         }
     }
 
-    /// One usage ledger row dropped (the buffer was full).
+    /// One limit check or count done by this replica alone (the store did not answer).
+    pub fn count_limits_fallback(&self) {
+        self.limits_local_fallback.get_or_create(&Vec::new()).inc();
+    }
+
     /// A run with the CLI's web tools (`search`, `fetch`).
     pub fn count_web_run(&self, tool: &str) {
         self.web_runs
@@ -648,6 +662,7 @@ impl Metrics {
         }
     }
 
+    /// One usage ledger row dropped (the buffer was full).
     pub fn count_ledger_drop(&self) {
         self.ledger_rows_dropped.get_or_create(&Vec::new()).inc();
     }

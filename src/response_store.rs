@@ -15,6 +15,13 @@
 //! Rules:
 //! - **Per tenant.** An id is found only by the tenant (API key digest) it was answered to;
 //!   for any other key it does not exist.
+//! - **Shared by replicas** when a state store is attached ([`ResponseStore::attach_store`]):
+//!   each stored entry is also written to it (in the background, at most
+//!   [`MAX_PENDING_WRITES`] at once), and a follow-up whose id this replica does not hold
+//!   is looked up there first ([`ResponseStore::hydrate`], before the request is
+//!   prepared). The memory below is then this replica's cache; the store's table has the
+//!   same bounds over all replicas. A store that does not answer means "not found": the
+//!   client is told to send the full input.
 //! - **Bounded by cost, per replica.** At most [`MAX_ENTRIES`] responses and [`MAX_BYTES`]
 //!   of memory in all, counted as what the entries really hold ([`conversation_bytes`]:
 //!   JSON trees at their node cost, not their text's length); a conversation larger than
@@ -31,6 +38,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::conversation::{Block, Message, RawJson};
+
+mod codec;
+
+/// Background writes to the shared store at most; beyond, an entry stays in this
+/// replica only (said in a warning).
+pub const MAX_PENDING_WRITES: usize = 256;
+
+/// What a request refers to in the stored state, for [`ResponseStore::hydrate`].
+#[derive(Debug, Default, Clone)]
+pub struct StoredRefs {
+    /// Responses' `previous_response_id`.
+    pub response: Option<String>,
+    /// Responses' `item_reference` ids.
+    pub items: Vec<String>,
+    /// An Anthropic thread's `previous_message_id`.
+    pub thread: Option<String>,
+}
 
 /// The most responses kept per replica.
 pub const MAX_ENTRIES: usize = 1024;
@@ -73,6 +97,9 @@ pub struct ResponseStore {
     max_entries: usize,
     max_bytes: usize,
     inner: Mutex<Inner>,
+    /// The shared state store, when attached.
+    shared: std::sync::OnceLock<crate::store::Store>,
+    pending_writes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -107,6 +134,160 @@ impl ResponseStore {
             max_entries,
             max_bytes,
             inner: Mutex::new(Inner::default()),
+            shared: std::sync::OnceLock::new(),
+            pending_writes: Arc::default(),
+        }
+    }
+
+    /// Shares the stored entries through `store` (once; later calls are ignored).
+    pub fn attach_store(&self, store: crate::store::Store) {
+        let _ = self.shared.set(store);
+    }
+
+    /// Writes to the shared store not finished yet.
+    pub fn pending_writes(&self) -> usize {
+        self.pending_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn bounds(&self) -> crate::store::StoredBounds {
+        crate::store::StoredBounds {
+            max_entries: self.max_entries as u64,
+            max_bytes: self.max_bytes as u64,
+            idle_ms: self.idle_timeout.as_millis().max(1) as i64,
+        }
+    }
+
+    /// Writes `entry` to the shared store in the background.
+    fn write_through(&self, entry: &Entry) {
+        use std::sync::atomic::Ordering;
+        let Some(store) = self.shared.get() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.pending_writes.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_WRITES {
+            self.pending_writes.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(
+                response_id = %entry.id,
+                "stored responses: too many writes to the state store waiting; this one stays on this replica"
+            );
+            return;
+        }
+        let body = codec::encode(&entry.conversation, &entry.items, entry.thread.as_ref());
+        let (store, pending, bounds) = (
+            store.clone(),
+            Arc::clone(&self.pending_writes),
+            self.bounds(),
+        );
+        let (tenant, id, bytes) = (entry.tenant.clone(), entry.id.clone(), entry.bytes as u64);
+        let kind = if entry.thread.is_some() {
+            "thread"
+        } else {
+            "response"
+        };
+        let item_ids: Vec<String> = entry.items.iter().map(|i| i.id.clone()).collect();
+        rt.spawn(async move {
+            let row = crate::store::StoredRow {
+                tenant: &tenant,
+                kind,
+                id: &id,
+                body: &body,
+                bytes,
+                item_ids: &item_ids,
+            };
+            let now = (crate::clock::unix_now_f64() * 1000.0) as i64;
+            if let Err(e) = store
+                .bounded("store a response", store.put_stored(&row, bounds, now))
+                .await
+            {
+                tracing::warn!(error = %e, response_id = %id, "stored responses: not written to the state store; it stays on this replica");
+            }
+            pending.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Brings what `refs` names for `tenant` from the shared store into this replica,
+    /// when it is not here already (a follow-up that landed on another replica than its
+    /// answer). On PostgreSQL a miss is asked again for up to the statement timeout: the
+    /// answering replica writes in the background, and its client can be quicker.
+    pub async fn hydrate(&self, refs: &StoredRefs, tenant: &str) {
+        let Some(store) = self.shared.get() else {
+            return;
+        };
+        if let Some(id) = &refs.response {
+            if self.get(id, tenant).is_none() {
+                self.load(store, "response", id, tenant).await;
+            }
+        }
+        if let Some(id) = &refs.thread {
+            if self.get_thread(id, tenant).is_none() {
+                self.load(store, "thread", id, tenant).await;
+            }
+        }
+        for item in &refs.items {
+            if self.item(item, tenant).is_some() {
+                continue;
+            }
+            let owner = store
+                .bounded("read a stored item", store.stored_item_owner(tenant, item))
+                .await;
+            match owner {
+                Ok(Some(id)) => {
+                    self.load(store, "response", &id, tenant).await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored responses: the state store did not answer")
+                }
+            }
+        }
+    }
+
+    async fn load(&self, store: &crate::store::Store, kind: &str, id: &str, tenant: &str) {
+        let deadline = std::time::Instant::now() + store.statement_timeout();
+        let mut pause = Duration::from_millis(25);
+        loop {
+            let now = (crate::clock::unix_now_f64() * 1000.0) as i64;
+            let got = store
+                .bounded(
+                    "read a stored response",
+                    store.get_stored(tenant, kind, id, self.bounds(), now),
+                )
+                .await;
+            match got {
+                Ok(Some(body)) => {
+                    let Some(d) = codec::decode(&body) else {
+                        tracing::warn!(
+                            response_id = id,
+                            "stored responses: an entry of the state store does not parse"
+                        );
+                        return;
+                    };
+                    let bytes = conversation_bytes(&d.conversation)
+                        + d.items.iter().map(|i| i.id.len()).sum::<usize>();
+                    self.insert_local(Entry {
+                        id: id.to_string(),
+                        tenant: tenant.to_string(),
+                        used: Instant::now(),
+                        bytes,
+                        conversation: Arc::new(d.conversation),
+                        items: d.items,
+                        thread: d.thread,
+                    });
+                    return;
+                }
+                Ok(None) if store.is_shared() && std::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored responses: the state store did not answer");
+                    return;
+                }
+            }
         }
     }
 
@@ -185,6 +366,15 @@ impl ResponseStore {
     }
 
     fn insert(&self, entry: Entry) -> bool {
+        if entry.bytes > self.max_bytes || self.max_entries == 0 {
+            return false;
+        }
+        self.write_through(&entry);
+        self.insert_local(entry)
+    }
+
+    /// Keeps `entry` in this replica's memory.
+    fn insert_local(&self, entry: Entry) -> bool {
         let bytes = entry.bytes;
         if bytes > self.max_bytes || self.max_entries == 0 {
             return false;

@@ -64,6 +64,14 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
         ),
         Err(_) => (args.keys.clone(), Vec::new(), Vec::new()),
     };
+    if let Ok(c) = &config {
+        for w in c
+            .config
+            .shared_login_warnings(&|k| std::env::var_os(k).is_some())
+        {
+            let _ = writeln!(err, "{w}");
+        }
+    }
     if let Some(path) = keys_path {
         let now = crate::clock::unix_now() as i64;
         match crate::keys::load_keys_file(&path, &api_keys, &accounts, now) {

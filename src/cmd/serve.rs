@@ -149,8 +149,8 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let store = crate::store::Store::open_sqlite(&settings.state.path).await?;
-    tracing::info!(path = %settings.state.path.display(), "state store open");
+    let store = crate::store::Store::open_with(settings.state.store_options()).await?;
+    tracing::info!(store = %store.url(), shared = store.is_shared(), "state store open");
     let state =
         crate::AppState::build(settings, rules, backend, Some(store)).map_err(ServeError::Keys)?;
     tracing::info!(listen = %listener.local_addr()?, "ccgate listening");

@@ -63,17 +63,17 @@ pub fn usage(args: &UsageArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
         let _ = writeln!(err, "--format: use table, csv or json");
         return 2;
     }
-    let path = match &args.state {
-        Some(p) => p.clone(),
+    let options = match &args.state {
+        Some(p) => crate::store::StoreOptions::sqlite(p),
         None => match super::load_config(args.config.as_deref(), &Overrides::default()) {
-            Ok(c) => c.config.state.path,
+            Ok(c) => c.config.state.store_options(),
             Err(e) => {
                 let _ = writeln!(err, "{e}");
                 return 1;
             }
         },
     };
-    if !path.is_file() {
+    if let Some(path) = options.sqlite_path().filter(|p| !p.is_file()) {
         let _ = writeln!(err, "no usage ledger at {} (state.path)", path.display());
         return 1;
     }
@@ -88,7 +88,7 @@ pub fn usage(args: &UsageArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
         }
     };
     let rows = rt.block_on(async {
-        let store = Store::open_sqlite(&path).await?;
+        let store = Store::open_with(options).await?;
         let rows = store.usage(&group_by, from, to).await;
         store.close().await;
         rows

@@ -468,6 +468,20 @@ impl Api for Messages {
         req.stream.unwrap_or(false)
     }
 
+    fn stored_refs(req: &MessagesRequest) -> crate::response_store::StoredRefs {
+        let thread = req
+            .thread
+            .as_ref()
+            .filter(|t| t.get("type").and_then(Value::as_str) == Some("continue"))
+            .and_then(|t| t.get("previous_message_id"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        crate::response_store::StoredRefs {
+            thread,
+            ..Default::default()
+        }
+    }
+
     fn prepare(req: &mut MessagesRequest, state: &AppState, tenant: &str) -> Result<(), ApiError> {
         crate::http::threads::prepare(req.thread.as_ref(), &mut req.ctx, state, tenant)
     }

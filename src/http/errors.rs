@@ -276,7 +276,7 @@ impl ApiError {
                 "invalid_request_error",
                 "previous_response_not_found",
                 format!(
-                    "Previous response with id '{id}' not found. This gateway keeps responses briefly and per replica only; send the full conversation as `input` instead."
+                    "Previous response with id '{id}' not found. This gateway keeps responses for a limited time (shared by replicas only with a shared state store); send the full conversation as `input` instead."
                 ),
                 Some("previous_response_id".to_string()),
             ),
@@ -285,7 +285,7 @@ impl ApiError {
                 "invalid_request_error",
                 "previous_response_not_found",
                 format!(
-                    "{what} with id '{id}' not found. This gateway keeps responses briefly and per replica only; send the full conversation as `input` instead."
+                    "{what} with id '{id}' not found. This gateway keeps responses for a limited time (shared by replicas only with a shared state store); send the full conversation as `input` instead."
                 ),
                 Some(param.clone()),
             ),

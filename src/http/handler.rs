@@ -42,6 +42,11 @@ pub trait Api: Send + Sync + Sized + 'static {
     fn prepare(_req: &mut Self::Request, _state: &AppState, _tenant: &str) -> Result<(), ApiError> {
         Ok(())
     }
+    /// What the request names in the stored state (responses, items, threads), brought
+    /// from the shared state store before [`Api::prepare`] when this replica lacks it.
+    fn stored_refs(_req: &Self::Request) -> crate::response_store::StoredRefs {
+        crate::response_store::StoredRefs::default()
+    }
     /// Validates the request and translates it into the neutral turn.
     fn translate(req: &Self::Request) -> Result<TurnRequest, ApiError>;
     /// Whether the process config shows this API's clients the model's thinking whatever
@@ -222,6 +227,10 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
     if crate::engine::check_model(A::model(&body)).is_ok() {
         cx.record.set_model(A::model(&body));
     }
+    state
+        .responses
+        .hydrate(&A::stored_refs(&body), &cx.tenant)
+        .await;
     if let Err(e) = A::prepare(&mut body, &state, &cx.tenant) {
         return cx.error(e);
     }
@@ -238,6 +247,9 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
     }
     // The key's allow-lists and limits, before anything runs.
     if let Err(refused) = crate::http::keyed::admit(&state, &cx, cx.caller.as_ref(), &turn.model) {
+        return cx.error(refused);
+    }
+    if let Err(refused) = crate::http::keyed::admit_shared(&state, &cx).await {
         return cx.error(refused);
     }
     turn.accounts = cx.caller.as_ref().and_then(|c| c.0.accounts.clone());

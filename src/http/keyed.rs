@@ -184,6 +184,152 @@ fn key_windows(state: &AppState, k: &Key) -> Vec<AccountWindow> {
         .collect()
 }
 
+/// Shared-store work started from a finished request's hooks (token counts, slot
+/// releases) that has not ended yet; beyond [`MAX_SHARED_WRITES`] it is skipped and
+/// counted as a fallback.
+static SHARED_WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const MAX_SHARED_WRITES: usize = 1024;
+
+/// Runs `work` (a store call) in the background, bounded in number.
+fn spawn_shared(state: &AppState, work: impl std::future::Future<Output = bool> + Send + 'static) {
+    use std::sync::atomic::Ordering;
+    let metrics = Arc::clone(&state.metrics);
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if SHARED_WRITES.fetch_add(1, Ordering::Relaxed) >= MAX_SHARED_WRITES {
+        SHARED_WRITES.fetch_sub(1, Ordering::Relaxed);
+        metrics.count_limits_fallback();
+        return;
+    }
+    rt.spawn(async move {
+        if !work.await {
+            metrics.count_limits_fallback();
+        }
+        SHARED_WRITES.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// Says (at the first time and then at each power of two) that the store did not answer a
+/// limit check, so this replica decides alone.
+fn warn_fallback(state: &AppState, e: &crate::store::StoreError) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    state.metrics.count_limits_fallback();
+    let n = N.fetch_add(1, Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        tracing::warn!(error = %e, times = n, "state store did not answer a limit check: limits enforced per replica");
+    }
+}
+
+/// After [`admit`]: the key's limits against the counters of every replica in the state
+/// store (`store::counters`). The store's numbers are taken into this replica's counters
+/// (the headers show them); when the store does not answer within
+/// `state.statement_timeout` the request goes on under this replica's verdict alone (a
+/// warning and `ccgate_limits_local_fallback_total` say so).
+pub async fn admit_shared(state: &AppState, cx: &Cx) -> Result<(), ApiError> {
+    let (Some(Caller(k)), Some(ledger)) = (cx.caller.as_ref(), state.ledger.as_ref()) else {
+        return Ok(());
+    };
+    let l = &k.limits;
+    let limits = crate::store::KeyLimits {
+        concurrent: l.concurrent,
+        requests_per_minute: l.requests_per_minute,
+        tokens_per_minute: l.tokens_per_minute,
+        tokens_per_day: l.tokens_per_day,
+    };
+    if limits.concurrent.is_none()
+        && limits.requests_per_minute.is_none()
+        && limits.tokens_per_minute.is_none()
+        && limits.tokens_per_day.is_none()
+    {
+        return Ok(());
+    }
+    let store = ledger.store().clone();
+    let lease = crate::keys::new_key().1;
+    let now = now();
+    // A slot whose replica died frees itself once no request could still be running.
+    let until = now + state.settings.cli.total_timeout.as_secs() as i64 + 60;
+    let verdict = store
+        .bounded(
+            "check a key's limits",
+            store.admit_key(&k.name, limits, &lease, until, now),
+        )
+        .await;
+    match verdict {
+        Ok(crate::store::Admission::Admitted(u)) => {
+            state.limiter.observe(
+                &k.name,
+                u.requests_minute,
+                u.tokens_minute,
+                u.tokens_day,
+                now,
+            );
+            if limits.concurrent.is_some() {
+                let state2 = state.clone();
+                cx.record.on_finish(Box::new(move |_| {
+                    spawn_shared(&state2, async move {
+                        store
+                            .bounded("release a key's slot", store.release_lease(&lease))
+                            .await
+                            .is_ok()
+                    });
+                }));
+            }
+            Ok(())
+        }
+        Ok(crate::store::Admission::Refused(limit)) => {
+            state
+                .metrics
+                .key_limited
+                .get_or_create(&KeyLabels {
+                    key: k.name.clone(),
+                })
+                .inc();
+            let to_minute = (60 - now.rem_euclid(60)).max(1) as u64;
+            let (message, retry_after) = match limit {
+                "concurrent" => (
+                    format!(
+                        "This key may run {} request(s) at once (across replicas); wait for one to finish.",
+                        l.concurrent.unwrap_or(0)
+                    ),
+                    1,
+                ),
+                "requests_per_minute" => (
+                    format!(
+                        "This key's limit of {} requests per minute is reached.",
+                        l.requests_per_minute.unwrap_or(0)
+                    ),
+                    to_minute,
+                ),
+                "tokens_per_minute" => (
+                    format!(
+                        "This key's limit of {} tokens per minute is reached.",
+                        l.tokens_per_minute.unwrap_or(0)
+                    ),
+                    to_minute,
+                ),
+                _ => (
+                    format!(
+                        "This key's limit of {} tokens per day is reached.",
+                        l.tokens_per_day.unwrap_or(0)
+                    ),
+                    (86_400 - now.rem_euclid(86_400)).max(1) as u64,
+                ),
+            };
+            Err(ApiError::RateLimited {
+                limit,
+                message,
+                retry_after,
+            })
+        }
+        Err(e) => {
+            warn_fallback(state, &e);
+            Ok(())
+        }
+    }
+}
+
 /// Records the request when it ends, whatever answered it (the health gate included):
 /// ledger row, per-key counters, tokens against the key's limits.
 pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>) {
@@ -191,6 +337,7 @@ pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>) {
     let limiter = Arc::clone(&state.limiter);
     let metrics = Arc::clone(&state.metrics);
     let accounts = Arc::clone(&state.accounts);
+    let state2 = state.clone();
     cx.record.on_finish(Box::new(move |s: &RequestSummary| {
         let u = &s.usage;
         let total = u.input_tokens
@@ -218,6 +365,20 @@ pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>) {
         let name = key.as_ref().map(|k| k.name.clone()).unwrap_or_default();
         if let Some(k) = &key {
             limiter.add_tokens(&k.name, total, now());
+            if total > 0 && k.limits.any() {
+                if let Some(store) = ledger.as_ref().map(|l| l.store().clone()) {
+                    let name = k.name.clone();
+                    spawn_shared(&state2, async move {
+                        store
+                            .bounded(
+                                "count a key's tokens",
+                                store.add_key_tokens(&name, total, now()),
+                            )
+                            .await
+                            .is_ok()
+                    });
+                }
+            }
             metrics
                 .key_requests
                 .get_or_create(&KeyLabels {

@@ -149,6 +149,10 @@ impl AppState {
             accounts.clone(),
         );
         let prober = accounts.members()[0].prober().clone();
+        if let Some(store) = &store {
+            responses.attach_store(store.clone());
+            accounts.attach_store(store.clone());
+        }
         let (ledger, ledger_writer) = match store {
             Some(store) => {
                 let (l, w) = Ledger::new(store, settings.state.buffer_rows);

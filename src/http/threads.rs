@@ -75,7 +75,7 @@ pub fn prepare(
                 ApiError::Thread {
                     code: "thread_not_found",
                     message: format!(
-                        "thread: no stored thread for previous_message_id '{}' (this gateway keeps threads briefly and per replica only); send the full conversation with thread type `create`",
+                        "thread: no stored thread for previous_message_id '{}' (this gateway keeps threads for a limited time, shared by replicas only with a shared state store); send the full conversation with thread type `create`",
                         crate::http::responses::shown_id(id)
                     ),
                 }

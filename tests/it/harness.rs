@@ -153,7 +153,7 @@ impl TestServer {
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let store = ccgate::store::Store::open_sqlite(&settings.state.path)
+        let store = ccgate::store::Store::open_with(settings.state.store_options())
             .await
             .expect("state store");
         let state = AppState::build(settings, rules, backend, Some(store)).expect("state");

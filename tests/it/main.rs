@@ -41,6 +41,7 @@ mod real_typed;
 mod real_web;
 mod real_windows;
 mod reload;
+mod replicas;
 mod responses;
 mod router;
 mod rules;

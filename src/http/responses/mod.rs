@@ -83,6 +83,22 @@ impl Api for Responses {
         req.stream.unwrap_or(false)
     }
 
+    fn stored_refs(req: &ResponsesRequest) -> crate::response_store::StoredRefs {
+        let items = match &req.input {
+            Some(Input::Items(items)) => items
+                .iter()
+                .filter(|i| i.get("type").and_then(Value::as_str) == Some("item_reference"))
+                .filter_map(|i| i.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        crate::response_store::StoredRefs {
+            response: req.previous_response_id.clone(),
+            items,
+            thread: None,
+        }
+    }
+
     fn prepare(req: &mut ResponsesRequest, state: &AppState, tenant: &str) -> Result<(), ApiError> {
         if let Some(id) = &req.previous_response_id {
             let found = state

@@ -1,91 +1,38 @@
-//! The state store: the usage ledger in an embedded SQLite database (`state.path`).
+//! The usage ledger: one row per API request, queued off the request path and written in
+//! batches; grouped reads for `/admin/usage`, `ccgate usage` and the operator page.
 //!
-//! One interface ([`Store`]), one schema and one set of queries, run through sqlx's `Any`
-//! driver: the SQL is portable (`$N` parameters, `BIGINT` and `TEXT` columns, integer
-//! time buckets, `CAST(SUM(…) AS BIGINT)`), so PostgreSQL is one more driver feature and
-//! URL, not a second code path. No compile-time-checked macros: building needs no
-//! database.
-//!
-//! Versioned migrations run at open, each in a transaction; a database whose schema is
-//! newer than this build knows is refused. Rows are written off the request path:
 //! [`Ledger::record`] only queues (a bounded buffer; rows beyond it are dropped and
-//! counted), a writer task inserts them in batches, and [`Ledger::flush`] writes what is
-//! queued at shutdown. A purge loop deletes rows older than `state.retention_days`, until
-//! the shutdown signal.
+//! counted), waking the writer only when the queue was empty. The writer task inserts
+//! what gathered in 100 ms in batches (so it and SQLite's worker thread wake once per
+//! window, not per request); while the store is unreachable it
+//! keeps its batch and retries with a growing pause (the buffer fills meanwhile, and rows
+//! beyond it are dropped and counted, never silently), so an outage of PostgreSQL loses
+//! no row the buffer holds. [`Ledger::flush`] writes what is queued at shutdown. A purge
+//! loop deletes rows older than `state.retention_days`, until the shutdown signal.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::any::AnyRow;
+use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
+use super::{as_i64, sql, Store, StoreError};
 use crate::shutdown::Shutdown;
-
-/// The schema versions, in order; each a list of statements run in one transaction.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE usage_ledger (
-            at BIGINT NOT NULL,
-            request_id TEXT NOT NULL,
-            key_name TEXT NOT NULL,
-            model TEXT NOT NULL,
-            served_model TEXT NOT NULL,
-            account TEXT NOT NULL,
-            api TEXT NOT NULL,
-            streamed BIGINT NOT NULL,
-            status BIGINT NOT NULL,
-            kind TEXT NOT NULL,
-            input_tokens BIGINT NOT NULL,
-            output_tokens BIGINT NOT NULL,
-            cache_read_tokens BIGINT NOT NULL,
-            cache_creation_tokens BIGINT NOT NULL,
-            duration_ms BIGINT NOT NULL,
-            ttft_ms BIGINT,
-            round TEXT
-        )",
-        "CREATE INDEX usage_ledger_at ON usage_ledger (at)",
-    ],
-)];
-
-/// The newest schema version this build knows.
-pub fn schema_version() -> i64 {
-    MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
-}
 
 /// Rows inserted per transaction at most.
 const BATCH_ROWS: usize = 500;
 /// Rows per INSERT statement (17 parameters each: far below SQLite's and PostgreSQL's
 /// parameter limits).
 const INSERT_ROWS: usize = 50;
+/// The longest pause between two tries of a batch while the store is unreachable.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// How long [`Ledger::flush`] waits for the store at most.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// How often old rows are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
-
-/// Why the store could not be opened or queried.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("state store {what}: {source}")]
-    Sql {
-        what: String,
-        #[source]
-        source: sqlx::Error,
-    },
-    #[error("state store {url}: its schema version {found} is newer than this ccgate knows ({known}); run a newer ccgate or another state.path")]
-    TooNew { url: String, found: i64, known: i64 },
-    #[error("state store: cannot create {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-fn sql(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
-    let what = what.into();
-    move |source| StoreError::Sql { what, source }
-}
 
 /// One ledger row: one API request. No prompt, no key material (`key` is the key's name).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -180,109 +127,7 @@ pub struct UsageRow {
     pub errors: u64,
 }
 
-/// The store.
-#[derive(Clone)]
-pub struct Store {
-    pool: AnyPool,
-    url: String,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("url", &self.url).finish()
-    }
-}
-
 impl Store {
-    /// Opens (creating it and its directory when missing) the SQLite database at `path`
-    /// and brings its schema up to date.
-    pub async fn open_sqlite(path: &std::path::Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        Store::open(&url).await
-    }
-
-    /// Opens the database at `url` and runs the migrations it lacks.
-    pub async fn open(url: &str) -> Result<Store, StoreError> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let pool = AnyPoolOptions::new()
-            // SQLite has one writer: one connection for the writer task and one for reads.
-            .max_connections(if sqlite { 2 } else { 8 })
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        use sqlx::Executor;
-                        conn.execute("PRAGMA journal_mode=WAL").await?;
-                        conn.execute("PRAGMA synchronous=NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout=5000").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await
-            .map_err(sql(format!("{}: open", redact_url(url))))?;
-        let store = Store {
-            pool,
-            url: redact_url(url),
-        };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS ccgate_schema (version BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await
-            .map_err(sql("create ccgate_schema"))?;
-        let found = self.version().await?;
-        let known = schema_version();
-        if found > known {
-            return Err(StoreError::TooNew {
-                url: self.url.clone(),
-                found,
-                known,
-            });
-        }
-        for (version, statements) in MIGRATIONS.iter().filter(|m| m.0 > found) {
-            let mut tx = self.pool.begin().await.map_err(sql("migrate"))?;
-            for s in *statements {
-                sqlx::query(s)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(sql(format!("migration {version}")))?;
-            }
-            sqlx::query("INSERT INTO ccgate_schema (version) VALUES ($1)")
-                .bind(*version)
-                .execute(&mut *tx)
-                .await
-                .map_err(sql(format!("migration {version}")))?;
-            tx.commit()
-                .await
-                .map_err(sql(format!("migration {version}")))?;
-            tracing::info!(version, store = %self.url, "state store schema migrated");
-        }
-        Ok(())
-    }
-
-    /// The schema version of the database.
-    pub async fn version(&self) -> Result<i64, StoreError> {
-        let row =
-            sqlx::query("SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM ccgate_schema")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(sql("read the schema version"))?;
-        row.try_get::<i64, _>(0)
-            .map_err(sql("read the schema version"))
-    }
-
     /// Inserts rows in one transaction, [`INSERT_ROWS`] rows per statement: each statement
     /// is a round trip to SQLite's worker thread (two thread wake-ups), so one per row
     /// cost more than the insert itself.
@@ -411,11 +256,6 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Closes the pool (after the writer's last batch).
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
 }
 
 /// A time for a usage query: RFC 3339 (`2026-12-01T00:00:00Z`), a date (`2026-12-01`,
@@ -529,24 +369,6 @@ fn csv_field(v: &str) -> String {
     }
 }
 
-fn as_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// A URL without its password (`postgres://user:secret@host` → `postgres://user:…@host`).
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:…{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// What the request path asks of the writer besides rows (rows go through [`Pending`]).
 enum Msg {
     /// Write what is queued, then answer.
@@ -566,8 +388,16 @@ struct Pending {
 }
 
 impl Pending {
-    fn take(&self) -> Vec<LedgerRow> {
-        std::mem::take(&mut *self.rows.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Takes every queued row, counting them as `held` before the queue's lock is
+    /// released (so [`Ledger::pending`] never sees them in neither place).
+    fn take(&self, held: &AtomicU64) -> Vec<LedgerRow> {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        held.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        std::mem::take(&mut *rows)
+    }
+
+    fn len(&self) -> usize {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -579,6 +409,8 @@ pub struct Ledger {
     store: Store,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
+    /// Rows the writer has taken and not yet written (a batch being written or retried).
+    held: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -595,31 +427,38 @@ pub struct LedgerWriter {
     pending: Arc<Pending>,
     store: Store,
     written: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+    held: Arc<AtomicU64>,
 }
 
 impl Ledger {
     /// A ledger over `store` holding at most `buffer` queued rows, and its writer.
     pub fn new(store: Store, buffer: usize) -> (Ledger, LedgerWriter) {
         let (tx, rx) = mpsc::channel(16);
-        let written = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(Pending {
             rows: std::sync::Mutex::new(Vec::new()),
             cap: buffer.max(1),
             wake: tokio::sync::Notify::new(),
         });
+        let written = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let held = Arc::new(AtomicU64::new(0));
         (
             Ledger {
                 tx,
                 pending: Arc::clone(&pending),
                 store: store.clone(),
-                dropped: Arc::new(AtomicU64::new(0)),
+                dropped: Arc::clone(&dropped),
                 written: Arc::clone(&written),
+                held: Arc::clone(&held),
             },
             LedgerWriter {
                 rx,
                 pending,
                 store,
                 written,
+                dropped,
+                held,
             },
         )
     }
@@ -662,12 +501,21 @@ impl Ledger {
     }
 
     /// Waits until every row queued before this call is written (at shutdown, after the
-    /// last request ended; and in tests).
-    pub async fn flush(&self) {
+    /// last request ended; before an admin read; in tests), for at most 10 s: false when
+    /// the store did not take them in that time (they stay queued).
+    pub async fn flush(&self) -> bool {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
+        let sent = async {
+            if self.tx.send(Msg::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        };
+        tokio::time::timeout(FLUSH_WAIT, sent).await.is_ok()
+    }
+
+    /// Rows waiting: queued in the buffer or held by the writer for a retry.
+    pub fn pending(&self) -> u64 {
+        self.pending.len() as u64 + self.held.load(Ordering::Relaxed)
     }
 
     /// The retention purge: every hour, rows older than `days` go, until `shutdown`.
@@ -681,6 +529,10 @@ impl Ledger {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(rows = n, days, "usage ledger: old rows purged"),
                         Err(e) => tracing::warn!(error = %e, "usage ledger purge failed"),
+                    }
+                    let now = crate::clock::unix_now() as i64;
+                    if let Err(e) = self.store.purge_counters(now).await {
+                        tracing::warn!(error = %e, "key counters purge failed");
                     }
                 }
                 () = shutdown.triggered() => break,
@@ -719,8 +571,9 @@ impl LedgerWriter {
         }
     }
 
+    /// Writes every queued row, [`BATCH_ROWS`] per transaction.
     async fn write_pending(&self) {
-        let mut rows = self.pending.take();
+        let mut rows = self.pending.take(&self.held);
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(BATCH_ROWS));
             self.write(&mut rows).await;
@@ -732,27 +585,66 @@ impl LedgerWriter {
         if batch.is_empty() {
             return;
         }
-        // A failed batch is retried once, then given up (and said so): a broken disk must
-        // not grow the memory held.
-        for attempt in 0..2 {
+        // While the store is unreachable (PostgreSQL down or slow, SQLite busy) the batch
+        // is kept and retried with a growing pause: the queue's bound holds everything
+        // else, and rows beyond it are dropped and counted by `record`. A batch the store
+        // refuses as such (a constraint, the schema) is retried once, then given up and
+        // counted: it would never go in.
+        let mut pause = Duration::from_millis(100);
+        let mut refused = 0;
+        let mut failures = 0u64;
+        loop {
             match self.store.insert(batch).await {
                 Ok(()) => {
                     self.written
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.held.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+                    if failures > 0 {
+                        tracing::info!(
+                            rows = batch.len(),
+                            "usage ledger: store back, rows written"
+                        );
+                    }
                     batch.clear();
                     return;
                 }
-                Err(e) if attempt == 0 => {
-                    tracing::warn!(error = %e, rows = batch.len(), "usage ledger write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(e) if is_permanent(&e) => {
+                    refused += 1;
+                    if refused >= 2 {
+                        tracing::error!(error = %e, rows = batch.len(), "usage ledger write refused; rows lost");
+                        self.dropped
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        self.held.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+                        batch.clear();
+                        return;
+                    }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, rows = batch.len(), "usage ledger write failed; rows lost");
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        tracing::warn!(error = %e, rows = batch.len(), "usage ledger: store unreachable; rows held and retried");
+                    }
                 }
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
-        batch.clear();
     }
+}
+
+/// True when the store answered that it refuses the statement itself (a constraint or the
+/// schema: SQLSTATE classes 22, 23 and 42), so retrying cannot help; a lost connection,
+/// a timeout, a server shutting down or a busy file can.
+fn is_permanent(e: &StoreError) -> bool {
+    let StoreError::Sql {
+        source: sqlx::Error::Database(db),
+        ..
+    } = e
+    else {
+        return false;
+    };
+    db.code()
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("42"))
 }
 
 /// One bucket of [`Store::failures`]: failed requests of one kind in one hour or day.
@@ -918,7 +810,10 @@ mod tests {
         task.await.unwrap();
         store.close().await;
         let store = Store::open_sqlite(&path).await.unwrap();
-        assert_eq!(store.version().await.unwrap(), schema_version());
+        assert_eq!(
+            store.version().await.unwrap(),
+            crate::store::schema_version()
+        );
         let rows = store.usage(&[GroupBy::Key], 0, 2_000).await.unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].group["key"], "a");
@@ -935,15 +830,6 @@ mod tests {
         store.close().await;
         let e = Store::open_sqlite(&path).await.unwrap_err().to_string();
         assert!(e.contains("schema version 999 is newer"), "{e}");
-    }
-
-    #[test]
-    fn urls_lose_their_password() {
-        assert_eq!(
-            redact_url("postgres://u:secret@db:5432/x"),
-            "postgres://u:…@db:5432/x"
-        );
-        assert_eq!(redact_url("sqlite:///a/b.db"), "sqlite:///a/b.db");
     }
 }
 

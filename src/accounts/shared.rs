@@ -1,0 +1,131 @@
+//! Cooldowns shared by replicas through the state store (`store::cooldowns`): a cooldown
+//! this replica's verdict set is written there, and a poll applies the ones other
+//! replicas wrote (a cooldown only ever lengthens, so applying one twice is harmless).
+//! A store that does not answer leaves each replica with its own verdicts, as without
+//! a store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::health::{Cooldown, Source};
+use crate::shutdown::Shutdown;
+use crate::store::{SharedCooldown, Store};
+
+use super::{Accounts, Member};
+
+/// The store cooldowns are shared through, and the latest reset this replica already
+/// applied or published per account: a stored cooldown is applied once, so one this
+/// replica's probe ended early is not imposed again by the next poll.
+pub(super) struct SharedCooldowns {
+    store: Store,
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl SharedCooldowns {
+    /// Records `until` for `account`; false when it was seen already.
+    fn first_sight(&self, account: &str, until: u64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(account) {
+            Some(&s) if s >= until => false,
+            _ => {
+                // Bounded: one entry per configured account name.
+                seen.insert(account.to_string(), until);
+                true
+            }
+        }
+    }
+}
+
+impl Accounts {
+    /// Shares cooldowns through `store` (once; later calls are ignored).
+    pub fn attach_store(&self, store: Store) {
+        let _ = self.shared.set(SharedCooldowns {
+            store,
+            seen: Mutex::default(),
+        });
+    }
+
+    /// Writes `c` (just set on `member`) for the other replicas, in the background.
+    pub(super) fn publish_cooldown(&self, member: &Member, c: &Cooldown) {
+        let Some(sharing) = self.shared.get() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        sharing.first_sight(&member.name, c.until_unix);
+        let store = sharing.store.clone();
+        let shared = SharedCooldown {
+            account: member.name.clone(),
+            until: c.until_unix,
+            kind: c.kind.clone(),
+            message: c.message.clone(),
+        };
+        rt.spawn(async move {
+            let now = crate::clock::unix_now() as i64;
+            if let Err(e) = store
+                .bounded("share a cooldown", store.put_cooldown(&shared, now))
+                .await
+            {
+                tracing::warn!(error = %e, account = %shared.account, "cooldown not shared with the other replicas");
+            }
+        });
+    }
+
+    /// Applies the cooldowns other replicas shared, every `every`, until `shutdown`.
+    pub async fn poll_shared_cooldowns(self: Arc<Self>, every: Duration, shutdown: Shutdown) {
+        let Some(sharing) = self.shared.get() else {
+            return;
+        };
+        let store = sharing.store.clone();
+        if !self.configured {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.triggered() => return,
+            }
+            let now = crate::clock::unix_now();
+            let active = store
+                .bounded("read cooldowns", store.active_cooldowns(now as i64))
+                .await;
+            let active = match active {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared cooldowns not read");
+                    continue;
+                }
+            };
+            for c in active {
+                let Some(member) = self.members.iter().find(|m| m.name == c.account) else {
+                    continue;
+                };
+                if !sharing.first_sight(&c.account, c.until) {
+                    continue;
+                }
+                if member
+                    .health
+                    .cooldown()
+                    .is_some_and(|mine| mine.until_unix >= c.until)
+                {
+                    continue;
+                }
+                let cooldown = Cooldown::new(Source::Request, &c.kind, &c.message, c.until);
+                let until = cooldown.until.clone();
+                if member.health.set_cooldown(cooldown) {
+                    tracing::warn!(
+                        account = member.name.as_str(),
+                        kind = c.kind.as_str(),
+                        until = until.as_str(),
+                        "account cooling down (a verdict of another replica)"
+                    );
+                    self.metrics.count_cooldown(&member.name);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! Several replicas on one state store: two servers in this process on the same
+//! PostgreSQL database (`CCGATE_TEST_POSTGRES_URL`, set by .ci/run from
+//! scripts/pg-scratch.sh; the PostgreSQL tests skip without it, like the real-CLI tests
+//! without CCGATE_REAL_CLAUDE) or on the same SQLite file (the embedded default).
+//!
+//! An outage is a loopback proxy in front of PostgreSQL that refuses and cuts every
+//! connection for 10 s: other tests share the scratch cluster, so it is not stopped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{client, messages_body, Opts, TestServer};
+
+/// A fresh database of the scratch cluster, or None (test skipped) without one.
+async fn pg_database() -> Option<String> {
+    let admin = std::env::var("CCGATE_TEST_POSTGRES_URL").ok()?;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "ccgate_it_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    sqlx::any::install_default_drivers();
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(&admin)
+        .await
+        .expect("CCGATE_TEST_POSTGRES_URL reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let _ = conn.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
+    Some(format!("{base}/{name}"))
+}
+
+fn skip(what: &str) {
+    eprintln!("skipped {what}: CCGATE_TEST_POSTGRES_URL is not set");
+}
+
+fn digest(key: &str) -> String {
+    ccgate::rules::sha256_hex(key.as_bytes())
+}
+
+/// alice: client, 3 requests a minute; root: admin.
+fn keys_yaml() -> String {
+    format!(
+        "keys:\n  - name: alice\n    sha256: \"{}\"\n    limits:\n      requests_per_minute: 3\n  - name: bob\n    sha256: \"{}\"\n  - name: root\n    sha256: \"{}\"\n    role: admin\n",
+        digest("alice-key"),
+        digest("bob-key"),
+        digest("root-key"),
+    )
+}
+
+/// Where the replicas keep their state.
+#[derive(Clone)]
+enum Shared {
+    Postgres(String),
+    Sqlite(std::path::PathBuf),
+}
+
+async fn replica(shared: &Shared) -> TestServer {
+    let shared = shared.clone();
+    TestServer::start(Opts {
+        keys_yaml: Some(keys_yaml()),
+        env: vec![("FAKE_CLAUDE_ECHO", "1".into())],
+        state_path: match &shared {
+            Shared::Sqlite(p) => Some(p.clone()),
+            Shared::Postgres(_) => None,
+        },
+        tweak: Box::new(move |c| {
+            if let Shared::Postgres(url) = shared {
+                c.state.url = Some(url);
+            }
+        }),
+        ..Opts::default()
+    })
+    .await
+}
+
+async fn post(s: &TestServer, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    let r = client()
+        .post(s.url(path))
+        .header("x-api-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn usage(s: &TestServer) -> Value {
+    let r = client()
+        .get(s.url("/admin/usage?group_by=key,api&from=1h"))
+        .header("x-api-key", "root-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Waits until the replica's ledger holds no row (hang guard only).
+async fn drained(s: &TestServer) {
+    let ledger = s.state.ledger.as_ref().expect("a ledger");
+    for _ in 0..600 {
+        if ledger.pending() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("ledger rows still pending: {}", ledger.pending());
+}
+
+async fn usage_is_the_same_on_both(shared: Shared) {
+    let (a, b) = (replica(&shared).await, replica(&shared).await);
+    for (s, n) in [(&a, 3), (&b, 2)] {
+        for _ in 0..n {
+            let (st, v) = post(s, "/v1/messages", "bob-key", &messages_body("hi", false)).await;
+            assert_eq!(st, 200, "{v}");
+        }
+    }
+    // Each admin read writes its own replica's queue first.
+    usage(&a).await;
+    usage(&b).await;
+    let (ua, ub) = (usage(&a).await, usage(&b).await);
+    assert_eq!(ua, ub);
+    let rows = ua["rows"].as_array().unwrap();
+    let bob = rows.iter().find(|r| r["key"] == "bob").expect("bob's row");
+    assert_eq!(bob["requests"], 5, "{ua}");
+    assert!(bob["input_tokens"].as_u64().unwrap() > 0, "{ua}");
+}
+
+#[tokio::test]
+async fn usage_is_the_same_on_both_replicas_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("usage_is_the_same_on_both_replicas_on_postgres");
+    };
+    usage_is_the_same_on_both(Shared::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn usage_is_the_same_on_both_replicas_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    usage_is_the_same_on_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
+}
+
+#[tokio::test]
+async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused() {
+    let Some(url) = pg_database().await else {
+        return skip("migrate_once");
+    };
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { ccgate::store::Store::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().expect("every replica opens"));
+    }
+    let known = ccgate::store::schema_version();
+    for s in &stores {
+        assert_eq!(s.version().await.unwrap(), known);
+        assert!(s.is_shared());
+    }
+    sqlx::any::install_default_drivers();
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM ccgate_schema")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, known, "each version recorded once");
+    sqlx::query("INSERT INTO ccgate_schema (version) VALUES (999)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let e = ccgate::store::Store::open(&url)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("schema version 999 is newer"), "{e}");
+}
+
+/// A loopback TCP proxy that can refuse and cut every connection (an outage).
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (d, l) = (Arc::clone(&down), Arc::clone(&links));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: connection closed at once
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                l.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, down, links }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for t in self.links.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// `postgres://user@host:port/db` → (`host:port`, the URL through `127.0.0.1:proxy`).
+fn through_proxy(url: &str, proxy_port: u16) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (auth_host, db) = rest.split_once('/').unwrap();
+    let (auth, host) = match auth_host.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h.to_string()),
+        None => (String::new(), auth_host.to_string()),
+    };
+    (
+        host,
+        format!("{scheme}://{auth}127.0.0.1:{proxy_port}/{db}"),
+    )
+}
+
+#[tokio::test]
+async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledger_row() {
+    let Some(url) = pg_database().await else {
+        return skip("outage");
+    };
+    let (upstream, _) = through_proxy(&url, 0);
+    let proxy = Proxy::start(upstream).await;
+    let (_, via) = through_proxy(&url, proxy.port);
+    let s = replica(&Shared::Postgres(via.clone())).await;
+    let other = replica(&Shared::Postgres(via)).await;
+    let (st, answered) = post(
+        &s,
+        "/v1/responses",
+        "bob-key",
+        &serde_json::json!({"model": "sonnet", "input": "before the outage"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{answered}");
+    written(&s).await;
+    let send = |n: usize| {
+        let s = &s;
+        async move {
+            for _ in 0..n {
+                let (st, v) = post(s, "/v1/messages", "bob-key", &messages_body("hi", false)).await;
+                assert_eq!(st, 200, "{v}");
+            }
+        }
+    };
+    send(3).await;
+    drained(&s).await;
+    // 10 s without PostgreSQL, under traffic.
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    let mut during = 0u64;
+    while cut_at.elapsed() < Duration::from_secs(10) {
+        send(1).await;
+        during += 1;
+    }
+    assert!(during > 0);
+    // A stored response the other replica cannot reach: the client is told to send the
+    // full input.
+    let (st, v) = post(
+        &other,
+        "/v1/responses",
+        "bob-key",
+        &serde_json::json!({"model": "sonnet", "input": "after",
+                            "previous_response_id": answered["id"]}),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "previous_response_not_found", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send the full conversation"),
+        "{v}"
+    );
+    // A key with limits is served too, under this replica's counters alone.
+    let (st, v) = post(&s, "/v1/messages", "alice-key", &messages_body("hi", false)).await;
+    assert_eq!(st, 200, "{v}");
+    let metrics = crate::harness::get_text(&s, "/metrics").await;
+    assert!(
+        metrics.contains("ccgate_limits_local_fallback_total"),
+        "{metrics}"
+    );
+    let ledger = s.state.ledger.as_ref().unwrap();
+    assert!(ledger.pending() > 0, "rows wait for the store");
+    proxy.restore();
+    send(2).await;
+    drained(&s).await;
+    assert_eq!(ledger.dropped(), 0);
+    let v = usage(&s).await;
+    let bob = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "bob" && r["api"] == "messages")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(bob["requests"], 3 + during + 2, "{v}");
+    s.shutdown().await;
+}
+
+async fn a_keys_limit_holds_across_both(shared: Shared) {
+    let (a, b) = (replica(&shared).await, replica(&shared).await);
+    // alice may send 3 requests a minute in all. A try that straddles a minute's end
+    // (the windows are UTC minutes) proves nothing and is made again.
+    for _ in 0..3 {
+        let minute = ccgate::clock::unix_now() / 60;
+        let mut statuses = Vec::new();
+        for s in [&a, &b, &a, &b, &a, &b] {
+            let (st, v) = post(s, "/v1/messages", "alice-key", &messages_body("hi", false)).await;
+            assert!(st == 200 || st == 429, "{st} {v}");
+            if st == 429 {
+                assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+            }
+            statuses.push(st);
+        }
+        if ccgate::clock::unix_now() / 60 != minute {
+            continue;
+        }
+        assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+        return;
+    }
+    panic!("three tries each straddled a minute's end");
+}
+
+#[tokio::test]
+async fn a_keys_limit_holds_across_both_replicas_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_keys_limit_holds_across_both_replicas_on_postgres");
+    };
+    a_keys_limit_holds_across_both(Shared::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn a_keys_limit_holds_across_both_replicas_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_keys_limit_holds_across_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
+}
+
+/// Waits until the replica's stored responses are written to the shared store (hang guard
+/// only): its client could otherwise be quicker than its background write.
+async fn written(s: &TestServer) {
+    for _ in 0..600 {
+        if s.state.responses.pending_writes() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("stored responses still being written");
+}
+
+fn output_text(v: &Value) -> String {
+    v["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string()
+}
+
+async fn a_follow_up_continues_on_the_other_replica(shared: Shared) {
+    let (a, b) = (replica(&shared).await, replica(&shared).await);
+    let (st, r1) = post(
+        &a,
+        "/v1/responses",
+        "bob-key",
+        &serde_json::json!({"model": "sonnet", "input": "first-turn-marker"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r1}");
+    written(&a).await;
+    // Another key does not find it on either replica.
+    let follow = serde_json::json!({"model": "sonnet", "input": "second",
+                                    "previous_response_id": r1["id"]});
+    let (st, v) = post(&b, "/v1/responses", "alice-key", &follow).await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["error"]["code"], "previous_response_not_found", "{v}");
+    // The owner's follow-up on the other replica runs from the stored conversation.
+    let (st, r2) = post(&b, "/v1/responses", "bob-key", &follow).await;
+    assert_eq!(st, 200, "{r2}");
+    assert_eq!(output_text(&r2), "echo: second");
+    assert_eq!(r2["previous_response_id"], r1["id"]);
+    // Its CLI ran fresh, resuming the first turn from a synthesized session.
+    let log = std::fs::read_to_string(&b.log_file).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("RESUME_LINE:") && l.contains("first-turn-marker")),
+        "{log}"
+    );
+    // And an output item of A's answer is found on B by `item_reference`.
+    written(&b).await;
+    let item = r1["output"][0]["id"].as_str().unwrap().to_string();
+    let (st, r3) = post(
+        &b,
+        "/v1/responses",
+        "bob-key",
+        &serde_json::json!({"model": "sonnet", "input": [
+            {"type": "item_reference", "id": item},
+            {"role": "user", "content": "third"}]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r3}");
+}
+
+#[tokio::test]
+async fn a_responses_follow_up_continues_on_the_other_replica_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_responses_follow_up_continues_on_the_other_replica_on_postgres");
+    };
+    a_follow_up_continues_on_the_other_replica(Shared::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn a_responses_follow_up_continues_on_the_other_replica_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_follow_up_continues_on_the_other_replica(Shared::Sqlite(dir.path().join("shared.db"))).await;
+}
+
+/// A replica with accounts `a` (its CLI answers with a usage limit until an hour from
+/// now) and `b` (it answers), periodic probes off.
+async fn replica_with_accounts(shared: &Shared) -> TestServer {
+    let shared = shared.clone();
+    let reset = (ccgate::clock::unix_now() + 3600).to_string();
+    let account = |name: &str, scenario: &str| ccgate::config::AccountConfig {
+        name: name.into(),
+        env: [
+            ("FAKE_CLAUDE_SCENARIO".to_string(), scenario.to_string()),
+            ("FAKE_CLAUDE_TEXT".to_string(), format!("from {name}")),
+            ("FAKE_CLAUDE_USAGE_RESET_AT".to_string(), reset.clone()),
+        ]
+        .into_iter()
+        .collect(),
+        models: None,
+        weight: 1,
+        extra_usage: Default::default(),
+    };
+    let accounts = vec![account("a", "usage_limit"), account("b", "success")];
+    TestServer::start(Opts {
+        rules_yaml: Some(crate::harness::default_rules_with_probe(0.0, 1.0, 5.0)),
+        state_path: match &shared {
+            Shared::Sqlite(p) => Some(p.clone()),
+            Shared::Postgres(_) => None,
+        },
+        tweak: Box::new(move |c| {
+            c.accounts = accounts;
+            c.state.poll_interval = 0.1;
+            if let Shared::Postgres(url) = shared {
+                c.state.url = Some(url);
+            }
+        }),
+        ..Opts::default()
+    })
+    .await
+}
+
+/// Request runs so far (probes excluded).
+fn runs(s: &TestServer) -> usize {
+    std::fs::read_to_string(&s.log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("STDIN:") && !l.contains("Reply with OK."))
+        .count()
+}
+
+async fn a_cooldown_is_seen_by_both(shared: Shared) {
+    let (x, y) = (
+        replica_with_accounts(&shared).await,
+        replica_with_accounts(&shared).await,
+    );
+    let chat = crate::harness::chat_body("hi", false);
+    // x tries `a`, gets the usage limit, cools it down and answers from `b`.
+    let r = client()
+        .post(x.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("from b"));
+    assert_eq!(runs(&x), 2, "one run on a, one on b");
+    // y learns it without a request of its own (hang guard only).
+    let a_on_y = y.state.accounts.members()[0].health().clone();
+    for _ in 0..600 {
+        if a_on_y.cooldown().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = a_on_y.cooldown().expect("y sees a's cooldown");
+    assert_eq!(c.kind, "usage_limit");
+    // y's request goes straight to `b`: `a` is not tried again.
+    let r = client()
+        .post(y.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("from b"));
+    assert_eq!(runs(&y), 1, "y never ran a request on a");
+}
+
+#[tokio::test]
+async fn a_cooldown_is_seen_by_both_replicas_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_cooldown_is_seen_by_both_replicas_on_postgres");
+    };
+    a_cooldown_is_seen_by_both(Shared::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn a_cooldown_is_seen_by_both_replicas_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    a_cooldown_is_seen_by_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
+}
+
+#[test]
+fn check_warns_of_config_directory_logins_when_state_is_shared() {
+    let account = |name: &str, env: &[(&str, &str)]| ccgate::config::AccountConfig {
+        name: name.into(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        models: None,
+        weight: 1,
+        extra_usage: Default::default(),
+    };
+    let mut c = ccgate::config::Config {
+        accounts: vec![
+            account("seat", &[("CLAUDE_CONFIG_DIR", "/d/seat")]),
+            account("token", &[("CLAUDE_CODE_OAUTH_TOKEN", "t")]),
+        ],
+        ..Default::default()
+    };
+    let no_env = |_: &str| false;
+    assert!(
+        c.shared_login_warnings(&no_env).is_empty(),
+        "one replica: no warning"
+    );
+    c.state.url = Some("postgres://db/x".into());
+    let w = c.shared_login_warnings(&no_env);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("`seat`") && w[0].contains("claude setup-token"),
+        "{w:?}"
+    );
+    // The implicit account: the process environment's token counts.
+    c.accounts.clear();
+    assert_eq!(c.shared_login_warnings(&no_env).len(), 1);
+    assert!(c
+        .shared_login_warnings(&|k| k == "CLAUDE_CODE_OAUTH_TOKEN")
+        .is_empty());
+}
