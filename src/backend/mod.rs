@@ -35,10 +35,10 @@
 //! Inside, the dependencies point one way: `run` (the driver task and watch loop) →
 //! `admission` (limiter, wait queue) → `pool` (which request takes a pre-warmed process,
 //! the refill task) → `parked` (the store of pre-warmed, kept and held processes over the
-//! pure `registry`: the eviction order) → `held` / `kept` (each kind and its end path) →
-//! `handle` (`CliRun`) → `child` (spawn, process group,
-//! reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line, system-prompt
-//! file) → `request` / `stats` / `options`. `crate::protocol` (pure parser,
+//! pure `registry`: the eviction order) → `prewarmed` / `kept` / `held` (each kind and its
+//! end path) → `handle` (`CliRun`) → `child` (spawn, process group, reaping) → `io`
+//! (stdout lines, stderr ring) / `args` (argv, stdin line, system-prompt file) → `request`
+//! / `stats` / `options`. `crate::protocol` (pure parser,
 //! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
 mod admission;
@@ -54,6 +54,7 @@ mod options;
 mod parked;
 mod pool;
 pub mod present;
+mod prewarmed;
 mod reaper;
 mod registry;
 mod request;

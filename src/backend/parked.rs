@@ -30,8 +30,8 @@ use tokio::sync::Notify;
 use super::handle::{CliRun, ToolResults};
 use super::held::HeldRun;
 use super::kept::Kept;
-use super::pool::Idle;
 use super::present::Fingerprint;
+use super::prewarmed::Idle;
 use super::registry::{Entry, Kind, Limits, Parked, Registry};
 use super::request::name_of;
 use super::stats::BackendStats;
@@ -189,11 +189,11 @@ impl ParkedStore {
         owner: &str,
         idle: Idle,
         epoch: u64,
-    ) -> Result<(), Idle> {
+    ) -> Result<(), Box<Idle>> {
         let parked = {
             let mut reg = self.lock();
             if self.epoch.load(Ordering::Acquire) != epoch {
-                return Err(idle);
+                return Err(Box::new(idle));
             }
             let now = tokio::time::Instant::now();
             let parked = reg.park(
@@ -211,7 +211,7 @@ impl ParkedStore {
                 self.after_park(ended);
                 Ok(())
             }
-            Parked::Refused(Proc::Prewarmed(i)) => Err(*i),
+            Parked::Refused(Proc::Prewarmed(i)) => Err(i),
             Parked::Refused(other) => {
                 end_all(vec![other]);
                 Ok(())

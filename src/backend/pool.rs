@@ -33,7 +33,7 @@
 //!   empty.
 //! - **CPU.** No refill starts while a pooled run is still waiting for its first stdout
 //!   line: a CLI start-up takes ~0.6 s of CPU and would slow exactly that turn.
-//! - **Hygiene.** Every discarded process goes through [`Spawned::reap`] (kill group +
+//! - **Hygiene.** Every discarded process goes through `Spawned::reap` (kill group +
 //!   reap) before its slot is released; one dropped without it (a cancelled task, no
 //!   runtime left) is still killed and reaped by its guard.
 //! - **Hand-over.** A pooled process that ends without a single stdout line after its
@@ -51,9 +51,10 @@ use std::time::Duration;
 use sha2::Digest as _;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::child::{spawn_cli, Spawned};
+use super::child::spawn_cli;
 use super::parked::ParkedStore;
 use super::present::Fingerprint;
+pub(super) use super::prewarmed::Idle;
 use super::request::{name_of, Account, CliRequest, CliSettings};
 use super::stats::{BackendStats, PoolMiss};
 use crate::shutdown::Shutdown;
@@ -69,23 +70,6 @@ const SURVIVED: Duration = Duration::from_secs(2);
 /// The accounts the pool may keep processes for now (empty: none, the pool stays empty;
 /// `None` in the list: the implicit account).
 pub(super) type ReadyAccounts = Box<dyn Fn() -> Vec<Option<Arc<Account>>> + Send + Sync>;
-
-/// One idle pre-warmed process and the concurrency slot it holds.
-pub(super) struct Idle {
-    pub(super) proc: Spawned,
-    pub(super) permit: OwnedSemaphorePermit,
-    /// The account it was spawned for (None: the implicit one); only its runs take it.
-    pub(super) account: Option<Arc<Account>>,
-}
-
-impl Idle {
-    /// Kill + reap the process, then free its slot.
-    pub(super) async fn retire(self) {
-        let Idle { proc, permit, .. } = self;
-        let _ = proc.reap().await;
-        drop(permit);
-    }
-}
 
 /// What the pool needs from its backend: how to spawn, where to count, the concurrency
 /// slots its idle processes hold, and the registry they wait in.
