@@ -19,8 +19,9 @@
 //! - The pre-warmed pool (`prewarm` > 0): [`Backend::start_pool`] → [`PoolHandle`] (the
 //!   maintainer; it ends with the given shutdown signal, on drop, or on
 //!   [`PoolHandle::shutdown`]), [`Backend::invalidate_pool`], [`Backend::pool_pids`].
-//!   [`Backend::start`] hands a matching request (model = `prewarm_model`, no system
-//!   prompt, not the probe) an idle process; the run is otherwise identical.
+//!   [`Backend::start`] hands any first turn (not the probe; no thinking options) an idle
+//!   process of its account and gives it the request's settings over the control channel
+//!   (`late`); the run is otherwise identical.
 //! - Parked processes (see `docs/parked-processes.md`): pre-warmed processes, kept
 //!   conversations and held tool runs share one registry (`registry` + `parked`): [`Backend::hold`],
 //!   [`Backend::continue_held`], [`Backend::end_held_asked`], [`Backend::held_pids`],
@@ -49,6 +50,7 @@ mod handle;
 mod held;
 mod io;
 mod kept;
+mod late;
 pub mod mcp;
 mod options;
 mod parked;

@@ -1,5 +1,5 @@
-//! The pre-warmed pool (`cli.prewarm`): idle CLI processes spawned ahead of time for the
-//! default per-request flags, each used for exactly ONE request and then retired.
+//! The pre-warmed pool (`cli.prewarm`): idle CLI processes spawned ahead of time without
+//! per-request settings, each used for exactly ONE first turn and then retired.
 //!
 //! Why it helps: a CLI started with `--input-format stream-json` does its ~0.6 s start-up
 //! work right away, then prints nothing until its first stdin line arrives; a request that
@@ -12,10 +12,13 @@
 //!   and reap) and its per-account keys. What is left here is the refill task that keeps
 //!   `prewarm` of them parked, and the rule of which request may take one.
 //! - **Key.** A process is spawned with `--model=<cli.prewarm_model>` (none = the CLI's
-//!   default), `--system-prompt ""` and the configured tools, i.e. exactly the argv a cold
-//!   run for such a request gets; it is parked under [`Pool::key`] (those flags, on its
-//!   account). Only a request with that model and no system prompt takes one; the health
-//!   probe (`bypass_queue`) never does. Everything else cold-spawns.
+//!   default), `--system-prompt ""` and the configured tools, no client tools and no
+//!   options, and no `initialize` (the CLI takes it once); it is parked under
+//!   [`Pool::key`] (those flags, on its account). Any first turn of that account takes one:
+//!   its system prompt, schema, client tools, model and effort are written over the control
+//!   channel before its prompt (`late.rs`). Earlier turns and thinking options cannot be
+//!   set after spawn: those requests cold-spawn, counted by reason. The health probe
+//!   (`bypass_queue`) never takes one.
 //! - **One conversation per process.** The request writes its one user line and closes
 //!   stdin; the process exits after that turn and the run reaps it like a cold one. No
 //!   process ever sees a second prompt.
@@ -38,7 +41,7 @@
 //!   runtime left) is still killed and reaped by its guard.
 //! - **Hand-over.** A pooled process that ends without a single stdout line after its
 //!   prompt is re-run cold once by the driver (nothing reached the client), counted as
-//!   `ccgate_cli_pool_misses_total{reason="handover"}`.
+//!   `ccgate_pool_misses_total{reason="handover"}`.
 //! - **End.** Once the shutdown signal fires, `Backend::abort_all` is called or the
 //!   [`PoolHandle`] is shut down or dropped, the pool is closed for good: the registry
 //!   refuses pre-warmed processes, every idle one is retired, the refill task ends.
@@ -52,6 +55,7 @@ use sha2::Digest as _;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::child::spawn_cli;
+use super::late;
 use super::parked::ParkedStore;
 use super::present::Fingerprint;
 pub(super) use super::prewarmed::Idle;
@@ -136,25 +140,15 @@ impl Pool {
         Fingerprint::from_bytes(h.finalize().into()).on_account(name)
     }
 
-    /// Whether `req` runs with exactly the flags the pool's processes were spawned with.
-    pub(super) fn matches(&self, req: &CliRequest) -> bool {
-        !req.bypass_queue
-            && req.system_prompt.is_none()
-            // A resumed session needs its own flags (`--resume <id>`).
-            && req.history.is_empty()
-            // The client's tools are flags too (`--mcp-config`, `--allowedTools`).
-            && req.tools.is_none()
-            // Schema, effort and thinking are flags the idle processes do not have.
-            && req.options.is_default()
-            && req.model.as_deref().filter(|m| !m.is_empty()) == self.model.as_deref()
+    /// The model the pool's processes are spawned with (None: the CLI's default).
+    pub(super) fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     /// An idle process for `req` on its account, oldest (warmest) first. Dead ones met on
     /// the way are retired and never handed out.
     pub(super) fn checkout(&self, req: &CliRequest) -> Result<Idle, PoolMiss> {
-        if !self.matches(req) {
-            return Err(PoolMiss::Key);
-        }
+        late::fits(req, self.model())?;
         let found = self
             .deps
             .parked
@@ -207,8 +201,8 @@ impl Pool {
         let settings = account
             .as_ref()
             .map_or(&self.deps.settings, |a| a.settings());
-        // No system prompt, history, tools or options: what `Pool::matches` asks of a
-        // request.
+        // No system prompt, history, tools or options: a request's are applied at
+        // hand-over (`late.rs`).
         let flags = CliRequest {
             model: self.model.clone(),
             ..CliRequest::default()

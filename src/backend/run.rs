@@ -32,6 +32,7 @@ use super::child::{spawn_cli, Spawned};
 use super::handle::{CliRun, RunCell, ToolResults};
 use super::io::{ring_to_string, LineMsg};
 use super::kept::{end_gracefully, Kept};
+use super::late;
 use super::mcp;
 use super::parked::ParkedStore;
 use super::pool::{Idle, Pool};
@@ -382,6 +383,13 @@ async fn run_process(
     if tools.is_some() && handed.is_none() {
         // Opens the control channel; the CLI then asks its MCP server for the tools.
         sp.write_line(mcp::initialize_request());
+    }
+    if is_pooled {
+        // The request's own settings, before its prompt (see `late.rs`).
+        let pool_model = shared.pool.as_deref().and_then(Pool::model);
+        for line in late::control_lines(req, pool_model) {
+            sp.write_line(line);
+        }
     }
     if !req.resume_results {
         sp.send_prompt(req, keep_open);
