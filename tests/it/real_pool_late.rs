@@ -125,3 +125,46 @@ async fn real_cli_a_prewarmed_process_takes_an_agents_first_turn_with_every_sett
         cold.body["output_config"]["effort"]
     );
 }
+
+/// The client's tools given late are callable: the permissions `apply_flag_settings` gives
+/// them let the model's two parallel calls reach the host (without them the CLI denies
+/// the calls itself), and the client gets both calls from a pre-warmed process.
+#[tokio::test]
+async fn real_cli_a_prewarmed_process_lets_the_model_call_the_late_tools() {
+    let Some(exe) = real_claude() else { return };
+    let mock = MockApi::start().await;
+    let (s, _home) = real_server_with(
+        exe,
+        Some(mock.url("tool_call:mcp__cg__lookup,mcp__cg__search")),
+        None,
+        |c| {
+            c.cli.prewarm = 1;
+            c.cli.prewarm_model = Some("sonnet".into());
+            c.cli.max_concurrent = 2;
+        },
+    )
+    .await;
+    let b = s.state.backend.clone();
+    assert!(
+        eventually(Duration::from_secs(20), move || b.pool_pids().len() == 1).await,
+        "pool never filled"
+    );
+    let mut body = agent_body("haiku");
+    body.as_object_mut().unwrap().remove("response_format");
+    let (st, _, text) = post(&s, "/v1/chat/completions", &body).await;
+    assert_eq!(st, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let mut names: Vec<&str> = v["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .map(|calls| {
+            calls
+                .iter()
+                .filter_map(|c| c["function"]["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort_unstable();
+    assert_eq!(names, ["lookup", "search"], "{v}");
+    assert_eq!(s.state.backend.stats().snapshot().pool_hits_total, 1);
+    TestServer::shutdown(s).await;
+}
