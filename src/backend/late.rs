@@ -23,6 +23,21 @@ use super::mcp;
 use super::request::CliRequest;
 use super::stats::PoolMiss;
 
+/// How a control response line of the CLI begins (its lines put `type` first).
+pub(super) const REPLY_PREFIX: &str = r#"{"type":"control_response""#;
+
+/// The request ids of the late settings (and the `initialize` they may include).
+const LATE_IDS: [&str; 3] = [
+    mcp::INIT_REQUEST_ID,
+    "ccgate_late_flags",
+    "ccgate_late_model",
+];
+
+/// Whether `request_id` is one of the late settings' requests.
+pub(super) fn is_late(request_id: &str) -> bool {
+    LATE_IDS.contains(&request_id)
+}
+
 /// Whether `req` can run on a process spawned with the pool's flags (`pool_model`: its
 /// `--model`, None: the CLI's default), its settings applied by [`control_lines`].
 pub(super) fn fits(req: &CliRequest, pool_model: Option<&str>) -> Result<(), PoolMiss> {
@@ -67,7 +82,7 @@ pub(super) fn control_lines(req: &CliRequest, pool_model: Option<&str>) -> Vec<S
     if !init.is_empty() {
         init.insert("subtype".into(), json!("initialize"));
         init.insert("hooks".into(), Value::Null);
-        out.push(line(mcp::INIT_REQUEST_ID, Value::Object(init)));
+        out.push(line(LATE_IDS[0], Value::Object(init)));
     }
     let mut settings = Map::new();
     if let Some(tools) = req.tools.as_deref().filter(|t| !t.tools.is_empty()) {
@@ -83,13 +98,13 @@ pub(super) fn control_lines(req: &CliRequest, pool_model: Option<&str>) -> Vec<S
     }
     if !settings.is_empty() {
         out.push(line(
-            "ccgate_late_flags",
+            LATE_IDS[1],
             json!({"subtype": "apply_flag_settings", "settings": settings}),
         ));
     }
     if let Some(model) = model_of(req).filter(|m| Some(*m) != pool_model) {
         out.push(line(
-            "ccgate_late_model",
+            LATE_IDS[2],
             json!({"subtype": "set_model", "model": model}),
         ));
     }

@@ -476,7 +476,12 @@ async fn run_process(
                     continue;
                 };
                 last_line = tokio::time::Instant::now();
-                if !first_line {
+                // A pooled process answers the request's late settings first: that is
+                // not yet its turn's first line (the start timeout, the hand-over retry
+                // and the pool's refill wait for that).
+                let late_reply = is_pooled
+                    && matches!(&msg, LineMsg::Line(l) if l.starts_with(late::REPLY_PREFIX));
+                if !first_line && !late_reply {
                     first_line = true;
                     let latency = last_line.duration_since(start_base);
                     match handed {
@@ -518,6 +523,11 @@ async fn run_process(
                             if !success {
                                 tracing::warn!(pid, request_id, ?error,
                                     "the CLI refused a control request");
+                                if is_pooled && !first_line && late::is_late(&request_id) {
+                                    // A setting the pre-warmed process did not take: this
+                                    // request runs cold instead (the hand-over retry).
+                                    break 'watch End::Finished;
+                                }
                             }
                             continue;
                         }
