@@ -26,6 +26,11 @@ use crate::turn::{Step, ThinkingStep, TurnFold};
 mod decide;
 mod fields;
 mod record;
+mod runner;
+#[cfg(test)]
+mod tests;
+
+use runner::Runner;
 
 pub use fields::{
     check_model, check_schema, check_stops, TurnFieldError, MODEL_MAX_LEN, SCHEMA_MAX_BYTES,
@@ -106,7 +111,8 @@ pub enum TurnError {
 #[derive(Clone)]
 pub struct Engine {
     rules: Arc<ArcSwap<Rules>>,
-    backend: Backend,
+    /// The backend, behind the seam the engine's tests fake.
+    backend: Arc<dyn Runner>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     /// The accounts runs are spread over (the implicit one without `accounts`).
@@ -118,6 +124,17 @@ impl Engine {
     pub fn new(
         rules: Arc<ArcSwap<Rules>>,
         backend: Backend,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        accounts: Arc<Accounts>,
+    ) -> Engine {
+        Engine::with_runner(rules, Arc::new(backend), health, metrics, accounts)
+    }
+
+    /// An engine over any [`Runner`] (the engine's tests give it a fake).
+    pub(crate) fn with_runner(
+        rules: Arc<ArcSwap<Rules>>,
+        backend: Arc<dyn Runner>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         accounts: Arc<Accounts>,
@@ -213,7 +230,7 @@ impl Engine {
             // content MCP cannot carry) end it, and a fresh run gets the whole history.
             let held = self
                 .backend
-                .continue_held(&turns.history_fingerprint, |calls| {
+                .continue_held(&turns.history_fingerprint, &mut |calls| {
                     Some(ToolResults {
                         results: decide::held_results(&req.conversation, calls)?,
                         keep: Some(keep.clone()),

@@ -376,8 +376,8 @@ impl Metrics {
         );
         let cli_pool_misses = Family::<ReasonLabels, Counter>::default();
         registry.register(
-            "ccgate_cli_pool_misses",
-            "Requests that cold-spawned while the pre-warmed pool is on, by reason (key: other model or a system prompt; empty: no idle process; handover: the pre-warmed process died silently at hand-over and the request was re-run cold)",
+            "ccgate_pool_misses",
+            "Requests that cold-spawned while the pre-warmed pool is on, by reason (history: earlier turns, a spawn flag; thinking: thinking options, not settable after spawn; model: no model named while the pool has one; schema: not JSON; empty: no idle process; handover: the pre-warmed process died silently at hand-over and the request was re-run cold)",
             cli_pool_misses.clone(),
         );
         let cli_pool_first_line = Histogram::new(exponential_buckets(0.005, 2.0, 14));
@@ -582,7 +582,10 @@ impl Metrics {
         };
         crate::backend::PoolMetrics {
             hits: self.cli_pool_hits.clone(),
-            misses_key: miss("key"),
+            misses_history: miss("history"),
+            misses_thinking: miss("thinking"),
+            misses_model: miss("model"),
+            misses_schema: miss("schema"),
             misses_empty: miss("empty"),
             misses_handover: miss("handover"),
             first_line: self.cli_pool_first_line.clone(),

@@ -21,7 +21,7 @@ pub(super) enum Admission {
     Ready(OwnedSemaphorePermit),
     /// A pre-warmed process (with the slot it holds).
     Pooled(Box<Idle>),
-    /// No free slot, but an idle pooled process: retire it and take its slot.
+    /// No free slot, but an idle pre-warmed process: retire it and take its slot.
     Evict(Box<Idle>),
     /// A kept process holding exactly this request's earlier turns (with its slot).
     Continue(Box<Kept>),
@@ -108,13 +108,10 @@ impl Limiter {
         if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
             return Admission::Ready(permit);
         }
-        // Every slot is taken; idle pooled processes must not make this request wait.
-        if let Some(idle) = pool.and_then(|p| p.evict_one()) {
-            return Admission::Evict(Box::new(idle));
-        }
-        // Nor kept conversations, nor held tool runs: the oldest kept one gives way, else
-        // the oldest held one.
+        // Every slot is taken; parked processes must not make this request wait: the
+        // oldest pre-warmed one gives way, else the oldest kept one, else the oldest held.
         match parked.evict_for_slot() {
+            Some(Evicted::Prewarmed(idle)) => return Admission::Evict(idle),
             Some(Evicted::Kept(k)) => return Admission::EvictKept(k),
             Some(Evicted::Held) => {
                 self.stats.queued.fetch_add(1, Ordering::AcqRel);

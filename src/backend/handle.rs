@@ -62,6 +62,26 @@ impl RunCell {
 }
 
 impl CliRun {
+    /// A run without a process that yields `events` (end them with `Done`) on `account`,
+    /// and the receiving end of what is sent to it ([`CliRun::send_results`]): the engine's
+    /// tests drive their decisions through a fake backend with it.
+    #[cfg(test)]
+    pub(crate) fn scripted(
+        events: Vec<CliEvent>,
+        account: Option<Arc<Account>>,
+    ) -> (CliRun, mpsc::Receiver<ToolResults>) {
+        let (tx, rx) = mpsc::channel(events.len().max(1));
+        for e in events {
+            let _ = tx.try_send(e);
+        }
+        let (cmd, results) = mpsc::channel(4);
+        let cell = Arc::new(RunCell {
+            account,
+            ..RunCell::default()
+        });
+        (CliRun { cell, rx, cmd }, results)
+    }
+
     /// The next event; `None` after `Done`.
     pub async fn recv(&mut self) -> Option<CliEvent> {
         self.rx.recv().await

@@ -19,10 +19,11 @@
 //! - The pre-warmed pool (`prewarm` > 0): [`Backend::start_pool`] → [`PoolHandle`] (the
 //!   maintainer; it ends with the given shutdown signal, on drop, or on
 //!   [`PoolHandle::shutdown`]), [`Backend::invalidate_pool`], [`Backend::pool_pids`].
-//!   [`Backend::start`] hands a matching request (model = `prewarm_model`, no system
-//!   prompt, not the probe) an idle process; the run is otherwise identical.
-//! - Parked processes (see `docs/parked-processes.md`): kept conversations and held tool
-//!   runs share one registry (`registry` + `parked`): [`Backend::hold`],
+//!   [`Backend::start`] hands any first turn (not the probe; no thinking options) an idle
+//!   process of its account and gives it the request's settings over the control channel
+//!   (`late`); the run is otherwise identical.
+//! - Parked processes (see `docs/parked-processes.md`): pre-warmed processes, kept
+//!   conversations and held tool runs share one registry (`registry` + `parked`): [`Backend::hold`],
 //!   [`Backend::continue_held`], [`Backend::end_held_asked`], [`Backend::held_pids`],
 //!   [`Backend::kept_pids`], [`Backend::close_kept`]; [`Backend::invalidate_pool`] /
 //!   [`Backend::invalidate_account`] drain pre-warmed and kept processes (all, or one
@@ -33,11 +34,12 @@
 //!   benchmarks and the real-CLI tests).
 //!
 //! Inside, the dependencies point one way: `run` (the driver task and watch loop) →
-//! `admission` (limiter, wait queue, the eviction order) → `parked` (the store of kept and
-//! held processes over the pure `registry`) → `held` / `kept` (each kind and its end path)
-//! → `handle` (`CliRun`) and `pool` (pre-warmed processes) → `child` (spawn, process group,
-//! reaping) → `io` (stdout lines, stderr ring) / `args` (argv, stdin line, system-prompt
-//! file) → `request` / `stats` / `options`. `crate::protocol` (pure parser,
+//! `admission` (limiter, wait queue) → `pool` (which request takes a pre-warmed process,
+//! the refill task) → `parked` (the store of pre-warmed, kept and held processes over the
+//! pure `registry`: the eviction order) → `prewarmed` / `kept` / `held` (each kind and its
+//! end path) → `handle` (`CliRun`) → `child` (spawn, process group, reaping) → `io`
+//! (stdout lines, stderr ring) / `args` (argv, stdin line, system-prompt file) → `request`
+//! / `stats` / `options`. `crate::protocol` (pure parser,
 //! `RunAccumulator`) is used only through `new` / `push_line` / `conclude`.
 
 mod admission;
@@ -49,11 +51,13 @@ mod handle;
 mod held;
 mod io;
 mod kept;
+mod late;
 pub mod mcp;
 mod options;
 mod parked;
 mod pool;
 pub mod present;
+mod prewarmed;
 mod reaper;
 mod registry;
 mod request;
@@ -121,24 +125,18 @@ impl Backend {
             settings.queue_size,
             Arc::clone(&stats),
         );
-        let pool = (settings.prewarm > 0).then(|| {
-            Arc::new(Pool::new(
-                settings.prewarm.min(limiter.capacity()),
-                settings.prewarm_model.clone(),
-                settings.prewarm_max_idle,
-                PoolDeps {
-                    settings: Arc::clone(&settings),
-                    stats: Arc::clone(&stats),
-                    slots: limiter.slots(),
-                },
-            ))
-        });
+        let prewarm = settings.prewarm.min(limiter.capacity());
         let kept_cap = settings.keep_conversations.min(limiter.capacity());
         // At least one slot stays free of held runs, so they cannot starve others.
         let held_cap = settings
             .max_held_runs
             .min(limiter.capacity().saturating_sub(1));
-        let parked = ParkedStore::new(
+        let parked = Arc::new(ParkedStore::new(
+            Limits {
+                cap: prewarm,
+                per_tenant: prewarm,
+                timeout: settings.prewarm_max_idle,
+            },
             Limits {
                 cap: kept_cap,
                 per_tenant: settings.keep_conversations_per_key.unwrap_or(kept_cap),
@@ -150,10 +148,22 @@ impl Backend {
                 timeout: settings.tool_hold_timeout,
             },
             Arc::clone(&stats),
-        );
+        ));
+        let pool = (prewarm > 0).then(|| {
+            Arc::new(Pool::new(
+                prewarm,
+                settings.prewarm_model.clone(),
+                PoolDeps {
+                    settings: Arc::clone(&settings),
+                    stats: Arc::clone(&stats),
+                    slots: limiter.slots(),
+                    parked: Arc::clone(&parked),
+                },
+            ))
+        });
         Backend {
             shared: Arc::new(Shared {
-                parked: Arc::new(parked),
+                parked,
                 settings,
                 limiter,
                 stats,
@@ -210,11 +220,11 @@ impl Backend {
     /// call are never handed out. The pool refills afterwards while `ready` holds. Called
     /// after a rules reload and on an unhealthy verdict. No-op without a pool.
     pub fn invalidate_pool(&self) {
-        if let Some(pool) = self.shared.pool.as_ref() {
-            pool.invalidate();
-        }
         // Kept conversations too: they hold the same possibly stale state.
         self.shared.parked.invalidate(None);
+        if let Some(pool) = self.shared.pool.as_ref() {
+            pool.notify();
+        }
     }
 
     /// [`Backend::invalidate_pool`] for one account (None: the implicit one, which is all
@@ -224,10 +234,10 @@ impl Backend {
         if account.is_none() {
             return self.invalidate_pool();
         }
-        if let Some(pool) = self.shared.pool.as_ref() {
-            pool.invalidate_account(account);
-        }
         self.shared.parked.invalidate(Some(account));
+        if let Some(pool) = self.shared.pool.as_ref() {
+            pool.notify();
+        }
     }
 
     /// Ends every kept conversation process and every held run for good (the end of
@@ -290,18 +300,14 @@ impl Backend {
     pub fn abort_all(&self) {
         self.shared.abort.send_replace(true);
         if let Some(pool) = self.shared.pool.as_ref() {
-            pool.close();
+            pool::end_now(pool.close());
         }
         self.shared.parked.refuse_new();
     }
 
     /// Pids of the idle pre-warmed processes, oldest first (for tests and debugging).
     pub fn pool_pids(&self) -> Vec<u32> {
-        self.shared
-            .pool
-            .as_ref()
-            .map(|p| p.idle_pids())
-            .unwrap_or_default()
+        self.shared.parked.pids(registry::Kind::Prewarmed)
     }
 
     /// The settings this backend runs with.

@@ -1,22 +1,28 @@
-//! The one store of parked CLI processes: kept conversations (`kept.rs`) and held tool
-//! runs (`held.rs`) in one [`Registry`] (one key type, one LRU, the caps per kind and per
-//! tenant, eviction for a slot), with one expiry sweep and each kind's one end path.
+//! The one store of parked CLI processes: pre-warmed processes (`pool.rs`), kept
+//! conversations (`kept.rs`) and held tool runs (`held.rs`) in one [`Registry`] (one key
+//! type, one LRU, the caps per kind and per tenant, eviction for a slot), with one expiry
+//! sweep and each kind's one end path.
 //!
 //! - **Sweep.** One task, started when something is parked, sleeps until the next expiry
 //!   (or a wake-up), ends what expired, and ends once nothing is parked or the store is
 //!   closed (shutdown: [`ParkedStore::close`] / [`ParkedStore::refuse_new`]).
 //! - **Dead entries.** A held run whose driver ended (its CLI died, a watchdog) leaves at
-//!   once (a watcher per held run), so the gauge counts only live runs; a kept process
-//!   found dead at checkout is ended and not handed out. Neither counts as continued.
-//! - **Ending.** Kept: close stdin, let the CLI exit and tidy its files, kill after
-//!   `GRACEFUL_EXIT`, reap, free the slot (in the background). Held: stop the run (its
-//!   driver kills, reaps and frees the slot).
-//! - **Accounts.** A kept process is only handed to its own account (its key is
-//!   `Fingerprint::on_account`); [`ParkedStore::invalidate`] ends the kept processes of
-//!   one account (an unhealthy suspicion) or of all (a rules reload).
+//!   once (a watcher per held run), so the gauge counts only live runs; a kept or
+//!   pre-warmed process found dead at checkout is ended and not handed out (the pool's
+//!   refill also looks for dead pre-warmed ones on every tick:
+//!   [`ParkedStore::end_dead_prewarmed`]). None counts as continued.
+//! - **Ending.** Pre-warmed: kill the group and reap (it has seen no prompt and has no
+//!   files to tidy), free the slot. Kept: close stdin, let the CLI exit and tidy its files,
+//!   kill after `GRACEFUL_EXIT`, reap, free the slot (in the background). Held: stop the
+//!   run (its driver kills, reaps and frees the slot).
+//! - **Accounts.** A kept or pre-warmed process is only handed to its own account (its key
+//!   is `Fingerprint::on_account`); [`ParkedStore::invalidate`] ends the pre-warmed and kept
+//!   processes of one account (an unhealthy suspicion) or of all (a rules reload); a
+//!   pre-warmed process spawned before an invalidation is refused when it is parked after
+//!   it (the epoch).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -25,12 +31,14 @@ use super::handle::{CliRun, ToolResults};
 use super::held::HeldRun;
 use super::kept::Kept;
 use super::present::Fingerprint;
+use super::prewarmed::Idle;
 use super::registry::{Entry, Kind, Limits, Parked, Registry};
 use super::request::name_of;
 use super::stats::BackendStats;
 
-/// A parked process of either kind.
+/// A parked process of any kind.
 pub(super) enum Proc {
+    Prewarmed(Box<Idle>),
     Kept(Box<Kept>),
     Held(HeldRun),
 }
@@ -38,35 +46,56 @@ pub(super) enum Proc {
 impl Proc {
     fn pid(&self) -> Option<u32> {
         match self {
+            Proc::Prewarmed(i) => Some(i.proc.pid()),
             Proc::Kept(k) => Some(k.proc.pid()),
             Proc::Held(h) => h.run.pid(),
+        }
+    }
+
+    /// The name of the account it runs on (None: a held run, not filed by account here).
+    fn account(&self) -> Option<Option<&str>> {
+        match self {
+            Proc::Prewarmed(i) => Some(name_of(i.account.as_ref())),
+            Proc::Kept(k) => Some(name_of(k.account.as_ref())),
+            Proc::Held(_) => None,
         }
     }
 }
 
 /// What the admission got from [`ParkedStore::evict_for_slot`].
 pub(super) enum Evicted {
+    /// A pre-warmed process: the request takes its slot once it is ended.
+    Prewarmed(Box<Idle>),
     /// A kept process: the request takes its slot once it is ended.
     Kept(Box<Kept>),
     /// A held run was stopped: its slot is freed by its driver, shortly.
     Held,
 }
 
-/// The kept and held processes of one backend.
+/// The pre-warmed, kept and held processes of one backend.
 pub(super) struct ParkedStore {
     reg: Mutex<Registry<Proc>>,
     stats: Arc<BackendStats>,
     sweeping: AtomicBool,
     wake: Notify,
+    /// Counts invalidations (changed under the registry's lock): a pre-warmed process
+    /// spawned in an earlier epoch is refused.
+    epoch: AtomicU64,
 }
 
 impl ParkedStore {
-    pub(super) fn new(kept: Limits, held: Limits, stats: Arc<BackendStats>) -> ParkedStore {
+    pub(super) fn new(
+        prewarmed: Limits,
+        kept: Limits,
+        held: Limits,
+        stats: Arc<BackendStats>,
+    ) -> ParkedStore {
         ParkedStore {
-            reg: Mutex::new(Registry::new(kept, held)),
+            reg: Mutex::new(Registry::new(kept, held).with_prewarmed(prewarmed)),
             stats,
             sweeping: AtomicBool::new(false),
             wake: Notify::new(),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -75,6 +104,9 @@ impl ParkedStore {
     }
 
     fn publish(&self, reg: &Registry<Proc>) {
+        self.stats
+            .pool_idle
+            .store(reg.count(Kind::Prewarmed), Ordering::Relaxed);
         self.stats
             .kept_idle
             .store(reg.count(Kind::Kept), Ordering::Relaxed);
@@ -118,6 +150,161 @@ impl ParkedStore {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         kept
+    }
+
+    /// The oldest live pre-warmed process parked under `key` (dead ones met on the way are
+    /// ended and counted).
+    pub(super) fn checkout_prewarmed(&self, key: &Fingerprint) -> Option<Idle> {
+        loop {
+            let found = {
+                let mut reg = self.lock();
+                let found = reg.take(Kind::Prewarmed, key);
+                self.publish(&reg);
+                found
+            }?;
+            match found.value {
+                Proc::Prewarmed(mut i) => {
+                    if i.proc.idle_usable() {
+                        return Some(*i);
+                    }
+                    self.stats.pool_died_total.fetch_add(1, Ordering::Relaxed);
+                    end_all(vec![Proc::Prewarmed(i)]);
+                }
+                other => end_all(vec![other]),
+            }
+        }
+    }
+
+    /// The current epoch, to hand to [`ParkedStore::park_prewarmed`] with a process
+    /// spawned now.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Parks a pre-warmed process under `key` for its account `owner`, unless the pool is
+    /// closed or an invalidation came since `epoch` (then it is handed back to be ended).
+    pub(super) fn park_prewarmed(
+        self: &Arc<Self>,
+        key: Fingerprint,
+        owner: &str,
+        idle: Idle,
+        epoch: u64,
+    ) -> Result<(), Box<Idle>> {
+        let parked = {
+            let mut reg = self.lock();
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return Err(Box::new(idle));
+            }
+            let now = tokio::time::Instant::now();
+            let parked = reg.park(
+                Kind::Prewarmed,
+                key,
+                owner,
+                Proc::Prewarmed(Box::new(idle)),
+                now,
+            );
+            self.publish(&reg);
+            parked
+        };
+        match parked {
+            Parked::Yes { ended, .. } => {
+                self.after_park(ended);
+                Ok(())
+            }
+            Parked::Refused(Proc::Prewarmed(i)) => Err(i),
+            Parked::Refused(other) => {
+                end_all(vec![other]);
+                Ok(())
+            }
+        }
+    }
+
+    /// How many pre-warmed processes are parked for the account `owner`.
+    pub(super) fn prewarmed_of(&self, owner: &str) -> usize {
+        self.lock().count_of(Kind::Prewarmed, owner)
+    }
+
+    /// How many pre-warmed processes are parked.
+    pub(super) fn prewarmed(&self) -> usize {
+        self.lock().count(Kind::Prewarmed)
+    }
+
+    /// Whether a pre-warmed process has stayed alive for `age` (its start worked).
+    pub(super) fn prewarmed_survived(&self, age: std::time::Duration) -> bool {
+        let now = tokio::time::Instant::now();
+        self.lock()
+            .iter()
+            .any(|e| e.kind == Kind::Prewarmed && now.saturating_duration_since(e.since) >= age)
+    }
+
+    /// Ends the pre-warmed processes that exited or printed something while idle; returns
+    /// how many.
+    pub(super) fn end_dead_prewarmed(&self) -> usize {
+        let dead = {
+            let mut reg = self.lock();
+            let ids: Vec<u64> = reg
+                .iter_mut()
+                .filter_map(|e| match &mut e.value {
+                    Proc::Prewarmed(i) => (!i.proc.idle_usable()).then_some(e.id),
+                    _ => None,
+                })
+                .collect();
+            let dead: Vec<_> = ids.into_iter().filter_map(|id| reg.take_id(id)).collect();
+            self.publish(&reg);
+            dead
+        };
+        let n = dead.len();
+        self.stats
+            .pool_died_total
+            .fetch_add(n as u64, Ordering::Relaxed);
+        end_all(dead.into_iter().map(|e| e.value).collect());
+        n
+    }
+
+    /// Ends the pre-warmed processes of the accounts `keep` refuses (they cannot serve
+    /// now); returns how many.
+    pub(super) fn drain_prewarmed_unless(&self, keep: impl Fn(Option<&str>) -> bool) -> usize {
+        let drained = {
+            let mut reg = self.lock();
+            let drained = reg.take_where(Kind::Prewarmed, |e| {
+                e.value.account().is_some_and(|name| !keep(name))
+            });
+            self.publish(&reg);
+            drained
+        };
+        let n = drained.len();
+        self.stats
+            .pool_drained_total
+            .fetch_add(n as u64, Ordering::Relaxed);
+        end_all(drained.into_iter().map(|e| e.value).collect());
+        n
+    }
+
+    /// Refuses pre-warmed processes for good and takes those parked (the pool's end: the
+    /// caller ends them, with or without a runtime).
+    pub(super) fn close_prewarmed(&self) -> Vec<Idle> {
+        let drained = {
+            let mut reg = self.lock();
+            let drained = reg.close_kind(Kind::Prewarmed);
+            self.publish(&reg);
+            drained
+        };
+        self.wake.notify_one();
+        drained
+            .into_iter()
+            .filter_map(|e| match e.value {
+                Proc::Prewarmed(i) => Some(*i),
+                other => {
+                    end_all(vec![other]);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Whether pre-warmed processes may still be parked (the pool is on and not closed).
+    pub(super) fn takes_prewarmed(&self) -> bool {
+        self.lock().accepts(Kind::Prewarmed)
     }
 
     /// Keeps `kept` under `key` for `tenant`, or hands it back when nothing may be kept
@@ -182,12 +369,17 @@ impl ParkedStore {
                 Parked::Yes { id, ended } => (id, ended),
             }
         };
+        self.after_park(ended);
+        Ok(id)
+    }
+
+    /// Ends what a park pushed out and makes sure the sweep runs.
+    fn after_park(self: &Arc<Self>, ended: Vec<Entry<Proc>>) {
         self.count_ended(&ended, Gone::Evicted);
         end_all(ended.into_iter().map(|e| e.value).collect());
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             tokio::spawn(Arc::clone(self).sweep());
         }
-        Ok(id)
     }
 
     /// The run held under `key`, continued with what `accept` makes of the calls it waits
@@ -231,7 +423,7 @@ impl ParkedStore {
             let mut reg = self.lock();
             let ended = reg.take_where(Kind::Held, |e| match &e.value {
                 Proc::Held(h) => asked.contains(&h.asked),
-                Proc::Kept(_) => false,
+                _ => false,
             });
             self.publish(&reg);
             ended
@@ -251,7 +443,8 @@ impl ParkedStore {
     }
 
     /// Ends one parked process so that a request need not wait for a slot: the oldest
-    /// kept one (handed over: the request takes its slot), else the oldest held one.
+    /// pre-warmed one, else the oldest kept one (either handed over: the request takes its
+    /// slot), else the oldest held one.
     pub(super) fn evict_for_slot(&self) -> Option<Evicted> {
         let e = {
             let mut reg = self.lock();
@@ -260,6 +453,12 @@ impl ParkedStore {
             e
         }?;
         match e.value {
+            Proc::Prewarmed(i) => {
+                self.stats
+                    .pool_evicted_total
+                    .fetch_add(1, Ordering::Relaxed);
+                Some(Evicted::Prewarmed(i))
+            }
             Proc::Kept(k) => {
                 self.stats
                     .kept_evicted_total
@@ -277,18 +476,27 @@ impl ParkedStore {
         }
     }
 
-    /// Ends the kept processes of `account` (None: of every account), in the background.
+    /// Ends the pre-warmed and kept processes of `account` (None: of every account), in
+    /// the background; pre-warmed processes spawned before this are refused.
     pub(super) fn invalidate(&self, account: Option<Option<&str>>) {
         let drained = {
             let mut reg = self.lock();
-            let drained = reg.take_where(Kind::Kept, |e| match (&e.value, account) {
-                (_, None) => true,
-                (Proc::Kept(k), Some(name)) => name_of(k.account.as_ref()) == name,
-                (Proc::Held(_), _) => false,
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            let drained = reg.take_all(|e| match (e.value.account(), account) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(name), Some(wanted)) => name == wanted,
             });
             self.publish(&reg);
             drained
         };
+        let warm = drained.iter().filter(|e| e.kind == Kind::Prewarmed).count();
+        self.stats
+            .pool_drained_total
+            .fetch_add(warm as u64, Ordering::Relaxed);
+        if warm > 0 {
+            tracing::debug!(count = warm, "pre-warmed processes drained");
+        }
         end_all(drained.into_iter().map(|e| e.value).collect());
         self.wake.notify_one();
     }
@@ -305,6 +513,7 @@ impl ParkedStore {
         self.wake.notify_one();
         for e in drained {
             match e.value {
+                Proc::Prewarmed(i) => i.retire().await,
                 Proc::Kept(k) => k.retire().await,
                 Proc::Held(h) => h.end(),
             }
@@ -365,6 +574,8 @@ impl ParkedStore {
         let s = &self.stats;
         for e in entries {
             let counter = match (e.kind, why) {
+                (Kind::Prewarmed, Gone::Evicted) => &s.pool_evicted_total,
+                (Kind::Prewarmed, Gone::Expired) => &s.pool_expired_total,
                 (Kind::Kept, Gone::Evicted) => &s.kept_evicted_total,
                 (Kind::Kept, Gone::Expired) => &s.kept_expired_total,
                 (Kind::Held, Gone::Evicted) => &s.held_evicted_total,
@@ -400,19 +611,24 @@ enum Gone {
     Expired,
 }
 
-/// Ends parked processes by their kind's end path (kept ones in the background).
+/// Ends parked processes by their kind's end path (pre-warmed and kept ones in the
+/// background).
 fn end_all(procs: Vec<Proc>) {
-    let mut kept = Vec::new();
+    let mut later = Vec::new();
     for p in procs {
         match p {
-            Proc::Kept(k) => kept.push(k),
             Proc::Held(h) => h.end(),
+            other => later.push(other),
         }
     }
-    if !kept.is_empty() {
+    if !later.is_empty() {
         tokio::spawn(async move {
-            for k in kept {
-                k.retire().await;
+            for p in later {
+                match p {
+                    Proc::Prewarmed(i) => i.retire().await,
+                    Proc::Kept(k) => k.retire().await,
+                    Proc::Held(h) => h.end(),
+                }
             }
         });
     }

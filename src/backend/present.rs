@@ -195,8 +195,7 @@ impl serde::Serialize for SessionBlock {
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
-    /// A fingerprint of these bytes (registry tests).
-    #[cfg(test)]
+    /// A fingerprint of these bytes (a digest made elsewhere: the pool's key, tests).
     pub(super) fn from_bytes(bytes: [u8; 32]) -> Fingerprint {
         Fingerprint(bytes)
     }

@@ -1,13 +1,13 @@
 //! The bookkeeping of parked CLI processes (pure: no processes, no tasks, no clock of its
 //! own; every call that needs the time is given `now`, so tests drive a fake clock).
 //!
-//! A parked process waits for input: a **kept** one for its conversation's next turn, a
-//! **held** run for the results of the client's tool calls. (Pre-warmed processes, which
-//! wait for a first turn, are the pool's: they are interchangeable, not keyed, and the
-//! admission ends them before anything here.) [`Registry`] holds both kinds in one list in
-//! order of parking (the front is the least recently parked: an entry is taken out when
-//! used, so that is the LRU order), under one key type ([`Fingerprint`]), each owned by a
-//! tenant (the digest of the client's API key) and, through its key, an account.
+//! A parked process waits for input: a **pre-warmed** one for a first turn, a **kept** one
+//! for its conversation's next turn, a **held** run for the results of the client's tool
+//! calls. [`Registry`] holds the three kinds in one list in order of parking (the front is
+//! the least recently parked: an entry is taken out when used, so that is the LRU order),
+//! under one key type ([`Fingerprint`]), each owned by a tenant (kept and held: the digest
+//! of the client's API key; pre-warmed: the account it was spawned for) and, through its
+//! key, an account.
 //!
 //! Policy, in one place:
 //! - **Caps.** Per kind, a total cap and a per-tenant cap. A tenant at its own cap gives
@@ -15,13 +15,16 @@
 //!   oldest of the tenant holding the most entries of that kind (the parking tenant's
 //!   own on a tie): one key's flood evicts only its own entries while another key holds
 //!   fewer.
-//! - **One entry per key and kind.** Parking under a key already parked replaces it.
+//! - **One entry per key and kind** for kept and held processes: parking under a key
+//!   already parked replaces it. Pre-warmed processes are interchangeable: any number
+//!   share a key (the account and the spawn flags), and a take hands out the oldest.
 //! - **Expiry.** An entry parked longer than its kind's timeout is expired
 //!   ([`Registry::expire`]); [`Registry::next_expiry`] says when to look next.
-//! - **Eviction for a slot** ([`Registry::evict_for_slot`]): kept before held, oldest
-//!   first (a kept process costs its conversation a respawn; a held run the same, plus a
-//!   re-played tool round).
-//! - **Closing** refuses new entries for good and hands every entry back to be ended.
+//! - **Eviction for a slot** ([`Registry::evict_for_slot`]): pre-warmed, then kept, then
+//!   held, oldest first (a pre-warmed process costs only its start-up; a kept one costs its
+//!   conversation a respawn; a held run the same, plus a re-played tool round).
+//! - **Closing** refuses new entries for good and hands every entry back to be ended; one
+//!   kind can be closed alone ([`Registry::close_kind`]: the pool's end).
 //!
 //! The caller ends what comes out (each kind has its own end path, see `parked.rs`).
 
@@ -35,6 +38,8 @@ use super::present::Fingerprint;
 /// What a parked process waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
+    /// A first turn (the pre-warmed pool).
+    Prewarmed,
     /// Its conversation's next turn.
     Kept,
     /// The client's tool results.
@@ -44,10 +49,20 @@ pub(super) enum Kind {
 impl Kind {
     fn index(self) -> usize {
         match self {
-            Kind::Kept => 0,
-            Kind::Held => 1,
+            Kind::Prewarmed => 0,
+            Kind::Kept => 1,
+            Kind::Held => 2,
         }
     }
+
+    /// Whether a key holds at most one entry of this kind (a conversation is in one
+    /// process; pre-warmed processes are interchangeable).
+    fn one_per_key(self) -> bool {
+        !matches!(self, Kind::Prewarmed)
+    }
+
+    /// The order in which [`Registry::evict_for_slot`] gives entries up.
+    const EVICTION_ORDER: [Kind; 3] = [Kind::Prewarmed, Kind::Kept, Kind::Held];
 }
 
 /// The bounds of one kind.
@@ -72,6 +87,13 @@ pub(super) struct Entry<V> {
     pub(super) value: V,
 }
 
+fn fix(l: Limits) -> Limits {
+    Limits {
+        per_tenant: l.per_tenant.clamp(1, l.cap.max(1)),
+        ..l
+    }
+}
+
 /// The result of [`Registry::park`].
 #[derive(Debug)]
 pub(super) enum Parked<V> {
@@ -81,27 +103,36 @@ pub(super) enum Parked<V> {
     Refused(V),
 }
 
-/// Kept and held processes, in order of parking.
+/// Pre-warmed, kept and held processes, in order of parking.
 #[derive(Debug)]
 pub(super) struct Registry<V> {
-    limits: [Limits; 2],
+    limits: [Limits; 3],
     entries: VecDeque<Entry<V>>,
     next_id: u64,
     closed: bool,
 }
 
 impl<V> Registry<V> {
+    /// A registry for kept and held processes (pre-warmed ones are off until
+    /// [`Registry::with_prewarmed`]).
     pub(super) fn new(kept: Limits, held: Limits) -> Registry<V> {
-        let fix = |l: Limits| Limits {
-            per_tenant: l.per_tenant.clamp(1, l.cap.max(1)),
-            ..l
+        let off = Limits {
+            cap: 0,
+            per_tenant: 0,
+            timeout: Duration::ZERO,
         };
         Registry {
-            limits: [fix(kept), fix(held)],
+            limits: [fix(off), fix(kept), fix(held)],
             entries: VecDeque::new(),
             next_id: 1,
             closed: false,
         }
+    }
+
+    /// Takes pre-warmed processes too, within `limits`.
+    pub(super) fn with_prewarmed(mut self, limits: Limits) -> Registry<V> {
+        self.limits[Kind::Prewarmed.index()] = fix(limits);
+        self
     }
 
     pub(super) fn limits(&self, kind: Kind) -> &Limits {
@@ -145,8 +176,10 @@ impl<V> Registry<V> {
         }
         let limits = *self.limits(kind);
         let mut ended = Vec::new();
-        if let Some(i) = self.position(|e| e.kind == kind && e.key == key) {
-            ended.extend(self.entries.remove(i));
+        if kind.one_per_key() {
+            if let Some(i) = self.position(|e| e.kind == kind && e.key == key) {
+                ended.extend(self.entries.remove(i));
+            }
         }
         while self.count_of(kind, tenant) >= limits.per_tenant {
             let Some(i) = self.position(|e| e.kind == kind && e.tenant == tenant) else {
@@ -197,7 +230,7 @@ impl<V> Registry<V> {
         self.entries.iter().position(f)
     }
 
-    /// Takes the entry of `kind` parked under `key`.
+    /// Takes the entry of `kind` parked under `key` (the oldest, for pre-warmed ones).
     pub(super) fn take(&mut self, kind: Kind, key: &Fingerprint) -> Option<Entry<V>> {
         let i = self.position(|e| e.kind == kind && e.key == *key)?;
         self.entries.remove(i)
@@ -236,12 +269,12 @@ impl<V> Registry<V> {
             .min()
     }
 
-    /// The entry to end so that a request need not wait for a slot: the oldest kept one,
-    /// else the oldest held one.
+    /// The entry to end so that a request need not wait for a slot: the oldest
+    /// pre-warmed one, else the oldest kept one, else the oldest held one.
     pub(super) fn evict_for_slot(&mut self) -> Option<Entry<V>> {
-        let i = self
-            .position(|e| e.kind == Kind::Kept)
-            .or_else(|| self.position(|e| e.kind == Kind::Held))?;
+        let i = Kind::EVICTION_ORDER
+            .iter()
+            .find_map(|&k| self.position(|e| e.kind == k))?;
         self.entries.remove(i)
     }
 
@@ -252,6 +285,17 @@ impl<V> Registry<V> {
             .partition(|e| f(e));
         self.entries = keep;
         out.into()
+    }
+
+    /// Refuses new entries of `kind` for good and takes every entry of it.
+    pub(super) fn close_kind(&mut self, kind: Kind) -> Vec<Entry<V>> {
+        self.limits[kind.index()].cap = 0;
+        self.take_where(kind, |_| true)
+    }
+
+    /// Every entry, oldest first, to inspect the parked values in place.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry<V>> {
+        self.entries.iter_mut()
     }
 
     /// Refuses new entries for good (what is parked stays).
@@ -404,17 +448,107 @@ mod tests {
     }
 
     #[test]
-    fn eviction_for_a_slot_takes_kept_before_held_oldest_first() {
-        let mut r = registry();
+    fn eviction_for_a_slot_takes_prewarmed_then_kept_then_held_oldest_first() {
+        let mut r = registry().with_prewarmed(limits(3, 3, 50));
         let t0 = Instant::now();
         parked(r.park(Kind::Held, key(1), "a", "held-old", t0));
         parked(r.park(Kind::Kept, key(2), "a", "kept-old", t0));
+        parked(r.park(Kind::Prewarmed, key(9), "", "warm-old", t0));
         parked(r.park(Kind::Held, key(3), "b", "held-new", t0));
         parked(r.park(Kind::Kept, key(4), "b", "kept-new", t0));
+        parked(r.park(Kind::Prewarmed, key(9), "", "warm-new", t0));
         let order: Vec<_> = std::iter::from_fn(|| r.evict_for_slot())
             .map(|e| e.value)
             .collect();
-        assert_eq!(order, ["kept-old", "kept-new", "held-old", "held-new"]);
+        assert_eq!(
+            order,
+            ["warm-old", "warm-new", "kept-old", "kept-new", "held-old", "held-new"]
+        );
+    }
+
+    #[test]
+    fn prewarmed_processes_share_a_key_and_are_taken_oldest_first() {
+        let mut r = registry().with_prewarmed(limits(3, 3, 50));
+        let t0 = Instant::now();
+        let on = |acct: &str| key(7).on_account(Some(acct));
+        assert!(parked(r.park(Kind::Prewarmed, on("x"), "x", "x1", t0)).is_empty());
+        assert!(
+            parked(r.park(Kind::Prewarmed, on("x"), "x", "x2", t0)).is_empty(),
+            "interchangeable: a second one under the same key replaces nothing"
+        );
+        parked(r.park(Kind::Prewarmed, on("y"), "y", "y1", t0));
+        assert_eq!(r.count(Kind::Prewarmed), 3);
+        // An account only gets its own processes, the warmest (oldest) first.
+        assert_eq!(r.take(Kind::Prewarmed, &on("y")).unwrap().value, "y1");
+        assert!(r.take(Kind::Prewarmed, &on("y")).is_none());
+        assert_eq!(r.take(Kind::Prewarmed, &on("x")).unwrap().value, "x1");
+        // Nor does a kept lookup under the same key find a pre-warmed process.
+        assert!(r.take(Kind::Kept, &on("x")).is_none());
+        assert_eq!(values(&r), ["x2"]);
+    }
+
+    #[test]
+    fn prewarmed_processes_have_a_cap_and_expire_on_their_own_timeout() {
+        let mut r = registry().with_prewarmed(limits(2, 2, 30));
+        let t0 = Instant::now();
+        parked(r.park(Kind::Prewarmed, key(1), "", "w1", t0));
+        parked(r.park(
+            Kind::Prewarmed,
+            key(1),
+            "",
+            "w2",
+            t0 + Duration::from_secs(20),
+        ));
+        parked(r.park(Kind::Kept, key(2), "a", "k", t0));
+        let ended = parked(r.park(
+            Kind::Prewarmed,
+            key(1),
+            "",
+            "w3",
+            t0 + Duration::from_secs(25),
+        ));
+        assert_eq!(ended.iter().map(|e| e.value).collect::<Vec<_>>(), ["w1"]);
+        assert_eq!(r.next_expiry(), Some(t0 + Duration::from_secs(50)));
+        let gone = r.expire(t0 + Duration::from_secs(50));
+        assert_eq!(gone.iter().map(|e| e.value).collect::<Vec<_>>(), ["w2"]);
+        let gone = r.expire(t0 + Duration::from_secs(55));
+        assert_eq!(gone.iter().map(|e| e.value).collect::<Vec<_>>(), ["w3"]);
+        assert_eq!(
+            values(&r),
+            ["k"],
+            "kept processes live on their own timeout"
+        );
+    }
+
+    #[test]
+    fn the_pool_closing_drains_only_prewarmed_processes_and_refuses_more() {
+        let mut r = registry().with_prewarmed(limits(3, 3, 50));
+        let t0 = Instant::now();
+        parked(r.park(Kind::Prewarmed, key(1), "", "w1", t0));
+        parked(r.park(Kind::Kept, key(2), "a", "k", t0));
+        parked(r.park(Kind::Prewarmed, key(1), "", "w2", t0));
+        let drained: Vec<_> = r
+            .close_kind(Kind::Prewarmed)
+            .into_iter()
+            .map(|e| e.value)
+            .collect();
+        assert_eq!(drained, ["w1", "w2"]);
+        assert!(!r.accepts(Kind::Prewarmed));
+        assert!(matches!(
+            r.park(Kind::Prewarmed, key(1), "", "late", t0),
+            Parked::Refused("late")
+        ));
+        assert!(r.accepts(Kind::Kept), "the other kinds stay open");
+        assert_eq!(values(&r), ["k"]);
+    }
+
+    #[test]
+    fn prewarmed_processes_are_off_unless_configured() {
+        let mut r = registry();
+        assert!(matches!(
+            r.park(Kind::Prewarmed, key(1), "", "w", Instant::now()),
+            Parked::Refused("w")
+        ));
     }
 
     #[test]

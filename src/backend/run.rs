@@ -32,6 +32,7 @@ use super::child::{spawn_cli, Spawned};
 use super::handle::{CliRun, RunCell, ToolResults};
 use super::io::{ring_to_string, LineMsg};
 use super::kept::{end_gracefully, Kept};
+use super::late;
 use super::mcp;
 use super::parked::ParkedStore;
 use super::pool::{Idle, Pool};
@@ -383,6 +384,13 @@ async fn run_process(
         // Opens the control channel; the CLI then asks its MCP server for the tools.
         sp.write_line(mcp::initialize_request());
     }
+    if is_pooled {
+        // The request's own settings, before its prompt (see `late.rs`).
+        let pool_model = shared.pool.as_deref().and_then(Pool::model);
+        for line in late::control_lines(req, pool_model) {
+            sp.write_line(line);
+        }
+    }
     if !req.resume_results {
         sp.send_prompt(req, keep_open);
     } else if !keep_open {
@@ -468,7 +476,12 @@ async fn run_process(
                     continue;
                 };
                 last_line = tokio::time::Instant::now();
-                if !first_line {
+                // A pooled process answers the request's late settings first: that is
+                // not yet its turn's first line (the start timeout, the hand-over retry
+                // and the pool's refill wait for that).
+                let late_reply = is_pooled
+                    && matches!(&msg, LineMsg::Line(l) if l.starts_with(late::REPLY_PREFIX));
+                if !first_line && !late_reply {
                     first_line = true;
                     let latency = last_line.duration_since(start_base);
                     match handed {
@@ -510,6 +523,11 @@ async fn run_process(
                             if !success {
                                 tracing::warn!(pid, request_id, ?error,
                                     "the CLI refused a control request");
+                                if is_pooled && !first_line && late::is_late(&request_id) {
+                                    // A setting the pre-warmed process did not take: this
+                                    // request runs cold instead (the hand-over retry).
+                                    break 'watch End::Finished;
+                                }
                             }
                             continue;
                         }

@@ -50,8 +50,15 @@ pub struct BackendStats {
 pub struct PoolMetrics {
     /// Requests that got a pre-warmed process.
     pub hits: prometheus_client::metrics::counter::Counter,
-    /// Requests that cold-spawned because their flags differ from the pool's key.
-    pub misses_key: prometheus_client::metrics::counter::Counter,
+    /// Requests that cold-spawned because they carry earlier turns (a resumed session is
+    /// a spawn flag).
+    pub misses_history: prometheus_client::metrics::counter::Counter,
+    /// Requests that cold-spawned because of thinking options (not settable late).
+    pub misses_thinking: prometheus_client::metrics::counter::Counter,
+    /// Requests without a model while the pool's processes have one.
+    pub misses_model: prometheus_client::metrics::counter::Counter,
+    /// Requests whose schema is not JSON the control channel can carry.
+    pub misses_schema: prometheus_client::metrics::counter::Counter,
     /// Requests with the pool's key that found no idle process.
     pub misses_empty: prometheus_client::metrics::counter::Counter,
     /// Requests whose pre-warmed process died silently at hand-over and that were re-run
@@ -64,8 +71,14 @@ pub struct PoolMetrics {
 
 /// Why a request did not get a pooled process.
 pub(super) enum PoolMiss {
-    /// Its flags differ from the pool's key.
-    Key,
+    /// Earlier turns (`--resume`): a spawn flag.
+    History,
+    /// Thinking options: not settable after spawn.
+    Thinking,
+    /// No model named while the pool's processes run `prewarm_model`.
+    Model,
+    /// A schema that is not JSON (cannot happen after validation).
+    Schema,
     /// The key matched but no usable idle process was there.
     Empty,
 }
@@ -190,7 +203,10 @@ impl BackendStats {
         self.pool_misses_total.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = self.pool_metrics.get() {
             match miss {
-                PoolMiss::Key => m.misses_key.inc(),
+                PoolMiss::History => m.misses_history.inc(),
+                PoolMiss::Thinking => m.misses_thinking.inc(),
+                PoolMiss::Model => m.misses_model.inc(),
+                PoolMiss::Schema => m.misses_schema.inc(),
                 PoolMiss::Empty => m.misses_empty.inc(),
             };
         }

@@ -32,6 +32,7 @@ mod real_gateway;
 mod real_held_runs;
 mod real_late_settings;
 mod real_plan_windows;
+mod real_pool_late;
 mod real_prefill;
 mod real_responses;
 mod real_structured;

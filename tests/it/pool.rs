@@ -9,7 +9,7 @@ use ccgate::backend::{Backend, CliRequest};
 use ccgate::rules::GatewayCondition;
 use serde_json::{json, Value};
 
-use crate::harness::{chat_body, client, eventually, Opts, TestServer};
+use crate::harness::{chat_body, client, eventually, messages_body, post, Opts, TestServer};
 use crate::support::fake_settings;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -246,32 +246,74 @@ async fn pooled_process_dying_silently_at_hand_over_is_retried_cold() {
         .await
         .expect("text");
     assert!(
-        metrics.contains("ccgate_cli_pool_misses_total{reason=\"handover\"} 1"),
+        metrics.contains("ccgate_pool_misses_total{reason=\"handover\"} 1"),
         "{metrics}"
     );
     s.shutdown().await;
 }
 
 #[tokio::test]
-async fn non_matching_requests_cold_spawn_and_count_as_misses() {
+async fn any_first_turn_takes_a_prewarmed_process_and_gets_its_settings_late() {
     let s = pool_server(1, |_| {}).await;
     assert!(wait_idle(&s, 1).await);
     let pooled = s.state.backend.pool_pids()[0];
 
-    let mut other_model = chat_body("other model", false);
-    other_model["model"] = json!("opus");
-    let (st, v) = chat(&s, other_model.clone()).await;
-    assert_eq!(st, 200, "{v}");
-    let with_system = json!({
-        "model": "sonnet",
+    // Another model and a system prompt: set over the control channel before the prompt.
+    let body = json!({
+        "model": "opus",
         "messages": [
             {"role": "system", "content": "Be terse."},
             {"role": "user", "content": "with system"}
         ],
     });
-    let (st, v) = chat(&s, with_system.clone()).await;
+    let (st, v) = chat(&s, body).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(answer(&v), "echo: with system");
+    let st = stats(&s);
+    assert_eq!((st.pool_hits_total, st.pool_misses_total), (1, 0));
+    let lines: Vec<Value> = stdin_lines(&s)
+        .into_iter()
+        .filter(|(p, _)| *p == pooled)
+        .map(|(_, l)| serde_json::from_str(&l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            l["request"]["subtype"]
+                .as_str()
+                .or(l["type"].as_str())
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(kinds, ["initialize", "set_model", "user"], "{lines:?}");
+    assert_eq!(lines[0]["request"]["systemPrompt"], json!(["Be terse."]));
+    assert_eq!(lines[1]["request"]["model"], "opus");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn what_cannot_be_set_late_cold_spawns_and_counts_as_misses() {
+    let s = pool_server(1, |_| {}).await;
+    assert!(wait_idle(&s, 1).await);
+    let pooled = s.state.backend.pool_pids()[0];
+
+    // Earlier turns: a resumed session is a spawn flag.
+    let with_history = json!({
+        "model": "sonnet",
+        "messages": [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "echo: first"},
+            {"role": "user", "content": "second"}
+        ],
+    });
+    let (st, v) = chat(&s, with_history).await;
+    assert_eq!(st, 200, "{v}");
+    // Thinking options: not settable after spawn.
+    let mut thinking = messages_body("think", false);
+    thinking["max_tokens"] = json!(4096);
+    thinking["thinking"] = json!({"type": "enabled", "budget_tokens": 2048});
+    let (st, _, v) = post(&s, "/v1/messages", &thinking).await;
+    assert_eq!(st, 200, "{v}");
 
     let st = stats(&s);
     assert_eq!(st.pool_hits_total, 0);
@@ -296,10 +338,14 @@ async fn non_matching_requests_cold_spawn_and_count_as_misses() {
         metrics.contains("ccgate_cli_pool_hits_total 1"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("ccgate_cli_pool_misses_total{reason=\"key\"} 2"),
-        "{metrics}"
-    );
+    for reason in ["history", "thinking"] {
+        assert!(
+            metrics.contains(&format!(
+                "ccgate_pool_misses_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
     assert!(metrics.contains("ccgate_cli_pool_idle "), "{metrics}");
     assert!(
         metrics.contains("ccgate_cli_pool_first_line_seconds_count 1"),
@@ -412,10 +458,16 @@ async fn idle_processes_hold_slots_and_yield_them_to_other_requests() {
     .await;
     assert!(wait_idle(&s, 2).await);
     assert_eq!(stats(&s).in_flight, 2);
-    // All slots are held by idle processes: a request for another model evicts one
-    // instead of waiting.
-    let mut other = chat_body("evict", false);
-    other["model"] = json!("opus");
+    // All slots are held by idle processes: a request no pre-warmed process can take
+    // (earlier turns: a spawn flag) evicts one instead of waiting.
+    let other = json!({
+        "model": "sonnet",
+        "messages": [
+            {"role": "user", "content": "before"},
+            {"role": "assistant", "content": "echo: before"},
+            {"role": "user", "content": "evict"}
+        ],
+    });
     let t = std::time::Instant::now();
     let (st, v) = chat(&s, other.clone()).await;
     assert_eq!(st, 200, "{v}");
