@@ -136,7 +136,8 @@ mod tests {
                     .map(|n| ToolSpec {
                         name: n.to_string(),
                         description: None,
-                        input_schema: json!({"type": "object"}),
+                        input_schema: crate::conversation::RawJson::parse(r#"{"type":"object"}"#)
+                            .unwrap(),
                     })
                     .collect(),
                 choice: ToolChoice::Auto,

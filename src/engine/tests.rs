@@ -127,6 +127,7 @@ fn engine(fake: &Arc<Fake>, names: &[&str]) -> Engine {
                 env: Vec::new(),
                 models: None,
                 weight: 1,
+                extra_usage: Default::default(),
             })
             .collect();
         Accounts::from_settings(
@@ -146,7 +147,7 @@ fn tools() -> ToolSet {
         tools: vec![ToolSpec {
             name: "lookup".into(),
             description: None,
-            input_schema: json!({"type": "object"}),
+            input_schema: crate::conversation::RawJson::parse(r#"{"type":"object"}"#).unwrap(),
         }],
         choice: ToolChoice::Auto,
         parallel: true,
@@ -272,7 +273,7 @@ async fn tool_results_continue_the_held_run_and_start_nothing() {
             .map(|id| Block::ToolUse {
                 id: id.to_string(),
                 name: "lookup".into(),
-                input: json!({}),
+                input: crate::conversation::RawJson::empty_object(),
             })
             .collect(),
     ));

@@ -292,7 +292,8 @@ mod tests {
         let started = std::time::Instant::now();
         let out = blanked(&text, "zz", &[&prompt]);
         assert!(out.starts_with('…'));
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // A quadratic scan of this input takes hours; 30 s is room for a loaded debug build.
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 
     #[test]

@@ -284,6 +284,7 @@ mod tests {
         let big = "a1:".repeat(100_000) + &"9.".repeat(100_000) + &"k=".repeat(100_000);
         let started = std::time::Instant::now();
         let _ = redact(&big);
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // A quadratic scan of this input takes hours; 30 s is room for a loaded debug build.
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 }

@@ -395,7 +395,7 @@ async fn real_cli_hang_times_out() {
         return;
     };
     assert_api_error(&out, "server_error", None, "Request timed out");
-    assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
+    assert!(out.elapsed < Duration::from_secs(30), "{:?}", out.elapsed);
 }
 
 #[tokio::test]

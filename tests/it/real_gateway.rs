@@ -172,8 +172,10 @@ async fn real_cli_hang_is_a_504_within_the_inactivity_timeout() {
     let t = Instant::now();
     let (st, _, body) = post(&s, "/v1/messages", &messages_body("Hello", false)).await;
     assert_eq!(st, 504, "{body}");
+    // Well before the 30 s total timeout: a watchdog (inactivity, or start on a runner so
+    // loaded the CLI prints nothing for 10 s) ended it, not the total.
     assert!(
-        t.elapsed() < Duration::from_secs(8),
+        t.elapsed() < Duration::from_secs(20),
         "took {:?}",
         t.elapsed()
     );
