@@ -134,8 +134,15 @@ pub fn doctor(args: &DoctorArgs, out: &mut dyn Write, _err: &mut dyn Write) -> i
 pub async fn run_checks(args: &DoctorArgs) -> Vec<Check> {
     let mut checks = Vec::new();
     let settings = match load_settings(&args.serve) {
-        Ok((s, _)) => {
+        Ok((s, _, warnings)) => {
             checks.push(Check::ok("config", "loaded"));
+            for w in warnings {
+                checks.push(Check::warn(
+                    "shared login",
+                    w.trim_start_matches("warning: "),
+                    "docs/scaling.md: long-lived tokens for replicas",
+                ));
+            }
             s
         }
         Err(e) => {
@@ -455,10 +462,29 @@ fn rules_check(args: &ServeArgs) -> Check {
 /// `serve`, reloads and `check` use) and the state store (opened as `serve` opens it,
 /// then its file and directory written to).
 async fn extra_checks(settings: &Settings) -> Vec<Check> {
-    vec![
-        keys_check(settings),
-        state_check(&settings.state.path).await,
-    ]
+    let store = match settings.state.url {
+        Some(_) => shared_state_check(settings).await,
+        None => state_check(&settings.state.path).await,
+    };
+    vec![keys_check(settings), store]
+}
+
+/// With `state.url`: the shared store reached, migrated and its schema known, as `serve`
+/// opens it (the URL's password never shown).
+async fn shared_state_check(settings: &Settings) -> Check {
+    let name = "state store (state.url)";
+    let remedy = "start PostgreSQL or fix state.url (CCGATE_STATE__URL); docs/scaling.md";
+    match crate::store::Store::open_with(settings.state.store_options()).await {
+        Ok(store) => {
+            let detail = match store.version().await {
+                Ok(v) => format!("{}: reachable, schema version {v}", store.url()),
+                Err(e) => format!("{}: reachable, version unread: {e}", store.url()),
+            };
+            store.close().await;
+            Check::ok(name, detail)
+        }
+        Err(e) => Check::fail(name, e.to_string(), remedy),
+    }
 }
 
 /// The keys file, as `serve` loads it.

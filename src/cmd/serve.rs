@@ -48,9 +48,12 @@ pub enum ServeError {
 
 /// The settings from the real environment with the documented precedence, and the
 /// `CCGATE_*` variables that are no config keys.
+/// The settings `serve` runs with, the `CCGATE_*` variables it ignores, and the warnings
+/// about the config as a whole (with `state.url`: accounts that log in through a config
+/// directory, see `Config::shared_login_warnings`).
 pub fn load_settings(
     args: &ServeArgs,
-) -> Result<(Settings, Vec<String>), crate::config::ConfigError> {
+) -> Result<(Settings, Vec<String>, Vec<String>), crate::config::ConfigError> {
     let loaded = super::load_config(
         args.config.as_deref(),
         &Overrides {
@@ -59,7 +62,10 @@ pub fn load_settings(
             log_format: args.log_format,
         },
     )?;
-    Ok((loaded.config.compile()?, loaded.ignored_env))
+    let warnings = loaded
+        .config
+        .shared_login_warnings(&|k| std::env::var_os(k).is_some());
+    Ok((loaded.config.compile()?, loaded.ignored_env, warnings))
 }
 
 /// Keeps the log writer thread alive; dropping it writes out the lines still buffered
@@ -98,11 +104,14 @@ pub fn init_logging(log: &LogSettings) -> LogGuard {
 
 /// `ccgate serve` from `main`: settings, logging, a runtime, and [`run`] to completion.
 pub fn serve(args: &ServeArgs) -> Result<(), ServeError> {
-    let (settings, ignored_env) = load_settings(args)?;
+    let (settings, ignored_env, warnings) = load_settings(args)?;
     // Dropped last, after the runtime: the final lines ("ccgate stopped") are written out.
     let _log = init_logging(&settings.log);
     for name in ignored_env {
         tracing::warn!(variable = %name, "ignoring environment variable: not a ccgate config key");
+    }
+    for w in warnings {
+        tracing::warn!(warning = %w, "config warning (see `ccgate check`)");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -259,3 +259,43 @@ fn each_configured_account_is_checked_with_its_environment() {
         "{out}"
     );
 }
+
+#[test]
+fn a_shared_store_is_checked_and_a_directory_login_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: the store check fails, with the URL's password hidden.
+    let a = doctor(dir.path())
+        .env(
+            "CCGATE_STATE__URL",
+            "postgres://ccgate:s3cret@127.0.0.1:1/ccgate",
+        )
+        .env("CCGATE_STATE__CONNECT_TIMEOUT", "0.5")
+        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_AUTH_TOKEN")
+        .assert()
+        .code(1);
+    let out = stdout(&a);
+    assert!(
+        line(&out, "state store (state.url):").starts_with('✗'),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "{out}");
+    let w = line(&out, "shared login:");
+    assert!(
+        w.starts_with('⚠') && w.contains("claude setup-token"),
+        "{out}"
+    );
+    if let Ok(url) = std::env::var("CCGATE_TEST_POSTGRES_URL") {
+        let a = doctor(dir.path())
+            .env("CCGATE_STATE__URL", url)
+            .env("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-fake")
+            .assert();
+        let out = stdout(&a);
+        assert!(
+            line(&out, "state store (state.url):").starts_with('✓'),
+            "{out}"
+        );
+        assert!(!out.contains("shared login:"), "{out}");
+    }
+}
