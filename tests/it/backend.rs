@@ -676,7 +676,11 @@ async fn dropping_the_run_kills_the_whole_group() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stats = backend.stats().snapshot();
-    assert_eq!((stats.in_flight, stats.cancelled_total), (0, 1), "{stats:?}");
+    assert_eq!(
+        (stats.in_flight, stats.cancelled_total),
+        (0, 1),
+        "{stats:?}"
+    );
 }
 
 // ------------------------------------------------------------------ concurrency limiter
