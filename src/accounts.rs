@@ -483,8 +483,27 @@ impl Accounts {
         if self.members.len() < 2 {
             return;
         }
+        self.publish_conversation(&fp, member);
+        self.keep_sticky(fp, member.index);
+    }
+
+    /// The account that answered `fp` on another replica (the state store's map), taken
+    /// into this replica's map before [`Accounts::select_among`] looks there. Only when
+    /// this replica does not know the conversation and a store is shared.
+    pub async fn recall(&self, fp: &Fingerprint) {
+        if self.members.len() < 2 || self.lock().sticky.contains_key(fp) {
+            return;
+        }
+        if let Some(name) = self.shared_conversation_account(fp).await {
+            if let Some(m) = self.members.iter().find(|m| m.name == name) {
+                self.keep_sticky(*fp, m.index);
+            }
+        }
+    }
+
+    fn keep_sticky(&self, fp: Fingerprint, index: usize) {
         let mut sel = self.lock();
-        if sel.sticky.insert(fp, member.index).is_none() {
+        if sel.sticky.insert(fp, index).is_none() {
             sel.order.push_back(fp);
             while sel.order.len() > STICKY_MAX {
                 if let Some(old) = sel.order.pop_front() {
@@ -556,17 +575,37 @@ impl Accounts {
     }
 
     fn keep_windows(&self, member: &Member, w: &PlanWindows, source: &'static str) {
+        let at = crate::clock::unix_now();
+        let kept = {
+            let mut seen = member.windows.lock().unwrap_or_else(|p| p.into_inner());
+            // A read without the extra-usage state keeps the one an answer reported.
+            let mut w = w.clone();
+            if w.extra_usage_in_use.is_none() {
+                w.extra_usage_in_use = seen.as_ref().and_then(|s| s.windows.extra_usage_in_use);
+            }
+            self.metrics.set_windows(&member.name, &w);
+            *seen = Some(WindowsSeen {
+                windows: w.clone(),
+                at,
+                source,
+            });
+            w
+        };
+        self.publish_windows(member, &kept, at);
+    }
+
+    /// Windows another replica observed (`at`, Unix seconds), shared through the state
+    /// store: kept when newer than this replica's own.
+    fn adopt_windows(&self, member: &Member, w: PlanWindows, at: u64) {
         let mut seen = member.windows.lock().unwrap_or_else(|p| p.into_inner());
-        // A read without the extra-usage state keeps the one an answer reported.
-        let mut w = w.clone();
-        if w.extra_usage_in_use.is_none() {
-            w.extra_usage_in_use = seen.as_ref().and_then(|s| s.windows.extra_usage_in_use);
+        if seen.as_ref().is_some_and(|s| s.at >= at) {
+            return;
         }
         self.metrics.set_windows(&member.name, &w);
         *seen = Some(WindowsSeen {
             windows: w,
-            at: crate::clock::unix_now(),
-            source,
+            at,
+            source: "replica",
         });
     }
 

@@ -263,6 +263,10 @@ impl Engine {
             .end_held_asked(&turns.asked.iter().copied().collect());
         // The account: the conversation's own while it can serve, else the next in turn.
         let sticky = (!turns.history.is_empty()).then_some(&turns.history_fingerprint);
+        if let Some(fp) = sticky {
+            // Answered on another replica: its account, from the shared state store.
+            self.accounts.recall(fp).await;
+        }
         let account = self
             .accounts
             .select_among(&req.model, sticky, None, req.accounts.as_deref())

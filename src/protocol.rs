@@ -69,7 +69,7 @@ pub struct Success {
 /// The subscription's usage windows as the CLI reports them after an answer (its
 /// `rate_limit_event`: `unifiedWindows`, or one `rateLimitType` window): each window's
 /// utilization (0–1) and reset, and whether the request was billed as extra usage.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PlanWindows {
     pub windows: Vec<PlanWindow>,
     /// `overageInUse` / `isUsingOverage`: billed beyond the plan.
@@ -77,7 +77,7 @@ pub struct PlanWindows {
 }
 
 /// One usage window (`five_hour`, `seven_day`, `seven_day_opus`, …).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PlanWindow {
     pub name: String,
     /// 0–1.

@@ -1,16 +1,20 @@
-//! Cooldowns shared by replicas through the state store (`store::cooldowns`): a cooldown
-//! this replica's verdict set is written there, and a poll applies the ones other
-//! replicas wrote (a cooldown only ever lengthens, so applying one twice is harmless).
-//! A store that does not answer leaves each replica with its own verdicts, as without
-//! a store.
+//! Account state shared by replicas through the state store: cooldowns
+//! (`store::cooldowns`) — a cooldown this replica's verdict set is written there, and a
+//! poll applies the ones other replicas wrote (a cooldown only ever lengthens, so applying
+//! one twice is harmless); plan windows (`store::account_state`) — written when observed,
+//! the newest taken by the same poll; and the conversation → account map — written when
+//! an answer is remembered, read when a follow-up's conversation is unknown here. A store
+//! that does not answer leaves each replica with its own state, as without a store.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backend::present::Fingerprint;
 use crate::health::{Cooldown, Source};
+use crate::protocol::PlanWindows;
 use crate::shutdown::Shutdown;
-use crate::store::{SharedCooldown, Store};
+use crate::store::{SharedCooldown, SharedWindows, Store};
 
 use super::{Accounts, Member};
 
@@ -73,7 +77,92 @@ impl Accounts {
         });
     }
 
-    /// Applies the cooldowns other replicas shared, every `every`, until `shutdown`.
+    /// Writes `w` (observed on `member` at `at`) for the other replicas, in the background.
+    pub(super) fn publish_windows(&self, member: &Member, w: &PlanWindows, at: u64) {
+        let Some(sharing) = self.shared.get() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(body) = serde_json::to_string(w) else {
+            return;
+        };
+        let store = sharing.store.clone();
+        let shared = SharedWindows {
+            account: member.name.clone(),
+            observed_at: at as i64,
+            body,
+        };
+        rt.spawn(async move {
+            if let Err(e) = store
+                .bounded("share plan windows", store.put_windows(&shared))
+                .await
+            {
+                tracing::debug!(error = %e, account = %shared.account, "plan windows not shared");
+            }
+        });
+    }
+
+    /// Writes that `member` answered the conversation `fp`, in the background.
+    pub(super) fn publish_conversation(&self, fp: &Fingerprint, member: &Member) {
+        let Some(sharing) = self.shared.get() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = sharing.store.clone();
+        let (fp, account) = (fp.hex(), member.name.clone());
+        rt.spawn(async move {
+            let now = crate::clock::unix_now() as i64;
+            if let Err(e) = store
+                .bounded(
+                    "share a conversation's account",
+                    store.put_conversation_account(&fp, &account, now),
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "conversation's account not shared");
+            }
+        });
+    }
+
+    /// The account another replica answered `fp` on (None: none, no store, or the store
+    /// did not answer within `state.statement_timeout`).
+    pub(super) async fn shared_conversation_account(&self, fp: &Fingerprint) -> Option<String> {
+        let store = &self.shared.get()?.store;
+        let now = crate::clock::unix_now() as i64;
+        store
+            .bounded(
+                "read a conversation's account",
+                store.conversation_account(&fp.hex(), now),
+            )
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Takes the plan windows other replicas observed when newer than this replica's.
+    async fn adopt_shared_windows(&self, store: &Store) {
+        let Ok(rows) = store
+            .bounded("read plan windows", store.shared_windows())
+            .await
+        else {
+            return;
+        };
+        for row in rows {
+            let Some(member) = self.members.iter().find(|m| m.name == row.account) else {
+                continue;
+            };
+            if let Ok(w) = serde_json::from_str::<PlanWindows>(&row.body) {
+                self.adopt_windows(member, w, row.observed_at.max(0) as u64);
+            }
+        }
+    }
+
+    /// Applies the cooldowns (and takes the plan windows) other replicas shared, every
+    /// `every`, until `shutdown`.
     pub async fn poll_shared_cooldowns(self: Arc<Self>, every: Duration, shutdown: Shutdown) {
         let Some(sharing) = self.shared.get() else {
             return;
@@ -89,6 +178,7 @@ impl Accounts {
                 _ = tick.tick() => {}
                 () = shutdown.triggered() => return,
             }
+            self.adopt_shared_windows(&store).await;
             let now = crate::clock::unix_now();
             let active = store
                 .bounded("read cooldowns", store.active_cooldowns(now as i64))

@@ -195,6 +195,11 @@ impl serde::Serialize for SessionBlock {
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
+    /// Its hex form (the state store's key for the conversation → account map).
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// A fingerprint of these bytes (a digest made elsewhere: the pool's key, tests).
     pub(super) fn from_bytes(bytes: [u8; 32]) -> Fingerprint {
         Fingerprint(bytes)

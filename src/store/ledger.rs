@@ -534,6 +534,9 @@ impl Ledger {
                     if let Err(e) = self.store.purge_counters(now).await {
                         tracing::warn!(error = %e, "key counters purge failed");
                     }
+                    if let Err(e) = self.store.purge_conversation_accounts(now).await {
+                        tracing::warn!(error = %e, "conversation map purge failed");
+                    }
                 }
                 () = shutdown.triggered() => break,
             }

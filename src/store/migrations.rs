@@ -9,6 +9,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_key_counters.sql")),
     (3, include_str!("migrations/0003_stored_responses.sql")),
     (4, include_str!("migrations/0004_account_cooldowns.sql")),
+    (5, include_str!("migrations/0005_shared_account_state.sql")),
 ];
 
 /// The newest schema version this build knows.

@@ -19,6 +19,7 @@
 //! - [`responses`]: stored responses and threads, shared by replicas.
 //! - [`cooldowns`]: account cooldowns, shared by replicas.
 
+pub mod account_state;
 pub mod cooldowns;
 pub mod counters;
 pub mod ledger;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection, Row};
 
+pub use account_state::SharedWindows;
 pub use cooldowns::SharedCooldown;
 pub use counters::{Admission, KeyLimits, KeyUsage};
 pub use ledger::{

@@ -589,3 +589,125 @@ fn check_warns_of_config_directory_logins_when_state_is_shared() {
         .shared_login_warnings(&|k| k == "CLAUDE_CODE_OAUTH_TOKEN")
         .is_empty());
 }
+
+/// A replica with accounts `a` and `b`, both answering ("from a" / "from b"); `b`'s answers
+/// report plan windows (5-hour 42 %, 7-day 10 %) on `x` only (`b_windows`).
+async fn replica_with_two_accounts(shared: &Shared, b_windows: bool) -> TestServer {
+    let shared = shared.clone();
+    let account = |name: &str| {
+        let mut env: std::collections::BTreeMap<String, String> = [
+            ("FAKE_CLAUDE_SCENARIO".to_string(), "success".to_string()),
+            ("FAKE_CLAUDE_TEXT".to_string(), format!("from {name}")),
+        ]
+        .into_iter()
+        .collect();
+        if name == "b" && b_windows {
+            env.insert("FAKE_CLAUDE_WINDOWS".into(), "0.42,0.1".into());
+        }
+        ccgate::config::AccountConfig {
+            name: name.into(),
+            env: env.into_iter().collect(),
+            models: None,
+            weight: 1,
+            extra_usage: Default::default(),
+        }
+    };
+    let accounts = vec![account("a"), account("b")];
+    TestServer::start(Opts {
+        rules_yaml: Some(crate::harness::default_rules_with_probe(0.0, 1.0, 5.0)),
+        state_path: match &shared {
+            Shared::Sqlite(p) => Some(p.clone()),
+            Shared::Postgres(_) => None,
+        },
+        tweak: Box::new(move |c| {
+            c.accounts = accounts;
+            c.state.poll_interval = 0.1;
+            if let Shared::Postgres(url) = shared {
+                c.state.url = Some(url);
+            }
+        }),
+        ..Opts::default()
+    })
+    .await
+}
+
+async fn chat(s: &TestServer, messages: Value) -> String {
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "sonnet", "messages": messages}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn plan_windows_and_a_conversations_account_are_shared(shared: Shared) {
+    let x = replica_with_two_accounts(&shared, true).await;
+    let y = replica_with_two_accounts(&shared, false).await;
+    // On x, conversations until one is answered on `b` (accounts take turns).
+    let mut on_b = None;
+    for i in 0..4 {
+        let first = format!("question {i}");
+        let text = chat(&x, serde_json::json!([{"role": "user", "content": first}])).await;
+        if text.contains("from b") {
+            on_b = Some((first, text));
+            break;
+        }
+    }
+    let (first, answer) = on_b.expect("x answered a conversation on b");
+    // y learns b's windows (observed by x only) without a request of its own.
+    let b_on_y = Arc::clone(&y.state.accounts.members()[1]);
+    assert_eq!(b_on_y.name(), "b");
+    for _ in 0..600 {
+        if b_on_y.five_hour().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (utilization, resets_at) = b_on_y.five_hour().expect("y sees b's windows");
+    assert!((utilization - 0.42).abs() < 1e-9, "{utilization}");
+    assert!(resets_at.is_some());
+    let status: Value = client()
+        .get(y.url("/v1/auth/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["accounts"][1]["windows"]["five_hour"]["utilization"], 42.0,
+        "{status}"
+    );
+    // The follow-up lands on y, which never saw the conversation: it stays on b (y's own
+    // turn order would pick a, its first account).
+    let follow_up = serde_json::json!([
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "and then?"}
+    ]);
+    let text = chat(&y, follow_up).await;
+    assert!(text.contains("from b"), "{text}");
+}
+
+#[tokio::test]
+async fn plan_windows_and_a_conversations_account_are_shared_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("plan_windows_and_a_conversations_account_are_shared_on_postgres");
+    };
+    plan_windows_and_a_conversations_account_are_shared(Shared::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn plan_windows_and_a_conversations_account_are_shared_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    plan_windows_and_a_conversations_account_are_shared(Shared::Sqlite(
+        dir.path().join("shared.db"),
+    ))
+    .await;
+}
