@@ -13,7 +13,7 @@
 use serde_json::Value;
 
 mod raw;
-pub use raw::{RawJson, RawJsonError, RAW_MAX_DEPTH};
+pub use raw::{bytes_in_strings, RawJson, RawJsonError, RAW_MAX_DEPTH};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

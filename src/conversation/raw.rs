@@ -74,23 +74,9 @@ impl RawJson {
     /// The text's length without whitespace between tokens (what a size limit counts, so
     /// a pretty-printed value is not larger than a compact one).
     pub fn compact_len(&self) -> usize {
-        let (mut n, mut in_string, mut escaped) = (0usize, false, false);
-        for &c in self.get().as_bytes() {
-            if in_string {
-                match c {
-                    _ if escaped => escaped = false,
-                    b'\\' => escaped = true,
-                    b'"' => in_string = false,
-                    _ => {}
-                }
-            } else if c == b'"' {
-                in_string = true;
-            } else if c.is_ascii_whitespace() {
-                continue;
-            }
-            n += 1;
-        }
-        n
+        bytes_in_strings(self.get())
+            .filter(|&(c, in_string)| in_string || !c.is_ascii_whitespace())
+            .count()
     }
 
     /// An object (`{…}`).
@@ -153,10 +139,11 @@ impl RawJson {
     }
 }
 
-/// The deepest bracket nesting of JSON text (strings skipped).
-pub fn depth(text: &str) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &c in text.as_bytes() {
+/// Each byte of JSON text, and whether it belongs to a string (its quotes included):
+/// what the scanners below read instead of building a tree.
+pub fn bytes_in_strings(text: &str) -> impl Iterator<Item = (u8, bool)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    text.bytes().map(move |c| {
         if in_string {
             match c {
                 _ if escaped => escaped = false,
@@ -164,10 +151,19 @@ pub fn depth(text: &str) -> usize {
                 b'"' => in_string = false,
                 _ => {}
             }
-            continue;
+            (c, true)
+        } else {
+            in_string = c == b'"';
+            (c, in_string)
         }
+    })
+}
+
+/// The deepest bracket nesting of JSON text (strings skipped).
+pub fn depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for (c, _) in bytes_in_strings(text).filter(|&(_, s)| !s) {
         match c {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
@@ -310,6 +306,18 @@ impl<'de> Deserialize<'de> for RawJson {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scanners_skip_strings_with_escaped_quotes_and_brackets() {
+        let text = r#"{ "a\"[{": [1, {"b": "]}"}], "c": "\\" }"#;
+        assert_eq!(depth(text), 3);
+        assert_eq!(crate::http::bounded::count_values(text), 6);
+        let raw = RawJson::parse(text).unwrap();
+        assert_eq!(
+            raw.compact_len(),
+            text.chars().filter(|c| *c != ' ').count()
+        );
+    }
     use serde_json::json;
 
     fn tree_canonical(v: &Value) -> Value {

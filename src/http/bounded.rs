@@ -42,24 +42,9 @@ pub fn with_tree_budget<R>(values: usize, parse: impl FnOnce() -> R) -> R {
 /// The JSON values in `raw` (each scalar, array and object entry): brackets and commas
 /// outside strings, plus one.
 pub fn count_values(raw: &str) -> usize {
-    let (mut n, mut in_string, mut escaped) = (1usize, false, false);
-    for &c in raw.as_bytes() {
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            b'"' => in_string = true,
-            b'[' | b'{' | b',' => n += 1,
-            _ => {}
-        }
-    }
-    n
+    1 + crate::conversation::bytes_in_strings(raw)
+        .filter(|&(c, in_string)| !in_string && matches!(c, b'[' | b'{' | b','))
+        .count()
 }
 
 fn over_budget<E: serde::de::Error>() -> E {

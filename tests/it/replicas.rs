@@ -453,25 +453,26 @@ async fn a_responses_follow_up_continues_on_the_other_replica_on_sqlite() {
     a_follow_up_continues_on_the_other_replica(Shared::Sqlite(dir.path().join("shared.db"))).await;
 }
 
-/// A replica with accounts `a` (its CLI answers with a usage limit until an hour from
-/// now) and `b` (it answers), periodic probes off.
-async fn replica_with_accounts(shared: &Shared) -> TestServer {
-    let shared = shared.clone();
-    let reset = (ccgate::clock::unix_now() + 3600).to_string();
-    let account = |name: &str, scenario: &str| ccgate::config::AccountConfig {
+/// An account `name` of the fake CLI answering "from NAME", with more of its env.
+fn fake_account(name: &str, env: &[(&str, String)]) -> ccgate::config::AccountConfig {
+    let mut all = vec![("FAKE_CLAUDE_TEXT".to_string(), format!("from {name}"))];
+    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    ccgate::config::AccountConfig {
         name: name.into(),
-        env: [
-            ("FAKE_CLAUDE_SCENARIO".to_string(), scenario.to_string()),
-            ("FAKE_CLAUDE_TEXT".to_string(), format!("from {name}")),
-            ("FAKE_CLAUDE_USAGE_RESET_AT".to_string(), reset.clone()),
-        ]
-        .into_iter()
-        .collect(),
+        env: all.into_iter().collect(),
         models: None,
         weight: 1,
         extra_usage: Default::default(),
-    };
-    let accounts = vec![account("a", "usage_limit"), account("b", "success")];
+    }
+}
+
+/// A replica on `shared` with these accounts, periodic probes off, the shared state
+/// polled every 100 ms.
+async fn replica_serving(
+    shared: &Shared,
+    accounts: Vec<ccgate::config::AccountConfig>,
+) -> TestServer {
+    let shared = shared.clone();
     TestServer::start(Opts {
         rules_yaml: Some(crate::harness::default_rules_with_probe(0.0, 1.0, 5.0)),
         state_path: match &shared {
@@ -488,6 +489,24 @@ async fn replica_with_accounts(shared: &Shared) -> TestServer {
         ..Opts::default()
     })
     .await
+}
+
+/// A replica with accounts `a` (its CLI answers with a usage limit until an hour from
+/// now) and `b` (it answers).
+async fn replica_with_accounts(shared: &Shared) -> TestServer {
+    let reset = (ccgate::clock::unix_now() + 3600).to_string();
+    let scenario = |s: &str| ("FAKE_CLAUDE_SCENARIO", s.to_string());
+    let accounts = vec![
+        fake_account(
+            "a",
+            &[
+                scenario("usage_limit"),
+                ("FAKE_CLAUDE_USAGE_RESET_AT", reset),
+            ],
+        ),
+        fake_account("b", &[scenario("success")]),
+    ];
+    replica_serving(shared, accounts).await
 }
 
 /// Request runs so far (probes excluded).
@@ -590,45 +609,16 @@ fn check_warns_of_config_directory_logins_when_state_is_shared() {
         .is_empty());
 }
 
-/// A replica with accounts `a` and `b`, both answering ("from a" / "from b"); `b`'s answers
-/// report plan windows (5-hour 42 %, 7-day 10 %) on `x` only (`b_windows`).
+/// A replica with accounts `a` and `b`, both answering; `b`'s answers report plan windows
+/// (5-hour 42 %, 7-day 10 %) when `b_windows`.
 async fn replica_with_two_accounts(shared: &Shared, b_windows: bool) -> TestServer {
-    let shared = shared.clone();
-    let account = |name: &str| {
-        let mut env: std::collections::BTreeMap<String, String> = [
-            ("FAKE_CLAUDE_SCENARIO".to_string(), "success".to_string()),
-            ("FAKE_CLAUDE_TEXT".to_string(), format!("from {name}")),
-        ]
-        .into_iter()
-        .collect();
-        if name == "b" && b_windows {
-            env.insert("FAKE_CLAUDE_WINDOWS".into(), "0.42,0.1".into());
-        }
-        ccgate::config::AccountConfig {
-            name: name.into(),
-            env: env.into_iter().collect(),
-            models: None,
-            weight: 1,
-            extra_usage: Default::default(),
-        }
-    };
-    let accounts = vec![account("a"), account("b")];
-    TestServer::start(Opts {
-        rules_yaml: Some(crate::harness::default_rules_with_probe(0.0, 1.0, 5.0)),
-        state_path: match &shared {
-            Shared::Sqlite(p) => Some(p.clone()),
-            Shared::Postgres(_) => None,
-        },
-        tweak: Box::new(move |c| {
-            c.accounts = accounts;
-            c.state.poll_interval = 0.1;
-            if let Shared::Postgres(url) = shared {
-                c.state.url = Some(url);
-            }
-        }),
-        ..Opts::default()
-    })
-    .await
+    let success = ("FAKE_CLAUDE_SCENARIO", "success".to_string());
+    let mut b = vec![success.clone()];
+    if b_windows {
+        b.push(("FAKE_CLAUDE_WINDOWS", "0.42,0.1".to_string()));
+    }
+    let accounts = vec![fake_account("a", &[success]), fake_account("b", &b)];
+    replica_serving(shared, accounts).await
 }
 
 async fn chat(s: &TestServer, messages: Value) -> String {

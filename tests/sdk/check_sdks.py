@@ -338,7 +338,9 @@ def _():
     fn = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
     r = oa_resp("hi", tools=[fn])
     assert r.output_text, r
-    expect_raises(openai.BadRequestError, lambda: oa_resp("hi", tools=[{"type": "web_search"}]))
+    # (web_search is served by the CLI's WebSearch: docs/api.md; file search is not.)
+    expect_raises(openai.BadRequestError, lambda: oa_resp(
+        "hi", tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}]))
     bad = {"type": "function", "name": "bad name", "parameters": {"type": "object"}}
     expect_raises(openai.BadRequestError, lambda: oa_resp("hi", tools=[bad]))
 
