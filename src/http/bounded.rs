@@ -364,6 +364,12 @@ pub fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Err
 mod tests {
     use serde::Deserialize;
 
+    #[test]
+    fn values_in_strings_are_not_counted() {
+        let text = r#"{ "a\"[{": [1, {"b": "]},"}], "c": "\\" }"#;
+        assert_eq!(super::count_values(text), 6);
+    }
+
     #[derive(Deserialize)]
     struct Trees {
         #[serde(default, deserialize_with = "super::tree")]

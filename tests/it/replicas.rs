@@ -6,8 +6,8 @@
 //! An outage is a loopback proxy in front of PostgreSQL that refuses and cuts every
 //! connection for 10 s: other tests share the scratch cluster, so it is not stopped.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -197,73 +197,83 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
     assert!(e.contains("schema version 999 is newer"), "{e}");
 }
 
-/// A loopback TCP proxy that can refuse and cut every connection (an outage).
-struct Proxy {
+/// A PostgreSQL cluster of the test's own (`scripts/pg-scratch.sh` in its own directory
+/// and on its own port), so stopping it for an outage stops no other test's database.
+struct OwnCluster {
+    dir: std::path::PathBuf,
     port: u16,
-    down: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let down = Arc::new(AtomicBool::new(false));
-        let links: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (d, l) = (Arc::clone(&down), Arc::clone(&links));
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if d.load(Ordering::SeqCst) {
-                    continue; // dropped: connection closed at once
-                }
-                let upstream = upstream.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                    }
-                });
-                l.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Proxy { port, down, links }
+impl OwnCluster {
+    async fn script(args: Vec<String>) -> String {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("bash")
+                .arg("scripts/pg-scratch.sh")
+                .args(&args)
+                .output()
+                .expect("bash runs");
+            assert!(
+                out.status.success(),
+                "pg-scratch.sh {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .await
+        .unwrap()
     }
 
-    fn cut(&self) {
-        self.down.store(true, Ordering::SeqCst);
-        for t in self.links.lock().unwrap().drain(..) {
-            t.abort();
-        }
+    /// Creates and starts it; its URL.
+    async fn start_new() -> (OwnCluster, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("ccgate-pg-outage-{}-{port}", std::process::id()));
+        let c = OwnCluster { dir, port };
+        let url = c.start().await;
+        (c, url)
     }
 
-    fn restore(&self) {
-        self.down.store(false, Ordering::SeqCst);
+    async fn start(&self) -> String {
+        Self::script(vec![
+            "start".into(),
+            self.dir.display().to_string(),
+            self.port.to_string(),
+        ])
+        .await
+    }
+
+    async fn stop(&self) {
+        Self::script(vec!["stop".into(), self.dir.display().to_string()]).await;
     }
 }
 
-/// `postgres://user@host:port/db` → (`host:port`, the URL through `127.0.0.1:proxy`).
-fn through_proxy(url: &str, proxy_port: u16) -> (String, String) {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (auth_host, db) = rest.split_once('/').unwrap();
-    let (auth, host) = match auth_host.rsplit_once('@') {
-        Some((a, h)) => (format!("{a}@"), h.to_string()),
-        None => (String::new(), auth_host.to_string()),
-    };
-    (
-        host,
-        format!("{scheme}://{auth}127.0.0.1:{proxy_port}/{db}"),
-    )
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .args(["scripts/pg-scratch.sh", "stop"])
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[tokio::test]
 async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledger_row() {
-    let Some(url) = pg_database().await else {
+    // Only where the tests have PostgreSQL (its binaries are then installed).
+    if pg_database().await.is_none() {
         return skip("outage");
-    };
-    let (upstream, _) = through_proxy(&url, 0);
-    let proxy = Proxy::start(upstream).await;
-    let (_, via) = through_proxy(&url, proxy.port);
-    let s = replica(&Shared::Postgres(via.clone())).await;
-    let other = replica(&Shared::Postgres(via)).await;
+    }
+    let (cluster, url) = OwnCluster::start_new().await;
+    let s = replica(&Shared::Postgres(url.clone())).await;
+    let other = replica(&Shared::Postgres(url)).await;
     let (st, answered) = post(
         &s,
         "/v1/responses",
@@ -284,8 +294,8 @@ async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledg
     };
     send(3).await;
     drained(&s).await;
-    // 10 s without PostgreSQL, under traffic.
-    proxy.cut();
+    // 10 s with PostgreSQL stopped (`pg_ctl stop -m fast`), under traffic.
+    cluster.stop().await;
     let cut_at = std::time::Instant::now();
     let mut during = 0u64;
     while cut_at.elapsed() < Duration::from_secs(10) {
@@ -322,7 +332,7 @@ async fn a_postgres_outage_under_traffic_answers_every_request_and_loses_no_ledg
     );
     let ledger = s.state.ledger.as_ref().unwrap();
     assert!(ledger.pending() > 0, "rows wait for the store");
-    proxy.restore();
+    cluster.start().await;
     send(2).await;
     drained(&s).await;
     assert_eq!(ledger.dropped(), 0);
