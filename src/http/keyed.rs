@@ -227,10 +227,18 @@ fn warn_fallback(state: &AppState, e: &crate::store::StoreError) {
 /// (the headers show them); when the store does not answer within
 /// `state.statement_timeout` the request goes on under this replica's verdict alone (a
 /// warning and `ccgate_limits_local_fallback_total` say so).
+///
+/// Only on a shared store (PostgreSQL): the embedded SQLite store serves one replica, whose
+/// own counters ([`admit`]) are the whole truth, and a slot's release there must not wait
+/// for a background write (a client sending its next request right after an answer got a
+/// 429 for `concurrent` while the release was still on its way).
 pub async fn admit_shared(state: &AppState, cx: &Cx) -> Result<(), ApiError> {
     let (Some(Caller(k)), Some(ledger)) = (cx.caller.as_ref(), state.ledger.as_ref()) else {
         return Ok(());
     };
+    if !ledger.store().is_shared() {
+        return Ok(());
+    }
     let l = &k.limits;
     let limits = crate::store::KeyLimits {
         concurrent: l.concurrent,

@@ -269,10 +269,15 @@ async fn limits_answer_429_with_retry_after_and_every_answer_carries_the_headers
 
 #[tokio::test]
 async fn concurrency_limit() {
-    let s = server(keys_yaml(&format!(
-        "  - name: one\n    sha256: \"{}\"\n    limits:\n      concurrent: 1\n",
-        digest("one-key")
-    )))
+    let s = TestServer::start(Opts {
+        keys_yaml: Some(keys_yaml(&format!(
+            "  - name: one\n    sha256: \"{}\"\n    limits:\n      concurrent: 1\n",
+            digest("one-key")
+        ))),
+        // A second between deltas: the first answer runs for seconds after its spawn.
+        env: vec![("FAKE_CLAUDE_DELAY", "1".into())],
+        ..Opts::default()
+    })
     .await;
     s.set_scenario("slow");
     let s = std::sync::Arc::new(s);
@@ -287,7 +292,14 @@ async fn concurrency_limit() {
         .await
         .0
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first holds the key's slot once its CLI is spawned (a count, not a clock; the
+    // loop is a hang guard only).
+    for _ in 0..1500 {
+        if s.state.backend.stats().snapshot().spawned_total >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (st, h, v) = call(
         &s,
         "/v1/chat/completions",
