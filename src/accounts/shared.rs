@@ -50,82 +50,85 @@ impl Accounts {
         });
     }
 
-    /// Writes `c` (just set on `member`) for the other replicas, in the background.
-    pub(super) fn publish_cooldown(&self, member: &Member, c: &Cooldown) {
+    /// Runs `write` on the shared store in the background, bounded by
+    /// `state.statement_timeout`: nothing without a store or a runtime. A failure is
+    /// logged as a warning when `loud` (a cooldown the others then miss), else at debug.
+    fn write_behind<F>(
+        &self,
+        what: &'static str,
+        member: &Member,
+        loud: bool,
+        write: impl FnOnce(Store) -> F,
+    ) where
+        F: std::future::Future<Output = Result<(), crate::store::StoreError>> + Send + 'static,
+    {
         let Some(sharing) = self.shared.get() else {
             return;
         };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        sharing.first_sight(&member.name, c.until_unix);
         let store = sharing.store.clone();
+        let work = write(store.clone());
+        let account = member.name.clone();
+        rt.spawn(async move {
+            if let Err(e) = store.bounded(what, work).await {
+                if loud {
+                    tracing::warn!(error = %e, account = %account, "{what}: not shared with the other replicas");
+                } else {
+                    tracing::debug!(error = %e, account = %account, "{what}: not shared with the other replicas");
+                }
+            }
+        });
+    }
+
+    /// Writes `c` (just set on `member`) for the other replicas, in the background.
+    pub(super) fn publish_cooldown(&self, member: &Member, c: &Cooldown) {
+        if let Some(sharing) = self.shared.get() {
+            sharing.first_sight(&member.name, c.until_unix);
+        }
         let shared = SharedCooldown {
             account: member.name.clone(),
             until: c.until_unix,
             kind: c.kind.clone(),
             message: c.message.clone(),
         };
-        rt.spawn(async move {
+        self.write_behind("share a cooldown", member, true, move |store| async move {
             let now = crate::clock::unix_now() as i64;
-            if let Err(e) = store
-                .bounded("share a cooldown", store.put_cooldown(&shared, now))
-                .await
-            {
-                tracing::warn!(error = %e, account = %shared.account, "cooldown not shared with the other replicas");
-            }
+            store.put_cooldown(&shared, now).await
         });
     }
 
     /// Writes `w` (observed on `member` at `at`) for the other replicas, in the background.
     pub(super) fn publish_windows(&self, member: &Member, w: &PlanWindows, at: u64) {
-        let Some(sharing) = self.shared.get() else {
-            return;
-        };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let Ok(body) = serde_json::to_string(w) else {
             return;
         };
-        let store = sharing.store.clone();
         let shared = SharedWindows {
             account: member.name.clone(),
             observed_at: at as i64,
             body,
         };
-        rt.spawn(async move {
-            if let Err(e) = store
-                .bounded("share plan windows", store.put_windows(&shared))
-                .await
-            {
-                tracing::debug!(error = %e, account = %shared.account, "plan windows not shared");
-            }
-        });
+        self.write_behind(
+            "share plan windows",
+            member,
+            false,
+            move |store| async move { store.put_windows(&shared).await },
+        );
     }
 
     /// Writes that `member` answered the conversation `fp`, in the background.
     pub(super) fn publish_conversation(&self, fp: &Fingerprint, member: &Member) {
-        let Some(sharing) = self.shared.get() else {
-            return;
-        };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let store = sharing.store.clone();
         let (fp, account) = (fp.hex(), member.name.clone());
-        rt.spawn(async move {
-            let now = crate::clock::unix_now() as i64;
-            if let Err(e) = store
-                .bounded(
-                    "share a conversation's account",
-                    store.put_conversation_account(&fp, &account, now),
-                )
-                .await
-            {
-                tracing::debug!(error = %e, "conversation's account not shared");
-            }
-        });
+        self.write_behind(
+            "share a conversation's account",
+            member,
+            false,
+            move |store| async move {
+                let now = crate::clock::unix_now() as i64;
+                store.put_conversation_account(&fp, &account, now).await
+            },
+        );
     }
 
     /// The account another replica answered `fp` on (None: none, no store, or the store
