@@ -24,14 +24,15 @@ use crate::shutdown::Shutdown;
 
 /// Rows inserted per transaction at most.
 const BATCH_ROWS: usize = 500;
-/// Rows per INSERT statement on PostgreSQL (17 parameters each: far below its limit).
+/// The ledger's columns, in the order every insert gives them.
+const LEDGER_COLUMNS: &str = "at, request_id, key_name, model, served_model, account, api, \
+     streamed, status, kind, input_tokens, output_tokens, cache_read_tokens, \
+     cache_creation_tokens, duration_ms, ttft_ms, round";
+/// How many columns [`LEDGER_COLUMNS`] names.
+const COLUMNS: usize = 17;
+/// Rows per INSERT statement (17 parameters each: 850 in all, far below either
+/// database's limit).
 const INSERT_ROWS: usize = 50;
-/// Rows per INSERT statement on SQLite: binding looks each parameter's name up in a list
-/// (`sqlite3_bind_parameter_name`), so a statement's cost grows with the square of its
-/// parameters. With 50 rows (850 parameters) that lookup was a fifth of the gateway's CPU
-/// under a flood of gated requests (perf); 4 rows per statement keep it small and the
-/// statements few.
-const INSERT_ROWS_SQLITE: usize = 4;
 /// The longest pause between two tries of a batch while the store is unreachable.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// How long [`Ledger::flush`] waits for the store at most.
@@ -133,35 +134,37 @@ pub struct UsageRow {
 }
 
 impl Store {
-    /// Inserts rows in one transaction, several rows per statement ([`INSERT_ROWS`],
-    /// [`INSERT_ROWS_SQLITE`]): each statement is a round trip to the database (on SQLite
-    /// to its worker thread, two thread wake-ups), so one per row cost more than the
-    /// insert itself.
+    /// Inserts rows in one transaction, several rows per statement ([`INSERT_ROWS`]).
+    ///
+    /// Each statement is a round trip to the database (on SQLite to sqlx's worker thread:
+    /// two thread wake-ups), so one per row cost more than the insert itself. On SQLite the
+    /// parameters are anonymous (`?`): binding a numbered one (`$N`) looks its name up in a
+    /// list (`sqlite3_bind_parameter_name`), which made a statement's cost grow with the
+    /// square of its parameters (perf: a fifth of the gateway's CPU under a flood of gated
+    /// requests at 50 rows per statement). PostgreSQL only takes `$N`; the placeholder is
+    /// the one thing that differs between the two texts.
     pub async fn insert(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
-        const COLUMNS: usize = 17;
+        let numbered = self.is_shared();
         let mut tx = self.pool.begin().await.map_err(sql("write the ledger"))?;
-        let per_statement = if self.is_shared() {
-            INSERT_ROWS
-        } else {
-            INSERT_ROWS_SQLITE
-        };
-        for chunk in rows.chunks(per_statement) {
-            let mut text = String::from(
-                "INSERT INTO usage_ledger (at, request_id, key_name, model, served_model, account, api, \
-                 streamed, status, kind, input_tokens, output_tokens, cache_read_tokens, \
-                 cache_creation_tokens, duration_ms, ttft_ms, round) VALUES ",
-            );
+        for chunk in rows.chunks(INSERT_ROWS) {
+            let mut text = format!("INSERT INTO usage_ledger ({LEDGER_COLUMNS}) VALUES ");
             for i in 0..chunk.len() {
                 text.push_str(if i == 0 { "(" } else { ", (" });
                 for c in 0..COLUMNS {
                     if c > 0 {
                         text.push_str(", ");
                     }
-                    text.push_str(&format!("${}", i * COLUMNS + c + 1));
+                    if numbered {
+                        text.push_str(&format!("${}", i * COLUMNS + c + 1));
+                    } else {
+                        text.push('?');
+                    }
                 }
                 text.push(')');
             }
-            let mut q = sqlx::query(&text);
+            // Not kept in the connection's statement cache: a batch's last chunk has any
+            // length, and each length would be one more cached statement.
+            let mut q = sqlx::query(&text).persistent(chunk.len() == INSERT_ROWS);
             for r in chunk {
                 q = q
                     .bind(r.at)
@@ -862,6 +865,40 @@ mod failure_tests {
             kind: kind.into(),
             ..LedgerRow::default()
         }
+    }
+
+    /// A batch longer than one statement ([`INSERT_ROWS`]) goes in whole, every column in
+    /// its place (the statements' placeholders are positional).
+    #[tokio::test]
+    async fn a_batch_of_several_statements_keeps_every_row_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("s.db")).await.unwrap();
+        let n = INSERT_ROWS * 2 + 23;
+        let rows: Vec<LedgerRow> = (0..n)
+            .map(|i| LedgerRow {
+                input_tokens: i as u64,
+                output_tokens: 2,
+                ttft_ms: (i % 2 == 0).then_some(7),
+                round: Some("continued".into()),
+                ..row(1_000 + i as i64, &format!("r{i}"), 500, "api_error")
+            })
+            .collect();
+        store.insert(&rows).await.unwrap();
+        let latest = store.latest_failures(1_000).await.unwrap();
+        assert_eq!(latest.len(), n);
+        assert_eq!(latest[0].request_id, format!("r{}", n - 1));
+        assert_eq!(
+            (
+                latest[0].key.as_str(),
+                latest[0].kind.as_str(),
+                latest[0].status
+            ),
+            ("alice", "api_error", 500)
+        );
+        let usage = store.usage(&[GroupBy::Key], 0, 10_000).await.unwrap();
+        assert_eq!(usage[0].requests, n as u64);
+        assert_eq!(usage[0].input_tokens, (0..n as u64).sum::<u64>());
+        assert_eq!(usage[0].output_tokens, 2 * n as u64);
     }
 
     #[tokio::test]
