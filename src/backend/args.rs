@@ -42,11 +42,14 @@ pub fn cli_args(
         args.push("--tools".into());
         args.push("".into());
     }
+    // No MCP server from the CLI's own configuration (user, project or plugin scope) is
+    // started or offered: without this flag every run, a plain one too, spawned the
+    // servers of the host's `.claude.json` (real CLI: `real_mcp_isolation`).
+    args.push("--strict-mcp-config".into());
     let mut allowed: Vec<String> = web.iter().map(|s| s.to_string()).collect();
     if let Some(tools) = req.tools.as_deref() {
         // The client's tools, and only them: through the run's in-process MCP server,
         // each pre-approved (no permission prompt can appear).
-        args.push("--strict-mcp-config".into());
         args.push("--mcp-config".into());
         args.push(super::mcp::mcp_config().into());
         allowed.extend(tools.tools.iter().map(|t| super::mcp::model_name(&t.name)));

@@ -31,6 +31,7 @@ mod real_clients;
 mod real_gateway;
 mod real_held_runs;
 mod real_late_settings;
+mod real_mcp_isolation;
 mod real_plan_windows;
 mod real_pool_late;
 mod real_prefill;

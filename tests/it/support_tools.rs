@@ -17,11 +17,10 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 /// The sdk MCP server name the tests use.
 pub const SERVER: &str = "cg";
 
-/// The flags for a run with `tools`: ccgate's flags, `--strict-mcp-config`, the sdk server and
+/// The flags for a run with `tools`: ccgate's flags (`--strict-mcp-config` among them), the sdk server and
 /// one `--allowedTools mcp__cg__<name>` per entry of `allowed`.
 pub fn tool_flags(allowed: &[&str]) -> Vec<String> {
     let mut v = crate::support_real::ccgate_flags();
-    v.push("--strict-mcp-config".into());
     v.push("--mcp-config".into());
     v.push(json!({"mcpServers": {SERVER: {"type": "sdk", "name": SERVER}}}).to_string());
     for a in allowed {
