@@ -38,6 +38,7 @@ keys:
     sha256: "$(sha "$client_key")"
     limits:
       requests_per_minute: 100
+      window_share: 0.5
 KEYS
 FAKE_CLAUDE_SCENARIO_FILE="$work/scenario" \
 FAKE_CLAUDE_WINDOWS="0.42,0.1" \

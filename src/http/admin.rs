@@ -91,6 +91,10 @@ pub async fn overview(State(state): State<AppState>) -> Json<Value> {
         "accounts": state.accounts.status(),
         "processes": {
             "in_flight": stats.in_flight,
+            // The live processes serving a request now: the rest wait parked.
+            "serving": stats
+                .in_flight
+                .saturating_sub(stats.pool_idle + stats.kept_idle + stats.held_runs),
             "queued": stats.queued,
             "max_concurrent": cli.max_concurrent,
             "queue_size": cli.queue_size,

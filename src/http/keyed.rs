@@ -164,7 +164,7 @@ pub fn admit(
 
 /// The 5-hour windows of the accounts `k` may run on (its `accounts:`, else all) that
 /// reported one.
-fn key_windows(state: &AppState, k: &Key) -> Vec<AccountWindow> {
+pub(crate) fn key_windows(state: &AppState, k: &Key) -> Vec<AccountWindow> {
     state
         .accounts
         .members()

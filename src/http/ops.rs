@@ -248,7 +248,8 @@ pub async fn admin_accounts(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /admin/keys`: the keys in force (names, roles, allow-lists, limits, expiry, what
-/// each used of its limits now); never a key or a digest.
+/// each used of its limits now, its share of the accounts' 5-hour windows); never a key or
+/// a digest.
 pub async fn admin_keys(State(state): State<AppState>) -> Json<Value> {
     let keys = state.keys.load();
     let now = crate::clock::unix_now() as i64;
@@ -258,6 +259,23 @@ pub async fn admin_keys(State(state): State<AppState>) -> Json<Value> {
         .map(|k| {
             let (in_flight, requests_minute, tokens_minute, tokens_day) =
                 state.limiter.usage(&k.name, now);
+            // What `limits.window_share` is compared with: the key's share of each
+            // reporting account's 5-hour window; the key is refused when the smallest
+            // of them reaches its limit.
+            let shares: serde_json::Map<String, Value> = crate::http::keyed::key_windows(&state, k)
+                .iter()
+                .map(|w| {
+                    let share = state.limiter.window_share(&k.name, w, now as u64);
+                    (
+                        w.account.clone(),
+                        json!((share * 10_000.0).round() / 10_000.0),
+                    )
+                })
+                .collect();
+            let least = shares
+                .values()
+                .filter_map(Value::as_f64)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
             json!({
                 "name": k.name,
                 "role": k.role,
@@ -270,6 +288,8 @@ pub async fn admin_keys(State(state): State<AppState>) -> Json<Value> {
                     "requests_this_minute": requests_minute,
                     "tokens_this_minute": tokens_minute,
                     "tokens_today": tokens_day,
+                    "window_share": least,
+                    "window_share_by_account": shares,
                 },
             })
         })

@@ -10,7 +10,8 @@ Checks, each an assertion that can fail:
 - the admin key shows the gateway, the accounts with their plan windows (bars, reset
   countdowns) and the rules; the usage chart and table
   count the requests the caller made; the failures section lists the failed one by kind;
-  the keys section shows the keys with their roles and limits (and no key material);
+  the keys section shows the keys with their roles and limits against their use, the
+  5-hour window share included (and no key material); the windows say how fresh they are;
 - the classify playground classifies an overloaded API error for both APIs;
 - the page refreshes itself without a reload;
 - no console errors (the negative sign-in runs in its own browser, as Chromium logs a
@@ -121,6 +122,16 @@ try:
     bar = d.find_element(By.CSS_SELECTOR, "#accounts .window[data-window=five_hour] .bar > span")
     check("admin: the 5-hour bar is 42 % full", bar.get_attribute("style").replace(" ", "") == "width:42%;",
           bar.get_attribute("style"))
+    seen = [e.text for e in d.find_elements(By.CSS_SELECTOR, "#accounts [data-windows-seen]")]
+    check("admin: the windows say how fresh they are and where from",
+          bool(seen) and seen[0].startswith("as of ") and "from answer" in seen[0], seen)
+    # Every request has ended: no process serves one, whatever is parked.
+    stat = {e.get_attribute("data-stat"): e.find_element(By.CSS_SELECTOR, ".n").text
+            for e in d.find_elements(By.CSS_SELECTOR, "#processes .stat")}
+    check("admin: no process shown serving once the requests ended, parked ones apart",
+          stat.get("serving") == "0" and stat.get("alive", "").endswith(" / 4")
+          and int(stat["alive"].split(" / ")[0]) == int(stat.get("kept", "-1")) + int(stat.get("held", "0"))
+          + int(stat.get("pre-warmed", "0")), stat)
     kinds = [r.get_attribute("data-kind") for r in d.find_elements(By.CSS_SELECTOR, "#rules tbody tr")]
     check("admin: rules in force listed", "auth_failure" in kinds and "overloaded" in kinds, kinds)
     check("admin: the key stays in this tab's session storage",
@@ -147,6 +158,9 @@ try:
     keys = {r.get_attribute("data-key"): r.text for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr")}
     check("admin: keys listed with roles", "admin" in keys.get("ops", "") and "client" in keys.get("app", ""), keys)
     check("admin: a key's limit shown against its use", "requests_per_minute:" in keys.get("app", "") and "/ 100" in keys.get("app", ""), keys)
+    # The client key made every answered request: all the tokens × the window's 42 %.
+    check("admin: a key's share of the 5-hour window against its window_share",
+          "window_share: 42% / 50%" in keys.get("app", ""), keys)
     check("admin: no key material on the page", CLIENT_KEY not in d.page_source and ADMIN_KEY not in d.page_source)
 
     # Refreshes itself: the "updated" time changes without a reload.

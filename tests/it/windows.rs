@@ -292,9 +292,10 @@ async fn a_key_over_its_window_share_is_refused_until_the_window_resets() {
     let small = "ccg-window-share-small";
     let big = "ccg-window-share-big";
     let keys = format!(
-        "keys:\n  - name: small\n    sha256: {}\n    limits:\n      window_share: 0.25\n  - name: big\n    sha256: {}\n    limits:\n      window_share: 0.9\n",
+        "keys:\n  - name: small\n    sha256: {}\n    limits:\n      window_share: 0.25\n  - name: big\n    sha256: {}\n    limits:\n      window_share: 0.9\n  - name: ops\n    role: admin\n    sha256: {}\n",
         ccgate::rules::sha256_hex(small.as_bytes()),
         ccgate::rules::sha256_hex(big.as_bytes()),
+        ccgate::rules::sha256_hex(b"ccg-window-share-ops"),
     );
     // The account's 5-hour window is at 60 % after each answer.
     let s = server(
@@ -343,5 +344,33 @@ async fn a_key_over_its_window_share_is_refused_until_the_window_resets() {
     assert_eq!(ask(small).await.status(), 429);
     assert_eq!(ask(big).await.status(), 200);
     assert_eq!(turns(&s), 3, "{}", log(&s));
+    // The operator sees each key's share against its limit (small: 1/3 of the tokens ×
+    // 60 % = 20 %; big: 2/3 × 60 % = 40 %).
+    let v: Value = crate::harness::client()
+        .get(s.url("/admin/keys"))
+        .bearer_auth("ccg-window-share-ops")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let usage = |name: &str| {
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {v}"))["usage"]
+            .clone()
+    };
+    assert_eq!(usage("small")["window_share"], 0.2, "{v}");
+    assert_eq!(
+        usage("small")["window_share_by_account"]["seat"],
+        0.2,
+        "{v}"
+    );
+    assert_eq!(usage("big")["window_share"], 0.4, "{v}");
+    assert_eq!(usage("ops")["window_share"], 0.0, "{v}");
     s.shutdown().await;
 }

@@ -132,7 +132,8 @@
     $("gateway").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     const p = o.processes;
     const stats = [
-      [`${p.in_flight} / ${p.max_concurrent}`, "in flight"],
+      [p.serving, "serving"],
+      [`${p.in_flight} / ${p.max_concurrent}`, "alive"],
       [`${p.queued} / ${p.queue_size}`, "queued"],
       [p.kept, "kept"],
       [p.held, "held"],
@@ -176,6 +177,11 @@
             el("span", { class: "muted" }, resets ? "resets in " + fmtIn(resets - now) : "")),
           bar);
       }) : [el("span", { class: "muted small" }, "none reported yet (a subscription reports them with each answer)")];
+      if (a.windows && a.windows.observed_at) {
+        // How fresh the numbers are: an answer's report, or the scheduled get_usage read.
+        const from = a.windows.source ? ` · from ${String(a.windows.source).replace(/_/g, " ")}` : "";
+        winCell.push(el("div", { class: "small muted", "data-windows-seen": "" }, `as of ${fmtTime(a.windows.observed_at)}${from}`));
+      }
       if (a.windows && a.windows.extra_usage_in_use) winCell.push(pill("extra usage in use", "warn"));
       return el("tr", { "data-account": a.name }, el("td", {}, el("strong", {}, a.name)),
         el("td", {}, state, detail), el("td", {}, probe), el("td", {}, winCell));
@@ -298,13 +304,19 @@
   const USAGE_OF_LIMIT = {
     concurrent: "in_flight", requests_per_minute: "requests_this_minute",
     tokens_per_minute: "tokens_this_minute", tokens_per_day: "tokens_today",
+    window_share: "window_share",
   };
+  // A limit and its use as text: `window_share` is a fraction (0-1) shown in percent.
+  function limitText(name, used, limit) {
+    const f = name === "window_share" ? (x) => `${(Number(x) * 100).toFixed(1).replace(/\.0$/, "")}%` : fmtNum;
+    return used !== undefined && used !== null ? `${name}: ${f(used)} / ${f(limit)}` : `${name}: ${f(limit)}`;
+  }
   async function refreshKeys() {
     const k = await api("/admin/keys");
     $("keys-table").tBodies[0].replaceChildren(...k.keys.map((key) => {
       const limits = Object.entries(key.limits || {}).map(([n, v]) => {
         const used = key.usage && key.usage[USAGE_OF_LIMIT[n]];
-        return el("span", { class: "tag" }, used !== undefined ? `${n}: ${fmtNum(used)} / ${fmtNum(v)}` : `${n}: ${fmtNum(v)}`);
+        return el("span", { class: "tag", "data-limit": n }, limitText(n, used, v));
       });
       return el("tr", { "data-key": key.name }, el("td", {}, el("strong", {}, key.name)), el("td", {}, key.role),
         el("td", {}, limits.length ? limits : el("span", { class: "muted" }, "none")),
