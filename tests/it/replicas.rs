@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::harness::{client, messages_body, Opts, TestServer};
 
@@ -141,6 +141,33 @@ async fn usage_is_the_same_on_both(shared: Shared) {
     let bob = rows.iter().find(|r| r["key"] == "bob").expect("bob's row");
     assert_eq!(bob["requests"], 5, "{ua}");
     assert!(bob["input_tokens"].as_u64().unwrap() > 0, "{ua}");
+    // A failed request on one replica is in the other's failures view (the operator
+    // page's), per kind and among the latest.
+    let (st, v) = post(&a, "/v1/messages", "bob-key", &json!({"model": "sonnet"})).await;
+    assert_eq!(st, 400, "{v}");
+    usage(&a).await;
+    let r = client()
+        .get(b.url("/admin/failures?bucket=hour&from=1h"))
+        .header("x-api-key", "root-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let f: Value = r.json().await.unwrap();
+    let latest = f["latest"].as_array().unwrap();
+    assert_eq!(latest.len(), 1, "{f}");
+    assert_eq!(
+        (latest[0]["key"].as_str(), latest[0]["status"].as_u64()),
+        (Some("bob"), Some(400)),
+        "{f}"
+    );
+    let counted: u64 = f["by_kind"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 1, "{f}");
 }
 
 #[tokio::test]
