@@ -240,6 +240,18 @@ pub async fn get_json(s: &TestServer, path: &str) -> serde_json::Value {
     send_for_json(client().get(s.url(path))).await
 }
 
+/// GETs `path` with `key` (as a Bearer token), asserts a 200 and parses the JSON body.
+pub async fn get_json_as(s: &TestServer, path: &str, key: &str) -> serde_json::Value {
+    let r = client()
+        .get(s.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().await.expect("JSON body")
+}
+
 /// POSTs an empty body to `path` and parses the JSON answer.
 pub async fn post_empty_json(s: &TestServer, path: &str) -> serde_json::Value {
     send_for_json(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{client, messages_body, Opts, TestServer};
+use crate::harness::{client, get_json_as, messages_body, Opts, TestServer};
 
 /// A fresh database of the scratch cluster, or None (test skipped) without one.
 async fn pg_database() -> Option<String> {
@@ -102,14 +102,7 @@ async fn post(s: &TestServer, path: &str, key: &str, body: &Value) -> (u16, Valu
 }
 
 async fn usage(s: &TestServer) -> Value {
-    let r = client()
-        .get(s.url("/admin/usage?group_by=key,api&from=1h"))
-        .header("x-api-key", "root-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    get_json_as(s, "/admin/usage?group_by=key,api&from=1h", "root-key").await
 }
 
 /// Waits until the replica's ledger holds no row (hang guard only).
@@ -146,14 +139,7 @@ async fn usage_is_the_same_on_both(shared: Shared) {
     let (st, v) = post(&a, "/v1/messages", "bob-key", &json!({"model": "sonnet"})).await;
     assert_eq!(st, 400, "{v}");
     usage(&a).await;
-    let r = client()
-        .get(b.url("/admin/failures?bucket=hour&from=1h"))
-        .header("x-api-key", "root-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let f: Value = r.json().await.unwrap();
+    let f = get_json_as(&b, "/admin/failures?bucket=hour&from=1h", "root-key").await;
     let latest = f["latest"].as_array().unwrap();
     assert_eq!(latest.len(), 1, "{f}");
     assert_eq!(

@@ -346,15 +346,7 @@ async fn a_key_over_its_window_share_is_refused_until_the_window_resets() {
     assert_eq!(turns(&s), 3, "{}", log(&s));
     // The operator sees each key's share against its limit (small: 1/3 of the tokens ×
     // 60 % = 20 %; big: 2/3 × 60 % = 40 %).
-    let v: Value = crate::harness::client()
-        .get(s.url("/admin/keys"))
-        .bearer_auth("ccg-window-share-ops")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = crate::harness::get_json_as(&s, "/admin/keys", "ccg-window-share-ops").await;
     let usage = |name: &str| {
         v["keys"]
             .as_array()
