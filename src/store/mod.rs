@@ -22,6 +22,7 @@
 pub mod account_state;
 pub mod cooldowns;
 pub mod counters;
+pub mod failures;
 pub mod ledger;
 mod migrations;
 pub mod responses;
@@ -34,9 +35,10 @@ use sqlx::{AnyPool, ConnectOptions, Connection, Row};
 pub use account_state::SharedWindows;
 pub use cooldowns::SharedCooldown;
 pub use counters::{Admission, KeyLimits, KeyUsage};
+pub use failures::{FailedRequest, FailureBucket};
 pub use ledger::{
-    parse_group_by, parse_range, parse_span, parse_time, usage_csv, FailedRequest, FailureBucket,
-    GroupBy, Ledger, LedgerRow, LedgerWriter, UsageRow,
+    parse_group_by, parse_range, parse_span, parse_time, usage_csv, GroupBy, Ledger, LedgerRow,
+    LedgerWriter, UsageRow,
 };
 pub use migrations::schema_version;
 pub use responses::{StoredBounds, StoredRow};
