@@ -30,6 +30,9 @@ pub struct FailedRequest {
     pub account: String,
     pub kind: String,
     pub status: u16,
+    /// How many alike failures of that second this row counts (1 and up): `request_id`
+    /// is the first of them.
+    pub requests: u64,
 }
 
 impl Store {
@@ -48,7 +51,7 @@ impl Store {
         }
         .expr();
         let q = format!(
-            "SELECT {b}, kind, CAST(COUNT(*) AS BIGINT) FROM usage_ledger \
+            "SELECT {b}, kind, CAST(SUM(requests) AS BIGINT) FROM usage_ledger \
              WHERE at >= $1 AND at < $2 AND status >= 400 GROUP BY {b}, kind ORDER BY {b}, kind"
         );
         let rows = self.rows_between(&q, from, to).await?;
@@ -68,7 +71,8 @@ impl Store {
     /// The `limit` latest failed requests, newest first.
     pub async fn latest_failures(&self, limit: u32) -> Result<Vec<FailedRequest>, StoreError> {
         let rows: Vec<AnyRow> = sqlx::query(
-            "SELECT at, request_id, key_name, api, model, account, kind, status FROM usage_ledger \
+            "SELECT at, request_id, key_name, api, model, account, kind, status, requests \
+             FROM usage_ledger \
              WHERE status >= 400 ORDER BY at DESC LIMIT $1",
         )
         .bind(i64::from(limit))
@@ -82,6 +86,7 @@ impl Store {
                 };
                 let at: i64 = row.try_get(0).map_err(sql("read the ledger"))?;
                 let status: i64 = row.try_get(7).map_err(sql("read the ledger"))?;
+                let requests: i64 = row.try_get(8).map_err(sql("read the ledger"))?;
                 Ok(FailedRequest {
                     time: crate::clock::rfc3339_of_unix(at.max(0) as u64),
                     request_id: g(1)?,
@@ -91,6 +96,7 @@ impl Store {
                     account: g(5)?,
                     kind: g(6)?,
                     status: u16::try_from(status).unwrap_or(0),
+                    requests: requests.max(1) as u64,
                 })
             })
             .collect()
@@ -114,6 +120,62 @@ mod tests {
             kind: kind.into(),
             ..LedgerRow::default()
         }
+    }
+
+    /// A flood of alike failures that used no tokens is one row per second, counted:
+    /// the usage, the failures per kind and the latest list all see every request.
+    #[tokio::test]
+    async fn alike_failures_without_tokens_are_one_counted_row_per_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("s.db")).await.unwrap();
+        let mut rows: Vec<LedgerRow> = (0..1000)
+            .map(|i| row(5_000 + i / 500, &format!("g{i}"), 401, "auth_failure"))
+            .collect();
+        // Not alike: another kind, another key, and failures or answers with tokens.
+        rows.push(row(5_000, "other-kind", 529, "overloaded"));
+        rows.push(LedgerRow {
+            key: "bob".into(),
+            ..row(5_000, "other-key", 401, "auth_failure")
+        });
+        for (id, status) in [("tokens-failed", 500), ("ok", 200), ("ok2", 200)] {
+            rows.push(LedgerRow {
+                input_tokens: 3,
+                ..row(
+                    5_000,
+                    id,
+                    status,
+                    if status == 200 { "ok" } else { "api_error" },
+                )
+            });
+        }
+        store.insert(&rows).await.unwrap();
+        let stored: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM usage_ledger")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        // Two seconds of the flood, and five rows that are not alike.
+        assert_eq!(stored, 2 + 5);
+        let usage = store.usage(&[], 0, 10_000).await.unwrap();
+        assert_eq!((usage[0].requests, usage[0].errors), (1005, 1003));
+        assert_eq!(usage[0].input_tokens, 9);
+        let per_kind = store.failures(GroupBy::Hour, 0, 10_000).await.unwrap();
+        let auth: u64 = per_kind
+            .iter()
+            .filter(|b| b.kind == "auth_failure")
+            .map(|b| b.count)
+            .sum();
+        assert_eq!(auth, 1001);
+        let latest = store.latest_failures(10).await.unwrap();
+        let flood: Vec<(&str, u64)> = latest
+            .iter()
+            .filter(|f| f.request_id.starts_with('g'))
+            .map(|f| (f.request_id.as_str(), f.requests))
+            .collect();
+        // Each second's row keeps its first request id.
+        assert_eq!(flood, [("g500", 500), ("g0", 500)]);
+        assert!(latest
+            .iter()
+            .all(|f| f.request_id.starts_with('g') || f.requests == 1));
     }
 
     /// A batch longer than one statement ([`INSERT_ROWS`]) goes in whole, every column in

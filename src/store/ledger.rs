@@ -27,10 +27,10 @@ const BATCH_ROWS: usize = 500;
 /// The ledger's columns, in the order every insert gives them.
 const LEDGER_COLUMNS: &str = "at, request_id, key_name, model, served_model, account, api, \
      streamed, status, kind, input_tokens, output_tokens, cache_read_tokens, \
-     cache_creation_tokens, duration_ms, ttft_ms, round";
+     cache_creation_tokens, duration_ms, ttft_ms, round, requests";
 /// How many columns [`LEDGER_COLUMNS`] names.
-const COLUMNS: usize = 17;
-/// Rows per INSERT statement (17 parameters each: 850 in all, far below either
+const COLUMNS: usize = 18;
+/// Rows per INSERT statement (18 parameters each: 900 in all, far below either
 /// database's limit).
 pub(super) const INSERT_ROWS: usize = 50;
 /// The longest pause between two tries of a batch while the store is unreachable.
@@ -133,6 +133,55 @@ pub struct UsageRow {
     pub errors: u64,
 }
 
+/// Rows to insert, each with the number of requests it stands for: a failure (status 400
+/// or more) that used no tokens is counted into the first alike one of the same second
+/// (same key, model, served model, account, API, streaming, status, kind and round),
+/// which keeps its request id and duration. Any other row stands for itself.
+fn fold(rows: &[LedgerRow]) -> Vec<(&LedgerRow, u64)> {
+    type Alike<'a> = (
+        i64,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        bool,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
+    let mut out: Vec<(&LedgerRow, u64)> = Vec::with_capacity(rows.len());
+    let mut first: std::collections::HashMap<Alike<'_>, usize> = std::collections::HashMap::new();
+    for r in rows {
+        let tokens =
+            r.input_tokens | r.output_tokens | r.cache_read_tokens | r.cache_creation_tokens;
+        if r.status < 400 || tokens != 0 {
+            out.push((r, 1));
+            continue;
+        }
+        let alike = (
+            r.at,
+            r.key.as_str(),
+            r.model.as_str(),
+            r.served_model.as_str(),
+            r.account.as_str(),
+            r.api.as_str(),
+            r.streamed,
+            r.status,
+            r.kind.as_str(),
+            r.round.as_deref(),
+        );
+        match first.entry(alike) {
+            std::collections::hash_map::Entry::Occupied(i) => out[*i.get()].1 += 1,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(out.len());
+                out.push((r, 1));
+            }
+        }
+    }
+    out
+}
+
 impl Store {
     /// Inserts rows in one transaction, several rows per statement ([`INSERT_ROWS`]).
     ///
@@ -143,7 +192,18 @@ impl Store {
     /// square of its parameters (perf: a fifth of the gateway's CPU under a flood of gated
     /// requests at 50 rows per statement). PostgreSQL only takes `$N`; the placeholder is
     /// the one thing that differs between the two texts.
+    ///
+    /// Failures that used no tokens and are alike but for their request id and duration
+    /// go in as one row per second with their number in `requests` ([`fold`]): a client
+    /// retrying against a closed gate or a spent limit costs a row per second, not one
+    /// per request (the table's growth stays bounded by the distinct failures, and the
+    /// gate's answers stay cheap).
     pub async fn insert(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
+        self.insert_counted(&fold(rows)).await
+    }
+
+    /// [`Store::insert`] of rows with the number of requests each stands for.
+    async fn insert_counted(&self, rows: &[(&LedgerRow, u64)]) -> Result<(), StoreError> {
         let numbered = self.is_shared();
         let mut tx = self.pool.begin().await.map_err(sql("write the ledger"))?;
         for chunk in rows.chunks(INSERT_ROWS) {
@@ -165,7 +225,7 @@ impl Store {
             // Not kept in the connection's statement cache: a batch's last chunk has any
             // length, and each length would be one more cached statement.
             let mut q = sqlx::query(&text).persistent(chunk.len() == INSERT_ROWS);
-            for r in chunk {
+            for &(r, requests) in chunk {
                 q = q
                     .bind(r.at)
                     .bind(&r.request_id)
@@ -183,7 +243,8 @@ impl Store {
                     .bind(as_i64(r.cache_creation_tokens))
                     .bind(as_i64(r.duration_ms))
                     .bind(r.ttft_ms.map(as_i64))
-                    .bind(r.round.clone());
+                    .bind(r.round.clone())
+                    .bind(as_i64(requests));
             }
             q.execute(&mut *tx).await.map_err(sql("write the ledger"))?;
         }
@@ -201,7 +262,12 @@ impl Store {
     }
 
     /// The rows of a ledger query whose `$1` / `$2` are `from` and `to` (Unix seconds).
-    pub(super) async fn rows_between(&self, q: &str, from: i64, to: i64) -> Result<Vec<AnyRow>, StoreError> {
+    pub(super) async fn rows_between(
+        &self,
+        q: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<AnyRow>, StoreError> {
         sqlx::query(q)
             .bind(from)
             .bind(to)
@@ -224,10 +290,10 @@ impl Store {
             q.push_str(", ");
         }
         q.push_str(
-            "CAST(COUNT(*) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), \
+            "CAST(SUM(requests) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), \
              CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), \
              CAST(SUM(cache_creation_tokens) AS BIGINT), \
-             CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) \
+             CAST(SUM(CASE WHEN status >= 400 THEN requests ELSE 0 END) AS BIGINT) \
              FROM usage_ledger WHERE at >= $1 AND at < $2",
         );
         if !cols.is_empty() {

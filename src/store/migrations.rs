@@ -10,6 +10,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_stored_responses.sql")),
     (4, include_str!("migrations/0004_account_cooldowns.sql")),
     (5, include_str!("migrations/0005_shared_account_state.sql")),
+    (6, include_str!("migrations/0006_ledger_request_counts.sql")),
 ];
 
 /// The newest schema version this build knows.

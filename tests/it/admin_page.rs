@@ -301,6 +301,44 @@ async fn failures_come_per_kind_and_latest_first_from_the_ledger() {
     let (_, u) = get("/admin/usage?group_by=key&from=1h").await;
     assert_eq!(u["rows"][0]["requests"], 3, "{u}");
     assert_eq!(u["rows"][0]["errors"], 1, "{u}");
+    // A burst of alike refusals (bad requests, no tokens): every one is counted, in at
+    // most one row per second each keeping its first request id.
+    for _ in 0..20 {
+        let r = client()
+            .post(s.url("/v1/messages"))
+            .bearer_auth("k-client")
+            .json(&serde_json::json!({"model": "sonnet"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    let (_, v) = get("/admin/failures?bucket=hour&from=1h&limit=200").await;
+    let burst: Vec<u64> = v["latest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == 400)
+        .map(|f| f["requests"].as_u64().unwrap())
+        .collect();
+    assert_eq!(burst.iter().sum::<u64>(), 20, "{v}");
+    let counted: u64 = v["by_kind"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["kind"] != "overloaded")
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 20, "{v}");
+    let (_, u) = get("/admin/usage?group_by=key&from=1h").await;
+    assert_eq!(
+        (
+            u["rows"][0]["requests"].as_u64(),
+            u["rows"][0]["errors"].as_u64()
+        ),
+        (Some(23), Some(21)),
+        "{u}"
+    );
     // Bad queries: 400 with a message.
     for q in [
         "/admin/failures?bucket=week",

@@ -297,7 +297,10 @@
     const { buckets, series } = pivot(f.by_kind.map((r) => ({ bucket: r.bucket, group: r.kind, value: r.count })), bucket);
     barChart($("failures-chart"), buckets, series, `failures by kind per ${bucket}`);
     $("failures-table").tBodies[0].replaceChildren(...f.latest.map((r) => el("tr", {},
-      el("td", {}, fmtTime(r.time)), el("td", { class: "mono small" }, r.request_id || "–"), el("td", {}, r.key || "–"),
+      // A row may count several alike failures of one second; the id is the first's.
+      el("td", {}, fmtTime(r.time)), el("td", { class: "mono small" }, r.request_id || "–",
+        r.requests > 1 ? el("span", { class: "muted", "data-requests": r.requests }, ` and ${fmtNum(r.requests - 1)} alike`) : null),
+      el("td", {}, r.key || "–"),
       el("td", { class: "mono" }, r.kind), el("td", { class: "num" }, r.status))));
   }
   // Which `usage` counter of GET /admin/keys each limit is measured against.
