@@ -380,6 +380,99 @@ async fn a_keys_limit_holds_across_both_replicas_on_postgres() {
     a_keys_limit_holds_across_both(Shared::Postgres(url)).await;
 }
 
+/// A replica whose key `one` may run one request at a time (`concurrent: 1`).
+async fn replica_one_at_a_time(url: &str, env: Vec<(&'static str, String)>) -> TestServer {
+    let url = url.to_string();
+    TestServer::start(Opts {
+        keys_yaml: Some(format!(
+            "keys:\n  - name: one\n    sha256: \"{}\"\n    limits:\n      concurrent: 1\n",
+            digest("one-key"),
+        )),
+        env,
+        tweak: Box::new(move |c| c.state.url = Some(url)),
+        ..Opts::default()
+    })
+    .await
+}
+
+/// A client that never has two requests in flight is never refused for `concurrent`: a
+/// request's lease is given back before its answer's last bytes reach the client, so its
+/// next request (on either replica) finds the slot free. Before, the release was written
+/// in the background after the answer, and a quick client could get a 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_client_is_never_refused_for_concurrent_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_sequential_client_is_never_refused_for_concurrent_on_postgres");
+    };
+    let env = vec![("FAKE_CLAUDE_ECHO", "1".to_string())];
+    let (a, b) = (
+        replica_one_at_a_time(&url, env.clone()).await,
+        replica_one_at_a_time(&url, env).await,
+    );
+    let mut refused = Vec::new();
+    for i in 0..40 {
+        let s = if i % 4 < 2 { &a } else { &b };
+        let (path, body) = match i % 3 {
+            0 => ("/v1/messages", messages_body("hi", i % 2 == 0)),
+            1 => (
+                "/v1/chat/completions",
+                crate::harness::chat_body("hi", i % 2 == 0),
+            ),
+            _ => (
+                "/v1/responses",
+                serde_json::json!({"model": "sonnet", "input": "hi", "stream": i % 2 == 0}),
+            ),
+        };
+        let (st, v) = post(s, path, "one-key", &body).await;
+        if st != 200 {
+            refused.push((i, path, st, v));
+        }
+    }
+    assert!(refused.is_empty(), "{refused:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Two requests at once on two replicas: the second is refused for `concurrent` while the
+/// first runs, and served once it is done.
+#[tokio::test]
+async fn concurrent_holds_across_both_replicas_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("concurrent_holds_across_both_replicas_on_postgres");
+    };
+    // A second between deltas: the first answer runs for seconds after its spawn.
+    let a = Arc::new(replica_one_at_a_time(&url, vec![("FAKE_CLAUDE_DELAY", "1".into())]).await);
+    a.set_scenario("slow");
+    let b = replica_one_at_a_time(&url, vec![("FAKE_CLAUDE_ECHO", "1".into())]).await;
+    let a2 = Arc::clone(&a);
+    let first = tokio::spawn(async move {
+        post(&a2, "/v1/messages", "one-key", &messages_body("a", true)).await
+    });
+    // The first holds the key's slot once its CLI is spawned (a count, not a clock; the
+    // loop is a hang guard only).
+    for _ in 0..1500 {
+        if a.state.backend.stats().snapshot().spawned_total >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (st, v) = post(&b, "/v1/messages", "one-key", &messages_body("b", false)).await;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("at once"),
+        "{v}"
+    );
+    let (st, v) = first.await.unwrap();
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = post(&b, "/v1/messages", "one-key", &messages_body("c", false)).await;
+    assert_eq!(st, 200, "{v}");
+    b.shutdown().await;
+}
+
 // Not on SQLite: the embedded store serves one replica, whose own counters decide
 // (`http::keyed::admit_shared`); a SQLite file shared by replicas is not a deployment.
 
