@@ -50,6 +50,7 @@ pub(crate) struct Writes {
     in_flight: AtomicUsize,
     overflowed: AtomicU64,
     failed: AtomicU64,
+    retried: AtomicU64,
     /// Set by [`Store::finish_writes`]: no more retry pauses.
     stopping: AtomicBool,
     /// Woken when the last write ends and when stopping begins.
@@ -63,6 +64,7 @@ impl Writes {
             in_flight: AtomicUsize::new(0),
             overflowed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             changed: Notify::new(),
         }
@@ -126,6 +128,7 @@ impl Store {
                 if !again {
                     break r;
                 }
+                slot.0.retried.fetch_add(1, Ordering::Relaxed);
                 // Until the pause is over, or shutdown: then once more at once.
                 let stopping = slot.0.changed.notified();
                 tokio::pin!(stopping);
@@ -160,6 +163,11 @@ impl Store {
     /// Background writes whose last attempt failed (since start).
     pub fn writes_failed(&self) -> u64 {
         self.writes.failed.load(Ordering::Relaxed)
+    }
+
+    /// Attempts that failed and are being retried (since start).
+    pub fn writes_retried(&self) -> u64 {
+        self.writes.retried.load(Ordering::Relaxed)
     }
 
     /// At shutdown, after the last request ended: writes pausing between retries try once
@@ -335,6 +343,8 @@ mod tests {
         );
         assert!(rx.await.unwrap());
         assert_eq!(attempts.load(Ordering::Relaxed), 3);
+        assert_eq!(s.writes_retried(), 2);
+        assert_eq!(s.writes_failed(), 0);
         // Without retries: one attempt.
         let once = Arc::new(AtomicUsize::new(0));
         let o = Arc::clone(&once);

@@ -473,6 +473,62 @@ async fn concurrent_holds_across_both_replicas_on_postgres() {
     b.shutdown().await;
 }
 
+/// Lease rows in the database at `url`.
+async fn leases(url: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let n: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM key_leases")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap(),
+        0,
+    );
+    let _ = conn.close().await;
+    n
+}
+
+/// A client that leaves mid-stream: its lease is given back in the background (nobody
+/// waits for the stream's end any more), long before the row would expire
+/// (`cli.total_timeout` + 60 s = 80 s here), and the key is served again on the other
+/// replica.
+#[tokio::test]
+async fn a_stream_the_client_left_gives_its_slot_back_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_stream_the_client_left_gives_its_slot_back_on_postgres");
+    };
+    let a = replica_one_at_a_time(&url, vec![("FAKE_CLAUDE_DELAY", "1".into())]).await;
+    a.set_scenario("slow");
+    let b = replica_one_at_a_time(&url, vec![("FAKE_CLAUDE_ECHO", "1".into())]).await;
+    let mut r = client()
+        .post(a.url("/v1/messages"))
+        .header("x-api-key", "one-key")
+        .json(&messages_body("a", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The stream began: its lease is held.
+    assert!(r.chunk().await.unwrap().is_some());
+    assert_eq!(leases(&url).await, 1);
+    let (st, v) = post(&b, "/v1/messages", "one-key", &messages_body("b", false)).await;
+    assert_eq!(st, 429, "{v}");
+    drop(r);
+    // The replica notices at its next event (a second later) and releases in the
+    // background (the loop is a hang guard, well below the row's 80 s expiry).
+    for _ in 0..400 {
+        if leases(&url).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(leases(&url).await, 0);
+    let (st, v) = post(&b, "/v1/messages", "one-key", &messages_body("c", false)).await;
+    assert_eq!(st, 200, "{v}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 // Not on SQLite: the embedded store serves one replica, whose own counters decide
 // (`http::keyed::admit_shared`); a SQLite file shared by replicas is not a deployment.
 
@@ -668,6 +724,59 @@ async fn a_cooldown_is_seen_by_both_replicas_on_postgres() {
 async fn a_cooldown_is_seen_by_both_replicas_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     a_cooldown_is_seen_by_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
+}
+
+/// A cooldown found while PostgreSQL is down reaches the other replica once it is back:
+/// its write is retried after transient failures (`store::write_behind`). Before, it stayed
+/// on the replica that found it.
+#[tokio::test]
+async fn a_cooldown_found_during_an_outage_is_shared_once_the_store_is_back() {
+    if pg_database().await.is_none() {
+        return skip("a_cooldown_found_during_an_outage_is_shared_once_the_store_is_back");
+    }
+    let (cluster, url) = OwnCluster::start_new().await;
+    let shared = Shared::Postgres(url);
+    let (x, y) = (
+        replica_with_accounts(&shared).await,
+        replica_with_accounts(&shared).await,
+    );
+    cluster.stop().await;
+    // x tries `a`, gets the usage limit, cools it down and answers from `b`; the store
+    // does not take the cooldown.
+    let r = client()
+        .post(x.url("/v1/chat/completions"))
+        .json(&crate::harness::chat_body("hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("from b"));
+    assert_eq!(runs(&x), 2, "one run on a, one on b");
+    let a_on_y = y.state.accounts.members()[0].health().clone();
+    assert!(a_on_y.cooldown().is_none());
+    // The store keeps down until the cooldown's write has failed once and waits to be
+    // tried again (a count; the loop is a hang guard only).
+    let store = x.state.ledger.as_ref().unwrap().store().clone();
+    for _ in 0..600 {
+        if store.writes_retried() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.start().await;
+    // y learns it once the store is back (hang guard only).
+    for _ in 0..1200 {
+        if a_on_y.cooldown().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = a_on_y
+        .cooldown()
+        .expect("y sees a's cooldown after the outage");
+    assert_eq!(c.kind, "usage_limit");
+    x.shutdown().await;
+    y.shutdown().await;
 }
 
 #[test]
