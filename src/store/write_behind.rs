@@ -317,20 +317,19 @@ mod tests {
         assert!(rx.await.unwrap());
     }
 
-    #[tokio::test]
-    async fn a_retried_write_goes_in_once_the_store_answers_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir, 60_000).await;
+    /// Runs a write that fails `failures` times (the store unreachable), then succeeds;
+    /// whether it went in, and its attempts.
+    async fn flaky(s: &Store, retry: Retry, failures: usize) -> (bool, usize) {
         let attempts = Arc::new(AtomicUsize::new(0));
         let a = Arc::clone(&attempts);
         let (tx, rx) = tokio::sync::oneshot::channel();
         s.write_behind(
             "flaky",
-            Retry::For(Duration::from_secs(60)),
+            retry,
             move |_| {
                 let n = a.fetch_add(1, Ordering::Relaxed);
                 async move {
-                    if n < 2 {
+                    if n < failures {
                         Err(unreachable())
                     } else {
                         Ok(())
@@ -341,27 +340,28 @@ mod tests {
                 let _ = tx.send(r.is_ok());
             },
         );
-        assert!(rx.await.unwrap());
-        assert_eq!(attempts.load(Ordering::Relaxed), 3);
+        let ok = rx.await.unwrap();
+        (ok, attempts.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn a_retried_write_goes_in_once_the_store_answers_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir, 60_000).await;
+        assert_eq!(
+            flaky(&s, Retry::For(Duration::from_secs(60)), 2).await,
+            (true, 3)
+        );
         assert_eq!(s.writes_retried(), 2);
         assert_eq!(s.writes_failed(), 0);
         // Without retries: one attempt.
-        let once = Arc::new(AtomicUsize::new(0));
-        let o = Arc::clone(&once);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        s.write_behind(
-            "once",
-            Retry::Never,
-            move |_| {
-                o.fetch_add(1, Ordering::Relaxed);
-                async { Err(unreachable()) }
-            },
-            move |r| {
-                let _ = tx.send(r.is_ok());
-            },
+        assert_eq!(flaky(&s, Retry::Never, 2).await, (false, 1));
+        assert_eq!(s.writes_failed(), 1);
+        // Retries end with their time (the first pause alone is longer than this).
+        assert_eq!(
+            flaky(&s, Retry::For(Duration::from_millis(10)), 2).await,
+            (false, 1)
         );
-        assert!(!rx.await.unwrap());
-        assert_eq!(once.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -674,25 +674,23 @@ fn runs(s: &TestServer) -> usize {
         .count()
 }
 
-async fn a_cooldown_is_seen_by_both(shared: Shared) {
-    let (x, y) = (
-        replica_with_accounts(&shared).await,
-        replica_with_accounts(&shared).await,
-    );
-    let chat = crate::harness::chat_body("hi", false);
-    // x tries `a`, gets the usage limit, cools it down and answers from `b`.
+/// x's request: x tries `a`, gets the usage limit, cools it down and answers from `b`.
+async fn cool_a_down_on(x: &TestServer) {
     let r = client()
         .post(x.url("/v1/chat/completions"))
-        .json(&chat)
+        .json(&crate::harness::chat_body("hi", false))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("from b"));
-    assert_eq!(runs(&x), 2, "one run on a, one on b");
-    // y learns it without a request of its own (hang guard only).
+    assert_eq!(runs(x), 2, "one run on a, one on b");
+}
+
+/// Waits until `y` has `a`'s usage-limit cooldown (the loop is a hang guard only).
+async fn a_cooldown_reaches(y: &TestServer) {
     let a_on_y = y.state.accounts.members()[0].health().clone();
-    for _ in 0..600 {
+    for _ in 0..1200 {
         if a_on_y.cooldown().is_some() {
             break;
         }
@@ -700,6 +698,17 @@ async fn a_cooldown_is_seen_by_both(shared: Shared) {
     }
     let c = a_on_y.cooldown().expect("y sees a's cooldown");
     assert_eq!(c.kind, "usage_limit");
+}
+
+async fn a_cooldown_is_seen_by_both(shared: Shared) {
+    let (x, y) = (
+        replica_with_accounts(&shared).await,
+        replica_with_accounts(&shared).await,
+    );
+    let chat = crate::harness::chat_body("hi", false);
+    cool_a_down_on(&x).await;
+    // y learns it without a request of its own.
+    a_cooldown_reaches(&y).await;
     // y's request goes straight to `b`: `a` is not tried again.
     let r = client()
         .post(y.url("/v1/chat/completions"))
@@ -741,19 +750,9 @@ async fn a_cooldown_found_during_an_outage_is_shared_once_the_store_is_back() {
         replica_with_accounts(&shared).await,
     );
     cluster.stop().await;
-    // x tries `a`, gets the usage limit, cools it down and answers from `b`; the store
-    // does not take the cooldown.
-    let r = client()
-        .post(x.url("/v1/chat/completions"))
-        .json(&crate::harness::chat_body("hi", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("from b"));
-    assert_eq!(runs(&x), 2, "one run on a, one on b");
-    let a_on_y = y.state.accounts.members()[0].health().clone();
-    assert!(a_on_y.cooldown().is_none());
+    // The store does not take the cooldown x finds.
+    cool_a_down_on(&x).await;
+    assert!(y.state.accounts.members()[0].health().cooldown().is_none());
     // The store keeps down until the cooldown's write has failed once and waits to be
     // tried again (a count; the loop is a hang guard only).
     let store = x.state.ledger.as_ref().unwrap().store().clone();
@@ -764,17 +763,8 @@ async fn a_cooldown_found_during_an_outage_is_shared_once_the_store_is_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cluster.start().await;
-    // y learns it once the store is back (hang guard only).
-    for _ in 0..1200 {
-        if a_on_y.cooldown().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let c = a_on_y
-        .cooldown()
-        .expect("y sees a's cooldown after the outage");
-    assert_eq!(c.kind, "usage_limit");
+    // y learns it once the store is back.
+    a_cooldown_reaches(&y).await;
     x.shutdown().await;
     y.shutdown().await;
 }
