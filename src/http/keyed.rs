@@ -417,7 +417,9 @@ pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>) {
         if let Some(k) = &key {
             limiter.add_tokens(&k.name, total, now());
             if total > 0 && k.limits.any() {
-                if let Some(store) = ledger.as_ref().map(|l| l.store()) {
+                // Only where replicas read them (as `admit_shared`).
+                let shared = ledger.as_ref().map(|l| l.store()).filter(|s| s.is_shared());
+                if let Some(store) = shared {
                     let (name, at) = (k.name.clone(), now());
                     write_behind(&metrics, store, "count a key's tokens", move |store| {
                         let name = name.clone();
