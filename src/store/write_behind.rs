@@ -233,7 +233,7 @@ mod tests {
 
     /// Waits (a hang guard only) until no write of `s` runs.
     async fn idle(s: &Store) {
-        for _ in 0..1000 {
+        for _ in 0..3000 {
             if s.writes_in_flight() == 0 {
                 return;
             }
@@ -445,7 +445,8 @@ mod tests {
         assert_eq!(got, [false, true]);
         // A write that never ends: shutdown waits for it at most twice the timeout
         // (its own timeout ends it first).
-        let s2 = store(&tempfile::tempdir().unwrap(), 50).await;
+        let dir2 = tempfile::tempdir().unwrap();
+        let s2 = store(&dir2, 50).await;
         s2.write_behind("hang", Retry::Never, |_| std::future::pending(), |_| {});
         assert!(s2.finish_writes().await);
     }
