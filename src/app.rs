@@ -1,8 +1,9 @@
 //! App wiring: [`serve`] runs the HTTP router on a listener together with the background
 //! tasks a serving process owns (the health probe, SIGHUP reloads, the rules file watcher,
 //! the pre-warmed pool's maintainer, the usage ledger's writer and its retention purge),
-//! all stopped by one shutdown signal and awaited before it returns (the ledger's writer
-//! is flushed after the last request ended). `conn` is the accept loop and the client connections, with
+//! all stopped by one shutdown signal and awaited before it returns (the state store's
+//! background writes finish and the ledger's writer is flushed after the last request
+//! ended). `conn` is the accept loop and the client connections, with
 //! their timeouts and cap.
 
 mod conn;
@@ -129,6 +130,16 @@ pub async fn serve(
     backend.close_kept().await;
     if let Some(purge) = purge {
         let _ = purge.await;
+    }
+    // Every request has ended: the store's background writes (slot releases, token
+    // counts, shared account state) get a last, bounded, chance.
+    if let Some(store) = ledger.as_ref().map(|l| l.store()) {
+        if !store.finish_writes().await {
+            tracing::warn!(
+                running = store.writes_in_flight(),
+                "state store: background writes still running at shutdown; dropped"
+            );
+        }
     }
     // Every request has ended (its row is queued): write them all.
     if let Some(ledger) = ledger {

@@ -34,6 +34,11 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub write: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ToolLabels {
     pub tool: String,
 }
@@ -153,6 +158,9 @@ pub struct Metrics {
     /// Limit checks decided by this replica alone because the shared store did not
     /// answer in time (no series until the first).
     pub limits_local_fallback: Family<Vec<(String, String)>, Counter>,
+    /// Account state not shared with the other replicas because too many state store
+    /// writes were running, by `write` (`cooldown`, `windows`, `conversation`).
+    pub state_writes_skipped: Family<WriteLabels, Counter>,
     accounts: AccountHealths,
 }
 
@@ -537,6 +545,12 @@ impl Metrics {
             "Key limit checks and counts this replica did alone because the state store (state.url) did not answer within state.statement_timeout",
             limits_local_fallback.clone(),
         );
+        let state_writes_skipped = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "ccgate_state_writes_skipped",
+            "Account state (a cooldown, plan windows, a conversation's account) not shared with the other replicas because too many state store writes were running",
+            state_writes_skipped.clone(),
+        );
         Metrics {
             web_runs,
             web_calls,
@@ -545,6 +559,7 @@ impl Metrics {
             key_tokens,
             key_limited,
             limits_local_fallback,
+            state_writes_skipped,
             ledger_rows_dropped,
             account_requests,
             account_cli_runs,
@@ -647,6 +662,15 @@ impl Metrics {
     /// One limit check or count done by this replica alone (the store did not answer).
     pub fn count_limits_fallback(&self) {
         self.limits_local_fallback.get_or_create(&Vec::new()).inc();
+    }
+
+    /// An account state write not started (too many state store writes running).
+    pub fn count_state_write_skipped(&self, write: &str) {
+        self.state_writes_skipped
+            .get_or_create(&WriteLabels {
+                write: write.into(),
+            })
+            .inc();
     }
 
     /// A run with the CLI's web tools (`search`, `fetch`).

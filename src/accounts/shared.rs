@@ -14,9 +14,13 @@ use crate::backend::present::Fingerprint;
 use crate::health::{Cooldown, Source};
 use crate::protocol::PlanWindows;
 use crate::shutdown::Shutdown;
-use crate::store::{SharedCooldown, SharedWindows, Store};
+use crate::store::{Retry, SharedCooldown, SharedWindows, Store};
 
 use super::{Accounts, Member};
+
+/// How long a cooldown's write is retried after transient failures (at most until the
+/// cooldown ends): an outage longer than this leaves it on this replica.
+const COOLDOWN_RETRY: Duration = Duration::from_secs(3600);
 
 /// The store cooldowns are shared through, and the latest reset this replica already
 /// applied or published per account: a stored cooldown is applied once, so one this
@@ -50,29 +54,29 @@ impl Accounts {
         });
     }
 
-    /// Runs `write` on the shared store in the background, bounded by
-    /// `state.statement_timeout`: nothing without a store or a runtime. A failure is
-    /// logged as a warning when `loud` (a cooldown the others then miss), else at debug.
-    fn write_behind<F>(
+    /// Runs `write` on the shared store in the background (`store::write_behind`: bounded
+    /// in number and each attempt by `state.statement_timeout`; `retry` after a transient
+    /// failure); nothing without a store. A write not started (too many running) is
+    /// counted in `ccgate_state_writes_skipped_total{write}`; a failure is logged as a
+    /// warning when `loud` (a cooldown the others then miss), else at debug.
+    fn write_behind<W, F>(
         &self,
         what: &'static str,
+        label: &'static str,
         member: &Member,
         loud: bool,
-        write: impl FnOnce(Store) -> F,
+        retry: Retry,
+        write: W,
     ) where
+        W: FnMut(Store) -> F + Send + 'static,
         F: std::future::Future<Output = Result<(), crate::store::StoreError>> + Send + 'static,
     {
         let Some(sharing) = self.shared.get() else {
             return;
         };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let store = sharing.store.clone();
-        let work = write(store.clone());
         let account = member.name.clone();
-        rt.spawn(async move {
-            if let Err(e) = store.bounded(what, work).await {
+        let started = sharing.store.write_behind(what, retry, write, move |r| {
+            if let Err(e) = r {
                 if loud {
                     tracing::warn!(error = %e, account = %account, "{what}: not shared with the other replicas");
                 } else {
@@ -80,6 +84,10 @@ impl Accounts {
                 }
             }
         });
+        if !started {
+            self.metrics.count_state_write_skipped(label);
+            tracing::debug!(account = %member.name, "{what}: too many state store writes running; not shared");
+        }
     }
 
     /// Writes `c` (just set on `member`) for the other replicas, in the background.
@@ -93,10 +101,26 @@ impl Accounts {
             kind: c.kind.clone(),
             message: c.message.clone(),
         };
-        self.write_behind("share a cooldown", member, true, move |store| async move {
-            let now = crate::clock::unix_now() as i64;
-            store.put_cooldown(&shared, now).await
-        });
+        // Retried after a transient failure (PostgreSQL down or slow) until the cooldown
+        // ends, at most COOLDOWN_RETRY: a cooldown found during an outage still reaches
+        // the other replicas once the store is back. Writing it late is harmless: the
+        // store keeps the later of two ends.
+        let left = c.until_unix.saturating_sub(crate::clock::unix_now());
+        let retry = Retry::For(Duration::from_secs(left).min(COOLDOWN_RETRY));
+        self.write_behind(
+            "share a cooldown",
+            "cooldown",
+            member,
+            true,
+            retry,
+            move |store| {
+                let shared = shared.clone();
+                async move {
+                    let now = crate::clock::unix_now() as i64;
+                    store.put_cooldown(&shared, now).await
+                }
+            },
+        );
     }
 
     /// Writes `w` (observed on `member` at `at`) for the other replicas, in the background.
@@ -109,24 +133,37 @@ impl Accounts {
             observed_at: at as i64,
             body,
         };
+        // Not retried: the next answer or scheduled read reports newer windows anyway.
         self.write_behind(
             "share plan windows",
+            "windows",
             member,
             false,
-            move |store| async move { store.put_windows(&shared).await },
+            Retry::Never,
+            move |store| {
+                let shared = shared.clone();
+                async move { store.put_windows(&shared).await }
+            },
         );
     }
 
     /// Writes that `member` answered the conversation `fp`, in the background.
     pub(super) fn publish_conversation(&self, fp: &Fingerprint, member: &Member) {
         let (fp, account) = (fp.hex(), member.name.clone());
+        // Not retried: a follow-up that misses it runs fresh from its messages, correct
+        // but maybe on another account; the answer after it writes the map again.
         self.write_behind(
             "share a conversation's account",
+            "conversation",
             member,
             false,
-            move |store| async move {
-                let now = crate::clock::unix_now() as i64;
-                store.put_conversation_account(&fp, &account, now).await
+            Retry::Never,
+            move |store| {
+                let (fp, account) = (fp.clone(), account.clone());
+                async move {
+                    let now = crate::clock::unix_now() as i64;
+                    store.put_conversation_account(&fp, &account, now).await
+                }
             },
         );
     }

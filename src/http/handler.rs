@@ -19,6 +19,7 @@ use crate::conversation::Conversation;
 use crate::engine::{TurnError, TurnRequest, TurnRun, TurnStep};
 use crate::http::errors::ApiError;
 use crate::http::extract::{parse_body, read_body, Cx};
+use crate::http::keyed::SharedLease;
 use crate::http::state::AppState;
 use crate::http::RequestId;
 use crate::protocol::{Success, Usage};
@@ -249,14 +250,33 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
     if let Err(refused) = crate::http::keyed::admit(&state, &cx, cx.caller.as_ref(), &turn.model) {
         return cx.error(refused);
     }
-    if let Err(refused) = crate::http::keyed::admit_shared(&state, &cx).await {
-        return cx.error(refused);
+    let lease = match crate::http::keyed::admit_shared(&state, &cx).await {
+        Ok(lease) => lease,
+        Err(refused) => return cx.error(refused),
+    };
+    // The key's shared `concurrent` slot goes back before the answer's last bytes: here
+    // before a complete answer is sent, in the stream before its final events.
+    let (response, lease) = answer::<A>(&state, cx, body, turn, lease).await;
+    if let Some(lease) = lease {
+        lease.release().await;
     }
+    response
+}
+
+/// After admission: runs the turn and answers. The lease comes back unless a stream took
+/// it.
+async fn answer<A: Api>(
+    state: &AppState,
+    cx: Cx,
+    body: A::Request,
+    mut turn: TurnRequest,
+    lease: Option<SharedLease>,
+) -> (Response, Option<SharedLease>) {
     turn.accounts = cx.caller.as_ref().and_then(|c| c.0.accounts.clone());
     turn.tenant.clone_from(&cx.tenant);
     turn.show_thinking |= A::thinking_by_config(&state.settings);
-    if let Err(e) = crate::http::web::admit(&state, &mut turn.options) {
-        return cx.error(e);
+    if let Err(e) = crate::http::web::admit(state, &mut turn.options) {
+        return (cx.error(e), lease);
     }
     let mut run = match state
         .engine
@@ -264,7 +284,7 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
         .await
     {
         Ok(run) => run,
-        Err(e) => return cx.error(A::start_error(&body, e)),
+        Err(e) => return (cx.error(A::start_error(&body, e)), lease),
     };
     let id = A::answer_id();
     if A::wants_stream(&body) {
@@ -277,7 +297,7 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
             None => Some(run.first_content().await),
         };
         if let Some(Err(v)) = waited {
-            return cx.error(ApiError::Verdict(v));
+            return (cx.error(ApiError::Verdict(v)), lease);
         }
         cx.record.streaming();
         if waited.is_some() {
@@ -288,16 +308,20 @@ pub async fn handle<A: Api>(State(state): State<AppState>, request: ApiRequest<A
             Some(_) => Start::Open(A::framer(body, id, run.prompt_usage())),
             None => Start::Waiting(body, id),
         };
-        return sse_response::<A>(cx, run, start, state.settings.sse_keepalive);
+        return (
+            sse_response::<A>(cx, run, start, state.settings.sse_keepalive, lease),
+            None,
+        );
     }
-    match run.complete().await {
+    let response = match run.complete().await {
         Ok(answer) => {
             cx.record.set_usage(&answer.usage, answer.model.as_deref());
             cx.record.answered(200, "ok", true);
             Json(A::complete_body(&body, &id, &answer)).into_response()
         }
         Err(v) => cx.error(ApiError::Verdict(v)),
-    }
+    };
+    (response, lease)
 }
 
 /// How a stream begins: with its framer (the first content is ready), or still waiting
@@ -312,6 +336,9 @@ enum Start<A: Api> {
 struct Streaming<A: Api> {
     cx: Cx,
     run: TurnRun,
+    /// The key's shared `concurrent` slot, given back before the final events (or the
+    /// stream's end); dropped with the stream when the client leaves.
+    lease: Option<SharedLease>,
     framer: Option<A::Framer>,
     waiting: Option<(A::Request, String)>,
     next: Option<Vec<Event>>,
@@ -327,6 +354,7 @@ fn sse_response<A: Api>(
     run: TurnRun,
     start: Start<A>,
     keep_alive: Option<Duration>,
+    lease: Option<SharedLease>,
 ) -> Response {
     let keep_alive = keep_alive.map(|every| {
         // Sent only while the stream is idle that long: proxies with read timeouts
@@ -346,6 +374,7 @@ fn sse_response<A: Api>(
             waiting: None,
             cx,
             run,
+            lease,
         },
         Start::Waiting(req, id) => Streaming::<A> {
             next: Some(vec![match cx.flavour {
@@ -356,6 +385,7 @@ fn sse_response<A: Api>(
             waiting: Some((req, id)),
             cx,
             run,
+            lease,
         },
     };
     let events = futures_util::stream::unfold(state, |mut st| async move {
@@ -373,14 +403,24 @@ fn sse_response<A: Api>(
                 }
                 Err(v) => {
                     st.cx.record.stream_failed(&v.kind);
+                    release(&mut st.lease).await;
                     let body = st.cx.render(&ApiError::Verdict(v)).body;
                     A::framer(req, id, None).fail(body)
                 }
             };
             return Some((events, st));
         }
+        let step = match st.framer {
+            Some(_) => st.run.next().await,
+            None => None,
+        };
+        let Some(step) = step else {
+            // The end without final events.
+            release(&mut st.lease).await;
+            return None;
+        };
         let framer = st.framer.as_mut()?;
-        let events = match st.run.next().await? {
+        let events = match step {
             TurnStep::Text(t) => framer.text(t),
             TurnStep::ToolStart { index, id, name } => framer.tool_start(index, id, name),
             TurnStep::ToolArgs { index, fragment } => framer.tool_args(index, fragment),
@@ -389,10 +429,12 @@ fn sse_response<A: Api>(
             TurnStep::Finish(s) => {
                 st.cx.record.set_usage(&s.usage, s.model.as_deref());
                 st.cx.record.stream_finished();
+                release(&mut st.lease).await;
                 framer.finish(&s)
             }
             TurnStep::Fail(v) => {
                 st.cx.record.stream_failed(&v.kind);
+                release(&mut st.lease).await;
                 let body = st.cx.render(&ApiError::Verdict(v)).body;
                 framer.fail(body)
             }
@@ -405,5 +447,12 @@ fn sse_response<A: Api>(
     match keep_alive {
         Some(k) => Sse::new(flat).keep_alive(k).into_response(),
         None => Sse::new(flat).into_response(),
+    }
+}
+
+/// Gives a stream's shared slot back (once), before its last events.
+async fn release(lease: &mut Option<SharedLease>) {
+    if let Some(lease) = lease.take() {
+        lease.release().await;
     }
 }

@@ -20,7 +20,7 @@ use crate::http::{new_request_id, presented_key, static_error_for, RequestId};
 use crate::keys::{Key, Lookup, Role};
 use crate::limits::AccountWindow;
 use crate::metrics::{KeyLabels, KeyTokenLabels};
-use crate::store::LedgerRow;
+use crate::store::{LedgerRow, Retry, Store};
 
 fn now() -> i64 {
     crate::clock::unix_now() as i64
@@ -184,30 +184,78 @@ pub(crate) fn key_windows(state: &AppState, k: &Key) -> Vec<AccountWindow> {
         .collect()
 }
 
-/// Shared-store work started from a finished request's hooks (token counts, slot
-/// releases) that has not ended yet; beyond [`MAX_SHARED_WRITES`] it is skipped and
-/// counted as a fallback.
-static SHARED_WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-const MAX_SHARED_WRITES: usize = 1024;
-
-/// Runs `work` (a store call) in the background, bounded in number.
-fn spawn_shared(state: &AppState, work: impl std::future::Future<Output = bool> + Send + 'static) {
-    use std::sync::atomic::Ordering;
-    let metrics = Arc::clone(&state.metrics);
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    if SHARED_WRITES.fetch_add(1, Ordering::Relaxed) >= MAX_SHARED_WRITES {
-        SHARED_WRITES.fetch_sub(1, Ordering::Relaxed);
-        metrics.count_limits_fallback();
-        return;
-    }
-    rt.spawn(async move {
-        if !work.await {
-            metrics.count_limits_fallback();
+/// Runs `write` (a key's counters in the shared store) in the store's background writes
+/// (`store::write_behind`: bounded in number and by `state.statement_timeout`); one refused
+/// because too many are running, or failed, is counted as a fallback.
+fn write_behind<W, F>(
+    metrics: &Arc<crate::metrics::Metrics>,
+    store: &Store,
+    what: &'static str,
+    write: W,
+) where
+    W: FnMut(Store) -> F + Send + 'static,
+    F: std::future::Future<Output = Result<(), crate::store::StoreError>> + Send + 'static,
+{
+    let m = Arc::clone(metrics);
+    let started = store.write_behind(what, Retry::Never, write, move |r| {
+        if r.is_err() {
+            m.count_limits_fallback();
         }
-        SHARED_WRITES.fetch_sub(1, Ordering::Relaxed);
     });
+    if !started {
+        metrics.count_limits_fallback();
+    }
+}
+
+/// A running request's slot of its key's `concurrent` limit in the shared store (a lease
+/// row). The handler gives it back with [`SharedLease::release`] before the answer's last
+/// bytes go out (a complete answer before it is sent, a stream before its final events),
+/// so the client's next request, on this replica or another, finds the slot free: a
+/// client that never has two requests in flight is never refused for `concurrent`.
+/// Dropped unreleased (a client that left mid-stream; nobody waits then), it is given back
+/// in the background. The row's expiry frees the slot of a replica that died.
+pub struct SharedLease {
+    store: Store,
+    lease: String,
+    metrics: Arc<crate::metrics::Metrics>,
+    held: bool,
+}
+
+impl SharedLease {
+    /// Gives the slot back now, waiting at most `state.statement_timeout` (a store that
+    /// does not answer is counted as a fallback; the row then expires by itself).
+    pub async fn release(mut self) {
+        let done = self
+            .store
+            .bounded(
+                "release a key's slot",
+                self.store.release_lease(&self.lease),
+            )
+            .await;
+        // Only now: a release cancelled half-way (the client left) is redone on drop.
+        self.held = false;
+        if done.is_err() {
+            self.metrics.count_limits_fallback();
+        }
+    }
+}
+
+impl Drop for SharedLease {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let lease = std::mem::take(&mut self.lease);
+        write_behind(
+            &self.metrics,
+            &self.store,
+            "release a key's slot",
+            move |store| {
+                let lease = lease.clone();
+                async move { store.release_lease(&lease).await }
+            },
+        );
+    }
 }
 
 /// Says (at the first time and then at each power of two) that the store did not answer a
@@ -230,14 +278,16 @@ fn warn_fallback(state: &AppState, e: &crate::store::StoreError) {
 ///
 /// Only on a shared store (PostgreSQL): the embedded SQLite store serves one replica, whose
 /// own counters ([`admit`]) are the whole truth, and a slot's release there must not wait
-/// for a background write (a client sending its next request right after an answer got a
-/// 429 for `concurrent` while the release was still on its way).
-pub async fn admit_shared(state: &AppState, cx: &Cx) -> Result<(), ApiError> {
+/// for a store write at all.
+///
+/// With a `concurrent` limit, Ok holds the request's [`SharedLease`], which the handler
+/// gives back before the answer's last bytes.
+pub async fn admit_shared(state: &AppState, cx: &Cx) -> Result<Option<SharedLease>, ApiError> {
     let (Some(Caller(k)), Some(ledger)) = (cx.caller.as_ref(), state.ledger.as_ref()) else {
-        return Ok(());
+        return Ok(None);
     };
     if !ledger.store().is_shared() {
-        return Ok(());
+        return Ok(None);
     }
     let l = &k.limits;
     let limits = crate::store::KeyLimits {
@@ -251,7 +301,7 @@ pub async fn admit_shared(state: &AppState, cx: &Cx) -> Result<(), ApiError> {
         && limits.tokens_per_minute.is_none()
         && limits.tokens_per_day.is_none()
     {
-        return Ok(());
+        return Ok(None);
     }
     let store = ledger.store().clone();
     let lease = crate::keys::new_key().1;
@@ -273,18 +323,12 @@ pub async fn admit_shared(state: &AppState, cx: &Cx) -> Result<(), ApiError> {
                 u.tokens_day,
                 now,
             );
-            if limits.concurrent.is_some() {
-                let state2 = state.clone();
-                cx.record.on_finish(Box::new(move |_| {
-                    spawn_shared(&state2, async move {
-                        store
-                            .bounded("release a key's slot", store.release_lease(&lease))
-                            .await
-                            .is_ok()
-                    });
-                }));
-            }
-            Ok(())
+            Ok(limits.concurrent.map(|_| SharedLease {
+                store,
+                lease,
+                metrics: Arc::clone(&state.metrics),
+                held: true,
+            }))
         }
         Ok(crate::store::Admission::Refused(limit)) => {
             state
@@ -333,7 +377,7 @@ pub async fn admit_shared(state: &AppState, cx: &Cx) -> Result<(), ApiError> {
         }
         Err(e) => {
             warn_fallback(state, &e);
-            Ok(())
+            Ok(None)
         }
     }
 }
@@ -345,7 +389,6 @@ pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>) {
     let limiter = Arc::clone(&state.limiter);
     let metrics = Arc::clone(&state.metrics);
     let accounts = Arc::clone(&state.accounts);
-    let state2 = state.clone();
     cx.record.on_finish(Box::new(move |s: &RequestSummary| {
         let u = &s.usage;
         let total = u.input_tokens
@@ -374,16 +417,13 @@ pub fn on_finish(state: &AppState, cx: &Cx, key: Option<Arc<Key>>) {
         if let Some(k) = &key {
             limiter.add_tokens(&k.name, total, now());
             if total > 0 && k.limits.any() {
-                if let Some(store) = ledger.as_ref().map(|l| l.store().clone()) {
-                    let name = k.name.clone();
-                    spawn_shared(&state2, async move {
-                        store
-                            .bounded(
-                                "count a key's tokens",
-                                store.add_key_tokens(&name, total, now()),
-                            )
-                            .await
-                            .is_ok()
+                // Only where replicas read them (as `admit_shared`).
+                let shared = ledger.as_ref().map(|l| l.store()).filter(|s| s.is_shared());
+                if let Some(store) = shared {
+                    let (name, at) = (k.name.clone(), now());
+                    write_behind(&metrics, store, "count a key's tokens", move |store| {
+                        let name = name.clone();
+                        async move { store.add_key_tokens(&name, total, at).await }
                     });
                 }
             }

@@ -718,7 +718,7 @@ impl LedgerWriter {
 /// True when the store answered that it refuses the statement itself (a constraint or the
 /// schema: SQLSTATE classes 22, 23 and 42), so retrying cannot help; a lost connection,
 /// a timeout, a server shutting down or a busy file can.
-fn is_permanent(e: &StoreError) -> bool {
+pub(super) fn is_permanent(e: &StoreError) -> bool {
     let StoreError::Sql {
         source: sqlx::Error::Database(db),
         ..

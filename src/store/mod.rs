@@ -18,6 +18,8 @@
 //! - [`counters`]: per-key limit counters and concurrency leases, shared by replicas.
 //! - [`responses`]: stored responses and threads, shared by replicas.
 //! - [`cooldowns`]: account cooldowns, shared by replicas.
+//! - [`write_behind`]: the writes nobody waits for (slot releases, token counts, what
+//!   accounts share), bounded in number and time, with a last chance at shutdown.
 
 pub mod account_state;
 pub mod cooldowns;
@@ -26,6 +28,7 @@ pub mod failures;
 pub mod ledger;
 mod migrations;
 pub mod responses;
+pub mod write_behind;
 
 use std::time::Duration;
 
@@ -42,6 +45,7 @@ pub use ledger::{
 };
 pub use migrations::schema_version;
 pub use responses::{StoredBounds, StoredRow};
+pub use write_behind::Retry;
 
 /// The key of the PostgreSQL advisory lock held while migrating (any fixed number: it
 /// names ccgate's migration among the database's other advisory-lock users).
@@ -131,6 +135,8 @@ pub struct Store {
     url: String,
     postgres: bool,
     statement_timeout: Duration,
+    /// The background writes of this store and its clones ([`Store::write_behind`]).
+    writes: std::sync::Arc<write_behind::Writes>,
 }
 
 impl std::fmt::Debug for Store {
@@ -197,6 +203,7 @@ impl Store {
             url: redact_url(url),
             postgres: !sqlite,
             statement_timeout: options.statement_timeout,
+            writes: std::sync::Arc::new(write_behind::Writes::new(write_behind::MAX_IN_FLIGHT)),
         };
         store.migrate(&options).await?;
         Ok(store)

@@ -393,6 +393,155 @@ async fn a_keys_limit_holds_across_both_replicas_on_postgres() {
     a_keys_limit_holds_across_both(Shared::Postgres(url)).await;
 }
 
+/// A replica whose key `one` may run one request at a time (`concurrent: 1`).
+async fn replica_one_at_a_time(url: &str, env: Vec<(&'static str, String)>) -> TestServer {
+    let url = url.to_string();
+    TestServer::start(Opts {
+        keys_yaml: Some(format!(
+            "keys:\n  - name: one\n    sha256: \"{}\"\n    limits:\n      concurrent: 1\n",
+            digest("one-key"),
+        )),
+        env,
+        tweak: Box::new(move |c| c.state.url = Some(url)),
+        ..Opts::default()
+    })
+    .await
+}
+
+/// A client that never has two requests in flight is never refused for `concurrent`: a
+/// request's lease is given back before its answer's last bytes reach the client, so its
+/// next request (on either replica) finds the slot free. Before, the release was written
+/// in the background after the answer, and a quick client could get a 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_client_is_never_refused_for_concurrent_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_sequential_client_is_never_refused_for_concurrent_on_postgres");
+    };
+    let env = vec![("FAKE_CLAUDE_ECHO", "1".to_string())];
+    let (a, b) = (
+        replica_one_at_a_time(&url, env.clone()).await,
+        replica_one_at_a_time(&url, env).await,
+    );
+    let mut refused = Vec::new();
+    for i in 0..40 {
+        let s = if i % 4 < 2 { &a } else { &b };
+        let (path, body) = match i % 3 {
+            0 => ("/v1/messages", messages_body("hi", i % 2 == 0)),
+            1 => (
+                "/v1/chat/completions",
+                crate::harness::chat_body("hi", i % 2 == 0),
+            ),
+            _ => (
+                "/v1/responses",
+                serde_json::json!({"model": "sonnet", "input": "hi", "stream": i % 2 == 0}),
+            ),
+        };
+        let (st, v) = post(s, path, "one-key", &body).await;
+        if st != 200 {
+            refused.push((i, path, st, v));
+        }
+    }
+    assert!(refused.is_empty(), "{refused:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Two requests at once on two replicas: the second is refused for `concurrent` while the
+/// first runs, and served once it is done.
+#[tokio::test]
+async fn concurrent_holds_across_both_replicas_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("concurrent_holds_across_both_replicas_on_postgres");
+    };
+    // A second between deltas: the first answer runs for seconds after its spawn.
+    let a = Arc::new(replica_one_at_a_time(&url, vec![("FAKE_CLAUDE_DELAY", "1".into())]).await);
+    a.set_scenario("slow");
+    let b = replica_one_at_a_time(&url, vec![("FAKE_CLAUDE_ECHO", "1".into())]).await;
+    let a2 = Arc::clone(&a);
+    let first = tokio::spawn(async move {
+        post(&a2, "/v1/messages", "one-key", &messages_body("a", true)).await
+    });
+    // The first holds the key's slot once its CLI is spawned (a count, not a clock; the
+    // loop is a hang guard only).
+    for _ in 0..1500 {
+        if a.state.backend.stats().snapshot().spawned_total >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (st, v) = post(&b, "/v1/messages", "one-key", &messages_body("b", false)).await;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("at once"),
+        "{v}"
+    );
+    let (st, v) = first.await.unwrap();
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = post(&b, "/v1/messages", "one-key", &messages_body("c", false)).await;
+    assert_eq!(st, 200, "{v}");
+    b.shutdown().await;
+}
+
+/// Lease rows in the database at `url`.
+async fn leases(url: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let n: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM key_leases")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap(),
+        0,
+    );
+    let _ = conn.close().await;
+    n
+}
+
+/// A client that leaves mid-stream: its lease is given back in the background (nobody
+/// waits for the stream's end any more), long before the row would expire
+/// (`cli.total_timeout` + 60 s = 80 s here), and the key is served again on the other
+/// replica.
+#[tokio::test]
+async fn a_stream_the_client_left_gives_its_slot_back_on_postgres() {
+    let Some(url) = pg_database().await else {
+        return skip("a_stream_the_client_left_gives_its_slot_back_on_postgres");
+    };
+    let a = replica_one_at_a_time(&url, vec![("FAKE_CLAUDE_DELAY", "1".into())]).await;
+    a.set_scenario("slow");
+    let b = replica_one_at_a_time(&url, vec![("FAKE_CLAUDE_ECHO", "1".into())]).await;
+    let mut r = client()
+        .post(a.url("/v1/messages"))
+        .header("x-api-key", "one-key")
+        .json(&messages_body("a", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The stream began: its lease is held.
+    assert!(r.chunk().await.unwrap().is_some());
+    assert_eq!(leases(&url).await, 1);
+    let (st, v) = post(&b, "/v1/messages", "one-key", &messages_body("b", false)).await;
+    assert_eq!(st, 429, "{v}");
+    drop(r);
+    // The replica notices at its next event (a second later) and releases in the
+    // background (the loop is a hang guard, well below the row's 80 s expiry).
+    for _ in 0..400 {
+        if leases(&url).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(leases(&url).await, 0);
+    let (st, v) = post(&b, "/v1/messages", "one-key", &messages_body("c", false)).await;
+    assert_eq!(st, 200, "{v}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 // Not on SQLite: the embedded store serves one replica, whose own counters decide
 // (`http::keyed::admit_shared`); a SQLite file shared by replicas is not a deployment.
 
@@ -538,25 +687,23 @@ fn runs(s: &TestServer) -> usize {
         .count()
 }
 
-async fn a_cooldown_is_seen_by_both(shared: Shared) {
-    let (x, y) = (
-        replica_with_accounts(&shared).await,
-        replica_with_accounts(&shared).await,
-    );
-    let chat = crate::harness::chat_body("hi", false);
-    // x tries `a`, gets the usage limit, cools it down and answers from `b`.
+/// x's request: x tries `a`, gets the usage limit, cools it down and answers from `b`.
+async fn cool_a_down_on(x: &TestServer) {
     let r = client()
         .post(x.url("/v1/chat/completions"))
-        .json(&chat)
+        .json(&crate::harness::chat_body("hi", false))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("from b"));
-    assert_eq!(runs(&x), 2, "one run on a, one on b");
-    // y learns it without a request of its own (hang guard only).
+    assert_eq!(runs(x), 2, "one run on a, one on b");
+}
+
+/// Waits until `y` has `a`'s usage-limit cooldown (the loop is a hang guard only).
+async fn a_cooldown_reaches(y: &TestServer) {
     let a_on_y = y.state.accounts.members()[0].health().clone();
-    for _ in 0..600 {
+    for _ in 0..1200 {
         if a_on_y.cooldown().is_some() {
             break;
         }
@@ -564,6 +711,17 @@ async fn a_cooldown_is_seen_by_both(shared: Shared) {
     }
     let c = a_on_y.cooldown().expect("y sees a's cooldown");
     assert_eq!(c.kind, "usage_limit");
+}
+
+async fn a_cooldown_is_seen_by_both(shared: Shared) {
+    let (x, y) = (
+        replica_with_accounts(&shared).await,
+        replica_with_accounts(&shared).await,
+    );
+    let chat = crate::harness::chat_body("hi", false);
+    cool_a_down_on(&x).await;
+    // y learns it without a request of its own.
+    a_cooldown_reaches(&y).await;
     // y's request goes straight to `b`: `a` is not tried again.
     let r = client()
         .post(y.url("/v1/chat/completions"))
@@ -588,6 +746,40 @@ async fn a_cooldown_is_seen_by_both_replicas_on_postgres() {
 async fn a_cooldown_is_seen_by_both_replicas_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     a_cooldown_is_seen_by_both(Shared::Sqlite(dir.path().join("shared.db"))).await;
+}
+
+/// A cooldown found while PostgreSQL is down reaches the other replica once it is back:
+/// its write is retried after transient failures (`store::write_behind`). Before, it stayed
+/// on the replica that found it.
+#[tokio::test]
+async fn a_cooldown_found_during_an_outage_is_shared_once_the_store_is_back() {
+    if pg_database().await.is_none() {
+        return skip("a_cooldown_found_during_an_outage_is_shared_once_the_store_is_back");
+    }
+    let (cluster, url) = OwnCluster::start_new().await;
+    let shared = Shared::Postgres(url);
+    let (x, y) = (
+        replica_with_accounts(&shared).await,
+        replica_with_accounts(&shared).await,
+    );
+    cluster.stop().await;
+    // The store does not take the cooldown x finds.
+    cool_a_down_on(&x).await;
+    assert!(y.state.accounts.members()[0].health().cooldown().is_none());
+    // The store keeps down until the cooldown's write has failed once and waits to be
+    // tried again (a count; the loop is a hang guard only).
+    let store = x.state.ledger.as_ref().unwrap().store().clone();
+    for _ in 0..600 {
+        if store.writes_retried() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.start().await;
+    // y learns it once the store is back.
+    a_cooldown_reaches(&y).await;
+    x.shutdown().await;
+    y.shutdown().await;
 }
 
 #[test]
