@@ -167,8 +167,10 @@ impl NoProxy {
             if entry == "*" {
                 return true;
             }
+            // A bare IPv6 address or range (`::1`, `fd00::/8`) has no port.
+            let bare_v6 = !entry.starts_with('[') && entry.matches(':').count() > 1;
             let (name, entry_port) = match split_host_port(entry) {
-                Some((h, p)) if !h.contains('/') || entry.starts_with('[') => (h, Some(p)),
+                Some((h, p)) if !bare_v6 => (h, Some(p)),
                 _ => (entry.trim_start_matches('[').trim_end_matches(']'), None),
             };
             if entry_port.is_some_and(|p| p != port) {
@@ -899,6 +901,9 @@ mod upstream_tests {
         assert!(n.matches("::1", 443));
         assert!(n.matches("LOCALHOST", 1));
         assert!(!n.matches("example.com", 443));
+        let v6 = NoProxy::parse("::1 fd00::/8 [2001:db8::1]:443");
+        assert!(v6.matches("::1", 8080) && v6.matches("fd12::1", 1));
+        assert!(v6.matches("2001:db8::1", 443) && !v6.matches("2001:db8::1", 80));
         assert!(NoProxy::parse("*").matches("anything", 1));
         assert!(!NoProxy::parse("").matches("anything", 1));
     }

@@ -442,6 +442,16 @@ async fn what_stays_a_tree_is_charged_responses_input_items_too() {
             head(&text)
         );
     }
+    // Content parts cost 3 values each (the part, its type and text), the item 4: 10,900
+    // parts are 32,704 values (served), 11,000 are 33,004 (refused).
+    for (parts, status) in [(10_900, 200), (11_000, 400)] {
+        let parts = vec![r#"{"type":"input_text","text":"a"}"#; parts].join(",");
+        let raw = format!(
+            r#"{{"model":"sonnet","store":false,"input":[{{"type":"message","role":"user","content":[{parts}]}}]}}"#
+        );
+        let (st, text) = post_raw(&s, "/v1/responses", raw).await;
+        assert_eq!(st, status, "{}", head(&text));
+    }
     // Responses echoes its tools in every `response` object, a tree: their schemas count.
     let small = format!("[{}]", vec!["0"; 30_000].join(","));
     let tools: Vec<String> = (0..2)
