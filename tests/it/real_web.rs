@@ -490,7 +490,11 @@ async fn real_cli_web_fetch_and_its_api_traffic_go_through_the_operators_proxy()
             );
             assert!(metric(&m, "ccgate_web_fetch_tunnels_total") >= 1.0, "{m}");
         } else {
-            assert!(new.is_empty(), "the operator's proxy saw {new:?}");
+            // (The CLI's own calls to api.anthropic.com may pass it, as they should.)
+            assert!(
+                !new.iter().any(|h| h.contains("127.0.0.1")),
+                "the operator's proxy saw {new:?}"
+            );
             assert!(metric(&m, "ccgate_web_fetch_refused_total") >= 1.0, "{m}");
             let text = v["content"].as_array().unwrap().last().unwrap()["text"]
                 .as_str()
