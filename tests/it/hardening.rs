@@ -419,6 +419,17 @@ async fn responses_input_items_cost_only_what_ccgate_reads_of_them() {
     }
 }
 
+/// A 400 for holding more tree values than the budget.
+async fn assert_over_budget(s: &TestServer, path: &str, raw: String) {
+    let (st, text) = post_raw(s, path, raw).await;
+    assert_eq!(st, 400, "{}", head(&text));
+    assert!(
+        text.contains("more than 32768 JSON values"),
+        "{}",
+        head(&text)
+    );
+}
+
 #[tokio::test]
 async fn what_stays_a_tree_is_charged_responses_input_items_too() {
     let s = TestServer::start(Opts::default()).await;
@@ -434,13 +445,7 @@ async fn what_stays_a_tree_is_charged_responses_input_items_too() {
         ),
     ] {
         let raw = format!(r#"{{"model":"sonnet","input":[{item}]}}"#);
-        let (st, text) = post_raw(&s, "/v1/responses", raw).await;
-        assert_eq!(st, 400, "{}", head(&text));
-        assert!(
-            text.contains("more than 32768 JSON values"),
-            "{}",
-            head(&text)
-        );
+        assert_over_budget(&s, "/v1/responses", raw).await;
     }
     // Content parts cost 3 values each (the part, its type and text), the item 4: 10,900
     // parts are 32,704 values (served), 11,000 are 33,004 (refused).
@@ -461,24 +466,12 @@ async fn what_stays_a_tree_is_charged_responses_input_items_too() {
         r#"{{"model":"sonnet","input":"hi","tools":[{}]}}"#,
         tools.join(",")
     );
-    let (st, text) = post_raw(&s, "/v1/responses", raw).await;
-    assert_eq!(st, 400, "{}", head(&text));
-    assert!(
-        text.contains("more than 32768 JSON values"),
-        "{}",
-        head(&text)
-    );
+    assert_over_budget(&s, "/v1/responses", raw).await;
     // As do option objects, and a tool definition's other fields.
     let raw = format!(
         r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"hi"}}],"tools":[{{"name":"t","input_schema":{{"type":"object"}},"x":{zeros}}}]}}"#
     );
-    let (st, text) = post_raw(&s, "/v1/messages", raw).await;
-    assert_eq!(st, 400, "{}", head(&text));
-    assert!(
-        text.contains("more than 32768 JSON values"),
-        "{}",
-        head(&text)
-    );
+    assert_over_budget(&s, "/v1/messages", raw).await;
     // The same values as one string cost what their bytes cost: accepted.
     let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [
         {"role": "user", "content": zeros}]});
