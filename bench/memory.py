@@ -8,10 +8,11 @@ fake CLI (cli.max_concurrent 4, queue 32), then measures, each case on a fresh p
                   hold ~60 KB of [0,0,...] each (an `enum`; ~1 MiB per request)
   arrays-history  8 concurrent Messages requests, each with an earlier tool_use whose
                   input holds ~1 MiB of [0,0,...] (presented as a session file)
-  arrays-at-budget  8 concurrent Responses requests whose input item holds 32,000
-                  values, just under the request's budget of tree values (accepted)
-  arrays-items    8 concurrent Responses requests, each with ~1 MiB of [0,0,...] inside an
-                  input item (charged to the budget: refused before any tree)
+  arrays-at-budget  8 concurrent Responses requests whose input item's content holds
+                  10,900 parts (32,701 values), just under the request's budget of tree
+                  values: what ccgate reads of an item is a tree (accepted)
+  arrays-items    8 concurrent Responses requests, each with ~1 MiB of [0,0,...] beside an
+                  input item's fields (not read by ccgate: skipped as it is parsed, served)
   count-tokens    8 concurrent count_tokens requests with the same history
   turns-30k       /health latency (max of 20 GETs every 50 ms) while two requests of
                   30,000 short turns (~1 MiB each) are presented
@@ -104,15 +105,17 @@ def arrays_history(path="/v1/messages"):
 
 
 def arrays_at_budget():
-    # What is still a tree: a Responses input item holding just under the request's budget
-    # of tree values (http::bounded::MAX_TREE_VALUES).
+    # What is still a tree: the content parts ccgate reads of a Responses input item, just
+    # under the request's budget of tree values (http::bounded::MAX_TREE_VALUES): the item
+    # 1, its type and role 2, content 1, each part 3.
+    parts = ",".join(['{"type":"input_text","text":"a"}'] * 10900)
     body = ('{"model":"sonnet","store":false,"input":['
-            '{"type":"message","role":"user","content":"hi","x":%s}]}' % zeros(2 * 32000))
+            '{"type":"message","role":"user","content":[%s]}]}' % parts)
     return "/v1/responses", body.encode()
 
 
 def arrays_items():
-    # ~1 MiB of [0,0,...] inside a Responses input item (a tree: charged, refused).
+    # ~1 MiB of [0,0,...] beside a Responses input item's fields (not read: skipped, served).
     body = ('{"model":"sonnet","store":false,"input":['
             '{"type":"message","role":"user","content":"hi","x":%s}]}' % zeros(MIB))
     return "/v1/responses", body.encode()

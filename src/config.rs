@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::backend::CliSettings;
 
 mod env;
+mod web;
 use env::env_source;
+pub use web::WebConfig;
 
 /// Where the default process config is looked for (relative to the working directory).
 pub const DEFAULT_CONFIG_PATH: &str = "config/ccgate.yaml";
@@ -229,30 +231,6 @@ pub struct OpenaiConfig {
     /// Give Chat Completions clients the model's thinking as `reasoning_content` (stream
     /// deltas and a message field; not part of the OpenAI API). Off: no thinking at all.
     pub reasoning_content: bool,
-}
-
-/// The `web:` section: the CLI's own web tools, served for requests that ask for web
-/// search (Anthropic `web_search_*`, Responses `web_search`, Chat `web_search_options`) or
-/// web fetch (Anthropic `web_fetch_*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebConfig {
-    /// Web search: the CLI asks the Messages API to search (it runs on Anthropic's side;
-    /// this host fetches nothing). Off: such requests get a 400 naming `web.search`.
-    pub search: bool,
-    /// Web fetch: the CLI fetches a URL the model picks, from this host, through
-    /// ccgate's egress proxy (no loopback, private or link-local address). Off by
-    /// default: such requests get a 400 naming `web.fetch`.
-    pub fetch: bool,
-}
-
-impl Default for WebConfig {
-    fn default() -> Self {
-        WebConfig {
-            search: true,
-            fetch: false,
-        }
-    }
 }
 
 /// The `http:` section: how long a client connection may take and how many may be open.
@@ -766,6 +744,9 @@ impl Config {
             if !(v.is_finite() && (0.05..=300.0).contains(&v)) {
                 problems.push(format!("state.{name} must be 0.05 to 300 seconds"));
             }
+        }
+        if let Err(e) = self.web.check_route() {
+            problems.push(e);
         }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));

@@ -64,6 +64,10 @@ pub struct WebTools {
     /// it refuses loopback, private and link-local destinations. A fetching run without
     /// one is never started.
     pub fetch_proxy: Option<String>,
+    /// The egress proxy goes on through the operator's proxy: the run's API traffic goes
+    /// to it too (over `https://`; a plain `http://` API is reached directly), so that it
+    /// keeps going through the operator's proxy.
+    pub api_through_proxy: bool,
 }
 
 impl WebTools {
@@ -108,8 +112,13 @@ impl RunOptions {
     }
 
     /// The environment these options add to the run's process. `api_base` is the
-    /// run's `ANTHROPIC_BASE_URL` (None: the CLI's default): the API is reached directly
-    /// (`NO_PROXY`), everything else through the fetch proxy.
+    /// run's `ANTHROPIC_BASE_URL` (None: the CLI's default). Everything goes to the fetch
+    /// proxy (`HTTPS_PROXY`, `HTTP_PROXY`); `NO_PROXY` replaces the operator's (whose
+    /// hosts a fetch must not reach directly) and names only the API, reached directly,
+    /// unless the fetch proxy goes on through the operator's proxy: then an `https://`
+    /// API is tunnelled through both (the CLI's API client sends `CONNECT` for it) and
+    /// `NO_PROXY` is empty. (A plain `http://` API would be sent as absolute-form requests,
+    /// which the fetch proxy does not forward: it stays direct.)
     pub fn env(&self, api_base: Option<&str>) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let Some(web) = &self.web else {
@@ -128,9 +137,17 @@ impl RunOptions {
             for k in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
                 out.push((k.to_string(), proxy.to_string()));
             }
-            let direct = api_base
-                .and_then(api_host_port)
-                .unwrap_or_else(|| "api.anthropic.com".to_string());
+            let plain_http = api_base.is_some_and(|b| {
+                b.get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+            });
+            let direct = if web.api_through_proxy && !plain_http {
+                String::new()
+            } else {
+                api_base
+                    .and_then(api_host_port)
+                    .unwrap_or_else(|| "api.anthropic.com".to_string())
+            };
             for k in ["NO_PROXY", "no_proxy"] {
                 out.push((k.to_string(), direct.clone()));
             }
@@ -145,7 +162,7 @@ impl RunOptions {
 
 /// `host:port` of a base URL (`http://127.0.0.1:8080/x` → `127.0.0.1:8080`; the scheme's
 /// port when none is given), for `NO_PROXY`.
-fn api_host_port(url: &str) -> Option<String> {
+pub(crate) fn api_host_port(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit('@').next()?;
@@ -180,6 +197,7 @@ mod tests {
                 fetch: true,
                 max_searches: Some(2),
                 fetch_proxy: Some("http://127.0.0.1:9".into()),
+                api_through_proxy: false,
             }),
             ..RunOptions::default()
         };
@@ -195,6 +213,25 @@ mod tests {
                 .find(|(n, _)| n == "NO_PROXY")
                 .map(|(_, v)| v.as_str()),
             Some("api.anthropic.com")
+        );
+        // Behind the operator's proxy an https API goes through the fetch proxy too.
+        let mut through = o.clone();
+        if let Some(w) = through.web.as_mut() {
+            w.api_through_proxy = true;
+        }
+        let no_proxy = |env: Vec<(String, String)>| {
+            env.into_iter()
+                .find(|(n, _)| n == "NO_PROXY")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            no_proxy(through.env(Some("https://api.example.com"))).as_deref(),
+            Some("")
+        );
+        assert_eq!(no_proxy(through.env(None)).as_deref(), Some(""));
+        assert_eq!(
+            no_proxy(through.env(Some("http://127.0.0.1:8080"))).as_deref(),
+            Some("127.0.0.1:8080")
         );
         let search_only = RunOptions {
             web: Some(WebTools {

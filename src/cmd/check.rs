@@ -65,6 +65,11 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
         Err(_) => (args.keys.clone(), Vec::new(), Vec::new()),
     };
     if let Ok(c) = &config {
+        // The upstream proxy of web fetches, as `serve` would take it.
+        if let Err(e) = c.config.web.check_route() {
+            let _ = writeln!(err, "invalid configuration: {e}");
+            code = 1;
+        }
         for w in c
             .config
             .shared_login_warnings(&|k| std::env::var_os(k).is_some())

@@ -4,11 +4,13 @@
 //! **Trees by cost.** Client JSON kept as a [`Value`] tree costs about 80 bytes per JSON
 //! value. What ccgate only passes on is not a tree at all: tool schemas ([`ToolDef`]) and
 //! tool calls' inputs are kept as text ([`RawJson`]). What must be a tree (a tool
-//! definition's other fields, tool choices, Responses `input` items, option objects) is
-//! read as raw JSON first ([`tree`], [`trees`], [`item`]), its values counted against the
-//! request's budget ([`MAX_TREE_VALUES`], set by [`with_tree_budget`] around the body's
-//! parse), and only then parsed. A request over the budget is a 400 before any tree is
-//! built; depth is bounded by serde_json's limit (128), as for [`RawJson`].
+//! definition's other fields, tool choices, option objects) is read as raw JSON first
+//! ([`tree`], [`trees`]), its values counted against the request's budget
+//! ([`MAX_TREE_VALUES`], set by [`with_tree_budget`] around the body's parse), and only
+//! then parsed. Of an object ccgate reads only some keys of (a Responses `input` item),
+//! only those become a tree, charged; the rest is skipped as it is read ([`read_fields`]).
+//! A request over the budget is a 400 before any tree is built; depth is bounded by
+//! serde_json's limit (128), as for [`RawJson`].
 
 use std::cell::Cell;
 
@@ -20,7 +22,8 @@ use serde_json::{Map, Value};
 use crate::conversation::RawJson;
 
 /// The most JSON values a request may hold in its tree-shaped fields together (tool
-/// definitions but their schemas, tool choices, Responses input items, option objects):
+/// definitions but their schemas, tool choices, the fields of Responses input items ccgate
+/// reads, option objects):
 /// about 2.5 MB per copy of the trees. Text, messages, content parts, tool schemas and
 /// tool inputs do not count.
 pub const MAX_TREE_VALUES: usize = 32_768;
@@ -86,11 +89,74 @@ pub fn tree<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> 
     }
 }
 
-/// One element of a list kept as trees (a Responses `input` item), charged as [`tree`].
-pub fn item<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+/// The keys of an object ccgate reads ([`read_fields`]): `keys` are parsed as trees,
+/// `lists` as lists of objects of which ccgate reads the keys given with them.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadKeys {
+    pub keys: &'static [&'static str],
+    pub lists: &'static [(&'static str, &'static [&'static str])],
+}
+
+/// An object of which ccgate reads only some keys (a Responses `input` item, its content
+/// parts): the values of `read.keys` are charged and parsed as [`tree`], those of
+/// `read.lists` as lists of such objects; every other entry (what ccgate does not read:
+/// ids, statuses, annotations, logprobs, fields of later API versions) is skipped as it
+/// is read: no tree, no charge. What is not an object is a tree, charged.
+pub fn read_fields<'de, D: Deserializer<'de>>(d: D, read: ReadKeys) -> Result<Value, D::Error> {
     let raw = Box::<RawValue>::deserialize(d)?;
-    charge(&raw)?;
-    serde_json::from_str(raw.get()).map_err(D::Error::custom)
+    fields_of(&raw, read).map_err(D::Error::custom)
+}
+
+fn fields_of(raw: &RawValue, read: ReadKeys) -> Result<Value, serde_json::Error> {
+    if !raw.get().starts_with('{') {
+        charge(raw)?;
+        return serde_json::from_str(raw.get());
+    }
+    struct Visit(ReadKeys);
+    impl<'de> Visitor<'de> for Visit {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if let Some((_, keys)) = self.0.lists.iter().find(|(k, _)| *k == key) {
+                    let raw = map.next_value::<Box<RawValue>>()?;
+                    let value = list_of(&raw, keys).map_err(A::Error::custom)?;
+                    out.insert(key, value);
+                } else if self.0.keys.contains(&key.as_str()) {
+                    let raw = map.next_value::<Box<RawValue>>()?;
+                    charge::<A::Error>(&raw)?;
+                    let value = serde_json::from_str(raw.get()).map_err(A::Error::custom)?;
+                    out.insert(key, value);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+    }
+    charge_text("0")?;
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let map = de.deserialize_map(Visit(read))?;
+    Ok(Value::Object(map))
+}
+
+/// A list of objects of which ccgate reads `keys` (anything else: a tree, charged).
+fn list_of(raw: &RawValue, keys: &'static [&'static str]) -> Result<Value, serde_json::Error> {
+    if !raw.get().starts_with('[') {
+        charge(raw)?;
+        return serde_json::from_str(raw.get());
+    }
+    charge_text("0")?;
+    let read = ReadKeys { keys, lists: &[] };
+    let elements: Vec<Box<RawValue>> = serde_json::from_str(raw.get())?;
+    let elements = elements
+        .iter()
+        .map(|e| fields_of(e, read))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Value::Array(elements))
 }
 
 /// An optional list of tree-shaped values, charged as [`tree`].
@@ -401,6 +467,40 @@ mod tests {
         let big = format!("{{\"a\":[{}]}}", vec!["0"; 100].join(","));
         assert!(parse(&big).is_ok());
         assert_eq!(parse(r#"{"a":null}"#).unwrap().a, None);
+    }
+
+    #[test]
+    fn of_an_object_only_the_keys_read_are_a_tree_and_charged() {
+        const READ: super::ReadKeys = super::ReadKeys {
+            keys: &["type", "role"],
+            lists: &[("content", &["type", "text"])],
+        };
+        struct Item(serde_json::Value);
+        impl<'de> Deserialize<'de> for Item {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Item, D::Error> {
+                super::read_fields(d, READ).map(Item)
+            }
+        }
+        let big = format!("[{}]", vec!["0"; 100].join(","));
+        let text = format!(
+            r#"{{"type":"message","id":{big},"role":"user","content":[{{"type":"input_text","text":"hi","logprobs":{big}}},"s"]}}"#
+        );
+        let item = super::with_tree_budget(10, || serde_json::from_str::<Item>(&text)).unwrap();
+        assert_eq!(
+            item.0,
+            serde_json::json!({"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "hi"}, "s"]})
+        );
+        // The object 1, type 1, role 1, content 1 + part 1 + its two keys 2 + "s" 1 = 8.
+        assert!(super::with_tree_budget(7, || serde_json::from_str::<Item>(&text)).is_err());
+        // A read key holding an array is charged in full; content as a string is a string.
+        let text = format!(r#"{{"role":{big}}}"#);
+        assert!(super::with_tree_budget(50, || serde_json::from_str::<Item>(&text)).is_err());
+        let item = serde_json::from_str::<Item>(r#"{"content":"hi"}"#).unwrap();
+        assert_eq!(item.0, serde_json::json!({"content": "hi"}));
+        let item = serde_json::from_str::<Item>(r#"[1,{"a":2}]"#).unwrap();
+        assert_eq!(item.0, serde_json::json!([1, {"a": 2}]));
+        assert!(serde_json::from_str::<Item>(r#"{"type":"a","x":[1,}"#).is_err());
     }
 
     #[test]

@@ -161,8 +161,11 @@ impl AppState {
             None => (None, None),
         };
         let egress = if settings.web.fetch {
+            let route = settings
+                .web_route()
+                .map_err(|e| format!("web.fetch: {e}"))?;
             Some(
-                crate::backend::egress::EgressProxy::start(metrics.egress.clone())
+                crate::backend::egress::EgressProxy::start(metrics.egress.clone(), route)
                     .map_err(|e| format!("web.fetch: cannot start the egress proxy: {e}"))?,
             )
         } else {

@@ -194,6 +194,7 @@ pub fn admit(state: &AppState, options: &mut RunOptions) -> Result<(), ApiError>
             ));
         };
         web.fetch_proxy = Some(proxy.url());
+        web.api_through_proxy = proxy.has_upstream();
     }
     for (on, tool) in [(web.search, "search"), (web.fetch, "fetch")] {
         if on {

@@ -462,3 +462,45 @@ fn check_typed_matchers() {
     );
     assert!(stderr.contains("no kind `session_not_found`"), "{stderr}");
 }
+
+#[test]
+fn check_validates_the_upstream_proxy_of_web_fetch_without_showing_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ccgate.yaml");
+    let check = |yaml: &str, env: &[(&str, &str)]| {
+        std::fs::write(&config, yaml).unwrap();
+        let mut c = ccgate();
+        c.current_dir(dir.path())
+            .args(["check", "--config"])
+            .arg(&config)
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.assert()
+    };
+    let out = check(
+        "web:\n  fetch: true\n  upstream_proxy: https://ops:hunter2@proxy.corp:3128\n",
+        &[],
+    )
+    .code(1);
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("web.upstream_proxy"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    check(
+        "web:\n  fetch: true\n  upstream_proxy: http://ops:hunter2@proxy.corp:3128\n",
+        &[],
+    )
+    .success();
+    // With web fetch on, the HTTPS_PROXY `serve` would use is checked too.
+    let out = check(
+        "web:\n  fetch: true\n",
+        &[("HTTPS_PROXY", "socks5://ops:hunter2@proxy.corp:1080")],
+    )
+    .code(1);
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("HTTPS_PROXY"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    check("web:\n  fetch: false\n", &[("HTTPS_PROXY", "socks5://x:1")]).success();
+}

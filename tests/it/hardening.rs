@@ -391,20 +391,72 @@ async fn megabyte_arrays_in_tool_inputs_and_schemas_are_served_as_text() {
 }
 
 #[tokio::test]
-async fn what_stays_a_tree_is_charged_responses_input_items_too() {
+async fn responses_input_items_cost_only_what_ccgate_reads_of_them() {
+    // ~1 MiB of [0,0,…] (400,000 values, over the budget of 32,768) where ccgate does not
+    // read it: skipped as it is parsed, so served (bench/memory.py `arrays-items`).
     let s = TestServer::start(Opts::default()).await;
     let zeros = format!("[{}]", vec!["0"; 400_000].join(","));
-    // A Responses input item is read as a tree: its values count.
-    let raw = format!(
-        r#"{{"model":"sonnet","input":[{{"type":"message","role":"user","content":"hi","x":{zeros}}}]}}"#
-    );
-    let (st, text) = post_raw(&s, "/v1/responses", raw).await;
+    // Three arrays in one body: a third of that each (the body limit is 1 MiB).
+    let third = format!("[{}]", vec!["0"; 130_000].join(","));
+    for input in [
+        // Beside a message's fields (an item's id, status, a later API's field …).
+        format!(r#"[{{"type":"message","role":"user","content":"hi","x":{zeros}}}]"#),
+        // Beside a content part's fields (an output_text's annotations or logprobs).
+        format!(
+            r#"[{{"type":"message","role":"user","content":"hi"}},{{"type":"message","role":"assistant","content":[{{"type":"output_text","text":"ok","annotations":[],"logprobs":{third}}}]}},{{"type":"message","role":"user","content":[{{"type":"input_text","text":"more","x":{third}}}]}}]"#
+        ),
+        // A tool call's arguments (a string of JSON, passed on as text) and its output.
+        format!(
+            r#"[{{"type":"message","role":"user","content":"hi"}},{{"type":"function_call","call_id":"call_1","name":"t","arguments":{args},"x":{third}}},{{"type":"function_call_output","call_id":"call_1","output":[{{"type":"input_text","text":"ok","x":{third}}}]}}]"#,
+            args = serde_json::to_string(&format!(r#"{{"x":{third}}}"#)).unwrap()
+        ),
+    ] {
+        let raw = format!(r#"{{"model":"sonnet","store":false,"input":{input}}}"#);
+        let (st, text) = post_raw(&s, "/v1/responses", raw).await;
+        assert_eq!(st, 200, "{}", head(&text));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["status"], "completed", "{}", head(&text));
+    }
+}
+
+/// A 400 for holding more tree values than the budget.
+async fn assert_over_budget(s: &TestServer, path: &str, raw: String) {
+    let (st, text) = post_raw(s, path, raw).await;
     assert_eq!(st, 400, "{}", head(&text));
     assert!(
         text.contains("more than 32768 JSON values"),
         "{}",
         head(&text)
     );
+}
+
+#[tokio::test]
+async fn what_stays_a_tree_is_charged_responses_input_items_too() {
+    let s = TestServer::start(Opts::default()).await;
+    let zeros = format!("[{}]", vec!["0"; 400_000].join(","));
+    // What ccgate reads of a Responses input item is a tree: its values count (a content
+    // list of 400,000 values, or an array where a role is read).
+    for item in [
+        format!(r#"{{"type":"message","role":"user","content":{zeros}}}"#),
+        format!(r#"{{"type":"message","role":{zeros},"content":"hi"}}"#),
+        format!(r#"{{"type":"function_call_output","call_id":"c","output":{zeros}}}"#),
+        format!(
+            r#"{{"type":"message","role":"user","content":[{{"type":"input_text","text":{zeros}}}]}}"#
+        ),
+    ] {
+        let raw = format!(r#"{{"model":"sonnet","input":[{item}]}}"#);
+        assert_over_budget(&s, "/v1/responses", raw).await;
+    }
+    // Content parts cost 3 values each (the part, its type and text), the item 4: 10,900
+    // parts are 32,704 values (served), 11,000 are 33,004 (refused).
+    for (parts, status) in [(10_900, 200), (11_000, 400)] {
+        let parts = vec![r#"{"type":"input_text","text":"a"}"#; parts].join(",");
+        let raw = format!(
+            r#"{{"model":"sonnet","store":false,"input":[{{"type":"message","role":"user","content":[{parts}]}}]}}"#
+        );
+        let (st, text) = post_raw(&s, "/v1/responses", raw).await;
+        assert_eq!(st, status, "{}", head(&text));
+    }
     // Responses echoes its tools in every `response` object, a tree: their schemas count.
     let small = format!("[{}]", vec!["0"; 30_000].join(","));
     let tools: Vec<String> = (0..2)
@@ -414,24 +466,12 @@ async fn what_stays_a_tree_is_charged_responses_input_items_too() {
         r#"{{"model":"sonnet","input":"hi","tools":[{}]}}"#,
         tools.join(",")
     );
-    let (st, text) = post_raw(&s, "/v1/responses", raw).await;
-    assert_eq!(st, 400, "{}", head(&text));
-    assert!(
-        text.contains("more than 32768 JSON values"),
-        "{}",
-        head(&text)
-    );
+    assert_over_budget(&s, "/v1/responses", raw).await;
     // As do option objects, and a tool definition's other fields.
     let raw = format!(
         r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"hi"}}],"tools":[{{"name":"t","input_schema":{{"type":"object"}},"x":{zeros}}}]}}"#
     );
-    let (st, text) = post_raw(&s, "/v1/messages", raw).await;
-    assert_eq!(st, 400, "{}", head(&text));
-    assert!(
-        text.contains("more than 32768 JSON values"),
-        "{}",
-        head(&text)
-    );
+    assert_over_budget(&s, "/v1/messages", raw).await;
     // The same values as one string cost what their bytes cost: accepted.
     let body = json!({"model": "sonnet", "max_tokens": 10, "messages": [
         {"role": "user", "content": zeros}]});

@@ -412,3 +412,123 @@ async fn web_tools_off_or_unkeepable_promises_are_refused_by_name() {
     let m = get_text(&off, "/metrics").await;
     assert_eq!(metric(&m, "ccgate_web_runs_total{tool=\"search\"}"), 0.0);
 }
+
+/// A fake operator's proxy: keeps each request head, answers `200` and closes (no TLS
+/// behind it: what the CLI then gets is a failed connection).
+async fn fake_operator_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = std::sync::Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (format!("http://ops:s3cret@{addr}"), heads)
+}
+
+#[tokio::test]
+async fn real_cli_web_fetch_and_its_api_traffic_go_through_the_operators_proxy() {
+    let Some(exe) = real_claude() else { return };
+    let (proxy_url, heads) = fake_operator_proxy().await;
+    // Basic base64("ops:s3cret").
+    let auth = "proxy-authorization: Basic b3BzOnMzY3JldA==";
+
+    // 1. A public page: checked here, then tunnelled through the operator's proxy with
+    //    its credentials. A loopback page is refused before the operator's proxy sees it.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let loopback = format!(
+        "https://127.0.0.1:{}/secret",
+        target.local_addr().unwrap().port()
+    );
+    let fetch = json!([{"type": "web_fetch_20250910", "name": "web_fetch"}]);
+    for (url, public) in [("https://1.1.1.1/page", true), (loopback.as_str(), false)] {
+        let mock = MockApi::start().await;
+        let scenario = format!("web_fetch:{}", escape(url));
+        let upstream = proxy_url.clone();
+        let (s, _home) = real_server_with(exe.clone(), Some(mock.url(&scenario)), None, |c| {
+            c.web.fetch = true;
+            c.web.upstream_proxy = Some(upstream);
+            c.cli.args = vec![
+                "--settings".into(),
+                r#"{"skipWebFetchPreflight":true}"#.into(),
+            ];
+        })
+        .await;
+        let before = heads.lock().unwrap().len();
+        let (st, _, body) = post(&s, "/v1/messages", &messages_with(fetch.clone(), false)).await;
+        assert_eq!(st, 200, "{body}");
+        let v = json_of(&body);
+        assert_eq!(v["content"][1]["type"], "web_fetch_tool_result", "{body}");
+        // The mock (a plain-http API on loopback) was reached directly.
+        assert!(!main_requests(&mock, "WebFetch").is_empty());
+        let new: Vec<String> = heads.lock().unwrap()[before..].to_vec();
+        let m = get_text(&s, "/metrics").await;
+        if public {
+            assert!(
+                new.iter()
+                    .any(|h| h.starts_with("CONNECT 1.1.1.1:443 ") && h.contains(auth)),
+                "{new:?}"
+            );
+            assert!(metric(&m, "ccgate_web_fetch_tunnels_total") >= 1.0, "{m}");
+        } else {
+            // (The CLI's own calls to api.anthropic.com may pass it, as they should.)
+            assert!(
+                !new.iter().any(|h| h.contains("127.0.0.1")),
+                "the operator's proxy saw {new:?}"
+            );
+            assert!(metric(&m, "ccgate_web_fetch_refused_total") >= 1.0, "{m}");
+            let text = v["content"].as_array().unwrap().last().unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(text.contains("EGRESS_BLOCKED"), "{text}");
+        }
+    }
+    let reached = tokio::time::timeout(std::time::Duration::from_millis(1), target.accept()).await;
+    assert!(reached.is_err(), "the loopback page was reached");
+
+    // 2. An https API: the fetching run's API traffic goes through the egress proxy on to
+    //    the operator's proxy, by name (it does not resolve here). Nothing answers TLS
+    //    behind the fake proxy, so the run fails; what matters is where it went.
+    let before = heads.lock().unwrap().len();
+    let upstream = proxy_url.clone();
+    let (s, _home) = real_server_with(exe, None, None, |c| {
+        c.web.fetch = true;
+        c.web.upstream_proxy = Some(upstream);
+        c.cli.env.insert(
+            "ANTHROPIC_BASE_URL".into(),
+            "https://api.ccgate-test.invalid".into(),
+        );
+        c.cli
+            .env
+            .insert("ANTHROPIC_API_KEY".into(), "test-key".into());
+    })
+    .await;
+    let (st, _, body) = post(&s, "/v1/messages", &messages_with(fetch, false)).await;
+    assert_ne!(st, 200, "{body}");
+    let new: Vec<String> = heads.lock().unwrap()[before..].to_vec();
+    assert!(
+        new.iter()
+            .any(|h| h.starts_with("CONNECT api.ccgate-test.invalid:443 ") && h.contains(auth)),
+        "{new:?}"
+    );
+}

@@ -61,9 +61,12 @@ pub struct ResponsesRequest {
     pub(super) ctx: Ctx,
 }
 
-/// `input`: a string (one user message) or a list of items, each charged to the
-/// request's budget of tree values before it is parsed ([`crate::http::bounded::item`]).
-/// Read by hand: an untagged enum would buffer the whole list as a tree first.
+/// `input`: a string (one user message) or a list of items. Of each item only the keys
+/// ccgate reads ([`ITEM_KEYS`]) become a tree, charged to the request's budget of tree
+/// values before it is parsed; everything else in it is skipped as it is read
+/// ([`crate::http::bounded::read_fields`]): an item's ids, statuses, annotations or
+/// fields of later API versions cost neither memory nor budget. Read by hand: an
+/// untagged enum would buffer the whole list as a tree first.
 pub(super) enum Input {
     Text(String),
     Items(Vec<Value>),
@@ -76,7 +79,7 @@ impl<'de> Deserialize<'de> for Input {
         struct Item(Value);
         impl<'de> Deserialize<'de> for Item {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Item, D::Error> {
-                crate::http::bounded::item(d).map(Item)
+                crate::http::bounded::read_fields(d, ITEM_KEYS).map(Item)
             }
         }
         impl<'de> serde::de::Visitor<'de> for Visit {
@@ -104,6 +107,32 @@ impl<'de> Deserialize<'de> for Input {
         d.deserialize_any(Visit)
     }
 }
+
+/// What `input.rs` reads of an input item and of its content parts (`content`, a tool
+/// output's `output`). A key read there must be listed here, or it is never seen.
+pub(super) const ITEM_KEYS: crate::http::bounded::ReadKeys = crate::http::bounded::ReadKeys {
+    keys: &[
+        "type",
+        "role",
+        "call_id",
+        "name",
+        "arguments",
+        "input",
+        "id",
+        "encrypted_content",
+    ],
+    lists: &[("content", PART_KEYS), ("output", PART_KEYS)],
+};
+const PART_KEYS: &[&str] = &[
+    "type",
+    "text",
+    "refusal",
+    "image_url",
+    "file_id",
+    "file_url",
+    "file_data",
+    "filename",
+];
 
 #[derive(Default)]
 pub(super) struct Ctx {
