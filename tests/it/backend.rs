@@ -222,6 +222,7 @@ async fn argv_stdin_and_system_prompt_reach_the_cli_as_specified() {
         "--no-session-persistence",
         "--tools",
         "",
+        "--strict-mcp-config",
         "--model=--evil-model",
         "--system-prompt-file",
         &sp_path,
@@ -282,6 +283,7 @@ async fn default_flags_without_system_prompt_with_tools() {
             "--verbose",
             "--include-partial-messages",
             "--no-session-persistence",
+            "--strict-mcp-config",
             "--system-prompt",
             "",
         ]
