@@ -16,8 +16,10 @@
 //! - **Per tenant.** An id is found only by the tenant (API key digest) it was answered to;
 //!   for any other key it does not exist.
 //! - **Shared by replicas** when a state store is attached ([`ResponseStore::attach_store`]):
-//!   each stored entry is also written to it (in the background, at most
-//!   [`MAX_PENDING_WRITES`] at once), and a follow-up whose id this replica does not hold
+//!   each stored entry is also written to it (in the background, by the store's bounded
+//!   write-behind helper, tried again for [`WRITE_RETRY`] while the store is unreachable;
+//!   beyond the helper's bound an entry stays on this replica, said in a warning), and a
+//!   follow-up whose id this replica does not hold
 //!   is looked up there first ([`ResponseStore::hydrate`], before the request is
 //!   prepared). The memory below is then this replica's cache; the store's table has the
 //!   same bounds over all replicas. A store that does not answer means "not found": the
@@ -41,9 +43,9 @@ use crate::conversation::{Block, Message, RawJson};
 
 mod codec;
 
-/// Background writes to the shared store at most; beyond, an entry stays in this
-/// replica only (said in a warning).
-pub const MAX_PENDING_WRITES: usize = 256;
+/// How long a response's write to the shared store is tried again while the store is
+/// unreachable: one answered during a short outage is shared once the store is back.
+pub const WRITE_RETRY: Duration = Duration::from_secs(60);
 
 /// What a request refers to in the stored state, for [`ResponseStore::hydrate`].
 #[derive(Debug, Default, Clone)]
@@ -158,54 +160,75 @@ impl ResponseStore {
         }
     }
 
-    /// Writes `entry` to the shared store in the background.
+    /// Writes `entry` to the shared store in the background, through the store's one
+    /// bounded write-behind helper (`Store::write_behind`), tried again for up to
+    /// [`WRITE_RETRY`] while the store is unreachable.
     fn write_through(&self, entry: &Entry) {
         use std::sync::atomic::Ordering;
         let Some(store) = self.shared.get() else {
             return;
         };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self.pending_writes.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_WRITES {
-            self.pending_writes.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(
-                response_id = %entry.id,
-                "stored responses: too many writes to the state store waiting; this one stays on this replica"
-            );
-            return;
-        }
-        let body = codec::encode(&entry.conversation, &entry.items, entry.thread.as_ref());
-        let (store, pending, bounds) = (
-            store.clone(),
-            Arc::clone(&self.pending_writes),
-            self.bounds(),
+        let body: Arc<str> =
+            codec::encode(&entry.conversation, &entry.items, entry.thread.as_ref()).into();
+        let bounds = self.bounds();
+        let (tenant, id, bytes): (Arc<str>, Arc<str>, u64) = (
+            entry.tenant.as_str().into(),
+            entry.id.as_str().into(),
+            entry.bytes as u64,
         );
-        let (tenant, id, bytes) = (entry.tenant.clone(), entry.id.clone(), entry.bytes as u64);
         let kind = if entry.thread.is_some() {
             "thread"
         } else {
             "response"
         };
-        let item_ids: Vec<String> = entry.items.iter().map(|i| i.id.clone()).collect();
-        rt.spawn(async move {
-            let row = crate::store::StoredRow {
-                tenant: &tenant,
-                kind,
-                id: &id,
-                body: &body,
-                bytes,
-                item_ids: &item_ids,
-            };
-            let now = (crate::clock::unix_now_f64() * 1000.0) as i64;
-            if let Err(e) = store
-                .bounded("store a response", store.put_stored(&row, bounds, now))
-                .await
-            {
-                tracing::warn!(error = %e, response_id = %id, "stored responses: not written to the state store; it stays on this replica");
+        let item_ids: Arc<[String]> = entry.items.iter().map(|i| i.id.clone()).collect();
+        let write = {
+            let id = Arc::clone(&id);
+            move |store: crate::store::Store| {
+                let (tenant, id, body, item_ids) = (
+                    Arc::clone(&tenant),
+                    Arc::clone(&id),
+                    Arc::clone(&body),
+                    Arc::clone(&item_ids),
+                );
+                async move {
+                    let row = crate::store::StoredRow {
+                        tenant: &tenant,
+                        kind,
+                        id: &id,
+                        body: &body,
+                        bytes,
+                        item_ids: &item_ids,
+                    };
+                    let now = (crate::clock::unix_now_f64() * 1000.0) as i64;
+                    store.put_stored(&row, bounds, now).await
+                }
             }
+        };
+        let pending = Arc::clone(&self.pending_writes);
+        pending.fetch_add(1, Ordering::Relaxed);
+        let done = {
+            let (pending, id) = (Arc::clone(&pending), Arc::clone(&id));
+            move |r: Result<(), crate::store::StoreError>| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, response_id = %id, "stored responses: not written to the state store; it stays on this replica");
+                }
+                pending.fetch_sub(1, Ordering::Relaxed);
+            }
+        };
+        let started = store.write_behind(
+            "store a response",
+            crate::store::Retry::For(WRITE_RETRY),
+            write,
+            done,
+        );
+        if !started {
             pending.fetch_sub(1, Ordering::Relaxed);
-        });
+            tracing::warn!(
+                response_id = %id,
+                "stored responses: too many writes to the state store waiting; this one stays on this replica"
+            );
+        }
     }
 
     /// Brings what `refs` names for `tenant` from the shared store into this replica,
