@@ -1,4 +1,5 @@
-//! `ccgate check`: validate a rules file and the keys file, reporting every problem.
+//! `ccgate check`: validate a rules file, the configuration and the keys file, reporting
+//! every problem: each loaded and compiled as `serve` loads it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,12 +65,29 @@ pub fn check(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 
         ),
         Err(_) => (args.keys.clone(), Vec::new(), Vec::new()),
     };
-    if let Ok(c) = &config {
-        // The upstream proxy of web fetches, as `serve` would take it.
-        if let Err(e) = c.config.web.check_route() {
-            let _ = writeln!(err, "invalid configuration: {e}");
+    match &config {
+        // The whole configuration, compiled as `serve` compiles it (every bound, the
+        // accounts, the state store's settings, the upstream proxy of web fetches).
+        Ok(c) => {
+            if let Err(e) = c.config.compile() {
+                let _ = writeln!(err, "{e}");
+                code = 1;
+            }
+            for name in &c.ignored_env {
+                let _ = writeln!(
+                    err,
+                    "warning: ignoring environment variable {name}: not a ccgate config key"
+                );
+            }
+        }
+        // Without a rules file named, `serve_rules` above already said it.
+        Err(e) if args.file.is_some() => {
+            let _ = writeln!(err, "{e}");
             code = 1;
         }
+        Err(_) => {}
+    }
+    if let Ok(c) = &config {
         for w in c
             .config
             .shared_login_warnings(&|k| std::env::var_os(k).is_some())

@@ -504,3 +504,51 @@ fn check_validates_the_upstream_proxy_of_web_fetch_without_showing_its_password(
     assert!(!stderr.contains("hunter2"), "{stderr}");
     check("web:\n  fetch: false\n", &[("HTTPS_PROXY", "socks5://x:1")]).success();
 }
+
+/// `check` compiles the configuration as `serve` does: a bound out of range, in the file
+/// or in the environment, is an error naming it (exit 1), and a `CCGATE_*` variable that
+/// is no key is a warning; a good configuration passes.
+#[test]
+fn check_compiles_the_configuration_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ccgate.yaml");
+    std::fs::write(&config, "state:\n  retention_days: 0\n").unwrap();
+    let out = ccgate()
+        .current_dir(dir.path())
+        .args(["check", "--config"])
+        .arg(&config)
+        .assert()
+        .code(1);
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("state.retention_days must be at least 1"),
+        "{stderr}"
+    );
+    // The same through the environment, with a rules file named explicitly.
+    std::fs::write(&config, "state:\n  retention_days: 30\n").unwrap();
+    let out = ccgate()
+        .current_dir(dir.path())
+        .args(["check", "--config"])
+        .arg(&config)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/rules.yaml"))
+        .env("CCGATE_STATE__RETENTION_DAYS", "0")
+        .assert()
+        .code(1);
+    assert!(
+        stderr_of(&out).contains("state.retention_days must be at least 1"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = ccgate()
+        .current_dir(dir.path())
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("CCGATE_NO_SUCH_KEY", "1")
+        .assert()
+        .success();
+    assert!(
+        stderr_of(&out).contains("CCGATE_NO_SUCH_KEY"),
+        "{}",
+        stderr_of(&out)
+    );
+}
