@@ -551,6 +551,16 @@ impl Metrics {
             "Account state (a cooldown, plan windows, a conversation's account) not shared with the other replicas because too many state store writes were running",
             state_writes_skipped.clone(),
         );
+        // Zero from the start, so a dashboard and an alert see a series before the first
+        // event (a counter created on first use has none until then).
+        for family in [&ledger_rows_dropped, &limits_local_fallback] {
+            family.get_or_create(&Vec::new());
+        }
+        for write in ["cooldown", "windows", "conversation"] {
+            state_writes_skipped.get_or_create(&WriteLabels {
+                write: write.into(),
+            });
+        }
         Metrics {
             web_runs,
             web_calls,
