@@ -554,10 +554,10 @@ impl Metrics {
         // Zero from the start, so a dashboard and an alert see a series before the first
         // event (a counter created on first use has none until then).
         for family in [&ledger_rows_dropped, &limits_local_fallback] {
-            family.get_or_create(&Vec::new());
+            let _ = family.get_or_create(&Vec::new());
         }
         for write in ["cooldown", "windows", "conversation"] {
-            state_writes_skipped.get_or_create(&WriteLabels {
+            let _ = state_writes_skipped.get_or_create(&WriteLabels {
                 write: write.into(),
             });
         }
