@@ -9,6 +9,9 @@
 //! ([`MAX_TREE_VALUES`], set by [`with_tree_budget`] around the body's parse), and only
 //! then parsed. Of an object ccgate reads only some keys of (a Responses `input` item),
 //! only those become a tree, charged; the rest is skipped as it is read ([`read_fields`]).
+//! Content parts of Chat Completions and Messages are not trees but cost as much on their
+//! way to the CLI: each is charged as it is read, the part and each of its keys
+//! ([`charge_values`]), as a Responses part is.
 //! A request over the budget is a 400 before any tree is built; depth is bounded by
 //! serde_json's limit (128), as for [`RawJson`].
 
@@ -23,9 +26,9 @@ use crate::conversation::RawJson;
 
 /// The most JSON values a request may hold in its tree-shaped fields together (tool
 /// definitions but their schemas, tool choices, the fields of Responses input items ccgate
-/// reads, option objects):
-/// about 2.5 MB per copy of the trees. Text, messages, content parts, tool schemas and
-/// tool inputs do not count.
+/// reads, option objects) and its content parts (of every API: a part and each of its
+/// keys; a text part is 3): about 2.5 MB per copy of the trees. Text, messages, tool
+/// schemas and tool inputs do not count.
 pub const MAX_TREE_VALUES: usize = 32_768;
 
 thread_local! {
@@ -52,8 +55,24 @@ pub fn count_values(raw: &str) -> usize {
 
 fn over_budget<E: serde::de::Error>() -> E {
     E::custom(format!(
-        "the request holds more than {MAX_TREE_VALUES} JSON values in structured fields (tool definitions, Responses input items, option objects)"
+        "the request holds more than {MAX_TREE_VALUES} JSON values in structured fields (content parts, tool definitions, Responses input items, option objects)"
     ))
+}
+
+/// Charges `n` values to the request's budget (a content part and its keys as they are
+/// read: [`crate::http::content`]); over it, the request's 400.
+pub fn charge_values<E: serde::de::Error>(n: usize) -> Result<(), E> {
+    BUDGET.with(|b| match b.get() {
+        None => Ok(()),
+        Some(left) if n > left => {
+            b.set(Some(0));
+            Err(over_budget())
+        }
+        Some(left) => {
+            b.set(Some(left - n));
+            Ok(())
+        }
+    })
 }
 
 fn charge<E: serde::de::Error>(raw: &RawValue) -> Result<(), E> {
@@ -61,19 +80,10 @@ fn charge<E: serde::de::Error>(raw: &RawValue) -> Result<(), E> {
 }
 
 fn charge_text<E: serde::de::Error>(raw: &str) -> Result<(), E> {
-    BUDGET.with(|b| match b.get() {
-        None => Ok(()),
-        Some(left) => {
-            let n = count_values(raw);
-            if n > left {
-                b.set(Some(0));
-                Err(over_budget())
-            } else {
-                b.set(Some(left - n));
-                Ok(())
-            }
-        }
-    })
+    if BUDGET.with(Cell::get).is_none() {
+        return Ok(());
+    }
+    charge_values(count_values(raw))
 }
 
 /// An optional tree-shaped field, charged to the request's budget before it is parsed.

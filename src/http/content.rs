@@ -38,7 +38,7 @@ impl<'de> Deserialize<'de> for Content {
                 mut seq: A,
             ) -> Result<Content, A::Error> {
                 let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
-                while let Some(p) = seq.next_element()? {
+                while let Some(ChargedPart(p)) = seq.next_element()? {
                     parts.push(p);
                 }
                 Ok(Content::Parts(parts))
@@ -48,7 +48,64 @@ impl<'de> Deserialize<'de> for Content {
     }
 }
 
-/// One content part, with the fields of every part type either API sends.
+/// A content part charged to the request's budget of values as it is read: the part 1,
+/// each of its keys 1 (a text part is 3, as a Responses part of the same keys). A part
+/// costs far more than its bytes on its way to the CLI (the part, its block, the
+/// presented block), so a body of tiny parts is bounded as trees are
+/// ([`crate::http::bounded::MAX_TREE_VALUES`]).
+struct ChargedPart(Part);
+
+impl<'de> Deserialize<'de> for ChargedPart {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ChargedPart, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ChargedPart;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a content part (an object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ChargedPart, A::Error> {
+                Part::deserialize(serde::de::value::MapAccessDeserializer::new(ChargedKeys(
+                    map,
+                )))
+                .map(ChargedPart)
+            }
+        }
+        crate::http::bounded::charge_values(1)?;
+        d.deserialize_map(Visit)
+    }
+}
+
+/// An object's entries, each key charged as it is read.
+struct ChargedKeys<A>(A);
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for ChargedKeys<A> {
+    type Error = A::Error;
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        let key = self.0.next_key_seed(seed)?;
+        if key.is_some() {
+            crate::http::bounded::charge_values(1)?;
+        }
+        Ok(key)
+    }
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        self.0.next_value_seed(seed)
+    }
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
+    }
+}
+
+/// One content part, with the fields of every part type either API sends. Attachments'
+/// fields are boxed: most parts are text, and a part's size is paid per part.
 #[derive(Debug, Deserialize)]
 pub struct Part {
     #[serde(rename = "type")]
@@ -56,11 +113,11 @@ pub struct Part {
     #[serde(default)]
     text: Option<String>,
     #[serde(default)]
-    source: Option<Strings>,
+    source: Option<Box<Strings>>,
     #[serde(default)]
-    image_url: Option<Strings>,
+    image_url: Option<Box<Strings>>,
     #[serde(default)]
-    file: Option<Strings>,
+    file: Option<Box<Strings>>,
     #[serde(default)]
     title: Option<String>,
     #[serde(default)]
@@ -316,12 +373,13 @@ impl Part {
             "text" => Block::Text(self.text.clone().ok_or_else(|| {
                 ApiError::invalid_param("text block is missing `text`", &field(".text"))
             })?),
-            "image" => Block::Image(anthropic_image(self.source.as_ref(), &field(".source"))?),
-            "image_url" => {
-                Block::Image(openai_image(self.image_url.as_ref(), &field(".image_url"))?)
-            }
+            "image" => Block::Image(anthropic_image(self.source.as_deref(), &field(".source"))?),
+            "image_url" => Block::Image(openai_image(
+                self.image_url.as_deref(),
+                &field(".image_url"),
+            )?),
             "document" => Block::Document(anthropic_document(self, &field(".source"))?),
-            "file" => Block::Document(openai_file(self.file.as_ref(), &field(".file"))?),
+            "file" => Block::Document(openai_file(self.file.as_deref(), &field(".file"))?),
             "tool_use" => Block::ToolUse {
                 id: required(&self.id, &field(".id"))?,
                 name: required(&self.name, &field(".name"))?,
@@ -470,7 +528,7 @@ fn anthropic_image(source: Option<&Strings>, path: &str) -> Result<serde_json::V
 /// An Anthropic `document` block: a base64 PDF, plain text, or a PDF URL (with its
 /// optional `title` and `context`).
 fn anthropic_document(b: &Part, path: &str) -> Result<serde_json::Value, ApiError> {
-    let source = b.source.as_ref();
+    let source = b.source.as_deref();
     let source = match str_field(source, "type") {
         "base64" => base64_source(
             str_field(source, "media_type"),
