@@ -611,6 +611,28 @@ mod tests {
     }
 
     #[test]
+    fn a_text_block_kept_as_a_string_is_written_and_hashed_as_the_tree_was() {
+        let tree = json!({"type": "text", "text": "a \"quoted\"\nline"});
+        let block: SessionBlock = tree.clone().into();
+        assert!(matches!(block, SessionBlock::Text(_)));
+        assert_eq!(serde_json::to_string(&block).unwrap(), tree.to_string());
+        assert_eq!(block.kind(), Some("text"));
+        let mut a = FingerprintBuilder::new("t", "m", None, None, &RunOptions::default());
+        let mut b = a.clone();
+        a.message(false, &[block.clone()]);
+        b.message(false, &[SessionBlock::Json(tree.clone())]);
+        assert_eq!(a.current(), b.current());
+        assert_eq!(block.into_value(), tree);
+        // Anything more than a plain text block stays a tree.
+        let cited = json!({"type": "text", "text": "a", "citations": []});
+        assert!(matches!(SessionBlock::from(cited), SessionBlock::Json(_)));
+        assert!(matches!(
+            SessionBlock::from(json!({"type": "text", "text": 1})),
+            SessionBlock::Json(_)
+        ));
+    }
+
+    #[test]
     fn a_tool_call_counts_by_id_and_name_not_by_how_its_input_is_spelled() {
         let call = |input: Value| Conversation {
             // (the input as a client spells it)

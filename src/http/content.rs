@@ -349,6 +349,14 @@ impl Content {
     }
 }
 
+/// One content part given as a tree in either API's shape (a Responses part translated
+/// to it) as a block; `at` is its path.
+pub fn part_block(part: serde_json::Value, at: &str, allow: Allow) -> Result<Block, ApiError> {
+    let part: Part = serde_json::from_value(part)
+        .map_err(|e| ApiError::invalid_param(format!("invalid content part: {e}"), at))?;
+    part.block(at, allow)
+}
+
 impl Part {
     fn block(&self, at: &str, allow: Allow) -> Result<Block, ApiError> {
         let field = |f: &str| format!("{at}{f}");
