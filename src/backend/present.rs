@@ -619,7 +619,7 @@ mod tests {
         assert_eq!(block.kind(), Some("text"));
         let mut a = FingerprintBuilder::new("t", "m", None, None, &RunOptions::default());
         let mut b = a.clone();
-        a.message(false, &[block.clone()]);
+        a.message(false, std::slice::from_ref(&block));
         b.message(false, &[SessionBlock::Json(tree.clone())]);
         assert_eq!(a.current(), b.current());
         assert_eq!(block.into_value(), tree);
