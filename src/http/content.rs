@@ -6,6 +6,7 @@
 use serde::Deserialize;
 
 use crate::conversation::{Block, RawJson};
+use crate::http::bounded::Charged;
 use crate::http::errors::ApiError;
 
 /// A message's (or a system prompt's) content: a string or a list of parts.
@@ -38,69 +39,14 @@ impl<'de> Deserialize<'de> for Content {
                 mut seq: A,
             ) -> Result<Content, A::Error> {
                 let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
-                while let Some(ChargedPart(p)) = seq.next_element()? {
+                // Each part is charged to the request's budget as it is read.
+                while let Some(Charged(p)) = seq.next_element::<Charged<Part>>()? {
                     parts.push(p);
                 }
                 Ok(Content::Parts(parts))
             }
         }
         d.deserialize_any(Visit)
-    }
-}
-
-/// A content part charged to the request's budget of values as it is read: the part 1,
-/// each of its keys 1 (a text part is 3, as a Responses part of the same keys). A part
-/// costs far more than its bytes on its way to the CLI (the part, its block, the
-/// presented block), so a body of tiny parts is bounded as trees are
-/// ([`crate::http::bounded::MAX_TREE_VALUES`]).
-struct ChargedPart(Part);
-
-impl<'de> Deserialize<'de> for ChargedPart {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ChargedPart, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = ChargedPart;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a content part (an object)")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<ChargedPart, A::Error> {
-                Part::deserialize(serde::de::value::MapAccessDeserializer::new(ChargedKeys(
-                    map,
-                )))
-                .map(ChargedPart)
-            }
-        }
-        crate::http::bounded::charge_values(1)?;
-        d.deserialize_map(Visit)
-    }
-}
-
-/// An object's entries, each key charged as it is read.
-struct ChargedKeys<A>(A);
-
-impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for ChargedKeys<A> {
-    type Error = A::Error;
-    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, A::Error> {
-        let key = self.0.next_key_seed(seed)?;
-        if key.is_some() {
-            crate::http::bounded::charge_values(1)?;
-        }
-        Ok(key)
-    }
-    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, A::Error> {
-        self.0.next_value_seed(seed)
-    }
-    fn size_hint(&self) -> Option<usize> {
-        self.0.size_hint()
     }
 }
 
