@@ -11,6 +11,11 @@ fake CLI (cli.max_concurrent 4, queue 32), then measures, each case on a fresh p
   arrays-at-budget  8 concurrent Responses requests whose input item's content holds
                   10,900 parts (32,701 values), just under the request's budget of tree
                   values: what ccgate reads of an item is a tree (accepted)
+  parts-chat      8 concurrent Chat Completions requests whose one user message holds
+                  ~1 MiB of tiny text parts ({"type":"text","text":"x"}, ~37,000)
+  parts-messages  the same on Messages
+  parts-chat-at-budget, parts-messages-at-budget  the same with 10,922 parts (32,766
+                  values, just under the request's budget: accepted)
   arrays-items    8 concurrent Responses requests, each with ~1 MiB of [0,0,...] beside an
                   input item's fields (not read by ccgate: skipped as it is parsed, served)
   count-tokens    8 concurrent count_tokens requests with the same history
@@ -114,6 +119,15 @@ def arrays_at_budget():
     return "/v1/responses", body.encode()
 
 
+def tiny_parts(path, n=None):
+    # ~1 MiB of the smallest content parts in one user message (Chat Completions, Messages),
+    # or n of them (10,922: 32,766 values, just under the request's budget; a part costs 3).
+    part = '{"type":"text","text":"x"}'
+    parts = ",".join([part] * (n or MIB // (len(part) + 1)))
+    body = '{"model":"sonnet","max_tokens":10,"messages":[{"role":"user","content":[%s]}]}' % parts
+    return path, body.encode()
+
+
 def arrays_items():
     # ~1 MiB of [0,0,...] beside a Responses input item's fields (not read: skipped, served).
     body = ('{"model":"sonnet","store":false,"input":['
@@ -178,7 +192,8 @@ def health_case():
 if __name__ == "__main__":
     print(f"binary: {BIN}")
     cases = sys.argv[1:] or ["arrays-tools", "arrays-history", "arrays-items", "arrays-at-budget",
-                             "count-tokens", "turns-30k"]
+                             "parts-chat", "parts-messages", "parts-chat-at-budget",
+                             "parts-messages-at-budget", "count-tokens", "turns-30k"]
     for c in cases:
         if c == "arrays-tools":
             peak_case(c, arrays_tools())
@@ -188,6 +203,14 @@ if __name__ == "__main__":
             peak_case(c, arrays_items())
         elif c == "arrays-at-budget":
             peak_case(c, arrays_at_budget())
+        elif c == "parts-chat":
+            peak_case(c, tiny_parts("/v1/chat/completions"))
+        elif c == "parts-messages":
+            peak_case(c, tiny_parts("/v1/messages"))
+        elif c == "parts-chat-at-budget":
+            peak_case(c, tiny_parts("/v1/chat/completions", 10922))
+        elif c == "parts-messages-at-budget":
+            peak_case(c, tiny_parts("/v1/messages", 10922))
         elif c == "count-tokens":
             peak_case(c, arrays_history("/v1/messages/count_tokens"))
         elif c == "turns-30k":

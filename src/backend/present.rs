@@ -129,6 +129,9 @@ pub struct SessionTurn {
 /// written as the client sent it (shared, never a tree).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionBlock {
+    /// A text block (`{"type":"text","text":…}`), the most common by far: kept as its
+    /// string, not a tree (a part costs its text, not a map's).
+    Text(String),
     Json(Value),
     ToolUse {
         id: String,
@@ -142,6 +145,7 @@ impl SessionBlock {
     /// The block's `type`.
     pub fn kind(&self) -> Option<&str> {
         match self {
+            SessionBlock::Text(_) => Some("text"),
             SessionBlock::Json(v) => v.get("type").and_then(Value::as_str),
             SessionBlock::ToolUse { .. } => Some("tool_use"),
         }
@@ -151,6 +155,7 @@ impl SessionBlock {
     /// nested where no call belongs).
     fn into_value(self) -> Value {
         match self {
+            SessionBlock::Text(text) => serde_json::json!({"type": "text", "text": text}),
             SessionBlock::Json(v) => v,
             SessionBlock::ToolUse { id, name, input } => serde_json::json!({
                 "type": "tool_use", "id": id, "name": name, "input": input.to_value(),
@@ -159,9 +164,22 @@ impl SessionBlock {
     }
 }
 
+/// A plain text block (`type` and `text` only) becomes [`SessionBlock::Text`].
 impl From<Value> for SessionBlock {
     fn from(v: Value) -> SessionBlock {
-        SessionBlock::Json(v)
+        match v {
+            Value::Object(mut m)
+                if m.len() == 2
+                    && m.get("type").and_then(Value::as_str) == Some("text")
+                    && m.get("text").is_some_and(Value::is_string) =>
+            {
+                let Some(Value::String(text)) = m.swap_remove("text") else {
+                    return SessionBlock::Json(Value::Object(m));
+                };
+                SessionBlock::Text(text)
+            }
+            v => SessionBlock::Json(v),
+        }
     }
 }
 
@@ -175,7 +193,14 @@ impl serde::Serialize for SessionBlock {
             name: &'a str,
             input: &'a RawJson,
         }
+        #[derive(serde::Serialize)]
+        struct Text<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            text: &'a str,
+        }
         match self {
+            SessionBlock::Text(text) => Text { kind: "text", text }.serialize(s),
             SessionBlock::Json(v) => v.serialize(s),
             SessionBlock::ToolUse { id, name, input } => ToolUse {
                 kind: "tool_use",
@@ -304,6 +329,10 @@ impl FingerprintBuilder {
                     self.field(id.as_bytes());
                     self.field(name.as_bytes());
                 }
+                // The bytes the same block as a tree hashed to.
+                SessionBlock::Text(_) => {
+                    self.field(serde_json::to_string(block).unwrap_or_default().as_bytes())
+                }
                 SessionBlock::Json(v) => self.field(v.to_string().as_bytes()),
             }
         }
@@ -388,7 +417,7 @@ fn api_blocks(m: &Message) -> Result<Vec<SessionBlock>, (&'static str, usize)> {
     for (j, b) in m.blocks.iter().enumerate() {
         match b {
             Block::Text(t) if t.is_empty() => {}
-            Block::Text(t) => out.push(serde_json::json!({"type": "text", "text": t}).into()),
+            Block::Text(t) => out.push(SessionBlock::Text(t.clone())),
             Block::Image(v) | Block::Document(v) => out.push(v.clone().into()),
             Block::Thinking {
                 text,
@@ -503,7 +532,14 @@ pub fn present_turns(
     // marker where each attachment stood, the attachments after it.
     let mut prompt = Vec::new();
     let mut attachments: Vec<Value> = Vec::new();
-    for block in last.content.into_iter().map(SessionBlock::into_value) {
+    for block in last.content {
+        let block = match block {
+            SessionBlock::Text(text) => {
+                prompt.push(text);
+                continue;
+            }
+            other => other.into_value(),
+        };
         match block.get("type").and_then(Value::as_str) {
             Some("text") => prompt.push(block["text"].as_str().unwrap_or_default().to_string()),
             kind => {
@@ -572,6 +608,28 @@ mod tests {
                 .current()
         };
         assert_ne!(with(None), with(Some("\u{0}none")));
+    }
+
+    #[test]
+    fn a_text_block_kept_as_a_string_is_written_and_hashed_as_the_tree_was() {
+        let tree = json!({"type": "text", "text": "a \"quoted\"\nline"});
+        let block: SessionBlock = tree.clone().into();
+        assert!(matches!(block, SessionBlock::Text(_)));
+        assert_eq!(serde_json::to_string(&block).unwrap(), tree.to_string());
+        assert_eq!(block.kind(), Some("text"));
+        let mut a = FingerprintBuilder::new("t", "m", None, None, &RunOptions::default());
+        let mut b = a.clone();
+        a.message(false, std::slice::from_ref(&block));
+        b.message(false, &[SessionBlock::Json(tree.clone())]);
+        assert_eq!(a.current(), b.current());
+        assert_eq!(block.into_value(), tree);
+        // Anything more than a plain text block stays a tree.
+        let cited = json!({"type": "text", "text": "a", "citations": []});
+        assert!(matches!(SessionBlock::from(cited), SessionBlock::Json(_)));
+        assert!(matches!(
+            SessionBlock::from(json!({"type": "text", "text": 1})),
+            SessionBlock::Json(_)
+        ));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! ([`MAX_TREE_VALUES`], set by [`with_tree_budget`] around the body's parse), and only
 //! then parsed. Of an object ccgate reads only some keys of (a Responses `input` item),
 //! only those become a tree, charged; the rest is skipped as it is read ([`read_fields`]).
+//! Content parts of Chat Completions and Messages are not trees but cost as much on their
+//! way to the CLI: each is charged as it is read, the part and each of its keys
+//! ([`Charged`]), as a Responses part is.
 //! A request over the budget is a 400 before any tree is built; depth is bounded by
 //! serde_json's limit (128), as for [`RawJson`].
 
@@ -23,9 +26,9 @@ use crate::conversation::RawJson;
 
 /// The most JSON values a request may hold in its tree-shaped fields together (tool
 /// definitions but their schemas, tool choices, the fields of Responses input items ccgate
-/// reads, option objects):
-/// about 2.5 MB per copy of the trees. Text, messages, content parts, tool schemas and
-/// tool inputs do not count.
+/// reads, option objects) and its content parts (of every API: a part and each of its
+/// keys; a text part is 3): about 2.5 MB per copy of the trees. Text, messages, tool
+/// schemas and tool inputs do not count.
 pub const MAX_TREE_VALUES: usize = 32_768;
 
 thread_local! {
@@ -52,8 +55,77 @@ pub fn count_values(raw: &str) -> usize {
 
 fn over_budget<E: serde::de::Error>() -> E {
     E::custom(format!(
-        "the request holds more than {MAX_TREE_VALUES} JSON values in structured fields (tool definitions, Responses input items, option objects)"
+        "the request holds more than {MAX_TREE_VALUES} JSON values in structured fields (content parts, tool definitions, Responses input items, option objects)"
     ))
+}
+
+/// Charges `n` values to the request's budget; over it, the request's 400.
+pub fn charge_values<E: serde::de::Error>(n: usize) -> Result<(), E> {
+    BUDGET.with(|b| match b.get() {
+        None => Ok(()),
+        Some(left) if n > left => {
+            b.set(Some(0));
+            Err(over_budget())
+        }
+        Some(left) => {
+            b.set(Some(left - n));
+            Ok(())
+        }
+    })
+}
+
+/// An object charged to the request's budget as it is read — itself 1, each of its keys
+/// 1 — and parsed as `T`: a content part of Chat Completions or Messages (a text part is
+/// 3, as a Responses part of the same keys). A part is no tree, but costs far more than
+/// its bytes on its way to the CLI (the part, its block, the presented block), so a body
+/// of tiny parts is bounded as trees are. What is not an object is refused.
+#[derive(Debug)]
+pub struct Charged<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Charged<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Charged<T>, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for Visit<T> {
+            type Value = Charged<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Charged<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(ChargedKeys(
+                    map,
+                )))
+                .map(Charged)
+            }
+        }
+        charge_values(1)?;
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// An object's entries, each key charged as it is read.
+struct ChargedKeys<A>(A);
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for ChargedKeys<A> {
+    type Error = A::Error;
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        let key = self.0.next_key_seed(seed)?;
+        if key.is_some() {
+            charge_values(1)?;
+        }
+        Ok(key)
+    }
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        self.0.next_value_seed(seed)
+    }
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
+    }
 }
 
 fn charge<E: serde::de::Error>(raw: &RawValue) -> Result<(), E> {
@@ -61,19 +133,10 @@ fn charge<E: serde::de::Error>(raw: &RawValue) -> Result<(), E> {
 }
 
 fn charge_text<E: serde::de::Error>(raw: &str) -> Result<(), E> {
-    BUDGET.with(|b| match b.get() {
-        None => Ok(()),
-        Some(left) => {
-            let n = count_values(raw);
-            if n > left {
-                b.set(Some(0));
-                Err(over_budget())
-            } else {
-                b.set(Some(left - n));
-                Ok(())
-            }
-        }
-    })
+    if BUDGET.with(Cell::get).is_none() {
+        return Ok(());
+    }
+    charge_values(count_values(raw))
 }
 
 /// An optional tree-shaped field, charged to the request's budget before it is parsed.
@@ -501,6 +564,29 @@ mod tests {
         let item = serde_json::from_str::<Item>(r#"[1,{"a":2}]"#).unwrap();
         assert_eq!(item.0, serde_json::json!([1, {"a": 2}]));
         assert!(serde_json::from_str::<Item>(r#"{"type":"a","x":[1,}"#).is_err());
+    }
+
+    #[derive(Deserialize, Debug)]
+    struct Part {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        source: Option<serde_json::Value>,
+    }
+
+    #[test]
+    fn a_charged_object_costs_itself_and_each_key() {
+        type Parts = Vec<super::Charged<Part>>;
+        let text = r#"[{"type":"text","text":"x"},{"type":"image","source":{"a":1,"b":2}}]"#;
+        // 1 + 2 keys, then 1 + 2 keys (the source's own keys are not charged): 6.
+        let parts = super::with_tree_budget(6, || serde_json::from_str::<Parts>(text)).unwrap();
+        assert_eq!(parts[1].0.kind, "image");
+        assert!(parts[1].0.source.is_some());
+        let e = super::with_tree_budget(5, || serde_json::from_str::<Parts>(text)).unwrap_err();
+        assert!(e.to_string().contains("content parts"), "{e}");
+        // Outside a budget, nothing is bounded; what is not an object is refused.
+        assert_eq!(serde_json::from_str::<Parts>(text).unwrap().len(), 2);
+        assert!(serde_json::from_str::<Parts>(r#"["x"]"#).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use serde::Deserialize;
 
 use crate::conversation::{Block, RawJson};
+use crate::http::bounded::Charged;
 use crate::http::errors::ApiError;
 
 /// A message's (or a system prompt's) content: a string or a list of parts.
@@ -38,7 +39,8 @@ impl<'de> Deserialize<'de> for Content {
                 mut seq: A,
             ) -> Result<Content, A::Error> {
                 let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
-                while let Some(p) = seq.next_element()? {
+                // Each part is charged to the request's budget as it is read.
+                while let Some(Charged(p)) = seq.next_element::<Charged<Part>>()? {
                     parts.push(p);
                 }
                 Ok(Content::Parts(parts))
@@ -48,7 +50,8 @@ impl<'de> Deserialize<'de> for Content {
     }
 }
 
-/// One content part, with the fields of every part type either API sends.
+/// One content part, with the fields of every part type either API sends. Attachments'
+/// fields are boxed: most parts are text, and a part's size is paid per part.
 #[derive(Debug, Deserialize)]
 pub struct Part {
     #[serde(rename = "type")]
@@ -56,11 +59,11 @@ pub struct Part {
     #[serde(default)]
     text: Option<String>,
     #[serde(default)]
-    source: Option<Strings>,
+    source: Option<Box<Strings>>,
     #[serde(default)]
-    image_url: Option<Strings>,
+    image_url: Option<Box<Strings>>,
     #[serde(default)]
-    file: Option<Strings>,
+    file: Option<Box<Strings>>,
     #[serde(default)]
     title: Option<String>,
     #[serde(default)]
@@ -292,6 +295,14 @@ impl Content {
     }
 }
 
+/// One content part given as a tree in either API's shape (a Responses part translated
+/// to it) as a block; `at` is its path.
+pub fn part_block(part: serde_json::Value, at: &str, allow: Allow) -> Result<Block, ApiError> {
+    let part: Part = serde_json::from_value(part)
+        .map_err(|e| ApiError::invalid_param(format!("invalid content part: {e}"), at))?;
+    part.block(at, allow)
+}
+
 impl Part {
     fn block(&self, at: &str, allow: Allow) -> Result<Block, ApiError> {
         let field = |f: &str| format!("{at}{f}");
@@ -316,12 +327,13 @@ impl Part {
             "text" => Block::Text(self.text.clone().ok_or_else(|| {
                 ApiError::invalid_param("text block is missing `text`", &field(".text"))
             })?),
-            "image" => Block::Image(anthropic_image(self.source.as_ref(), &field(".source"))?),
-            "image_url" => {
-                Block::Image(openai_image(self.image_url.as_ref(), &field(".image_url"))?)
-            }
+            "image" => Block::Image(anthropic_image(self.source.as_deref(), &field(".source"))?),
+            "image_url" => Block::Image(openai_image(
+                self.image_url.as_deref(),
+                &field(".image_url"),
+            )?),
             "document" => Block::Document(anthropic_document(self, &field(".source"))?),
-            "file" => Block::Document(openai_file(self.file.as_ref(), &field(".file"))?),
+            "file" => Block::Document(openai_file(self.file.as_deref(), &field(".file"))?),
             "tool_use" => Block::ToolUse {
                 id: required(&self.id, &field(".id"))?,
                 name: required(&self.name, &field(".name"))?,
@@ -470,7 +482,7 @@ fn anthropic_image(source: Option<&Strings>, path: &str) -> Result<serde_json::V
 /// An Anthropic `document` block: a base64 PDF, plain text, or a PDF URL (with its
 /// optional `title` and `context`).
 fn anthropic_document(b: &Part, path: &str) -> Result<serde_json::Value, ApiError> {
-    let source = b.source.as_ref();
+    let source = b.source.as_deref();
     let source = match str_field(source, "type") {
         "base64" => base64_source(
             str_field(source, "media_type"),

@@ -539,3 +539,111 @@ async fn a_long_agent_history_is_not_refused() {
     let (st, _, text) = post(&s, "/v1/responses", &body).await;
     assert_eq!(st, 200, "{}", head(&text));
 }
+
+/// A body of `n` tiny text parts in one user message (Chat Completions and Messages alike).
+fn tiny_parts(n: usize) -> String {
+    let parts = vec![r#"{"type":"text","text":"x"}"#; n].join(",");
+    format!(
+        r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":[{parts}]}}]}}"#
+    )
+}
+
+#[tokio::test]
+async fn content_parts_of_every_api_are_charged_to_the_budget() {
+    let s = TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_ECHO", "1".into())],
+        ..Opts::default()
+    })
+    .await;
+    // A text part costs 3 values (the part, its type and text key), as a Responses part
+    // does: 10,922 parts are 32,766 values (served, every part reaching the CLI), 10,923
+    // are 32,769 (a 400 in the API's own shape, naming the budget).
+    for path in ["/v1/chat/completions", "/v1/messages"] {
+        let (st, text) = post_raw(&s, path, tiny_parts(10_922)).await;
+        assert_eq!(st, 200, "{path}: {}", head(&text));
+        let v = json_of(&text);
+        let answer = match path {
+            "/v1/messages" => v["content"][0]["text"].as_str().unwrap().to_string(),
+            _ => v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        };
+        let echoed = answer
+            .strip_prefix("echo: ")
+            .unwrap_or_else(|| panic!("{answer:.100}"));
+        assert_eq!(
+            echoed.split('\n').filter(|l| *l == "x").count(),
+            10_922,
+            "{path}"
+        );
+    }
+    for path in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    ] {
+        let (st, text) = post_raw(&s, path, tiny_parts(10_923)).await;
+        assert_eq!(st, 400, "{path}: {}", head(&text));
+        let v = json_of(&text);
+        let message = match path {
+            "/v1/chat/completions" => {
+                assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+                v["error"]["message"].as_str().unwrap().to_string()
+            }
+            _ => {
+                assert_eq!(v["type"], "error", "{v}");
+                assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+                v["error"]["message"].as_str().unwrap().to_string()
+            }
+        };
+        assert!(
+            message.contains("more than 32768 JSON values") && message.contains("content parts"),
+            "{path}: {message}"
+        );
+    }
+    // Parts nested in a tool result count as well.
+    let parts = vec![r#"{"type":"text","text":"x"}"#; 10_923].join(",");
+    let raw = format!(
+        r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":"hi"}},{{"role":"assistant","content":[{{"type":"tool_use","id":"toolu_1","name":"t","input":{{}}}}]}},{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"toolu_1","content":[{parts}]}}]}}]}}"#
+    );
+    assert_over_budget(&s, "/v1/messages", raw).await;
+}
+
+#[tokio::test]
+async fn ordinary_multi_part_content_is_unaffected_by_the_part_budget() {
+    let s = TestServer::start(Opts {
+        env: vec![("FAKE_CLAUDE_ECHO", "1".into())],
+        ..Opts::default()
+    })
+    .await;
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+    let chat = json!({"model": "sonnet", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Look at"},
+        {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}},
+        {"type": "text", "text": "and"},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}},
+    ]}]});
+    let (st, _, text) = post(&s, "/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{text}");
+    let v = json_of(&text);
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "echo: Look at\n[image 1]\nand\n[document 1]",
+        "{v}"
+    );
+    let messages = json!({"model": "sonnet", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "Run it"},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Running"},
+            {"type": "tool_use", "id": "toolu_1", "name": "t", "input": {"a": 1}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                {"type": "text", "text": "ok"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}]},
+            {"type": "text", "text": "What"},
+            {"type": "text", "text": "now?"},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}}]}]});
+    let (st, _, text) = post(&s, "/v1/messages", &messages).await;
+    assert_eq!(st, 200, "{text}");
+    assert_eq!(json_of(&text)["type"], "message", "{text}");
+}

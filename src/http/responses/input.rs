@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::reasoning::reasoning_input;
 use super::request::{shown_id, Input, ResponsesRequest};
 use crate::conversation::{Block, Conversation, Message, Role};
-use crate::http::content::{Allow, Content};
+use crate::http::content::{self, Allow};
 use crate::http::errors::ApiError;
 use crate::response_store::StoredConversation;
 
@@ -110,16 +110,11 @@ fn function_call_output_item(at: &str, item: &Value) -> Result<Message, ApiError
     let path = format!("{at}.output");
     let content = match item.get("output") {
         Some(Value::String(s)) => vec![Block::Text(s.clone())],
-        Some(Value::Array(parts)) => {
-            let parts = parts
-                .iter()
-                .enumerate()
-                .map(|(j, p)| content_part(p, &format!("{path}[{j}]"), false))
-                .collect::<Result<Vec<_>, _>>()?;
-            let c: Content = serde_json::from_value(Value::Array(parts))
-                .map_err(|e| ApiError::invalid_param(format!("invalid output: {e}"), &path))?;
-            c.blocks(&path, Allow::User)?
-        }
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| content_part(p, &format!("{path}[{j}]"), false, Allow::User))
+            .collect::<Result<Vec<_>, _>>()?,
         _ => {
             return Err(ApiError::invalid_param(
                 "`output` must be a string or a list of content parts",
@@ -137,19 +132,22 @@ fn function_call_output_item(at: &str, item: &Value) -> Result<Message, ApiError
     ))
 }
 
-/// A Responses content part as a content part of the shared parser, or a 400 naming it.
-fn content_part(part: &Value, at: &str, assistant: bool) -> Result<Value, ApiError> {
+/// A Responses content part as a block (an image or file through the shared parser, in
+/// its shape), or a 400 naming it.
+fn content_part(part: &Value, at: &str, assistant: bool, allow: Allow) -> Result<Block, ApiError> {
     let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
     let str_of = |key: &str| part.get(key).and_then(Value::as_str);
-    let text = |key: &str| -> Result<Value, ApiError> {
+    let text = |key: &str| -> Result<Block, ApiError> {
         let t = str_of(key).ok_or_else(|| {
             ApiError::invalid_param(
                 format!("`{kind}` part is missing `{key}`"),
                 &format!("{at}.{key}"),
             )
         })?;
-        Ok(json!({"type": "text", "text": t}))
+        // A text part is its text: no tree, no part on its way (most parts are text).
+        Ok(Block::Text(t.to_owned()))
     };
+    let block = |part: Value| content::part_block(part, at, allow);
     match (kind, assistant) {
         ("input_text", _) => text("text"),
         ("output_text", true) => text("text"),
@@ -167,7 +165,7 @@ fn content_part(part: &Value, at: &str, assistant: bool) -> Result<Value, ApiErr
                     &format!("{at}.image_url"),
                 )
             })?;
-            Ok(json!({"type": "image_url", "image_url": {"url": url}}))
+            block(json!({"type": "image_url", "image_url": {"url": url}}))
         }
         ("input_file", false) => {
             for field in ["file_id", "file_url"] {
@@ -182,7 +180,7 @@ fn content_part(part: &Value, at: &str, assistant: bool) -> Result<Value, ApiErr
             if let Some(name) = str_of("filename") {
                 file["filename"] = name.into();
             }
-            Ok(json!({"type": "file", "file": file}))
+            block(json!({"type": "file", "file": file}))
         }
         ("input_image" | "input_file", true) => Err(ApiError::invalid_param(
             "images and files are only supported in user messages",
@@ -259,16 +257,15 @@ fn input_item(
         }
     };
     let path = format!("{at}.content");
-    let content = match item.get("content") {
-        Some(Value::String(s)) => Content::Text(s.clone()),
+    let blocks = match item.get("content") {
+        Some(Value::String(s)) => vec![Block::Text(s.clone())],
         Some(Value::Array(parts)) => {
-            let parts = parts
+            let assistant = role == Role::Assistant;
+            parts
                 .iter()
                 .enumerate()
-                .map(|(j, p)| content_part(p, &format!("{path}[{j}]"), role == Role::Assistant))
-                .collect::<Result<Vec<_>, _>>()?;
-            serde_json::from_value(Value::Array(parts))
-                .map_err(|e| ApiError::invalid_param(format!("invalid content: {e}"), &path))?
+                .map(|(j, p)| content_part(p, &format!("{path}[{j}]"), assistant, allow))
+                .collect::<Result<Vec<_>, _>>()?
         }
         _ => {
             return Err(ApiError::invalid_param(
@@ -277,7 +274,7 @@ fn input_item(
             ))
         }
     };
-    Ok(Some(Message::new(role, content.blocks(&path, allow)?)))
+    Ok(Some(Message::new(role, blocks)))
 }
 
 /// The conversation a request asks to continue: the stored one's messages, then `input`;
