@@ -31,17 +31,33 @@ use crate::conversation::RawJson;
 /// schemas and tool inputs do not count.
 pub const MAX_TREE_VALUES: usize = 32_768;
 
+/// Body bytes per tree value beyond [`MAX_TREE_VALUES`]: a body larger than 1 MiB (an
+/// operator raised `request_body_limit`, say for long agent histories) may hold one value
+/// per this many bytes, so the budget keeps its ratio to the body's size (and memory its
+/// bound per byte) instead of refusing long histories a larger limit was raised for.
+pub const BYTES_PER_TREE_VALUE: usize = 32;
+
+/// The budget of a body of `len` bytes: [`MAX_TREE_VALUES`] up to 1 MiB, then one value
+/// per [`BYTES_PER_TREE_VALUE`] bytes.
+pub fn tree_budget(len: usize) -> usize {
+    MAX_TREE_VALUES.max(len / BYTES_PER_TREE_VALUE)
+}
+
 thread_local! {
     /// The values the request being parsed on this thread may still hold as trees (None:
     /// not inside [`with_tree_budget`], no bound).
     static BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The budget the parse began with (for the refusal's message).
+    static BUDGET_SET: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// Runs a request body's parse with a budget of `values` tree values.
 pub fn with_tree_budget<R>(values: usize, parse: impl FnOnce() -> R) -> R {
     let before = BUDGET.with(|b| b.replace(Some(values)));
+    let set_before = BUDGET_SET.with(|b| b.replace(Some(values)));
     let r = parse();
     BUDGET.with(|b| b.set(before));
+    BUDGET_SET.with(|b| b.set(set_before));
     r
 }
 
@@ -54,8 +70,9 @@ pub fn count_values(raw: &str) -> usize {
 }
 
 fn over_budget<E: serde::de::Error>() -> E {
+    let budget = BUDGET_SET.with(Cell::get).unwrap_or(MAX_TREE_VALUES);
     E::custom(format!(
-        "the request holds more than {MAX_TREE_VALUES} JSON values in structured fields (content parts, tool definitions, Responses input items, option objects)"
+        "the request holds more than {budget} JSON values in structured fields (content parts, tool definitions, Responses input items, option objects)"
     ))
 }
 

@@ -152,18 +152,18 @@ pub fn parse_json_in<T: DeserializeOwned>(bytes: &[u8], flavour: Flavour) -> Res
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     // Client JSON kept as trees counts against a budget of values while it is parsed.
-    let value: T =
-        crate::http::bounded::with_tree_budget(crate::http::bounded::MAX_TREE_VALUES, || {
-            serde_path_to_error::deserialize(&mut *de)
-        })
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.classify() != serde_json::error::Category::Data {
-                return ApiError::invalid(format!("malformed JSON in request body: {inner}"));
-            }
-            field_error(&path, &inner.to_string(), flavour)
-        })?;
+    let budget = crate::http::bounded::tree_budget(bytes.len());
+    let value: T = crate::http::bounded::with_tree_budget(budget, || {
+        serde_path_to_error::deserialize(&mut *de)
+    })
+    .map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.classify() != serde_json::error::Category::Data {
+            return ApiError::invalid(format!("malformed JSON in request body: {inner}"));
+        }
+        field_error(&path, &inner.to_string(), flavour)
+    })?;
     // Trailing characters after the value (what `from_slice` checks).
     de.end()
         .map_err(|e| ApiError::invalid(format!("malformed JSON in request body: {e}")))?;

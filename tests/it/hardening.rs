@@ -647,3 +647,41 @@ async fn ordinary_multi_part_content_is_unaffected_by_the_part_budget() {
     assert_eq!(st, 200, "{text}");
     assert_eq!(json_of(&text)["type"], "message", "{text}");
 }
+
+/// A raised `request_body_limit` raises the budget with the body's size (one value per 32
+/// bytes beyond 1 MiB): a long history of real-sized parts in a 4 MiB body is served,
+/// while the same 4 MiB of tiny parts is still the 400, naming its budget.
+#[tokio::test]
+async fn a_larger_body_limit_scales_the_budget_with_the_body() {
+    let s = TestServer::start(Opts {
+        tweak: Box::new(|c| c.request_body_limit = 8 << 20),
+        ..Opts::default()
+    })
+    .await;
+    // 22,000 parts of ~196 bytes: 66,000 values in ~4.3 MB (budget ~134,000).
+    let long = "y".repeat(170);
+    let parts = vec![format!(r#"{{"type":"text","text":"{long}"}}"#); 22_000].join(",");
+    let body = format!(
+        r#"{{"model":"sonnet","max_tokens":10,"messages":[{{"role":"user","content":[{parts}]}}]}}"#
+    );
+    assert!(body.len() > 4 << 20, "{}", body.len());
+    // Counted, not run: the budget is what is checked (count_tokens reads the same parts).
+    let (st, text) = post_raw(&s, "/v1/messages/count_tokens", body).await;
+    assert_eq!(st, 200, "{}", head(&text));
+    // ~4 MiB of tiny parts: ~160,000 parts, ~480,000 values.
+    let (st, text) = post_raw(&s, "/v1/messages/count_tokens", tiny_parts(160_000)).await;
+    assert_eq!(st, 400, "{}", head(&text));
+    let message = json_of(&text)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("JSON values in structured fields"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("32768"),
+        "the body's own budget is named: {message}"
+    );
+    s.shutdown().await;
+}
