@@ -529,14 +529,20 @@ impl Accounts {
             return;
         };
         let c = Cooldown::new(Source::Request, &verdict.kind, &verdict.message, until);
-        let until_text = c.until.clone();
         self.publish_cooldown(member, &c);
+        self.impose_cooldown(member, c, "account cooling down");
+    }
+
+    /// Sets `c` on `member` (a cooldown only ever lengthens); when it took, logs `what`
+    /// with the account, kind and end, and counts it in `ccgate_account_cooldowns_total`.
+    pub(crate) fn impose_cooldown(&self, member: &Member, c: Cooldown, what: &str) {
+        let (kind, until) = (c.kind.clone(), c.until.clone());
         if member.health.set_cooldown(c) {
             tracing::warn!(
                 account = member.name.as_str(),
-                kind = verdict.kind.as_str(),
-                until = until_text.as_str(),
-                "account cooling down"
+                kind = kind.as_str(),
+                until = until.as_str(),
+                "{what}"
             );
             self.metrics.count_cooldown(&member.name);
         }
@@ -637,14 +643,11 @@ impl Accounts {
             member.name
         );
         let c = Cooldown::new(Source::Request, EXTRA_USAGE_KIND, &message, until);
-        if member.health.set_cooldown(c) {
-            tracing::warn!(
-                account = member.name.as_str(),
-                until = until_text.as_str(),
-                "extra usage in use: account cooling down until its window resets (extra_usage: refuse)"
-            );
-            self.metrics.count_cooldown(&member.name);
-        }
+        self.impose_cooldown(
+            member,
+            c,
+            "extra usage in use: account cooling down until its window resets (extra_usage: refuse)",
+        );
     }
 
     /// Reads every account's plan windows through `get_usage` every `every` until

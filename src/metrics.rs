@@ -704,6 +704,13 @@ impl Metrics {
         self.ledger_rows_dropped.get_or_create(&Vec::new()).inc();
     }
 
+    /// A request refused with 429 by a limit of `key` (this replica's or the cluster's).
+    pub fn count_key_limited(&self, key: &str) {
+        self.key_limited
+            .get_or_create(&KeyLabels { key: key.into() })
+            .inc();
+    }
+
     pub fn count_cooldown(&self, account: &str) {
         self.account_cooldowns
             .get_or_create(&AccountLabels {

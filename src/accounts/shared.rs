@@ -245,16 +245,11 @@ impl Accounts {
                     continue;
                 }
                 let cooldown = Cooldown::new(Source::Request, &c.kind, &c.message, c.until);
-                let until = cooldown.until.clone();
-                if member.health.set_cooldown(cooldown) {
-                    tracing::warn!(
-                        account = member.name.as_str(),
-                        kind = c.kind.as_str(),
-                        until = until.as_str(),
-                        "account cooling down (a verdict of another replica)"
-                    );
-                    self.metrics.count_cooldown(&member.name);
-                }
+                self.impose_cooldown(
+                    member,
+                    cooldown,
+                    "account cooling down (a verdict of another replica)",
+                );
             }
         }
     }

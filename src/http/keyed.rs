@@ -146,13 +146,7 @@ pub fn admit(
         }
         Ok(None) => Ok(()),
         Err(r) => {
-            state
-                .metrics
-                .key_limited
-                .get_or_create(&KeyLabels {
-                    key: k.name.clone(),
-                })
-                .inc();
+            state.metrics.count_key_limited(&k.name);
             Err(ApiError::RateLimited {
                 limit: r.limit,
                 message: r.message,
@@ -331,13 +325,7 @@ pub async fn admit_shared(state: &AppState, cx: &Cx) -> Result<Option<SharedLeas
             }))
         }
         Ok(crate::store::Admission::Refused(limit)) => {
-            state
-                .metrics
-                .key_limited
-                .get_or_create(&KeyLabels {
-                    key: k.name.clone(),
-                })
-                .inc();
+            state.metrics.count_key_limited(&k.name);
             let to_minute = (60 - now.rem_euclid(60)).max(1) as u64;
             let (message, retry_after) = match limit {
                 "concurrent" => (
