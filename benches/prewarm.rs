@@ -268,12 +268,12 @@ async fn run_cell(
     }
 }
 
-/// Resident memory (kB) of a whole process group.
-fn group_rss_kb(pgid: u32) -> u64 {
-    let mut sum = 0;
+/// The sum of `of(pid, stat fields after the command)` over the processes of group `pgid`.
+fn sum_over_group(pgid: u32, of: impl Fn(u32, &[&str]) -> u64) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
+    let mut sum = 0;
     for e in dir.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -284,46 +284,33 @@ fn group_rss_kb(pgid: u32) -> u64 {
         let Some((_, after)) = stat.rsplit_once(')') else {
             continue;
         };
-        // fields after ')': state ppid pgrp ...
-        let pgrp = after.split_whitespace().nth(2).and_then(|v| v.parse().ok());
-        if pgrp != Some(pgid) {
-            continue;
+        // after ')': state(0) ppid(1) pgrp(2) … utime(11) stime(12)
+        let f: Vec<&str> = after.split_whitespace().collect();
+        if f.get(2).and_then(|v| v.parse::<u32>().ok()) == Some(pgid) {
+            sum += of(pid, &f);
         }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        sum += status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0);
     }
     sum
 }
 
+/// Resident memory (kB) of a whole process group.
+fn group_rss_kb(pgid: u32) -> u64 {
+    sum_over_group(pgid, |pid, _| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    })
+}
+
 /// CPU time (user + system, in clock ticks) of a whole process group.
 fn group_cpu_ticks(pgid: u32) -> u64 {
-    let mut sum = 0;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, after)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = after.split_whitespace().collect();
-        // after ')': state(0) ppid(1) pgrp(2) … utime(11) stime(12)
-        if f.get(2).and_then(|v| v.parse::<u32>().ok()) != Some(pgid) {
-            continue;
-        }
+    sum_over_group(pgid, |_, f| {
         let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        sum += tick(11) + tick(12);
-    }
-    sum
+        tick(11) + tick(12)
+    })
 }
 
 fn clock_ticks_per_second() -> f64 {
